@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,8 +66,7 @@ def start_emulator(
     """Start `python -m emulator` on 127.0.0.1:`port` and wait until it answers."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else "python",
-         "-m", "emulator", "--port", str(port), *args],
+        [sys.executable, "-m", "emulator", "--port", str(port), *args],
         stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
     )
 
