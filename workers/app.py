@@ -1,0 +1,51 @@
+"""The one Celery app: broker, queues and every reliability setting, each with its reason."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+SUBMIT_QUEUE = "piapi-bulk.submit"
+POLL_QUEUE = "piapi-bulk.poll"
+SUBMIT_TASK = "piapi_bulk.submit"
+POLL_TASK = "piapi_bulk.poll"
+
+
+def create_celery(broker_url: str) -> Celery:
+    """A Celery app on `broker_url` (Redis); tasks are registered by `workers.tasks`."""
+    app = Celery("piapi_bulk", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        # A message is acknowledged only after its task ran, so a killed worker's messages
+        # return to the queue; the DB's compare-and-set makes the repeat harmless.
+        task_acks_late=True,
+        # ...and a task whose worker process died is requeued, not recorded as failed.
+        task_reject_on_worker_lost=True,
+        # A worker reserves only what it is running: no hidden backlog in a dying process.
+        worker_prefetch_multiplier=1,
+        # The database holds every result; a result backend would only duplicate it.
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        # JSON only: messages carry job ids, nothing that needs pickle.
+        task_serializer="json",
+        accept_content=["json"],
+        # Events on, so Flower shows workers and tasks live.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Only runnable-now work sits in Redis; these routes keep creates and polls apart
+        # so a burst of one never starves the other.
+        task_queues=[Queue(SUBMIT_QUEUE), Queue(POLL_QUEUE)],
+        task_default_queue=SUBMIT_QUEUE,
+        task_routes={SUBMIT_TASK: {"queue": SUBMIT_QUEUE}, POLL_TASK: {"queue": POLL_QUEUE}},
+        # A restarted Redis is expected (it keeps nothing on disk): keep reconnecting.
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # Unacked messages come back after this long; the dispatcher's DB lease already
+        # re-issues lost work much sooner, so this is only the broker's own backstop.
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Expired messages are dropped (a dispatcher re-issues anything still due).
+        task_default_expires=None,
+    )
+    return app

@@ -1,0 +1,137 @@
+"""What piapi-bulk knows about PiAPI's models: task types, input fields and their types.
+
+Used to validate every manifest row before anything is paid for, to convert flat CSV
+cells into the JSON types PiAPI expects, and to give the poll scheduler a prior duration.
+A row whose model or task type is not listed here is invalid: an unknown model never
+reaches the paid API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    """The JSON type PiAPI expects for an input field."""
+
+    STR = "string"
+    INT = "integer"
+    NUM = "number"
+    BOOL = "boolean"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One input field: its type and, when PiAPI restricts it, the allowed values."""
+
+    kind: Kind = Kind.STR
+    choices: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A (model, task_type) pair PiAPI accepts."""
+
+    model: str
+    task_type: str
+    required: tuple[str, ...]
+    fields: Mapping[str, FieldSpec] = field(default_factory=dict)
+    prior_s: float = 60.0
+    """Typical duration in seconds, before anything is learned."""
+    open_fields: bool = False
+    """True when PiAPI accepts fields beyond those listed (passed through unchecked)."""
+
+
+S = FieldSpec()
+INT = FieldSpec(Kind.INT)
+NUM = FieldSpec(Kind.NUM)
+BOOL = FieldSpec(Kind.BOOL)
+
+_JOYCAPTION = {"image": S, "prompt_style": S, "caption_length": S, "workflow_type": S}
+_WAN = {
+    "prompt": S,
+    "negative_prompt": S,
+    "duration": FieldSpec(Kind.INT, choices=(5, 10, 15)),
+    "resolution": FieldSpec(choices=("720P", "1080P")),
+    "audio": BOOL,
+    "audio_url": S,
+    "seed": INT,
+    "shot_type": S,
+    "watermark": BOOL,
+    "prompt_extend": BOOL,
+}
+_FLUX = {
+    "prompt": S,
+    "negative_prompt": S,
+    "width": FieldSpec(Kind.INT, min=64, max=2048),
+    "height": FieldSpec(Kind.INT, min=64, max=2048),
+    "steps": FieldSpec(Kind.INT, min=1, max=100),
+    "guidance_scale": NUM,
+    "batch_size": FieldSpec(Kind.INT, min=1, max=4),
+    "lora_settings": S,
+}
+_KLING = {
+    "prompt": S,
+    "negative_prompt": S,
+    "duration": FieldSpec(Kind.INT, choices=(5, 10)),
+    "aspect_ratio": S,
+    "mode": FieldSpec(choices=("std", "pro")),
+    "version": S,
+    "image_url": S,
+    "image_tail_url": S,
+    "cfg_scale": FieldSpec(Kind.NUM, min=0, max=1),
+}
+
+SPECS: tuple[TaskSpec, ...] = (
+    TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30),
+    TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180),
+    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": S}, prior_s=180),
+    TaskSpec("Qubico/flux1-schnell", "txt2img", ("prompt",), _FLUX, prior_s=10),
+    TaskSpec("Qubico/flux1-dev", "txt2img", ("prompt",), _FLUX, prior_s=20),
+    TaskSpec(
+        "Qubico/flux1-schnell", "img2img", ("prompt", "image"),
+        {**_FLUX, "image": S, "denoise": NUM}, prior_s=10,
+    ),
+    TaskSpec(
+        "Qubico/flux1-dev", "img2img", ("prompt", "image"),
+        {**_FLUX, "image": S, "denoise": NUM}, prior_s=20,
+    ),
+    TaskSpec("kling", "video_generation", ("prompt",), _KLING, prior_s=240, open_fields=True),
+    TaskSpec(
+        "hailuo", "video_generation", ("prompt",),
+        {"prompt": S, "model": S, "image_url": S, "expand_prompt": BOOL},
+        prior_s=120, open_fields=True,
+    ),
+    TaskSpec(
+        "Qubico/tts", "zero-shot", ("gen_text",),
+        {"gen_text": S, "ref_audio": S, "ref_text": S}, prior_s=30,
+    ),
+    TaskSpec("music-u", "generate_music", (), {
+        "gpt_description_prompt": S, "lyrics": S, "lyrics_type": S, "negative_tags": S,
+        "seed": INT, "prompt": S,
+    }, prior_s=120, open_fields=True),
+)
+
+_BY_KEY: dict[tuple[str, str], TaskSpec] = {(s.model, s.task_type): s for s in SPECS}
+MODELS: frozenset[str] = frozenset(s.model for s in SPECS)
+
+
+def lookup(model: str, task_type: str) -> TaskSpec | None:
+    """The spec for a (model, task_type) pair, or None when PiAPI has no such pair."""
+    return _BY_KEY.get((model, task_type))
+
+
+def task_types(model: str) -> list[str]:
+    """Task types known for a model (empty when the model is unknown)."""
+    return sorted(s.task_type for s in SPECS if s.model == model)
+
+
+def prior_duration_s(model: str, task_type: str) -> float:
+    """The prior typical duration of a task, in seconds."""
+    spec = lookup(model, task_type)
+    return spec.prior_s if spec else 60.0

@@ -1,0 +1,113 @@
+"""The database tables: batches, jobs (one per manifest row) and attempts (one per create).
+
+Times are float Unix seconds. JSON payloads are stored as text so SQLite and PostgreSQL
+behave the same. The API key is never stored anywhere here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from workers.states import JobState
+
+
+class Batch(SQLModel, table=True):
+    """One ingested manifest; the same manifest (content hash) is the same batch."""
+
+    __tablename__ = "batches"
+
+    id: str = Field(primary_key=True, max_length=40)
+    content_hash: str = Field(index=True, unique=True, max_length=64)
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    default_model: str | None = None
+    default_task_type: str | None = None
+    created_at: float
+    ingested: bool = False
+    """False while ingest is still adding rows (a crashed ingest resumes where it stopped)."""
+    total: int = 0
+    invalid: int = 0
+    max_attempts: int = 3
+    concurrency: int | None = None
+    """Optional cap on this batch's tasks in flight, under the account-wide limit."""
+    done: bool = False
+    """Set by the dispatcher once no row of the batch can change any more."""
+
+
+class Job(SQLModel, table=True):
+    """One manifest row and everything known about its PiAPI task."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "seq", name="uq_jobs_batch_seq"),
+        Index("ix_jobs_state_next", "state", "next_at"),
+        Index("ix_jobs_batch_state_seq", "batch_id", "state", "seq"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
+                                                          autoincrement=True))
+    batch_id: str = Field(foreign_key="batches.id", max_length=40)
+    seq: int
+    """1-based data-row number: the order of the results file."""
+    line: int
+    """Line of the manifest file where the row starts."""
+    row_key: str = Field(sa_column=Column(Text, nullable=False))
+    """The row's `id` column, or its data-row number."""
+    model: str | None = None
+    task_type: str | None = None
+    input_json: str | None = Field(default=None, sa_column=Column(Text))
+    metadata_json: str | None = Field(default=None, sa_column=Column(Text))
+
+    state: str = Field(default=JobState.QUEUED.value, max_length=16)
+    attempts: int = 0
+    """PiAPI tasks created (or possibly created) for this row."""
+    tries: int = 0
+    """Retryable create errors in a row since the last success."""
+    task_id: str | None = Field(default=None, max_length=64)
+    remote_status: str | None = Field(default=None, max_length=32)
+    next_at: float | None = None
+    """When the job is next due: its next poll (running) or next try (retry_wait)."""
+    lease_until: float | None = None
+    """While in the future, a worker holds the job (a message for it is out)."""
+    lease_epoch: str | None = Field(default=None, max_length=32)
+    """The Redis epoch of the dispatch; a flushed Redis voids leases of older epochs."""
+    polls: int = 0
+    poll_errors: int = 0
+    created_at: float = 0.0
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    output_json: str | None = Field(default=None, sa_column=Column(Text))
+    usage_consume: int | None = Field(default=None, sa_column=Column(BigInteger))
+    usage_type: str | None = Field(default=None, max_length=16)
+    error_kind: str | None = Field(default=None, max_length=32)
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Attempt(SQLModel, table=True):
+    """One POST to create a PiAPI task for a job: recorded before it is sent."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("job_id", "n", name="uq_attempts_job_n"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
+                                                          autoincrement=True))
+    job_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    n: int
+    """1-based number of this POST for its job."""
+    state: str = Field(default="posting", max_length=16)
+    """posting | created | refused | ambiguous | completed | failed | cancelled"""
+    task_id: str | None = Field(default=None, max_length=64, index=True)
+    started_at: float
+    ended_at: float | None = None
+    consume: int | None = Field(default=None, sa_column=Column(BigInteger))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Control(SQLModel, table=True):
+    """Fleet-wide switches kept in the record (for example a halt after the key is refused)."""
+
+    __tablename__ = "control"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float

@@ -1,0 +1,395 @@
+"""A small PiAPI client on httpx: create, get and cancel tasks, read the account.
+
+It imports nothing from the rest of the project: base URL, key, timeouts and an optional
+`before_request` hook (the fleet-wide rate limiter) come in as arguments.
+
+Every failure is one of three kinds, so callers decide by type, never by message:
+
+    PiAPIError
+    ├── RetryableError          nothing was done; trying again later is safe
+    │   ├── RateLimited         429 (retry_after_s from Retry-After when given)
+    │   ├── ServerError         5xx or an unreadable answer to a read
+    │   └── NetworkError        the request provably never arrived (connect, pool)
+    ├── PermanentError          trying again cannot help
+    │   ├── InvalidRequest      400, or a non-success `code` in the envelope
+    │   ├── NotFound            404: PiAPI does not know the task
+    │   └── AccountError        401, 402, 403, out of credit: stop the fleet
+    └── AmbiguousError          a create whose outcome is unknown (sent, no answer):
+                                a paid task may exist; never post it again blindly
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+SUCCESS_CODES = frozenset({0, 200})
+TERMINAL_STATUSES = frozenset({"completed", "failed"})
+RETRY_AFTER_CAP_S = 300.0
+"""A Retry-After beyond this is treated as this: never park a row for hours on one header."""
+GATEWAY_TIMEOUTS = frozenset({504, 522, 524})
+"""Proxy timeouts: the origin may have processed the request, so a create is ambiguous."""
+
+
+class PiAPIError(Exception):
+    """Base of every error this client raises."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(PiAPIError):
+    """Nothing was done; the same request may be sent again later."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(RetryableError):
+    """HTTP 429: too many requests or too many tasks in flight."""
+
+
+class ServerError(RetryableError):
+    """HTTP 5xx, or an answer that could not be read."""
+
+
+class NetworkError(RetryableError):
+    """The request never reached PiAPI (connection refused, connect or pool timeout)."""
+
+
+class PermanentError(PiAPIError):
+    """Sending the same request again cannot succeed."""
+
+
+class InvalidRequest(PermanentError):
+    """PiAPI rejected the request (HTTP 400 or an error `code`)."""
+
+
+class NotFound(PermanentError):
+    """PiAPI does not know this task id."""
+
+
+class AccountError(PermanentError):
+    """The key was refused or the account cannot pay: nothing will work until a human acts."""
+
+
+class AmbiguousError(PiAPIError):
+    """A create was (maybe) received but its answer was lost: a task may exist."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds allowed for each phase of a request."""
+
+    connect_s: float = 5.0
+    read_s: float = 30.0
+    write_s: float = 10.0
+    pool_s: float = 5.0
+
+    def to_httpx(self) -> httpx.Timeout:
+        """The same timeouts as httpx wants them."""
+        return httpx.Timeout(
+            connect=self.connect_s, read=self.read_s, write=self.write_s, pool=self.pool_s
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Credits a task froze and consumed (10,000,000 units = US$1)."""
+
+    type: str
+    frozen: int
+    consume: int
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """PiAPI's `error` object for a failed task."""
+
+    code: int
+    message: str
+    raw_message: str
+
+    @property
+    def text(self) -> str:
+        """The most specific message available."""
+        return "; ".join(m for m in (self.raw_message, self.message) if m) or f"code {self.code}"
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What PiAPI says about one task, from a create, a get or a webhook body."""
+
+    task_id: str
+    model: str
+    task_type: str
+    status: str
+    """Lower-cased; `pending`, `processing`, `staged`, `completed`, `failed` or unknown."""
+    output: Any
+    usage: Usage | None
+    error: TaskError | None
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once PiAPI will not change the task any more."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    """The parts of /account/info piapi-bulk uses (any may be missing)."""
+
+    max_concurrent_tasks: int | None
+    usd: float | None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _time(value: Any) -> str | None:
+    if not value or value == ZERO_TIME or not isinstance(value, str):
+        return None
+    return value
+
+
+def parse_task(data: Mapping[str, Any]) -> TaskView:
+    """Read the `data` object of a task envelope (or of a webhook body)."""
+    task_id = data.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ServerError("answer without a task_id")
+    meta = data.get("meta") if isinstance(data.get("meta"), Mapping) else {}
+    usage_raw = meta.get("usage") if isinstance(meta, Mapping) else None
+    usage = None
+    if isinstance(usage_raw, Mapping):
+        usage = Usage(
+            type=str(usage_raw.get("type") or ""),
+            frozen=_int(usage_raw.get("frozen")),
+            consume=_int(usage_raw.get("consume")),
+        )
+    err_raw = data.get("error")
+    error = None
+    if isinstance(err_raw, Mapping) and (
+        _int(err_raw.get("code")) or err_raw.get("message") or err_raw.get("raw_message")
+    ):
+        error = TaskError(
+            code=_int(err_raw.get("code")),
+            message=str(err_raw.get("message") or ""),
+            raw_message=str(err_raw.get("raw_message") or ""),
+        )
+    return TaskView(
+        task_id=task_id,
+        model=str(data.get("model") or ""),
+        task_type=str(data.get("task_type") or ""),
+        status=str(data.get("status") or "").strip().lower(),
+        output=data.get("output"),
+        usage=usage,
+        error=error,
+        created_at=_time(meta.get("created_at")) if isinstance(meta, Mapping) else None,
+        started_at=_time(meta.get("started_at")) if isinstance(meta, Mapping) else None,
+        ended_at=_time(meta.get("ended_at")) if isinstance(meta, Mapping) else None,
+    )
+
+
+def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), capped."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, Mapping) and body.get("message"):
+        return f"HTTP {response.status_code}: {str(body['message'])[:300]}"
+    return f"HTTP {response.status_code}"
+
+
+def _credit_problem(text: str) -> bool:
+    text = text.lower()
+    return "credit" in text or "balance" in text or "insufficient" in text
+
+
+def raise_for_status(response: httpx.Response, *, create: bool) -> None:
+    """Turn a non-2xx answer into the right error; `create` marks a paid POST."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = _message(response)
+    if status == 429:
+        raise RateLimited(message, status=status, retry_after_s=retry_after_s(response.headers))
+    if create and status in GATEWAY_TIMEOUTS:
+        raise AmbiguousError(message, status=status)
+    if status >= 500:
+        raise ServerError(message, status=status, retry_after_s=retry_after_s(response.headers))
+    if status in (401, 402, 403) or _credit_problem(message):
+        raise AccountError(message, status=status)
+    if status == 404:
+        raise NotFound(message, status=status)
+    raise InvalidRequest(message, status=status)
+
+
+def read_envelope(response: httpx.Response) -> Mapping[str, Any]:
+    """The JSON envelope of a 2xx answer, checked for an error `code`."""
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ServerError(f"unreadable answer (HTTP {response.status_code})") from exc
+    if not isinstance(body, Mapping):
+        raise ServerError("answer is not a JSON object")
+    code = body.get("code", 200)
+    if _int(code) not in SUCCESS_CODES:
+        text = str(body.get("message") or f"code {code}")
+        raise_for_status(httpx.Response(_int(code) or 400, json={"message": text}), create=False)
+        raise InvalidRequest(text)  # a 2xx-looking error code: not success all the same
+    return body
+
+
+TRANSPORT_NOT_SENT: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+class PiAPIClient:
+    """One pooled HTTP client per process; thread-safe, as httpx.Client is."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeouts: Timeouts | None = None,
+        before_request: Callable[[str], None] | None = None,
+        max_connections: int = 100,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._before_request = before_request
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"x-api-key": api_key, "accept": "application/json"},
+            timeout=(timeouts or Timeouts()).to_httpx(),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> PiAPIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, *, kind: str, create: bool = False,
+              **kwargs: Any) -> httpx.Response:
+        if self._before_request is not None:
+            self._before_request(kind)
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except TRANSPORT_NOT_SENT as exc:
+            raise NetworkError(f"{type(exc).__name__}: request not sent") from exc
+        except httpx.TransportError as exc:
+            # Sent (maybe in full) but no complete answer came back.
+            if create:
+                raise AmbiguousError(f"{type(exc).__name__}: no answer to create") from exc
+            raise ServerError(f"{type(exc).__name__}: no answer") from exc
+        raise_for_status(response, create=create)
+        return response
+
+    def create_task(
+        self,
+        model: str,
+        task_type: str,
+        input: Mapping[str, Any],
+        *,
+        webhook_endpoint: str | None = None,
+        webhook_secret: str | None = None,
+        service_mode: str | None = None,
+    ) -> TaskView:
+        """POST /api/v1/task. An unknown outcome raises AmbiguousError, never retried here."""
+        body: dict[str, Any] = {"model": model, "task_type": task_type, "input": dict(input)}
+        config: dict[str, Any] = {}
+        if service_mode:
+            config["service_mode"] = service_mode
+        if webhook_endpoint:
+            config["webhook_config"] = {
+                "endpoint": webhook_endpoint, "secret": webhook_secret or "",
+            }
+        if config:
+            body["config"] = config
+        response = self._send("POST", "/api/v1/task", kind="create", create=True, json=body)
+        try:
+            envelope = read_envelope(response)
+            data = envelope.get("data")
+            if not isinstance(data, Mapping):
+                raise ServerError("create answer without data")
+            return parse_task(data)
+        except ServerError as exc:
+            # A 2xx we cannot read may still have created a task.
+            raise AmbiguousError(f"unreadable answer to create: {exc}") from exc
+
+    def get_task(self, task_id: str) -> TaskView:
+        """GET /api/v1/task/{task_id}."""
+        response = self._send("GET", f"/api/v1/task/{task_id}", kind="get")
+        data = read_envelope(response).get("data")
+        if not isinstance(data, Mapping):
+            raise ServerError("get answer without data")
+        return parse_task(data)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """DELETE /api/v1/task/{task_id}; True when PiAPI cancelled it (only while pending)."""
+        try:
+            response = self._send("DELETE", f"/api/v1/task/{task_id}", kind="cancel")
+            read_envelope(response)
+        except InvalidRequest:
+            return False
+        return True
+
+    def account_info(self) -> AccountInfo:
+        """GET /account/info: the concurrency limit and balance, where given."""
+        response = self._send("GET", "/account/info", kind="account")
+        data = read_envelope(response).get("data")
+        data = data if isinstance(data, Mapping) else {}
+        limit = data.get("max_concurrent_task_count")
+        usd = data.get("equivalent_in_usd")
+        return AccountInfo(
+            max_concurrent_tasks=_int(limit) or None if limit is not None else None,
+            usd=float(usd) if isinstance(usd, int | float) else None,
+        )

@@ -1,0 +1,102 @@
+"""One request budget for the whole fleet: a token bucket in Redis, shared by every process."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+# KEYS[1]: the bucket hash {tokens, ts}.
+# ARGV[1]: refill rate (tokens per second); ARGV[2]: burst (bucket size);
+# ARGV[3]: tokens wanted; ARGV[4]: the longest wait (s) a caller accepts to reserve.
+# Returns 0 when the tokens are granted now, a positive wait in ms when they are reserved
+# for that moment (the caller sleeps and goes), or a negative number -ms when the wait would
+# be too long: nothing is reserved and the caller asks again after that long.
+# Time comes from the Redis server, so every machine shares one clock.
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local after = tokens - want
+local wait = 0
+if after < 0 then
+  wait = -after / rate
+  if wait > max_wait then
+    redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+    redis.call('EXPIRE', KEYS[1], 3600)
+    return -math.ceil(wait * 1000)
+  end
+end
+redis.call('HSET', KEYS[1], 'tokens', after, 'ts', now)
+redis.call('EXPIRE', KEYS[1], 3600)
+return math.ceil(wait * 1000)
+"""
+
+MAX_RESERVE_S = 2.0
+"""A caller reserves a future token only this far ahead; beyond it, it waits and asks again."""
+
+
+class TokenBucket:
+    """A Redis token bucket of `rate_per_s`; `acquire()` blocks until a token is ours."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        rate_per_s: float,
+        burst: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self.key = key
+        self.rate_per_s = rate_per_s
+        self.burst = burst if burst is not None else max(1.0, rate_per_s)
+        self._script = client.register_script(_TAKE)
+        self._sleep = sleep
+
+    def try_acquire(self, tokens: float = 1.0, max_wait_s: float = MAX_RESERVE_S) -> float:
+        """Reserve `tokens`; the wait (s, >= 0) before using them, or -wait when refused."""
+        ms = int(self._script(keys=[self.key],
+                              args=[self.rate_per_s, self.burst, tokens, max_wait_s]))
+        return ms / 1000.0
+
+    def acquire(self, tokens: float = 1.0, timeout_s: float = 600.0) -> None:
+        """Block until `tokens` are granted; raises TimeoutError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = self.try_acquire(tokens)
+            if wait >= 0:
+                if wait > 0:
+                    self._sleep(wait)
+                return
+            if time.monotonic() - wait > deadline:
+                raise TimeoutError(f"no request budget within {timeout_s}s")
+            self._sleep(min(-wait, MAX_RESERVE_S))
+
+
+def rpm_limiter(client: redis.Redis, rpm: int, key: str) -> Callable[[str], None] | None:
+    """A `before_request` hook spending one token per PiAPI request, or None when rpm is 0."""
+    if rpm <= 0:
+        return None
+    bucket = TokenBucket(client, key, rate_per_s=rpm / 60.0, burst=max(1.0, rpm / 60.0))
+
+    def before_request(_kind: str) -> None:
+        bucket.acquire()
+
+    return before_request

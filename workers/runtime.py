@@ -1,0 +1,55 @@
+"""Builds a process's working parts from the settings: engine, Redis, rate limiter, client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+
+from workers.db import create_tables, make_engine
+from workers.piapi import PiAPIClient, Timeouts
+from workers.ratelimit import rpm_limiter
+from workers.settings import Settings
+from workers.work import WorkerContext
+
+RATE_KEY = "piapi-bulk:rate"
+
+
+def build_client(settings: Settings, redis_client: redis.Redis | None) -> PiAPIClient:
+    """The PiAPI client, drawing every request from the fleet-wide budget when one is set."""
+    hook = rpm_limiter(redis_client, settings.rpm, RATE_KEY) if redis_client else None
+    return PiAPIClient(
+        settings.base_url,
+        settings.require_api_key(),
+        timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s),
+        before_request=hook,
+    )
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    """Everything a worker process needs to run `submit` and `poll`."""
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    redis_client = redis.Redis.from_url(settings.require_redis_url()) if settings.rpm else None
+    return WorkerContext(
+        engine=engine,
+        client=build_client(settings, redis_client),
+        lease_s=settings.lease_s,
+        max_tries=settings.max_tries,
+    )
+
+
+def lazy_context(settings: Settings) -> Callable[[], WorkerContext]:
+    """A function that builds the context on first use (after any fork) and reuses it."""
+    lock = threading.Lock()
+    holder: list[WorkerContext] = []
+
+    def get() -> WorkerContext:
+        if not holder:
+            with lock:
+                if not holder:
+                    holder.append(build_context(settings))
+        return holder[0]
+
+    return get

@@ -1,0 +1,80 @@
+"""One typed settings object, read from the environment once at the edge and passed down."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything configurable about piapi-bulk; durations are float seconds (`_s`)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # --- the user-facing contract -------------------------------------------------------
+    api_key: SecretStr | None = Field(None, validation_alias=_env("PIAPI_API_KEY"))
+    base_url: str = Field("https://api.piapi.ai", validation_alias=_env("PIAPI_BASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    database_url: str = Field("sqlite:///piapi-bulk.db", validation_alias=_env("DATABASE_URL"))
+    rpm: int = Field(0, ge=0, validation_alias=_env("PIAPI_RPM"))
+    """Fleet-wide PiAPI request budget per minute (creates and polls alike); 0 = no limit."""
+
+    # --- timeouts (PiAPI HTTP calls) ----------------------------------------------------
+    connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("PIAPI_CONNECT_TIMEOUT_S"))
+    read_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("PIAPI_READ_TIMEOUT_S"))
+    """Also bounds a create: past it, a create's outcome is unknown (ambiguous)."""
+
+    # --- scheduling ---------------------------------------------------------------------
+    concurrency: int | None = Field(None, ge=1, validation_alias=_env("PIAPI_CONCURRENCY"))
+    """Tasks in flight at PiAPI; unset = the account's max_concurrent_task_count."""
+    max_attempts: int = Field(3, ge=1, validation_alias=_env("PIAPI_MAX_ATTEMPTS"))
+    max_tries: int = Field(12, ge=1, validation_alias=_env("PIAPI_BULK_MAX_TRIES"))
+    """Retryable create errors (429, 5xx, network) tolerated per row before it fails."""
+    dispatch_interval_s: float = Field(
+        0.2, gt=0, validation_alias=_env("PIAPI_BULK_DISPATCH_INTERVAL_S")
+    )
+    lease_margin_s: float = Field(10.0, gt=0, validation_alias=_env("PIAPI_BULK_LEASE_MARGIN_S"))
+    """Added to the HTTP timeout to get how long a worker may hold a job before it is taken back."""
+    batch_size: int = Field(8, ge=1, validation_alias=_env("PIAPI_BULK_BATCH_SIZE"))
+    """Most job ids carried by one Celery message."""
+    on_ambiguous: Literal["fail"] = Field("fail", validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS"))
+
+    # --- worker process -----------------------------------------------------------------
+    worker_concurrency: int = Field(
+        16, ge=1, validation_alias=_env("PIAPI_BULK_WORKER_CONCURRENCY")
+    )
+    worker_pool: Literal["threads", "prefork", "solo"] = Field(
+        "threads", validation_alias=_env("PIAPI_BULK_WORKER_POOL")
+    )
+
+    @property
+    def request_timeout_s(self) -> float:
+        """Longest a single PiAPI request may take, all phases together."""
+        return self.connect_timeout_s + self.read_timeout_s * 2
+
+    @property
+    def lease_s(self) -> float:
+        """How long a dispatched job stays reserved for the worker that got it."""
+        return self.request_timeout_s + self.lease_margin_s
+
+    def require_api_key(self) -> str:
+        """The API key, or a clear error when it is not set."""
+        if self.api_key is None or not self.api_key.get_secret_value().strip():
+            raise ConfigError("PIAPI_API_KEY is not set; export your PiAPI API key first")
+        return self.api_key.get_secret_value().strip()
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or a clear error when it is not set."""
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is not set (for example redis://127.0.0.1:6379/0)")
+        return self.redis_url
+
+
+class ConfigError(Exception):
+    """A usage or configuration problem the user must fix (exit code 2)."""

@@ -1,0 +1,27 @@
+"""The Celery tasks: thin wrappers that take job ids only and call `workers.work`.
+
+Arguments are job ids, never inputs, payloads or secrets: Flower and the broker show them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery
+
+from workers.app import POLL_TASK, SUBMIT_TASK
+from workers.work import WorkerContext, poll_jobs, submit_jobs
+
+
+def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
+    """Register `submit` and `poll` on `app`; `context()` gives this process's context."""
+
+    @app.task(name=SUBMIT_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def submit(job_ids: list[int]) -> None:
+        """Create PiAPI tasks for these jobs (each only if still due)."""
+        submit_jobs(context(), [int(i) for i in job_ids])
+
+    @app.task(name=POLL_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def poll(job_ids: list[int]) -> None:
+        """Read these jobs' PiAPI tasks and record what changed."""
+        poll_jobs(context(), [int(i) for i in job_ids])
