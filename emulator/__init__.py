@@ -1,1 +1,1 @@
-"""emulator package."""
+"""A faithful local stand-in for the PiAPI task API, served over real HTTP on loopback."""

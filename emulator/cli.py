@@ -1,0 +1,108 @@
+"""The `emulator` command: build an EmulatorConfig from options and serve it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from emulator.app import create_app
+from emulator.config import EmulatorConfig, parse_duration_override
+
+GRACEFUL_SHUTDOWN_S = 2
+"""Hung creates must not hold a stopping emulator for their full hang_s."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _durations(overrides: list[str]) -> dict[str, tuple[float, float]]:
+    try:
+        return dict(parse_duration_override(text) for text in overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--duration") from exc
+
+
+def emulator_command(
+    port: int = typer.Option(8080, help="TCP port; 0 picks a free one (printed)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    time_scale: float = typer.Option(1.0, help="Multiplier on task durations (0.01 = 100x)."),
+    concurrency: int = typer.Option(10, help="Account limit on pending+processing tasks."),
+    over_limit: str = typer.Option("queue", help="Over the limit: 'queue' or 'refuse' (429)."),
+    rpm: float = typer.Option(0.0, help="Request budget per minute over all API calls; 0 = off."),
+    rpm_burst_s: float = typer.Option(1.0, help="Token bucket depth, in seconds of rate."),
+    seed: int | None = typer.Option(None, help="Seed for reproducible runs."),
+    api_key: str = typer.Option(
+        "emulator-key", envvar="PIAPI_API_KEY", show_default=False,
+        help="Expected x-api-key (default: env PIAPI_API_KEY, else 'emulator-key').",
+    ),
+    duration: list[str] = typer.Option(  # noqa: B008 - typer's idiom
+        [], help="Per-family duration range, e.g. wan=120:480 (repeatable)."
+    ),
+    fault_5xx: float = typer.Option(0.0, help="Probability of a 500/502/503 answer."),
+    fault_429: float = typer.Option(0.0, help="Probability of a spurious 429."),
+    fault_ambiguous: float = typer.Option(0.0, help="Create then drop the connection."),
+    fault_hang: float = typer.Option(0.0, help="Create then answer only after --hang-s."),
+    hang_s: float = typer.Option(60.0, help="Seconds a hung create waits."),
+    fault_stuck: float = typer.Option(0.0, help="Probability a task never progresses."),
+    stuck_timeout_factor: float = typer.Option(20.0, help="Stuck tasks fail after N x duration."),
+    fault_fail: float = typer.Option(0.0, help="Probability a task fails transiently."),
+    create_latency_s: float = typer.Option(0.0, help="Seconds before create answers."),
+    webhook_loss: float = typer.Option(0.0, help="Probability a webhook is dropped."),
+    webhook_duplicate: float = typer.Option(0.0, help="Probability a webhook is sent twice."),
+    history_shape: str = typer.Option("full", help="History rows: 'full' or 'summary'."),
+    history_lag_s: float = typer.Option(0.0, help="Seconds before a task shows in history."),
+    history_fault_rate: float = typer.Option(0.0, help="Probability history answers 500."),
+    active_tasks: bool = typer.Option(True, help="Serve /account/active_tasks (else 404)."),
+    unknown_task_status: int = typer.Option(404, help="HTTP status for unknown task ids."),
+    cancel_status: str = typer.Option("failed", help="Status after cancel: failed|cancelled."),
+    balance_points: int = typer.Option(10**12, help="Starting wallet (1e7 points = $1)."),
+    log_level: str = typer.Option("warning", help="Log level (debug, info, warning...)."),
+) -> None:
+    """Run the PiAPI emulator on loopback until interrupted."""
+    try:
+        config = EmulatorConfig(
+            port=port, host=host, time_scale=time_scale, concurrency=concurrency,
+            over_limit=over_limit, rpm=rpm, rpm_burst_s=rpm_burst_s, seed=seed,
+            api_key=api_key, durations_s=_durations(duration), fault_5xx=fault_5xx,
+            fault_429=fault_429, fault_ambiguous=fault_ambiguous, fault_hang=fault_hang,
+            hang_s=hang_s, fault_stuck=fault_stuck, stuck_timeout_factor=stuck_timeout_factor,
+            fault_fail=fault_fail, create_latency_s=create_latency_s,
+            webhook_loss=webhook_loss, webhook_duplicate=webhook_duplicate,
+            history_shape=history_shape, history_lag_s=history_lag_s,
+            history_fault_rate=history_fault_rate, active_tasks_enabled=active_tasks,
+            unknown_task_status=unknown_task_status, cancel_status=cancel_status,
+            balance_points=balance_points, log_level=log_level,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    serve(config)
+
+
+def serve(config: EmulatorConfig) -> None:
+    """Bind, announce the address on stdout, and serve until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sock = _bind(config.host, config.port)
+    config.port = sock.getsockname()[1]
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level=config.log_level, access_log=False, loop="auto", http="auto",
+        lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    ))
+    typer.echo(
+        f"emulator listening on http://{config.host}:{config.port} "
+        f"(time scale {config.time_scale:g}, concurrency {config.concurrency}, "
+        f"over-limit {config.over_limit})"
+    )
+    server.run(sockets=[sock])

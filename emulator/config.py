@@ -1,0 +1,153 @@
+"""Every emulator setting in one typed object, with defaults that mimic PiAPI at real speed."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+Probability = float
+FAMILIES = ("joycaption", "wan", "flux", "kling", "hailuo")
+WEBHOOK_EVENTS = ("pending", "processing", "completed", "failed", "cancelled")
+
+DEFAULT_DURATIONS_S: dict[str, tuple[float, float]] = {
+    "joycaption": (15.0, 45.0),
+    "wan": (120.0, 240.0),
+    "flux": (5.0, 15.0),
+    "kling": (120.0, 300.0),
+    "hailuo": (60.0, 180.0),
+}
+
+STATIC_FIELDS = frozenset({"host", "port", "seed"})
+"""Settings fixed at start: `POST /_emulator/config` refuses to change them."""
+
+
+def _default_api_key() -> SecretStr:
+    return SecretStr(os.environ.get("PIAPI_API_KEY") or "emulator-key")
+
+
+def _prob(description: str) -> Any:
+    return Field(default=0.0, ge=0.0, le=1.0, description=description)
+
+
+class EmulatorConfig(BaseModel):
+    """Settings of one emulator process; most can be changed at runtime via /_emulator/config."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # server
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback by default.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = any free port).")
+    api_key: SecretStr = Field(
+        default_factory=_default_api_key,
+        description="Expected x-api-key; env PIAPI_API_KEY, else 'emulator-key'.",
+    )
+    seed: int | None = Field(None, description="Seed for every random choice; None = random.")
+
+    # time and concurrency
+    time_scale: float = Field(
+        1.0, gt=0.0, description="Multiplier on real-world task durations (0.01 = 100x faster)."
+    )
+    durations_s: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_DURATIONS_S),
+        description="Per family (min_s, max_s) uniform processing time before time_scale.",
+    )
+    queue_wait_fraction: tuple[float, float] = Field(
+        (0.02, 0.05), description="Pending wait before processing, as a fraction of the duration."
+    )
+    concurrency: int = Field(
+        10, ge=0, description="Account limit on pending+processing (max_concurrent_task_count)."
+    )
+    over_limit: Literal["queue", "refuse"] = Field(
+        "queue", description="queue: accept and keep pending; refuse: HTTP 429 on create."
+    )
+    refuse_retry_after_s: int = Field(1, ge=0, description="Retry-After sent with refuse 429s.")
+    balance_points: int = Field(10**12, ge=0, description="Starting wallet (1e7 points = $1).")
+
+    # request rate
+    rpm: float = Field(0.0, ge=0.0, description="Requests per minute over all API calls; 0 = off.")
+    rpm_burst_s: float = Field(1.0, gt=0.0, description="Bucket depth in seconds of rate.")
+
+    # faults
+    fault_5xx: Probability = _prob("Answer an API request 500/502/503 before handling it.")
+    fault_429: Probability = _prob("Answer an API request with a spurious 429.")
+    fault_retry_after_s: int = Field(1, ge=0, description="Retry-After of spurious 429s.")
+    fault_ambiguous: Probability = _prob("Create the task, then drop the connection.")
+    fault_hang: Probability = _prob("Create the task, then delay the response hang_s.")
+    hang_s: float = Field(60.0, ge=0.0, description="Real seconds a hung create waits.")
+    fault_stuck: Probability = _prob("Task never progresses (half pending, half processing).")
+    stuck_timeout_factor: float = Field(
+        20.0, gt=0.0, description="A stuck task fails 'task timeout' after this x its duration."
+    )
+    fault_fail: Probability = _prob("Task ends failed with a transient provider error.")
+    create_latency_s: float = Field(0.0, ge=0.0, description="Real seconds before create answers.")
+
+    # history, account, cancel
+    history_shape: Literal["full", "summary"] = Field(
+        "full", description="full: rows carry the task data incl. input; summary: detail null."
+    )
+    history_fault_rate: Probability = _prob("The history endpoint answers 500.")
+    history_lag_s: float = Field(0.0, ge=0.0, description="Real seconds before a task is listed.")
+    active_tasks_enabled: bool = Field(True, description="False: /account/active_tasks is 404.")
+    unknown_task_status: Literal[404, 400] = Field(404, description="HTTP status for unknown ids.")
+    cancel_status: Literal["failed", "cancelled"] = Field(
+        "failed", description="Status a task reads as after DELETE."
+    )
+
+    # webhooks
+    webhook_events: list[str] = Field(
+        default_factory=lambda: ["processing", "completed", "failed"],
+        description="Statuses whose entry triggers a webhook delivery.",
+    )
+    webhook_loss: Probability = _prob("Drop a webhook delivery silently.")
+    webhook_duplicate: Probability = _prob("Deliver a webhook twice.")
+    webhook_retries: int = Field(3, ge=0, description="Retries after a failed delivery.")
+    webhook_retry_interval_s: float = Field(
+        5.0, ge=0.0, description="Pause between retries before time_scale (at least 0.05 s)."
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0.0, description="Per-attempt HTTP timeout.")
+
+    log_level: str = Field("warning", description="Log level of the emulator and uvicorn.")
+
+    @field_validator("durations_s")
+    @classmethod
+    def _check_durations(
+        cls, value: dict[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        merged = dict(DEFAULT_DURATIONS_S)
+        for family, (low, high) in value.items():
+            if family not in FAMILIES:
+                raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+            if not 0 <= low <= high:
+                raise ValueError(f"duration range for {family} must satisfy 0 <= min <= max")
+            merged[family] = (low, high)
+        return merged
+
+    @field_validator("queue_wait_fraction")
+    @classmethod
+    def _check_wait(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError("queue_wait_fraction must satisfy 0 <= min <= max")
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        unknown = [e for e in value if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown webhook events {unknown}; known: {list(WEBHOOK_EVENTS)}")
+        return value
+
+    def public_config(self) -> dict[str, object]:
+        """The settings as JSON-ready data, with the API key masked."""
+        return self.model_dump(mode="json")
+
+
+def parse_duration_override(text: str) -> tuple[str, tuple[float, float]]:
+    """Parse a CLI override like `wan=120:480` into ("wan", (120.0, 480.0))."""
+    family, sep, span = text.partition("=")
+    low, sep2, high = span.partition(":")
+    if not sep or not sep2:
+        raise ValueError(f"expected FAMILY=MIN:MAX, got {text!r}")
+    return family.strip().lower(), (float(low), float(high))
