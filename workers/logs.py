@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 REDACTED = "***"
 
@@ -45,9 +46,14 @@ def install_redaction(secrets: Iterable[str]) -> None:
 _FILTERS: list[RedactFilter] = []
 
 
-def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
-    """Log to stderr with timestamps; quiet the chatty HTTP libraries; redact secrets."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(
+    level: str = "INFO", secrets: Iterable[str] = (), log_file: Path | None = None
+) -> None:
+    """Log to stderr (or `log_file`) with timestamps; quiet HTTP libraries; redact secrets."""
+    handler: logging.Handler = (
+        logging.FileHandler(log_file, encoding="utf-8") if log_file
+        else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -91,12 +91,12 @@ class TokenBucket:
 
 
 def rpm_limiter(client: redis.Redis, rpm: int, key: str) -> Callable[[str], None] | None:
-    """A `before_request` hook spending one token per PiAPI request, or None when rpm is 0."""
+    """A hook spending one token per PiAPI request (blocking until it is ours), or None."""
     if rpm <= 0:
         return None
     bucket = TokenBucket(client, key, rate_per_s=rpm / 60.0, burst=max(1.0, rpm / 60.0))
 
-    def before_request(_kind: str) -> None:
+    def spend(_kind: str) -> None:
         bucket.acquire()
 
-    return before_request
+    return spend

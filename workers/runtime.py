@@ -16,14 +16,12 @@ from workers.work import WorkerContext
 RATE_KEY = "piapi-bulk:rate"
 
 
-def build_client(settings: Settings, redis_client: redis.Redis | None) -> PiAPIClient:
-    """The PiAPI client, drawing every request from the fleet-wide budget when one is set."""
-    hook = rpm_limiter(redis_client, settings.rpm, RATE_KEY) if redis_client else None
+def build_client(settings: Settings) -> PiAPIClient:
+    """The PiAPI client for this process (one connection pool, shared by its threads)."""
     return PiAPIClient(
         settings.base_url,
         settings.require_api_key(),
         timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s),
-        before_request=hook,
     )
 
 
@@ -31,12 +29,16 @@ def build_context(settings: Settings) -> WorkerContext:
     """Everything a worker process needs to run `submit` and `poll`."""
     engine = make_engine(settings.database_url)
     create_tables(engine)
-    redis_client = redis.Redis.from_url(settings.require_redis_url()) if settings.rpm else None
+    budget = None
+    if settings.rpm:
+        budget = rpm_limiter(redis.Redis.from_url(settings.require_redis_url()), settings.rpm,
+                             RATE_KEY)
     return WorkerContext(
         engine=engine,
-        client=build_client(settings, redis_client),
+        client=build_client(settings),
         lease_s=settings.lease_s,
         max_tries=settings.max_tries,
+        budget=budget,
     )
 
 

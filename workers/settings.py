@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     @property
     def request_timeout_s(self) -> float:
         """Longest a single PiAPI request may take, all phases together."""
-        return self.connect_timeout_s + self.read_timeout_s * 2
+        # connect + write (10 s) + read + pool wait (5 s): see workers.piapi.Timeouts.
+        return self.connect_timeout_s + 10.0 + self.read_timeout_s + 5.0
 
     @property
     def lease_s(self) -> float:

@@ -52,6 +52,8 @@ class WorkerContext:
     max_tries: int
     clock: Callable[[], float] = time.time
     rng: Callable[[], float] | None = None
+    budget: Callable[[str], None] | None = None
+    """Blocks until the fleet-wide request budget allows one more PiAPI request."""
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str) -> None:
@@ -83,7 +85,13 @@ def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
 
 
 def submit_one(ctx: WorkerContext, job_id: int) -> None:
-    """Claim one job, record the attempt, POST it, and record what came back."""
+    """Claim one job, record the attempt, POST it, and record what came back.
+
+    The request budget is spent before the claim, so a long wait for it never eats into
+    the lease that protects the create.
+    """
+    if ctx.budget is not None:
+        ctx.budget("create")
     now = ctx.clock()
     claim = tr.claim_for_submit(ctx.engine, job_id, now, ctx.lease_s)
     if claim is None:
@@ -98,9 +106,6 @@ def submit_one(ctx: WorkerContext, job_id: int) -> None:
         return
     except RetryableError as exc:
         _create_retry(ctx, claim, str(exc), exc.retry_after_s)
-        return
-    except (redis.RedisError, TimeoutError) as exc:  # the rate limiter: nothing was sent
-        _create_retry(ctx, claim, f"request budget unavailable: {exc}", None)
         return
     except AccountError as exc:
         ctx.count("create_account_error")
@@ -136,6 +141,8 @@ def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
 def poll_one(ctx: WorkerContext, t: tr.PollTarget) -> None:
     """One GET for one running job."""
     try:
+        if ctx.budget is not None:
+            ctx.budget("get")
         view = ctx.client.get_task(t.task_id)
     except (NotFound, InvalidRequest) as exc:
         _poll_not_found(ctx, t, str(exc))

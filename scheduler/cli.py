@@ -1,0 +1,265 @@
+"""The `piapi-bulk` command line: run, submit, status, export, worker, dispatcher, emulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from scheduler.manifest import ManifestError
+from workers.settings import ConfigError, Settings
+
+app = typer.Typer(
+    name="piapi-bulk",
+    help="Run CSV/JSONL manifests through PiAPI: never lose a row, never pay twice.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+logger = logging.getLogger(__name__)
+
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model for rows without one.")]
+TaskTypeOpt = Annotated[
+    str | None, typer.Option("--task-type", help="Task type for rows without one.")
+]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option("--concurrency", min=1,
+                 help="Most tasks in flight (default: the account's own limit)."),
+]
+MaxAttemptsOpt = Annotated[
+    int | None, typer.Option("--max-attempts", min=1,
+                             help="PiAPI tasks per row at most, when tasks fail (default 3).")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"bad setting {first['loc'][0]}: {first['msg']}") from exc
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return settings.model_copy(update=clean) if clean else settings
+
+
+def _secrets(settings: Settings) -> list[str]:
+    return [settings.api_key.get_secret_value()] if settings.api_key else []
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped).")],
+    model: ModelOpt = None,
+    task_type: TaskTypeOpt = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="Results file (JSONL).")] = None,
+    concurrency: ConcurrencyOpt = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", min=0,
+                                            help="Fleet-wide PiAPI requests per minute.")] = None,
+    max_attempts: MaxAttemptsOpt = None,
+) -> None:
+    """Process a manifest end to end and write the results file (resumes when re-run)."""
+    from scheduler.runner import RunOptions
+    from scheduler.runner import run as run_batch
+    from workers.logs import setup_logging
+
+    settings = _settings(rpm=rpm)
+    run_dir = Path(os.environ.get("PIAPI_BULK_RUN_DIR", ".piapi-bulk"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
+    opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
+                      concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir)
+    raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
+
+
+@app.command()
+def submit(
+    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped).")],
+    model: ModelOpt = None,
+    task_type: TaskTypeOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    max_attempts: MaxAttemptsOpt = None,
+) -> None:
+    """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
+    from scheduler.ingest import ingest
+    from workers.db import create_tables, make_engine
+
+    settings = _settings()
+    if not manifest.is_file():
+        raise ConfigError(f"cannot read manifest {manifest}: no such file")
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
+                    max_attempts=max_attempts or settings.max_attempts, concurrency=concurrency)
+    err = Console(stderr=True)
+    err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
+              f"{result.invalid} invalid", highlight=False)
+    for line, key, reason in result.invalid_rows[:20]:
+        err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False)
+    typer.echo(result.batch_id)
+
+
+@app.command()
+def status(
+    batch: Annotated[str | None, typer.Argument(help="Batch id (default: every batch).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts by state and cost, per batch."""
+    from scheduler.status import all_statuses, batch_status
+    from workers.db import create_tables, make_engine
+
+    engine = make_engine(_settings().database_url)
+    create_tables(engine)
+    if batch:
+        one = batch_status(engine, batch)
+        if one is None:
+            raise ConfigError(f"no batch {batch}")
+        statuses = [one]
+    else:
+        statuses = all_statuses(engine)
+    if as_json:
+        typer.echo(json.dumps({"batches": [s.to_json() for s in statuses]}, indent=2))
+        return
+    for s in statuses:
+        counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
+        typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "
+                   f"({s.source})")
+
+
+@app.command("export")
+def export_cmd(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Results file (JSONL).")],
+) -> None:
+    """Write a batch's results file (one line per manifest row, in input order)."""
+    from scheduler.export import export
+    from scheduler.status import batch_status
+    from workers.db import create_tables, make_engine
+
+    engine = make_engine(_settings().database_url)
+    create_tables(engine)
+    if batch_status(engine, batch) is None:
+        raise ConfigError(f"no batch {batch}")
+    rows = export(engine, batch, output)
+    typer.echo(f"{rows} rows written to {output}", err=True)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1,
+                                                    help="Threads (default 16).")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="threads | prefork | solo")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """A Celery worker that creates and polls PiAPI tasks."""
+    from workers.app import POLL_QUEUE, SUBMIT_QUEUE, create_celery
+    from workers.logs import setup_logging
+    from workers.runtime import lazy_context
+    from workers.tasks import register_tasks
+
+    settings = _settings(worker_concurrency=concurrency, worker_pool=pool)
+    settings.require_api_key()
+    setup_logging(loglevel, _secrets(settings))
+    celery_app = create_celery(settings.require_redis_url())
+    register_tasks(celery_app, lazy_context(settings))
+    celery_app.worker_main([
+        "worker", "-P", settings.worker_pool, "-c", str(settings.worker_concurrency),
+        "-Q", f"{SUBMIT_QUEUE},{POLL_QUEUE}", "-E", "--without-mingle", "--without-gossip",
+        "-n", f"piapi-bulk-{os.getpid()}@%h", "--loglevel", loglevel,
+    ])
+
+
+@app.command()
+def dispatcher(
+    concurrency: ConcurrencyOpt = None,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """Feed due work to the workers (one active at a time; others stand by)."""
+    import redis
+
+    from scheduler.dispatcher import Dispatcher
+    from workers.app import create_celery
+    from workers.db import create_tables, make_engine
+    from workers.logs import setup_logging
+    from workers.runtime import build_client
+
+    settings = _settings(concurrency=concurrency)
+    setup_logging(loglevel, _secrets(settings))
+    client = build_client(settings)
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    redis_url = settings.require_redis_url()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    d = Dispatcher(
+        engine, redis.Redis.from_url(redis_url), create_celery(redis_url),
+        lease_s=settings.lease_s, concurrency=settings.concurrency,
+        account_limit=lambda: client.account_info().max_concurrent_tasks,
+        interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
+    )
+    logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
+    d.run(stop)
+
+
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option("--port")] = 5555,
+    address: Annotated[str, typer.Option("--address", help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Open Flower on the fleet's Redis (basic auth when FLOWER_BASIC_AUTH=user:pass)."""
+    redis_url = _settings().require_redis_url()
+    celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
+    argv = [celery_bin, "--broker", redis_url, "flower", f"--address={address}",
+            f"--port={port}"]
+    env = dict(os.environ)
+    if env.get("FLOWER_BASIC_AUTH"):
+        argv.append(f"--basic_auth={env['FLOWER_BASIC_AUTH']}")
+    else:
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"  # bound to loopback; the API lists workers
+    os.execvpe(argv[0], argv, env)
+
+
+def _register_emulator() -> None:
+    from emulator.cli import emulator_command
+
+    app.command("emulator", help="A local PiAPI emulator (for tests, benchmarks and the demo).")(
+        emulator_command
+    )
+
+
+def main() -> None:
+    """Entry point: usage and configuration errors are one line on stderr and exit 2."""
+    _register_emulator()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=sys.argv[1:], prog_name="piapi-bulk", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        code = 0
+    except click.UsageError as exc:
+        hint = f" (try: {exc.ctx.command_path} --help)" if exc.ctx else ""
+        print(f"piapi-bulk: {exc.format_message()}{hint}", file=sys.stderr)
+        code = 2
+    except (ConfigError, ManifestError) as exc:
+        print(f"piapi-bulk: {exc}", file=sys.stderr)
+        code = 2
+    except click.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

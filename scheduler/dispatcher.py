@@ -1,0 +1,228 @@
+"""The dispatcher: feeds Celery only work that is runnable now, within the account's limit.
+
+Once per tick it takes back what dead workers left (expired leases), fills free concurrency
+slots with `submit` messages for queued jobs (oldest batch first, manifest order), and sends
+`poll` messages for running jobs whose next poll is due. One dispatcher is active at a time:
+it holds a Redis lock that it renews every tick; a second one waits as a hot standby.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from workers import leases
+from workers import transitions as tr
+from workers.app import POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = "piapi-bulk:dispatcher"
+EPOCH_KEY = "piapi-bulk:epoch"
+LOCK_TTL_S = 10.0
+"""A dispatcher that stops renewing its lock loses it after this long to a standby."""
+DEFAULT_CONCURRENCY = 5
+"""Used only when neither --concurrency nor the account's own limit is known."""
+ACCOUNT_REFRESH_S = 60.0
+MAX_POLLS_PER_TICK = 2000
+DONE_CHECK_EVERY_S = 2.0
+
+# KEYS[1]: the lock; ARGV[1]: our token; ARGV[2]: TTL in ms.
+# Extends the lock only while we still hold it; returns 1 when extended, 0 when lost.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1]: the lock; ARGV[1]: our token. Deletes the lock only if it is ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass
+class TickResult:
+    """What one tick did (for logs and tests)."""
+
+    limit: int = 0
+    in_flight: int = 0
+    submits: int = 0
+    polls: int = 0
+    expired: int = 0
+    halted: str | None = None
+
+
+def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
+    """Split ids into messages: spread over `spread` consumers, at most `size` per message."""
+    if not ids:
+        return []
+    per = max(1, min(size, math.ceil(len(ids) / max(spread, 1))))
+    return [list(ids[i : i + per]) for i in range(0, len(ids), per)]
+
+
+class Dispatcher:
+    """The loop from DESIGN.md; `tick()` is one pass, `run()` loops while it leads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        redis_client: redis.Redis,
+        app: Celery,
+        *,
+        lease_s: float,
+        concurrency: int | None = None,
+        account_limit: Callable[[], int | None] | None = None,
+        interval_s: float = 0.2,
+        batch_size: int = 8,
+        spread: int = 16,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.redis = redis_client
+        self.app = app
+        self.lease_s = lease_s
+        self.concurrency = concurrency
+        self.account_limit = account_limit
+        self.interval_s = interval_s
+        self.batch_size = batch_size
+        self.spread = spread
+        self.clock = clock
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._renew = redis_client.register_script(_RENEW)
+        self._release = redis_client.register_script(_RELEASE)
+        self._account_value: int | None = None
+        self._account_checked = -math.inf
+        self._done_checked = -math.inf
+        self.epoch = ""
+
+    # --- leadership -------------------------------------------------------------------
+    def try_lead(self) -> bool:
+        """Take the lock if it is free (or keep it if ours)."""
+        ttl_ms = int(LOCK_TTL_S * 1000)
+        if self.redis.set(LOCK_KEY, self.token, nx=True, px=ttl_ms):
+            logger.info("dispatcher %s is now active", self.token)
+            return True
+        return bool(self._renew(keys=[LOCK_KEY], args=[self.token, ttl_ms]))
+
+    def release(self) -> None:
+        """Give the lock up (on a clean stop) so a standby takes over at once."""
+        try:
+            self._release(keys=[LOCK_KEY], args=[self.token])
+        except redis.RedisError:
+            logger.warning("could not release the dispatcher lock; it expires by itself")
+
+    def current_epoch(self) -> str:
+        """The Redis epoch; a new one is made when Redis lost it (flushed or restarted)."""
+        candidate = uuid.uuid4().hex[:16]
+        if self.redis.set(EPOCH_KEY, candidate, nx=True):
+            logger.info("new Redis epoch %s: leases of earlier epochs are void", candidate)
+            return candidate
+        value = self.redis.get(EPOCH_KEY)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    # --- limits -----------------------------------------------------------------------
+    def limit(self, now: float) -> int:
+        """Tasks allowed in flight: --concurrency, else the account's limit (cached)."""
+        if self.concurrency:
+            return self.concurrency
+        if self.account_limit and now - self._account_checked >= ACCOUNT_REFRESH_S:
+            self._account_checked = now
+            try:
+                value = self.account_limit()
+            except Exception as exc:  # noqa: BLE001  any failure: keep the last known value
+                logger.warning("could not read the account's concurrency limit: %s", exc)
+            else:
+                if value and value != self._account_value:
+                    logger.info("account concurrency limit: %s", value)
+                    self._account_value = value
+        if self._account_value is None:
+            return DEFAULT_CONCURRENCY
+        return self._account_value
+
+    # --- one pass -----------------------------------------------------------------------
+    def tick(self) -> TickResult:
+        """Take back lost work, fill free slots, send due polls."""
+        now = self.clock()
+        self.epoch = self.current_epoch()
+        result = TickResult(limit=self.limit(now))
+        result.expired = len(tr.expire_submitting(self.engine, now))
+        tr.resolve_ambiguous_as_failed(self.engine, now)
+        result.halted = tr.get_halt(self.engine)
+        occupancy = leases.occupancy(self.engine, now, self.epoch)
+        result.in_flight = occupancy.total
+        if result.halted is None:
+            result.submits = self._fill_slots(now, result.limit - occupancy.total, occupancy)
+        poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_TICK, now, self.epoch,
+                                      self.lease_s)
+        self._send(POLL_TASK, POLL_QUEUE, poll_ids)
+        result.polls = len(poll_ids)
+        if now - self._done_checked >= DONE_CHECK_EVERY_S:
+            self._done_checked = now
+            for batch_id in leases.mark_done_batches(self.engine):
+                logger.info("batch %s is done", batch_id)
+        return result
+
+    def _fill_slots(self, now: float, free: int, occupancy: leases.Occupancy) -> int:
+        sent = 0
+        for batch in leases.open_batches(self.engine):
+            if free - sent <= 0:
+                break
+            room = free - sent
+            if batch.concurrency:
+                room = min(room, batch.concurrency - occupancy.by_batch.get(batch.id, 0))
+            ids = leases.lease_submits(self.engine, batch.id, room, now, self.epoch, self.lease_s)
+            self._send(SUBMIT_TASK, SUBMIT_QUEUE, ids)
+            sent += len(ids)
+        return sent
+
+    def _send(self, task: str, queue: str, ids: list[int]) -> None:
+        for part in chunks(ids, self.batch_size, self.spread):
+            self.app.send_task(task, args=[part], queue=queue)
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Wait for the lock, then tick until `stop` is set or the lock is lost."""
+        leading = False
+        try:
+            while not stop.is_set():
+                try:
+                    leading = self._step(leading)
+                except redis.RedisError as exc:
+                    logger.warning("Redis unavailable (%s); retrying", exc)
+                    leading = False
+                    stop.wait(1.0)
+                    continue
+                except DBAPIError as exc:
+                    logger.warning("database unavailable (%s); retrying", exc.orig or exc)
+                    stop.wait(1.0)
+                    continue
+                stop.wait(self.interval_s if leading else 1.0)
+        finally:
+            if leading:
+                self.release()
+
+    def _step(self, leading: bool) -> bool:
+        if not self.try_lead():
+            if leading:
+                logger.warning("dispatcher lock lost; standing by")
+            return False
+        result = self.tick()
+        if result.submits or result.polls or result.expired:
+            logger.debug("tick: %s", result)
+        return True

@@ -1,0 +1,113 @@
+"""The results manifest: one JSON line per manifest row, in input order, streamed from the DB."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from workers.models import Job
+from workers.states import JobState
+
+USD_PER_UNIT = 1e-7
+"""PiAPI usage units: 10,000,000 units = US$1."""
+RESULT_STATUSES = {
+    JobState.COMPLETED.value: "completed",
+    JobState.FAILED.value: "failed",
+    JobState.CANCELLED.value: "cancelled",
+    JobState.INVALID.value: "invalid",
+}
+"""Terminal states map to themselves; a row still in progress exports as `pending`."""
+FETCH_ROWS = 2000
+
+
+def find_urls(value: Any) -> list[str]:
+    """Every http(s) URL anywhere in `value`, in document order, without repeats."""
+    found: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            s = v.strip()
+            if s.startswith(("http://", "https://")) and s not in found:
+                found.append(s)
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, list):
+            for item in v:
+                walk(item)
+
+    walk(value)
+    return found
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def result_line(job: Job) -> dict[str, Any]:
+    """The results-manifest object for one job (see the README's contract)."""
+    output = _loads(job.output_json)
+    status = RESULT_STATUSES.get(job.state, "pending")
+    error = None
+    if status in ("failed", "cancelled", "invalid"):
+        error = {"kind": job.error_kind or status, "message": job.error_message or ""}
+    usage = None
+    if job.usage_consume is not None:
+        usage = {"consume": job.usage_consume, "usd": round(job.usage_consume * USD_PER_UNIT, 7)}
+    return {
+        "id": job.row_key,
+        "line": job.line,
+        "status": status,
+        "model": job.model,
+        "task_type": job.task_type,
+        "task_id": job.task_id,
+        "output": output,
+        "urls": find_urls(output),
+        "error": error,
+        "attempts": job.attempts,
+        "usage": usage,
+        "metadata": _loads(job.metadata_json),
+    }
+
+
+def iter_results(engine: Engine, batch_id: str) -> Iterator[dict[str, Any]]:
+    """Result objects of a batch in manifest order, fetched in pages."""
+    with Session(engine) as s:
+        last = 0
+        while True:
+            page = list(s.scalars(
+                select(Job).where(col(Job.batch_id) == batch_id, col(Job.seq) > last)
+                .order_by(col(Job.seq)).limit(FETCH_ROWS)
+            ))
+            if not page:
+                return
+            for job in page:
+                yield result_line(job)
+            last = page[-1].seq
+            s.expunge_all()
+
+
+def export(engine: Engine, batch_id: str, path: Path) -> int:
+    """Write the batch's results to `path` atomically (temp file + rename); returns rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    rows = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for obj in iter_results(engine, batch_id):
+                out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+                rows += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rows

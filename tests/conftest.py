@@ -1,0 +1,108 @@
+"""Fixtures that own real services: a private redis-server, throwaway databases, the emulator."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, stop_process, wait_until
+
+PG_ADMIN_URL = os.environ.get("PIAPI_BULK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = os.environ.get("PIAPI_BULK_REQUIRE_PG") == "1"
+
+
+def _pg_connect(url: str):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=3)
+
+
+def _pg_reachable() -> str | None:
+    try:
+        with _pg_connect(PG_ADMIN_URL):
+            return None
+    except Exception as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    problem = _pg_reachable()
+    if problem is None:
+        return True
+    if REQUIRE_PG:
+        pytest.fail(f"PostgreSQL is required (PIAPI_BULK_REQUIRE_PG=1) but unreachable: {problem}")
+    return False
+
+
+def _pg_database() -> Iterator[str]:
+    name = f"piapi_bulk_test_{uuid.uuid4().hex[:16]}"
+    with _pg_connect(PG_ADMIN_URL) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with _pg_connect(PG_ADMIN_URL) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available: bool) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'piapi-bulk.db'}"
+        return
+    if not pg_available:
+        pytest.skip("PostgreSQL not reachable")
+    yield from _pg_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file for tests that do not depend on the database kind."""
+    return f"sqlite:///{tmp_path / 'piapi-bulk.db'}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port (never the shared one on 6379)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (make install-redis, or apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    wait_until(lambda: client.ping(), 15, what="redis-server to answer")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        stop_process(proc)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The private Redis, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
