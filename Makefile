@@ -1,0 +1,54 @@
+# piapi-bulk: every tool has one entry point here; .ci/run calls the same targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
+
+.PHONY: help install install-redis run test test-fast lint bench flower emulator clean
+
+help:  ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) install-redis  ## Create the venv and install piapi-bulk (and redis-server)
+
+install-redis:  ## Install redis-server with apt-get when it is missing
+	@if command -v redis-server >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+		echo "installing redis-server with apt-get"; \
+		$(SUDO) apt-get install -y redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y redis-server; }; \
+	else \
+		echo "redis-server is missing: install it (e.g. 'brew install redis' or your distribution's package) and re-run"; exit 1; \
+	fi
+
+run: install  ## Offline demo: examples/demo.jsonl through the emulator, Redis, Celery and SQLite
+	@bash examples/demo.sh
+
+test: install  ## All tests (SQLite always; PostgreSQL too when one is reachable)
+	$(BIN)/pytest -q
+
+test-fast: install  ## Unit tests only
+	$(BIN)/pytest -q tests/unit
+
+lint: install  ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install  ## Benchmarks (JSON under bench/results/)
+	$(BIN)/python -m bench
+
+flower: install  ## Flower on 127.0.0.1:5555 for the running fleet (FLOWER_BASIC_AUTH=user:pass for auth)
+	$(BIN)/piapi-bulk flower --port $${FLOWER_PORT:-5555}
+
+emulator: install  ## The PiAPI emulator on 127.0.0.1:8080 (time scale 0.05)
+	$(BIN)/piapi-bulk emulator --port $${EMULATOR_PORT:-8080} --time-scale $${TIME_SCALE:-0.05}
+
+clean:  ## Remove the venv, caches and run artifacts
+	rm -rf $(VENV) .run .piapi-bulk .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

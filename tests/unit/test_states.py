@@ -1,0 +1,57 @@
+"""The job state machine: its table, and random walks through it."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.states import ACTIVE, ALLOWED, IN_FLIGHT, TERMINAL, JobState, can_move, sources_of
+
+
+def test_every_state_has_a_row() -> None:
+    assert set(ALLOWED) == set(JobState)
+
+
+def test_completed_and_invalid_are_final() -> None:
+    assert ALLOWED[JobState.COMPLETED] == frozenset()
+    assert ALLOWED[JobState.INVALID] == frozenset()
+
+
+def test_a_create_can_only_start_from_queued_or_retry_wait() -> None:
+    assert sources_of(JobState.SUBMITTING) == {JobState.QUEUED, JobState.RETRY_WAIT}
+
+
+def test_running_is_only_reached_by_a_create_answer_or_an_adoption() -> None:
+    assert sources_of(JobState.RUNNING) == {JobState.SUBMITTING, JobState.AMBIGUOUS}
+
+
+def test_ambiguous_is_never_posted_again_directly() -> None:
+    # From ambiguous a job may be adopted (running), failed, cancelled or explicitly
+    # requeued by reconciliation, but never go straight to another create.
+    assert JobState.SUBMITTING not in ALLOWED[JobState.AMBIGUOUS]
+
+
+def test_partition() -> None:
+    assert TERMINAL | ACTIVE == set(JobState)
+    assert not TERMINAL & ACTIVE
+    assert IN_FLIGHT <= ACTIVE
+
+
+@given(st.lists(st.sampled_from(list(JobState)), max_size=40))
+def test_random_walks_respect_the_table(steps: list[JobState]) -> None:
+    state = JobState.QUEUED
+    seen_completed = False
+    for nxt in steps:
+        if can_move(state, nxt):
+            assert nxt in ALLOWED[state]
+            state = nxt
+        seen_completed = seen_completed or state is JobState.COMPLETED
+        if seen_completed:
+            assert state is JobState.COMPLETED
+
+
+@given(st.lists(st.sampled_from(list(JobState)), min_size=1, max_size=40))
+def test_completed_absorbs(steps: list[JobState]) -> None:
+    state = JobState.COMPLETED
+    for nxt in steps:
+        assert not can_move(state, nxt)
