@@ -6,10 +6,13 @@ behave the same. The API key is never stored anywhere here.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from workers.states import JobState
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+"""64-bit ids on PostgreSQL; INTEGER on SQLite, where only that type autoincrements (rowid)."""
 
 
 class Batch(SQLModel, table=True):
@@ -44,8 +47,7 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_batch_state_seq", "batch_id", "state", "seq"),
     )
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
-                                                          autoincrement=True))
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
     batch_id: str = Field(foreign_key="batches.id", max_length=40)
     seq: int
     """1-based data-row number: the order of the results file."""
@@ -89,9 +91,8 @@ class Attempt(SQLModel, table=True):
     __tablename__ = "attempts"
     __table_args__ = (UniqueConstraint("job_id", "n", name="uq_attempts_job_n"),)
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
-                                                          autoincrement=True))
-    job_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    job_id: int = Field(sa_column=Column(ID, nullable=False, index=True))
     n: int
     """1-based number of this POST for its job."""
     state: str = Field(default="posting", max_length=16)
