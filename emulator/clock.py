@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -50,5 +51,8 @@ def format_time(t: float | None) -> str:
     """RFC 3339 UTC with 9 fractional digits, or the zero time when `t` is None."""
     if t is None:
         return ZERO_TIME
-    sec, ns = divmod(round(t * _NS_PER_S), _NS_PER_S)
+    sec = math.floor(t)
+    ns = round((t - sec) * _NS_PER_S)  # the fraction alone: t * 1e9 would lose digits
+    if ns == _NS_PER_S:
+        sec, ns = sec + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns:09d}Z"

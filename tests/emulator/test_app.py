@@ -1,0 +1,251 @@
+"""The HTTP surface in-process (Starlette TestClient, fake clock): bodies, statuses, headers."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers `httpx2` for its TestClient; plain httpx still works.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from starlette.testclient import TestClient
+
+from emulator.app import create_app
+from emulator.clock import FakeClock
+from emulator.config import EmulatorConfig
+from emulator.runtime import Runtime
+from tests.emulator.conftest import joy, wan
+
+KEY = {"x-api-key": "test-key"}
+
+
+class Client:
+    """A TestClient plus the emulator's runtime and fake clock."""
+
+    def __init__(self, http: TestClient, rt: Runtime, clock: FakeClock) -> None:
+        self.http, self.rt, self.clock = http, rt, clock
+
+    def create(self, body: dict[str, Any]) -> Any:
+        return self.http.post("/api/v1/task", json=body, headers=KEY)
+
+    def configure(self, **patch: Any) -> Any:
+        response = self.http.post("/_emulator/config", json=patch)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    clock = FakeClock()
+    config = EmulatorConfig(api_key="test-key", seed=3, port=9999)
+    app = create_app(config, clock)
+    with TestClient(app, base_url="http://127.0.0.1:9999") as http:
+        yield Client(http, app.state.runtime, clock)
+
+
+def test_auth_is_required_and_header_name_is_case_insensitive(client: Client) -> None:
+    missing = client.http.get("/account/info")
+    wrong = client.http.get("/account/info", headers={"x-api-key": "nope"})
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        assert response.json() == {"code": 401, "message": "Unauthorized"}
+    assert client.http.get("/account/info", headers={"X-API-KEY": "test-key"}).status_code == 200
+
+
+def test_create_and_get_return_the_documented_envelope(client: Client) -> None:
+    created = client.create({**joy(), "input": {"image": "http://x/a.png", "workflow_type": "w"}})
+    assert created.status_code == 200
+    assert created.headers["content-type"] == "application/json"
+    body = created.json()
+    data = body["data"]
+    uuid.UUID(data["task_id"], version=4)
+    assert (body["code"], body["message"], data["status"]) == (200, "success", "pending")
+    assert data["input"] == {"caption_length": "any", "image": "http://x/a.png",
+                             "prompt_style": "Descriptive"}
+    assert data["meta"]["started_at"] == "0001-01-01T00:00:00Z"
+    got = client.http.get(f"/api/v1/task/{data['task_id']}", headers=KEY)
+    assert got.json() == body
+    client.clock.advance(1000)
+    done = client.http.get(f"/api/v1/task/{data['task_id']}", headers=KEY).json()["data"]
+    assert done["status"] == "completed" and done["output"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "invalid JSON body"),
+        (b'{"model":"nope","task_type":"x","input":{}}', "model nope is not supported"),
+        (b'{"model":"Wan","task_type":"wan26-txt2video","input":{"prompt":"p","duration":"5"}}',
+         "input.duration must be an integer"),
+    ],
+)
+def test_bad_creates_are_400_and_create_nothing(
+    client: Client, content: bytes, message: str
+) -> None:
+    response = client.http.post("/api/v1/task", content=content, headers=KEY)
+    assert response.status_code == 400
+    assert response.json() == {"code": 400, "message": message}
+    assert client.http.get("/_emulator/stats").json()["creates"] == 0
+
+
+def test_unknown_task_is_404_or_configured_400(client: Client) -> None:
+    response = client.http.get("/api/v1/task/nope", headers=KEY)
+    assert (response.status_code, response.json()) == (404, {"code": 404,
+                                                             "message": "task not found"})
+    client.configure(unknown_task_status=400)
+    assert client.http.get("/api/v1/task/nope", headers=KEY).status_code == 400
+
+
+def test_delete_cancels_only_pending(client: Client) -> None:
+    task_id = client.create(wan()).json()["data"]["task_id"]
+    response = client.http.delete(f"/api/v1/task/{task_id}", headers=KEY)
+    assert response.json() == {"code": 200, "message": f"task {task_id} canceled"}
+    again = client.http.delete(f"/api/v1/task/{task_id}", headers=KEY)
+    assert (again.status_code, again.json()["message"]) == (400, "task is not pending")
+    data = client.http.get(f"/api/v1/task/{task_id}", headers=KEY).json()["data"]
+    assert data["status"] == "failed" and data["error"]["message"] == "task canceled"
+    assert data["meta"]["usage"] == {"type": "point", "frozen": 0, "consume": 0}
+    assert client.http.delete("/api/v1/task/nope", headers=KEY).status_code == 404
+
+
+def test_account_info_tracks_the_wallet(client: Client) -> None:
+    client.create(wan())
+    data = client.http.get("/account/info", headers=KEY).json()["data"]
+    assert data["max_concurrent_task_count"] == 10
+    assert data["wallet"] == {"point_remain": 10**12 - 4_000_000, "point_frozen": 4_000_000,
+                              "point_used": 0}
+    assert data["equivalent_in_usd"] == pytest.approx((10**12 - 4_000_000) / 1e7)
+
+
+def test_active_tasks_grouped_by_family_or_absent(client: Client) -> None:
+    a = client.create(wan()).json()["data"]["task_id"]
+    client.create(joy())
+    data = client.http.get("/account/active_tasks", headers=KEY).json()["data"]
+    assert set(data) == {"joycaption", "wan", "flux", "kling", "hailuo"}
+    assert data["wan"] == {"pending_count": 1, "processing_count": 0, "staged_count": 0,
+                           "active_tasks": [{"task_id": a, "status": "pending"}]}
+    client.configure(active_tasks_enabled=False)
+    assert client.http.get("/account/active_tasks", headers=KEY).status_code == 404
+
+
+def test_history_shapes_paging_and_faults(client: Client) -> None:
+    ids = [client.create(joy(f"http://x/{i}.png")).json()["data"]["task_id"] for i in range(3)]
+    page = client.http.get("/api/open/tasks/histories?page=1&page_size=2", headers=KEY).json()
+    rows = page["data"]["data"]
+    assert (page["data"]["page"], page["data"]["size"], page["data"]["total"]) == (1, 2, 3)
+    assert [r["taskId"] for r in rows] == ids[:0:-1]
+    assert rows[0]["detail"]["input"]["image"] == "http://x/2.png"
+    assert set(rows[0]) == {"id", "taskId", "taskModel", "action", "status", "createdAt",
+                            "updatedAt", "usage", "usageType", "serviceMode", "detail"}
+    client.configure(history_shape="summary")
+    rows = client.http.get("/api/open/tasks/histories", headers=KEY).json()["data"]["data"]
+    assert all(r["detail"] is None for r in rows)
+    bad = client.http.get("/api/open/tasks/histories?page_size=101", headers=KEY)
+    assert bad.status_code == 400
+    client.configure(history_fault_rate=1.0)
+    assert client.http.get("/api/open/tasks/histories", headers=KEY).status_code == 500
+
+
+def test_history_lag_hides_new_tasks(client: Client) -> None:
+    client.configure(history_lag_s=5.0)
+    client.create(joy())
+    url = "/api/open/tasks/histories"
+    assert client.http.get(url, headers=KEY).json()["data"]["total"] == 0
+    client.clock.advance(5.0)
+    assert client.http.get(url, headers=KEY).json()["data"]["total"] == 1
+
+
+def test_rpm_limit_answers_429_with_retry_after(client: Client) -> None:
+    client.configure(rpm=60)  # one a second, burst 1
+    assert client.http.get("/account/info", headers=KEY).status_code == 200
+    limited = client.http.get("/account/info", headers=KEY)
+    assert limited.status_code == 429
+    assert limited.json() == {"code": 429, "message": "rate limit exceeded"}
+    assert limited.headers["retry-after"] == "1"
+    assert float(limited.headers["x-ratelimit-reset-after"]) == pytest.approx(1.0)
+    client.clock.advance(0.75)
+    assert float(client.http.get("/account/info", headers=KEY)
+                 .headers["x-ratelimit-reset-after"]) == pytest.approx(0.25)
+    client.clock.advance(0.25)
+    assert client.http.get("/account/info", headers=KEY).status_code == 200
+    assert client.http.get("/_emulator/stats").json()["rate_limited"] == 2
+
+
+def test_refuse_mode_429_with_retry_after(client: Client) -> None:
+    client.configure(over_limit="refuse", concurrency=1, refuse_retry_after_s=3)
+    assert client.create(joy()).status_code == 200
+    refused = client.create(joy("http://x/b.png"))
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+    assert refused.json() == {"code": 429, "message": "concurrent task limit exceeded"}
+    stats = client.http.get("/_emulator/stats").json()
+    assert (stats["creates"], stats["creates_refused"]) == (1, 1)
+
+
+def test_edge_faults_answer_before_anything(client: Client) -> None:
+    client.configure(fault_5xx=1.0)
+    statuses = {client.create(joy()).status_code for _ in range(30)}
+    assert statuses <= {500, 502, 503} and len(statuses) > 1
+    client.configure(fault_5xx=0.0, fault_429=1.0)
+    limited = client.http.get("/account/info", headers=KEY)
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+    stats = client.http.get("/_emulator/stats").json()
+    assert stats["creates"] == 0
+    assert (stats["faults"]["5xx"], stats["faults"]["429"]) == (30, 1)
+
+
+def test_output_files_are_served_without_auth(client: Client) -> None:
+    client.create(wan())
+    client.clock.advance(10_000)
+    task = next(iter(client.rt.engine.tasks.values()))
+    url = client.http.get(f"/api/v1/task/{task.task_id}", headers=KEY).json()["data"][
+        "output"]["video_url"]
+    assert url.startswith("http://127.0.0.1:9999/ephemeral/") and url.endswith(".mp4")
+    response = client.http.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
+    assert response.content
+    assert client.http.get("/ephemeral/../../etc/passwd").status_code == 404
+    assert client.http.get(f"/ephemeral/{uuid.uuid4()}.exe").status_code == 404
+
+
+def test_control_config_masks_the_key_and_validates_patches(client: Client) -> None:
+    config = client.http.get("/_emulator/config").json()
+    assert config["api_key"] == "**********" and config["concurrency"] == 10
+    for patch in ({"concurrency": -1}, {"port": 1}, {"nope": 1}, {"fault_5xx": 2}):
+        response = client.http.post("/_emulator/config", json=patch)
+        assert response.status_code == 400, patch
+    assert client.configure(concurrency=3, time_scale=0.5)["time_scale"] == 0.5
+
+
+def test_reset_clears_tasks_and_counters(client: Client) -> None:
+    client.create(joy())
+    assert client.http.post("/_emulator/reset").status_code == 200
+    stats = client.http.get("/_emulator/stats").json()
+    assert stats["creates"] == 0 and stats["requests"]["total"] == 0
+    assert client.http.get("/_emulator/ledger").json() == {"tasks": []}
+
+
+def test_stats_and_ledger_keys(client: Client) -> None:
+    task_id = client.create(joy()).json()["data"]["task_id"]
+    client.create(joy())
+    stats = client.http.get("/_emulator/stats").json()
+    assert {
+        "requests", "creates", "creates_refused", "rate_limited", "faults", "in_flight",
+        "peak_in_flight", "in_flight_integral_s", "processing_integral_s",
+        "max_creates_per_input", "creates_per_input_histogram", "tasks_by_status", "webhooks",
+        "consumed_units", "frozen_units", "started_at",
+    } <= set(stats)
+    assert stats["requests"]["create"] == 2 and stats["requests"]["total"] == 2
+    assert stats["max_creates_per_input"] == 2 and stats["creates_per_input_histogram"] == {
+        "2": 1}
+    ledger = client.http.get("/_emulator/ledger").json()["tasks"]
+    assert ledger[0]["task_id"] == task_id
+    assert set(ledger[0]) == {"task_id", "model", "task_type", "input_key", "status",
+                              "created_at", "ended_at", "consume", "output", "error", "charged",
+                              "webhook_endpoint"}
+    key = ledger[0]["input_key"]
+    assert len(client.http.get(f"/_emulator/ledger?input_key={key}").json()["tasks"]) == 2
+    assert client.http.get("/_emulator/ledger?input_key=zzz").json() == {"tasks": []}
