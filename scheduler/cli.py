@@ -29,6 +29,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 logger = logging.getLogger(__name__)
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model for rows without one.")]
 TaskTypeOpt = Annotated[
@@ -55,6 +56,10 @@ def _settings(**overrides: Any) -> Settings:
     return settings.model_copy(update=clean) if clean else settings
 
 
+def _run_dir() -> Path:
+    return Path(os.environ.get("PIAPI_BULK_RUN_DIR", ".piapi-bulk"))
+
+
 def _secrets(settings: Settings) -> list[str]:
     return [settings.api_key.get_secret_value()] if settings.api_key else []
 
@@ -77,7 +82,7 @@ def run(
     from workers.logs import setup_logging
 
     settings = _settings(rpm=rpm)
-    run_dir = Path(os.environ.get("PIAPI_BULK_RUN_DIR", ".piapi-bulk"))
+    run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
     opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
@@ -220,17 +225,28 @@ def flower(
     port: Annotated[int, typer.Option("--port")] = 5555,
     address: Annotated[str, typer.Option("--address", help="Bind address.")] = "127.0.0.1",
 ) -> None:
-    """Open Flower on the fleet's Redis (basic auth when FLOWER_BASIC_AUTH=user:pass)."""
-    redis_url = _settings().require_redis_url()
+    """Open Flower on the fleet's Redis (basic auth when FLOWER_BASIC_AUTH=user:pass).
+
+    Without REDIS_URL it uses the private Redis of a `run` in progress in this directory.
+    """
+    from scheduler.runner import REDIS_URL_FILE
+
+    settings = _settings()
+    run_file = _run_dir() / REDIS_URL_FILE
+    if not settings.redis_url and run_file.is_file():
+        settings = settings.model_copy(update={"redis_url": run_file.read_text().strip()})
+    redis_url = settings.require_redis_url()
     celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
     argv = [celery_bin, "--broker", redis_url, "flower", f"--address={address}",
             f"--port={port}"]
     env = dict(os.environ)
+    if address not in LOOPBACK and not env.get("FLOWER_BASIC_AUTH"):
+        raise ConfigError(f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH")
     if env.get("FLOWER_BASIC_AUTH"):
         argv.append(f"--basic_auth={env['FLOWER_BASIC_AUTH']}")
     else:
         env["FLOWER_UNAUTHENTICATED_API"] = "true"  # bound to loopback; the API lists workers
-    os.execvpe(argv[0], argv, env)
+    os.execvpe(argv[0], argv, env)  # noqa: S606  (argv is ours; no shell involved)
 
 
 def _register_emulator() -> None:

@@ -36,6 +36,7 @@ from workers.states import JobState
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+REDIS_URL_FILE = "redis_url"
 WATCH_INTERVAL_S = 0.5
 PLAIN_REPORT_EVERY_S = 5.0
 """Without a terminal (CI, logs), a progress line this often instead of a live bar."""
@@ -208,6 +209,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             url, redis_child = start_private_redis(run_dir)
             services.children.append(redis_child)
             settings = settings.model_copy(update={"redis_url": url})
+            # So `piapi-bulk flower` (and `make flower`) find this run's private Redis.
+            (run_dir / REDIS_URL_FILE).write_text(url + "\n")
         limit = check_account(settings)
         engine = make_engine(settings.database_url)
         create_tables(engine)
@@ -236,3 +239,4 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         return EXIT_INTERRUPTED
     finally:
         services.stop()
+        (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)

@@ -61,7 +61,7 @@ class Child:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, preexec_fn=_die_with_parent,  # noqa: PLW1509
+                env=self.env, preexec_fn=_die_with_parent,
             )
         logger.info("started %s (pid %s), log %s", self.name, self.proc.pid, self.log_path)
 
@@ -119,19 +119,22 @@ def start_private_redis(run_dir: Path) -> tuple[str, Child]:
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
+    try:
+        while not _answers(client):
             if not child.alive() or time.monotonic() > deadline:
                 child.stop()
                 raise ConfigError(f"private redis-server did not start; see {child.log_path}")
             time.sleep(0.05)
-        finally:
-            pass
-    client.close()
+    finally:
+        client.close()
     return url, child
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def cli_argv(*args: str) -> list[str]:

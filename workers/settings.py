@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("PIAPI_CONNECT_TIMEOUT_S"))
     read_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("PIAPI_READ_TIMEOUT_S"))
     """Also bounds a create: past it, a create's outcome is unknown (ambiguous)."""
+    write_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("PIAPI_WRITE_TIMEOUT_S"))
+    pool_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("PIAPI_POOL_TIMEOUT_S"))
 
     # --- scheduling ---------------------------------------------------------------------
     concurrency: int | None = Field(None, ge=1, validation_alias=_env("PIAPI_CONCURRENCY"))
@@ -56,8 +58,8 @@ class Settings(BaseSettings):
     @property
     def request_timeout_s(self) -> float:
         """Longest a single PiAPI request may take, all phases together."""
-        # connect + write (10 s) + read + pool wait (5 s): see workers.piapi.Timeouts.
-        return self.connect_timeout_s + 10.0 + self.read_timeout_s + 5.0
+        return (self.pool_timeout_s + self.connect_timeout_s + self.write_timeout_s
+                + self.read_timeout_s)
 
     @property
     def lease_s(self) -> float:
