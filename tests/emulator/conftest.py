@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from emulator.clock import FakeClock
@@ -12,6 +17,7 @@ from emulator.config import EmulatorConfig
 from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
+from tests.helpers import free_port, start_emulator, stop_process
 
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
 
@@ -57,3 +63,111 @@ class Harness:
 @pytest.fixture
 def h() -> Harness:
     return Harness()
+
+
+# ---- live emulator process (integration tests) ---------------------------------------------
+
+LIVE_KEY = "live-key"
+STATIC = {"host", "port", "seed", "api_key"}
+
+
+class Live:
+    """A running `python -m emulator` and an httpx client for it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, headers={"x-api-key": LIVE_KEY}, timeout=10)
+        self.baseline = {k: v for k, v in self.config().items() if k not in STATIC}
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.http.get("/_emulator/config").json())
+
+    def configure(self, **patch: Any) -> dict[str, Any]:
+        response = self.http.post("/_emulator/config", json=patch)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def restore(self) -> None:
+        """Back to the starting settings, with no tasks and zero counters."""
+        self.configure(**self.baseline)
+        assert self.http.post("/_emulator/reset").status_code == 200
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.http.get("/_emulator/stats").json())
+
+    def ledger(self, **params: str) -> list[dict[str, Any]]:
+        return list(self.http.get("/_emulator/ledger", params=params).json()["tasks"])
+
+    def create(self, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post("/api/v1/task", json=body)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/v1/task/{task_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json()["data"])
+
+
+@pytest.fixture(scope="module")
+def live_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("emulator") / "emulator.log"
+    # Real-world durations x 0.01: a Joycaption task takes 0.15-0.45 s.
+    proc = start_emulator(port, ["--time-scale", "0.01", "--seed", "7"],
+                          env={"PIAPI_API_KEY": LIVE_KEY}, log=log)
+    live = Live(port)
+    try:
+        yield live
+    finally:
+        live.http.close()
+        stop_process(proc)
+
+
+@pytest.fixture
+def live(live_process: Live) -> Live:
+    live_process.restore()
+    return live_process
+
+
+class Receiver:
+    """A webhook receiver on loopback: records each POST; answers from a status script."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.statuses = list(statuses or [])
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver.lock:
+                    receiver.received.append((
+                        {k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
