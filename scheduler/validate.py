@@ -1,0 +1,342 @@
+"""Row validation: a manifest row becomes a typed, checked JobSpec or an Invalid with a reason.
+
+Pure: no I/O, no state; `validate_row` never raises for any row a reader can produce.
+
+Reserved fields are `id`, `model`, `task_type`, `input` and `metadata`; every other field is
+an input field, merged into `input`. A field given both ways must agree (after typing) when
+both are non-empty; otherwise the row is invalid. When one of the two is empty, the
+non-empty one is used. Input fields that are null are dropped (like empty CSV cells).
+
+Input fields are checked against `workers.catalog` strictly, for CSV columns as for JSON
+keys: a field the (model, task_type) does not list makes the row invalid unless the spec has
+`open_fields` (users rename or drop extra columns; nothing unknown reaches the paid API).
+Typed fields accept their JSON type or a string holding it, since CSV cells are strings:
+integers "5", "+5" and "5.0" (not "5.5", not true), numbers "0.5" or "1e3" (finite only),
+booleans true/false/1/0/yes/no in any case. String fields take strings, and numbers as
+their decimal form; objects, arrays and booleans are refused. `choices`, `min` and `max`
+apply after conversion; Flux models also need width*height <= 1,048,576 when both are given.
+
+Duplicate ids are not checked here: that needs every id seen so far (see `ingest`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler.manifest import RawRow, parse_json
+from workers.catalog import MODELS, FieldSpec, Kind, TaskSpec, lookup, task_types
+
+RESERVED = frozenset({"id", "model", "task_type", "input", "metadata"})
+"""Row fields that are not input fields."""
+FLUX_MAX_PIXELS = 1_048_576
+"""Flux refuses images larger than 1024 x 1024 pixels in area (width * height)."""
+SHOW_CHARS = 40
+"""How much of an offending value a reason quotes."""
+
+_INT_RE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
+_NUM_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INT_LITERAL_RE = re.compile(r"[+-]?[0-9]+")
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Model and task type for rows that do not name their own (`--model`, `--task-type`)."""
+
+    model: str | None = None
+    task_type: str | None = None
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A valid row: what to send to PiAPI, with the user's metadata to pass through."""
+
+    seq: int
+    line: int
+    row_key: str
+    model: str
+    task_type: str
+    input: dict[str, Any]
+    metadata: Any
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A row that will not be sent, why (one line), and what could be read of it."""
+
+    seq: int
+    line: int
+    row_key: str
+    model: str | None
+    task_type: str | None
+    reason: str
+    metadata: Any
+
+
+class _Reject(Exception):
+    """Internal: the row is invalid for `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def validate_row(raw: RawRow, defaults: Defaults) -> JobSpec | Invalid:
+    """Check one row against the catalog; a JobSpec with a typed input, or an Invalid."""
+    fields = raw.fields
+    metadata = _metadata(fields.get("metadata"), raw.from_csv)
+    row_key, model, task_type = str(raw.seq), None, None
+    try:
+        row_key = _row_key(fields.get("id"), raw.seq)
+        model = _name(fields, "model", defaults.model)
+        task_type = _name(fields, "task_type", defaults.task_type)
+        spec = _spec(model, task_type)
+        data = _input(fields, spec, raw.from_csv)
+    except _Reject as exc:
+        return Invalid(raw.seq, raw.line, row_key, model, task_type, exc.reason, metadata)
+    return JobSpec(raw.seq, raw.line, row_key, spec.model, spec.task_type, data, metadata)
+
+
+def show(value: Any) -> str:
+    """A short, one-line rendering of a value for a reason."""
+    if isinstance(value, str):
+        text = value if len(value) <= SHOW_CHARS else value[: SHOW_CHARS - 3] + "..."
+        return repr(text)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return "a very large number"
+    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
+
+
+def _metadata(value: Any, from_csv: bool) -> Any:
+    """Metadata as given; a CSV cell holding JSON is parsed, any other cell stays a string."""
+    if not (from_csv and isinstance(value, str)):
+        return value
+    try:
+        return parse_json(value)
+    except (ValueError, RecursionError):
+        return value
+
+
+def _row_key(value: Any, seq: int) -> str:
+    if value is None or value == "":
+        return str(seq)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return str(value)
+        except ValueError:
+            pass
+    raise _Reject(f"field 'id' must be a string or an integer, got {show(value)}")
+
+
+def _name(fields: Mapping[str, Any], name: str, default: str | None) -> str | None:
+    """The row's model or task type (stripped), else the default; None when neither."""
+    value = fields.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default or None
+    if not isinstance(value, str):
+        raise _Reject(f"field {name!r} must be a string, got {show(value)}")
+    return value.strip()
+
+
+def _spec(model: str | None, task_type: str | None) -> TaskSpec:
+    if model is None:
+        raise _Reject("missing model (no 'model' field and no default model)")
+    if model not in MODELS:
+        raise _Reject(f"unknown model {show(model)} (known: {', '.join(sorted(MODELS))})")
+    known = ", ".join(task_types(model))
+    if task_type is None:
+        raise _Reject(f"missing task_type for model {model!r} (known: {known})")
+    spec = lookup(model, task_type)
+    if spec is None:
+        raise _Reject(f"unknown task_type {show(task_type)} for model {model!r} (known: {known})")
+    return spec
+
+
+def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[str, Any]:
+    """The merged, checked and typed input object."""
+    explicit = _explicit_input(fields.get("input"), from_csv)
+    extra = {k: v for k, v in fields.items() if k not in RESERVED}
+    merged = {k: v for k, v in _merge(explicit, extra, spec).items() if v is not None}
+    _check_unknown(merged, spec)
+    for name in spec.required:
+        if _empty(merged.get(name)):
+            raise _Reject(f"missing required input field {name!r}")
+    typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in merged.items()}
+    _check_flux(typed, spec)
+    return typed
+
+
+def _explicit_input(value: Any, from_csv: bool) -> dict[str, Any]:
+    """The `input` field as an object: a JSON object, or (in CSV) a cell holding one."""
+    if value is None:
+        return {}
+    if isinstance(value, str) and from_csv:
+        try:
+            value = parse_json(value)
+        except json.JSONDecodeError as exc:
+            raise _Reject(
+                f"field 'input' is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        except (ValueError, RecursionError) as exc:
+            raise _Reject(f"field 'input' is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _Reject(f"field 'input' must be a JSON object, got {show(value)}")
+    return value
+
+
+def _merge(explicit: dict[str, Any], extra: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
+    merged = dict(extra)
+    for name, value in explicit.items():
+        other = merged.get(name)
+        if _empty(value) and not _empty(other):
+            continue
+        if not _empty(other) and not _same(name, value, other, spec.fields.get(name)):
+            raise _Reject(f"field {name!r} differs between 'input' ({show(value)}) "
+                          f"and its own column ({show(other)})")
+        merged[name] = value
+    return merged
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _same(name: str, a: Any, b: Any, field: FieldSpec | None) -> bool:
+    """True when two values of a field mean the same (after typing, when it is typed)."""
+    if type(a) is type(b) and a == b:
+        return True
+    if field is None:
+        return False
+    try:
+        return bool(_typed(name, a, field) == _typed(name, b, field))
+    except _Reject:
+        return False
+
+
+def _check_unknown(data: Mapping[str, Any], spec: TaskSpec) -> None:
+    if spec.open_fields:
+        return
+    unknown = [k for k in data if k not in spec.fields]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise _Reject(f"unknown input field{plural} {names} for {spec.model} {spec.task_type}"
+                      f" (known: {', '.join(sorted(spec.fields))})")
+
+
+def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
+    """The value converted to the field's JSON type and checked; unlisted fields unchanged."""
+    if field is None:
+        return value
+    converted = _CONVERTERS[field.kind](value)
+    if converted is None:
+        raise _Reject(f"field {name!r} must be {_KIND_WORDS[field.kind]}, got {show(value)}")
+    if field.choices and converted not in field.choices:
+        choices = ", ".join(show(c) for c in field.choices)
+        raise _Reject(f"field {name!r} must be one of {choices}, got {show(converted)}")
+    _check_range(name, converted, field)
+    return converted
+
+
+def _check_range(name: str, value: Any, field: FieldSpec) -> None:
+    if not isinstance(value, int | float):
+        return
+    if field.min is not None and value < field.min:
+        raise _Reject(f"field {name!r} must be at least {field.min:g}, got {show(value)}")
+    if field.max is not None and value > field.max:
+        raise _Reject(f"field {name!r} must be at most {field.max:g}, got {show(value)}")
+
+
+def _to_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        try:
+            return int(value.strip().split(".")[0])
+        except ValueError:  # more digits than Python converts
+            return None
+    return None
+
+
+def _to_num(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str) and _NUM_RE.fullmatch(text := value.strip()):
+        try:
+            number = int(text) if _INT_LITERAL_RE.fullmatch(text) else float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _to_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    return None
+
+
+def _to_str(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python prints
+            return None
+    return None
+
+
+_CONVERTERS: dict[Kind, Callable[[Any], Any]] = {
+    Kind.INT: _to_int, Kind.NUM: _to_num, Kind.BOOL: _to_bool, Kind.STR: _to_str,
+}
+_KIND_WORDS = {
+    Kind.INT: "an integer",
+    Kind.NUM: "a number",
+    Kind.BOOL: "a boolean (true/false/1/0/yes/no)",
+    Kind.STR: "a string",
+}
+
+
+def _check_flux(data: Mapping[str, Any], spec: TaskSpec) -> None:
+    if not spec.model.startswith("Qubico/flux1"):
+        return
+    width, height = data.get("width"), data.get("height")
+    if isinstance(width, int) and isinstance(height, int) and width * height > FLUX_MAX_PIXELS:
+        raise _Reject(f"width*height must be at most {FLUX_MAX_PIXELS} for {spec.model}, "
+                      f"got {width}x{height} = {width * height}")
