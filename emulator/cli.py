@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from emulator.app import create_app
 from emulator.config import EmulatorConfig, parse_duration_override
 
+LISTEN_BACKLOG = 2048
 GRACEFUL_SHUTDOWN_S = 2
 """Hung creates must not hold a stopping emulator for their full hang_s."""
 
@@ -21,7 +22,8 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.set_inheritable(True)
+    # Listening before the announcement makes it true: early clients wait in the backlog.
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 
@@ -98,7 +100,7 @@ def serve(config: EmulatorConfig) -> None:
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(
         app, log_level=config.log_level, access_log=False, loop="auto", http="auto",
-        lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=LISTEN_BACKLOG,
     ))
     typer.echo(
         f"emulator listening on http://{config.host}:{config.port} "

@@ -108,7 +108,14 @@ class EmulatorConfig(BaseModel):
     )
     webhook_timeout_s: float = Field(5.0, gt=0.0, description="Per-attempt HTTP timeout.")
 
-    log_level: str = Field("warning", description="Log level of the emulator and uvicorn.")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "warning", description="Log level of the emulator and uvicorn."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("durations_s")
     @classmethod

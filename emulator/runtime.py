@@ -90,6 +90,8 @@ class Runtime:
         static = sorted(STATIC_FIELDS & patch.keys())
         if static:
             raise ConfigError(f"not runtime settings: {', '.join(static)}")
+        if isinstance(patch.get("durations_s"), dict):  # per-family: merge over current ranges
+            patch = {**patch, "durations_s": {**self.config.durations_s, **patch["durations_s"]}}
         merged = {**self.config.model_dump(), **patch}
         merged["api_key"] = patch.get("api_key", self.config.api_key.get_secret_value())
         try:

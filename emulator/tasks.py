@@ -69,7 +69,6 @@ class Task:
     ended_at: float | None = None
     output: dict[str, Any] | None = None
     error: dict[str, Any] = field(default_factory=lambda: NO_ERROR)
-    _data: dict[str, Any] | None = None
     _envelope: bytes | None = None
 
     @property
@@ -83,38 +82,39 @@ class Task:
         return str(self.config["webhook_config"]["secret"])
 
     def touch(self, now: float) -> None:
-        """Record a change at `now`: drops the cached renderings."""
+        """Record a change at `now`: drops the cached rendering."""
         self.updated_at = now
-        self._data = None
         self._envelope = None
 
     def data(self) -> dict[str, Any]:
         """The `data` object of GET /api/v1/task/{id} (and of webhooks), as of now."""
-        if self._data is None:
-            self._data = {
-                "task_id": self.task_id,
-                "model": self.model,
-                "task_type": self.task_type,
-                "status": self.status,
-                "config": self.config,
-                "input": self.input,
-                "output": self.output,
-                "meta": {
-                    "created_at": format_time(self.created_at),
-                    "started_at": format_time(self.started_at),
-                    "ended_at": format_time(self.ended_at),
-                    "usage": {"type": self.usage_type, "frozen": self.frozen,
-                              "consume": self.consume},
-                    "is_using_private_pool": False,
-                },
-                "detail": None,
-                "logs": [],
-                "error": self.error,
-            }
-        return self._data
+        return {
+            "task_id": self.task_id,
+            "model": self.model,
+            "task_type": self.task_type,
+            "status": self.status,
+            "config": self.config,
+            "input": self.input,
+            "output": self.output,
+            "meta": {
+                "created_at": format_time(self.created_at),
+                "started_at": format_time(self.started_at),
+                "ended_at": format_time(self.ended_at),
+                "usage": {"type": self.usage_type, "frozen": self.frozen,
+                          "consume": self.consume},
+                "is_using_private_pool": False,
+            },
+            "detail": None,
+            "logs": [],
+            "error": self.error,
+        }
 
     def envelope(self) -> bytes:
-        """The full HTTP 200 body for a create or get, serialised once per state."""
+        """The full HTTP 200 body for a create or get, serialised once per state.
+
+        Only these bytes are cached (polls of a finished task cost a dict lookup); the
+        `data()` dict is rebuilt on demand to keep memory per task small.
+        """
         if self._envelope is None:
             body = {"code": 200, "data": self.data(), "message": "success"}
             self._envelope = dump_json(body)

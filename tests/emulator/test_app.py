@@ -249,3 +249,11 @@ def test_stats_and_ledger_keys(client: Client) -> None:
     key = ledger[0]["input_key"]
     assert len(client.http.get(f"/_emulator/ledger?input_key={key}").json()["tasks"]) == 2
     assert client.http.get("/_emulator/ledger?input_key=zzz").json() == {"tasks": []}
+
+
+def test_duration_patches_merge_per_family(client: Client) -> None:
+    client.configure(durations_s={"wan": [1, 2]})
+    config = client.configure(durations_s={"flux": [3, 4]})
+    assert config["durations_s"]["wan"] == [1.0, 2.0]
+    assert config["durations_s"]["flux"] == [3.0, 4.0]
+    assert config["durations_s"]["joycaption"] == [15.0, 45.0]

@@ -1,0 +1,63 @@
+"""The command line: announcement line, option validation, and import isolation."""
+
+from __future__ import annotations
+
+import re
+import select
+import subprocess
+import sys
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from emulator.cli import emulator_command
+from tests.helpers import REPO, stop_process
+
+pytestmark = pytest.mark.integration
+
+
+def test_port_zero_announces_the_real_address_and_serves() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator", "--port", "0", "--time-scale", "0.5",
+         "--concurrency", "3", "--over-limit", "refuse"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "no announcement within 20 s"
+        line = proc.stdout.readline().decode()
+        match = re.fullmatch(
+            r"emulator listening on http://127\.0\.0\.1:(\d+) "
+            r"\(time scale 0\.5, concurrency 3, over-limit refuse\)\n", line)
+        assert match, line
+        stats = httpx.get(f"http://127.0.0.1:{match.group(1)}/_emulator/stats", timeout=5)
+        assert stats.status_code == 200
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--over-limit", "bogus"], ["--duration", "wan=1"], ["--duration", "nope=1:2"],
+     ["--fault-5xx", "1.5"], ["--concurrency", "-1"]],
+)
+def test_bad_options_exit_with_usage_error(args: list[str]) -> None:
+    import typer
+
+    app = typer.Typer()
+    app.command()(emulator_command)
+    result = CliRunner().invoke(app, ["--port", "0", *args])
+    assert result.exit_code == 2
+
+
+def test_emulator_imports_nothing_from_the_project() -> None:
+    code = (
+        "import sys, emulator.cli, emulator.app;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('workers', 'scheduler', 'bench')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout
