@@ -7,11 +7,13 @@ background timer has run. Nothing here scans all tasks: each request costs O(log
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import random
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -115,7 +117,7 @@ class Engine:
         if config.over_limit == "refuse" and self.metrics.in_flight >= config.concurrency:
             raise OverLimit
         spec = req.spec
-        fate = req.forced_fate or self.faults.task_fate() or Fate.COMPLETE
+        fate = req.forced_fate or self.faults.task_fate(self.rng) or Fate.COMPLETE
         low, high = config.durations_s[spec.family]
         duration = self.rng.uniform(low, high) * spec.duration_factor(req.input)
         duration *= config.time_scale
@@ -203,7 +205,7 @@ class Engine:
         task.ended_at = t
         if error is None:
             spec = CATALOG[(task.model, task.task_type)]
-            task.output = build_output(spec, task.input, self._file_url)
+            task.output = build_output(spec, task.input, self._file_namer(task))
             self._set_usage(task, frozen=0, consume=task.price)
         else:
             task.error = error
@@ -239,6 +241,15 @@ class Engine:
     def _new_uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
-    def _file_url(self, ext: str) -> str:
-        return f"{self.base_url}/ephemeral/{self._new_uuid()}.{ext}"
+    def _file_namer(self, task: Task) -> Callable[[str], str]:
+        """Output URLs derived from the task id, so completions never consume the random
+        stream (which would make later creates depend on timing)."""
+        counter = itertools.count()
+
+        def file_url(ext: str) -> str:
+            digest = hashlib.sha256(f"{task.task_id}/{next(counter)}".encode()).digest()
+            name = uuid.UUID(bytes=digest[:16], version=4)
+            return f"{self.base_url}/ephemeral/{name}.{ext}"
+
+        return file_url
 

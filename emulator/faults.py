@@ -30,9 +30,9 @@ class FaultInjector:
         self.counters = counters
         self.rng = rng
 
-    def _hit(self, rate: float, kind: str) -> bool:
+    def _hit(self, rate: float, kind: str, rng: random.Random | None = None) -> bool:
         # No draw when off, so fault-free runs consume the same random stream.
-        if rate <= 0.0 or self.rng.random() >= rate:
+        if rate <= 0.0 or (rng or self.rng).random() >= rate:
             return False
         self.counters.faults[kind] += 1
         return True
@@ -58,11 +58,15 @@ class FaultInjector:
         """Whether this history request fails with 500."""
         return self._hit(self.config.history_fault_rate, "history_500")
 
-    def task_fate(self) -> Fate | None:
-        """A stuck or failing fate for a new task, or None for a normal one."""
-        if self._hit(self.config.fault_stuck, "stuck"):
-            return Fate.STUCK_PENDING if self.rng.random() < 0.5 else Fate.STUCK_PROCESSING
-        if self._hit(self.config.fault_fail, "fail"):
+    def task_fate(self, rng: random.Random) -> Fate | None:
+        """A stuck or failing fate for a new task, or None for a normal one.
+
+        Drawn from the caller's `rng` (the per-create stream), so a task's fate depends on
+        the sequence of creates only, not on how polls interleave with them.
+        """
+        if self._hit(self.config.fault_stuck, "stuck", rng):
+            return Fate.STUCK_PENDING if rng.random() < 0.5 else Fate.STUCK_PROCESSING
+        if self._hit(self.config.fault_fail, "fail", rng):
             return Fate.FAIL_TRANSIENT
         return None
 

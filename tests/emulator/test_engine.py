@@ -279,3 +279,18 @@ def test_reset_forgets_everything(h: Harness) -> None:
     h.engine.reset()
     assert not h.engine.tasks and h.engine.next_event_time() is None
     assert h.engine.metrics.snapshot(h.clock.now())["creates"] == 0
+
+
+def test_same_seed_same_creates_same_tasks_whatever_the_timing() -> None:
+    def run(step_s: float) -> list[tuple[str, float, str]]:
+        h = Harness(fault_fail=0.5, fault_stuck=0.2, durations_s={"joycaption": (1, 30)})
+        out = []
+        for i in range(20):
+            h.at(i * step_s)  # with a big step, earlier tasks complete in between
+            task = h.engine.create(joy(f"http://x/{i}.png"))
+            out.append((task.task_id, task.duration_s, task.fate.value))
+        h.at(10_000)
+        h.engine.advance()
+        return out
+
+    assert run(0.0) == run(50.0)
