@@ -112,6 +112,13 @@ class EmulatorConfig(BaseModel):
         "warning", description="Log level of the emulator and uvicorn."
     )
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("api_key must not be empty")  # else a missing header would pass
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:

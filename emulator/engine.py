@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import logging
 import random
 import uuid
 from collections import deque
@@ -38,6 +39,8 @@ from emulator.tasks import (
     Task,
     dump_json,
 )
+
+logger = logging.getLogger(__name__)
 
 _READY, _END, _TIMEOUT = 0, 1, 2
 CancelResult = Literal["canceled", "not_found", "not_pending"]
@@ -143,6 +146,8 @@ class Engine:
         else:
             self._schedule(now + wait, _READY, task)
         self._emit(now, task)
+        logger.debug("task %s created: %s/%s, %s, %.3f s", task.task_id, task.model,
+                     task.task_type, fate.value, duration)
         return task
 
     def get(self, task_id: str) -> Task | None:
@@ -211,6 +216,7 @@ class Engine:
             task.error = error
             self._set_usage(task, frozen=0, consume=0)  # a failed task is refunded
         self._set_status(t, task, status)
+        logger.debug("task %s %s %s", task.task_id, status, task.error["raw_message"])
         del self.active[task.family][task.task_id]
         if was_processing:
             self._try_start(t)
