@@ -35,9 +35,10 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 def rate_limited(wait_s: float, message: str = "rate limit exceeded") -> Response:
     """429 with Retry-After in whole seconds (at least 1) and the exact wait beside it."""
+    wait_ms = math.ceil(wait_s * 1000)  # round up: retrying at either value must succeed
     return error(429, message, {
-        "Retry-After": str(max(1, math.ceil(wait_s))),
-        "x-ratelimit-reset-after": f"{wait_s:.3f}",
+        "Retry-After": str(max(1, math.ceil(wait_ms / 1000))),
+        "x-ratelimit-reset-after": f"{wait_ms / 1000:.3f}",
     })
 
 
