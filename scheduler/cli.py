@@ -12,12 +12,16 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from scheduler.manifest import ManifestError
+
+try:  # recent typer vendors its own copy of click; older ones use click itself
+    from typer._click import exceptions as click_exc  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc  # type: ignore[no-redef,unused-ignore]
 from workers.settings import ConfigError, Settings
 
 app = typer.Typer(
@@ -263,16 +267,17 @@ def main() -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="piapi-bulk", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
+    except click_exc.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "piapi-bulk --help")
         code = 0
-    except click.UsageError as exc:
+    except click_exc.UsageError as exc:
         hint = f" (try: {exc.ctx.command_path} --help)" if exc.ctx else ""
         print(f"piapi-bulk: {exc.format_message()}{hint}", file=sys.stderr)
         code = 2
     except (ConfigError, ManifestError) as exc:
         print(f"piapi-bulk: {exc}", file=sys.stderr)
         code = 2
-    except click.Abort:
+    except typer.Abort:
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
 

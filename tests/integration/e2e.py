@@ -1,0 +1,149 @@
+"""Helpers for end-to-end tests: the emulator as a process, `piapi-bulk run` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from tests.helpers import REPO, free_port, start_emulator, stop_process, wait_until
+from workers.db import make_engine
+from workers.models import Job
+
+FAST_TIMEOUTS = {
+    # Small HTTP timeouts keep the create lease short, so a killed worker's rows are
+    # taken back within seconds in tests (default: about a minute).
+    "PIAPI_CONNECT_TIMEOUT_S": "1",
+    "PIAPI_READ_TIMEOUT_S": "3",
+    "PIAPI_WRITE_TIMEOUT_S": "1",
+    "PIAPI_POOL_TIMEOUT_S": "1",
+    "PIAPI_BULK_LEASE_MARGIN_S": "1",
+}
+
+
+@dataclass
+class Emulator:
+    """A running emulator process and its control API."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    api_key: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_emulator/stats", timeout=5).json())
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["tasks"])
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def emulator(tmp_path: Path, *args: str, api_key: str = "test-key-0123456789") -> Emulator:
+    port = free_port()
+    proc = start_emulator(port, ["--api-key", api_key, "--seed", "7", *args],
+                          log=tmp_path / "emulator.log")
+    return Emulator(port, proc, api_key)
+
+
+def run_env(tmp_path: Path, emu: Emulator, database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PIAPI_RPM")}
+    env.update(FAST_TIMEOUTS)
+    env.update({
+        "PIAPI_API_KEY": emu.api_key,
+        "PIAPI_BASE_URL": emu.url,
+        "DATABASE_URL": database_url,
+        "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
+        "PYTHONPATH": str(REPO),
+    })
+    env.update(extra)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "scheduler.cli", *args]
+
+
+def start_run(tmp_path: Path, env: dict[str, str], *args: str,
+              name: str = "run") -> subprocess.Popen[bytes]:
+    """`piapi-bulk run ...` in its own session (so its whole tree can be found and killed)."""
+    out = open(tmp_path / f"{name}.out", "ab")  # noqa: SIM115
+    return subprocess.Popen(cli("run", *args), env=env, cwd=tmp_path, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, cmdline) of the direct children of `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(entry.name), cmd))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_group_gone(pgid: int, timeout_s: float = 60) -> None:
+    wait_until(lambda: not group_alive(pgid), timeout_s, what=f"process group {pgid} to exit")
+
+
+def count_state(database_url: str, state: str) -> int:
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as s:
+            return int(s.scalar(select(func.count()).where(col(Job.state) == state)) or 0)
+    finally:
+        engine.dispose()
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def caption_rows(n: int, prefix: str = "img") -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}-{i}", "model": "Qubico/joycaption",
+             "task_type": "joycaption-beta-one",
+             "input": {"image": f"https://example.test/{prefix}/{i}.png"},
+             "metadata": {"n": i}} for i in range(1, n + 1)]

@@ -1,0 +1,175 @@
+"""`piapi-bulk run` end to end on real parts: emulator over HTTP, redis-server, Celery, a DB."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_until
+from tests.integration.e2e import (
+    caption_rows,
+    children,
+    count_state,
+    emulator,
+    finish,
+    read_results,
+    run_env,
+    start_run,
+    wait_group_gone,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str) -> None:
+    rows = caption_rows(30) + [
+        {"id": f"vid-{i}", "model": "Wan", "task_type": "wan26-txt2video",
+         "input": {"prompt": f"a scene {i}", "duration": 5}} for i in range(1, 3)
+    ]
+    manifest = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "10")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+        results = read_results(tmp_path / "out.jsonl")
+        stats = emu.stats()
+        ledger = {t["task_id"]: t for t in emu.ledger()}
+    finally:
+        emu.stop()
+    assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
+    assert [r["id"] for r in results] == [r["id"] for r in rows]
+    assert [r["line"] for r in results] == list(range(1, len(rows) + 1))
+    assert {r["status"] for r in results} == {"completed"}
+    for r in results:
+        assert r["output"] == ledger[r["task_id"]]["output"]
+        assert r["attempts"] == 1 and r["error"] is None and r["usage"]["consume"] > 0
+    assert all(r["output"]["text"] for r in results if r["model"] == "Qubico/joycaption")
+    assert all(r["urls"] and r["urls"][0].endswith(".mp4") for r in results if r["model"] == "Wan")
+    assert results[0]["metadata"] == {"n": 1}
+    assert stats["max_creates_per_input"] == 1 and stats["creates"] == len(rows)
+    assert stats["peak_in_flight"] <= 10
+
+
+def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str) -> None:
+    rows = caption_rows(60)
+    manifest = write_jsonl(tmp_path / "kill.jsonl", rows)
+    # Each create takes 1 s at the emulator, so creates are in flight at any instant.
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8",
+                   "--create-latency-s", "1.0")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8")
+        first = start_run(tmp_path, env, *args, name="run1")
+        # Kill at an instant when a create is in flight (the case that must not double-post).
+        wait_until(lambda: count_state(database_url, "completed") >= 10
+                   and count_state(database_url, "submitting") >= 1, 120,
+                   what="10 completed rows and a create in flight")
+        workers = [pid for pid, cmd in children(first.pid) if " worker" in cmd]
+        assert len(workers) == 1, children(first.pid)
+        os.kill(workers[0], signal.SIGKILL)  # the worker dies mid-create
+        os.kill(first.pid, signal.SIGKILL)  # and so does the whole run
+        first.wait(timeout=10)
+        wait_group_gone(first.pid)
+        second = start_run(tmp_path, env, *args, name="run2")
+        code = finish(second, 240)
+        results = read_results(tmp_path / "out.jsonl")
+        stats = emu.stats()
+        ledger = {t["task_id"]: t for t in emu.ledger()}
+    finally:
+        emu.stop()
+    assert [r["id"] for r in results] == [r["id"] for r in rows]
+    # Never posted twice: the emulator saw at most one create per row.
+    assert stats["max_creates_per_input"] == 1
+    ambiguous = [r for r in results if r["status"] != "completed"]
+    for r in ambiguous:
+        assert r["status"] == "failed" and r["error"]["kind"] == "ambiguous", r
+        assert r["attempts"] == 1
+    # Only creates in flight at the kill can be ambiguous: at most the concurrency.
+    assert 1 <= len(ambiguous) <= 8, [r["id"] for r in ambiguous]
+    for r in results:
+        if r["status"] == "completed":
+            assert r["output"] == ledger[r["task_id"]]["output"]
+    assert code == 1
+
+
+def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_url: str) -> None:
+    rows = caption_rows(40)
+    manifest = write_jsonl(tmp_path / "refuse.jsonl", rows)
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "5",
+                   "--over-limit", "refuse")
+    try:
+        env = run_env(tmp_path, emu, database_url)  # no --concurrency: the account's limit
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+        results = read_results(tmp_path / "out.jsonl")
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
+    assert {r["status"] for r in results} == {"completed"} and len(results) == 40
+    assert stats["peak_in_flight"] <= 5
+    assert stats["creates_refused"] == 0  # the dispatcher never even asked for a sixth
+    assert stats["max_creates_per_input"] == 1
+
+
+def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: str) -> None:
+    good = caption_rows(4)
+    lines: list[object] = [
+        good[0],                                                        # line 1
+        '{"id": "broken", "model": "Qubico/joycaption", ',               # line 2: malformed
+        {**good[1], "id": "dup"},                                       # line 3
+        {**good[2], "id": "dup"},                                       # line 4: duplicate id
+        {"id": "noimg", "model": "Qubico/joycaption",                   # line 5: missing field
+         "task_type": "joycaption-beta-one", "input": {"prompt_style": "Descriptive"}},
+        {"id": "nomodel", "model": "Nope/model", "task_type": "x",      # line 6: unknown model
+         "input": {"image": "https://example.test/x.png"}},
+        "",                                                             # line 7: blank
+        good[3],                                                        # line 8
+    ]
+    manifest = write_jsonl(tmp_path / "bad.jsonl", lines)
+    emu = emulator(tmp_path, "--time-scale", "0.02")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+        results = read_results(tmp_path / "out.jsonl")
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 1
+    by_line = {r["line"]: r for r in results}
+    assert sorted(by_line) == [1, 2, 3, 4, 5, 6, 8]
+    for line in (2, 4, 5, 6):
+        assert by_line[line]["status"] == "invalid", by_line[line]
+        assert by_line[line]["error"]["kind"] == "invalid" and by_line[line]["error"]["message"]
+    assert "duplicate" in by_line[4]["error"]["message"]
+    assert "image" in by_line[5]["error"]["message"]
+    assert "Nope/model" in by_line[6]["error"]["message"]
+    for line in (1, 3, 8):
+        assert by_line[line]["status"] == "completed"
+    assert stats["creates"] == 3  # an invalid row never reaches the paid API
+    out = (tmp_path / "run.out").read_text()
+    assert "line 2" in out and "line 4" in out
+
+
+def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str) -> None:
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text(
+        "id,prompt,duration,watermark\n"
+        "a,a calm lake,10,false\n"
+        "b,a storm,abc,true\n"
+        "c,a forest,5,\n"
+    )
+    emu = emulator(tmp_path, "--time-scale", "0.01")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "--model", "Wan", "--task-type",
+                                "wan26-txt2video", "-o", "out.jsonl"), 180)
+        results = read_results(tmp_path / "out.jsonl")
+    finally:
+        emu.stop()
+    assert code == 1
+    assert [r["status"] for r in results] == ["completed", "invalid", "completed"]
+    assert "duration" in results[1]["error"]["message"]

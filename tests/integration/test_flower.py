@@ -1,0 +1,80 @@
+"""Flower, started the way `make flower` starts it, lists the running worker over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import REPO, free_port, stop_process, wait_until
+from tests.integration.e2e import caption_rows, cli, emulator, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def worker(tmp_path: Path, redis_url: str, sqlite_url: str) -> Iterator[dict[str, str]]:
+    emu = emulator(tmp_path, "--time-scale", "0.05")
+    env = {**os.environ, "PIAPI_API_KEY": emu.api_key, "PIAPI_BASE_URL": emu.url,
+           "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
+    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cli("worker", "--concurrency", "2"), env=env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield env
+    finally:
+        stop_process(proc)
+        emu.stop()
+
+
+def _flower(env: dict[str, str], port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    log = open(tmp_path / "flower.log", "ab")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "flower", "--port", str(port)],
+                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_flower_lists_the_running_worker(tmp_path: Path, worker: dict[str, str]) -> None:
+    port = free_port()
+    proc = _flower(worker, port, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+                   what="Flower's page")
+
+        def listed() -> bool:
+            workers = httpx.get(base + "/api/workers", timeout=5).json()
+            return any(name.startswith("piapi-bulk-") for name in workers)
+
+        wait_until(listed, 60, interval_s=0.5, what="the worker in /api/workers")
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "flower.log").read_text()
+    assert "127.0.0.1" in log or "Visit me" in log
+
+
+def test_flower_with_basic_auth_refuses_anonymous(tmp_path: Path, worker: dict[str, str]) -> None:
+    port = free_port()
+    env = {**worker, "FLOWER_BASIC_AUTH": "operator:s3cret-pass"}
+    proc = _flower(env, port, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/api/workers", timeout=2,
+                                     auth=("operator", "s3cret-pass")).status_code == 200,
+                   60, what="Flower with auth")
+        assert httpx.get(base + "/api/workers", timeout=2).status_code == 401
+        assert httpx.get(base + "/", timeout=2).status_code == 401
+    finally:
+        stop_process(proc)
+
+
+def test_flower_refuses_a_public_address_without_auth(tmp_path: Path, redis_url: str) -> None:
+    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
+    done = subprocess.run(cli("flower", "--address", "0.0.0.0"), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2 and "FLOWER_BASIC_AUTH" in done.stderr

@@ -1,0 +1,192 @@
+"""The API key appears nowhere but the process environment; CLI errors are one clear line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from tests.helpers import wait_until
+from tests.integration.e2e import (
+    caption_rows,
+    children,
+    cli,
+    emulator,
+    finish,
+    read_results,
+    run_env,
+    start_run,
+    write_jsonl,
+)
+from workers.db import is_sqlite, make_engine
+
+pytestmark = pytest.mark.integration
+
+
+def _base64_forms(secret: str) -> list[str]:
+    """The key as it would look inside base64 at any of the three byte alignments."""
+    forms = []
+    raw = secret.encode()
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw).decode()
+        forms.append(encoded[4 if pad else 0 : -4])
+    return [f for f in forms if len(f) > 8]
+
+
+class Monitor(threading.Thread):
+    """Records every command the private Redis receives (Celery messages included)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.commands: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with self.client.monitor() as m:
+                for event in m.listen():
+                    self.commands.append(str(event.get("command", "")))
+                    if self.stop.is_set():
+                        return
+        except (redis.ConnectionError, OSError):
+            return
+
+
+def _decoded_messages(commands: list[str]) -> list[str]:
+    """Celery message bodies in the pushed envelopes, base64-decoded."""
+    bodies = []
+    for command in commands:
+        if not command.upper().startswith(("LPUSH", "RPUSH")):
+            continue
+        start = command.find("{")
+        if start < 0:
+            continue
+        try:
+            envelope: dict[str, Any] = json.loads(command[start:].encode().decode("unicode_escape"))
+        except ValueError:
+            continue
+        body = envelope.get("body", "")
+        try:
+            bodies.append(base64.b64decode(body).decode())
+        except ValueError:
+            bodies.append(str(body))
+        bodies.append(json.dumps(envelope.get("headers", {})))
+    return bodies
+
+
+def _db_text(database_url: str) -> str:
+    if is_sqlite(database_url):
+        path = Path(database_url.split("///", 1)[1])
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode(
+            "latin-1")
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            dump = []
+            for table in ("batches", "jobs", "attempts", "control"):
+                dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
+        return "\n".join(dump)
+    finally:
+        engine.dispose()
+
+
+def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str) -> None:
+    key = f"sk-live-{uuid.uuid4().hex}"
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(12))
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--create-latency-s", "0.2", api_key=key)
+    monitor: Monitor | None = None
+    argvs: list[str] = []
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl")
+        url_file = tmp_path / "run" / "redis_url"
+        wait_until(url_file.exists, 60, what="the run's private Redis")
+        monitor = Monitor(url_file.read_text().strip())
+        monitor.start()
+        wait_until(lambda: len(children(proc.pid)) >= 3, 60, what="worker and dispatcher")
+        argvs = [cmd for _, cmd in children(proc.pid)]
+        code = finish(proc, 180)
+    finally:
+        if monitor:
+            monitor.stop.set()
+        emu.stop()
+    assert code == 0
+    assert monitor is not None and any("piapi_bulk.submit" in c for c in monitor.commands)
+    messages = _decoded_messages(monitor.commands)
+    assert any('"piapi_bulk.submit"' in m or "[[" in m for m in messages)
+    places = {
+        "child argv": "\n".join(argvs),
+        "redis traffic": "\n".join(monitor.commands),
+        "celery messages": "\n".join(messages),
+        "results": (tmp_path / "out.jsonl").read_text(),
+        "database": _db_text(database_url),
+        "run output": (tmp_path / "run.out").read_text(),
+    }
+    for log in (tmp_path / "run").rglob("*.log"):
+        places[str(log)] = log.read_text(errors="replace")
+    assert len(places) >= 9  # run.log, worker.log, dispatcher.log, redis.log at least
+    for where, content in places.items():
+        assert key not in content, f"API key found in {where}"
+        for form in _base64_forms(key):
+            assert form not in content, f"base64 of the API key found in {where}"
+    assert len(read_results(tmp_path / "out.jsonl")) == 12
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "env_patch", "needle"),
+    [
+        (["run"], {}, "Missing argument"),
+        (["run", "nope.csv"], {}, "nope.csv"),
+        (["run", "m.jsonl"], {"PIAPI_API_KEY": ""}, "PIAPI_API_KEY"),
+        (["run", "m.jsonl", "--concurrency", "zero"], {}, "concurrency"),
+        (["export", "nobatch", "-o", "x.jsonl"], {}, "no batch"),
+        (["frobnicate"], {}, "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(tmp_path: Path, sqlite_url: str, args: list[str],
+                                          env_patch: dict[str, str], needle: str) -> None:
+    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
+    env = {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
+           "PIAPI_BASE_URL": "http://127.0.0.1:9", "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
+           **env_patch}
+    done = _cli(args, env, tmp_path)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_piapi_is_a_clear_configuration_error(tmp_path: Path, sqlite_url: str) -> None:
+    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
+    env = {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
+           "PIAPI_BASE_URL": "http://127.0.0.1:9", "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
+           "PIAPI_CONNECT_TIMEOUT_S": "1"}
+    done = _cli(["run", "m.jsonl"], env, tmp_path)
+    assert done.returncode == 2
+    assert "cannot reach PiAPI" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_refused_key_is_a_clear_configuration_error(tmp_path: Path, sqlite_url: str) -> None:
+    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
+    emu = emulator(tmp_path, api_key="the-right-key-0000")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url, PIAPI_API_KEY="a-wrong-key-1111")
+        done = _cli(["run", "m.jsonl"], env, tmp_path)
+    finally:
+        emu.stop()
+    assert done.returncode == 2
+    assert "refused the API key" in done.stderr and "a-wrong-key-1111" not in done.stderr
