@@ -233,7 +233,7 @@ def parse_json(text: str) -> Any:
 
 def _jsonl_item(seq: int, line: int, raw: bytes) -> Item:
     try:
-        text = raw.decode("utf-8")
+        text = raw.rstrip(b"\r\n").decode("utf-8")
     except UnicodeDecodeError as exc:
         return BadRow(seq, line, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
     try:
