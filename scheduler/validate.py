@@ -157,27 +157,31 @@ def _name(fields: Mapping[str, Any], name: str, default: str | None) -> str | No
 def _spec(model: str | None, task_type: str | None) -> TaskSpec:
     if model is None:
         raise _Reject("missing model (no 'model' field and no default model)")
+    spec = lookup(model, task_type) if task_type is not None else None
+    if spec is not None:
+        return spec
     if model not in MODELS:
         raise _Reject(f"unknown model {show(model)} (known: {', '.join(sorted(MODELS))})")
     known = ", ".join(task_types(model))
     if task_type is None:
         raise _Reject(f"missing task_type for model {model!r} (known: {known})")
-    spec = lookup(model, task_type)
-    if spec is None:
-        raise _Reject(f"unknown task_type {show(task_type)} for model {model!r} (known: {known})")
-    return spec
+    raise _Reject(f"unknown task_type {show(task_type)} for model {model!r} (known: {known})")
 
 
 def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[str, Any]:
     """The merged, checked and typed input object."""
-    explicit = _explicit_input(fields.get("input"), from_csv)
-    extra = {k: v for k, v in fields.items() if k not in RESERVED}
-    merged = {k: v for k, v in _merge(explicit, extra, spec).items() if v is not None}
-    _check_unknown(merged, spec)
+    data = {k: v for k, v in fields.items() if k not in RESERVED}
+    explicit = fields.get("input")
+    if explicit is not None:
+        data = _merge(_explicit_input(explicit, from_csv), data, spec)
+    if None in data.values():
+        data = {k: v for k, v in data.items() if v is not None}
+    if not spec.open_fields and not data.keys() <= spec.fields.keys():
+        _reject_unknown(data, spec)
     for name in spec.required:
-        if _empty(merged.get(name)):
+        if _empty(data.get(name)):
             raise _Reject(f"missing required input field {name!r}")
-    typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in merged.items()}
+    typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
     _check_flux(typed, spec)
     return typed
 
@@ -228,28 +232,26 @@ def _same(name: str, a: Any, b: Any, field: FieldSpec | None) -> bool:
         return False
 
 
-def _check_unknown(data: Mapping[str, Any], spec: TaskSpec) -> None:
-    if spec.open_fields:
-        return
+def _reject_unknown(data: Mapping[str, Any], spec: TaskSpec) -> None:
     unknown = [k for k in data if k not in spec.fields]
-    if unknown:
-        names = ", ".join(repr(k) for k in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise _Reject(f"unknown input field{plural} {names} for {spec.model} {spec.task_type}"
-                      f" (known: {', '.join(sorted(spec.fields))})")
+    names = ", ".join(repr(k) for k in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    raise _Reject(f"unknown input field{plural} {names} for {spec.model} {spec.task_type}"
+                  f" (known: {', '.join(sorted(spec.fields))})")
 
 
 def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
     """The value converted to the field's JSON type and checked; unlisted fields unchanged."""
-    if field is None:
-        return value
+    if field is None or (type(value) is str and field.kind is Kind.STR and not field.choices):
+        return value  # the common case, kept fast: min and max apply to numbers only
     converted = _CONVERTERS[field.kind](value)
     if converted is None:
         raise _Reject(f"field {name!r} must be {_KIND_WORDS[field.kind]}, got {show(value)}")
     if field.choices and converted not in field.choices:
         choices = ", ".join(show(c) for c in field.choices)
         raise _Reject(f"field {name!r} must be one of {choices}, got {show(converted)}")
-    _check_range(name, converted, field)
+    if field.min is not None or field.max is not None:
+        _check_range(name, converted, field)
     return converted
 
 
