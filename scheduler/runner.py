@@ -173,7 +173,8 @@ def watch(engine: Engine, batch_id: str, services: Services, console: Console) -
             progress.update(task, completed=st.finished, total=st.total, detail=_describe(st))
             if not console.is_terminal and time.monotonic() - last_plain >= PLAIN_REPORT_EVERY_S:
                 last_plain = time.monotonic()
-                console.print(f"{st.finished}/{st.total} finished · {_describe(st)}")
+                console.print(f"{st.finished}/{st.total} finished · {_describe(st)}",
+                              soft_wrap=True)
             if st.active == 0:
                 return None
             halt = tr.get_halt(engine)
@@ -228,7 +229,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         rows = export(engine, result.batch_id, output)
         final = batch_status(engine, result.batch_id)
         assert final is not None
-        console.print(f"{rows} rows · {_describe(final)} · results: {output}")
+        console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
         if problem:
             console.print(f"[red]{problem}[/]; run the same command again to resume")
             return EXIT_USAGE
