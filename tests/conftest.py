@@ -57,7 +57,9 @@ def _pg_database() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available: bool) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_available: bool
+) -> Iterator[str]:
     """A fresh, empty database: a SQLite file, or a throwaway PostgreSQL database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'piapi-bulk.db'}"
@@ -78,7 +80,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port (never the shared one on 6379)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed (make install-redis, or apt-get install redis-server)")
+        pytest.fail("redis-server is not installed (make install-redis, "
+                    "or apt-get install redis-server)")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

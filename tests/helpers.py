@@ -44,11 +44,15 @@ def wait_until(
             last_exc = exc
         if time.monotonic() > deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or predicate}{detail}")
+            raise TimeoutError(
+                f"timed out after {timeout_s}s waiting for {what or predicate}{detail}"
+            )
         time.sleep(interval_s)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10
+) -> None:
     """Stop a process this test started: SIGTERM, then SIGKILL after `timeout_s`."""
     if proc.poll() is not None:
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from workers.polling import FIRST_POLL_S, MAX_INTERVAL_S, next_poll_delay_s
 
 
@@ -11,7 +13,7 @@ def test_first_poll() -> None:
 
 def test_grows_and_caps() -> None:
     delays = [next_poll_delay_s(n) for n in range(100)]
-    assert all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
     assert max(delays) == MAX_INTERVAL_S
 
 

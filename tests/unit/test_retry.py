@@ -40,7 +40,7 @@ def test_backoff_is_bounded(tries: int, rng: float) -> None:
 @pytest.mark.parametrize("retry_after", [0.0, 1.0, 12.0, 300.0])
 def test_retry_after_is_never_undercut(retry_after: float) -> None:
     for rng in (0.0, 0.5, 1.0):
-        assert backoff_s(1, retry_after, lambda: rng) >= retry_after
+        assert backoff_s(1, retry_after, lambda r=rng: r) >= retry_after
 
 
 def test_should_retry_bound() -> None:

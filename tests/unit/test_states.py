@@ -32,7 +32,7 @@ def test_ambiguous_is_never_posted_again_directly() -> None:
 
 
 def test_partition() -> None:
-    assert TERMINAL | ACTIVE == set(JobState)
+    assert set(JobState) == TERMINAL | ACTIVE
     assert not TERMINAL & ACTIVE
     assert IN_FLIGHT <= ACTIVE
 
