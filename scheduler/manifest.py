@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import zlib
@@ -226,9 +227,29 @@ def _json_type(value: Any) -> str:
     return "a number"
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return number
+
+
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(text: str) -> Any:
-    """Strict JSON: NaN and Infinity are refused (they are not JSON)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """Strict JSON whose every string is valid Unicode, so it can be stored and sent as is.
+
+    Refused with ValueError: NaN and Infinity (not JSON), numbers too large for a float,
+    and unpaired surrogate escapes such as "\\ud800" (no UTF-8 encoding exists for them).
+    """
+    value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    if "\\u" in text and _ESCAPED_SURROGATE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("an unpaired surrogate escape is not valid Unicode") from None
+    return value
 
 
 def _jsonl_item(seq: int, line: int, raw: bytes) -> Item:

@@ -206,7 +206,7 @@ def test_memory_stays_flat(tmp_path: Path, name: str) -> None:
 # --- Properties --------------------------------------------------------------------------
 
 _COLUMNS = ["id", "image", "prompt", "caption length", "métadonnées"]
-_cell = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_cell = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 
 
 def _line_breaks(text: str) -> int:
@@ -225,7 +225,7 @@ def test_csv_round_trip(tmp_path: Path, rows: list[list[str]], gz: bool, crlf: b
     writer = csv.writer(out, lineterminator="\r\n" if crlf else "\n",
                         quoting=csv.QUOTE_MINIMAL if crlf else csv.QUOTE_ALL)
     writer.writerow(_COLUMNS)
-    expected = []
+    expected: list[RawRow] = []
     for cells in rows:
         start = _line_breaks(out.getvalue()) + 1
         writer.writerow(cells)
@@ -251,7 +251,7 @@ _json = st.recursive(
 def test_jsonl_round_trip(tmp_path: Path, rows: list[tuple[dict[str, Any], int]],
                           gz: bool) -> None:
     lines: list[str] = []
-    expected = []
+    expected: list[RawRow] = []
     for obj, blanks in rows:
         lines.extend([""] * blanks)
         lines.append(json.dumps(obj, ensure_ascii=bool(blanks % 2)))
