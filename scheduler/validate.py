@@ -135,6 +135,8 @@ def _row_key(value: Any, seq: int) -> str:
     if value is None or value == "":
         return str(seq)
     if isinstance(value, str):
+        if "\x00" in value:  # PostgreSQL text cannot hold it
+            raise _Reject("field 'id' must not contain a NUL character")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         try:
