@@ -1,0 +1,287 @@
+"""Manifest to database: one batch row and one job row per manifest row, idempotent, resumable.
+
+The batch id comes from the content: the file's bytes and the default model and task type.
+Ingesting the same manifest again finds the same batch and adds nothing; an ingest that
+crashed part-way is resumed (rows are committed in order, a chunk per transaction, so what
+is stored is always a clean prefix 1..N of the data rows).
+
+Every data row becomes a job: `queued` when valid, `invalid` (with the reason) when it could
+not be read, failed validation, or repeats an id seen earlier in the manifest (the first
+occurrence stays valid). Rows go in with executemany (SQLite) or COPY (PostgreSQL).
+Two ingests of the same new manifest at the same moment are not supported: the second fails
+on the batch's unique content hash or on a job's (batch_id, seq) and leaves the first intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from scheduler.manifest import BadRow, Item, Manifest, content_hash, open_manifest
+from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
+from workers.models import Batch, Job
+from workers.states import ErrorKind, JobState
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_INVALID = 50
+"""How many invalid rows (the first ones) an IngestResult lists."""
+
+QUEUED, INVALID = JobState.QUEUED.value, JobState.INVALID.value
+KIND_INVALID = ErrorKind.INVALID.value
+BATCHES: Table = SQLModel.metadata.tables[str(Batch.__tablename__)]
+JOBS: Table = SQLModel.metadata.tables[str(Job.__tablename__)]
+COLUMNS = (
+    "batch_id", "seq", "line", "row_key", "model", "task_type", "input_json", "metadata_json",
+    "state", "attempts", "tries", "polls", "poll_errors", "created_at", "error_kind",
+    "error_message",
+)
+"""Job columns an ingest writes, in the order of each row tuple."""
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The batch a manifest became and what its rows are."""
+
+    batch_id: str
+    total: int
+    invalid: int
+    created: bool
+    """True when this call created the batch; False when it existed (finished or resumed)."""
+    invalid_rows: list[tuple[int, str, str]]
+    """The first invalid rows as (line, row_key, reason), at most SAMPLE_INVALID."""
+    resumed: bool = False
+    """True when this call finished an ingest that an earlier one left part-way."""
+
+
+def batch_hash(file_hash: str, default_model: str | None, default_task_type: str | None) -> str:
+    """The batch's content hash: the manifest's bytes and the defaults that apply to it."""
+    payload = json.dumps([file_hash, default_model, default_task_type])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""For metadata: compact, but key order kept (it is passed through, never compared)."""
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys, so equal inputs are equal text."""
+    return _CANONICAL.encode(value)
+
+
+@dataclass
+class _Tally:
+    """What is stored so far, and the ids seen (id -> line of its first occurrence)."""
+
+    stored_seq: int = 0
+    total: int = 0
+    invalid: int = 0
+    seen: dict[str, int] = field(default_factory=dict)
+    sample: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def ingest(
+    engine: Engine,
+    path: str | os.PathLike[str],
+    *,
+    default_model: str | None = None,
+    default_task_type: str | None = None,
+    max_attempts: int = 3,
+    concurrency: int | None = None,
+    chunk_size: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Store the manifest at `path` as a batch of jobs; returns the batch (new or existing).
+
+    `max_attempts` is always written to the batch; `concurrency` only when given (not None).
+    `progress` is called after each committed chunk with the number of rows stored so far.
+    Raises `ManifestError` (before writing anything) when the file cannot be read at all.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    digest = batch_hash(content_hash(path), default_model, default_task_type)
+    with open_manifest(path) as manifest:
+        batch, created = _batch(engine, manifest, digest, Defaults(default_model,
+                                                                   default_task_type))
+        _settings(engine, batch, max_attempts, concurrency)
+        if batch.ingested:
+            logger.info("manifest %s is batch %s, already ingested", path, batch.id)
+            return _result(engine, batch)
+        tally = _tally(engine, batch.id) if not created else _Tally()
+        if tally.stored_seq:
+            logger.info("resuming ingest of batch %s after row %d", batch.id, tally.stored_seq)
+        started = time.monotonic()
+        _load(engine, batch, manifest, tally, chunk_size, progress)
+    logger.info("ingested batch %s: %d rows, %d invalid, in %.1f s", batch.id, tally.total,
+                tally.invalid, time.monotonic() - started)
+    return IngestResult(batch.id, tally.total, tally.invalid, created, tally.sample,
+                        resumed=not created)
+
+
+def _batch(engine: Engine, manifest: Manifest, digest: str,
+           defaults: Defaults) -> tuple[Batch, bool]:
+    """The batch with this content hash, created (not yet ingested) when there is none."""
+    with engine.begin() as conn:
+        row = conn.execute(select(BATCHES).where(BATCHES.c.content_hash == digest)).first()
+        if row is not None:
+            return Batch.model_validate(row._mapping), False
+        batch = Batch(id="b" + digest[:12], content_hash=digest,
+                      source=str(manifest.path.resolve()), default_model=defaults.model,
+                      default_task_type=defaults.task_type, created_at=time.time())
+        conn.execute(insert(BATCHES).values(batch.model_dump()))
+    logger.info("new batch %s for %s", batch.id, manifest.path)
+    return batch, True
+
+
+def _settings(engine: Engine, batch: Batch, max_attempts: int, concurrency: int | None) -> None:
+    """Apply the run settings given to this call to the batch, when they differ."""
+    changes: dict[str, Any] = {}
+    if max_attempts != batch.max_attempts:
+        changes["max_attempts"] = max_attempts
+    if concurrency is not None and concurrency != batch.concurrency:
+        changes["concurrency"] = concurrency
+    if changes:
+        with engine.begin() as conn:
+            conn.execute(update(BATCHES).where(BATCHES.c.id == batch.id).values(**changes))
+        for name, value in changes.items():
+            setattr(batch, name, value)
+
+
+def _result(engine: Engine, batch: Batch) -> IngestResult:
+    """The result for a batch that is already fully stored."""
+    with engine.connect() as conn:
+        sample = _invalid_sample(conn, batch.id)
+    return IngestResult(batch.id, batch.total, batch.invalid, False, sample)
+
+
+def _tally(engine: Engine, batch_id: str) -> _Tally:
+    """What a crashed ingest left: the stored prefix, its counts and ids, read back."""
+    tally = _Tally()
+    with engine.connect() as conn:
+        rows = conn.execution_options(yield_per=20_000).execute(
+            select(JOBS.c.seq, JOBS.c.line, JOBS.c.row_key, JOBS.c.state)
+            .where(JOBS.c.batch_id == batch_id).order_by(JOBS.c.seq))
+        for seq, line, key, state in rows:
+            tally.stored_seq = seq
+            tally.total += 1
+            tally.invalid += state == INVALID
+            tally.seen.setdefault(key, line)
+        tally.sample = _invalid_sample(conn, batch_id)
+    return tally
+
+
+def _invalid_sample(conn: Connection, batch_id: str) -> list[tuple[int, str, str]]:
+    """The batch's first invalid rows as (line, row_key, reason)."""
+    rows = conn.execute(
+        select(JOBS.c.line, JOBS.c.row_key, JOBS.c.error_message)
+        .where(JOBS.c.batch_id == batch_id, JOBS.c.state == INVALID)
+        .order_by(JOBS.c.seq).limit(SAMPLE_INVALID)).all()
+    return [(int(line), str(key), str(reason or "")) for line, key, reason in rows]
+
+
+def _load(engine: Engine, batch: Batch, items: Iterable[Item], tally: _Tally,
+          chunk_size: int, progress: Callable[[int], None] | None) -> None:
+    """Store every row after the stored prefix, a chunk per transaction; then mark done.
+
+    Rows stream into the open INSERT or COPY as they are validated, so on PostgreSQL the
+    server indexes one row while Python reads and checks the next.
+    """
+    batch_id, defaults = batch.id, Defaults(batch.default_model, batch.default_task_type)
+    rows = (_row(batch_id, item, defaults, tally, time.time())
+            for item in items if item.seq > tally.stored_seq)
+    with engine.connect() as conn:
+        while True:
+            with conn.begin():
+                stored = _insert(conn, itertools.islice(rows, chunk_size))
+                done = stored < chunk_size
+                conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(
+                    total=tally.total, invalid=tally.invalid, ingested=done))
+            if progress is not None and stored:
+                progress(tally.total)
+            if done:
+                return
+
+
+def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: float) -> Row:
+    """The job row (a tuple in COLUMNS order) for one manifest item; updates the tally."""
+    spec = (Invalid(item.seq, item.line, str(item.seq), None, None, item.reason, None)
+            if isinstance(item, BadRow) else validate_row(item, defaults))
+    first = tally.seen.setdefault(spec.row_key, spec.line)
+    if isinstance(spec, JobSpec) and first != spec.line:
+        spec = Invalid(spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
+                       f"duplicate id {spec.row_key!r} (first at line {first})", spec.metadata)
+    tally.total += 1
+    tally.stored_seq = spec.seq
+    meta = None if spec.metadata is None else _COMPACT.encode(spec.metadata)
+    if isinstance(spec, Invalid):
+        return _invalid_row(batch_id, spec, meta, now, tally)
+    return (batch_id, spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
+            _CANONICAL.encode(spec.input), meta, QUEUED, 0, 0, 0, 0, now, None, None)
+
+
+def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
+                 tally: _Tally) -> Row:
+    """An `invalid` job row; text the row gave raw is kept storable (no NUL characters)."""
+    tally.invalid += 1
+    if len(tally.sample) < SAMPLE_INVALID:
+        tally.sample.append((spec.line, spec.row_key, spec.reason))
+    return (batch_id, spec.seq, spec.line, _storable(spec.row_key), _storable(spec.model),
+            _storable(spec.task_type), None, meta, INVALID, 0, 0, 0, 0, now, KIND_INVALID,
+            _storable(spec.reason))
+
+
+def _storable(text: str | None) -> str | None:
+    """`text` without NUL characters, which PostgreSQL text columns cannot hold."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+
+
+def _insert(conn: Connection, rows: Iterable[Row]) -> int:
+    """Insert job rows as they come (COPY on PostgreSQL, else executemany); returns how many.
+
+    Tuples go straight to the driver: SQLAlchemy's per-row parameter processing for a list
+    of dicts cost about 40% more on a million rows, for values that are plain already.
+    """
+    counted = _Counted(rows)
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    if conn.dialect.name == "postgresql":
+        with dbapi.cursor() as cur, cur.copy(
+                f"COPY {JOBS.name} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in counted:
+                copy.write_row(row)
+    else:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(f"INSERT INTO {JOBS.name} ({', '.join(COLUMNS)}) "
+                               f"VALUES ({', '.join([mark] * len(COLUMNS))})", counted)
+        finally:
+            cursor.close()
+    return counted.n
+
+
+class _Counted:
+    """An iterable that counts the items it passes on."""
+
+    def __init__(self, items: Iterable[Row]) -> None:
+        self._items = items
+        self.n = 0
+
+    def __iter__(self) -> Iterator[Row]:
+        for item in self._items:
+            self.n += 1
+            yield item

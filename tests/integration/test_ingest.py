@@ -1,0 +1,274 @@
+"""Ingest on a real SQLite file and a throwaway PostgreSQL database: rows, reasons, resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from scheduler.ingest import BATCHES, JOBS, ingest
+from scheduler.manifest import ManifestError
+from workers.db import create_tables, make_engine
+
+JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a fresh database with the tables (SQLite file or PostgreSQL, per run).
+
+    `database_url` (tests/conftest.py) is parametrized over SQLite and PostgreSQL; it skips
+    PostgreSQL when no server answers, unless PIAPI_BULK_REQUIRE_PG=1 makes that a failure.
+    """
+    eng = make_engine(database_url)
+    create_tables(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+def jsonl(path: Path, lines: list[Any]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def jobs(engine: Engine, batch_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(JOBS).where(JOBS.c.batch_id == batch_id)
+                            .order_by(JOBS.c.seq)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def batch(engine: Engine, batch_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(BATCHES)
+                           .where(BATCHES.c.id == batch_id)).mappings().one()
+    return dict(row)
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
+    good = {**JOY, "input": {"image": "https://example.com/1.jpg"}}
+    path = jsonl(tmp_path / "mixed.jsonl", [
+        {**good, "id": "a", "metadata": {"user": [1, 2], "z": 0, "b": None}},  # 1
+        '{"id": "broken", "model": ',                                         # 2 malformed
+        {**good, "id": "b"},                                                  # 3
+        {**good, "id": "a"},                                                  # 4 duplicate
+        {**JOY, "id": "c", "input": {"prompt_style": "descriptive"}},         # 5 no image
+        {"id": "d", "model": "Nope/model", "task_type": "x", "image": "u"},   # 6 unknown model
+        "",                                                                   # 7 blank
+        {**JOY, "input": {"image": "u"}, "caption_length": "long",            # 8 valid, no id
+         "prompt_style": "descriptive"},
+        {"model": "Wan", "task_type": "wan26-txt2video", "prompt": "p",       # 9 bad typed value
+         "duration": "abc", "metadata": "keep me"},
+    ])
+    result = ingest(engine, path)
+    rows = jobs(engine, result.batch_id)
+    assert [(r["seq"], r["line"], r["row_key"], r["state"]) for r in rows] == [
+        (1, 1, "a", "queued"), (2, 2, "2", "invalid"), (3, 3, "b", "queued"),
+        (4, 4, "a", "invalid"), (5, 5, "c", "invalid"), (6, 6, "d", "invalid"),
+        (7, 8, "7", "queued"), (8, 9, "8", "invalid"),
+    ]
+    reasons = {r["line"]: r["error_message"] for r in rows if r["state"] == "invalid"}
+    assert reasons == {
+        2: "malformed JSON: Expecting value at column 27",
+        4: "duplicate id 'a' (first at line 1)",
+        5: "missing required input field 'image'",
+        6: "unknown model 'Nope/model' (known: Qubico/flux1-dev, Qubico/flux1-schnell, "
+           "Qubico/joycaption, Qubico/tts, Wan, hailuo, kling, music-u)",
+        9: "field 'duration' must be an integer, got 'abc'",
+    }
+    assert {r["error_kind"] for r in rows if r["state"] == "invalid"} == {"invalid"}
+    assert {r["error_kind"] for r in rows if r["state"] == "queued"} == {None}
+    first, dup, wan = rows[0], rows[3], rows[7]
+    assert first["input_json"] == '{"image":"https://example.com/1.jpg"}'
+    assert json.loads(first["metadata_json"]) == {"user": [1, 2], "z": 0, "b": None}
+    assert list(json.loads(first["metadata_json"])) == ["user", "z", "b"]  # order kept
+    assert rows[6]["input_json"] == ('{"caption_length":"long","image":"u",'
+                                     '"prompt_style":"descriptive"}')
+    assert (dup["model"], dup["input_json"]) == (JOY["model"], None)
+    assert (wan["model"], wan["task_type"], json.loads(wan["metadata_json"])) == (
+        "Wan", "wan26-txt2video", "keep me")
+    assert (result.total, result.invalid, result.created) == (8, 5, True)
+    assert result.invalid_rows == [(line, key, reasons[line]) for line, key in
+                                   [(2, "2"), (4, "a"), (5, "c"), (6, "d"), (9, "8")]]
+    stored = batch(engine, result.batch_id)
+    assert (stored["ingested"], stored["total"], stored["invalid"]) == (True, 8, 5)
+
+
+def test_csv_with_defaults_and_a_bad_typed_cell(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "captions.csv"
+    path.write_text(
+        "image,prompt_style,caption_length\n"
+        "https://example.com/1.jpg,descriptive,long\n"
+        "https://example.com/2.jpg,,short\n"
+        ",descriptive,long\n"
+        "https://example.com/4.jpg,descriptive\n"
+    )
+    result = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
+    rows = jobs(engine, result.batch_id)
+    assert [(r["line"], r["state"], r["error_message"]) for r in rows] == [
+        (2, "queued", None),
+        (3, "queued", None),
+        (4, "invalid", "missing required input field 'image'"),
+        (5, "invalid", "expected 3 fields, found 2"),
+    ]
+    assert rows[1]["input_json"] == '{"caption_length":"short","image":"https://example.com/2.jpg"}'
+    assert {(r["model"], r["task_type"]) for r in rows[:3]} == {(JOY["model"], JOY["task_type"])}
+
+    videos = tmp_path / "videos.csv"
+    videos.write_text('id,prompt,duration,audio,metadata\n'
+                      'v1,a cat,10,yes,"{""shot"": 1}"\n'
+                      'v2,a dog,seven,no,plain text\n')
+    result = ingest(engine, videos, default_model="Wan", default_task_type="wan26-txt2video")
+    rows = jobs(engine, result.batch_id)
+    assert rows[0]["input_json"] == '{"audio":true,"duration":10,"prompt":"a cat"}'
+    assert json.loads(rows[0]["metadata_json"]) == {"shot": 1}
+    assert (rows[1]["state"], rows[1]["error_message"]) == (
+        "invalid", "field 'duration' must be an integer, got 'seven'")
+    assert json.loads(rows[1]["metadata_json"]) == "plain text"
+
+
+def test_same_manifest_is_the_same_batch(engine: Engine, tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "m.jsonl", [{**JOY, "image": f"u{i}"} for i in range(5)]
+                 + [{"model": "Nope"}])
+    first = ingest(engine, path, max_attempts=3)
+    again = ingest(engine, path, max_attempts=5, concurrency=4)
+    assert again.batch_id == first.batch_id
+    assert (again.total, again.invalid, again.created, again.resumed) == (6, 1, False, False)
+    assert again.invalid_rows == first.invalid_rows
+    assert count(engine, JOBS) == 6
+    assert count(engine, BATCHES) == 1
+    stored = batch(engine, first.batch_id)
+    assert (stored["max_attempts"], stored["concurrency"]) == (5, 4)
+    ingest(engine, path, max_attempts=5)  # concurrency not given: left as it is
+    assert batch(engine, first.batch_id)["concurrency"] == 4
+
+    # Other defaults make another batch.
+    other = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
+    assert other.batch_id != first.batch_id and other.created
+    assert first.batch_id.startswith("b") and len(first.batch_id) == 13
+    assert len(batch(engine, first.batch_id)["content_hash"]) == 64
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_stores_each_row_once(engine: Engine, tmp_path: Path) -> None:
+    lines: list[Any] = [{**JOY, "id": f"r{i}", "image": f"u{i}"} for i in range(1, 12)]
+    lines[8] = {**JOY, "id": "r2", "image": "dup"}  # line 9 repeats line 2's id, across chunks
+    lines[9] = "{not json"
+    path = jsonl(tmp_path / "m.jsonl", lines)
+    calls: list[int] = []
+
+    def crash_after_first_chunk(stored: int) -> None:
+        calls.append(stored)
+        raise Crash
+
+    with pytest.raises(Crash):
+        ingest(engine, path, chunk_size=4, progress=crash_after_first_chunk)
+    assert calls == [4]
+    [partial] = [b for b in [batch(engine, b_id) for b_id in _batch_ids(engine)]]
+    assert (partial["ingested"], partial["total"]) == (False, 4)
+    assert [r["seq"] for r in jobs(engine, partial["id"])] == [1, 2, 3, 4]
+
+    seen: list[int] = []
+    result = ingest(engine, path, chunk_size=4, progress=seen.append)
+    assert (result.batch_id, result.created, result.resumed) == (partial["id"], False, True)
+    assert seen == [8, 11]
+    rows = jobs(engine, result.batch_id)
+    assert [r["seq"] for r in rows] == list(range(1, 12))
+    assert [r["line"] for r in rows if r["state"] == "invalid"] == [9, 10]
+    assert rows[8]["error_message"] == "duplicate id 'r2' (first at line 2)"
+    assert (result.total, result.invalid) == (11, 2)
+    assert [line for line, _, _ in result.invalid_rows] == [9, 10]
+    assert batch(engine, result.batch_id)["ingested"] is True
+    assert ingest(engine, path).total == 11
+    assert count(engine, JOBS) == 11
+
+
+def test_resume_keeps_invalid_rows_stored_before_the_crash(engine: Engine,
+                                                           tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "m.jsonl", [{"model": "Nope"}, {**JOY, "image": "u"},
+                                        {**JOY, "image": "v"}])
+
+    def crash(stored: int) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        ingest(engine, path, chunk_size=1, progress=crash)
+    result = ingest(engine, path, chunk_size=1)
+    assert (result.total, result.invalid) == (3, 1)
+    assert [line for line, _, _ in result.invalid_rows] == [1]
+
+
+def test_exact_multiple_of_the_chunk_size(engine: Engine, tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "m.jsonl", [{**JOY, "image": f"u{i}"} for i in range(6)])
+    seen: list[int] = []
+    result = ingest(engine, path, chunk_size=3, progress=seen.append)
+    assert seen == [3, 6]
+    assert batch(engine, result.batch_id)["ingested"] is True
+    assert [r["seq"] for r in jobs(engine, result.batch_id)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("name", ["captions.csv.gz", "captions.data"])
+def test_gzipped_manifest(engine: Engine, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"image,caption_length\nu1,short\nu2,long\n"))
+    result = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
+    assert (result.total, result.invalid) == (2, 0)
+    rows = jobs(engine, result.batch_id)
+    assert rows[1]["input_json"] == '{"caption_length":"long","image":"u2"}'
+
+
+def test_text_the_database_cannot_hold_never_breaks_an_ingest(engine: Engine,
+                                                              tmp_path: Path) -> None:
+    path = tmp_path / "odd.jsonl"
+    path.write_text(
+        json.dumps({**JOY, "id": "a\u0000b", "image": "u"}) + "\n"
+        + json.dumps({"model": "No\u0000pe", "image": "u"}) + "\n"
+        + '{"model": "Qubico/joycaption", "image": "\\ud800"}\n'
+        + json.dumps({**JOY, "image": "nul \u0000 inside", "metadata": "m\u0000"}) + "\n"
+        + '{"image": 1e400}\n',
+    )
+    result = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
+    rows = jobs(engine, result.batch_id)
+    assert [r["state"] for r in rows] == ["invalid", "invalid", "invalid", "queued", "invalid"]
+    assert rows[0]["error_message"] == "field 'id' must not contain a NUL character"
+    assert rows[1]["model"] == "No\ufffdpe"
+    assert "surrogate" in rows[2]["error_message"]
+    assert json.loads(rows[3]["input_json"]) == {"image": "nul \u0000 inside"}
+    assert json.loads(rows[3]["metadata_json"]) == "m\u0000"
+    assert "out of range" in rows[4]["error_message"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read manifest"),
+    (b"", "is empty"),
+    (b"a,a\n1,2\n", "appears twice"),
+])
+def test_unreadable_manifest_writes_nothing(engine: Engine, tmp_path: Path,
+                                            content: bytes | None, message: str) -> None:
+    path = tmp_path / "m.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ManifestError, match=message):
+        ingest(engine, path)
+    assert count(engine, BATCHES) == 0
+
+
+def _batch_ids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [str(b) for b in conn.execute(select(BATCHES.c.id)).scalars()]
