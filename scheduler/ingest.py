@@ -10,6 +10,7 @@ not be read, failed validation, or repeats an id seen earlier in the manifest (t
 occurrence stays valid). Rows go in with executemany (SQLite) or COPY (PostgreSQL).
 Two ingests of the same new manifest at the same moment are not supported: the second fails
 on the batch's unique content hash or on a job's (batch_id, seq) and leaves the first intact.
+The file is read twice (hash, then rows): it must not change while it is being ingested.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ logger = logging.getLogger(__name__)
 SAMPLE_INVALID = 50
 """How many invalid rows (the first ones) an IngestResult lists."""
 
-QUEUED, INVALID = JobState.QUEUED.value, JobState.INVALID.value
-KIND_INVALID = ErrorKind.INVALID.value
+_QUEUED, _INVALID = JobState.QUEUED.value, JobState.INVALID.value
+_KIND_INVALID = ErrorKind.INVALID.value
 BATCHES: Table = SQLModel.metadata.tables[str(Batch.__tablename__)]
 JOBS: Table = SQLModel.metadata.tables[str(Job.__tablename__)]
 COLUMNS = (
@@ -178,7 +179,7 @@ def _tally(engine: Engine, batch_id: str) -> _Tally:
         for seq, line, key, state in rows:
             tally.stored_seq = seq
             tally.total += 1
-            tally.invalid += state == INVALID
+            tally.invalid += state == _INVALID
             tally.seen.setdefault(key, line)
         tally.sample = _invalid_sample(conn, batch_id)
     return tally
@@ -188,7 +189,7 @@ def _invalid_sample(conn: Connection, batch_id: str) -> list[tuple[int, str, str
     """The batch's first invalid rows as (line, row_key, reason)."""
     rows = conn.execute(
         select(JOBS.c.line, JOBS.c.row_key, JOBS.c.error_message)
-        .where(JOBS.c.batch_id == batch_id, JOBS.c.state == INVALID)
+        .where(JOBS.c.batch_id == batch_id, JOBS.c.state == _INVALID)
         .order_by(JOBS.c.seq).limit(SAMPLE_INVALID)).all()
     return [(int(line), str(key), str(reason or "")) for line, key, reason in rows]
 
@@ -230,7 +231,7 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
     if isinstance(spec, Invalid):
         return _invalid_row(batch_id, spec, meta, now, tally)
     return (batch_id, spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
-            _CANONICAL.encode(spec.input), meta, QUEUED, 0, 0, 0, 0, now, None, None)
+            _CANONICAL.encode(spec.input), meta, _QUEUED, 0, 0, 0, 0, now, None, None)
 
 
 def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
@@ -240,7 +241,7 @@ def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
     if len(tally.sample) < SAMPLE_INVALID:
         tally.sample.append((spec.line, spec.row_key, spec.reason))
     return (batch_id, spec.seq, spec.line, _storable(spec.row_key), _storable(spec.model),
-            _storable(spec.task_type), None, meta, INVALID, 0, 0, 0, 0, now, KIND_INVALID,
+            _storable(spec.task_type), None, meta, _INVALID, 0, 0, 0, 0, now, _KIND_INVALID,
             _storable(spec.reason))
 
 

@@ -9,7 +9,8 @@ Every data row yields exactly one item, in file order: a `RawRow` (its fields, u
 `BadRow` (why it could not be read). `seq` is the 1-based data-row number and `line` the
 1-based physical line where the row starts. Blank lines (and, in CSV, records whose cells
 are all blank) are not data rows. A file that cannot be read at all (missing, empty, no
-usable CSV header, corrupt gzip stream) raises `ManifestError`.
+usable CSV header) raises `ManifestError` when opened, before any row; a gzip stream found
+corrupt or truncated part-way raises it from the iteration, after the rows before it.
 
 Bytes that are not UTF-8 make a `BadRow` for the row they are in, in both formats (JSONL
 lines are decoded one at a time; CSV is decoded with `surrogateescape` and a row holding an

@@ -103,7 +103,7 @@ def validate_row(raw: RawRow, defaults: Defaults) -> JobSpec | Invalid:
     return JobSpec(raw.seq, raw.line, row_key, spec.model, spec.task_type, data, metadata)
 
 
-def show(value: Any) -> str:
+def _show(value: Any) -> str:
     """A short, one-line rendering of a value for a reason."""
     if isinstance(value, str):
         text = value if len(value) <= SHOW_CHARS else value[: SHOW_CHARS - 3] + "..."
@@ -143,7 +143,7 @@ def _row_key(value: Any, seq: int) -> str:
             return str(value)
         except ValueError:
             pass
-    raise _Reject(f"field 'id' must be a string or an integer, got {show(value)}")
+    raise _Reject(f"field 'id' must be a string or an integer, got {_show(value)}")
 
 
 def _name(fields: Mapping[str, Any], name: str, default: str | None) -> str | None:
@@ -152,7 +152,7 @@ def _name(fields: Mapping[str, Any], name: str, default: str | None) -> str | No
     if value is None or (isinstance(value, str) and not value.strip()):
         return default or None
     if not isinstance(value, str):
-        raise _Reject(f"field {name!r} must be a string, got {show(value)}")
+        raise _Reject(f"field {name!r} must be a string, got {_show(value)}")
     return value.strip()
 
 
@@ -163,11 +163,11 @@ def _spec(model: str | None, task_type: str | None) -> TaskSpec:
     if spec is not None:
         return spec
     if model not in MODELS:
-        raise _Reject(f"unknown model {show(model)} (known: {', '.join(sorted(MODELS))})")
+        raise _Reject(f"unknown model {_show(model)} (known: {', '.join(sorted(MODELS))})")
     known = ", ".join(task_types(model))
     if task_type is None:
         raise _Reject(f"missing task_type for model {model!r} (known: {known})")
-    raise _Reject(f"unknown task_type {show(task_type)} for model {model!r} (known: {known})")
+    raise _Reject(f"unknown task_type {_show(task_type)} for model {model!r} (known: {known})")
 
 
 def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def _explicit_input(value: Any, from_csv: bool) -> dict[str, Any]:
         except (ValueError, RecursionError) as exc:
             raise _Reject(f"field 'input' is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise _Reject(f"field 'input' must be a JSON object, got {show(value)}")
+        raise _Reject(f"field 'input' must be a JSON object, got {_show(value)}")
     return value
 
 
@@ -212,8 +212,8 @@ def _merge(explicit: dict[str, Any], extra: dict[str, Any], spec: TaskSpec) -> d
         if _empty(value) and not _empty(other):
             continue
         if not _empty(other) and not _same(name, value, other, spec.fields.get(name)):
-            raise _Reject(f"field {name!r} differs between 'input' ({show(value)}) "
-                          f"and its own column ({show(other)})")
+            raise _Reject(f"field {name!r} differs between 'input' ({_show(value)}) "
+                          f"and its own column ({_show(other)})")
         merged[name] = value
     return merged
 
@@ -248,10 +248,10 @@ def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
         return value  # the common case, kept fast: min and max apply to numbers only
     converted = _CONVERTERS[field.kind](value)
     if converted is None:
-        raise _Reject(f"field {name!r} must be {_KIND_WORDS[field.kind]}, got {show(value)}")
+        raise _Reject(f"field {name!r} must be {_KIND_WORDS[field.kind]}, got {_show(value)}")
     if field.choices and converted not in field.choices:
-        choices = ", ".join(show(c) for c in field.choices)
-        raise _Reject(f"field {name!r} must be one of {choices}, got {show(converted)}")
+        choices = ", ".join(_show(c) for c in field.choices)
+        raise _Reject(f"field {name!r} must be one of {choices}, got {_show(converted)}")
     if field.min is not None or field.max is not None:
         _check_range(name, converted, field)
     return converted
@@ -261,9 +261,9 @@ def _check_range(name: str, value: Any, field: FieldSpec) -> None:
     if not isinstance(value, int | float):
         return
     if field.min is not None and value < field.min:
-        raise _Reject(f"field {name!r} must be at least {field.min:g}, got {show(value)}")
+        raise _Reject(f"field {name!r} must be at least {field.min:g}, got {_show(value)}")
     if field.max is not None and value > field.max:
-        raise _Reject(f"field {name!r} must be at most {field.max:g}, got {show(value)}")
+        raise _Reject(f"field {name!r} must be at most {field.max:g}, got {_show(value)}")
 
 
 def _to_int(value: Any) -> int | None:
