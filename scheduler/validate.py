@@ -183,9 +183,24 @@ def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[st
     for name in spec.required:
         if _empty(data.get(name)):
             raise _Reject(f"missing required input field {name!r}")
+    if data.keys() <= _plain_strings(spec) and all(type(v) is str for v in data.values()):
+        return data  # the common CSV row: strings for string fields, nothing to convert
     typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
     _check_flux(typed, spec)
     return typed
+
+
+_PLAIN: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def _plain_strings(spec: TaskSpec) -> frozenset[str]:
+    """The spec's fields that take any string as it is (no conversion, no choices)."""
+    key = (spec.model, spec.task_type)
+    plain = _PLAIN.get(key)
+    if plain is None:
+        plain = _PLAIN[key] = frozenset(
+            k for k, f in spec.fields.items() if f.kind is Kind.STR and not f.choices)
+    return plain
 
 
 def _explicit_input(value: Any, from_csv: bool) -> dict[str, Any]:
