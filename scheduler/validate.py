@@ -33,7 +33,6 @@ from workers.catalog import MODELS, FieldSpec, Kind, TaskSpec, lookup, task_type
 
 RESERVED = frozenset({"id", "model", "task_type", "input", "metadata"})
 """Row fields that are not input fields."""
-FLUX_MAX_PIXELS = 1_048_576
 """Flux refuses images larger than 1024 x 1024 pixels in area (width * height)."""
 SHOW_CHARS = 40
 """How much of an offending value a reason quotes."""
@@ -186,7 +185,7 @@ def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[st
     if data.keys() <= _plain_strings(spec) and all(type(v) is str for v in data.values()):
         return data  # the common CSV row: strings for string fields, nothing to convert
     typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
-    _check_flux(typed, spec)
+    _check_area(typed, spec)
     return typed
 
 
@@ -352,10 +351,11 @@ _KIND_WORDS = {
 }
 
 
-def _check_flux(data: Mapping[str, Any], spec: TaskSpec) -> None:
-    if not spec.model.startswith("Qubico/flux1"):
+def _check_area(data: Mapping[str, Any], spec: TaskSpec) -> None:
+    limit = spec.max_pixels
+    if limit is None:
         return
     width, height = data.get("width"), data.get("height")
-    if isinstance(width, int) and isinstance(height, int) and width * height > FLUX_MAX_PIXELS:
-        raise _Reject(f"width*height must be at most {FLUX_MAX_PIXELS} for {spec.model}, "
+    if isinstance(width, int) and isinstance(height, int) and width * height > limit:
+        raise _Reject(f"width*height must be at most {limit} for {spec.model}, "
                       f"got {width}x{height} = {width * height}")

@@ -45,6 +45,8 @@ class TaskSpec:
     """Typical duration in seconds, before anything is learned."""
     open_fields: bool = False
     """True when PiAPI accepts fields beyond those listed (passed through unchecked)."""
+    max_pixels: int | None = None
+    """Upper bound on width*height, when the model has one."""
 
 
 S = FieldSpec()
@@ -65,6 +67,8 @@ _WAN = {
     "watermark": BOOL,
     "prompt_extend": BOOL,
 }
+FLUX_MAX_PIXELS = 1_048_576
+"""PiAPI's limit on Flux width*height."""
 _FLUX = {
     "prompt": S,
     "negative_prompt": S,
@@ -91,15 +95,17 @@ SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30),
     TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180),
     TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": S}, prior_s=180),
-    TaskSpec("Qubico/flux1-schnell", "txt2img", ("prompt",), _FLUX, prior_s=10),
-    TaskSpec("Qubico/flux1-dev", "txt2img", ("prompt",), _FLUX, prior_s=20),
+    TaskSpec("Qubico/flux1-schnell", "txt2img", ("prompt",), _FLUX, prior_s=10,
+             max_pixels=FLUX_MAX_PIXELS),
+    TaskSpec("Qubico/flux1-dev", "txt2img", ("prompt",), _FLUX, prior_s=20,
+             max_pixels=FLUX_MAX_PIXELS),
     TaskSpec(
         "Qubico/flux1-schnell", "img2img", ("prompt", "image"),
-        {**_FLUX, "image": S, "denoise": NUM}, prior_s=10,
+        {**_FLUX, "image": S, "denoise": NUM}, prior_s=10, max_pixels=FLUX_MAX_PIXELS,
     ),
     TaskSpec(
         "Qubico/flux1-dev", "img2img", ("prompt", "image"),
-        {**_FLUX, "image": S, "denoise": NUM}, prior_s=20,
+        {**_FLUX, "image": S, "denoise": NUM}, prior_s=20, max_pixels=FLUX_MAX_PIXELS,
     ),
     TaskSpec("kling", "video_generation", ("prompt",), _KLING, prior_s=240, open_fields=True),
     TaskSpec(

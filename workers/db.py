@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from workers import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -41,10 +40,12 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     """
     url = normalise_url(url)
     if is_sqlite(url):
+        # A small pool: closing a SQLite connection checkpoints the WAL (~10 ms), far too
+        # much to pay per transaction.
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            poolclass=NullPool if ":memory:" not in url else None,
+            pool_size=pool_size, max_overflow=pool_size * 2,
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
