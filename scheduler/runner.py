@@ -224,7 +224,9 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")
         _report_invalid(console, result)
         tr.clear_halt(engine)  # the key was just accepted
-        ensure_services(settings, services, opts, run_dir / "logs")
+        before = batch_status(engine, result.batch_id)
+        if before is not None and before.active:
+            ensure_services(settings, services, opts, run_dir / "logs")
         problem = watch(engine, result.batch_id, services, console)
         rows = export(engine, result.batch_id, output)
         final = batch_status(engine, result.batch_id)
