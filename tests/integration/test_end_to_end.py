@@ -38,6 +38,12 @@ def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str) ->
         results = read_results(tmp_path / "out.jsonl")
         stats = emu.stats()
         ledger = {t["task_id"]: t for t in emu.ledger()}
+        # The same command again: same batch, nothing re-run, same results.
+        again = finish(start_run(tmp_path, env, str(manifest), "-o", "again.jsonl",
+                                 name="again"), 60)
+        assert again == 0
+        assert read_results(tmp_path / "again.jsonl") == results
+        assert emu.stats()["requests"]["create"] == stats["requests"]["create"]
     finally:
         emu.stop()
     assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
