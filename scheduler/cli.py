@@ -202,8 +202,9 @@ def dispatcher(
     from scheduler.dispatcher import Dispatcher
     from workers.app import create_celery
     from workers.db import create_tables, make_engine
+    from workers.fleet import Fleet
     from workers.logs import setup_logging
-    from workers.runtime import build_client
+    from workers.runtime import build_budget, build_client
 
     settings = _settings(concurrency=concurrency)
     setup_logging(loglevel, _secrets(settings))
@@ -214,10 +215,14 @@ def dispatcher(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    redis_client = redis.Redis.from_url(redis_url)
     d = Dispatcher(
-        engine, redis.Redis.from_url(redis_url), create_celery(redis_url),
+        engine, redis_client, create_celery(redis_url),
         lease_s=settings.lease_s, concurrency=settings.concurrency,
         account_limit=lambda: client.account_info().max_concurrent_tasks,
+        account=client if settings.active_tasks == "auto" else None,
+        rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
+        spend=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
     )
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)

@@ -1,9 +1,15 @@
-"""The dispatcher: feeds Celery only work that is runnable now, within the account's limit.
+"""The dispatcher: feeds Celery only work that is runnable now, within the account's limits.
 
-Once per tick it takes back what dead workers left (expired leases), fills free concurrency
-slots with `submit` messages for queued jobs (oldest batch first, manifest order), and sends
-`poll` messages for running jobs whose next poll is due. One dispatcher is active at a time:
-it holds a Redis lock that it renews every tick; a second one waits as a hot standby.
+Each pass fills free concurrency slots with `submit` messages for queued jobs (oldest batch
+first, manifest order) and sends `poll` messages for running jobs whose next poll is due.
+It runs when woken (a worker freed a slot, a webhook made a job due) or when the next poll
+falls due, so a freed slot is refilled within milliseconds. Once a second it also takes
+back what dead workers left, adapts the limits to 429s (AIMD) and marks finished batches.
+
+Free slots are counted from PiAPI's own in-flight count (/account/active_tasks) when the
+account offers a plausible one, so a slot is refilled as soon as its task ends there, not
+when a poll notices; otherwise from the database. One dispatcher is active at a time: it
+holds a Redis lock that it renews every pass; a second one waits as a hot standby.
 """
 
 from __future__ import annotations
@@ -23,9 +29,14 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from workers import leases
+from scheduler.slots import Account, RemoteSlots
+from workers import durations, leases
 from workers import transitions as tr
+from workers.aimd import WINDOW_S, Aimd
 from workers.app import POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK
+from workers.control import get_halt
+from workers.fleet import Fleet
+from workers.polling import PollMode
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +44,14 @@ LOCK_KEY = "piapi-bulk:dispatcher"
 EPOCH_KEY = "piapi-bulk:epoch"
 LOCK_TTL_S = 10.0
 """A dispatcher that stops renewing its lock loses it after this long to a standby."""
+LOCK_RENEW_S = 1.0
 DEFAULT_CONCURRENCY = 5
 """Used only when neither --concurrency nor the account's own limit is known."""
 ACCOUNT_REFRESH_S = 60.0
-MAX_POLLS_PER_TICK = 2000
-DONE_CHECK_EVERY_S = 2.0
+HOUSEKEEPING_S = 1.0
+PRUNE_EVERY_S = 300.0
+MAX_POLLS_PER_PASS = 2000
+MAX_SLEEP_S = 1.0
 
 # KEYS[1]: the lock; ARGV[1]: our token; ARGV[2]: TTL in ms.
 # Extends the lock only while we still hold it; returns 1 when extended, 0 when lost.
@@ -57,8 +71,8 @@ return 0
 
 
 @dataclass
-class TickResult:
-    """What one tick did (for logs and tests)."""
+class PassResult:
+    """What one pass did (for logs and tests)."""
 
     limit: int = 0
     in_flight: int = 0
@@ -66,6 +80,7 @@ class TickResult:
     polls: int = 0
     expired: int = 0
     halted: str | None = None
+    next_pass_s: float = MAX_SLEEP_S
 
 
 def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
@@ -88,7 +103,11 @@ class Dispatcher:
         lease_s: float,
         concurrency: int | None = None,
         account_limit: Callable[[], int | None] | None = None,
-        interval_s: float = 0.2,
+        account: Account | None = None,
+        rpm: int = 0,
+        account_poll_min_s: float = 0.02,
+        spend: Callable[[str], None] | None = None,
+        interval_s: float = MAX_SLEEP_S,
         batch_size: int = 8,
         spread: int = 16,
         clock: Callable[[], float] = time.time,
@@ -99,16 +118,24 @@ class Dispatcher:
         self.lease_s = lease_s
         self.concurrency = concurrency
         self.account_limit = account_limit
-        self.interval_s = interval_s
+        self.interval_s = min(interval_s, MAX_SLEEP_S)
         self.batch_size = batch_size
         self.spread = spread
         self.clock = clock
+        self.fleet = Fleet(redis_client, clock)
+        self.remote = RemoteSlots(engine, account, spend, clock, min_interval_s=max(
+            account_poll_min_s, 10.0 / (rpm / 60.0) if rpm else 0.0))
+        rate = rpm / 60.0 if rpm else None
+        self.aimd = Aimd(rate, concurrency or DEFAULT_CONCURRENCY, clock())
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renew = redis_client.register_script(_RENEW)
         self._release = redis_client.register_script(_RELEASE)
         self._account_value: int | None = None
         self._account_checked = -math.inf
-        self._done_checked = -math.inf
+        self._housekept = -math.inf
+        self._pruned = -math.inf
+        self._halt: str | None = None
+        self._renewed = -math.inf
         self.epoch = ""
 
     # --- leadership -------------------------------------------------------------------
@@ -137,7 +164,7 @@ class Dispatcher:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     # --- limits -----------------------------------------------------------------------
-    def limit(self, now: float) -> int:
+    def base_limit(self, now: float) -> int:
         """Tasks allowed in flight: --concurrency, else the account's limit (cached)."""
         if self.concurrency:
             return self.concurrency
@@ -151,35 +178,72 @@ class Dispatcher:
                 if value and value != self._account_value:
                     logger.info("account concurrency limit: %s", value)
                     self._account_value = value
-        if self._account_value is None:
-            return DEFAULT_CONCURRENCY
-        return self._account_value
+        return self._account_value or DEFAULT_CONCURRENCY
+
+    # --- housekeeping, once a second --------------------------------------------------
+    def housekeep(self, now: float, in_flight: int) -> int:
+        """Take back lost creates, resolve ambiguous rows, adapt limits, mark done batches."""
+        self.epoch = self.current_epoch()
+        expired = len(tr.expire_submitting(self.engine, now))
+        tr.resolve_ambiguous_as_failed(self.engine, now)
+        self._halt = get_halt(self.engine)
+        self.aimd.set_concurrency_ceiling(self.base_limit(now), now)
+        window = self.fleet.window(WINDOW_S)
+        before = (self.aimd.limits.rate_per_s, self.aimd.limits.concurrency)
+        limits = self.aimd.observe(now, window.requests, window.rate_429, window.conc_429,
+                                   in_flight)
+        if (limits.rate_per_s, limits.concurrency) != before:
+            logger.info("limits now: %s requests/s, %d in flight (last %ds: %d requests, "
+                        "%d rate 429s, %d concurrency 429s)", limits.rate_per_s,
+                        limits.concurrency, WINDOW_S, window.requests, window.rate_429,
+                        window.conc_429)
+        self.fleet.set_rate(limits.rate_per_s if self.aimd.rate_decreases else None)
+        self.fleet.set_mode(PollMode.LAZY if self.remote.usable else PollMode.EAGER)
+        for batch_id in leases.mark_done_batches(self.engine):
+            logger.info("batch %s is done", batch_id)
+        if now - self._pruned >= PRUNE_EVERY_S:
+            self._pruned = now
+            durations.prune(self.engine)
+        return expired
 
     # --- one pass -----------------------------------------------------------------------
-    def tick(self) -> TickResult:
-        """Take back lost work, fill free slots, send due polls."""
+    def tick(self) -> PassResult:
+        """Fill free slots, send due polls; housekeeping when a second has passed."""
         now = self.clock()
-        self.epoch = self.current_epoch()
-        result = TickResult(limit=self.limit(now))
-        result.expired = len(tr.expire_submitting(self.engine, now))
-        tr.resolve_ambiguous_as_failed(self.engine, now)
-        result.halted = tr.get_halt(self.engine)
-        occupancy = leases.occupancy(self.engine, now, self.epoch)
+        result = PassResult()
+        occupancy = leases.occupancy(self.engine, now, self.epoch or self.current_epoch())
+        if now - self._housekept >= HOUSEKEEPING_S:
+            self._housekept = now
+            result.expired = self.housekeep(now, occupancy.total)
+            occupancy = leases.occupancy(self.engine, now, self.epoch)
+        result.limit = min(self.base_limit(now), self.aimd.limits.concurrency)
+        result.halted = self._halt
         result.in_flight = occupancy.total
+        if result.halted is None and occupancy.total >= result.limit:
+            result.in_flight = self.remote.estimate(now, occupancy, result.limit)
         if result.halted is None:
-            result.submits = self._fill_slots(now, result.limit - occupancy.total, occupancy)
-        poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_TICK, now, self.epoch,
+            result.submits = self._fill_slots(now, result.limit - result.in_flight, occupancy)
+            self.remote.dispatched(result.submits)
+        poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
                                       self.lease_s)
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
         result.polls = len(poll_ids)
-        if now - self._done_checked >= DONE_CHECK_EVERY_S:
-            self._done_checked = now
-            for batch_id in leases.mark_done_batches(self.engine):
-                logger.info("batch %s is done", batch_id)
+        result.next_pass_s = self._next_pass_s(now, result)
         return result
+
+    def _next_pass_s(self, now: float, result: PassResult) -> float:
+        wait = self.interval_s
+        due = leases.next_due_at(self.engine, now)
+        if due is not None:
+            wait = min(wait, due - now)
+        if result.halted is None and result.in_flight >= result.limit:
+            wait = min(wait, self.remote.next_snapshot_in(now))
+        return max(0.0, wait)
 
     def _fill_slots(self, now: float, free: int, occupancy: leases.Occupancy) -> int:
         sent = 0
+        if free <= 0:
+            return 0
         for batch in leases.open_batches(self.engine):
             if free - sent <= 0:
                 break
@@ -197,32 +261,36 @@ class Dispatcher:
 
     # --- the loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Wait for the lock, then tick until `stop` is set or the lock is lost."""
+        """Wait for the lock, then pass after pass until `stop` is set or the lock is lost."""
         leading = False
         try:
             while not stop.is_set():
                 try:
-                    leading = self._step(leading)
+                    leading, wait = self._step(leading)
+                    if leading:
+                        self.fleet.wait(wait)
+                    else:
+                        stop.wait(1.0)
                 except redis.RedisError as exc:
                     logger.warning("Redis unavailable (%s); retrying", exc)
                     leading = False
                     stop.wait(1.0)
-                    continue
                 except DBAPIError as exc:
                     logger.warning("database unavailable (%s); retrying", exc.orig or exc)
                     stop.wait(1.0)
-                    continue
-                stop.wait(self.interval_s if leading else 1.0)
         finally:
             if leading:
                 self.release()
 
-    def _step(self, leading: bool) -> bool:
-        if not self.try_lead():
-            if leading:
-                logger.warning("dispatcher lock lost; standing by")
-            return False
+    def _step(self, leading: bool) -> tuple[bool, float]:
+        now = time.monotonic()
+        if not leading or now - self._renewed >= LOCK_RENEW_S:
+            if not self.try_lead():
+                if leading:
+                    logger.warning("dispatcher lock lost; standing by")
+                return False, 1.0
+            self._renewed = now
         result = self.tick()
         if result.submits or result.polls or result.expired:
-            logger.debug("tick: %s", result)
-        return True
+            logger.debug("pass: %s", result)
+        return True, result.next_pass_s

@@ -25,8 +25,8 @@ from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status
-from workers import transitions as tr
 from workers.app import create_celery
+from workers.control import clear_halt, get_halt
 from workers.db import create_tables, make_engine
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
@@ -177,7 +177,7 @@ def watch(engine: Engine, batch_id: str, services: Services, console: Console) -
                               soft_wrap=True)
             if st.active == 0:
                 return None
-            halt = tr.get_halt(engine)
+            halt = get_halt(engine)
             if halt:
                 return f"stopped: {halt}"
             problem = services.supervise()
@@ -223,7 +223,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")
         _report_invalid(console, result)
-        tr.clear_halt(engine)  # the key was just accepted
+        clear_halt(engine)  # the key was just accepted
         before = batch_status(engine, result.batch_id)
         if before is not None and before.active:
             ensure_services(settings, services, opts, run_dir / "logs")

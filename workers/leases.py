@@ -40,6 +40,8 @@ class Occupancy:
 
     total: int
     by_batch: dict[str, int]
+    creating: int = 0
+    """Of `total`: creates dispatched or under way that PiAPI may not have counted yet."""
 
 
 def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
@@ -47,10 +49,22 @@ def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
     reserved = and_(col(Job.state).in_([Q.value, RW.value]), lease_held(now, epoch))
     busy = or_(col(Job.state).in_([SUB.value, RUN.value]), reserved)
     with session(engine) as s:
-        rows = s.execute(select(col(Job.batch_id), func.count()).where(busy)
-                         .group_by(col(Job.batch_id))).all()
-    by_batch = {str(b): int(n) for b, n in rows}
-    return Occupancy(total=sum(by_batch.values()), by_batch=by_batch)
+        rows = s.execute(select(col(Job.batch_id), col(Job.state), func.count())
+                         .where(busy).group_by(col(Job.batch_id), col(Job.state))).all()
+    by_batch: dict[str, int] = {}
+    creating = 0
+    for batch_id, state, n in rows:
+        by_batch[str(batch_id)] = by_batch.get(str(batch_id), 0) + int(n)
+        if state != RUN.value:
+            creating += int(n)
+    return Occupancy(total=sum(by_batch.values()), by_batch=by_batch, creating=creating)
+
+
+def young_running(engine: Engine, since: float) -> int:
+    """Running jobs whose task was created after `since` (surely still in flight at PiAPI)."""
+    with session(engine) as s:
+        return int(s.scalar(select(func.count()).where(
+            col(Job.state) == RUN.value, col(Job.submitted_at) > since)) or 0)
 
 
 @dataclass(frozen=True)
@@ -111,12 +125,14 @@ def lease_polls(engine: Engine, limit: int, now: float, epoch: str, lease_s: flo
     )
 
 
-def next_due_at(engine: Engine) -> float | None:
-    """The earliest time a running or waiting job becomes due (for the dispatcher's sleep)."""
+def next_due_at(engine: Engine, after: float) -> float | None:
+    """The earliest time after `after` that a running or waiting job becomes due."""
     with session(engine) as s:
-        value = s.scalar(select(func.min(col(Job.next_at)))
-                         .where(col(Job.state).in_([RUN.value, RW.value])))
-    return float(value) if value is not None else None
+        values = [s.scalar(select(func.min(col(Job.next_at)))
+                           .where(col(Job.state) == state.value, col(Job.next_at) > after))
+                  for state in (RUN, RW)]
+    due = [float(v) for v in values if v is not None]
+    return min(due) if due else None
 
 
 def mark_done_batches(engine: Engine) -> list[str]:

@@ -112,3 +112,16 @@ class Control(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=64)
     value: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: float
+
+
+class DurationSample(SQLModel, table=True):
+    """How long one completed task took (PiAPI's created -> ended), for the poll schedule."""
+
+    __tablename__ = "duration_samples"
+    __table_args__ = (Index("ix_duration_samples_kind", "model", "task_type", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    model: str = Field(max_length=64)
+    task_type: str = Field(max_length=64)
+    duration_s: float
+    at: float

@@ -382,6 +382,24 @@ class PiAPIClient:
             return False
         return True
 
+    def active_tasks(self) -> int | None:
+        """Tasks in flight on the account (pending + processing, every model family), from
+        GET /account/active_tasks; None when the account does not offer a readable count."""
+        try:
+            response = self._send("GET", "/account/active_tasks", kind="account")
+        except (NotFound, InvalidRequest):
+            return None
+        data = read_envelope(response).get("data")
+        if not isinstance(data, Mapping):
+            return None
+        total, seen = 0, False
+        for family in data.values():
+            if isinstance(family, Mapping) and (
+                    "pending_count" in family or "processing_count" in family):
+                total += _int(family.get("pending_count")) + _int(family.get("processing_count"))
+                seen = True
+        return total if seen else None
+
     def account_info(self) -> AccountInfo:
         """GET /account/info: the concurrency limit and balance, where given."""
         response = self._send("GET", "/account/info", kind="account")

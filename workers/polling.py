@@ -1,15 +1,132 @@
-"""When to poll a running task next: a bounded geometric back-off from its creation."""
+"""When to poll a running task: learned from how long tasks of its kind take.
+
+A task's duration distribution (per model and task type, from completed tasks) gives the
+poll ages: the first GET lands where completion becomes likely, later ones at higher
+quantiles, and past the longest duration seen a bounded geometric back-off takes over.
+So a task costs a small, bounded number of GETs whatever its length. Before anything is
+learned, a prior schedule starts early and backs off, as PiAPI's own CLI does.
+
+How eager the schedule is depends on what else tells us a task ended:
+- `EAGER`: nothing else does; polls decide when a slot is refilled, so they come often.
+- `LAZY`: the account's active-task count refills slots; polls only collect results.
+- `WEBHOOK`: PiAPI calls us when a task ends; polls are only a safety net for lost calls.
+"""
 
 from __future__ import annotations
 
-FIRST_POLL_S = 1.0
-"""First GET this long after the create."""
-GROWTH = 1.5
-"""Each wait is this much longer than the previous one..."""
-MAX_INTERVAL_S = 30.0
-"""...up to this, so a long video is still seen within half a minute of finishing."""
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
 
-def next_poll_delay_s(polls: int) -> float:
-    """Seconds from now to the next GET, after `polls` GETs that found the task running."""
-    return min(MAX_INTERVAL_S, FIRST_POLL_S * GROWTH ** min(polls, 64))
+class PollMode(StrEnum):
+    """What, besides polls, tells the fleet that a task ended."""
+
+    EAGER = "eager"
+    LAZY = "lazy"
+    WEBHOOK = "webhook"
+
+
+QUANTILES: dict[PollMode, tuple[float, ...]] = {
+    PollMode.EAGER: (0.25, 0.5, 0.7, 0.85, 0.95, 0.99, 1.0),
+    PollMode.LAZY: (0.9, 0.99, 1.0),
+    PollMode.WEBHOOK: (1.0,),
+}
+"""Quantiles of the learned duration at which polls land, in order."""
+TAIL_SLACK = {PollMode.EAGER: 1.02, PollMode.LAZY: 1.05, PollMode.WEBHOOK: 1.5}
+"""The last quantile poll lands this much after the longest duration seen."""
+MIN_SAMPLES = 20
+"""Below this many completed tasks, the prior schedule is used."""
+MIN_GAP_S = 0.05
+"""Two polls of one task are never closer than this."""
+BACKOFF_GROWTH = 1.5
+MAX_INTERVAL_S = 60.0
+"""Past the learned tail, polls back off geometrically up to this interval."""
+PRIOR_FIRST_FRACTION = 0.05
+PRIOR_FIRST_MAX_S = 1.0
+"""Prior schedule: first GET at 5% of the prior duration, at most 1 s after the create..."""
+PRIOR_MAX_INTERVAL_S = 30.0
+"""...then x1.5 per poll, at most 30 s apart."""
+
+
+@dataclass(frozen=True)
+class Durations:
+    """Sorted recent durations (seconds from create to end) of one kind of task."""
+
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Durations:
+        """From unsorted values; non-finite and negative ones are dropped."""
+        return cls(tuple(sorted(v for v in values if math.isfinite(v) and v >= 0)))
+
+    @property
+    def learned(self) -> bool:
+        """True once there are enough samples to trust the quantiles."""
+        return len(self.samples) >= MIN_SAMPLES
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile (0..1), by the nearest-rank method."""
+        if not self.samples:
+            raise ValueError("no samples")
+        rank = min(len(self.samples) - 1, max(0, math.ceil(q * len(self.samples)) - 1))
+        return self.samples[rank]
+
+    def mean(self) -> float:
+        """The mean duration (0 without samples)."""
+        return sum(self.samples) / len(self.samples) if self.samples else 0.0
+
+    def fraction_done_by(self, age_s: float) -> float:
+        """The share of tasks that had ended by this age."""
+        return bisect.bisect_right(self.samples, age_s) / len(self.samples) if self.samples else 0
+
+
+def learned_ages(d: Durations, mode: PollMode) -> list[float]:
+    """The poll ages (s after the create) given by the learned quantiles."""
+    ages: list[float] = []
+    quantiles = QUANTILES[mode]
+    for q in quantiles:
+        age = d.quantile(q)
+        if q == quantiles[-1]:
+            age *= TAIL_SLACK[mode]
+        if ages and age < ages[-1] + MIN_GAP_S:
+            continue
+        ages.append(max(age, MIN_GAP_S))
+    return ages
+
+
+def next_poll_age(age_s: float, polls: int, d: Durations | None, prior_s: float,
+                  mode: PollMode) -> float:
+    """The age (s since the create) of the next GET, for a task of age `age_s` that has
+    been seen running `polls` times. Always later than `age_s`."""
+    if d is None or not d.learned:
+        return age_s + prior_delay_s(polls, prior_s)
+    for age in learned_ages(d, mode):
+        if age > age_s + MIN_GAP_S / 2:
+            return age
+    # Past every quantile: bounded geometric back-off from the learned tail.
+    tail = learned_ages(d, mode)[-1]
+    step = max(MIN_GAP_S, tail * 0.25) * BACKOFF_GROWTH ** max(0, polls - len(QUANTILES[mode]))
+    return age_s + min(MAX_INTERVAL_S, max(step, MIN_GAP_S))
+
+
+def prior_delay_s(polls: int, prior_s: float) -> float:
+    """Wait before GET number `polls + 1` while nothing is learned."""
+    first = min(PRIOR_FIRST_MAX_S, max(MIN_GAP_S, prior_s * PRIOR_FIRST_FRACTION))
+    return min(PRIOR_MAX_INTERVAL_S, first * BACKOFF_GROWTH ** min(polls, 64))
+
+
+def expected_gets(d: Durations, mode: PollMode, horizon_polls: int = 64) -> float:
+    """Mean GETs per task this schedule costs on the distribution `d` itself."""
+    total = 0.0
+    for duration in d.samples:
+        age, polls = 0.0, 0
+        while polls < horizon_polls:
+            age = next_poll_age(age, polls, d, 0.0, mode)
+            polls += 1
+            if age >= duration:
+                break
+        total += polls
+    return total / len(d.samples) if d.samples else 0.0

@@ -52,35 +52,46 @@ MAX_RESERVE_S = 2.0
 
 
 class TokenBucket:
-    """A Redis token bucket of `rate_per_s`; `acquire()` blocks until a token is ours."""
+    """A Redis token bucket; `acquire()` blocks until a token is ours.
+
+    The rate is given per call, so one bucket follows a rate that changes (AIMD) without
+    losing what it has accumulated.
+    """
 
     def __init__(
         self,
         client: redis.Redis,
         key: str,
         rate_per_s: float,
-        burst: float | None = None,
+        burst_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be positive")
         self.key = key
         self.rate_per_s = rate_per_s
-        self.burst = burst if burst is not None else max(1.0, rate_per_s)
+        self.burst_s = burst_s
         self._script = client.register_script(_TAKE)
         self._sleep = sleep
 
-    def try_acquire(self, tokens: float = 1.0, max_wait_s: float = MAX_RESERVE_S) -> float:
+    def burst(self, rate_per_s: float) -> float:
+        """Bucket size at this rate: `burst_s` seconds of it, at least one token."""
+        return max(1.0, rate_per_s * self.burst_s)
+
+    def try_acquire(self, tokens: float = 1.0, max_wait_s: float = MAX_RESERVE_S,
+                    rate_per_s: float | None = None) -> float:
         """Reserve `tokens`; the wait (s, >= 0) before using them, or -wait when refused."""
+        rate = rate_per_s or self.rate_per_s
         ms = int(self._script(keys=[self.key],
-                              args=[self.rate_per_s, self.burst, tokens, max_wait_s]))
+                              args=[rate, self.burst(rate), tokens, max_wait_s]))
         return ms / 1000.0
 
-    def acquire(self, tokens: float = 1.0, timeout_s: float = 600.0) -> None:
+    def acquire(self, tokens: float = 1.0, timeout_s: float = 600.0,
+                rate_per_s: float | None = None) -> None:
         """Block until `tokens` are granted; raises TimeoutError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
-            wait = self.try_acquire(tokens)
+            wait = self.try_acquire(tokens, rate_per_s=rate_per_s)
             if wait >= 0:
                 if wait > 0:
                     self._sleep(wait)
@@ -90,13 +101,29 @@ class TokenBucket:
             self._sleep(min(-wait, MAX_RESERVE_S))
 
 
-def rpm_limiter(client: redis.Redis, rpm: int, key: str) -> Callable[[str], None] | None:
-    """A hook spending one token per PiAPI request (blocking until it is ours), or None."""
-    if rpm <= 0:
+SAFETY = 0.97
+"""The bucket grants 97% of the configured rate: network jitter can bunch requests on
+their way to PiAPI, and a configured limit must never produce a 429 of our own making."""
+
+
+def rpm_limiter(
+    client: redis.Redis, rpm: int, key: str,
+    override: Callable[[], float | None] | None = None,
+) -> Callable[[str], None] | None:
+    """A hook spending one token per PiAPI request (blocking until it is ours).
+
+    `rpm` is the configured budget (0: none); `override()` gives a lower rate decided by
+    the fleet's AIMD controller, when there is one. None when neither can ever apply.
+    """
+    if rpm <= 0 and override is None:
         return None
-    bucket = TokenBucket(client, key, rate_per_s=rpm / 60.0, burst=max(1.0, rpm / 60.0))
+    configured = rpm / 60.0 * SAFETY if rpm > 0 else None
+    bucket = TokenBucket(client, key, rate_per_s=configured or 1.0)
 
     def spend(_kind: str) -> None:
-        bucket.acquire()
+        lowered = override() if override else None
+        rates = [r for r in (configured, lowered) if r]
+        if rates:
+            bucket.acquire(rate_per_s=min(rates))
 
     return spend

@@ -8,12 +8,14 @@ from collections.abc import Callable
 import redis
 
 from workers.db import create_tables, make_engine
+from workers.durations import DurationCache
+from workers.fleet import Fleet
 from workers.piapi import PiAPIClient, Timeouts
 from workers.ratelimit import rpm_limiter
 from workers.settings import Settings
 from workers.work import WorkerContext
 
-RATE_KEY = "piapi-bulk:rate"
+RATE_BUCKET_KEY = "piapi-bulk:rate"
 
 
 def build_client(settings: Settings) -> PiAPIClient:
@@ -26,20 +28,27 @@ def build_client(settings: Settings) -> PiAPIClient:
     )
 
 
+def build_budget(settings: Settings, client: redis.Redis,
+                 fleet: Fleet) -> Callable[[str], None] | None:
+    """The fleet-wide request budget: the configured rpm, lowered by AIMD after 429s."""
+    return rpm_limiter(client, settings.rpm, RATE_BUCKET_KEY, override=fleet.rate)
+
+
 def build_context(settings: Settings) -> WorkerContext:
     """Everything a worker process needs to run `submit` and `poll`."""
     engine = make_engine(settings.database_url)
     create_tables(engine)
-    budget = None
-    if settings.rpm:
-        budget = rpm_limiter(redis.Redis.from_url(settings.require_redis_url()), settings.rpm,
-                             RATE_KEY)
+    redis_client = redis.Redis.from_url(settings.require_redis_url())
+    fleet = Fleet(redis_client)
     return WorkerContext(
         engine=engine,
         client=build_client(settings),
         lease_s=settings.lease_s,
         max_tries=settings.max_tries,
-        budget=budget,
+        budget=build_budget(settings, redis_client, fleet),
+        fleet=fleet,
+        durations=DurationCache(engine),
+        webhooks=settings.webhook_signer(),
     )
 
 

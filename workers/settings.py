@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.webhooks import WebhookSigner
+
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
@@ -39,13 +41,32 @@ class Settings(BaseSettings):
     max_tries: int = Field(12, ge=1, validation_alias=_env("PIAPI_BULK_MAX_TRIES"))
     """Retryable create errors (429, 5xx, network) tolerated per row before it fails."""
     dispatch_interval_s: float = Field(
-        0.2, gt=0, validation_alias=_env("PIAPI_BULK_DISPATCH_INTERVAL_S")
+        1.0, gt=0, validation_alias=_env("PIAPI_BULK_DISPATCH_INTERVAL_S")
     )
+    """Longest the dispatcher sleeps between passes (it is woken sooner by events)."""
     lease_margin_s: float = Field(10.0, gt=0, validation_alias=_env("PIAPI_BULK_LEASE_MARGIN_S"))
     """Added to the HTTP timeout to get how long a worker may hold a job before it is taken back."""
     batch_size: int = Field(8, ge=1, validation_alias=_env("PIAPI_BULK_BATCH_SIZE"))
     """Most job ids carried by one Celery message."""
     on_ambiguous: Literal["fail"] = Field("fail", validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS"))
+
+    active_tasks: Literal["auto", "off"] = Field(
+        "auto", validation_alias=_env("PIAPI_BULK_ACTIVE_TASKS")
+    )
+    """auto: refill slots from PiAPI's own in-flight count (/account/active_tasks) when the
+    account offers it; off: only from what polls have seen."""
+    account_poll_min_s: float = Field(
+        0.02, gt=0, validation_alias=_env("PIAPI_BULK_ACCOUNT_POLL_MIN_S")
+    )
+    """Fastest the dispatcher reads PiAPI's in-flight count (when slots may have freed)."""
+
+    # --- webhooks -----------------------------------------------------------------------
+    webhook_url: str | None = Field(None, validation_alias=_env("PIAPI_BULK_WEBHOOK_URL"))
+    """Public base URL of `piapi-bulk webhook` (…/hooks); set it to have PiAPI call back."""
+    webhook_secret: SecretStr | None = Field(
+        None, validation_alias=_env("PIAPI_BULK_WEBHOOK_SECRET")
+    )
+    """Master secret the per-batch webhook secrets and per-job URL tokens derive from."""
 
     # --- worker process -----------------------------------------------------------------
     worker_concurrency: int = Field(
@@ -71,6 +92,15 @@ class Settings(BaseSettings):
         if self.api_key is None or not self.api_key.get_secret_value().strip():
             raise ConfigError("PIAPI_API_KEY is not set; export your PiAPI API key first")
         return self.api_key.get_secret_value().strip()
+
+    def webhook_signer(self) -> WebhookSigner | None:
+        """The webhook signer when webhooks are configured, or None."""
+        if not self.webhook_url:
+            return None
+        if self.webhook_secret is None or len(self.webhook_secret.get_secret_value()) < 16:
+            raise ConfigError("PIAPI_BULK_WEBHOOK_URL needs PIAPI_BULK_WEBHOOK_SECRET "
+                              "(16 characters or more)")
+        return WebhookSigner(self.webhook_url, self.webhook_secret.get_secret_value())
 
     def require_redis_url(self) -> str:
         """The Redis URL, or a clear error when it is not set."""

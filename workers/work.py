@@ -1,7 +1,8 @@
 """What a worker does for a message: create tasks for due jobs, or poll running ones.
 
-Plain functions over a `WorkerContext`, testable without Celery. Each job is handled on
-its own: one row's trouble never stops the others in the same message.
+Plain functions over a `WorkerContext`, testable without Celery. One row's trouble never
+stops the others in the same message. Creates are recorded one by one (a task id must be
+saved the moment it is known); a message's poll results are recorded in one transaction.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from sqlalchemy.engine import Engine
 
 from workers import transitions as tr
+from workers.catalog import prior_duration_s
+from workers.control import set_halt
+from workers.durations import DurationCache, task_duration_s
+from workers.fleet import Fleet
 from workers.piapi import (
     AccountError,
     AmbiguousError,
@@ -23,12 +27,14 @@ from workers.piapi import (
     NotFound,
     PermanentError,
     PiAPIClient,
+    RateLimited,
     RetryableError,
     TaskView,
 )
-from workers.polling import next_poll_delay_s
+from workers.polling import PollMode, next_poll_age
 from workers.retry import FailureClass, backoff_s, classify_failure
 from workers.states import ErrorKind
+from workers.webhooks import WebhookSigner
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +60,62 @@ class WorkerContext:
     rng: Callable[[], float] | None = None
     budget: Callable[[str], None] | None = None
     """Blocks until the fleet-wide request budget allows one more PiAPI request."""
+    fleet: Fleet | None = None
+    durations: DurationCache | None = None
+    webhooks: WebhookSigner | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, n: int = 1) -> None:
         """Bump a process-local counter (for logs and benchmarks)."""
-        self.counters[name] = self.counters.get(name, 0) + 1
+        self.counters[name] = self.counters.get(name, 0) + n
 
     def backoff(self, tries: int, retry_after_s: float | None) -> float:
         """Seconds before the next try (jittered)."""
         if self.rng is None:
             return backoff_s(tries, retry_after_s)
         return backoff_s(tries, retry_after_s, self.rng)
+
+    def spend(self, kind: str) -> None:
+        """Take one request from the fleet's budget (blocks while there is none)."""
+        if self.budget is not None:
+            self.budget(kind)
+
+    def mode(self) -> PollMode:
+        """How the fleet learns that tasks ended (decides how eagerly to poll)."""
+        if self.webhooks is not None:
+            return PollMode.WEBHOOK
+        return self.fleet.mode() if self.fleet else PollMode.EAGER
+
+    def next_poll_at(self, model: str, task_type: str, submitted_at: float, polls: int,
+                     now: float) -> float:
+        """When to GET a task next, from what tasks of its kind have taken so far."""
+        learned = self.durations.get(model, task_type) if self.durations else None
+        age = max(0.0, now - submitted_at)
+        return submitted_at + next_poll_age(age, polls, learned,
+                                            prior_duration_s(model, task_type), self.mode())
+
+
+@dataclass
+class _Tally:
+    """Requests and 429s of one message, reported to the fleet once at the end."""
+
+    requests: int = 0
+    rate_429: int = 0
+    conc_429: int = 0
+
+    def report(self, ctx: WorkerContext, freed: bool) -> None:
+        if ctx.fleet is not None:
+            ctx.fleet.count(self.requests, self.rate_429, self.conc_429)
+            if freed:
+                ctx.fleet.wake()
+
+
+def is_concurrency_429(exc: RateLimited, create: bool) -> bool:
+    """Whether a 429 says "too many tasks in flight" rather than "too many requests"."""
+    text = str(exc).lower()
+    if "concurren" in text or ("task" in text and "limit" in text):
+        return True
+    return create and "rate" not in text and "too many requests" not in text
 
 
 def has_content(output: Any) -> bool:
@@ -78,48 +129,69 @@ def has_content(output: Any) -> bool:
     return False
 
 
+# --- creates ---------------------------------------------------------------------------
 def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     """Create a PiAPI task for each job that is still due."""
-    for job_id in job_ids:
-        submit_one(ctx, job_id)
+    ids = list(job_ids)
+    tally = _Tally()
+    freed = False
+    # The budget is spent before the claim, so waiting for it never eats into the lease
+    # that protects a create.
+    for _ in ids:
+        ctx.spend("create")
+    try:
+        for claim in tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s):
+            freed |= _submit_one(ctx, claim, tally)
+        skipped = len(ids) - tally.requests
+        if skipped > 0:
+            ctx.count("submit_skipped", skipped)
+    finally:
+        tally.report(ctx, freed)
 
 
 def submit_one(ctx: WorkerContext, job_id: int) -> None:
-    """Claim one job, record the attempt, POST it, and record what came back.
+    """Claim one job, record the attempt, POST it, and record what came back."""
+    submit_jobs(ctx, [job_id])
 
-    The request budget is spent before the claim, so a long wait for it never eats into
-    the lease that protects the create.
-    """
-    if ctx.budget is not None:
-        ctx.budget("create")
-    now = ctx.clock()
-    claim = tr.claim_for_submit(ctx.engine, job_id, now, ctx.lease_s)
-    if claim is None:
-        ctx.count("submit_skipped")
-        return
+
+def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: _Tally) -> bool:
+    """POST one claimed job; True when the outcome frees a concurrency slot."""
+    tally.requests += 1
+    hook: dict[str, str] = {}
+    if ctx.webhooks is not None:
+        hook = ctx.webhooks.config_for(claim.batch_id, claim.job_id)
     try:
-        view = ctx.client.create_task(claim.model, claim.task_type, claim.input)
+        view = ctx.client.create_task(claim.model, claim.task_type, claim.input, **hook)
     except AmbiguousError as exc:
         ctx.count("create_ambiguous")
-        logger.warning("job %s attempt %s: %s", job_id, claim.attempt_n, exc)
+        logger.warning("job %s attempt %s: %s", claim.job_id, claim.attempt_n, exc)
         tr.record_ambiguous(ctx.engine, claim, ctx.clock(), str(exc))
-        return
+        return True
+    except RateLimited as exc:
+        if is_concurrency_429(exc, create=True):
+            tally.conc_429 += 1
+        else:
+            tally.rate_429 += 1
+        _create_retry(ctx, claim, str(exc), exc.retry_after_s)
+        return True
     except RetryableError as exc:
         _create_retry(ctx, claim, str(exc), exc.retry_after_s)
-        return
+        return True
     except AccountError as exc:
         ctx.count("create_account_error")
-        reason = f"PiAPI refused the account: {exc}"
-        tr.record_create_requeued(ctx.engine, claim, ctx.clock(), reason)
-        return
+        tr.record_create_requeued(ctx.engine, claim, ctx.clock(),
+                                  f"PiAPI refused the account: {exc}")
+        return True
     except PermanentError as exc:
         ctx.count("create_rejected")
-        logger.info("job %s: create rejected: %s", job_id, exc)
+        logger.info("job %s: create rejected: %s", claim.job_id, exc)
         tr.record_create_rejected(ctx.engine, claim, ctx.clock(), ErrorKind.INPUT, str(exc))
-        return
+        return True
     ctx.count("created")
     done = ctx.clock()
-    tr.record_created(ctx.engine, claim, view, done, done + next_poll_delay_s(0))
+    next_at = ctx.next_poll_at(claim.model, claim.task_type, done, 0, done)
+    tr.record_created(ctx.engine, claim, view, done, next_at)
+    return False
 
 
 def _create_retry(ctx: WorkerContext, claim: tr.Claim, message: str,
@@ -132,54 +204,62 @@ def _create_retry(ctx: WorkerContext, claim: tr.Claim, message: str,
     tr.record_create_retry(ctx.engine, claim, now, retry_at, message, ctx.max_tries)
 
 
+# --- polls -----------------------------------------------------------------------------
 def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
-    """GET each running job's task and record progress, a result or a failure."""
-    for target in tr.load_poll_targets(ctx.engine, job_ids):
-        poll_one(ctx, target)
-
-
-def poll_one(ctx: WorkerContext, t: tr.PollTarget) -> None:
-    """One GET for one running job."""
+    """GET each running job's task, then record every outcome in one transaction."""
+    tally = _Tally()
+    outcomes: list[tr.PollOutcome] = []
+    freed = 0
     try:
-        if ctx.budget is not None:
-            ctx.budget("get")
+        for target in tr.load_poll_targets(ctx.engine, job_ids):
+            outcome = poll_one(ctx, target, tally)
+            if outcome is not None:
+                outcomes.append(outcome)
+        freed = tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock())
+    finally:
+        tally.report(ctx, freed > 0)
+
+
+def poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: _Tally) -> tr.PollOutcome | None:
+    """One GET for one running job, turned into the outcome to record."""
+    try:
+        ctx.spend("get")
+        tally.requests += 1
         view = ctx.client.get_task(t.task_id)
     except (NotFound, InvalidRequest) as exc:
-        _poll_not_found(ctx, t, str(exc))
-        return
+        return _not_found(ctx, t, str(exc))
     except AccountError as exc:
-        tr.set_halt(ctx.engine, f"PiAPI refused the account: {exc}", ctx.clock())
-        _poll_error(ctx, t, str(exc), ACCOUNT_RETRY_S)
-        return
+        set_halt(ctx.engine, f"PiAPI refused the account: {exc}", ctx.clock())
+        return _poll_error(ctx, t, str(exc), ACCOUNT_RETRY_S)
+    except RateLimited as exc:
+        tally.rate_429 += 1
+        return _poll_error(ctx, t, str(exc), exc.retry_after_s)
     except (RetryableError, PermanentError) as exc:
-        _poll_error(ctx, t, str(exc), getattr(exc, "retry_after_s", None))
-        return
-    except (redis.RedisError, TimeoutError) as exc:
-        _poll_error(ctx, t, f"request budget unavailable: {exc}", None)
-        return
+        return _poll_error(ctx, t, str(exc), getattr(exc, "retry_after_s", None))
     ctx.count("polled")
-    record_view(ctx, t, view)
+    return outcome_of(ctx, t, view)
 
 
-def record_view(ctx: WorkerContext, t: tr.PollTarget, view: TaskView) -> None:
-    """Apply what PiAPI said about a running job's task."""
+def outcome_of(ctx: WorkerContext, t: tr.PollTarget, view: TaskView) -> tr.PollOutcome:
+    """What PiAPI's view of a running job's task means for the row."""
     now = ctx.clock()
     status = view.status
     if status in SUCCESS_STATUSES:
         if has_content(view.output) or t.polls >= EMPTY_OUTPUT_GRACE:
-            tr.record_completed(ctx.engine, t, view, now)
             ctx.count("completed")
-        else:
-            tr.record_progress(ctx.engine, t, view, now + next_poll_delay_s(0))
-        return
+            return tr.PollOutcome(t, "completed", view,
+                                  duration_s=task_duration_s(view, t.submitted_at, now))
+        return tr.PollOutcome(t, "progress", view, next_at=now + 0.5)
     if status == "failed" or status in CANCELLED_STATUSES:
-        _task_failed(ctx, t, view, now)
-        return
+        return _task_failed(ctx, t, view, now)
     # pending, processing, staged, or a status nobody documented: still running.
-    tr.record_progress(ctx.engine, t, view, now + next_poll_delay_s(t.polls + 1))
+    submitted = t.submitted_at if t.submitted_at is not None else now
+    next_at = ctx.next_poll_at(t.model, t.task_type, submitted, t.polls + 1, now)
+    return tr.PollOutcome(t, "progress", view, next_at=next_at)
 
 
-def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView, now: float) -> None:
+def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView,
+                 now: float) -> tr.PollOutcome:
     text = view.error.text if view.error else f"task {view.status}"
     if view.status in CANCELLED_STATUSES:
         kind, cls = ErrorKind.CANCELLED, FailureClass.INPUT
@@ -187,31 +267,28 @@ def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView, now: floa
         cls = classify_failure(text)
         kind = {FailureClass.ACCOUNT: ErrorKind.ACCOUNT,
                 FailureClass.INPUT: ErrorKind.INPUT}.get(cls, ErrorKind.PROVIDER)
-    retry_at: float | None = None
-    message = text
     if cls == FailureClass.ACCOUNT:
-        tr.set_halt(ctx.engine, f"PiAPI failed a task for an account reason: {text}", now)
-    if cls != FailureClass.INPUT and t.attempts < t.max_attempts:
-        delay = ACCOUNT_RETRY_S if cls == FailureClass.ACCOUNT else ctx.backoff(t.attempts, None)
-        retry_at = now + delay
-    elif cls != FailureClass.INPUT:
-        message = f"failed {t.attempts} of {t.max_attempts} attempts; last: {text}"
+        set_halt(ctx.engine, f"PiAPI failed a task for an account reason: {text}", now)
     ctx.count("task_failed")
     logger.info("job %s: task %s failed (%s): %s", t.job_id, t.task_id, cls.value, text)
-    tr.record_task_failed(ctx.engine, t, view, now, kind=kind, message=message,
-                          retry_at=retry_at)
+    if cls != FailureClass.INPUT and t.attempts < t.max_attempts:
+        delay = ACCOUNT_RETRY_S if cls == FailureClass.ACCOUNT else ctx.backoff(t.attempts, None)
+        return tr.PollOutcome(t, "retry", view, next_at=now + delay, message=text,
+                              error_kind=kind)
+    message = text
+    if cls != FailureClass.INPUT:
+        message = f"failed {t.attempts} of {t.max_attempts} attempts; last: {text}"
+    return tr.PollOutcome(t, "failed", view, message=message, error_kind=kind)
 
 
 def _poll_error(ctx: WorkerContext, t: tr.PollTarget, message: str,
-                retry_after_s: float | None) -> None:
+                retry_after_s: float | None) -> tr.PollOutcome:
     ctx.count("poll_error")
-    now = ctx.clock()
-    next_at = now + ctx.backoff(t.poll_errors + 1, retry_after_s)
-    tr.record_poll_error(ctx.engine, t, now, next_at, message)
+    next_at = ctx.clock() + ctx.backoff(t.poll_errors + 1, retry_after_s)
+    return tr.PollOutcome(t, "poll_error", next_at=next_at, message=message)
 
 
-def _poll_not_found(ctx: WorkerContext, t: tr.PollTarget, message: str) -> None:
+def _not_found(ctx: WorkerContext, t: tr.PollTarget, message: str) -> tr.PollOutcome:
     if t.poll_errors >= NOT_FOUND_GRACE:
-        tr.record_lost_task(ctx.engine, t, ctx.clock(), f"PiAPI does not know the task: {message}")
-        return
-    _poll_error(ctx, t, message, None)
+        return tr.PollOutcome(t, "lost", message=f"PiAPI does not know the task: {message}")
+    return _poll_error(ctx, t, message, None)

@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 from workers import leases
 from workers import transitions as tr
+from workers.control import clear_halt, get_halt
 from workers.db import create_tables, make_engine, session
 from workers.models import Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
@@ -150,9 +151,9 @@ def test_account_refusal_requeues_and_halts(engine: Engine) -> None:
     assert claim is not None
     tr.record_create_requeued(engine, claim, NOW, "HTTP 401")
     assert job(engine, j).state == JobState.QUEUED
-    assert tr.get_halt(engine) == "HTTP 401"
-    tr.clear_halt(engine)
-    assert tr.get_halt(engine) is None
+    assert get_halt(engine) == "HTTP 401"
+    clear_halt(engine)
+    assert get_halt(engine) is None
 
 
 def test_leases_fill_only_free_slots_and_a_new_epoch_voids_them(engine: Engine) -> None:
@@ -179,7 +180,7 @@ def test_polls_are_leased_when_due_most_overdue_first(engine: Engine) -> None:
     assert leases.lease_polls(engine, 10, NOW + 5, "e", LEASE) == []
     assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == ids[1:]
     assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == []
-    assert leases.next_due_at(engine) == NOW + 8
+    assert leases.next_due_at(engine, NOW + 9) == NOW + 10
 
 
 def test_done_batches_are_marked(engine: Engine) -> None:

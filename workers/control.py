@@ -1,0 +1,40 @@
+"""Fleet-wide switches kept in the database: the halt after PiAPI refuses the account."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Engine
+
+from workers.db import session
+from workers.models import Control
+
+logger = logging.getLogger(__name__)
+
+HALT_KEY = "halt"
+
+
+def set_halt(engine: Engine, reason: str, now: float) -> None:
+    """Stop admitting new creates fleet-wide until an operator (or `run`) clears it."""
+    with session(engine) as s:
+        row = s.get(Control, HALT_KEY)
+        if row is None:
+            s.add(Control(key=HALT_KEY, value=reason, updated_at=now))
+        else:
+            row.value, row.updated_at = reason, now
+    logger.error("fleet halted: %s", reason)
+
+
+def get_halt(engine: Engine) -> str | None:
+    """The reason the fleet is halted, or None."""
+    with session(engine) as s:
+        row = s.get(Control, HALT_KEY)
+        return row.value if row else None
+
+
+def clear_halt(engine: Engine) -> None:
+    """Let the fleet admit creates again."""
+    with session(engine) as s:
+        row = s.get(Control, HALT_KEY)
+        if row is not None:
+            s.delete(row)

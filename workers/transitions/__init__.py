@@ -1,0 +1,55 @@
+"""Every change of a job's state, each a compare-and-set on the state it expects.
+
+`UPDATE jobs SET state = :new WHERE id = :id AND state = :expected` (plus whatever else
+must still hold), with the row count checked: a Celery message delivered twice, a worker
+that lost its lease, or two dispatchers racing can never apply a change twice. This package
+is the only code that writes `jobs.state`: `create` for the create side, `poll` for
+running tasks.
+"""
+
+from workers.transitions.common import Claim, PollTarget
+from workers.transitions.create import (
+    claim_for_submit,
+    claim_many,
+    expire_submitting,
+    record_ambiguous,
+    record_create_rejected,
+    record_create_requeued,
+    record_create_retry,
+    record_created,
+    resolve_ambiguous_as_failed,
+)
+from workers.transitions.poll import (
+    PollOutcome,
+    load_poll_targets,
+    mark_due,
+    record_completed,
+    record_lost_task,
+    record_poll_error,
+    record_poll_outcomes,
+    record_progress,
+    record_task_failed,
+)
+
+__all__ = [
+    "Claim",
+    "PollOutcome",
+    "PollTarget",
+    "claim_for_submit",
+    "claim_many",
+    "expire_submitting",
+    "load_poll_targets",
+    "mark_due",
+    "record_ambiguous",
+    "record_completed",
+    "record_create_rejected",
+    "record_create_requeued",
+    "record_create_retry",
+    "record_created",
+    "record_lost_task",
+    "record_poll_error",
+    "record_poll_outcomes",
+    "record_progress",
+    "record_task_failed",
+    "resolve_ambiguous_as_failed",
+]
