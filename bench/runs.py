@@ -1,0 +1,387 @@
+"""One measured run on fresh services: piapi-bulk on a manifest, the baseline, or an ingest.
+
+A system run: fresh emulator, Redis and database; `piapi-bulk submit` (ingest, not in the
+makespan); emulator counters reset; workers started and pinged; then the dispatcher, whose
+start is t0. The run ends when the database shows every row terminal (checked every 0.2 s),
+when `run_for_s` is up (rate-limit runs), or at the deadline (status "timeout", partial
+figures kept). Then everything is stopped and the figures are computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from bench import figures as fig
+from bench.dbwatch import DbWatch, active, finished
+from bench.emu import Emu, summarise_ledger
+from bench.metrics import Sampler, redis_memory, self_cpu_s, summarise
+from bench.procs import (
+    REPO,
+    BenchError,
+    Proc,
+    Stack,
+    database,
+    free_port,
+    start_emulator,
+    start_redis,
+)
+from bench.services import (
+    ingest,
+    our_env,
+    start_dispatcher,
+    start_webhook_receiver,
+    start_workers,
+    wait_workers_ready,
+    webhook_url,
+)
+
+WATCH_INTERVAL_S = 0.2
+INGEST_TIMEOUT_S = 900.0
+
+
+@dataclass
+class Ctx:
+    """Harness-wide settings shared by every run."""
+
+    workdir: Path
+    seed: int
+    api_key: str
+    workers: int
+    worker_threads: int
+    keep_logs: bool
+
+
+@dataclass
+class RunSpec:
+    """What one run does."""
+
+    scenario: str
+    variant: str | None
+    db: str | None
+    manifest: Path
+    rows: int
+    concurrency: int
+    emulator_args: list[str]
+    deadline_s: float
+    env: dict[str, str] = field(default_factory=dict)
+    submit_args: tuple[str, ...] = ()
+    webhooks: bool = False
+    run_for_s: float | None = None
+    stats_every_s: float = 1.0
+    poll_s: float = 2.0
+    """Baseline only: its fixed polling interval."""
+
+
+def emulator_args(seed: int, concurrency: int, time_scale: float, durations: dict[str, str],
+                  *extra: str) -> list[str]:
+    """Emulator options: seed, account concurrency, time scale and per-family durations."""
+    args = ["--seed", str(seed), "--concurrency", str(concurrency),
+            "--time-scale", repr(time_scale)]
+    for family, span in durations.items():
+        args += ["--duration", f"{family}={span}"]
+    return [*args, *extra]
+
+
+def new_result(spec: RunSpec, kind: str) -> dict[str, Any]:
+    """The JSON skeleton of a run."""
+    return {"scenario": spec.scenario, "variant": spec.variant, "db": spec.db, "kind": kind,
+            "status": "ok", "error": None, "note": None,
+            "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+            "params": {"rows": spec.rows, "concurrency": spec.concurrency,
+                       "emulator_args": spec.emulator_args, "env": spec.env,
+                       "webhooks": spec.webhooks, "run_for_s": spec.run_for_s,
+                       "deadline_s": spec.deadline_s},
+            "figures": {}, "timeline": []}
+
+
+def _fail(result: dict[str, Any], exc: BaseException, status: str = "error") -> None:
+    result["status"] = status
+    result["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _keep_or_drop_logs(result: dict[str, Any], logs: Path, ctx: Ctx) -> None:
+    if ctx.keep_logs or result["status"] != "ok":
+        result["logs"] = str(logs)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+class SystemRun:
+    """The state of one piapi-bulk run while it goes (see the module docstring)."""
+
+    def __init__(self, spec: RunSpec, ctx: Ctx, logs: Path, db_url: str) -> None:
+        self.spec, self.ctx, self.logs, self.db_url = spec, ctx, logs, db_url
+        self.stack = Stack()
+        self.sampler = Sampler()
+        self.timeline: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
+        self.status = "ok"
+        self.error: str | None = None
+        self.note: str | None = None
+        self.workers: list[Proc] = []
+        self.extra: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        """Redis, the emulator, the ingest, the counters reset, the sampler on."""
+        spec = self.spec
+        self.redis_url, self.redis = start_redis(self.stack, self.logs)
+        url, self.emu_proc = start_emulator(self.stack, self.logs, self.ctx.api_key,
+                                            spec.emulator_args)
+        self.emu = Emu(url)
+        env_extra = dict(spec.env)
+        if spec.webhooks:
+            self.hook_port = free_port()
+            env_extra["PIAPI_BULK_WEBHOOK_URL"] = webhook_url(self.hook_port)
+        self.env = our_env(api_key=self.ctx.api_key, base_url=url, database_url=self.db_url,
+                           redis_url=self.redis_url, run_dir=self.logs / "run", extra=env_extra)
+        self.ingest = ingest(self.stack, self.env, spec.manifest, self.logs, INGEST_TIMEOUT_S,
+                             spec.submit_args)
+        self.watch = DbWatch(self.db_url)
+        batches = self.watch.batch_ids()
+        if len(batches) != 1:
+            raise BenchError(f"expected one batch after submit, found {batches}")
+        self.batch_id = batches[0]
+        self.emu.reset()
+        if spec.db == "postgresql":
+            self.sampler.pg_database = make_url(self.db_url).database
+        self.sampler.watch(self.redis)
+        self.sampler.watch(self.emu_proc)
+        self.sampler.start()
+
+    def start_fleet(self) -> None:
+        """Workers (pinged until ready), the webhook receiver if any, then the dispatcher."""
+        self.workers = start_workers(self.stack, self.env, self.logs, self.ctx.workers,
+                                     self.ctx.worker_threads)
+        for proc in self.workers:
+            self.sampler.watch(proc)
+        self.hook: Proc | None = None
+        if self.spec.webhooks:
+            self.hook = start_webhook_receiver(self.stack, self.env, self.logs, self.hook_port)
+            self.sampler.watch(self.hook)
+        self.extra["workers_ready_s"] = round(
+            wait_workers_ready(self.redis_url, self.workers), 3)
+        self.cpu0 = self_cpu_s()
+        self.t0 = time.monotonic()
+        self.dispatcher = start_dispatcher(self.stack, self.env, self.logs,
+                                           self.spec.concurrency)
+        self.sampler.watch(self.dispatcher)
+
+    def _dead(self) -> str | None:
+        for proc in [self.dispatcher, *self.workers, *([self.hook] if self.hook else [])]:
+            if not proc.alive():
+                return f"{proc.name} exited {proc.returncode}:\n{proc.log_tail(5)}"
+        return None
+
+    def wait(self) -> None:
+        """Watch the database until every row is terminal, time is up, or a process died."""
+        spec, next_stats = self.spec, 0.0
+        while True:
+            now = time.monotonic() - self.t0
+            self.counts = self.watch.counts(self.batch_id)
+            if active(self.counts) == 0:
+                break
+            if spec.run_for_s is not None and now >= spec.run_for_s:
+                self.note = f"stopped after {spec.run_for_s:g} s by design"
+                break
+            if now > spec.deadline_s:
+                self.status, self.error = "timeout", f"not done after {spec.deadline_s:.0f} s"
+                break
+            if now >= next_stats:
+                stats = self.emu.stats()
+                self.timeline.append(fig.timeline_point(now, finished(self.counts), stats))
+                next_stats += spec.stats_every_s
+                dead = self._dead()
+                if dead:
+                    self.status, self.error = "error", dead
+                    break
+            time.sleep(WATCH_INTERVAL_S)
+        self.makespan_s = time.monotonic() - self.t0
+        self.wall_end = time.time()
+        self.stats_end = self.emu.stats()
+        self.timeline.append(fig.timeline_point(self.makespan_s, finished(self.counts),
+                                                self.stats_end))
+        self.extra["harness_cpu_s"] = round(self_cpu_s() - self.cpu0, 3)
+
+    def teardown(self) -> None:
+        """Stop our processes, read Redis memory and the emulator's final counters and ledger."""
+        self.sampler.sample()
+        for proc in [self.dispatcher, *([self.hook] if self.hook else []), *self.workers]:
+            proc.stop()
+        self.redis_mem = redis_memory(self.redis_url)
+        self.redis.stop()
+        self.stats_final = self.emu.stats()
+        self.ledger = summarise_ledger(self.emu.ledger())
+        self.emu.close()
+        self.emu_proc.stop()
+        self.sampler.stop()
+        self.watch.close()
+
+    def figures(self) -> dict[str, Any]:
+        """Every figure of this run."""
+        figs = fig.load_figures(
+            concurrency=self.spec.concurrency, rows=self.spec.rows, makespan_s=self.makespan_s,
+            stats_end=self.stats_end, stats_final=self.stats_final, ledger=self.ledger,
+            finished_rows=finished(self.counts))
+        resources = summarise(self.sampler.final_records(self.stack.procs))
+        figs.update(fig.resource_figures(resources, figs["tasks"]))
+        figs["redis_peak_mb"] = self.redis_mem["used_memory_peak_mb"]
+        figs["rows_by_state"] = self.counts
+        if self.ledger.first_created is not None:
+            figs["makespan_from_first_create_s"] = round(
+                self.wall_end - self.ledger.first_created, 3)
+        figs["ingest"] = {"seconds": round(self.ingest.seconds, 3),
+                          "cpu_s": round(self.ingest.cpu_s, 3),
+                          "peak_rss_mb": round(self.ingest.maxrss_mb, 1)}
+        figs.update(self.extra)
+        return figs
+
+
+def run_system(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
+    """One piapi-bulk run; never raises for a failed run (the result says what happened)."""
+    result = new_result(spec, "system")
+    logs = Path(tempfile.mkdtemp(prefix=f"{spec.scenario}-{spec.db}-", dir=ctx.workdir))
+    try:
+        assert spec.db is not None
+        with database(spec.db, logs) as db_url:
+            run = SystemRun(spec, ctx, logs, db_url)
+            try:
+                run.setup()
+                run.start_fleet()
+                run.wait()
+                run.teardown()
+                result["figures"] = run.figures()
+                result["status"], result["error"], result["note"] = run.status, run.error, run.note
+                result["timeline"] = run.timeline
+            finally:
+                run.sampler.stop()
+                run.stack.close()
+    except Exception as exc:
+        _fail(result, exc)
+    _keep_or_drop_logs(result, logs, ctx)
+    return result
+
+
+def _baseline_timeline_point(t: float, stats: dict[str, Any]) -> dict[str, Any]:
+    by_status = stats.get("tasks_by_status", {})
+    ended = sum(n for s, n in by_status.items() if s not in ("pending", "processing"))
+    return fig.timeline_point(t, ended, stats)
+
+
+def _baseline_wait(proc: Proc, emu: Emu, spec: RunSpec, t0: float,
+                   timeline: list[dict[str, Any]]) -> str | None:
+    next_stats = 0.0
+    while proc.alive():
+        now = time.monotonic() - t0
+        if now > spec.deadline_s:
+            return f"not done after {spec.deadline_s:.0f} s"
+        if now >= next_stats:
+            timeline.append(_baseline_timeline_point(now, emu.stats()))
+            next_stats += spec.stats_every_s
+        time.sleep(WATCH_INTERVAL_S)
+    return None
+
+
+def run_baseline(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
+    """The asyncio baseline (bench.baseline) on the same manifest against a fresh emulator."""
+    result = new_result(spec, "baseline")
+    result["params"]["poll_s"] = spec.poll_s
+    logs = Path(tempfile.mkdtemp(prefix=f"{spec.scenario}-baseline-", dir=ctx.workdir))
+    stack, sampler = Stack(), Sampler()
+    timeline: list[dict[str, Any]] = []
+    try:
+        url, emu_proc = start_emulator(stack, logs, ctx.api_key, spec.emulator_args)
+        emu = Emu(url)
+        emu.reset()
+        sampler.watch(emu_proc)
+        sampler.start()
+        env = our_env(api_key=ctx.api_key, base_url=url, database_url="", redis_url=None,
+                      run_dir=logs, extra={})
+        summary_path = logs / "summary.json"
+        argv = [sys.executable, "-m", "bench.baseline", str(spec.manifest), "--base-url", url,
+                "--concurrency", str(spec.concurrency), "--poll-s", str(spec.poll_s),
+                "--out", str(logs / "results.jsonl"), "--summary", str(summary_path)]
+        wall0 = time.time()
+        t0 = time.monotonic()
+        env["PYTHONPATH"] = str(REPO)  # the baseline is part of the harness, not measured code
+        proc = stack.add(Proc("baseline", "baseline", argv, env, logs / "baseline.log", REPO))
+        sampler.watch(proc)
+        timeout = _baseline_wait(proc, emu, spec, t0, timeline)
+        elapsed = time.monotonic() - t0
+        sampler.sample()
+        proc.stop()
+        if timeout:
+            result["status"], result["error"] = "timeout", timeout
+        elif proc.returncode != 0:
+            result["status"] = "error"
+            result["error"] = f"baseline exited {proc.returncode}:\n{proc.log_tail(5)}"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        makespan = summary["done_at"] - wall0 if "done_at" in summary else elapsed
+        stats = emu.stats()
+        timeline.append(_baseline_timeline_point(makespan, stats))
+        ledger = summarise_ledger(emu.ledger())
+        emu.close()
+        emu_proc.stop()
+        sampler.stop()
+        figs = fig.load_figures(concurrency=spec.concurrency, rows=spec.rows,
+                                makespan_s=makespan, stats_end=stats, stats_final=stats,
+                                ledger=ledger, finished_rows=int(summary.get("finished", 0)))
+        figs.update(fig.resource_figures(summarise(sampler.final_records(stack.procs)),
+                                         figs["tasks"]))
+        figs["baseline_summary"] = summary
+        result["figures"], result["timeline"] = figs, timeline
+    except Exception as exc:
+        _fail(result, exc)
+    finally:
+        sampler.stop()
+        stack.close()
+    _keep_or_drop_logs(result, logs, ctx)
+    return result
+
+
+def run_ingest(scenario: str, db: str, manifest: Path, rows: int, args: tuple[str, ...],
+               ctx: Ctx, timeout_s: float) -> dict[str, Any]:
+    """`piapi-bulk submit` of a big manifest into a fresh database: seconds and peak RSS."""
+    spec = RunSpec(scenario, None, db, manifest, rows, 0, [], timeout_s)
+    result = new_result(spec, "ingest")
+    logs = Path(tempfile.mkdtemp(prefix=f"{scenario}-{db}-", dir=ctx.workdir))
+    stack, sampler = Stack(), Sampler()
+    try:
+        with database(db, logs) as url:
+            try:
+                if db == "postgresql":
+                    sampler.pg_database = make_url(url).database
+                sampler.start()
+                env = our_env(api_key=ctx.api_key, base_url="http://127.0.0.1:9",
+                              database_url=url, redis_url=None, run_dir=logs / "run", extra={})
+                done = ingest(stack, env, manifest, logs, timeout_s, args, watch=sampler.watch)
+                sampler.stop()
+                watch = DbWatch(url)
+                in_db = watch.total_jobs()
+                watch.close()
+            finally:
+                sampler.stop()
+                stack.close()
+        resources = summarise(sampler.final_records(stack.procs))
+        result["figures"] = {
+            "rows": rows, "rows_in_db": in_db, "ingest_s": round(done.seconds, 3),
+            "rows_per_s": round(rows / done.seconds, 1),
+            "cpu_s": round(done.cpu_s, 3),
+            "peak_rss_mb": max(round(done.maxrss_mb, 1), resources["peak_rss_mb_max"]),
+            "postgres_backend_cpu_s": resources["by_role"].get("postgres", {}).get("cpu_s"),
+        }
+        if in_db != rows:
+            result["status"], result["error"] = "error", f"{in_db} rows in the DB, not {rows}"
+    except Exception as exc:
+        _fail(result, exc)
+    _keep_or_drop_logs(result, logs, ctx)
+    return result
