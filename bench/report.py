@@ -1,0 +1,188 @@
+"""Results out: the JSON document (timestamped file and latest.json) and the stdout table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.figures import downsample
+
+PASS, FAIL = "✓", "✗"
+LOAD_COLUMNS = (
+    # (header, figure, format)
+    ("mk/ideal", "makespan_over_ideal", "{:.2f}"),
+    ("util", "utilization", "pct"),
+    ("GET/task", "gets_per_task", "{:.2f}"),
+    ("create/row", "creates_per_row", "{:.3f}"),
+    ("CPU s/1k", "cpu_s_per_1000_tasks", "{:.2f}"),
+    ("RSS MB", "peak_rss_mb_max", "{:.0f}"),
+    ("Redis MB", "redis_peak_mb", "{:.1f}"),
+)
+
+
+def write(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
+    """Write `<stamp>.json` and `latest.json` under `out_dir`, each atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_compact(doc), indent=1, sort_keys=False) + "\n"
+    paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
+    for path in paths:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return paths
+
+
+def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+    runs = []
+    for run in doc.get("runs", []):
+        run = dict(run)
+        if run.get("timeline"):
+            run["timeline"] = downsample(run["timeline"], 240)
+        runs.append(run)
+    return {**doc, "runs": runs}
+
+
+def _fmt(value: Any, style: str) -> str:
+    if value is None:
+        return "-"
+    if style == "pct":
+        return f"{100 * value:.1f}%"
+    return style.format(value)
+
+
+def _mark(run: dict[str, Any], figure: str) -> str:
+    for check in run.get("checks", []):
+        if check["figure"] == figure and check["pass"] is not None:
+            return PASS if check["pass"] else FAIL
+    return ""
+
+
+def _load_row(run: dict[str, Any]) -> list[str]:
+    figs = run.get("figures", {})
+    ratios = run.get("baseline_ratio", {})
+    cells = []
+    for _, figure, style in LOAD_COLUMNS:
+        cell = _fmt(figs.get(figure), style) + _mark(run, figure)
+        if ratios.get(figure) is not None:
+            cell += f" x{ratios[figure]:.2f}"
+        cells.append(cell)
+    return cells
+
+
+def _short(run: dict[str, Any], width: int = 100) -> str:
+    """A run's note or error on one line: its first line and, for a traceback, its last."""
+    lines = [ln.strip() for ln in (run.get("note") or run.get("error") or "").splitlines()
+             if ln.strip() and not set(ln.strip()) <= {"^", "~"}]
+    text = f"{lines[0]} … {lines[-1]}" if len(lines) > 1 else (lines[0] if lines else "")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _name(run: dict[str, Any]) -> str:
+    parts = [run["scenario"].split("_")[0], run.get("variant"), run.get("db")]
+    return " ".join(p for p in parts if p)
+
+
+def _status(run: dict[str, Any]) -> str:
+    if run["status"] == "ok":
+        return str(run.get("verdict", "n/a"))
+    return str(run["status"])
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return out
+
+
+def _load_section(runs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for run in runs:
+        if run["scenario"] in ("s1_captions", "s2_video"):
+            rows.append([_name(run), _status(run), *_load_row(run),
+                         _fmt((run.get("figures") or {}).get("makespan_s"), "{:.1f}"),
+                         _short(run)])
+    if not rows:
+        return []
+    headers = ["run", "verdict", *(h for h, _, _ in LOAD_COLUMNS), "makespan s", "note"]
+    return ["Scenarios 1, 2 and 5 (✓/✗ vs target; xR = this figure / the baseline's)",
+            *_table(headers, rows), ""]
+
+
+def _s3_lines(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for run in runs:
+        if run["scenario"] != "s3_headroom":
+            continue
+        figs = run.get("figures", {})
+        if not figs:
+            out.append(f"  {run['db']}: {run['status']} {_short(run)}")
+            continue
+        steps = " · ".join(
+            f"{s['offered_rows_per_s']:g}/s→{_fmt(s['steady_rows_per_s'], '{:.0f}')}/s "
+            f"@{_fmt(s['steady_utilization'], 'pct')}" for s in figs["steps"])
+        out.append(f"  {run['db']:<11} sustained {figs['sustained_rows_per_s']:.0f} rows/s"
+                   f"{_mark(run, 'sustained_rows_per_s')} (target >= 300) · steps: {steps}")
+    return ["Scenario 3 headroom (offered rate → steady rows/s @ steady utilization)", *out, ""] \
+        if out else []
+
+
+def _s4_lines(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for run in runs:
+        if run["scenario"] != "s4_ingest":
+            continue
+        f = run.get("figures", {})
+        if not f:
+            out.append(f"  {run['db']}: {run['status']} {_short(run)}")
+            continue
+        out.append(f"  {run['db']:<11} {f['rows']:,} rows in {f['ingest_s']:.1f} s"
+                   f"{_mark(run, 'ingest_s')} ({f['rows_per_s']:,.0f} rows/s) · peak RSS "
+                   f"{f['peak_rss_mb']:.0f} MB{_mark(run, 'peak_rss_mb')} · CPU {f['cpu_s']:.1f} s")
+    return ["Scenario 4 ingest (targets: < 60 s on PostgreSQL, RSS < 300 MB)", *out, ""] \
+        if out else []
+
+
+def _s6_lines(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for run in runs:
+        if run["scenario"] != "s6_rate_limit":
+            continue
+        f = run.get("figures", {})
+        if not f:
+            out.append(f"  {run['db']} {run['variant']}: {run['status']} {_short(run)}")
+            continue
+        per = " ".join(str(w["http_429"]) for w in f.get("windows_429", []))
+        judged = "settled_by_s" if run["variant"] != "correct" else "http_429"
+        out.append(f"  {run['db']:<11} {run['variant']:<9} 429s total {f['http_429']}"
+                   f"{_mark(run, judged)} · per 10 s: {per} · settled by "
+                   f"{_fmt(f.get('settled_by_s_measured'), '{:g}')} s · "
+                   f"{_fmt(f.get('requests_per_s'), '{:.0f}')} req/s "
+                   f"({_fmt(f.get('budget_used'), 'pct')} of the budget)")
+    return ["Scenario 6 rate limit (correct: zero 429s; wrong 2x: < 1% per window by 60 s)",
+            *out, ""] if out else []
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The short human summary of a results document."""
+    meta = doc["meta"]
+    measured = meta["version"].get("measured", {})
+    if measured.get("what") == "git archive":
+        code = f"commit {measured['commit'][:10]} (git archive)"
+    else:
+        dirty = len(measured.get("git_dirty", []))
+        code = (f"working tree at {meta['version']['git_commit'][:10]}"
+                + (f" + {dirty} changed files" if dirty else ""))
+    head = (f"piapi-bulk bench · {'quick' if meta['quick'] else 'full'} · {meta['started_at']} · "
+            f"{code} · {meta['machine']['nproc']} cores · {meta.get('duration_s', 0) / 60:.1f} min")
+    runs = doc["runs"]
+    lines = [head, "", *_load_section(runs), *_s3_lines(runs), *_s4_lines(runs),
+             *_s6_lines(runs)]
+    s = doc.get("summary", {})
+    lines.append(f"targets: {s.get('checks_passed', 0)} passed, {s.get('checks_failed', 0)} "
+                 f"failed, {s.get('checks_unjudged', 0)} not judged · runs not ok: "
+                 f"{s.get('runs_not_ok', 0)}")
+    return "\n".join(lines)
