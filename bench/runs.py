@@ -1,4 +1,4 @@
-"""One measured run on fresh services: piapi-bulk on a manifest, the baseline, or an ingest.
+"""One measured piapi-bulk run on fresh services, and what every kind of run shares.
 
 A system run: fresh emulator, Redis and database; `piapi-bulk submit` (ingest, not in the
 makespan); emulator counters reset; workers started and pinged; then the dispatcher, whose
@@ -9,10 +9,8 @@ figures kept). Then everything is stopped and the figures are computed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +24,6 @@ from bench.dbwatch import DbWatch, active, finished
 from bench.emu import Emu, summarise_ledger
 from bench.metrics import Sampler, redis_memory, self_cpu_s, summarise
 from bench.procs import (
-    REPO,
     BenchError,
     Proc,
     Stack,
@@ -104,12 +101,14 @@ def new_result(spec: RunSpec, kind: str) -> dict[str, Any]:
             "figures": {}, "timeline": []}
 
 
-def _fail(result: dict[str, Any], exc: BaseException, status: str = "error") -> None:
+def fail(result: dict[str, Any], exc: BaseException, status: str = "error") -> None:
+    """Mark a run failed by `exc`."""
     result["status"] = status
     result["error"] = f"{type(exc).__name__}: {exc}"
 
 
-def _keep_or_drop_logs(result: dict[str, Any], logs: Path, ctx: Ctx) -> None:
+def keep_or_drop_logs(result: dict[str, Any], logs: Path, ctx: Ctx) -> None:
+    """Keep a run's logs when it failed or when asked to; say where in the result."""
     if ctx.keep_logs or result["status"] != "ok":
         result["logs"] = str(logs)
     else:
@@ -266,122 +265,6 @@ def run_system(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
                 run.sampler.stop()
                 run.stack.close()
     except Exception as exc:
-        _fail(result, exc)
-    _keep_or_drop_logs(result, logs, ctx)
-    return result
-
-
-def _baseline_timeline_point(t: float, stats: dict[str, Any]) -> dict[str, Any]:
-    by_status = stats.get("tasks_by_status", {})
-    ended = sum(n for s, n in by_status.items() if s not in ("pending", "processing"))
-    return fig.timeline_point(t, ended, stats)
-
-
-def _baseline_wait(proc: Proc, emu: Emu, spec: RunSpec, t0: float,
-                   timeline: list[dict[str, Any]]) -> str | None:
-    next_stats = 0.0
-    while proc.alive():
-        now = time.monotonic() - t0
-        if now > spec.deadline_s:
-            return f"not done after {spec.deadline_s:.0f} s"
-        if now >= next_stats:
-            timeline.append(_baseline_timeline_point(now, emu.stats()))
-            next_stats += spec.stats_every_s
-        time.sleep(WATCH_INTERVAL_S)
-    return None
-
-
-def run_baseline(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
-    """The asyncio baseline (bench.baseline) on the same manifest against a fresh emulator."""
-    result = new_result(spec, "baseline")
-    result["params"]["poll_s"] = spec.poll_s
-    logs = Path(tempfile.mkdtemp(prefix=f"{spec.scenario}-baseline-", dir=ctx.workdir))
-    stack, sampler = Stack(), Sampler()
-    timeline: list[dict[str, Any]] = []
-    try:
-        url, emu_proc = start_emulator(stack, logs, ctx.api_key, spec.emulator_args)
-        emu = Emu(url)
-        emu.reset()
-        sampler.watch(emu_proc)
-        sampler.start()
-        env = our_env(api_key=ctx.api_key, base_url=url, database_url="", redis_url=None,
-                      run_dir=logs, extra={})
-        summary_path = logs / "summary.json"
-        argv = [sys.executable, "-m", "bench.baseline", str(spec.manifest), "--base-url", url,
-                "--concurrency", str(spec.concurrency), "--poll-s", str(spec.poll_s),
-                "--out", str(logs / "results.jsonl"), "--summary", str(summary_path)]
-        wall0 = time.time()
-        t0 = time.monotonic()
-        env["PYTHONPATH"] = str(REPO)  # the baseline is part of the harness, not measured code
-        proc = stack.add(Proc("baseline", "baseline", argv, env, logs / "baseline.log", REPO))
-        sampler.watch(proc)
-        timeout = _baseline_wait(proc, emu, spec, t0, timeline)
-        elapsed = time.monotonic() - t0
-        sampler.sample()
-        proc.stop()
-        if timeout:
-            result["status"], result["error"] = "timeout", timeout
-        elif proc.returncode != 0:
-            result["status"] = "error"
-            result["error"] = f"baseline exited {proc.returncode}:\n{proc.log_tail(5)}"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        makespan = summary["done_at"] - wall0 if "done_at" in summary else elapsed
-        stats = emu.stats()
-        timeline.append(_baseline_timeline_point(makespan, stats))
-        ledger = summarise_ledger(emu.ledger())
-        emu.close()
-        emu_proc.stop()
-        sampler.stop()
-        figs = fig.load_figures(concurrency=spec.concurrency, rows=spec.rows,
-                                makespan_s=makespan, stats_end=stats, stats_final=stats,
-                                ledger=ledger, finished_rows=int(summary.get("finished", 0)))
-        figs.update(fig.resource_figures(summarise(sampler.final_records(stack.procs)),
-                                         figs["tasks"]))
-        figs["baseline_summary"] = summary
-        result["figures"], result["timeline"] = figs, timeline
-    except Exception as exc:
-        _fail(result, exc)
-    finally:
-        sampler.stop()
-        stack.close()
-    _keep_or_drop_logs(result, logs, ctx)
-    return result
-
-
-def run_ingest(scenario: str, db: str, manifest: Path, rows: int, args: tuple[str, ...],
-               ctx: Ctx, timeout_s: float) -> dict[str, Any]:
-    """`piapi-bulk submit` of a big manifest into a fresh database: seconds and peak RSS."""
-    spec = RunSpec(scenario, None, db, manifest, rows, 0, [], timeout_s)
-    result = new_result(spec, "ingest")
-    logs = Path(tempfile.mkdtemp(prefix=f"{scenario}-{db}-", dir=ctx.workdir))
-    stack, sampler = Stack(), Sampler()
-    try:
-        with database(db, logs) as url:
-            try:
-                if db == "postgresql":
-                    sampler.pg_database = make_url(url).database
-                sampler.start()
-                env = our_env(api_key=ctx.api_key, base_url="http://127.0.0.1:9",
-                              database_url=url, redis_url=None, run_dir=logs / "run", extra={})
-                done = ingest(stack, env, manifest, logs, timeout_s, args, watch=sampler.watch)
-                sampler.stop()
-                watch = DbWatch(url)
-                in_db = watch.total_jobs()
-                watch.close()
-            finally:
-                sampler.stop()
-                stack.close()
-        resources = summarise(sampler.final_records(stack.procs))
-        result["figures"] = {
-            "rows": rows, "rows_in_db": in_db, "ingest_s": round(done.seconds, 3),
-            "rows_per_s": round(rows / done.seconds, 1),
-            "cpu_s": round(done.cpu_s, 3),
-            "peak_rss_mb": max(round(done.maxrss_mb, 1), resources["peak_rss_mb_max"]),
-            "postgres_backend_cpu_s": resources["by_role"].get("postgres", {}).get("cpu_s"),
-        }
-        if in_db != rows:
-            result["status"], result["error"] = "error", f"{in_db} rows in the DB, not {rows}"
-    except Exception as exc:
-        _fail(result, exc)
-    _keep_or_drop_logs(result, logs, ctx)
+        fail(result, exc)
+    keep_or_drop_logs(result, logs, ctx)
     return result

@@ -13,7 +13,9 @@ from typing import Any
 from bench import figures as fig
 from bench import manifests
 from bench import targets as tg
-from bench.runs import Ctx, RunSpec, emulator_args, run_baseline, run_ingest, run_system
+from bench.baseline_run import run_baseline
+from bench.ingest_run import run_ingest
+from bench.runs import Ctx, RunSpec, emulator_args, run_system
 
 CAPTIONS_REAL_S = "15:45"
 """Joycaption duration range in real seconds (mean 30 s), scaled by the time scale."""
