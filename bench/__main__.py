@@ -88,8 +88,8 @@ def _tree_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _export(rev: str, workdir: Path) -> Path:
-    """`git archive REV` unpacked under `workdir`; the measured code then is exactly REV."""
+def _export(rev: str, workdir: Path) -> tuple[Path, str]:
+    """`git archive REV` unpacked under `workdir` (and the commit): the measured code is REV."""
     commit = _output(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"])
     if not commit:
         raise SystemExit(f"bench: unknown revision {rev!r}")
@@ -98,13 +98,13 @@ def _export(rev: str, workdir: Path) -> Path:
     archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True,
                              check=True, timeout=120).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
-    return dest
+    return dest, commit
 
 
 def _measured(args: argparse.Namespace) -> dict[str, Any]:
     root = source()
     if args.at:
-        return {"what": "git archive", "rev": args.at, "commit": root.name[4:],
+        return {"what": "git archive", "rev": args.at, "commit": args.at_commit,
                 "tree_sha256": _tree_hash(root)}
     return {"what": "working tree", "path": str(root),
             "git_dirty": _output(["git", "status", "--porcelain", "--", "workers", "scheduler",
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.replace("-", "").replace(":", "")
     workdir = Path(tempfile.mkdtemp(prefix="piapi-bench-"))
     if args.at:
-        use_source(_export(args.at, workdir))
+        exported, args.at_commit = _export(args.at, workdir)
+        use_source(exported)
     doc: dict[str, Any] = {"meta": _meta(args, started), "runs": []}
     env = _env(args, workdir)
     doc["meta"]["webhook_receiver_available"] = env.webhooks_available

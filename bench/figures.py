@@ -4,7 +4,13 @@
   the makespan of a perfect runner that keeps all C slots busy from the first instant.
 - utilization = the emulator's in-flight integral (task-seconds in flight during the run)
   divided by C x makespan: the share of the account's slot-time that held a task.
-- GETs per task = GET requests / tasks created; creates per row = tasks created / rows.
+- GETs per task = every GET request to the API (task GETs, /account/active_tasks,
+  /account/info, task history) / tasks created; task GETs alone are `task_gets_per_task`.
+  Creates per row = tasks created / rows.
+- The emulator queues creates beyond C (pending) and counts them in flight, so a runner
+  that oversubscribes would inflate both ideal and utilization: `oversubscribed` flags a run
+  whose peak in flight exceeded C, and `utilization_processing` (processing tasks only,
+  never above C) is shown beside it.
 - CPU per 1,000 tasks = CPU seconds of our processes / tasks created x 1000.
 """
 
@@ -44,7 +50,10 @@ def load_figures(*, concurrency: int, rows: int, makespan_s: float, stats_end: d
                  finished_rows: int) -> dict[str, Any]:
     """Makespan, ideal, utilization and request figures of one run (system or baseline)."""
     tasks = int(stats_final["creates"])
-    gets = int(stats_final["requests"]["get"])
+    requests = stats_final["requests"]
+    task_gets = int(requests["get"])
+    gets = task_gets + sum(int(requests.get(k, 0))
+                           for k in ("active_tasks", "account_info", "histories"))
     ideal = ledger.busy_s / concurrency if concurrency else None
     return {
         "rows": rows,
@@ -57,9 +66,13 @@ def load_figures(*, concurrency: int, rows: int, makespan_s: float, stats_end: d
         "makespan_over_ideal": _r(_div(makespan_s, ideal)),
         "longest_task_s": _r(ledger.longest_s, 3),
         "utilization": _r(_div(stats_end["in_flight_integral_s"], concurrency * makespan_s)),
+        "utilization_processing": _r(_div(stats_end["processing_integral_s"],
+                                          concurrency * makespan_s)),
         "in_flight_integral_s": _r(stats_end["in_flight_integral_s"], 3),
         "peak_in_flight": stats_end["peak_in_flight"],
+        "oversubscribed": stats_end["peak_in_flight"] > concurrency,
         "gets_per_task": _r(_div(gets, tasks)),
+        "task_gets_per_task": _r(_div(task_gets, tasks)),
         "creates_per_row": _r(_div(tasks, rows)),
         "max_creates_per_input": stats_final.get("max_creates_per_input"),
         "rows_per_s": _r(_div(finished_rows, makespan_s), 2),
