@@ -15,6 +15,8 @@ from bench.runs import RunSpec, emulator_args, run_system
 from bench.scenarios import CAPTIONS_REAL_S, Env, judged, skipped
 
 WINDOW_S = 10.0
+BURST_S = 1.0
+"""The emulator's bucket starts full with this many seconds of rate (--rpm-burst-s)."""
 JUDGED_FROM_S = 60.0
 """The wrong setting must have settled by then; a run must last past it to be judged."""
 
@@ -36,7 +38,7 @@ def _rate_figures(result: dict[str, Any], env: Env) -> None:
     settled = fig.settle_s(windows)
     long_enough = env.plan.s6_run_s >= JUDGED_FROM_S + WINDOW_S
     seconds = figures.get("makespan_s") or 0.0
-    budget = env.plan.s6_rpm / 60.0 * seconds
+    budget = env.plan.s6_rpm / 60.0 * (seconds + BURST_S)
     figures.update({
         "emulator_rpm": env.plan.s6_rpm,
         "windows_429": windows,
