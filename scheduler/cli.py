@@ -169,7 +169,7 @@ def export_cmd(
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1,
-                                                    help="Threads (default 16).")] = None,
+                                                    help="Celery threads (default 4).")] = None,
     pool: Annotated[str | None, typer.Option("--pool", help="threads | prefork | solo")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
 ) -> None:

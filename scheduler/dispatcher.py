@@ -35,6 +35,7 @@ from workers import transitions as tr
 from workers.aimd import WINDOW_S, Aimd
 from workers.app import POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK
 from workers.control import get_halt
+from workers.db import exclusive
 from workers.fleet import Fleet
 from workers.polling import PollMode
 
@@ -49,6 +50,8 @@ DEFAULT_CONCURRENCY = 5
 """Used only when neither --concurrency nor the account's own limit is known."""
 ACCOUNT_REFRESH_S = 60.0
 HOUSEKEEPING_S = 1.0
+MIN_PASS_S = 0.02
+"""Passes are at least this far apart, so one pass serves a burst of wake-ups together."""
 PRUNE_EVERY_S = 300.0
 MAX_POLLS_PER_PASS = 2000
 MAX_SLEEP_S = 1.0
@@ -108,8 +111,8 @@ class Dispatcher:
         account_poll_min_s: float = 0.02,
         spend: Callable[[str], None] | None = None,
         interval_s: float = MAX_SLEEP_S,
-        batch_size: int = 8,
-        spread: int = 16,
+        batch_size: int = 16,
+        spread: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -136,6 +139,8 @@ class Dispatcher:
         self._pruned = -math.inf
         self._halt: str | None = None
         self._renewed = -math.inf
+        self._batches: list[leases.OpenBatch] = []
+        self._retries = True
         self.epoch = ""
 
     # --- leadership -------------------------------------------------------------------
@@ -201,6 +206,8 @@ class Dispatcher:
         self.fleet.set_mode(PollMode.LAZY if self.remote.usable else PollMode.EAGER)
         for batch_id in leases.mark_done_batches(self.engine):
             logger.info("batch %s is done", batch_id)
+        self._batches = leases.open_batches(self.engine)
+        self._retries = leases.any_retry_wait(self.engine)
         if now - self._pruned >= PRUNE_EVERY_S:
             self._pruned = now
             durations.prune(self.engine)
@@ -221,39 +228,39 @@ class Dispatcher:
         result.in_flight = occupancy.total
         if result.halted is None and occupancy.total >= result.limit:
             result.in_flight = self.remote.estimate(now, occupancy, result.limit)
-        if result.halted is None:
-            result.submits = self._fill_slots(now, result.limit - result.in_flight, occupancy)
-            self.remote.dispatched(result.submits)
-        poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
-                                      self.lease_s)
+        with exclusive(self.engine):
+            submit_ids: list[int] = []
+            if result.halted is None:
+                submit_ids = self._lease_slots(now, result.limit - result.in_flight, occupancy)
+            poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
+                                          self.lease_s)
+            due = leases.next_due_at(self.engine, now)
+        self._send(SUBMIT_TASK, SUBMIT_QUEUE, submit_ids)
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
-        result.polls = len(poll_ids)
-        result.next_pass_s = self._next_pass_s(now, result)
+        result.submits, result.polls = len(submit_ids), len(poll_ids)
+        self.remote.dispatched(result.submits)
+        result.next_pass_s = self._next_pass_s(now, result, due)
         return result
 
-    def _next_pass_s(self, now: float, result: PassResult) -> float:
+    def _next_pass_s(self, now: float, result: PassResult, due: float | None) -> float:
         wait = self.interval_s
-        due = leases.next_due_at(self.engine, now)
         if due is not None:
             wait = min(wait, due - now)
         if result.halted is None and result.in_flight >= result.limit:
             wait = min(wait, self.remote.next_snapshot_in(now))
-        return max(0.0, wait)
+        return max(MIN_PASS_S, wait)
 
-    def _fill_slots(self, now: float, free: int, occupancy: leases.Occupancy) -> int:
-        sent = 0
-        if free <= 0:
-            return 0
-        for batch in leases.open_batches(self.engine):
-            if free - sent <= 0:
+    def _lease_slots(self, now: float, free: int, occupancy: leases.Occupancy) -> list[int]:
+        leased: list[int] = []
+        for batch in self._batches:
+            room = free - len(leased)
+            if room <= 0:
                 break
-            room = free - sent
             if batch.concurrency:
                 room = min(room, batch.concurrency - occupancy.by_batch.get(batch.id, 0))
-            ids = leases.lease_submits(self.engine, batch.id, room, now, self.epoch, self.lease_s)
-            self._send(SUBMIT_TASK, SUBMIT_QUEUE, ids)
-            sent += len(ids)
-        return sent
+            leased += leases.lease_submits(self.engine, batch.id, room, now, self.epoch,
+                                           self.lease_s, retries=self._retries)
+        return leased
 
     def _send(self, task: str, queue: str, ids: list[int]) -> None:
         for part in chunks(ids, self.batch_size, self.spread):

@@ -25,13 +25,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import SQLModel
 
 from scheduler.manifest import BadRow, Item, Manifest, content_hash, open_manifest
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
-from workers.models import Batch, Job
+from workers.models import BATCHES, JOBS, Batch
 from workers.states import ErrorKind, JobState
 
 logger = logging.getLogger(__name__)
@@ -41,8 +40,6 @@ SAMPLE_INVALID = 50
 
 _QUEUED, _INVALID = JobState.QUEUED.value, JobState.INVALID.value
 _KIND_INVALID = ErrorKind.INVALID.value
-BATCHES: Table = SQLModel.metadata.tables[str(Batch.__tablename__)]
-JOBS: Table = SQLModel.metadata.tables[str(Job.__tablename__)]
 COLUMNS = (
     "batch_id", "seq", "line", "row_key", "model", "task_type", "input_json", "metadata_json",
     "state", "attempts", "tries", "polls", "poll_errors", "created_at", "error_kind",

@@ -53,7 +53,7 @@ class RunOptions:
     concurrency: int | None = None
     max_attempts: int | None = None
     run_dir: Path = Path(".piapi-bulk")
-    worker_threads: int = 16
+    worker_threads: int | None = None
 
 
 def default_output(manifest: Path) -> Path:
@@ -128,7 +128,9 @@ def ensure_services(settings: Settings, services: Services, opts: RunOptions,
     finally:
         app.close()
     if not workers:
-        argv = cli_argv("worker", "--concurrency", str(opts.worker_threads))
+        argv = cli_argv("worker")
+        if opts.worker_threads:
+            argv += ["--concurrency", str(opts.worker_threads)]
         services.add(Child("worker", argv, env, log_dir / "worker.log"))
     else:
         logger.info("%d worker(s) already running on %s", len(workers), url)

@@ -32,6 +32,8 @@ RETRY_AFTER_DISABLED_S = 300.0
 """After the count was found missing or implausible, look again this much later."""
 YOUNG_S = 0.1
 """Tasks we created less than this long ago are certainly still in flight at PiAPI."""
+CHECK_EVERY_S = 1.0
+"""How often a snapshot is checked for plausibility against our own recent creates."""
 
 
 class Account(Protocol):
@@ -57,6 +59,7 @@ class RemoteSlots:
         self.last_estimate: int | None = None
         self.since_snapshot = 0
         self.snapshots = 0
+        self.checked_at = -math.inf
 
     @property
     def usable(self) -> bool:
@@ -96,6 +99,7 @@ class RemoteSlots:
         try:
             if self.spend is not None:
                 self.spend("account")
+            asked_at = self.clock()
             remote = self.account.active_tasks()
         except PiAPIError as exc:
             logger.warning("could not read PiAPI's in-flight count (%s); counting slots "
@@ -106,7 +110,11 @@ class RemoteSlots:
         if remote is None:
             self._disable(now, "the account offers no in-flight count")
             return None
-        young = leases.young_running(self.engine, now - YOUNG_S)
+        if asked_at - self.checked_at < CHECK_EVERY_S:
+            return remote
+        self.checked_at = asked_at
+        # Tasks whose create had returned before we asked, and too young to have ended.
+        young = leases.young_running(self.engine, asked_at - YOUNG_S, asked_at)
         if remote < young:
             self._disable(now, f"PiAPI counts {remote} tasks in flight but {young} were "
                                f"created in the last {YOUNG_S}s")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from workers.broker import TRANSPORT
+
 SUBMIT_QUEUE = "piapi-bulk.submit"
 POLL_QUEUE = "piapi-bulk.poll"
 SUBMIT_TASK = "piapi_bulk.submit"
@@ -15,6 +17,8 @@ def create_celery(broker_url: str) -> Celery:
     """A Celery app on `broker_url` (Redis); tasks are registered by `workers.tasks`."""
     app = Celery("piapi_bulk", broker=broker_url, set_as_current=False)
     app.conf.update(
+        # The Redis transport, minus a client built per acknowledgement (see broker.py).
+        broker_transport=TRANSPORT,
         # A message is acknowledged only after its task ran, so a killed worker's messages
         # return to the queue; the DB's compare-and-set makes the repeat harmless.
         task_acks_late=True,
@@ -30,7 +34,9 @@ def create_celery(broker_url: str) -> Celery:
         accept_content=["json"],
         # Events on, so Flower shows workers and tasks live.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # (No "task-sent" events: they would cost the dispatcher a publish per message and
+        # Flower shows tasks from the workers' events.)
+        task_send_sent_event=False,
         # Only runnable-now work sits in Redis; these routes keep creates and polls apart
         # so a burst of one never starves the other.
         task_queues=[Queue(SUBMIT_QUEUE), Queue(POLL_QUEUE)],

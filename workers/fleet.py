@@ -27,8 +27,32 @@ STATS_PREFIX = "piapi-bulk:stats:"
 MODE_KEY = "piapi-bulk:poll-mode"
 RATE_KEY = "piapi-bulk:rate-eff"
 """Requests per second the token bucket grants fleet-wide right now (AIMD-adjusted)."""
+SHORT_WAIT_S = 0.25
+"""Waits shorter than this sleep instead of blocking in Redis (see `Fleet.wait`)."""
 STATS_TTL_S = 300
 MODE_CACHE_S = 2.0
+
+# KEYS[1]: this second's counters hash; KEYS[2]: the wake-up list.
+# ARGV[1..3]: requests, rate 429s, concurrency 429s to add; ARGV[4]: 1 to wake the
+# dispatcher; ARGV[5]: the counters' TTL in seconds. One round trip per message (a redis-py
+# pipeline costs more CPU to build than the commands it sends).
+_REPORT = """
+local names = {'req', 'r429', 'c429'}
+local added = false
+for i = 1, 3 do
+  local n = tonumber(ARGV[i])
+  if n > 0 then
+    redis.call('HINCRBY', KEYS[1], names[i], n)
+    added = true
+  end
+end
+if added then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
+if ARGV[4] == '1' then
+  redis.call('LPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -47,56 +71,50 @@ class Fleet:
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.clock = clock
+        self._report = client.register_script(_REPORT)
         self._mode: tuple[float, PollMode] | None = None
         self._rate: tuple[float, float | None] | None = None
 
     # --- wake-ups ---------------------------------------------------------------------
     def wake(self) -> None:
         """Tell the dispatcher there is work to look at now (coalesced: one entry at most)."""
+        self.report(0, wake=True)
+
+    def report(self, requests: int, rate_429: int = 0, conc_429: int = 0,
+               wake: bool = False) -> None:
+        """Add this process's recent PiAPI requests and 429s to the fleet's counters, and
+        wake the dispatcher when `wake`. Best effort: losing one only delays a decision."""
+        if not (requests or rate_429 or conc_429 or wake):
+            return
+        key = f"{STATS_PREFIX}{int(self.clock())}"
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.lpush(WAKE_KEY, 1)
-            pipe.ltrim(WAKE_KEY, 0, 0)
-            pipe.execute()
-        except redis.RedisError as exc:  # a missed wake-up only delays the next tick
-            logger.debug("could not wake the dispatcher: %s", exc)
+            self._report(keys=[key, WAKE_KEY],
+                         args=[requests, rate_429, conc_429, int(wake), STATS_TTL_S])
+        except redis.RedisError as exc:
+            logger.debug("could not report to the fleet: %s", exc)
 
     def wait(self, timeout_s: float) -> bool:
-        """Block until woken or `timeout_s` passes; True when woken."""
+        """Block until woken or `timeout_s` passes; True when woken.
+
+        Redis checks blocking timeouts only about ten times a second, so a short wait is a
+        plain sleep (a wake-up arriving meanwhile is found right after it)."""
         if timeout_s <= 0:
             return False
-        got = self.redis.blpop([WAKE_KEY], timeout=max(timeout_s, 0.001))
+        if timeout_s < SHORT_WAIT_S:
+            time.sleep(timeout_s)
+            return bool(self.redis.delete(WAKE_KEY))
+        got = self.redis.blpop([WAKE_KEY], timeout=timeout_s)
         if got:
             self.redis.delete(WAKE_KEY)
         return bool(got)
 
     # --- counters ---------------------------------------------------------------------
-    def count(self, requests: int, rate_429: int = 0, conc_429: int = 0) -> None:
-        """Add this process's recent PiAPI requests and 429s to the fleet's counters."""
-        if not (requests or rate_429 or conc_429):
-            return
-        key = f"{STATS_PREFIX}{int(self.clock())}"
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            if requests:
-                pipe.hincrby(key, "req", requests)
-            if rate_429:
-                pipe.hincrby(key, "r429", rate_429)
-            if conc_429:
-                pipe.hincrby(key, "c429", conc_429)
-            pipe.expire(key, STATS_TTL_S)
-            pipe.execute()
-        except redis.RedisError as exc:
-            logger.debug("could not count requests: %s", exc)
-
     def window(self, seconds: int) -> Window:
         """Fleet-wide counts over the last `seconds` whole seconds."""
         now = int(self.clock())
-        pipe = self.redis.pipeline(transaction=False)
-        for sec in range(now - seconds, now):
-            pipe.hmget(f"{STATS_PREFIX}{sec}", ["req", "r429", "c429"])
         totals = [0, 0, 0]
-        for values in pipe.execute():
+        for sec in range(now - seconds, now):
+            values = self.redis.hmget(f"{STATS_PREFIX}{sec}", ["req", "r429", "c429"])
             for i, v in enumerate(values):
                 totals[i] += int(v or 0)
         return Window(seconds, totals[0], totals[1], totals[2])

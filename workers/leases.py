@@ -4,6 +4,7 @@ A lease (`lease_until` in the future, `lease_epoch` equal to the current Redis e
 a message for the job is out. A lease that expired (worker died) or belongs to an older
 epoch (Redis was flushed or restarted, so the message is gone) makes the job due again.
 A job in `submitting` is the exception: its worker may be mid-POST, so only time frees it.
+The dispatcher runs these every pass, so the statements are built once.
 """
 
 from __future__ import annotations
@@ -11,27 +12,51 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import col
 
-from workers.db import session
-from workers.models import Batch, Job
+from workers.db import transaction
+from workers.models import BATCHES, JOBS
 from workers.states import ACTIVE, JobState
 
-Q, SUB, RUN, RW = JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.RETRY_WAIT
+Q, SUB, RUN, RW = (JobState.QUEUED.value, JobState.SUBMITTING.value, JobState.RUNNING.value,
+                   JobState.RETRY_WAIT.value)
+j = JOBS.c
+
+_FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
+            j.lease_epoch.is_(None), j.lease_epoch != bindparam("p_epoch"))
+"""No message for this job is out any more."""
+_HELD = and_(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch"))
+"""A message for this job is out and may still arrive."""
+
+_OCCUPANCY = (
+    select(j.batch_id, j.state, func.count())
+    .where(or_(j.state.in_([SUB, RUN]), and_(j.state.in_([Q, RW]), _HELD)))
+    .group_by(j.batch_id, j.state)
+)
+_YOUNG = select(func.count()).where(j.state == RUN, j.submitted_at > bindparam("p_since"),
+                                    j.submitted_at <= bindparam("p_until"))
+_OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency)
+                 .where(BATCHES.c.done.is_(False)).order_by(BATCHES.c.created_at))
+_NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW]),
+                                               j.next_at > bindparam("p_now"))
+_ANY_RETRY = select(j.id).where(j.state == RW).limit(1)
 
 
-def lease_free(now: float, epoch: str) -> ColumnElement[bool]:
-    """SQL: no message for this job is out any more."""
-    return or_(col(Job.lease_until).is_(None), col(Job.lease_until) < now,
-               col(Job.lease_epoch).is_(None), col(Job.lease_epoch) != epoch)
+def _leaser(where: ColumnElement[bool], order: Any) -> tuple[Any, Any]:
+    due = and_(where, _FREE)
+    pick = select(j.id).where(due).order_by(order).limit(bindparam("p_limit"))
+    take = (JOBS.update().where(j.id.in_(bindparam("p_ids", expanding=True)), due)
+            .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
+            .returning(j.id))
+    return pick, take
 
 
-def lease_held(now: float, epoch: str) -> ColumnElement[bool]:
-    """SQL: a message for this job is out and may still arrive."""
-    return and_(col(Job.lease_until) >= now, col(Job.lease_epoch) == epoch)
+_RETRY_DUE = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == RW,
+                          j.next_at <= bindparam("p_now")), j.seq)
+_QUEUED = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == Q), j.seq)
+_POLLS_DUE = _leaser(and_(j.state == RUN, j.next_at <= bindparam("p_now")), j.next_at)
 
 
 @dataclass(frozen=True)
@@ -46,25 +71,21 @@ class Occupancy:
 
 def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
     """Slots in use: tasks submitting or running, plus creates already dispatched."""
-    reserved = and_(col(Job.state).in_([Q.value, RW.value]), lease_held(now, epoch))
-    busy = or_(col(Job.state).in_([SUB.value, RUN.value]), reserved)
-    with session(engine) as s:
-        rows = s.execute(select(col(Job.batch_id), col(Job.state), func.count())
-                         .where(busy).group_by(col(Job.batch_id), col(Job.state))).all()
+    with transaction(engine) as conn:
+        rows = conn.execute(_OCCUPANCY, {"p_now": now, "p_epoch": epoch}).all()
     by_batch: dict[str, int] = {}
     creating = 0
     for batch_id, state, n in rows:
         by_batch[str(batch_id)] = by_batch.get(str(batch_id), 0) + int(n)
-        if state != RUN.value:
+        if state != RUN:
             creating += int(n)
     return Occupancy(total=sum(by_batch.values()), by_batch=by_batch, creating=creating)
 
 
-def young_running(engine: Engine, since: float) -> int:
-    """Running jobs whose task was created after `since` (surely still in flight at PiAPI)."""
-    with session(engine) as s:
-        return int(s.scalar(select(func.count()).where(
-            col(Job.state) == RUN.value, col(Job.submitted_at) > since)) or 0)
+def young_running(engine: Engine, since: float, until: float) -> int:
+    """Running jobs whose task was created in (since, until]: surely in flight at PiAPI."""
+    with transaction(engine) as conn:
+        return int(conn.execute(_YOUNG, {"p_since": since, "p_until": until}).scalar() or 0)
 
 
 @dataclass(frozen=True)
@@ -77,75 +98,66 @@ class OpenBatch:
 
 def open_batches(engine: Engine) -> list[OpenBatch]:
     """Batches not yet done, oldest first."""
-    with session(engine) as s:
-        rows = s.execute(
-            select(col(Batch.id), col(Batch.concurrency))
-            .where(col(Batch.done).is_(False)).order_by(col(Batch.created_at))
-        ).all()
+    with transaction(engine) as conn:
+        rows = conn.execute(_OPEN_BATCHES).all()
     return [OpenBatch(str(r[0]), r[1]) for r in rows]
 
 
-def _lease(engine: Engine, where: ColumnElement[bool], order: Any,
-           limit: int, now: float, epoch: str, lease_s: float) -> list[int]:
+def _lease(engine: Engine, leaser: tuple[Any, Any], params: dict[str, Any],
+           limit: int) -> list[int]:
     if limit <= 0:
         return []
-    due = select(col(Job.id)).where(where, lease_free(now, epoch)).order_by(order).limit(limit)
-    with session(engine) as s:
-        ids = [int(i) for i in s.scalars(due) if i is not None]
+    pick, take = leaser
+    with transaction(engine) as conn:
+        ids = [int(i) for (i,) in conn.execute(pick, {**params, "p_limit": limit}).all()]
         if not ids:
             return []
-        leased = s.scalars(
-            update(Job).where(col(Job.id).in_(ids), where, lease_free(now, epoch))
-            .values(lease_until=now + lease_s, lease_epoch=epoch)
-            .returning(col(Job.id))
-        ).all()
-    return sorted(int(i) for i in leased if i is not None)
+        leased = conn.execute(take, {**params, "p_ids": ids}).all()
+    return sorted(int(i) for (i,) in leased)
 
 
 def lease_submits(engine: Engine, batch_id: str, limit: int, now: float, epoch: str,
-                  lease_s: float) -> list[int]:
-    """Reserve up to `limit` of a batch's jobs that may be created now, in manifest order."""
-    retry_due = _lease(
-        engine,
-        and_(col(Job.batch_id) == batch_id, col(Job.state) == RW.value, col(Job.next_at) <= now),
-        col(Job.seq), limit, now, epoch, lease_s,
-    )
-    fresh = _lease(
-        engine, and_(col(Job.batch_id) == batch_id, col(Job.state) == Q.value),
-        col(Job.seq), limit - len(retry_due), now, epoch, lease_s,
-    )
-    return retry_due + fresh
+                  lease_s: float, retries: bool = True) -> list[int]:
+    """Reserve up to `limit` of a batch's jobs that may be created now, in manifest order
+    (rows waiting to be created again first, unless `retries` says there are none)."""
+    params = {"p_batch": batch_id, "p_now": now, "p_epoch": epoch,
+              "p_lease_until": now + lease_s}
+    retry_due = _lease(engine, _RETRY_DUE, params, limit) if retries else []
+    return retry_due + _lease(engine, _QUEUED, params, limit - len(retry_due))
 
 
 def lease_polls(engine: Engine, limit: int, now: float, epoch: str, lease_s: float) -> list[int]:
     """Reserve up to `limit` running jobs whose next poll is due, most overdue first."""
-    return _lease(
-        engine, and_(col(Job.state) == RUN.value, col(Job.next_at) <= now),
-        col(Job.next_at), limit, now, epoch, lease_s,
-    )
+    return _lease(engine, _POLLS_DUE,
+                  {"p_now": now, "p_epoch": epoch, "p_lease_until": now + lease_s}, limit)
 
 
 def next_due_at(engine: Engine, after: float) -> float | None:
     """The earliest time after `after` that a running or waiting job becomes due."""
-    with session(engine) as s:
-        values = [s.scalar(select(func.min(col(Job.next_at)))
-                           .where(col(Job.state) == state.value, col(Job.next_at) > after))
-                  for state in (RUN, RW)]
-    due = [float(v) for v in values if v is not None]
-    return min(due) if due else None
+    with transaction(engine) as conn:
+        value = conn.execute(_NEXT_DUE, {"p_now": after}).scalar()
+    return float(value) if value is not None else None
+
+
+def any_retry_wait(engine: Engine) -> bool:
+    """True when some job waits to be created again."""
+    with transaction(engine) as conn:
+        return conn.execute(_ANY_RETRY).first() is not None
 
 
 def mark_done_batches(engine: Engine) -> list[str]:
     """Flag ingested batches that have no active row left; returns their ids."""
     active = [s.value for s in ACTIVE]
-    with session(engine) as s:
-        candidates = [str(b) for b in s.scalars(
-            select(col(Batch.id)).where(col(Batch.done).is_(False), col(Batch.ingested).is_(True)))]
-        finished: list[str] = []
+    b = BATCHES.c
+    finished: list[str] = []
+    with transaction(engine) as conn:
+        candidates = [str(i) for (i,) in conn.execute(
+            select(b.id).where(b.done.is_(False), b.ingested.is_(True))).all()]
         for batch_id in candidates:
-            left = s.scalar(select(col(Job.id)).where(col(Job.batch_id) == batch_id,
-                                                 col(Job.state).in_(active)).limit(1))
+            left = conn.execute(select(j.id).where(j.batch_id == batch_id,
+                                                   j.state.in_(active)).limit(1)).first()
             if left is None:
-                s.execute(update(Batch).where(col(Batch.id) == batch_id).values(done=True))
+                conn.execute(BATCHES.update().where(b.id == batch_id).values(done=True))
                 finished.append(batch_id)
     return finished
+

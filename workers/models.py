@@ -6,7 +6,7 @@ behave the same. The API key is never stored anywhere here.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from workers.states import JobState
@@ -63,6 +63,8 @@ class Job(SQLModel, table=True):
     state: str = Field(default=JobState.QUEUED.value, max_length=16)
     attempts: int = 0
     """PiAPI tasks created (or possibly created) for this row."""
+    posts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Creates begun for this row (attempt rows), refused ones included."""
     tries: int = 0
     """Retryable create errors in a row since the last success."""
     task_id: str | None = Field(default=None, max_length=64)
@@ -125,3 +127,10 @@ class DurationSample(SQLModel, table=True):
     task_type: str = Field(max_length=64)
     duration_s: float
     at: float
+
+
+# Core tables, for the hot paths that run pre-built statements instead of the ORM.
+BATCHES: Table = SQLModel.metadata.tables["batches"]
+JOBS: Table = SQLModel.metadata.tables["jobs"]
+ATTEMPTS: Table = SQLModel.metadata.tables["attempts"]
+DURATION_SAMPLES: Table = SQLModel.metadata.tables["duration_samples"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -49,6 +50,8 @@ def build_context(settings: Settings) -> WorkerContext:
         fleet=fleet,
         durations=DurationCache(engine),
         webhooks=settings.webhook_signer(),
+        http_pool=ThreadPoolExecutor(max_workers=settings.http_concurrency,
+                                     thread_name_prefix="piapi-http"),
     )
 
 

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     """Longest the dispatcher sleeps between passes (it is woken sooner by events)."""
     lease_margin_s: float = Field(10.0, gt=0, validation_alias=_env("PIAPI_BULK_LEASE_MARGIN_S"))
     """Added to the HTTP timeout to get how long a worker may hold a job before it is taken back."""
-    batch_size: int = Field(8, ge=1, validation_alias=_env("PIAPI_BULK_BATCH_SIZE"))
+    batch_size: int = Field(16, ge=1, validation_alias=_env("PIAPI_BULK_BATCH_SIZE"))
     """Most job ids carried by one Celery message."""
     on_ambiguous: Literal["fail"] = Field("fail", validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS"))
 
@@ -70,8 +70,14 @@ class Settings(BaseSettings):
 
     # --- worker process -----------------------------------------------------------------
     worker_concurrency: int = Field(
-        16, ge=1, validation_alias=_env("PIAPI_BULK_WORKER_CONCURRENCY")
+        4, ge=1, validation_alias=_env("PIAPI_BULK_WORKER_CONCURRENCY")
     )
+    """Celery threads per worker process (each runs one message of several jobs)."""
+    http_concurrency: int = Field(
+        32, ge=1, validation_alias=_env("PIAPI_BULK_HTTP_CONCURRENCY")
+    )
+    """PiAPI requests a worker process has in flight at most (a message's jobs run side
+    by side on these)."""
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", validation_alias=_env("PIAPI_BULK_WORKER_POOL")
     )

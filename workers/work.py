@@ -8,10 +8,12 @@ saved the moment it is known); a message's poll results are recorded in one tran
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -37,6 +39,8 @@ from workers.states import ErrorKind
 from workers.webhooks import WebhookSigner
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 NOT_FOUND_GRACE = 5
 """A task id PiAPI says it does not know is given this many more GETs before the row fails."""
@@ -63,7 +67,15 @@ class WorkerContext:
     fleet: Fleet | None = None
     durations: DurationCache | None = None
     webhooks: WebhookSigner | None = None
+    http_pool: ThreadPoolExecutor | None = None
+    """Runs a message's HTTP calls side by side (a message carries several jobs)."""
     counters: dict[str, int] = field(default_factory=dict)
+
+    def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`fn` over `items`, concurrently when there is a pool and more than one item."""
+        if self.http_pool is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self.http_pool.map(fn, items))
 
     def count(self, name: str, n: int = 1) -> None:
         """Bump a process-local counter (for logs and benchmarks)."""
@@ -102,12 +114,17 @@ class _Tally:
     requests: int = 0
     rate_429: int = 0
     conc_429: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, requests: int = 0, rate_429: int = 0, conc_429: int = 0) -> None:
+        with self.lock:
+            self.requests += requests
+            self.rate_429 += rate_429
+            self.conc_429 += conc_429
 
     def report(self, ctx: WorkerContext, freed: bool) -> None:
         if ctx.fleet is not None:
-            ctx.fleet.count(self.requests, self.rate_429, self.conc_429)
-            if freed:
-                ctx.fleet.wake()
+            ctx.fleet.report(self.requests, self.rate_429, self.conc_429, wake=freed)
 
 
 def is_concurrency_429(exc: RateLimited, create: bool) -> bool:
@@ -140,8 +157,8 @@ def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     for _ in ids:
         ctx.spend("create")
     try:
-        for claim in tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s):
-            freed |= _submit_one(ctx, claim, tally)
+        claims = tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s)
+        freed = any(ctx.each(lambda claim: _submit_one(ctx, claim, tally), claims))
         skipped = len(ids) - tally.requests
         if skipped > 0:
             ctx.count("submit_skipped", skipped)
@@ -156,7 +173,7 @@ def submit_one(ctx: WorkerContext, job_id: int) -> None:
 
 def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: _Tally) -> bool:
     """POST one claimed job; True when the outcome frees a concurrency slot."""
-    tally.requests += 1
+    tally.add(requests=1)
     hook: dict[str, str] = {}
     if ctx.webhooks is not None:
         hook = ctx.webhooks.config_for(claim.batch_id, claim.job_id)
@@ -169,9 +186,9 @@ def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: _Tally) -> bool:
         return True
     except RateLimited as exc:
         if is_concurrency_429(exc, create=True):
-            tally.conc_429 += 1
+            tally.add(conc_429=1)
         else:
-            tally.rate_429 += 1
+            tally.add(rate_429=1)
         _create_retry(ctx, claim, str(exc), exc.retry_after_s)
         return True
     except RetryableError as exc:
@@ -208,23 +225,20 @@ def _create_retry(ctx: WorkerContext, claim: tr.Claim, message: str,
 def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     """GET each running job's task, then record every outcome in one transaction."""
     tally = _Tally()
-    outcomes: list[tr.PollOutcome] = []
     freed = 0
     try:
-        for target in tr.load_poll_targets(ctx.engine, job_ids):
-            outcome = poll_one(ctx, target, tally)
-            if outcome is not None:
-                outcomes.append(outcome)
+        targets = tr.load_poll_targets(ctx.engine, job_ids)
+        outcomes = ctx.each(lambda target: poll_one(ctx, target, tally), targets)
         freed = tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock())
     finally:
         tally.report(ctx, freed > 0)
 
 
-def poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: _Tally) -> tr.PollOutcome | None:
+def poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: _Tally) -> tr.PollOutcome:
     """One GET for one running job, turned into the outcome to record."""
     try:
         ctx.spend("get")
-        tally.requests += 1
+        tally.add(requests=1)
         view = ctx.client.get_task(t.task_id)
     except (NotFound, InvalidRequest) as exc:
         return _not_found(ctx, t, str(exc))
@@ -232,7 +246,7 @@ def poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: _Tally) -> tr.PollOutc
         set_halt(ctx.engine, f"PiAPI refused the account: {exc}", ctx.clock())
         return _poll_error(ctx, t, str(exc), ACCOUNT_RETRY_S)
     except RateLimited as exc:
-        tally.rate_429 += 1
+        tally.add(rate_429=1)
         return _poll_error(ctx, t, str(exc), exc.retry_after_s)
     except (RetryableError, PermanentError) as exc:
         return _poll_error(ctx, t, str(exc), getattr(exc, "retry_after_s", None))

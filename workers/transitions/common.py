@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, cast
-
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.sql.base import Executable
-from sqlmodel import Session
+from typing import Any
 
 from workers.piapi import TaskView
 
@@ -21,8 +17,8 @@ class Claim:
 
     job_id: int
     batch_id: str
-    attempt_id: int
     attempt_n: int
+    """This create's number for its job; (job_id, attempt_n) names its `attempts` row."""
     model: str
     task_type: str
     input: dict[str, Any]
@@ -44,20 +40,14 @@ class PollTarget:
     submitted_at: float | None
 
 
-def cas(s: Session, statement: Executable) -> int:
-    """Run an UPDATE and return how many rows it changed (0 means the guard did not hold)."""
-    result = cast(CursorResult[Any], s.execute(statement))
-    return int(result.rowcount)
-
-
 def moved(what: str, job_id: int) -> None:
     """Log a change skipped because the job is no longer where the caller left it."""
     logger.info("job %s: %s skipped, the job is no longer where this worker left it",
                 job_id, what)
 
 
-def usage_values(view: TaskView) -> dict[str, Any]:
-    """The usage columns for what PiAPI reported (nothing when it reported none)."""
-    if view.usage is None:
-        return {}
-    return {"usage_consume": view.usage.consume, "usage_type": view.usage.type or None}
+def usage_params(view: TaskView | None) -> dict[str, Any]:
+    """Parameters for the usage columns (None keeps what was there)."""
+    usage = view.usage if view is not None else None
+    return {"p_consume": usage.consume if usage else None,
+            "p_usage_type": (usage.type or None) if usage else None}

@@ -1,26 +1,85 @@
-"""The create side: claiming due jobs, and recording what a POST to PiAPI came back with."""
+"""The create side: claiming due jobs, and recording what a POST to PiAPI came back with.
+
+Statements are built once and run with parameters: these run for every row of every
+batch, and building SQL expressions per call would cost more than running them.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from workers.control import set_halt
-from workers.db import session
-from workers.models import Attempt, Job
+from workers.db import transaction
+from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import ErrorKind, JobState
-from workers.transitions.common import Claim, cas, moved, usage_values
+from workers.transitions.common import Claim, moved, usage_params
 
 logger = logging.getLogger(__name__)
 
-Q, SUB, RUN, RW, AMB = (JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING,
-                        JobState.RETRY_WAIT, JobState.AMBIGUOUS)
+Q, SUB, RUN, RW, AMB, FAILED = (JobState.QUEUED.value, JobState.SUBMITTING.value,
+                                JobState.RUNNING.value, JobState.RETRY_WAIT.value,
+                                JobState.AMBIGUOUS.value, JobState.FAILED.value)
+j, a = JOBS.c, ATTEMPTS.c
+
+_CLAIM = (
+    JOBS.update()
+    .where(j.id.in_(bindparam("p_ids", expanding=True)),
+           or_(j.state == Q, and_(j.state == RW, j.next_at <= bindparam("p_now"))))
+    .values(state=SUB, lease_until=bindparam("p_lease_until"), lease_epoch=None, next_at=None,
+            posts=j.posts + 1)
+    .returning(j.id, j.batch_id, j.model, j.task_type, j.input_json, j.tries, j.posts)
+)
+_NEW_ATTEMPT = ATTEMPTS.insert()
+_THIS_ATTEMPT = and_(a.job_id == bindparam("p_job"), a.n == bindparam("p_n"))
+_ATTEMPT_CREATED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
+    state="created", task_id=bindparam("p_task"))
+_ATTEMPT_ENDED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
+    state=bindparam("p_state"), ended_at=bindparam("p_now"), error=bindparam("p_error"))
+_SUBMITTING = and_(j.id == bindparam("p_job"), j.state == SUB)
+_USAGE: dict[str, Any] = dict(usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
+              usage_type=func.coalesce(bindparam("p_usage_type"), j.usage_type))
+_RUNNING_VALUES: dict[str, Any] = dict(
+    state=RUN, task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
+    tries=0, polls=0, poll_errors=0, next_at=bindparam("p_next"), lease_until=None,
+    lease_epoch=None, submitted_at=bindparam("p_now"), error_kind=None, error_message=None,
+    **_USAGE,
+)
+_CREATED = JOBS.update().where(_SUBMITTING).values(attempts=j.attempts + 1, **_RUNNING_VALUES)
+_NEWER_ATTEMPT = exists().where(a.job_id == j.id, a.n > bindparam("p_n"))
+_ADOPT = (
+    JOBS.update()
+    .where(j.id == bindparam("p_job"),
+           or_(j.state == AMB,
+               and_(j.state == FAILED, j.error_kind == ErrorKind.AMBIGUOUS.value)),
+           ~_NEWER_ATTEMPT)
+    .values(**_RUNNING_VALUES)  # the attempt was counted when it went ambiguous
+)
+_TO_RETRY_WAIT = JOBS.update().where(_SUBMITTING).values(
+    state=RW, tries=bindparam("p_tries"), next_at=bindparam("p_next"), lease_until=None,
+    error_kind=None, error_message=bindparam("p_error"))
+_TO_FAILED = JOBS.update().where(_SUBMITTING).values(
+    state=FAILED, lease_until=None, finished_at=bindparam("p_now"),
+    error_kind=bindparam("p_kind"), error_message=bindparam("p_error"))
+_TO_QUEUED = JOBS.update().where(_SUBMITTING).values(
+    state=Q, lease_until=None, error_message=bindparam("p_error"))
+_TO_AMBIGUOUS = JOBS.update().where(_SUBMITTING).values(
+    state=AMB, attempts=j.attempts + 1, lease_until=None,
+    error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
+_LOST_CREATES = select(j.id).where(j.state == SUB, j.lease_until < bindparam("p_now"))
+_EXPIRE = JOBS.update().where(_SUBMITTING, j.lease_until < bindparam("p_now")).values(
+    state=AMB, attempts=j.attempts + 1, lease_until=None,
+    error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
+_POSTING_ENDED = ATTEMPTS.update().where(a.job_id == bindparam("p_job"), a.state == "posting") \
+    .values(state="ambiguous", ended_at=bindparam("p_now"), error=bindparam("p_error"))
+_AMBIGUOUS_FAILED = JOBS.update().where(j.state == AMB).values(
+    state=FAILED, finished_at=bindparam("p_now"), error_kind=ErrorKind.AMBIGUOUS.value)
 
 
 def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: float) -> list[Claim]:
@@ -29,37 +88,19 @@ def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: floa
     ids = sorted(set(job_ids))
     if not ids:
         return []
-    due = or_(col(Job.state) == Q.value, and_(col(Job.state) == RW.value, col(Job.next_at) <= now))
-    with session(engine) as s:
-        claimed = [int(i) for i in s.scalars(
-            update(Job).where(col(Job.id).in_(ids), due)
-            .values(state=SUB.value, lease_until=now + lease_s, lease_epoch=None, next_at=None)
-            .returning(col(Job.id))
-        ) if i is not None]
-        if not claimed:
+    with transaction(engine) as conn:
+        rows = conn.execute(_CLAIM, {"p_ids": ids, "p_now": now,
+                                     "p_lease_until": now + lease_s}).all()
+        if not rows:
             return []
-        last = dict(s.execute(select(col(Attempt.job_id), func.max(col(Attempt.n)))
-                              .where(col(Attempt.job_id).in_(claimed))
-                              .group_by(col(Attempt.job_id))).all())
-        s.execute(insert(Attempt), [
-            {"job_id": j, "n": int(last.get(j) or 0) + 1, "state": "posting", "started_at": now}
-            for j in claimed
+        conn.execute(_NEW_ATTEMPT, [
+            {"job_id": int(r[0]), "n": int(r[6]), "state": "posting", "started_at": now}
+            for r in rows
         ])
-        numbers = {j: int(last.get(j) or 0) + 1 for j in claimed}
-        attempt_ids = {
-            int(j): int(a) for j, a, n in s.execute(
-                select(col(Attempt.job_id), col(Attempt.id), col(Attempt.n))
-                .where(col(Attempt.job_id).in_(claimed), col(Attempt.state) == "posting")
-            ).all() if numbers.get(int(j)) == n
-        }
-        jobs = s.execute(select(Job.id, Job.batch_id, Job.model, Job.task_type,  # type: ignore[call-overload]
-                                Job.input_json, Job.tries)
-                         .where(col(Job.id).in_(claimed))).all()
     return [
-        Claim(job_id=int(j), batch_id=str(b), attempt_id=attempt_ids[int(j)],
-              attempt_n=numbers[int(j)], model=str(m), task_type=str(t),
-              input=json.loads(i or "{}"), tries=int(tr))
-        for j, b, m, t, i, tr in sorted(jobs)
+        Claim(job_id=int(job), batch_id=str(b), attempt_n=int(n), model=str(m),
+              task_type=str(t), input=json.loads(i or "{}"), tries=int(tries))
+        for job, b, m, t, i, tries, n in sorted(rows)
     ]
 
 
@@ -77,34 +118,23 @@ def record_created(
     A late answer for a job already declared ambiguous adopts the task: it exists, it is
     paid for, and it is this row's most recent attempt.
     """
-    values = dict(
-        state=RUN.value, task_id=view.task_id, remote_status=view.status or "pending",
-        attempts=col(Job.attempts) + 1, tries=0, polls=0, poll_errors=0, next_at=next_poll_at,
-        lease_until=None, lease_epoch=None, submitted_at=now, error_kind=None,
-        error_message=None, **usage_values(view),
-    )
-    with session(engine) as s:
-        s.execute(update(Attempt).where(col(Attempt.id) == claim.attempt_id)
-                  .values(state="created", task_id=view.task_id))
-        done = cas(s, update(Job).where(col(Job.id) == claim.job_id)
-                   .where(col(Job.state) == SUB.value).values(**values))
-        if done == 1:
+    params = {"p_job": claim.job_id, "p_n": claim.attempt_n, "p_task": view.task_id,
+              "p_status": view.status or "pending", "p_next": next_poll_at, "p_now": now,
+              **usage_params(view)}
+    with transaction(engine) as conn:
+        conn.execute(_ATTEMPT_CREATED, params)
+        if conn.execute(_CREATED, params).rowcount == 1:
             return True
-        newer = exists().where(col(Attempt.job_id) == claim.job_id,
-                               col(Attempt.n) > claim.attempt_n)
-        adopt = dict(values, attempts=col(Job.attempts))  # counted when it went ambiguous
-        adopted = cas(
-            s,
-            update(Job).where(col(Job.id) == claim.job_id)
-            .where(or_(col(Job.state) == AMB.value,
-                       and_(col(Job.state) == JobState.FAILED.value,
-                            col(Job.error_kind) == ErrorKind.AMBIGUOUS.value)))
-            .where(~newer).values(**adopt),
-        )
-        if adopted:
-            logger.warning("job %s: adopted task %s whose create had been declared ambiguous",
-                           claim.job_id, view.task_id)
-        return adopted == 1
+        adopted = conn.execute(_ADOPT, params).rowcount == 1
+    if adopted:
+        logger.warning("job %s: adopted task %s whose create had been declared ambiguous",
+                       claim.job_id, view.task_id)
+    return adopted
+
+
+def _end_attempt(conn: Any, claim: Claim, state: str, now: float, error: str) -> None:
+    conn.execute(_ATTEMPT_ENDED, {"p_job": claim.job_id, "p_n": claim.attempt_n,
+                                  "p_state": state, "p_now": now, "p_error": error})
 
 
 def record_create_retry(
@@ -115,26 +145,22 @@ def record_create_retry(
     if tries >= max_tries:
         return _fail_claim(engine, claim, now, ErrorKind.RETRIES_EXHAUSTED,
                            f"gave up after {tries} retryable errors; last: {error}")
-    with session(engine) as s:
-        s.execute(update(Attempt).where(col(Attempt.id) == claim.attempt_id)
-                  .values(state="refused", ended_at=now, error=error))
-        done = cas(s, update(Job).where(col(Job.id) == claim.job_id, col(Job.state) == SUB.value)
-                   .values(state=RW.value, tries=tries, next_at=retry_at, lease_until=None,
-                           error_kind=None, error_message=error))
+    with transaction(engine) as conn:
+        _end_attempt(conn, claim, "refused", now, error)
+        done = conn.execute(_TO_RETRY_WAIT, {"p_job": claim.job_id, "p_tries": tries,
+                                             "p_next": retry_at, "p_error": error}).rowcount
     if done != 1:
         moved("retry", claim.job_id)
         return None
-    return RW
+    return JobState.RETRY_WAIT
 
 
 def _fail_claim(engine: Engine, claim: Claim, now: float, kind: ErrorKind,
                 message: str) -> JobState | None:
-    with session(engine) as s:
-        s.execute(update(Attempt).where(col(Attempt.id) == claim.attempt_id)
-                  .values(state="refused", ended_at=now, error=message))
-        done = cas(s, update(Job).where(col(Job.id) == claim.job_id, col(Job.state) == SUB.value)
-                   .values(state=JobState.FAILED.value, lease_until=None, finished_at=now,
-                           error_kind=kind.value, error_message=message))
+    with transaction(engine) as conn:
+        _end_attempt(conn, claim, "refused", now, message)
+        done = conn.execute(_TO_FAILED, {"p_job": claim.job_id, "p_now": now,
+                                         "p_kind": kind.value, "p_error": message}).rowcount
     if done != 1:
         moved("fail", claim.job_id)
         return None
@@ -150,46 +176,30 @@ def record_create_rejected(
 
 def record_create_requeued(engine: Engine, claim: Claim, now: float, reason: str) -> None:
     """An account-wide refusal (key, credit): back to queued and halt the fleet."""
-    with session(engine) as s:
-        s.execute(update(Attempt).where(col(Attempt.id) == claim.attempt_id)
-                  .values(state="refused", ended_at=now, error=reason))
-        s.execute(update(Job).where(col(Job.id) == claim.job_id, col(Job.state) == SUB.value)
-                  .values(state=Q.value, lease_until=None, error_message=reason))
+    with transaction(engine) as conn:
+        _end_attempt(conn, claim, "refused", now, reason)
+        conn.execute(_TO_QUEUED, {"p_job": claim.job_id, "p_error": reason})
     set_halt(engine, reason, now)
 
 
 def record_ambiguous(engine: Engine, claim: Claim, now: float, message: str) -> bool:
     """submitting -> ambiguous: the create may have made a paid task; never post blindly."""
-    with session(engine) as s:
-        s.execute(update(Attempt).where(col(Attempt.id) == claim.attempt_id)
-                  .values(state="ambiguous", ended_at=now, error=message))
-        done = cas(s, update(Job).where(col(Job.id) == claim.job_id, col(Job.state) == SUB.value)
-                   .values(state=AMB.value, attempts=col(Job.attempts) + 1, lease_until=None,
-                           error_kind=ErrorKind.AMBIGUOUS.value, error_message=message))
-    return done == 1
+    with transaction(engine) as conn:
+        _end_attempt(conn, claim, "ambiguous", now, message)
+        return bool(conn.execute(_TO_AMBIGUOUS, {"p_job": claim.job_id,
+                                                 "p_error": message}).rowcount == 1)
 
 
 def expire_submitting(engine: Engine, now: float) -> list[int]:
     """Jobs whose worker died mid-create (lease expired in submitting) become ambiguous."""
     message = "the worker stopped while creating the task; it may or may not exist"
-    with session(engine) as s:
-        ids = list(s.scalars(select(col(Job.id)).where(col(Job.state) == SUB.value,
-                                                       col(Job.lease_until) < now)))
-        moved_ids: list[int] = []
-        for job_id in ids:
-            assert job_id is not None
-            done = cas(
-                s,
-                update(Job).where(col(Job.id) == job_id, col(Job.state) == SUB.value,
-                                  col(Job.lease_until) < now)
-                .values(state=AMB.value, attempts=col(Job.attempts) + 1, lease_until=None,
-                        error_kind=ErrorKind.AMBIGUOUS.value, error_message=message),
-            )
-            if done:
-                s.execute(update(Attempt).where(col(Attempt.job_id) == job_id,
-                                                col(Attempt.state) == "posting")
-                          .values(state="ambiguous", ended_at=now, error=message))
-                moved_ids.append(job_id)
+    moved_ids: list[int] = []
+    with transaction(engine) as conn:
+        for (job_id,) in conn.execute(_LOST_CREATES, {"p_now": now}).all():
+            params = {"p_job": int(job_id), "p_now": now, "p_error": message}
+            if conn.execute(_EXPIRE, params).rowcount:
+                conn.execute(_POSTING_ENDED, params)
+                moved_ids.append(int(job_id))
     for job_id in moved_ids:
         logger.warning("job %s: create outcome unknown (worker lost); marked ambiguous", job_id)
     return moved_ids
@@ -197,7 +207,5 @@ def expire_submitting(engine: Engine, now: float) -> list[int]:
 
 def resolve_ambiguous_as_failed(engine: Engine, now: float) -> int:
     """Policy `fail`: an ambiguous row ends failed (kind ambiguous) and is never re-posted."""
-    with session(engine) as s:
-        return cas(s, update(Job).where(col(Job.state) == AMB.value)
-                   .values(state=JobState.FAILED.value, finished_at=now,
-                           error_kind=ErrorKind.AMBIGUOUS.value))
+    with transaction(engine) as conn:
+        return int(conn.execute(_AMBIGUOUS_FAILED, {"p_now": now}).rowcount)

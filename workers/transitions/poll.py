@@ -2,7 +2,7 @@
 
 A poll message's outcomes are written in one transaction; each is still its own
 compare-and-set on (state = running, task id, poll count), so a repeated poll changes
-nothing twice.
+nothing twice. Statements are built once and run with parameters.
 """
 
 from __future__ import annotations
@@ -10,25 +10,70 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy.engine import Connection, Engine
 
-from workers.db import session
-from workers.durations import add_samples
-from workers.models import Attempt, Batch, Job
+from workers.db import transaction
+from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS
 from workers.piapi import TaskView
 from workers.states import ErrorKind, JobState
-from workers.transitions.common import PollTarget, cas, usage_values
+from workers.transitions.common import PollTarget, usage_params
 
 logger = logging.getLogger(__name__)
 
-RUN, RW = JobState.RUNNING, JobState.RETRY_WAIT
+RUN, RW, FAILED, COMPLETED = (JobState.RUNNING.value, JobState.RETRY_WAIT.value,
+                              JobState.FAILED.value, JobState.COMPLETED.value)
+j, a = JOBS.c, ATTEMPTS.c
 
 OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", "lost"]
+
+_TARGETS = (
+    select(j.id, j.task_id, j.polls, j.poll_errors, j.attempts, BATCHES.c.max_attempts,
+           j.model, j.task_type, j.submitted_at)
+    .join(BATCHES, BATCHES.c.id == j.batch_id)
+    .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == RUN)
+)
+_GUARD = and_(j.id == bindparam("p_job"), j.state == RUN, j.task_id == bindparam("p_task"),
+              j.polls == bindparam("p_polls"))
+_USAGE: dict[str, Any] = dict(usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
+              usage_type=func.coalesce(bindparam("p_usage_type"), j.usage_type))
+_DONE = dict(lease_until=None, lease_epoch=None, remote_status=bindparam("p_status"),
+             polls=j.polls + 1, **_USAGE)
+_STATEMENTS: dict[OutcomeKind, Any] = {
+    "progress": JOBS.update().where(_GUARD).values(
+        poll_errors=0, next_at=bindparam("p_next"), **_DONE),
+    "completed": JOBS.update().where(_GUARD).values(
+        state=COMPLETED, output_json=bindparam("p_output"), next_at=None,
+        finished_at=bindparam("p_now"), error_kind=None, error_message=None, **_DONE),
+    "failed": JOBS.update().where(_GUARD).values(
+        state=FAILED, next_at=None, finished_at=bindparam("p_now"),
+        error_kind=bindparam("p_kind"), error_message=bindparam("p_error"), **_DONE),
+    "retry": JOBS.update().where(_GUARD).values(
+        state=RW, next_at=bindparam("p_next"), task_id=None, tries=0,
+        error_kind=bindparam("p_kind"), error_message=bindparam("p_error"), **_DONE),
+    "poll_error": JOBS.update().where(_GUARD).values(
+        lease_until=None, lease_epoch=None, poll_errors=j.poll_errors + 1,
+        next_at=bindparam("p_next"), error_message=bindparam("p_error")),
+    "lost": JOBS.update().where(_GUARD).values(
+        state=FAILED, lease_until=None, lease_epoch=None, next_at=None,
+        finished_at=bindparam("p_now"), error_kind=ErrorKind.NOT_FOUND.value,
+        error_message=bindparam("p_error")),
+}
+_ATTEMPT_ENDED = ATTEMPTS.update().where(
+    a.job_id == bindparam("p_job"), a.task_id == bindparam("p_task")
+).values(state=bindparam("p_attempt_state"), ended_at=bindparam("p_now"),
+         consume=bindparam("p_consume"), error=bindparam("p_attempt_error"))
+_SAMPLE = DURATION_SAMPLES.insert()
+_MARK_DUE = JOBS.update().where(
+    j.id == bindparam("p_job"), j.state == RUN, j.next_at > bindparam("p_now")
+).values(next_at=bindparam("p_now"))
+_MARK_DUE_TASK = JOBS.update().where(
+    j.id == bindparam("p_job"), j.state == RUN, j.next_at > bindparam("p_now"),
+    j.task_id == bindparam("p_task"),
+).values(next_at=bindparam("p_now"))
 
 
 @dataclass(frozen=True)
@@ -43,12 +88,22 @@ class PollOutcome:
     message: str = ""
     error_kind: ErrorKind | None = None
     duration_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frees_slot(self) -> bool:
         """True when the job leaves the running state (a concurrency slot frees up)."""
         return self.kind in ("completed", "failed", "retry", "lost")
+
+    def params(self, now: float) -> dict[str, Any]:
+        """Statement parameters for recording this outcome."""
+        t, view = self.target, self.view
+        return {
+            "p_job": t.job_id, "p_task": t.task_id, "p_polls": t.polls, "p_now": now,
+            "p_next": self.next_at, "p_status": view.status if view else None,
+            "p_output": json.dumps(view.output, separators=(",", ":")) if view else None,
+            "p_kind": self.error_kind.value if self.error_kind else None,
+            "p_error": self.message, **usage_params(view),
+        }
 
 
 def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget]:
@@ -56,59 +111,25 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
     ids = list(job_ids)
     if not ids:
         return []
-    with session(engine) as s:
-        rows = s.execute(
-            select(Job, col(Batch.max_attempts))
-            .join(Batch, col(Batch.id) == col(Job.batch_id))
-            .where(col(Job.id).in_(ids), col(Job.state) == RUN.value)
-        ).all()
+    with transaction(engine) as conn:
+        rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     return [
-        PollTarget(int(j.id), j.task_id, j.polls, j.poll_errors, j.attempts, int(max_attempts),
-                   str(j.model), str(j.task_type), j.submitted_at)
-        for j, max_attempts in rows if j.id is not None and j.task_id
+        PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
+                   str(r[6]), str(r[7]), r[8])
+        for r in rows if r[1]
     ]
 
 
-def _guard(t: PollTarget) -> Any:
-    return and_(col(Job.id) == t.job_id, col(Job.state) == RUN.value,
-                col(Job.task_id) == t.task_id, col(Job.polls) == t.polls)
-
-
-def _apply(s: Session, o: PollOutcome, now: float) -> bool:
-    t, view = o.target, o.view
-    usage = usage_values(view) if view else {}
-    common: dict[str, Any] = dict(lease_until=None, lease_epoch=None)
-    if o.kind == "progress":
-        values = dict(common, remote_status=view.status if view else None, polls=t.polls + 1,
-                      poll_errors=0, next_at=o.next_at, **usage)
-    elif o.kind == "completed":
-        assert view is not None
-        values = dict(common, state=JobState.COMPLETED.value, remote_status=view.status,
-                      polls=t.polls + 1, output_json=json.dumps(view.output, separators=(",", ":")),
-                      next_at=None, finished_at=now, error_kind=None, error_message=None, **usage)
-    elif o.kind in ("failed", "retry"):
-        values = dict(common, remote_status=view.status if view else None, polls=t.polls + 1,
-                      error_kind=o.error_kind.value if o.error_kind else None,
-                      error_message=o.message, **usage)
-        if o.kind == "failed":
-            values.update(state=JobState.FAILED.value, next_at=None, finished_at=now)
-        else:
-            values.update(state=RW.value, next_at=o.next_at, task_id=None, tries=0)
-    elif o.kind == "poll_error":
-        values = dict(common, poll_errors=t.poll_errors + 1, next_at=o.next_at,
-                      error_message=o.message)
-    else:  # lost
-        values = dict(common, state=JobState.FAILED.value, next_at=None, finished_at=now,
-                      error_kind=ErrorKind.NOT_FOUND.value, error_message=o.message)
-    done = cas(s, update(Job).where(_guard(t)).values(**values)) == 1
-    if done and o.kind in ("completed", "failed", "retry"):
-        consume = view.usage.consume if view and view.usage else None
-        state = "completed" if o.kind == "completed" else "failed"
-        s.execute(update(Attempt).where(col(Attempt.job_id) == t.job_id,
-                                        col(Attempt.task_id) == t.task_id)
-                  .values(state=state, ended_at=now, consume=consume,
-                          error=None if o.kind == "completed" else o.message))
-    return done
+def _apply(conn: Connection, o: PollOutcome, now: float) -> bool:
+    params = o.params(now)
+    if conn.execute(_STATEMENTS[o.kind], params).rowcount != 1:
+        return False
+    if o.kind in ("completed", "failed", "retry"):
+        conn.execute(_ATTEMPT_ENDED, {
+            **params, "p_attempt_state": "completed" if o.kind == "completed" else "failed",
+            "p_attempt_error": None if o.kind == "completed" else o.message,
+        })
+    return True
 
 
 def record_poll_outcomes(engine: Engine, outcomes: Sequence[PollOutcome], now: float) -> int:
@@ -116,20 +137,22 @@ def record_poll_outcomes(engine: Engine, outcomes: Sequence[PollOutcome], now: f
     if not outcomes:
         return 0
     freed = 0
-    samples: list[tuple[str, str, float]] = []
-    with session(engine) as s:
+    samples: list[dict[str, Any]] = []
+    with transaction(engine) as conn:
         for o in outcomes:
-            if _apply(s, o, now):
+            if _apply(conn, o, now):
                 freed += o.frees_slot
                 if o.kind == "completed" and o.duration_s is not None:
-                    samples.append((o.target.model, o.target.task_type, o.duration_s))
-        add_samples(s, samples, now)
+                    samples.append({"model": o.target.model, "task_type": o.target.task_type,
+                                    "duration_s": o.duration_s, "at": now})
+        if samples:
+            conn.execute(_SAMPLE, samples)
     return freed
 
 
 def _one(engine: Engine, outcome: PollOutcome, now: float) -> bool:
-    with session(engine) as s:
-        return _apply(s, outcome, now)
+    with transaction(engine) as conn:
+        return _apply(conn, outcome, now)
 
 
 def record_progress(engine: Engine, t: PollTarget, view: TaskView, next_at: float) -> bool:
@@ -151,7 +174,7 @@ def record_task_failed(
                           message=message, error_kind=kind)
     if not _one(engine, outcome, now):
         return None
-    return JobState.FAILED if retry_at is None else RW
+    return JobState.FAILED if retry_at is None else JobState.RETRY_WAIT
 
 
 def record_poll_error(engine: Engine, t: PollTarget, now: float, next_at: float,
@@ -171,8 +194,7 @@ def mark_due(engine: Engine, job_id: int, task_id: str | None, now: float) -> bo
     Only the job's current task counts; nothing else about the job changes, so a forged,
     replayed or stale call costs at most one GET.
     """
-    guard = [col(Job.id) == job_id, col(Job.state) == RUN.value, col(Job.next_at) > now]
-    if task_id is not None:
-        guard.append(col(Job.task_id) == task_id)
-    with session(engine) as s:
-        return cas(s, update(Job).where(*guard).values(next_at=now)) == 1
+    statement = _MARK_DUE if task_id is None else _MARK_DUE_TASK
+    with transaction(engine) as conn:
+        return bool(conn.execute(statement, {"p_job": job_id, "p_now": now,
+                                             "p_task": task_id}).rowcount == 1)
