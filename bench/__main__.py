@@ -221,19 +221,27 @@ def main(argv: list[str] | None = None) -> int:
         use_source(exported)
     doc: dict[str, Any] = {"meta": _meta(args, started), "runs": []}
     env = _env(args, workdir)
+    doc["runs"] = env.results
     doc["meta"]["webhook_receiver_available"] = env.webhooks_available
+
+    def save() -> None:
+        last = doc["runs"][-1]
+        print(f"[bench]   {report.one_line(last)}", file=sys.stderr, flush=True)
+        attach_baseline_ratios(doc["runs"])
+        doc["meta"]["duration_s"] = round(time.monotonic() - started_mono, 1)
+        doc["summary"] = _summary(doc["runs"])
+        report.write(doc, args.out, stamp)
+
+    env.on_result = save
     code = 0
     try:
         for label, step in _plan_steps(env, args.scenario_set):
             print(f"[bench] scenario {label} ...", file=sys.stderr, flush=True)
-            doc["runs"].extend(step())
-            attach_baseline_ratios(doc["runs"])
-            doc["meta"]["duration_s"] = round(time.monotonic() - started_mono, 1)
-            doc["summary"] = _summary(doc["runs"])
-            report.write(doc, args.out, stamp)
+            step()
     except KeyboardInterrupt:
         doc["meta"]["interrupted"] = True
         code = 130
+    attach_baseline_ratios(doc["runs"])
     doc["meta"]["duration_s"] = round(time.monotonic() - started_mono, 1)
     doc["summary"] = _summary(doc["runs"])
     paths = report.write(doc, args.out, stamp)

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import figures as fig
 from bench.emu import Emu, summarise_ledger
-from bench.metrics import Sampler, summarise
+from bench.metrics import Interference, Sampler, summarise
 from bench.procs import REPO, Proc, Stack, start_emulator
 from bench.runs import WATCH_INTERVAL_S, Ctx, RunSpec, fail, keep_or_drop_logs, new_result
 from bench.services import our_env
@@ -60,6 +60,7 @@ def run_baseline(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
         argv = [sys.executable, "-m", "bench.baseline", str(spec.manifest), "--base-url", url,
                 "--concurrency", str(spec.concurrency), "--poll-s", str(spec.poll_s),
                 "--out", str(logs / "results.jsonl"), "--summary", str(summary_path)]
+        interference = Interference(sampler)
         wall0 = time.time()
         t0 = time.monotonic()
         env["PYTHONPATH"] = str(REPO)  # the baseline is part of the harness, not measured code
@@ -67,7 +68,7 @@ def run_baseline(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
         sampler.watch(proc)
         timeout = _baseline_wait(proc, emu, spec, t0, timeline)
         elapsed = time.monotonic() - t0
-        sampler.sample()
+        machine = interference.figures()
         proc.stop()
         if timeout:
             result["status"], result["error"] = "timeout", timeout
@@ -88,6 +89,7 @@ def run_baseline(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
         figs.update(fig.resource_figures(summarise(sampler.final_records(stack.procs)),
                                          figs["tasks"]))
         figs["baseline_summary"] = summary
+        figs.update(machine)
         result["figures"], result["timeline"] = figs, timeline
     except Exception as exc:
         fail(result, exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,11 @@ class Sampler:
             rec.cpu_s = max(rec.cpu_s, st.cpu_s)
             rec.hwm_mb = max(rec.hwm_mb, hwm)
 
+    def measured_cpu_s(self) -> float:
+        """CPU seconds of every process sampled so far, at its last sample."""
+        with self._lock:
+            return sum(r.cpu_s for r in self.records.values())
+
     def final_records(self, procs: list[Proc]) -> list[ProcRecord]:
         """One record per process, direct children corrected by their exact wait4 usage."""
         with self._lock:
@@ -210,6 +216,41 @@ def redis_memory(url: str) -> dict[str, float]:
     mib = 1024.0 * 1024.0
     return {"used_memory_mb": round(int(info["used_memory"]) / mib, 3),
             "used_memory_peak_mb": round(int(info["used_memory_peak"]) / mib, 3)}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat: not idle/iowait)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class Interference:
+    """How much CPU the machine spent, during a span, on processes this run did not measure.
+
+    Busy time of the whole machine minus the CPU of every process the sampler watches
+    (ours, the emulator, our database's backends) and of the harness. What is left is other
+    people's work, kernel threads, PostgreSQL's shared background processes and backends too
+    short-lived to be sampled: a large value means the run shared the machine.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        self.sampler.sample()
+        return time.monotonic(), machine_busy_s(), self.sampler.measured_cpu_s() + self_cpu_s()
+
+    def figures(self) -> dict[str, float]:
+        """Busy, unattributed CPU seconds and unattributed cores (average) since creation."""
+        t1, busy1, measured1 = self._now()
+        t0, busy0, measured0 = self.start
+        busy, unattributed = busy1 - busy0, (busy1 - busy0) - (measured1 - measured0)
+        span = max(t1 - t0, 1e-9)
+        return {"machine_busy_cores": round(busy / span, 3),
+                "unattributed_cpu_s": round(unattributed, 3),
+                "unattributed_cores": round(unattributed / span, 3)}
 
 
 def self_cpu_s() -> float:

@@ -52,17 +52,15 @@ def _rate_figures(result: dict[str, Any], env: Env) -> None:
                           f"within a minute' (needs > {JUDGED_FROM_S + WINDOW_S:g} s)")
 
 
-def s6_rate_limit(env: Env) -> list[dict[str, Any]]:
+def s6_rate_limit(env: Env) -> None:
     """Scenario 6 on each database, with the right and a wrong PIAPI_RPM."""
-    out = []
     rpm = env.plan.s6_rpm
     for db in env.dbs:
         for variant, ours, targets in (("correct", rpm, tg.S6_CORRECT),
                                        ("wrong_2x", 2 * rpm, tg.S6_WRONG)):
             if db in env.skipped_dbs:
-                out.append(skipped("s6_rate_limit", variant, db, env.skipped_dbs[db]))
+                env.add(skipped("s6_rate_limit", variant, db, env.skipped_dbs[db]))
                 continue
             result = run_system(_spec(env, db, variant, ours), env.ctx)
             _rate_figures(result, env)
-            out.append(judged(result, targets))
-    return out
+            env.add(judged(result, targets))

@@ -19,6 +19,7 @@ LOAD_COLUMNS = (
     ("CPU s/1k", "cpu_s_per_1000_tasks", "{:.2f}"),
     ("RSS MB", "peak_rss_mb_max", "{:.0f}"),
     ("Redis MB", "redis_peak_mb", "{:.1f}"),
+    ("other load", "unattributed_cores", "{:.2f}"),
 )
 
 
@@ -93,6 +94,15 @@ def _status(run: dict[str, Any]) -> str:
     return str(run["status"])
 
 
+def one_line(run: dict[str, Any]) -> str:
+    """A progress line for a finished run."""
+    f = run.get("figures") or {}
+    keys = ("makespan_s", "makespan_over_ideal", "utilization", "sustained_rows_per_s",
+            "ingest_s", "http_429", "unattributed_cores")
+    shown = ", ".join(f"{k} {f[k]}" for k in keys if f.get(k) is not None)
+    return f"{_name(run)}: {_status(run)} {shown} {_short(run, 80)}".rstrip()
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
@@ -126,10 +136,12 @@ def _s3_lines(runs: list[dict[str, Any]]) -> list[str]:
             continue
         steps = " · ".join(
             f"{s['offered_rows_per_s']:g}/s→{_fmt(s['steady_rows_per_s'], '{:.0f}')}/s "
-            f"@{_fmt(s['steady_utilization'], 'pct')}" for s in figs["steps"])
+            f"@{_fmt(s['steady_utilization'], 'pct')}"
+            f" (other {_fmt(s.get('unattributed_cores'), '{:.1f}')})" for s in figs["steps"])
         out.append(f"  {run['db']:<11} sustained {figs['sustained_rows_per_s']:.0f} rows/s"
                    f"{_mark(run, 'sustained_rows_per_s')} (target >= 300) · steps: {steps}")
-    return ["Scenario 3 headroom (offered rate → steady rows/s @ steady utilization)", *out, ""] \
+    return ["Scenario 3 headroom (offered rate → steady rows/s @ steady utilization "
+            "(other load in cores))", *out, ""] \
         if out else []
 
 
@@ -164,7 +176,8 @@ def _s6_lines(runs: list[dict[str, Any]]) -> list[str]:
                    f"{_mark(run, judged)} · per 10 s: {per} · settled by "
                    f"{_fmt(f.get('settled_by_s_measured'), '{:g}')} s · "
                    f"{_fmt(f.get('requests_per_s'), '{:.0f}')} req/s "
-                   f"({_fmt(f.get('budget_used'), 'pct')} of the budget)")
+                   f"({_fmt(f.get('budget_used'), 'pct')} of the budget) · other load "
+                   f"{_fmt(f.get('unattributed_cores'), '{:.2f}')}")
     return ["Scenario 6 rate limit (correct: zero 429s; wrong 2x: < 1% per window by 60 s)",
             *out, ""] if out else []
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from bench import figures as fig
 from bench.dbwatch import DbWatch, active, finished
 from bench.emu import Emu, summarise_ledger
-from bench.metrics import Sampler, redis_memory, self_cpu_s, summarise
+from bench.metrics import Interference, Sampler, redis_memory, self_cpu_s, summarise
 from bench.procs import (
     BenchError,
     Proc,
@@ -170,6 +170,7 @@ class SystemRun:
         self.extra["workers_ready_s"] = round(
             wait_workers_ready(self.redis_url, self.workers), 3)
         self.cpu0 = self_cpu_s()
+        self.interference = Interference(self.sampler)
         self.t0 = time.monotonic()
         self.dispatcher = start_dispatcher(self.stack, self.env, self.logs,
                                            self.spec.concurrency)
@@ -210,6 +211,7 @@ class SystemRun:
         self.timeline.append(fig.timeline_point(self.makespan_s, finished(self.counts),
                                                 self.stats_end))
         self.extra["harness_cpu_s"] = round(self_cpu_s() - self.cpu0, 3)
+        self.extra.update(self.interference.figures())
 
     def teardown(self) -> None:
         """Stop our processes, read Redis memory and the emulator's final counters and ledger."""

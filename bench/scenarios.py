@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ class Env:
     webhooks_available: bool
     skipped_dbs: dict[str, str] = field(default_factory=dict)
     manifests: dict[str, Path] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    on_result: Callable[[], None] = lambda: None
+    """Called after every run, so an interrupted benchmark keeps what it measured."""
+
+    def add(self, result: dict[str, Any]) -> None:
+        """Record one run's result."""
+        self.results.append(result)
+        self.on_result()
 
     def manifest(self, name: str) -> Path:
         """The manifest of a scenario, written once and shared by its runs."""
@@ -112,36 +121,31 @@ def _s2_spec(env: Env, db: str | None, variant: str) -> RunSpec:
                    args, deadline_s=max(120.0, 4 * ideal), webhooks=variant == "webhooks")
 
 
-def s1_captions(env: Env) -> list[dict[str, Any]]:
+def s1_captions(env: Env) -> None:
     """Scenario 1 on each database."""
-    out = []
     for db in env.dbs:
         if db in env.skipped_dbs:
-            out.append(skipped("s1_captions", None, db, env.skipped_dbs[db]))
+            env.add(skipped("s1_captions", None, db, env.skipped_dbs[db]))
             continue
-        out.append(judged(run_system(_s1_spec(env, db), env.ctx), tg.S1))
-    return out
+        env.add(judged(run_system(_s1_spec(env, db), env.ctx), tg.S1))
 
 
-def s2_video(env: Env) -> list[dict[str, Any]]:
+def s2_video(env: Env) -> None:
     """Scenario 2 on each database, polling only and with webhooks."""
-    out = []
     for db in env.dbs:
         for variant, targets in (("polling", tg.S2_POLLING), ("webhooks", tg.S2_WEBHOOKS)):
             if db in env.skipped_dbs:
-                out.append(skipped("s2_video", variant, db, env.skipped_dbs[db]))
+                env.add(skipped("s2_video", variant, db, env.skipped_dbs[db]))
             elif variant == "webhooks" and not env.webhooks_available:
-                out.append(skipped("s2_video", variant, db,
+                env.add(skipped("s2_video", variant, db,
                                    "not implemented (`piapi-bulk webhook --help` fails)"))
             else:
-                out.append(judged(run_system(_s2_spec(env, db, variant), env.ctx), targets))
-    return out
+                env.add(judged(run_system(_s2_spec(env, db, variant), env.ctx), targets))
 
 
-def s5_baseline(env: Env, scenarios: set[int]) -> list[dict[str, Any]]:
+def s5_baseline(env: Env, scenarios: set[int]) -> None:
     """Scenario 5: the asyncio baseline on scenario 1 and/or 2 (whichever ran; both alone)."""
     which = scenarios & {1, 2} or {1, 2}
-    out = []
     for n in sorted(which):
         spec = _s1_spec(env, None) if n == 1 else _s2_spec(env, None, "polling")
         spec.variant = "baseline"
@@ -150,8 +154,7 @@ def s5_baseline(env: Env, scenarios: set[int]) -> list[dict[str, Any]]:
         spec.deadline_s = max(spec.deadline_s, 3 * rows_time + 60)
         result = run_baseline(spec, env.ctx)
         result["checks"], result["verdict"] = [], "n/a"  # the targets are the system's
-        out.append(result)
-    return out
+        env.add(result)
 
 
 def attach_baseline_ratios(results: list[dict[str, Any]]) -> None:
@@ -164,14 +167,12 @@ def attach_baseline_ratios(results: list[dict[str, Any]]) -> None:
             r["baseline_ratio"] = fig.baseline_ratios(r["figures"], ref["figures"])
 
 
-def s4_ingest(env: Env) -> list[dict[str, Any]]:
+def s4_ingest(env: Env) -> None:
     """Scenario 4: a big CSV into each database."""
-    out = []
     for db in env.dbs:
         if db in env.skipped_dbs:
-            out.append(skipped("s4_ingest", None, db, env.skipped_dbs[db]))
+            env.add(skipped("s4_ingest", None, db, env.skipped_dbs[db]))
             continue
         result = run_ingest("s4_ingest", db, env.manifest("s4"), env.plan.s4_rows,
                             MODEL_ARGS, env.ctx, timeout_s=900)
-        out.append(judged(result, tg.S4_PG if db == "postgresql" else tg.S4_SQLITE))
-    return out
+        env.add(judged(result, tg.S4_PG if db == "postgresql" else tg.S4_SQLITE))
