@@ -230,6 +230,35 @@ def dispatcher(
 
 
 @app.command()
+def webhook(
+    host: Annotated[str, typer.Option("--host", help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8787,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """Receive PiAPI's webhooks (set PIAPI_BULK_WEBHOOK_URL to reach this at .../hooks)."""
+    import redis
+    import uvicorn
+
+    from scheduler.webhook import create_app
+    from workers.db import create_tables, make_engine
+    from workers.fleet import Fleet
+    from workers.logs import setup_logging
+    from workers.webhooks import WebhookSigner
+
+    settings = _settings()
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if len(secret) < 16:
+        raise ConfigError("PIAPI_BULK_WEBHOOK_SECRET must be set (16 characters or more)")
+    setup_logging(loglevel, [secret, *_secrets(settings)])
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    fleet = Fleet(redis.Redis.from_url(settings.redis_url)) if settings.redis_url else None
+    signer = WebhookSigner(settings.webhook_url or "http://127.0.0.1/hooks", secret)
+    uvicorn.run(create_app(engine, signer, fleet), host=host, port=port,
+                log_level="warning", access_log=False)
+
+
+@app.command()
 def flower(
     port: Annotated[int, typer.Option("--port")] = 5555,
     address: Annotated[str, typer.Option("--address", help="Bind address.")] = "127.0.0.1",

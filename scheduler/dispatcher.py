@@ -141,6 +141,7 @@ class Dispatcher:
         self._renewed = -math.inf
         self._batches: list[leases.OpenBatch] = []
         self._retries = True
+        self._refusals = self.fleet.concurrency_refusals()
         self.epoch = ""
 
     # --- leadership -------------------------------------------------------------------
@@ -186,7 +187,7 @@ class Dispatcher:
         return self._account_value or DEFAULT_CONCURRENCY
 
     # --- housekeeping, once a second --------------------------------------------------
-    def housekeep(self, now: float, in_flight: int) -> int:
+    def housekeep(self, now: float) -> int:
         """Take back lost creates, resolve ambiguous rows, adapt limits, mark done batches."""
         self.epoch = self.current_epoch()
         expired = len(tr.expire_submitting(self.engine, now))
@@ -195,8 +196,7 @@ class Dispatcher:
         self.aimd.set_concurrency_ceiling(self.base_limit(now), now)
         window = self.fleet.window(WINDOW_S)
         before = (self.aimd.limits.rate_per_s, self.aimd.limits.concurrency)
-        limits = self.aimd.observe(now, window.requests, window.rate_429, window.conc_429,
-                                   in_flight)
+        limits = self.aimd.observe(now, window.requests, window.rate_429)
         if (limits.rate_per_s, limits.concurrency) != before:
             logger.info("limits now: %s requests/s, %d in flight (last %ds: %d requests, "
                         "%d rate 429s, %d concurrency 429s)", limits.rate_per_s,
@@ -221,8 +221,14 @@ class Dispatcher:
         occupancy = leases.occupancy(self.engine, now, self.epoch or self.current_epoch())
         if now - self._housekept >= HOUSEKEEPING_S:
             self._housekept = now
-            result.expired = self.housekeep(now, occupancy.total)
+            result.expired = self.housekeep(now)
             occupancy = leases.occupancy(self.engine, now, self.epoch)
+        refusals = self.fleet.concurrency_refusals()
+        if refusals > self._refusals:
+            self._refusals = refusals
+            limits = self.aimd.concurrency_refused(now, occupancy.total - occupancy.creating)
+            logger.info("PiAPI refused creates for too many tasks in flight; keeping at most "
+                        "%d in flight for now", limits.concurrency)
         result.limit = min(self.base_limit(now), self.aimd.limits.concurrency)
         result.halted = self._halt
         result.in_flight = occupancy.total

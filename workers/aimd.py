@@ -3,10 +3,11 @@
 429s come in two kinds. "Too many requests" lowers the request rate: multiplicatively, to
 just under what PiAPI actually accepted over the last window (so the fleet settles below
 the limit instead of bouncing off it), then additively back up. "Too many tasks in
-flight" lowers the concurrency to just under the in-flight count PiAPI refused at, then
-additively back up. After each decrease the level that failed is remembered for a while,
-and increases stop short of it, so probing the limit costs a 429 every few minutes at most.
-Pure logic over a clock; the dispatcher feeds it the fleet's counters once a second.
+flight" lowers the concurrency at once to the number of our tasks PiAPI was running when
+it refused, then additively back up. After each decrease the level that failed is
+remembered for a while, and increases stop short of it, so probing the limit costs a 429
+every few minutes at most. Pure logic over a clock; the dispatcher feeds it the fleet's
+counters once a second, and concurrency refusals as soon as it sees them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ INCREASE_EVERY_S = 5.0
 RATE_STEP_SHARE = 0.05
 """Additive increase: this share of the ceiling (or of the current rate) per step."""
 CONC_INCREASE_EVERY_S = 10.0
+CONC_REACT_S = 1.0
+"""Concurrency refusals within this long of a decrease are the same episode."""
 HOLD_S = 120.0
 """For this long after a decrease, increases stop just under the level that failed."""
 HOLD_MARGIN = 0.95
@@ -65,18 +68,28 @@ class Aimd:
                 self.limits.concurrency = ceiling
             self.last_conc_change = now
 
-    def observe(self, now: float, requests: int, rate_429: int, conc_429: int,
-                in_flight: int) -> Limits:
-        """Update the limits from one window's fleet-wide counts."""
+    def observe(self, now: float, requests: int, rate_429: int) -> Limits:
+        """Update the limits from one window's fleet-wide request and rate-429 counts."""
         self._expire_holds(now)
         if rate_429 >= MIN_RATE_429 and rate_429 >= RATE_429_SHARE * max(requests, 1):
             self._decrease_rate(now, requests, rate_429)
         elif now - self.last_rate_change >= INCREASE_EVERY_S:
             self._increase_rate(now)
-        if conc_429 > 0 and now - self.last_conc_change >= INCREASE_EVERY_S:
-            self._decrease_concurrency(now, in_flight)
-        elif now - self.last_conc_change >= CONC_INCREASE_EVERY_S:
+        if now - self.last_conc_change >= CONC_INCREASE_EVERY_S:
             self._increase_concurrency(now)
+        return self.limits
+
+    def concurrency_refused(self, now: float, running: int) -> Limits:
+        """PiAPI refused a create for too many tasks in flight while `running` of ours ran:
+        at once, come down to that (PiAPI accepted them) and hold there a while."""
+        if now - self.last_conc_change < CONC_REACT_S and self.conc_decreases:
+            return self.limits
+        self._expire_holds(now)
+        below = max(1, min(self.limits.concurrency - 1, running))
+        self.limits.concurrency = below
+        self.conc_hold = (now + HOLD_S, below)
+        self.last_conc_change = now
+        self.conc_decreases += 1
         return self.limits
 
     def _expire_holds(self, now: float) -> None:
@@ -108,13 +121,6 @@ class Aimd:
         if self.rate_hold is not None:
             cap = min(cap, self.rate_hold[1])
         self.limits.rate_per_s = min(cap, rate + RATE_STEP_SHARE * (self.rate_ceiling or rate))
-
-    def _decrease_concurrency(self, now: float, in_flight: int) -> None:
-        below = max(1, min(self.limits.concurrency - 1, in_flight - 1))
-        self.limits.concurrency = below
-        self.conc_hold = (now + HOLD_S, below)
-        self.last_conc_change = now
-        self.conc_decreases += 1
 
     def _increase_concurrency(self, now: float) -> None:
         cap = self.conc_ceiling

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 WAKE_KEY = "piapi-bulk:wake"
 STATS_PREFIX = "piapi-bulk:stats:"
 MODE_KEY = "piapi-bulk:poll-mode"
+CONC_429_KEY = "piapi-bulk:conc-429-total"
 RATE_KEY = "piapi-bulk:rate-eff"
 """Requests per second the token bucket grants fleet-wide right now (AIMD-adjusted)."""
 SHORT_WAIT_S = 0.25
@@ -32,7 +33,8 @@ SHORT_WAIT_S = 0.25
 STATS_TTL_S = 300
 MODE_CACHE_S = 2.0
 
-# KEYS[1]: this second's counters hash; KEYS[2]: the wake-up list.
+# KEYS[1]: this second's counters hash; KEYS[2]: the wake-up list; KEYS[3]: the running
+# total of concurrency 429s (the dispatcher reacts to those at its next pass).
 # ARGV[1..3]: requests, rate 429s, concurrency 429s to add; ARGV[4]: 1 to wake the
 # dispatcher; ARGV[5]: the counters' TTL in seconds. One round trip per message (a redis-py
 # pipeline costs more CPU to build than the commands it sends).
@@ -47,6 +49,7 @@ for i = 1, 3 do
   end
 end
 if added then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
+if tonumber(ARGV[3]) > 0 then redis.call('INCRBY', KEYS[3], tonumber(ARGV[3])) end
 if ARGV[4] == '1' then
   redis.call('LPUSH', KEYS[2], 1)
   redis.call('LTRIM', KEYS[2], 0, 0)
@@ -88,7 +91,7 @@ class Fleet:
             return
         key = f"{STATS_PREFIX}{int(self.clock())}"
         try:
-            self._report(keys=[key, WAKE_KEY],
+            self._report(keys=[key, WAKE_KEY, CONC_429_KEY],
                          args=[requests, rate_429, conc_429, int(wake), STATS_TTL_S])
         except redis.RedisError as exc:
             logger.debug("could not report to the fleet: %s", exc)
@@ -118,6 +121,11 @@ class Fleet:
             for i, v in enumerate(values):
                 totals[i] += int(v or 0)
         return Window(seconds, totals[0], totals[1], totals[2])
+
+    def concurrency_refusals(self) -> int:
+        """How many creates PiAPI has refused for too many tasks in flight, ever."""
+        raw = self.redis.get(CONC_429_KEY)
+        return int(raw) if raw else 0
 
     # --- poll mode and limits ---------------------------------------------------------
     def set_mode(self, mode: PollMode) -> None:

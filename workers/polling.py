@@ -102,6 +102,9 @@ def next_poll_age(age_s: float, polls: int, d: Durations | None, prior_s: float,
     """The age (s since the create) of the next GET, for a task of age `age_s` that has
     been seen running `polls` times. Always later than `age_s`."""
     if d is None or not d.learned:
+        if mode is PollMode.WEBHOOK:  # a safety net only: late, then backing off
+            return max(age_s + MIN_GAP_S, prior_s * TAIL_SLACK[mode]) if polls == 0 \
+                else age_s + prior_delay_s(polls + 8, prior_s)
         return age_s + prior_delay_s(polls, prior_s)
     for age in learned_ages(d, mode):
         if age > age_s + MIN_GAP_S / 2:

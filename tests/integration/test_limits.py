@@ -1,0 +1,78 @@
+"""Limits end to end: a correct rpm causes no 429 of ours; a too-high concurrency is
+adapted down to the account's real limit; PiAPI's in-flight count is used, or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.e2e import (
+    caption_rows,
+    emulator,
+    finish,
+    read_results,
+    run_env,
+    start_run,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_correct_rpm_causes_no_429(tmp_path: Path, sqlite_url: str) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(30))
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "10", "--rpm", "600")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                                "--rpm", "600"), 180)
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 0
+    assert stats["rate_limited"] == 0
+    assert stats["requests"]["total"] > 60  # creates, polls and account reads all counted
+
+
+def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path,
+                                                          sqlite_url: str) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(60))
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "4",
+                   "--over-limit", "refuse", "--no-active-tasks")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                                "--concurrency", "8"), 240)
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 0
+    assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
+    assert stats["peak_in_flight"] <= 4
+    assert stats["max_creates_per_input"] == 1
+    # After the first refusals the fleet keeps at most 4 in flight: refusals stay few.
+    assert 0 < stats["creates_refused"] <= 30
+    log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
+    assert "keeping at most 4 in flight" in log
+
+
+@pytest.mark.parametrize("active_tasks", [True, False])
+def test_slots_from_piapi_count_or_from_the_database(tmp_path: Path, sqlite_url: str,
+                                                      active_tasks: bool) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(40))
+    flag = "--active-tasks" if active_tasks else "--no-active-tasks"
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "5",
+                   "--over-limit", "refuse", flag)
+    try:
+        env = run_env(tmp_path, emu, sqlite_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 0
+    assert stats["peak_in_flight"] <= 5 and stats["creates_refused"] == 0
+    if active_tasks:
+        assert stats["requests"]["active_tasks"] > 0
+    log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
+    assert ("not using PiAPI's in-flight count" in log) is not active_tasks

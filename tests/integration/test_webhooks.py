@@ -1,0 +1,147 @@
+"""Webhooks: a forged, replayed or wrong-secret call changes nothing; a real one from the
+emulator completes a job with exactly one GET."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from tests.helpers import REPO, free_port, stop_process, wait_until
+from tests.integration.e2e import (
+    caption_rows,
+    cli,
+    emulator,
+    finish,
+    read_results,
+    run_env,
+    start_run,
+    write_jsonl,
+)
+from workers import transitions as tr
+from workers.db import create_tables, make_engine, session
+from workers.models import Batch, Job
+from workers.piapi import TaskView, Usage
+from workers.webhooks import WebhookSigner
+
+pytestmark = pytest.mark.integration
+
+SECRET = "a-master-secret-for-tests-0123456789"
+NOW = time.time()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, database_url: str) -> Iterator[tuple[str, Engine]]:
+    """`piapi-bulk webhook` as a process, and a running job it may be told about."""
+    engine = make_engine(database_url)
+    create_tables(engine)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "PIAPI_BULK_WEBHOOK_SECRET": SECRET,
+           "PYTHONPATH": str(REPO)}
+    env.pop("REDIS_URL", None)
+    log = open(tmp_path / "webhook.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cli("webhook", "--port", str(port)), env=env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/healthz", timeout=1).status_code == 200, 30,
+                   what="the webhook receiver")
+        yield base, engine
+    finally:
+        stop_process(proc)
+        engine.dispose()
+
+
+def _running_job(engine: Engine, batch: str = "b1") -> int:
+    with session(engine) as s:
+        s.add(Batch(id=batch, content_hash=batch * 8, source="t", created_at=NOW, ingested=True,
+                    total=1))
+        s.flush()
+        job = Job(batch_id=batch, seq=1, line=1, row_key="1", model="Qubico/joycaption",
+                  task_type="joycaption-beta-one", input_json='{"image":"u"}')
+        s.add(job)
+        s.flush()
+        assert job.id is not None
+        job_id = job.id
+    claim = tr.claim_for_submit(engine, job_id, NOW, 60)
+    assert claim is not None
+    view = TaskView("task-1", "Qubico/joycaption", "joycaption-beta-one", "pending", None,
+                    Usage("llm", 0, 1), None, None, None, None)
+    tr.record_created(engine, claim, view, NOW, NOW + 3600)  # next poll far away
+    return job_id
+
+
+def _next_at(engine: Engine, job_id: int) -> float | None:
+    with Session(engine) as s:
+        return s.get_one(Job, job_id).next_at
+
+
+def _body(task_id: str = "task-1", status: str = "completed") -> dict[str, object]:
+    return {"timestamp": 1, "data": {"task_id": task_id, "status": status, "output": None}}
+
+
+def test_only_a_genuine_call_makes_the_job_due(receiver: tuple[str, Engine]) -> None:
+    base, engine = receiver
+    job_id = _running_job(engine)
+    signer = WebhookSigner(base + "/hooks", SECRET)
+    url = signer.endpoint(job_id)
+    secret = {"x-webhook-secret": signer.batch_secret("b1")}
+    before = _next_at(engine, job_id)
+
+    attempts = [
+        (f"{base}/hooks/{job_id}/not-the-token", secret, _body(), 404),      # forged URL
+        (signer.endpoint(job_id + 1), secret, _body(), 404),                # another job's
+        (url, {"x-webhook-secret": "guess"}, _body(), 401),                 # wrong secret
+        (url, {}, _body(), 401),                                            # no secret
+        (url, secret, _body(task_id="task-of-someone-else"), 200),          # stale task
+        (url, secret, _body(status="processing"), 200),                     # not terminal
+    ]
+    for target, headers, body, status in attempts:
+        response = httpx.post(target, json=body, headers=headers, timeout=5)
+        assert response.status_code == status, (target, headers, body, response.text)
+        assert _next_at(engine, job_id) == before, (target, headers, body)
+
+    ok = httpx.post(url, json=_body(), headers=secret, timeout=5)
+    assert ok.status_code == 200 and ok.json()["due"] is True
+    due = _next_at(engine, job_id)
+    assert due is not None and due < before  # due now: one confirming GET
+    # A replay (PiAPI retries, duplicates) changes nothing more.
+    replay = httpx.post(url, json=_body(), headers=secret, timeout=5)
+    assert replay.status_code == 200 and "due" not in replay.json()
+    assert _next_at(engine, job_id) == due
+    stats = httpx.get(base + "/stats", timeout=5).json()
+    assert stats["due"] == 1 and stats["rejected"] == 4
+
+
+def test_a_real_webhook_completes_a_job_with_exactly_one_get(
+        tmp_path: Path, sqlite_url: str, redis_url: str) -> None:
+    port = free_port()
+    emu = emulator(tmp_path, "--time-scale", "0.02")
+    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url,
+                  PIAPI_BULK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks",
+                  PIAPI_BULK_WEBHOOK_SECRET=SECRET)
+    log = open(tmp_path / "webhook.log", "ab")  # noqa: SIM115
+    hook = subprocess.Popen(cli("webhook", "--port", str(port)), env=env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                   .status_code == 200, 30, what="the webhook receiver")
+        manifest = write_jsonl(tmp_path / "one.jsonl", caption_rows(3))
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120)
+        stats = emu.stats()
+        hook_stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+    finally:
+        stop_process(hook)
+        emu.stop()
+    assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
+    assert [r["status"] for r in read_results(tmp_path / "out.jsonl")] == ["completed"] * 3
+    assert stats["webhooks"]["sent"] >= 3
+    assert hook_stats["due"] == 3
+    assert stats["requests"]["get"] == 3  # one confirming GET per task, no polling
