@@ -43,6 +43,8 @@ from bench.services import (
 )
 
 WATCH_INTERVAL_S = 0.2
+WEBHOOK_SECRET = "bench-webhook-secret-not-a-secret"
+"""The receiver refuses to start without PIAPI_BULK_WEBHOOK_SECRET (16 characters or more)."""
 INGEST_TIMEOUT_S = 900.0
 
 
@@ -141,6 +143,7 @@ class SystemRun:
         if spec.webhooks:
             self.hook_port = free_port()
             env_extra["PIAPI_BULK_WEBHOOK_URL"] = webhook_url(self.hook_port)
+            env_extra["PIAPI_BULK_WEBHOOK_SECRET"] = WEBHOOK_SECRET
         self.env = our_env(api_key=self.ctx.api_key, base_url=url, database_url=self.db_url,
                            redis_url=self.redis_url, run_dir=self.logs / "run", extra=env_extra)
         self.ingest = ingest(self.stack, self.env, spec.manifest, self.logs, INGEST_TIMEOUT_S,
