@@ -50,7 +50,8 @@ DEFAULT_CONCURRENCY = 5
 """Used only when neither --concurrency nor the account's own limit is known."""
 ACCOUNT_REFRESH_S = 60.0
 HOUSEKEEPING_S = 1.0
-MIN_PASS_S = 0.02
+MIN_PASS_S = 0.01
+SNAPSHOT_SOON_S = 0.1
 """Passes are at least this far apart, so one pass serves a burst of wake-ups together."""
 PRUNE_EVERY_S = 300.0
 MAX_POLLS_PER_PASS = 2000
@@ -84,6 +85,7 @@ class PassResult:
     expired: int = 0
     halted: str | None = None
     next_pass_s: float = MAX_SLEEP_S
+    took_s: float = 0.0
 
 
 def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
@@ -240,12 +242,16 @@ class Dispatcher:
                 submit_ids = self._lease_slots(now, result.limit - result.in_flight, occupancy)
             poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
                                           self.lease_s)
-            due = leases.next_due_at(self.engine, now)
+            # When the next snapshot is near anyway, skip looking up the next due poll.
+            soon = (result.in_flight >= result.limit
+                    and self.remote.next_snapshot_in(now) < SNAPSHOT_SOON_S)
+            due = None if soon else leases.next_due_at(self.engine, now)
         self._send(SUBMIT_TASK, SUBMIT_QUEUE, submit_ids)
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
         result.submits, result.polls = len(submit_ids), len(poll_ids)
         self.remote.dispatched(result.submits)
         result.next_pass_s = self._next_pass_s(now, result, due)
+        result.took_s = self.clock() - now
         return result
 
     def _next_pass_s(self, now: float, result: PassResult, due: float | None) -> float:

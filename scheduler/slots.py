@@ -26,8 +26,11 @@ from workers.piapi import PiAPIError
 logger = logging.getLogger(__name__)
 
 MAX_INTERVAL_S = 1.0
-"""Snapshots back off to this interval while no slot frees up."""
-BACKOFF = 1.5
+"""Snapshots are at least this frequent while the account is full."""
+FREED_PER_SNAPSHOT = 0.5
+"""Snapshots are paced so that each finds about this many freed slots: often enough to
+refill a slot soon after its task ends, no more often than tasks end."""
+RATE_SMOOTHING = 0.2
 RETRY_AFTER_DISABLED_S = 300.0
 """After the count was found missing or implausible, look again this much later."""
 YOUNG_S = 0.1
@@ -60,6 +63,8 @@ class RemoteSlots:
         self.since_snapshot = 0
         self.snapshots = 0
         self.checked_at = -math.inf
+        self.freed_per_s = 0.0
+        self.paced_at = -math.inf
 
     @property
     def usable(self) -> bool:
@@ -87,11 +92,19 @@ class RemoteSlots:
         if remote is None:
             return occupancy.total
         estimate = remote + occupancy.creating
-        freed = estimate < limit
-        self.interval_s = (self.min_interval_s if freed
-                           else min(MAX_INTERVAL_S, self.interval_s * BACKOFF))
+        self._pace(now, estimate)
         self.last_estimate, self.since_snapshot = estimate, 0
         return estimate
+
+    def _pace(self, now: float, estimate: int) -> None:
+        """Learn how fast slots free up and set the snapshot interval from it."""
+        if self.last_estimate is not None and now > self.paced_at:
+            freed = max(0, self.last_estimate + self.since_snapshot - estimate)
+            rate = freed / (now - self.paced_at)
+            self.freed_per_s += RATE_SMOOTHING * (rate - self.freed_per_s)
+        self.paced_at = now
+        ideal = FREED_PER_SNAPSHOT / self.freed_per_s if self.freed_per_s > 0 else MAX_INTERVAL_S
+        self.interval_s = min(MAX_INTERVAL_S, max(self.min_interval_s, ideal))
 
     def _snapshot(self, now: float) -> int | None:
         assert self.account is not None

@@ -44,13 +44,14 @@ _NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW]),
 _ANY_RETRY = select(j.id).where(j.state == RW).limit(1)
 
 
-def _leaser(where: ColumnElement[bool], order: Any) -> tuple[Any, Any]:
+def _leaser(where: ColumnElement[bool], order: Any) -> Any:
+    """One statement: lease the first `p_limit` due jobs in `order`, returning their ids.
+    The outer WHERE repeats the condition, so a row that changed meanwhile is left out."""
     due = and_(where, _FREE)
     pick = select(j.id).where(due).order_by(order).limit(bindparam("p_limit"))
-    take = (JOBS.update().where(j.id.in_(bindparam("p_ids", expanding=True)), due)
+    return (JOBS.update().where(j.id.in_(pick.scalar_subquery()), due)
             .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
             .returning(j.id))
-    return pick, take
 
 
 _RETRY_DUE = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == RW,
@@ -103,16 +104,11 @@ def open_batches(engine: Engine) -> list[OpenBatch]:
     return [OpenBatch(str(r[0]), r[1]) for r in rows]
 
 
-def _lease(engine: Engine, leaser: tuple[Any, Any], params: dict[str, Any],
-           limit: int) -> list[int]:
+def _lease(engine: Engine, leaser: Any, params: dict[str, Any], limit: int) -> list[int]:
     if limit <= 0:
         return []
-    pick, take = leaser
     with transaction(engine) as conn:
-        ids = [int(i) for (i,) in conn.execute(pick, {**params, "p_limit": limit}).all()]
-        if not ids:
-            return []
-        leased = conn.execute(take, {**params, "p_ids": ids}).all()
+        leased = conn.execute(leaser, {**params, "p_limit": limit}).all()
     return sorted(int(i) for (i,) in leased)
 
 
