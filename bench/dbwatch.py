@@ -48,6 +48,14 @@ class DbWatch:
                           (batch_id,))
         return {str(state): int(n) for state, n in rows}
 
+    def failures(self, batch_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The commonest reasons rows of `batch_id` failed: error kind, message, count."""
+        rows = self._rows(
+            "SELECT error_kind, error_message, COUNT(*) FROM jobs WHERE batch_id = ? "
+            "AND state = 'failed' GROUP BY error_kind, error_message ORDER BY COUNT(*) DESC",
+            (batch_id,))
+        return [{"kind": k, "message": (m or "")[:200], "rows": int(n)} for k, m, n in rows[:limit]]
+
     def total_jobs(self) -> int:
         """Rows in the jobs table, all batches."""
         return int(self._rows("SELECT COUNT(*) FROM jobs")[0][0])

@@ -228,6 +228,10 @@ class SystemRun:
         self.emu.close()
         self.emu_proc.stop()
         self.sampler.stop()
+        try:
+            self.extra["failures"] = self.watch.failures(self.batch_id)
+        except Exception as exc:  # the schema is the measured code's; it may change
+            self.extra["failures"] = [{"kind": "unknown", "message": repr(exc), "rows": None}]
         self.watch.close()
 
     def figures(self) -> dict[str, Any]:
