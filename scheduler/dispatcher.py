@@ -143,6 +143,7 @@ class Dispatcher:
         self._renewed = -math.inf
         self._batches: list[leases.OpenBatch] = []
         self._retries = True
+        self._backlog = True
         self._refusals = self.fleet.concurrency_refusals()
         self.epoch = ""
 
@@ -210,6 +211,7 @@ class Dispatcher:
             logger.info("batch %s is done", batch_id)
         self._batches = leases.open_batches(self.engine)
         self._retries = leases.any_retry_wait(self.engine)
+        self._backlog = True  # looked at again by the next pass that has free slots
         if now - self._pruned >= PRUNE_EVERY_S:
             self._pruned = now
             durations.prune(self.engine)
@@ -234,16 +236,19 @@ class Dispatcher:
         result.limit = min(self.base_limit(now), self.aimd.limits.concurrency)
         result.halted = self._halt
         result.in_flight = occupancy.total
-        if result.halted is None and occupancy.total >= result.limit:
+        # PiAPI's own count is only worth asking for when a freed slot could be used.
+        if result.halted is None and occupancy.total >= result.limit and self._backlog:
             result.in_flight = self.remote.estimate(now, occupancy, result.limit)
         with exclusive(self.engine):
             submit_ids: list[int] = []
-            if result.halted is None:
-                submit_ids = self._lease_slots(now, result.limit - result.in_flight, occupancy)
+            free = result.limit - result.in_flight
+            if result.halted is None and free > 0:
+                submit_ids = self._lease_slots(now, free, occupancy)
+                self._backlog = len(submit_ids) >= free
             poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
                                           self.lease_s)
             # When the next snapshot is near anyway, skip looking up the next due poll.
-            soon = (result.in_flight >= result.limit
+            soon = (self._full(result, len(submit_ids))
                     and self.remote.next_snapshot_in(now) < SNAPSHOT_SOON_S)
             due = None if soon else leases.next_due_at(self.engine, now)
         self._send(SUBMIT_TASK, SUBMIT_QUEUE, submit_ids)
@@ -258,9 +263,14 @@ class Dispatcher:
         wait = self.interval_s
         if due is not None:
             wait = min(wait, due - now)
-        if result.halted is None and result.in_flight >= result.limit:
+        if self._full(result, result.submits):
             wait = min(wait, self.remote.next_snapshot_in(now))
         return max(MIN_PASS_S, wait)
+
+    def _full(self, result: PassResult, submits: int) -> bool:
+        """The account is full and more work waits: the next freed slot matters."""
+        return (result.halted is None and self._backlog
+                and result.in_flight + submits >= result.limit)
 
     def _lease_slots(self, now: float, free: int, occupancy: leases.Occupancy) -> list[int]:
         leased: list[int] = []

@@ -63,7 +63,7 @@ class RemoteSlots:
         self.since_snapshot = 0
         self.snapshots = 0
         self.checked_at = -math.inf
-        self.freed_per_s = 0.0
+        self.freed_per_s: float | None = None
         self.paced_at = -math.inf
 
     @property
@@ -101,8 +101,14 @@ class RemoteSlots:
         if self.last_estimate is not None and now > self.paced_at:
             freed = max(0, self.last_estimate + self.since_snapshot - estimate)
             rate = freed / (now - self.paced_at)
-            self.freed_per_s += RATE_SMOOTHING * (rate - self.freed_per_s)
+            if self.freed_per_s is None:
+                self.freed_per_s = rate
+            else:
+                self.freed_per_s += RATE_SMOOTHING * (rate - self.freed_per_s)
         self.paced_at = now
+        if self.freed_per_s is None:  # nothing learned yet: look often
+            self.interval_s = self.min_interval_s
+            return
         ideal = FREED_PER_SNAPSHOT / self.freed_per_s if self.freed_per_s > 0 else MAX_INTERVAL_S
         self.interval_s = min(MAX_INTERVAL_S, max(self.min_interval_s, ideal))
 
