@@ -108,6 +108,8 @@ class Api:
             body = json.loads(await request.body())
         except ValueError:
             return error(400, "invalid JSON body")
+        if rt.faults.lost_create():
+            return DroppedResponse()
         try:
             task = rt.engine.create(body)
         except InvalidRequest as exc:

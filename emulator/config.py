@@ -75,6 +75,7 @@ class EmulatorConfig(BaseModel):
     fault_retry_after_s: int = Field(1, ge=0, description="Retry-After of spurious 429s.")
     fault_ambiguous: Probability = _prob("Create the task, then drop the connection.")
     fault_hang: Probability = _prob("Create the task, then delay the response hang_s.")
+    fault_lost: Probability = _prob("Drop the connection of a create before creating anything.")
     hang_s: float = Field(60.0, ge=0.0, description="Real seconds a hung create waits.")
     fault_stuck: Probability = _prob("Task never progresses (half pending, half processing).")
     stuck_timeout_factor: float = Field(

@@ -54,6 +54,10 @@ class FaultInjector:
             return "hang"
         return None
 
+    def lost_create(self) -> bool:
+        """Whether this create is lost on its way in: no task, connection dropped."""
+        return self._hit(self.config.fault_lost, "lost")
+
     def history_fault(self) -> bool:
         """Whether this history request fails with 500."""
         return self._hit(self.config.history_fault_rate, "history_500")

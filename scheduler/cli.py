@@ -79,13 +79,21 @@ def run(
     rpm: Annotated[int | None, typer.Option("--rpm", min=0,
                                             help="Fleet-wide PiAPI requests per minute.")] = None,
     max_attempts: MaxAttemptsOpt = None,
+    on_ambiguous: Annotated[
+        str | None,
+        typer.Option("--on-ambiguous", help="A create whose answer was lost: reconcile "
+                     "(default; find its task first), retry (post again: may pay twice) or "
+                     "fail (never posted twice)."),
+    ] = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     from scheduler.runner import RunOptions
     from scheduler.runner import run as run_batch
     from workers.logs import setup_logging
 
-    settings = _settings(rpm=rpm)
+    settings = _settings(rpm=rpm, on_ambiguous=on_ambiguous)
+    if settings.on_ambiguous not in ("reconcile", "retry", "fail"):
+        raise ConfigError("--on-ambiguous must be reconcile, retry or fail")
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
@@ -224,6 +232,7 @@ def dispatcher(
         rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
         spend=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
+        on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries,
     )
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     d.run(stop)

@@ -33,11 +33,12 @@ from scheduler.slots import Account, RemoteSlots
 from workers import durations, leases
 from workers import transitions as tr
 from workers.aimd import WINDOW_S, Aimd
-from workers.app import POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK
+from workers.app import POLL_QUEUE, POLL_TASK, RECONCILE_TASK, SUBMIT_QUEUE, SUBMIT_TASK
 from workers.control import get_halt
 from workers.db import exclusive
 from workers.fleet import Fleet
 from workers.polling import PollMode
+from workers.transitions import ambiguous
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ SNAPSHOT_SOON_S = 0.1
 """Passes are at least this far apart, so one pass serves a burst of wake-ups together."""
 PRUNE_EVERY_S = 300.0
 MAX_POLLS_PER_PASS = 2000
+MAX_RECONCILES_PER_PASS = 50
 MAX_SLEEP_S = 1.0
 
 # KEYS[1]: the lock; ARGV[1]: our token; ARGV[2]: TTL in ms.
@@ -115,6 +117,8 @@ class Dispatcher:
         interval_s: float = MAX_SLEEP_S,
         batch_size: int = 16,
         spread: int = 1,
+        on_ambiguous: str = "reconcile",
+        max_tries: int = 12,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -126,6 +130,8 @@ class Dispatcher:
         self.interval_s = min(interval_s, MAX_SLEEP_S)
         self.batch_size = batch_size
         self.spread = spread
+        self.on_ambiguous = on_ambiguous
+        self.max_tries = max_tries
         self.clock = clock
         self.fleet = Fleet(redis_client, clock)
         self.remote = RemoteSlots(engine, account, spend, clock, min_interval_s=max(
@@ -194,7 +200,13 @@ class Dispatcher:
         """Take back lost creates, resolve ambiguous rows, adapt limits, mark done batches."""
         self.epoch = self.current_epoch()
         expired = len(tr.expire_submitting(self.engine, now))
-        tr.resolve_ambiguous_as_failed(self.engine, now)
+        if self.on_ambiguous == "fail":
+            tr.resolve_ambiguous_as_failed(self.engine, now)
+        elif self.on_ambiguous == "retry":
+            reposted = ambiguous.repost_all(self.engine, now, self.max_tries)
+            if reposted:
+                logger.warning("%d row(s) with a lost create posted again (policy: retry)",
+                               reposted)
         self._halt = get_halt(self.engine)
         self.aimd.set_concurrency_ceiling(self.base_limit(now), now)
         window = self.fleet.window(WINDOW_S)
@@ -247,12 +259,16 @@ class Dispatcher:
                 self._backlog = len(submit_ids) >= free
             poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
                                           self.lease_s)
+            settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
+                                                  self.epoch, self.lease_s)
+                          if self.on_ambiguous == "reconcile" else [])
             # When the next snapshot is near anyway, skip looking up the next due poll.
             soon = (self._full(result, len(submit_ids))
                     and self.remote.next_snapshot_in(now) < SNAPSHOT_SOON_S)
             due = None if soon else leases.next_due_at(self.engine, now)
         self._send(SUBMIT_TASK, SUBMIT_QUEUE, submit_ids)
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
+        self._send(RECONCILE_TASK, POLL_QUEUE, settle_ids)
         result.submits, result.polls = len(submit_ids), len(poll_ids)
         self.remote.dispatched(result.submits)
         result.next_pass_s = self._next_pass_s(now, result, due)

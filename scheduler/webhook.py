@@ -29,6 +29,7 @@ from workers import transitions as tr
 from workers.db import transaction
 from workers.fleet import Fleet
 from workers.models import JOBS
+from workers.transitions import ambiguous
 from workers.webhooks import WebhookSigner
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ class Receiver:
             return checked
         job_id, current_task, state, body = checked
         task_id, status = _hint(body)
+        if state == "ambiguous" and task_id:
+            # The job's create lost its answer; this names the task it made (a GET confirms).
+            if await run_in_threadpool(ambiguous.hint, self.engine, job_id, task_id,
+                                       self.clock()):
+                self.counters.due += 1
+                if self.fleet is not None:
+                    self.fleet.wake()
+                return JSONResponse({"ok": True, "due": True})
+            return self.counters.ignore("already looking")
         if status is not None and status not in TERMINAL_HINTS:
             return self.counters.ignore("not terminal")
         if task_id is None or task_id != current_task or state != "running":

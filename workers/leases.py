@@ -39,7 +39,7 @@ _YOUNG = select(func.count()).where(j.state == RUN, j.submitted_at > bindparam("
                                     j.submitted_at <= bindparam("p_until"))
 _OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency)
                  .where(BATCHES.c.done.is_(False)).order_by(BATCHES.c.created_at))
-_NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW]),
+_NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW, JobState.AMBIGUOUS.value]),
                                                j.next_at > bindparam("p_now"))
 _ANY_RETRY = select(j.id).where(j.state == RW).limit(1)
 
@@ -58,6 +58,8 @@ _RETRY_DUE = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == RW,
                           j.next_at <= bindparam("p_now")), j.seq)
 _QUEUED = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == Q), j.seq)
 _POLLS_DUE = _leaser(and_(j.state == RUN, j.next_at <= bindparam("p_now")), j.next_at)
+_RECONCILES_DUE = _leaser(and_(j.state == JobState.AMBIGUOUS.value,
+                               j.next_at <= bindparam("p_now")), j.next_at)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,13 @@ def lease_submits(engine: Engine, batch_id: str, limit: int, now: float, epoch: 
 def lease_polls(engine: Engine, limit: int, now: float, epoch: str, lease_s: float) -> list[int]:
     """Reserve up to `limit` running jobs whose next poll is due, most overdue first."""
     return _lease(engine, _POLLS_DUE,
+                  {"p_now": now, "p_epoch": epoch, "p_lease_until": now + lease_s}, limit)
+
+
+def lease_reconciles(engine: Engine, limit: int, now: float, epoch: str,
+                     lease_s: float) -> list[int]:
+    """Reserve up to `limit` ambiguous jobs due to be looked for in PiAPI's history."""
+    return _lease(engine, _RECONCILES_DUE,
                   {"p_now": now, "p_epoch": epoch, "p_lease_until": now + lease_s}, limit)
 
 

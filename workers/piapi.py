@@ -21,9 +21,11 @@ Every failure is one of three kinds, so callers decide by type, never by message
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -141,11 +143,34 @@ class TaskView:
     created_at: str | None
     started_at: str | None
     ended_at: str | None
+    input: Mapping[str, Any] | None = None
+    """The input as PiAPI echoes it (normalised: defaults filled, unknown keys dropped)."""
 
     @property
     def is_terminal(self) -> bool:
         """True once PiAPI will not change the task any more."""
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One task in the account's history (any field may be missing in the listing)."""
+
+    task_id: str
+    model: str
+    task_type: str
+    status: str
+    created_at: float | None
+    input: Mapping[str, Any] | None
+    """The task's input, when the listing carries the task's details."""
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of GET /api/open/tasks/histories."""
+
+    rows: list[HistoryRow]
+    total: int | None
 
 
 @dataclass(frozen=True)
@@ -204,6 +229,40 @@ def parse_task(data: Mapping[str, Any]) -> TaskView:
         created_at=_time(meta.get("created_at")) if isinstance(meta, Mapping) else None,
         started_at=_time(meta.get("started_at")) if isinstance(meta, Mapping) else None,
         ended_at=_time(meta.get("ended_at")) if isinstance(meta, Mapping) else None,
+        input=data.get("input") if isinstance(data.get("input"), Mapping) else None,
+    )
+
+
+def _unix(value: Any) -> float | None:
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    text = _time(value)
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_history_row(row: Mapping[str, Any]) -> HistoryRow | None:
+    """One history row, in the camelCase listing shape or the task-data shape."""
+    detail = row.get("detail") if isinstance(row.get("detail"), Mapping) else None
+    source: Mapping[str, Any] = detail or {}
+    task_id = row.get("taskId") or row.get("task_id") or source.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        return None
+    meta = source.get("meta") if isinstance(source.get("meta"), Mapping) else {}
+    created = _unix(row.get("createdAt") or row.get("created_at")
+                    or (meta.get("created_at") if isinstance(meta, Mapping) else None))
+    raw_input = source.get("input") if source else row.get("input")
+    return HistoryRow(
+        task_id=task_id,
+        model=str(row.get("taskModel") or row.get("model") or source.get("model") or ""),
+        task_type=str(row.get("action") or row.get("task_type") or source.get("task_type") or ""),
+        status=str(row.get("status") or source.get("status") or "").lower(),
+        created_at=created,
+        input=raw_input if isinstance(raw_input, Mapping) else None,
     )
 
 
@@ -399,6 +458,26 @@ class PiAPIClient:
                 total += _int(family.get("pending_count")) + _int(family.get("processing_count"))
                 seen = True
         return total if seen else None
+
+    def task_history(self, model: str, start_time: float, end_time: float, page: int = 1,
+                     page_size: int = 100) -> HistoryPage:
+        """GET /api/open/tasks/histories: tasks of `model` created in [start, end], newest
+        first. Rows that cannot be read are left out."""
+        params = {"page": page, "page_size": page_size, "model": model,
+                  "start_time": int(start_time), "end_time": math.ceil(end_time)}
+        response = self._send("GET", "/api/open/tasks/histories", kind="history",
+                              params=params)
+        data = read_envelope(response).get("data")
+        rows_raw: Any = None
+        total: int | None = None
+        if isinstance(data, Mapping):
+            rows_raw = data.get("data", data.get("list", data.get("tasks")))
+            total = _int(data.get("total")) if data.get("total") is not None else None
+        elif isinstance(data, list):
+            rows_raw = data
+        rows = [r for r in (parse_history_row(x) for x in rows_raw or []
+                            if isinstance(x, Mapping)) if r is not None]
+        return HistoryPage(rows, total)
 
     def account_info(self) -> AccountInfo:
         """GET /account/info: the concurrency limit and balance, where given."""

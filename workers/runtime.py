@@ -50,6 +50,7 @@ def build_context(settings: Settings) -> WorkerContext:
         fleet=fleet,
         durations=DurationCache(engine),
         webhooks=settings.webhook_signer(),
+        reconcile_timeout_s=settings.reconcile_timeout_s,
         http_pool=ThreadPoolExecutor(max_workers=settings.http_concurrency,
                                      thread_name_prefix="piapi-http"),
     )

@@ -48,7 +48,16 @@ class Settings(BaseSettings):
     """Added to the HTTP timeout to get how long a worker may hold a job before it is taken back."""
     batch_size: int = Field(16, ge=1, validation_alias=_env("PIAPI_BULK_BATCH_SIZE"))
     """Most job ids carried by one Celery message."""
-    on_ambiguous: Literal["fail"] = Field("fail", validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS"))
+    on_ambiguous: Literal["reconcile", "retry", "fail"] = Field(
+        "reconcile", validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS")
+    )
+    """A create whose answer was lost: `reconcile` (look for its task in PiAPI's history
+    and webhooks first; post again only if it made none), `retry` (post again at once: may
+    pay twice), `fail` (the row fails; never posted twice)."""
+    reconcile_timeout_s: float = Field(
+        1800.0, gt=0, validation_alias=_env("PIAPI_BULK_RECONCILE_TIMEOUT_S")
+    )
+    """How long reconciliation may take before the row fails (kind ambiguous)."""
 
     active_tasks: Literal["auto", "off"] = Field(
         "auto", validation_alias=_env("PIAPI_BULK_ACTIVE_TASKS")

@@ -47,7 +47,8 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     ),
     JobState.RETRY_WAIT: frozenset({JobState.SUBMITTING, JobState.CANCELLED}),
     JobState.AMBIGUOUS: frozenset(
-        {JobState.RUNNING, JobState.QUEUED, JobState.FAILED, JobState.CANCELLED}
+        {JobState.RUNNING, JobState.QUEUED, JobState.RETRY_WAIT, JobState.FAILED,
+         JobState.CANCELLED}
     ),
     JobState.COMPLETED: frozenset(),
     JobState.FAILED: frozenset({JobState.QUEUED}),  # an operator's explicit retry

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from workers.app import POLL_TASK, SUBMIT_TASK
+from workers.app import POLL_TASK, RECONCILE_TASK, SUBMIT_TASK
+from workers.settle import reconcile_jobs
 from workers.work import WorkerContext, poll_jobs, submit_jobs
 
 
@@ -25,3 +26,8 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
     def poll(job_ids: list[int]) -> None:
         """Read these jobs' PiAPI tasks and record what changed."""
         poll_jobs(context(), [int(i) for i in job_ids])
+
+    @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def reconcile(job_ids: list[int]) -> None:
+        """Look for the tasks of these jobs' lost creates and settle them."""
+        reconcile_jobs(context(), [int(i) for i in job_ids])

@@ -67,6 +67,7 @@ class WorkerContext:
     fleet: Fleet | None = None
     durations: DurationCache | None = None
     webhooks: WebhookSigner | None = None
+    reconcile_timeout_s: float = 1800.0
     http_pool: ThreadPoolExecutor | None = None
     """Runs a message's HTTP calls side by side (a message carries several jobs)."""
     counters: dict[str, int] = field(default_factory=dict)
@@ -108,7 +109,7 @@ class WorkerContext:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """Requests and 429s of one message, reported to the fleet once at the end."""
 
     requests: int = 0
@@ -150,7 +151,7 @@ def has_content(output: Any) -> bool:
 def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     """Create a PiAPI task for each job that is still due."""
     ids = list(job_ids)
-    tally = _Tally()
+    tally = Tally()
     freed = False
     # The budget is spent before the claim, so waiting for it never eats into the lease
     # that protects a create.
@@ -171,7 +172,7 @@ def submit_one(ctx: WorkerContext, job_id: int) -> None:
     submit_jobs(ctx, [job_id])
 
 
-def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: _Tally) -> bool:
+def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
     """POST one claimed job; True when the outcome frees a concurrency slot."""
     tally.add(requests=1)
     hook: dict[str, str] = {}
@@ -224,7 +225,7 @@ def _create_retry(ctx: WorkerContext, claim: tr.Claim, message: str,
 # --- polls -----------------------------------------------------------------------------
 def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     """GET each running job's task, then record every outcome in one transaction."""
-    tally = _Tally()
+    tally = Tally()
     freed = 0
     try:
         targets = tr.load_poll_targets(ctx.engine, job_ids)
@@ -234,7 +235,7 @@ def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
         tally.report(ctx, freed > 0)
 
 
-def poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: _Tally) -> tr.PollOutcome:
+def poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: Tally) -> tr.PollOutcome:
     """One GET for one running job, turned into the outcome to record."""
     try:
         ctx.spend("get")

@@ -60,7 +60,9 @@ def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str) ->
     assert stats["peak_in_flight"] <= 10
 
 
-def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str) -> None:
+@pytest.mark.parametrize("policy", ["reconcile", "fail"])
+def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str,
+                                                     policy: str) -> None:
     rows = caption_rows(60)
     manifest = write_jsonl(tmp_path / "kill.jsonl", rows)
     # Each create takes 1 s at the emulator, so creates are in flight at any instant.
@@ -68,7 +70,8 @@ def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_ur
                    "--create-latency-s", "1.0")
     try:
         env = run_env(tmp_path, emu, database_url)
-        args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8")
+        args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8",
+                "--on-ambiguous", policy)
         first = start_run(tmp_path, env, *args, name="run1")
         # Kill at an instant when a create is in flight (the case that must not double-post).
         wait_until(lambda: count_state(database_url, "completed") >= 10
@@ -90,16 +93,24 @@ def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_ur
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     # Never posted twice: the emulator saw at most one create per row.
     assert stats["max_creates_per_input"] == 1
-    ambiguous = [r for r in results if r["status"] != "completed"]
-    for r in ambiguous:
-        assert r["status"] == "failed" and r["error"]["kind"] == "ambiguous", r
-        assert r["attempts"] == 1
-    # Only creates in flight at the kill can be ambiguous: at most the concurrency.
-    assert 1 <= len(ambiguous) <= 8, [r["id"] for r in ambiguous]
     for r in results:
         if r["status"] == "completed":
             assert r["output"] == ledger[r["task_id"]]["output"]
-    assert code == 1
+            assert r["attempts"] == 1
+    unsettled = [r for r in results if r["status"] != "completed"]
+    if policy == "reconcile":
+        # The creates in flight at the kill were found in PiAPI's history and adopted (or,
+        # if they never reached it, posted again): every row completes.
+        assert not unsettled and code == 0
+        log = (tmp_path / "run" / "logs" / "worker.log").read_text()
+        assert "adopted task" in log or "made no task" in log
+    else:
+        for r in unsettled:
+            assert r["status"] == "failed" and r["error"]["kind"] == "ambiguous", r
+            assert r["attempts"] == 1
+        # Only creates in flight at the kill can be ambiguous: at most the concurrency.
+        assert 1 <= len(unsettled) <= 8, [r["id"] for r in unsettled]
+        assert code == 1
 
 
 def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_url: str) -> None:

@@ -7,6 +7,7 @@ is the only code that writes `jobs.state`: `create` for the create side, `poll` 
 running tasks.
 """
 
+from workers.transitions.ambiguous import AmbiguousTarget
 from workers.transitions.common import Claim, PollTarget
 from workers.transitions.create import (
     claim_for_submit,
@@ -32,6 +33,7 @@ from workers.transitions.poll import (
 )
 
 __all__ = [
+    "AmbiguousTarget",
     "Claim",
     "PollOutcome",
     "PollTarget",

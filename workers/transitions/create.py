@@ -27,6 +27,8 @@ Q, SUB, RUN, RW, AMB, FAILED = (JobState.QUEUED.value, JobState.SUBMITTING.value
                                 JobState.RUNNING.value, JobState.RETRY_WAIT.value,
                                 JobState.AMBIGUOUS.value, JobState.FAILED.value)
 j, a = JOBS.c, ATTEMPTS.c
+RECONCILE_AFTER_S = 2.0
+"""An ambiguous create is first looked for in PiAPI's history this long after it was lost."""
 
 _CLAIM = (
     JOBS.update()
@@ -70,11 +72,11 @@ _TO_FAILED = JOBS.update().where(_SUBMITTING).values(
 _TO_QUEUED = JOBS.update().where(_SUBMITTING).values(
     state=Q, lease_until=None, error_message=bindparam("p_error"))
 _TO_AMBIGUOUS = JOBS.update().where(_SUBMITTING).values(
-    state=AMB, attempts=j.attempts + 1, lease_until=None,
+    state=AMB, attempts=j.attempts + 1, lease_until=None, next_at=bindparam("p_next"),
     error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
 _LOST_CREATES = select(j.id).where(j.state == SUB, j.lease_until < bindparam("p_now"))
 _EXPIRE = JOBS.update().where(_SUBMITTING, j.lease_until < bindparam("p_now")).values(
-    state=AMB, attempts=j.attempts + 1, lease_until=None,
+    state=AMB, attempts=j.attempts + 1, lease_until=None, next_at=bindparam("p_next"),
     error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
 _POSTING_ENDED = ATTEMPTS.update().where(a.job_id == bindparam("p_job"), a.state == "posting") \
     .values(state="ambiguous", ended_at=bindparam("p_now"), error=bindparam("p_error"))
@@ -186,8 +188,9 @@ def record_ambiguous(engine: Engine, claim: Claim, now: float, message: str) -> 
     """submitting -> ambiguous: the create may have made a paid task; never post blindly."""
     with transaction(engine) as conn:
         _end_attempt(conn, claim, "ambiguous", now, message)
-        return bool(conn.execute(_TO_AMBIGUOUS, {"p_job": claim.job_id,
-                                                 "p_error": message}).rowcount == 1)
+        return bool(conn.execute(_TO_AMBIGUOUS, {
+            "p_job": claim.job_id, "p_error": message, "p_next": now + RECONCILE_AFTER_S,
+        }).rowcount == 1)
 
 
 def expire_submitting(engine: Engine, now: float) -> list[int]:
@@ -196,7 +199,8 @@ def expire_submitting(engine: Engine, now: float) -> list[int]:
     moved_ids: list[int] = []
     with transaction(engine) as conn:
         for (job_id,) in conn.execute(_LOST_CREATES, {"p_now": now}).all():
-            params = {"p_job": int(job_id), "p_now": now, "p_error": message}
+            params = {"p_job": int(job_id), "p_now": now, "p_error": message,
+                      "p_next": now + RECONCILE_AFTER_S}
             if conn.execute(_EXPIRE, params).rowcount:
                 conn.execute(_POSTING_ENDED, params)
                 moved_ids.append(int(job_id))
