@@ -133,3 +133,16 @@ def expected_gets(d: Durations, mode: PollMode, horizon_polls: int = 64) -> floa
                 break
         total += polls
     return total / len(d.samples) if d.samples else 0.0
+
+
+STUCK_TAIL_FACTOR = 4.0
+"""A task running this many times longer than the longest one learned is stuck..."""
+STUCK_PRIOR_FACTOR = 10.0
+"""...or, before anything is learned, this many times its prior duration."""
+
+
+def stuck_after_s(d: Durations | None, prior_s: float) -> float:
+    """Age (s since the create) past which a task that has not ended counts as stuck."""
+    if d is not None and d.learned:
+        return d.quantile(1.0) * STUCK_TAIL_FACTOR
+    return prior_s * STUCK_PRIOR_FACTOR

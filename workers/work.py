@@ -29,11 +29,12 @@ from workers.piapi import (
     NotFound,
     PermanentError,
     PiAPIClient,
+    PiAPIError,
     RateLimited,
     RetryableError,
     TaskView,
 )
-from workers.polling import PollMode, next_poll_age
+from workers.polling import PollMode, next_poll_age, stuck_after_s
 from workers.retry import FailureClass, backoff_s, classify_failure
 from workers.states import ErrorKind
 from workers.webhooks import WebhookSigner
@@ -98,6 +99,11 @@ class WorkerContext:
         if self.webhooks is not None:
             return PollMode.WEBHOOK
         return self.fleet.mode() if self.fleet else PollMode.EAGER
+
+    def stuck_after_s(self, model: str, task_type: str) -> float:
+        """How long a task of this kind may go on before it counts as stuck."""
+        learned = self.durations.get(model, task_type) if self.durations else None
+        return stuck_after_s(learned, prior_duration_s(model, task_type))
 
     def next_poll_at(self, model: str, task_type: str, submitted_at: float, polls: int,
                      now: float) -> float:
@@ -269,8 +275,30 @@ def outcome_of(ctx: WorkerContext, t: tr.PollTarget, view: TaskView) -> tr.PollO
         return _task_failed(ctx, t, view, now)
     # pending, processing, staged, or a status nobody documented: still running.
     submitted = t.submitted_at if t.submitted_at is not None else now
+    age = now - submitted
+    limit = ctx.stuck_after_s(t.model, t.task_type)
+    if age > limit and status == "pending" and _cancel(ctx, t.task_id):
+        # Stuck waiting far past the learned tail: cancelled (PiAPI allows that only while
+        # pending, and refunds it), and a new task takes its place within the attempt limit.
+        ctx.count("stuck_cancelled")
+        message = f"task stuck pending for {age:.0f}s (expected at most {limit:.0f}s); cancelled"
+        logger.warning("job %s: %s", t.job_id, message)
+        if t.attempts < t.max_attempts:
+            return tr.PollOutcome(t, "retry", view, next_at=now, message=message,
+                                  error_kind=ErrorKind.PROVIDER)
+        return tr.PollOutcome(t, "failed", view, message=message, error_kind=ErrorKind.PROVIDER)
     next_at = ctx.next_poll_at(t.model, t.task_type, submitted, t.polls + 1, now)
     return tr.PollOutcome(t, "progress", view, next_at=next_at)
+
+
+def _cancel(ctx: WorkerContext, task_id: str) -> bool:
+    """Ask PiAPI to cancel a task (only possible while pending); True when it did."""
+    try:
+        ctx.spend("cancel")
+        return ctx.client.cancel_task(task_id)
+    except PiAPIError as exc:
+        logger.info("could not cancel task %s: %s", task_id, exc)
+        return False
 
 
 def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView,
