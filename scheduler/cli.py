@@ -230,7 +230,7 @@ def dispatcher(
         account_limit=lambda: client.account_info().max_concurrent_tasks,
         account=client if settings.active_tasks == "auto" else None,
         rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
-        spend=build_budget(settings, redis_client, Fleet(redis_client)),
+        budget=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
         on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries,
     )

@@ -38,6 +38,7 @@ from workers.control import get_halt
 from workers.db import exclusive
 from workers.fleet import Fleet
 from workers.polling import PollMode
+from workers.ratelimit import Budget
 from workers.transitions import ambiguous
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class PassResult:
     halted: str | None = None
     next_pass_s: float = MAX_SLEEP_S
     took_s: float = 0.0
+    budget_bound: bool = False
+    """Free slots were left unfilled because the request budget had no token for them."""
 
 
 def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
@@ -113,7 +116,7 @@ class Dispatcher:
         account: Account | None = None,
         rpm: int = 0,
         account_poll_min_s: float = 0.02,
-        spend: Callable[[str], None] | None = None,
+        budget: Budget | None = None,
         interval_s: float = MAX_SLEEP_S,
         batch_size: int = 16,
         spread: int = 1,
@@ -134,7 +137,9 @@ class Dispatcher:
         self.max_tries = max_tries
         self.clock = clock
         self.fleet = Fleet(redis_client, clock)
-        self.remote = RemoteSlots(engine, account, spend, clock, min_interval_s=max(
+        self.budget = budget
+        self.remote = RemoteSlots(engine, account, budget.spend if budget else None, clock,
+                                  min_interval_s=max(
             account_poll_min_s, 10.0 / (rpm / 60.0) if rpm else 0.0))
         rate = rpm / 60.0 if rpm else None
         self.aimd = Aimd(rate, concurrency or DEFAULT_CONCURRENCY, clock())
@@ -255,8 +260,9 @@ class Dispatcher:
             submit_ids: list[int] = []
             free = result.limit - result.in_flight
             if result.halted is None and free > 0:
-                submit_ids = self._lease_slots(now, free, occupancy)
-                self._backlog = len(submit_ids) >= free
+                submit_ids, granted = self._lease_slots(now, free, occupancy)
+                self._backlog = len(submit_ids) >= granted
+                result.budget_bound = granted < free
             poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
                                           self.lease_s)
             settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
@@ -281,6 +287,9 @@ class Dispatcher:
             wait = min(wait, due - now)
         if self._full(result, result.submits):
             wait = min(wait, self.remote.next_snapshot_in(now))
+        rate = self.budget.rate() if self.budget else None
+        if result.budget_bound and rate:
+            wait = min(wait, 1.0 / rate)  # the next token
         return max(MIN_PASS_S, wait)
 
     def _full(self, result: PassResult, submits: int) -> bool:
@@ -288,7 +297,18 @@ class Dispatcher:
         return (result.halted is None and self._backlog
                 and result.in_flight + submits >= result.limit)
 
-    def _lease_slots(self, now: float, free: int, occupancy: leases.Occupancy) -> list[int]:
+    def _lease_slots(self, now: float, free: int,
+                     occupancy: leases.Occupancy) -> tuple[list[int], int]:
+        """Lease up to `free` creates, as many as the request budget allows right now;
+        also how many the budget allowed."""
+        granted = self.budget.take_now(free) if self.budget else free
+        leased = self._lease_for_batches(now, granted, occupancy)
+        if self.budget and granted > len(leased):
+            self.budget.give_back(granted - len(leased))
+        return leased, granted
+
+    def _lease_for_batches(self, now: float, free: int,
+                           occupancy: leases.Occupancy) -> list[int]:
         leased: list[int] = []
         for batch in self._batches:
             room = free - len(leased)

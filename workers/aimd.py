@@ -22,7 +22,11 @@ RATE_429_SHARE = 0.10
 429s from a busy provider must not throttle the fleet)."""
 MIN_RATE_429 = 3
 DECREASE_FACTOR = 0.9
-"""After a decrease, the rate is this share of what PiAPI accepted."""
+"""After a decrease, the rate is this share of what PiAPI accepted..."""
+FLOOR_FACTOR = 0.7
+"""...unless the fleet was not using its budget: then a plain step down to this share."""
+BUSY_SHARE = 0.8
+"""The fleet counts as using its budget when it sent at least this share of it."""
 INCREASE_EVERY_S = 5.0
 RATE_STEP_SHARE = 0.05
 """Additive increase: this share of the ceiling (or of the current rate) per step."""
@@ -102,10 +106,17 @@ class Aimd:
         if self.last_rate_decrease is not None and now - self.last_rate_decrease < WINDOW_S:
             return  # the last decrease has not shown its effect in a whole window yet
         accepted = max(requests - rate_429, 0) / WINDOW_S
-        current = self.limits.rate_per_s or math.inf
-        target = max(MIN_RATE_PER_S, min(current * DECREASE_FACTOR, accepted * DECREASE_FACTOR))
+        current = self.limits.rate_per_s
+        # When the fleet used its whole budget, PiAPI's limit is what it accepted: go just
+        # under that. When it asked for much less (the 429s then come from bursts, not from
+        # the rate), what was accepted says nothing about the limit: step down instead.
+        target = accepted * DECREASE_FACTOR
+        if current is not None:
+            busy = requests / WINDOW_S >= BUSY_SHARE * current
+            target = min(target, current * DECREASE_FACTOR) if busy else current * FLOOR_FACTOR
+        target = max(MIN_RATE_PER_S, target)
         self.limits.rate_per_s = target
-        self.rate_hold = (now + HOLD_S, max(target, accepted * HOLD_MARGIN))
+        self.rate_hold = (now + HOLD_S, target / DECREASE_FACTOR * HOLD_MARGIN)
         self.last_rate_change = self.last_rate_decrease = now
         self.rate_decreases += 1
 

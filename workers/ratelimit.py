@@ -101,29 +101,78 @@ class TokenBucket:
             self._sleep(min(-wait, MAX_RESERVE_S))
 
 
+# KEYS[1]: the bucket hash {tokens, ts}; ARGV: rate, burst, tokens wanted (or, when
+# negative, given back). Grants what is there now, never reserving ahead; returns how many
+# whole tokens were granted (0 when given back).
+_TAKE_NOW = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local granted = 0
+if want < 0 then
+  tokens = math.min(burst, tokens - want)
+else
+  granted = math.max(0, math.min(want, math.floor(tokens)))
+  tokens = tokens - granted
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], 3600)
+return granted
+"""
+
+
 SAFETY = 0.97
 """The bucket grants 97% of the configured rate: network jitter can bunch requests on
 their way to PiAPI, and a configured limit must never produce a 429 of our own making."""
 
 
-def rpm_limiter(
-    client: redis.Redis, rpm: int, key: str,
-    override: Callable[[], float | None] | None = None,
-) -> Callable[[str], None] | None:
-    """A hook spending one token per PiAPI request (blocking until it is ours).
+class Budget:
+    """The fleet's request budget: the configured rpm, lowered by AIMD after 429s.
 
-    `rpm` is the configured budget (0: none); `override()` gives a lower rate decided by
-    the fleet's AIMD controller, when there is one. None when neither can ever apply.
+    Workers `spend` one token per request, waiting for it; the dispatcher takes tokens for
+    the creates it sends (`take_now`), so a worker never waits for one while it holds a
+    create's lease, and creates never leave faster than the budget.
     """
-    if rpm <= 0 and override is None:
-        return None
-    configured = rpm / 60.0 * SAFETY if rpm > 0 else None
-    bucket = TokenBucket(client, key, rate_per_s=configured or 1.0)
 
-    def spend(_kind: str) -> None:
-        lowered = override() if override else None
-        rates = [r for r in (configured, lowered) if r]
-        if rates:
-            bucket.acquire(rate_per_s=min(rates))
+    def __init__(self, client: redis.Redis, key: str, rpm: int,
+                 override: Callable[[], float | None] | None = None) -> None:
+        self.configured = rpm / 60.0 * SAFETY if rpm > 0 else None
+        self.override = override
+        self.bucket = TokenBucket(client, key, rate_per_s=self.configured or 1.0)
+        self._take_now = client.register_script(_TAKE_NOW)
 
-    return spend
+    def rate(self) -> float | None:
+        """Requests per second allowed right now (None: no limit)."""
+        lowered = self.override() if self.override else None
+        rates = [r for r in (self.configured, lowered) if r]
+        return min(rates) if rates else None
+
+    def spend(self, _kind: str = "") -> None:
+        """Wait for one token (returns at once when there is no limit)."""
+        rate = self.rate()
+        if rate is not None:
+            self.bucket.acquire(rate_per_s=rate)
+
+    def take_now(self, wanted: int) -> int:
+        """Up to `wanted` tokens that are there now (all of them when there is no limit)."""
+        rate = self.rate()
+        if rate is None or wanted <= 0:
+            return max(wanted, 0)
+        return int(self._take_now(keys=[self.bucket.key],
+                                  args=[rate, self.bucket.burst(rate), wanted]))
+
+    def give_back(self, unused: int) -> None:
+        """Return tokens taken with `take_now` and not used."""
+        rate = self.rate()
+        if rate is not None and unused > 0:
+            self._take_now(keys=[self.bucket.key], args=[rate, self.bucket.burst(rate), -unused])

@@ -12,7 +12,7 @@ from workers.db import create_tables, make_engine
 from workers.durations import DurationCache
 from workers.fleet import Fleet
 from workers.piapi import PiAPIClient, Timeouts
-from workers.ratelimit import rpm_limiter
+from workers.ratelimit import Budget
 from workers.settings import Settings
 from workers.work import WorkerContext
 
@@ -29,10 +29,9 @@ def build_client(settings: Settings) -> PiAPIClient:
     )
 
 
-def build_budget(settings: Settings, client: redis.Redis,
-                 fleet: Fleet) -> Callable[[str], None] | None:
+def build_budget(settings: Settings, client: redis.Redis, fleet: Fleet) -> Budget:
     """The fleet-wide request budget: the configured rpm, lowered by AIMD after 429s."""
-    return rpm_limiter(client, settings.rpm, RATE_BUCKET_KEY, override=fleet.rate)
+    return Budget(client, RATE_BUCKET_KEY, settings.rpm, override=fleet.rate)
 
 
 def build_context(settings: Settings) -> WorkerContext:

@@ -35,6 +35,7 @@ from workers.piapi import (
     TaskView,
 )
 from workers.polling import PollMode, next_poll_age, stuck_after_s
+from workers.ratelimit import Budget
 from workers.retry import FailureClass, backoff_s, classify_failure
 from workers.states import ErrorKind
 from workers.webhooks import WebhookSigner
@@ -63,8 +64,8 @@ class WorkerContext:
     max_tries: int
     clock: Callable[[], float] = time.time
     rng: Callable[[], float] | None = None
-    budget: Callable[[str], None] | None = None
-    """Blocks until the fleet-wide request budget allows one more PiAPI request."""
+    budget: Budget | None = None
+    """The fleet-wide request budget (creates are budgeted by the dispatcher)."""
     fleet: Fleet | None = None
     durations: DurationCache | None = None
     webhooks: WebhookSigner | None = None
@@ -92,7 +93,7 @@ class WorkerContext:
     def spend(self, kind: str) -> None:
         """Take one request from the fleet's budget (blocks while there is none)."""
         if self.budget is not None:
-            self.budget(kind)
+            self.budget.spend(kind)
 
     def mode(self) -> PollMode:
         """How the fleet learns that tasks ended (decides how eagerly to poll)."""
@@ -159,10 +160,8 @@ def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     ids = list(job_ids)
     tally = Tally()
     freed = False
-    # The budget is spent before the claim, so waiting for it never eats into the lease
-    # that protects a create.
-    for _ in ids:
-        ctx.spend("create")
+    # No budget is spent here: the dispatcher took a token for each create it sent, so a
+    # create never waits for one while its lease runs.
     try:
         claims = tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s)
         freed = any(ctx.each(lambda claim: _submit_one(ctx, claim, tally), claims))

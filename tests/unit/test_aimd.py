@@ -85,3 +85,10 @@ def test_ceiling_change_applies() -> None:
     aimd = Aimd(rate_ceiling=None, concurrency=20, now=0.0)
     aimd.set_concurrency_ceiling(10, 1.0)
     assert aimd.limits.concurrency == 10
+
+
+def test_429s_while_asking_little_step_down_instead_of_collapsing() -> None:
+    # 429s at 8 requests/s against a 20/s budget are bursts, not the rate: a step down only.
+    aimd = Aimd(rate_ceiling=20.0, concurrency=20, now=0.0)
+    limits = aimd.observe(10.0, requests=80, rate_429=9)
+    assert limits.rate_per_s == pytest.approx(14.0)
