@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from scheduler.dispatcher import LOCK_KEY
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
+from scheduler.liveness import ProgressWatch
 from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status
 from workers.app import create_celery
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 REDIS_URL_FILE = "redis_url"
 WATCH_INTERVAL_S = 0.5
+LIVENESS_EVERY_S = 5.0
+"""How often `run` checks that the fleet makes progress."""
 PLAIN_REPORT_EVERY_S = 5.0
 """Without a terminal (CI, logs), a progress line this often instead of a live bar."""
 
@@ -96,6 +99,16 @@ class Services:
             if not child.revive():
                 return f"{child.name} keeps exiting; see {child.log_path}"
         return None
+
+    def restart_fleet(self) -> list[str]:
+        """Kill and restart every child but Redis (the fleet stalled); their names."""
+        restarted = []
+        for child in self.children:
+            if child.name != "redis-server":
+                child.kill()
+                child.start()
+                restarted.append(child.name)
+        return restarted
 
     def stop(self) -> None:
         """Stop every child, newest first (workers and dispatcher before Redis)."""
@@ -163,11 +176,29 @@ def _progress(console: Console, total: int) -> Iterator[Progress]:
         yield progress
 
 
-def watch(engine: Engine, batch_id: str, services: Services, console: Console) -> str | None:
-    """Show progress until the batch has no active row; a reason when it cannot finish."""
+def _check_liveness(liveness: ProgressWatch, services: Services, console: Console) -> None:
+    if not liveness.check():
+        return
+    restarted = services.restart_fleet()
+    message = (f"no row moved for {liveness.stall_s:.0f}s although work was due: "
+               + (f"restarted {', '.join(restarted)}" if restarted
+                  else "the fleet serving this Redis is not ours to restart; check it"))
+    logger.warning("%s", message)
+    console.print(f"[yellow]{message}[/]", highlight=False)
+
+
+def watch(engine: Engine, batch_id: str, services: Services, console: Console,
+          liveness: ProgressWatch | None = None) -> str | None:
+    """Show progress until the batch has no active row; a reason when it cannot finish.
+
+    With `liveness`, the workers and dispatcher this run started are restarted when the
+    fleet stops making progress although work is due (for example a worker wedged after
+    Redis restarted).
+    """
     st = batch_status(engine, batch_id)
     assert st is not None
     last_plain = 0.0
+    last_liveness = time.monotonic()
     with _progress(console, st.total) as progress:
         task = progress.add_task("piapi-bulk", total=st.total, detail="")
         while True:
@@ -186,6 +217,9 @@ def watch(engine: Engine, batch_id: str, services: Services, console: Console) -
             problem = services.supervise()
             if problem:
                 return problem
+            if liveness is not None and time.monotonic() - last_liveness >= LIVENESS_EVERY_S:
+                last_liveness = time.monotonic()
+                _check_liveness(liveness, services, console)
             time.sleep(WATCH_INTERVAL_S)
 
 
@@ -230,7 +264,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         before = batch_status(engine, result.batch_id)
         if before is not None and before.active:
             ensure_services(settings, services, opts, run_dir / "logs")
-        problem = watch(engine, result.batch_id, services, console)
+        problem = watch(engine, result.batch_id, services, console,
+                        ProgressWatch(engine, settings.stall_s))
         rows = export(engine, result.batch_id, output)
         final = batch_status(engine, result.batch_id)
         assert final is not None

@@ -87,6 +87,13 @@ class Child:
         self.start()
         return True
 
+    def kill(self, timeout_s: float = 20.0) -> None:
+        """SIGKILL (works on a stopped or wedged process too) and reap."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=timeout_s)
+
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after `timeout_s`."""
         if self.proc is None or self.proc.poll() is not None:

@@ -4,22 +4,61 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from workers import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 """How long a SQLite writer waits for the lock held by another process before failing."""
+TRANSIENT_WAIT_S = 120.0
+"""How long a record waits for a restarting database before giving up."""
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a database error that a retry can cure: the server restarting or
+    unreachable, a connection dropped, a lock not granted in time."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_transient(fn: Callable[[], T], *, wait_s: float = TRANSIENT_WAIT_S,
+                    sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic) -> T:
+    """`fn()`, run again while the database is restarting (at most `wait_s`).
+
+    Only for transactions that are safe to run twice: every state change is a
+    compare-and-set, so a transaction whose COMMIT did land before the connection broke
+    changes nothing the second time.
+    """
+    deadline = clock() + wait_s
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if not is_transient(exc) or clock() + delay > deadline:
+                raise
+            logger.warning("database unavailable (%s); retrying in %.1fs",
+                           str(exc.orig or exc).splitlines()[0], delay)
+            sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def normalise_url(url: str) -> str:

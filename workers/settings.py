@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         1800.0, gt=0, validation_alias=_env("PIAPI_BULK_RECONCILE_TIMEOUT_S")
     )
     """How long reconciliation may take before the row fails (kind ambiguous)."""
+    stall_s: float = Field(120.0, gt=0, validation_alias=_env("PIAPI_BULK_STALL_S"))
+    """`run` restarts the workers and dispatcher it started when no row has moved for this
+    long while work waited for them (liveness by progress, not by a process being up)."""
 
     active_tasks: Literal["auto", "off"] = Field(
         "auto", validation_alias=_env("PIAPI_BULK_ACTIVE_TASKS")

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from workers import transitions as tr
 from workers.catalog import prior_duration_s
 from workers.control import set_halt
+from workers.db import TRANSIENT_WAIT_S, retry_transient
 from workers.durations import DurationCache, task_duration_s
 from workers.fleet import Fleet
 from workers.piapi import (
@@ -73,6 +74,8 @@ class WorkerContext:
     http_pool: ThreadPoolExecutor | None = None
     """Runs a message's HTTP calls side by side (a message carries several jobs)."""
     counters: dict[str, int] = field(default_factory=dict)
+    db_wait_s: float = TRANSIENT_WAIT_S
+    """How long a record waits for a restarting database."""
 
     def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`fn` over `items`, concurrently when there is a pool and more than one item."""
@@ -89,6 +92,11 @@ class WorkerContext:
         if self.rng is None:
             return backoff_s(tries, retry_after_s)
         return backoff_s(tries, retry_after_s, self.rng)
+
+    def record(self, fn: Callable[[], R]) -> R:
+        """Write what a PiAPI request taught us, waiting out a database restart (the
+        transitions are compare-and-sets, so running one again changes nothing twice)."""
+        return retry_transient(fn, wait_s=self.db_wait_s)
 
     def spend(self, kind: str) -> None:
         """Take one request from the fleet's budget (blocks while there is none)."""
@@ -188,7 +196,8 @@ def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
     except AmbiguousError as exc:
         ctx.count("create_ambiguous")
         logger.warning("job %s attempt %s: %s", claim.job_id, claim.attempt_n, exc)
-        tr.record_ambiguous(ctx.engine, claim, ctx.clock(), str(exc))
+        lost = str(exc)
+        ctx.record(lambda: tr.record_ambiguous(ctx.engine, claim, ctx.clock(), lost))
         return True
     except RateLimited as exc:
         if is_concurrency_429(exc, create=True):
@@ -202,18 +211,22 @@ def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
         return True
     except AccountError as exc:
         ctx.count("create_account_error")
-        tr.record_create_requeued(ctx.engine, claim, ctx.clock(),
-                                  f"PiAPI refused the account: {exc}")
+        refused = f"PiAPI refused the account: {exc}"
+        ctx.record(lambda: tr.record_create_requeued(ctx.engine, claim, ctx.clock(), refused))
         return True
     except PermanentError as exc:
         ctx.count("create_rejected")
         logger.info("job %s: create rejected: %s", claim.job_id, exc)
-        tr.record_create_rejected(ctx.engine, claim, ctx.clock(), ErrorKind.INPUT, str(exc))
+        rejected = str(exc)
+        ctx.record(lambda: tr.record_create_rejected(ctx.engine, claim, ctx.clock(),
+                                                     ErrorKind.INPUT, rejected))
         return True
     ctx.count("created")
     done = ctx.clock()
     next_at = ctx.next_poll_at(claim.model, claim.task_type, done, 0, done)
-    tr.record_created(ctx.engine, claim, view, done, next_at)
+    # The task exists and is paid for: its id must reach the record even while the
+    # database restarts (else the row would go through reconciliation to be found again).
+    ctx.record(lambda: tr.record_created(ctx.engine, claim, view, done, next_at))
     return False
 
 
@@ -224,7 +237,8 @@ def _create_retry(ctx: WorkerContext, claim: tr.Claim, message: str,
     retry_at = now + ctx.backoff(claim.tries + 1, retry_after_s)
     logger.info("job %s: create refused, retry in %.1fs: %s", claim.job_id, retry_at - now,
                 message)
-    tr.record_create_retry(ctx.engine, claim, now, retry_at, message, ctx.max_tries)
+    ctx.record(lambda: tr.record_create_retry(ctx.engine, claim, now, retry_at, message,
+                                              ctx.max_tries))
 
 
 # --- polls -----------------------------------------------------------------------------
@@ -235,7 +249,7 @@ def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
     try:
         targets = tr.load_poll_targets(ctx.engine, job_ids)
         outcomes = ctx.each(lambda target: poll_one(ctx, target, tally), targets)
-        freed = tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock())
+        freed = ctx.record(lambda: tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock()))
     finally:
         tally.report(ctx, freed > 0)
 
