@@ -19,7 +19,9 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
+from scheduler.controls import PauseWatch, set_limits
 from scheduler.dispatcher import LOCK_KEY
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
@@ -28,7 +30,7 @@ from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status
 from workers.app import create_celery
 from workers.control import clear_halt, get_halt
-from workers.db import create_tables, make_engine
+from workers.db import create_tables, is_transient, make_engine, retry_transient
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
@@ -37,8 +39,12 @@ from workers.states import JobState
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BUDGET = 3
+"""The batch's budget is reached: what was in flight finished, the rest waits."""
 REDIS_URL_FILE = "redis_url"
 WATCH_INTERVAL_S = 0.5
+DB_WAIT_S = 600.0
+"""How long `run` waits for a restarting database before giving up."""
 LIVENESS_EVERY_S = 5.0
 """How often `run` checks that the fleet makes progress."""
 PLAIN_REPORT_EVERY_S = 5.0
@@ -57,6 +63,9 @@ class RunOptions:
     max_attempts: int | None = None
     run_dir: Path = Path(".piapi-bulk")
     worker_threads: int | None = None
+    budget_usd: float | None = None
+    """Stored on the batch when given (else the stored one is kept)."""
+    deadline_at: float | None = None
 
 
 def default_output(manifest: Path) -> Path:
@@ -177,8 +186,13 @@ def _progress(console: Console, total: int) -> Iterator[Progress]:
 
 
 def _check_liveness(liveness: ProgressWatch, services: Services, console: Console) -> None:
-    if not liveness.check():
-        return
+    try:
+        if not liveness.check():
+            return
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise
+        return  # the database is restarting: look again next time
     restarted = services.restart_fleet()
     message = (f"no row moved for {liveness.stall_s:.0f}s although work was due: "
                + (f"restarted {', '.join(restarted)}" if restarted
@@ -189,7 +203,8 @@ def _check_liveness(liveness: ProgressWatch, services: Services, console: Consol
 
 def watch(engine: Engine, batch_id: str, services: Services, console: Console,
           liveness: ProgressWatch | None = None) -> str | None:
-    """Show progress until the batch has no active row; a reason when it cannot finish.
+    """Show progress until the batch has no active row (or its budget stopped it with
+    nothing left in flight); a reason when it cannot finish.
 
     With `liveness`, the workers and dispatcher this run started are restarted when the
     fleet stops making progress although work is due (for example a worker wedged after
@@ -199,19 +214,21 @@ def watch(engine: Engine, batch_id: str, services: Services, console: Console,
     assert st is not None
     last_plain = 0.0
     last_liveness = time.monotonic()
+    budget_stop = PauseWatch(engine, batch_id)
     with _progress(console, st.total) as progress:
         task = progress.add_task("piapi-bulk", total=st.total, detail="")
         while True:
-            st = batch_status(engine, batch_id)
+            # The database may be restarting: wait for it rather than end the run.
+            st = retry_transient(lambda: batch_status(engine, batch_id), wait_s=DB_WAIT_S)
             assert st is not None
             progress.update(task, completed=st.finished, total=st.total, detail=_describe(st))
             if not console.is_terminal and time.monotonic() - last_plain >= PLAIN_REPORT_EVERY_S:
                 last_plain = time.monotonic()
                 console.print(f"{st.finished}/{st.total} finished · {_describe(st)}",
                               soft_wrap=True)
-            if st.active == 0:
+            if st.active == 0 or budget_stop.stopped(st):
                 return None
-            halt = get_halt(engine)
+            halt = retry_transient(lambda: get_halt(engine), wait_s=DB_WAIT_S)
             if halt:
                 return f"stopped: {halt}"
             problem = services.supervise()
@@ -256,6 +273,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                         default_task_type=opts.task_type,
                         max_attempts=opts.max_attempts or settings.max_attempts,
                         concurrency=opts.concurrency)
+        set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
+                   deadline_at=opts.deadline_at)
         verb = "new batch" if result.created else "resuming batch"
         console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")
@@ -266,13 +285,17 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             ensure_services(settings, services, opts, run_dir / "logs")
         problem = watch(engine, result.batch_id, services, console,
                         ProgressWatch(engine, settings.stall_s))
-        rows = export(engine, result.batch_id, output)
+        rows = retry_transient(lambda: export(engine, result.batch_id, output),
+                               wait_s=DB_WAIT_S)
         final = batch_status(engine, result.batch_id)
         assert final is not None
         console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
         if problem:
             console.print(f"[red]{problem}[/]; run the same command again to resume")
             return EXIT_USAGE
+        if final.paused and final.active:
+            console.print(f"[yellow]{final.paused}[/]", highlight=False)
+            return EXIT_BUDGET
         ok = final.counts[JobState.COMPLETED] == final.total
         return EXIT_OK if ok else EXIT_ROWS_FAILED
     except KeyboardInterrupt:

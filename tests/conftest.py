@@ -109,3 +109,21 @@ def redis_url(redis_server: str) -> str:
     client.flushall()
     client.close()
     return redis_server
+
+
+@pytest.fixture
+def private_pg() -> Iterator[object]:
+    """A private PostgreSQL server this test may restart (see tests/pgserver.py)."""
+    from tests.pgserver import PrivatePostgres, available
+
+    problem = available()
+    if problem is not None:
+        if REQUIRE_PG:
+            pytest.fail(f"a private PostgreSQL is required here but cannot start: {problem}")
+        pytest.skip(problem)
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
