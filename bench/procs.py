@@ -188,12 +188,13 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "scheduler.cli", *args]
 
 
-def start_redis(stack: Stack, workdir: Path) -> tuple[str, Proc]:
-    """A private redis-server on a free loopback port that keeps nothing on disk."""
+def start_redis(stack: Stack, workdir: Path, port: int | None = None) -> tuple[str, Proc]:
+    """A private redis-server on a loopback port (default: a free one) that keeps nothing
+    on disk, so one started again on the same port comes back empty."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise BenchError("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(workdir)]
     proc = stack.add(Proc("redis-server", "redis", argv, dict(os.environ),

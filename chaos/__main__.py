@@ -1,0 +1,185 @@
+"""`python -m chaos`: one chaos run, checked against the emulator's ledger; the JSON report on
+stdout and in chaos/results/<UTC stamp>.json (and latest.json).
+
+    python -m chaos [--rows 3000] [--duration-limit 600] [--quick] [--seed 7]
+                    [--out chaos/results] [--keep-logs] [--at REV]
+
+Exit code 0 when every check passed, 1 when one failed (or the run did not finish), 2 when
+the run cannot be made here (one line on stderr), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.emu import http_429s
+from bench.procs import REPO, use_source
+from chaos import checks, report
+from chaos.pg import PgUnavailable, preflight
+from chaos.plan import FAULTS, FULL, QUICK, Plan
+from chaos.run import Outcome, run
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, help="manifest rows (default 3000; --quick: 600)")
+    p.add_argument("--duration-limit", type=float, default=600.0,
+                   help="seconds the whole run may take (default 600)")
+    p.add_argument("--quick", action="store_true",
+                   help="about 600 rows at C = 20: the same faults and kills, a few minutes")
+    p.add_argument("--seed", type=int, default=7, help="seed of the emulator and the kills")
+    p.add_argument("--out", type=Path, default=REPO / "chaos" / "results")
+    p.add_argument("--keep-logs", action="store_true", help="keep the logs of a passing run")
+    p.add_argument("--at", metavar="REV", help="run commit REV (a `git archive` of it) instead "
+                   "of the working tree, which others may be editing")
+    args = p.parse_args(argv)
+    if (args.rows is not None and args.rows < 1) or args.duration_limit < 60:
+        p.error("--rows must be positive and --duration-limit at least 60")
+    return args
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
+                              cwd=REPO).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _export(rev: str, workdir: Path) -> str:
+    """`git archive REV` unpacked in `workdir`, which becomes the code that runs; the commit."""
+    commit = _output(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"])
+    if not commit:
+        raise SystemExit(f"chaos: unknown revision {rev!r}")
+    dest = workdir / f"src-{commit[:12]}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True,
+                             check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
+    use_source(dest)
+    return commit
+
+
+def _meta(args: argparse.Namespace, plan: Plan, started: str, watch: str) -> dict[str, Any]:
+    return {
+        "started_at": started, "quick": args.quick, "seed": args.seed,
+        "git_commit": _output(["git", "rev-parse", "HEAD"]),
+        "measured": {"what": "git archive", "rev": args.at, "commit": args.at_commit}
+        if args.at else {"what": "working tree", "path": str(REPO)},
+        "git_dirty": _output(["git", "status", "--porcelain", "--", "workers", "scheduler",
+                              "emulator", "chaos"]).splitlines(),
+        "python": sys.version.split()[0], "redis_server": _output(["redis-server", "--version"]),
+        "postgres": _output(["postgres", "--version"]), "nproc": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(), "plan": plan.to_json(), "faults": FAULTS,
+        "emulator_args": plan.emulator_args(args.seed), "liveness_watch": watch,
+    }
+
+
+def _figures(out: Outcome, plan: Plan, elapsed: float) -> dict[str, Any]:
+    figs: dict[str, Any] = {"elapsed_s": round(elapsed, 1), **out.times,
+                            "rows": plan.rows, "rows_by_state": out.final_counts,
+                            "drain": out.drained}
+    ev = out.evidence
+    if ev is None:
+        return figs
+    stats = ev.stats
+    figs.update({
+        "results_by_status": checks.counts(ev.results, "status"),
+        "emulator_tasks": len(ev.ledger),
+        "emulator_tasks_by_status": stats.get("tasks_by_status"),
+        "emulator_peak_in_flight": stats.get("peak_in_flight"),
+        "http_429": http_429s(stats),
+        "http_429_by_cause": {"spurious_fault": int(stats.get("faults", {}).get("429", 0)),
+                              "refused_over_limit": int(stats.get("creates_refused", 0)),
+                              "request_rate": int(stats.get("rate_limited", 0))},
+        "faults_injected": {k: v for k, v in stats.get("faults", {}).items() if v},
+        "requests": stats.get("requests"),
+        "db_attempts_by_state": checks.counts(ev.attempts, "state"),
+    })
+    return figs
+
+
+def build_report(args: argparse.Namespace, plan: Plan, out: Outcome, started: str,
+                 elapsed: float) -> dict[str, Any]:
+    """The JSON report: verdict, checks, figures, disruptions with their recovery."""
+    for event in out.events:
+        if not event.get("skipped") and event["kind"] != "unexpected_exit":
+            event["recovery"] = report.recovery(event, out.timeline)
+    doc: dict[str, Any] = {"pass": False, "status": out.status, "error": out.error,
+                           "checks": [], "figures": _figures(out, plan, elapsed)}
+    if out.evidence is not None:
+        found, att = checks.run_checks(out.evidence)
+        doc["checks"] = found
+        doc["figures"]["creates_per_row"] = checks.creates_per_row(out.evidence, att)
+    doc["checks"].append(report.disruptions_check(out.events))
+    doc["pass"] = out.status == "ok" and all(c["pass"] for c in doc["checks"]) \
+        and out.evidence is not None
+    doc["disruptions"] = report.disruption_summary(out.events)
+    doc["events"] = out.events
+    doc["stalls_restarted"] = [e for e in out.events if e["kind"] == "workers_restarted"]
+    doc["unexpected_exits"] = [e for e in out.events if e["kind"] == "unexpected_exit"]
+    doc["meta"] = _meta(args, plan, started, out.watch_kind)
+    doc["timeline"] = report.downsample(out.timeline, 300)
+    return doc
+
+
+def _raise_interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One chaos run; the exit code (see the module docstring)."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    plan = QUICK if args.quick else FULL
+    plan = replace(plan, rows=args.rows or plan.rows, duration_limit_s=args.duration_limit)
+    if shutil.which("redis-server") is None:
+        print("chaos: redis-server is not installed (make install-redis)", file=sys.stderr)
+        return 2
+    try:
+        preflight()
+    except PgUnavailable as exc:
+        print(f"chaos: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    began = time.monotonic()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    workdir = Path(tempfile.mkdtemp(prefix="piapi-chaos-"))
+    args.at_commit = _export(args.at, workdir) if args.at else None
+    print(f"[chaos] {plan.rows} rows, C={plan.concurrency}, limit {plan.duration_limit_s:.0f} s, "
+          f"work dir {workdir}", file=sys.stderr, flush=True)
+    try:
+        out, _ = run(plan, args.seed, workdir, began + plan.duration_limit_s)
+    except KeyboardInterrupt:
+        print(f"chaos: interrupted (logs in {workdir})", file=sys.stderr)
+        return 130
+    doc = build_report(args, plan, out, started, time.monotonic() - began)
+    if args.keep_logs or not doc["pass"]:
+        doc["logs"] = str(workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    paths = report.write(doc, args.out, started.replace("-", "").replace(":", ""))
+    print(json.dumps({k: v for k, v in doc.items() if k != "timeline"}, indent=1))
+    verdict = "PASS" if doc["pass"] else "FAIL"
+    failed = [c["check"] for c in doc["checks"] if not c["pass"]]
+    print(f"[chaos] {verdict} in {doc['figures']['elapsed_s']} s"
+          + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; {out.error}" if out.error else "") + f"; report: {paths[0]}",
+          file=sys.stderr, flush=True)
+    return 0 if doc["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
