@@ -271,6 +271,8 @@ def webhook(
 def flower(
     port: Annotated[int, typer.Option("--port")] = 5555,
     address: Annotated[str, typer.Option("--address", help="Bind address.")] = "127.0.0.1",
+    require_auth: Annotated[bool, typer.Option(
+        "--require-auth", help="Refuse to start without FLOWER_BASIC_AUTH (deployments).")] = False,
 ) -> None:
     """Open Flower on the fleet's Redis (basic auth when FLOWER_BASIC_AUTH=user:pass).
 
@@ -289,6 +291,8 @@ def flower(
     env = dict(os.environ)
     if address not in LOOPBACK and not env.get("FLOWER_BASIC_AUTH"):
         raise ConfigError(f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH")
+    if require_auth and ":" not in env.get("FLOWER_BASIC_AUTH", ""):
+        raise ConfigError("--require-auth: set FLOWER_BASIC_AUTH=user:password")
     if env.get("FLOWER_BASIC_AUTH"):
         argv.append(f"--basic_auth={env['FLOWER_BASIC_AUTH']}")
     else:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,3 +80,56 @@ def test_flower_refuses_a_public_address_without_auth(tmp_path: Path, redis_url:
     done = subprocess.run(cli("flower", "--address", "0.0.0.0"), env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def test_flower_require_auth_refuses_to_start_without_it(tmp_path: Path, redis_url: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
+    done = subprocess.run(cli("flower", "--require-auth"), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def test_flower_task_view_never_shows_the_api_key(tmp_path: Path, redis_url: str,
+                                                  sqlite_url: str) -> None:
+    """Flower shows every task's arguments: they are job ids, never the key or inputs."""
+    key = f"sk-live-{uuid.uuid4().hex}"
+    emu = emulator(tmp_path, "--time-scale", "0.02", api_key=key)
+    env = {**os.environ, "PIAPI_API_KEY": key, "PIAPI_BASE_URL": emu.url,
+           "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(10))
+    procs: list[subprocess.Popen[bytes]] = []
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        procs.append(_flower(env, port, tmp_path))
+        wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+                   what="Flower's page")
+        log = open(tmp_path / "fleet.log", "ab")  # noqa: SIM115
+        for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
+            procs.append(subprocess.Popen(cli(*args), env=env, cwd=tmp_path, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        subprocess.run(cli("submit", str(manifest)), env=env, cwd=tmp_path, check=True,
+                       capture_output=True, timeout=60)
+
+        def succeeded_tasks() -> dict[str, Any]:
+            tasks: dict[str, Any] = httpx.get(base + "/api/tasks", timeout=5).json()
+            names = {t.get("name") for t in tasks.values() if t.get("state") == "SUCCESS"}
+            return tasks if {"piapi_bulk.submit", "piapi_bulk.poll"} <= names else {}
+
+        tasks = wait_until(succeeded_tasks, 120, interval_s=0.5,
+                           what="Flower to list finished submit and poll tasks")
+        views = [httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).text
+                 for task_id in list(tasks)[:20]]
+        listing = httpx.get(base + "/api/tasks", timeout=5).text
+        pages = [httpx.get(f"{base}/task/{task_id}", timeout=5).text for task_id in list(tasks)[:5]]
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc, timeout_s=20)
+        emu.stop()
+    # The arguments Flower shows are lists of job ids.
+    submit = next(t for t in tasks.values() if t.get("name") == "piapi_bulk.submit")
+    assert submit["args"].startswith("[[") and submit["args"].replace(" ", "").strip("[]")
+    for text in [listing, *views, *pages]:
+        assert key not in text
+        assert "example.test" not in text  # nor the rows' inputs
