@@ -1,4 +1,5 @@
-"""The `piapi-bulk` command line: run, submit, status, export, worker, dispatcher, emulator."""
+"""The `piapi-bulk` command line: run, submit, status, cancel, retry, export, worker,
+dispatcher, webhook, flower, emulator."""
 
 from __future__ import annotations
 
@@ -48,6 +49,16 @@ MaxAttemptsOpt = Annotated[
     int | None, typer.Option("--max-attempts", min=1,
                              help="PiAPI tasks per row at most, when tasks fail (default 3).")
 ]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option("--budget-usd", help="Stop creating tasks before the batch's cost would pass "
+                 "this many US dollars (kept with the batch; give it again to change it)."),
+]
+DeadlineOpt = Annotated[
+    str | None,
+    typer.Option("--deadline", help="Start no task after this: an ISO-8601 time (local time "
+                 "unless it has an offset) or a duration from now such as 30m, 8h, 1h30m."),
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -85,12 +96,19 @@ def run(
                      "(default; find its task first), retry (post again: may pay twice) or "
                      "fail (never posted twice)."),
     ] = None,
+    budget_usd: BudgetOpt = None,
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
+    import time
+
+    from scheduler.controls import parse_budget, parse_deadline
     from scheduler.runner import RunOptions
     from scheduler.runner import run as run_batch
     from workers.logs import setup_logging
 
+    budget = parse_budget(budget_usd)
+    deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
     settings = _settings(rpm=rpm, on_ambiguous=on_ambiguous)
     if settings.on_ambiguous not in ("reconcile", "retry", "fail"):
         raise ConfigError("--on-ambiguous must be reconcile, retry or fail")
@@ -98,7 +116,8 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
     opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
-                      concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir)
+                      concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
+                      budget_usd=budget, deadline_at=deadline_at)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -109,11 +128,18 @@ def submit(
     task_type: TaskTypeOpt = None,
     concurrency: ConcurrencyOpt = None,
     max_attempts: MaxAttemptsOpt = None,
+    budget_usd: BudgetOpt = None,
+    deadline: DeadlineOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
+    import time
+
+    from scheduler.controls import parse_budget, parse_deadline, set_limits
     from scheduler.ingest import ingest
     from workers.db import create_tables, make_engine
 
+    budget = parse_budget(budget_usd)
+    deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
     settings = _settings()
     if not manifest.is_file():
         raise ConfigError(f"cannot read manifest {manifest}: no such file")
@@ -121,6 +147,7 @@ def submit(
     create_tables(engine)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
                     max_attempts=max_attempts or settings.max_attempts, concurrency=concurrency)
+    set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at)
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
@@ -154,6 +181,63 @@ def status(
         counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
         typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "
                    f"({s.source})")
+        for line in s.controls():
+            typer.echo(f"  {line}")
+
+
+@app.command()
+def cancel(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    now: Annotated[bool, typer.Option("--now", help="Also abandon running tasks that PiAPI "
+                                      "can no longer cancel (they may still be charged).")]
+    = False,
+) -> None:
+    """Stop a batch: no more tasks are created, waiting rows end cancelled, pending tasks
+    are cancelled at PiAPI; running ones finish (or, with --now, are abandoned)."""
+    from scheduler import controls
+    from workers.db import create_tables, make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    report = controls.cancel(engine, batch, now)
+    typer.echo(report.summary())
+    if (report.running or report.reconciling) and not controls.dispatcher_running(
+            _fleet_redis_url(settings)):
+        typer.echo("no dispatcher is running: the running tasks are dealt with when the fleet "
+                   "next runs (piapi-bulk run on the same manifest, or dispatcher + worker)")
+
+
+@app.command()
+def retry(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    failed: Annotated[bool, typer.Option("--failed", help="Only rows that failed "
+                                         "(default: failed and cancelled rows).")] = False,
+    ids: Annotated[Path | None, typer.Option("--ids", help="Only these row ids (the "
+                                             "manifest's id column), one a line.")] = None,
+) -> None:
+    """A new attempt for a batch's failed (and cancelled) rows; never for completed ones.
+
+    The next `piapi-bulk run` of the same manifest, or a running fleet, runs them."""
+    from scheduler import controls
+    from workers.db import create_tables, make_engine
+
+    keys = controls.read_ids(ids) if ids is not None else None
+    engine = make_engine(_settings().database_url)
+    create_tables(engine)
+    report = controls.retry(engine, batch, failed_only=failed, keys=keys)
+    for line in report.lines():
+        typer.echo(line)
+
+
+def _fleet_redis_url(settings: Settings) -> str | None:
+    """REDIS_URL, else the private Redis of a `run` in progress in this directory."""
+    from scheduler.runner import REDIS_URL_FILE
+
+    run_file = _run_dir() / REDIS_URL_FILE
+    if settings.redis_url:
+        return settings.redis_url
+    return run_file.read_text().strip() if run_file.is_file() else None
 
 
 @app.command("export")

@@ -29,6 +29,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from scheduler.admission import Admission
 from scheduler.slots import Account, RemoteSlots
 from workers import durations, leases
 from workers import transitions as tr
@@ -138,6 +139,7 @@ class Dispatcher:
         self.clock = clock
         self.fleet = Fleet(redis_client, clock)
         self.budget = budget
+        self.admission = Admission(engine)
         self.remote = RemoteSlots(engine, account, budget.spend if budget else None, clock,
                                   min_interval_s=max(
             account_poll_min_s, 10.0 / (rpm / 60.0) if rpm else 0.0))
@@ -227,6 +229,7 @@ class Dispatcher:
         for batch_id in leases.mark_done_batches(self.engine):
             logger.info("batch %s is done", batch_id)
         self._batches = leases.open_batches(self.engine)
+        self.admission.refresh(self._batches, now, self.epoch)
         self._retries = leases.any_retry_wait(self.engine)
         self._backlog = True  # looked at again by the next pass that has free slots
         if now - self._pruned >= PRUNE_EVERY_S:
@@ -316,8 +319,11 @@ class Dispatcher:
                 break
             if batch.concurrency:
                 room = min(room, batch.concurrency - occupancy.by_batch.get(batch.id, 0))
-            leased += leases.lease_submits(self.engine, batch.id, room, now, self.epoch,
-                                           self.lease_s, retries=self._retries)
+            room = self.admission.room(batch, room, now)  # cancelled, deadline, budget
+            got = leases.lease_submits(self.engine, batch.id, room, now, self.epoch,
+                                       self.lease_s, retries=self._retries)
+            self.admission.took(batch.id, len(got))
+            leased += got
         return leased
 
     def _send(self, task: str, queue: str, ids: list[int]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -10,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from workers.models import Batch, Job
+from workers.spending import money
 from workers.states import ACTIVE, JobState
 
 USD_PER_UNIT = 1e-7
@@ -26,6 +29,12 @@ class BatchStatus:
     consumed_units: int = 0
     created_at: float = 0.0
     done: bool = False
+    budget_usd: float | None = None
+    paused: str | None = None
+    """Why creates are paused (the budget is reached), or None."""
+    deadline_at: float | None = None
+    cancel_mode: str | None = None
+    cancelled_at: float | None = None
 
     @property
     def active(self) -> int:
@@ -42,6 +51,21 @@ class BatchStatus:
         """Credits consumed so far, in US dollars."""
         return self.consumed_units * USD_PER_UNIT
 
+    def controls(self) -> list[str]:
+        """The operator controls in effect, a line each (budget, pause, deadline, cancel)."""
+        lines = []
+        if self.budget_usd is not None:
+            lines.append(f"budget {money(self.budget_usd)}, spent {money(self.usd)}")
+        if self.paused:
+            lines.append(f"paused: {self.paused}")
+        if self.deadline_at is not None:
+            passed = " (passed)" if self.deadline_at <= time.time() else ""
+            lines.append(f"deadline {local_iso(self.deadline_at)}{passed}")
+        if self.cancel_mode is not None:
+            when = f" at {local_iso(self.cancelled_at)}" if self.cancelled_at else ""
+            lines.append(f"cancelled{' (--now)' if self.cancel_mode == 'now' else ''}{when}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         """The `status --json` object for this batch."""
         return {
@@ -53,7 +77,18 @@ class BatchStatus:
             "done": self.done,
             "usd": round(self.usd, 6),
             "created_at": self.created_at,
+            "budget_usd": self.budget_usd,
+            "spent_usd": round(self.usd, 6),
+            "paused": self.paused,
+            "deadline_at": self.deadline_at,
+            "cancelled": self.cancel_mode,
+            "cancelled_at": self.cancelled_at,
         }
+
+
+def local_iso(ts: float) -> str:
+    """A Unix time as local ISO-8601 with its UTC offset, to the second."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
@@ -75,6 +110,8 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
     return BatchStatus(
         id=batch.id, source=batch.source, total=sum(counts.values()), counts=counts,
         consumed_units=consumed, created_at=batch.created_at, done=batch.done,
+        budget_usd=batch.budget_usd, paused=batch.paused, deadline_at=batch.deadline_at,
+        cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at,
     )
 
 

@@ -47,6 +47,9 @@ class TaskSpec:
     """True when PiAPI accepts fields beyond those listed (passed through unchecked)."""
     max_pixels: int | None = None
     """Upper bound on width*height, when the model has one."""
+    prior_usd: float | None = None
+    """What one task may cost at most (its dearest options), before costs are learned;
+    None when the price is not known (a high default is used instead)."""
 
 
 S = FieldSpec()
@@ -92,26 +95,35 @@ _KLING = {
 }
 
 SPECS: tuple[TaskSpec, ...] = (
-    TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30),
-    TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180),
-    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": S}, prior_s=180),
+    # prior_usd: Joycaption $0.01 a task; Wan $0.08 a second, x1.5 at 1080P (15 s: $1.80);
+    # Flux $0.002 (schnell) and $0.015 (dev) an image; Kling $0.26 (std) or $0.46 (pro)
+    # per 5 s (10 s pro: $0.92); Hailuo $0.20.
+    TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30,
+             prior_usd=0.01),
+    TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180,
+             prior_usd=1.80),
+    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": S}, prior_s=180,
+             prior_usd=1.80),
     TaskSpec("Qubico/flux1-schnell", "txt2img", ("prompt",), _FLUX, prior_s=10,
-             max_pixels=FLUX_MAX_PIXELS),
+             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.002),
     TaskSpec("Qubico/flux1-dev", "txt2img", ("prompt",), _FLUX, prior_s=20,
-             max_pixels=FLUX_MAX_PIXELS),
+             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.015),
     TaskSpec(
         "Qubico/flux1-schnell", "img2img", ("prompt", "image"),
         {**_FLUX, "image": S, "denoise": NUM}, prior_s=10, max_pixels=FLUX_MAX_PIXELS,
+        prior_usd=0.002,
     ),
     TaskSpec(
         "Qubico/flux1-dev", "img2img", ("prompt", "image"),
         {**_FLUX, "image": S, "denoise": NUM}, prior_s=20, max_pixels=FLUX_MAX_PIXELS,
+        prior_usd=0.015,
     ),
-    TaskSpec("kling", "video_generation", ("prompt",), _KLING, prior_s=240, open_fields=True),
+    TaskSpec("kling", "video_generation", ("prompt",), _KLING, prior_s=240, open_fields=True,
+             prior_usd=0.92),
     TaskSpec(
         "hailuo", "video_generation", ("prompt",),
         {"prompt": S, "model": S, "image_url": S, "expand_prompt": BOOL},
-        prior_s=120, open_fields=True,
+        prior_s=120, open_fields=True, prior_usd=0.20,
     ),
     TaskSpec(
         "Qubico/tts", "zero-shot", ("gen_text",),
@@ -141,3 +153,13 @@ def prior_duration_s(model: str, task_type: str) -> float:
     """The prior typical duration of a task, in seconds."""
     spec = lookup(model, task_type)
     return spec.prior_s if spec else 60.0
+
+
+UNKNOWN_PRICE_USD = 2.0
+"""The cost assumed for a task whose price is not known: above the dearest known task."""
+
+
+def prior_cost_usd(model: str, task_type: str) -> float:
+    """What one task may cost before anything is learned (errs on the high side)."""
+    spec = lookup(model, task_type)
+    return spec.prior_usd if spec and spec.prior_usd is not None else UNKNOWN_PRICE_USD

@@ -37,7 +37,8 @@ _OCCUPANCY = (
 )
 _YOUNG = select(func.count()).where(j.state == RUN, j.submitted_at > bindparam("p_since"),
                                     j.submitted_at <= bindparam("p_until"))
-_OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency)
+_OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency, BATCHES.c.budget_usd,
+                        BATCHES.c.deadline_at, BATCHES.c.cancel_mode, BATCHES.c.paused)
                  .where(BATCHES.c.done.is_(False)).order_by(BATCHES.c.created_at))
 _NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW, JobState.AMBIGUOUS.value]),
                                                j.next_at > bindparam("p_now"))
@@ -97,13 +98,18 @@ class OpenBatch:
 
     id: str
     concurrency: int | None
+    budget_usd: float | None = None
+    deadline_at: float | None = None
+    cancel_mode: str | None = None
+    """Set once an operator cancelled the batch: no create is admitted any more."""
+    paused: str | None = None
 
 
 def open_batches(engine: Engine) -> list[OpenBatch]:
     """Batches not yet done, oldest first."""
     with transaction(engine) as conn:
         rows = conn.execute(_OPEN_BATCHES).all()
-    return [OpenBatch(str(r[0]), r[1]) for r in rows]
+    return [OpenBatch(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
 def _lease(engine: Engine, leaser: Any, params: dict[str, Any], limit: int) -> list[int]:

@@ -35,6 +35,15 @@ class Batch(SQLModel, table=True):
     """Optional cap on this batch's tasks in flight, under the account-wide limit."""
     done: bool = False
     """Set by the dispatcher once no row of the batch can change any more."""
+    budget_usd: float | None = None
+    """Creates stop before spent + in-flight estimates + the next task would pass this."""
+    deadline_at: float | None = None
+    """No create starts after this; rows still waiting then end cancelled."""
+    cancel_mode: str | None = Field(default=None, max_length=8)
+    """Set by `piapi-bulk cancel`: `finish` (running tasks finish) or `now` (abandoned)."""
+    cancelled_at: float | None = None
+    paused: str | None = Field(default=None, sa_column=Column(Text))
+    """Why admission is paused (the budget is reached), for `status` and `run`."""
 
 
 class Job(SQLModel, table=True):
@@ -67,6 +76,12 @@ class Job(SQLModel, table=True):
     """Creates begun for this row (attempt rows), refused ones included."""
     tries: int = 0
     """Retryable create errors in a row since the last success."""
+    retry_base: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """`attempts` when an operator last retried the row: `attempts - retry_base` is what
+    counts against the batch's max_attempts."""
+    reconcile_from: float | None = None
+    """Set when an operator retries a row whose create's outcome is unknown: its
+    reconciliation period starts here instead of at the (old) attempt."""
     task_id: str | None = Field(default=None, max_length=64)
     remote_status: str | None = Field(default=None, max_length=32)
     next_at: float | None = None
@@ -98,7 +113,8 @@ class Attempt(SQLModel, table=True):
     n: int
     """1-based number of this POST for its job."""
     state: str = Field(default="posting", max_length=16)
-    """posting | created | refused | ambiguous | completed | failed | cancelled"""
+    """posting | created | refused | ambiguous | absent | completed | failed | cancelled |
+    abandoned (its batch was cancelled with --now while the task ran)"""
     task_id: str | None = Field(default=None, max_length=64, index=True)
     started_at: float
     ended_at: float | None = None

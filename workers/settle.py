@@ -59,7 +59,9 @@ def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> b
 def _history(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float,
              tally: Tally) -> tuple[list[HistoryRow], bool]:
     """History rows of the attempt's model around its window; True when all were read."""
-    start, end = t.started_at - 60.0, max(t.lost_at, now) + 60.0
+    # The task, if any, was created by the time the answer was lost (give or take clock
+    # skew), so an old attempt (an operator's retry) does not read everything since.
+    start, end = t.started_at - 60.0, min(max(t.lost_at, now), t.lost_at + 60.0) + 60.0
     rows: list[HistoryRow] = []
     for page in range(1, MAX_PAGES + 1):
         ctx.spend("history")
@@ -100,7 +102,7 @@ def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tall
 
 
 def _undecided(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float, why: str) -> bool:
-    if now - t.lost_at >= ctx.reconcile_timeout_s:
+    if now - t.undecided_since >= ctx.reconcile_timeout_s:
         return amb.give_up(ctx.engine, t, now, f"{why}; gave up after "
                                                f"{ctx.reconcile_timeout_s:.0f}s")
     amb.defer(ctx.engine, t, now + AGAIN_S, why)

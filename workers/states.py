@@ -51,8 +51,10 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
          JobState.CANCELLED}
     ),
     JobState.COMPLETED: frozenset(),
-    JobState.FAILED: frozenset({JobState.QUEUED}),  # an operator's explicit retry
-    JobState.CANCELLED: frozenset({JobState.QUEUED}),  # an operator's explicit retry
+    # An operator's explicit retry: posted again, or (when the last create's outcome is
+    # unknown) reconciled first, so a task that may exist is found before any new create.
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.AMBIGUOUS}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED, JobState.AMBIGUOUS}),
     JobState.INVALID: frozenset(),
 }
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
@@ -34,6 +34,7 @@ from workers.piapi import (
     RateLimited,
     RetryableError,
     TaskView,
+    Usage,
 )
 from workers.polling import PollMode, next_poll_age, stuck_after_s
 from workers.ratelimit import Budget
@@ -52,6 +53,7 @@ EMPTY_OUTPUT_GRACE = 3
 ACCOUNT_RETRY_S = 60.0
 """How long a row waits after an account-level failure (credit) before it may run again."""
 CANCELLED_STATUSES = frozenset({"cancelled", "canceled"})
+CANCELLED_AT_PIAPI = "cancelled by operator; its task was cancelled at PiAPI while pending"
 SUCCESS_STATUSES = frozenset({"completed", "success", "succeeded"})
 
 
@@ -286,6 +288,10 @@ def outcome_of(ctx: WorkerContext, t: tr.PollTarget, view: TaskView) -> tr.PollO
         return tr.PollOutcome(t, "progress", view, next_at=now + 0.5)
     if status == "failed" or status in CANCELLED_STATUSES:
         return _task_failed(ctx, t, view, now)
+    if t.cancel_mode is not None:
+        stopped = _stop_for_cancel(ctx, t, view)
+        if stopped is not None:
+            return stopped
     # pending, processing, staged, or a status nobody documented: still running.
     submitted = t.submitted_at if t.submitted_at is not None else now
     age = now - submitted
@@ -296,7 +302,7 @@ def outcome_of(ctx: WorkerContext, t: tr.PollTarget, view: TaskView) -> tr.PollO
         ctx.count("stuck_cancelled")
         message = f"task stuck pending for {age:.0f}s (expected at most {limit:.0f}s); cancelled"
         logger.warning("job %s: %s", t.job_id, message)
-        if t.attempts < t.max_attempts:
+        if t.counted_attempts < t.max_attempts:
             return tr.PollOutcome(t, "retry", view, next_at=now, message=message,
                                   error_kind=ErrorKind.PROVIDER)
         return tr.PollOutcome(t, "failed", view, message=message, error_kind=ErrorKind.PROVIDER)
@@ -314,6 +320,25 @@ def _cancel(ctx: WorkerContext, task_id: str) -> bool:
         return False
 
 
+def _stop_for_cancel(ctx: WorkerContext, t: tr.PollTarget,
+                     view: TaskView) -> tr.PollOutcome | None:
+    """A running task of a cancelled batch: cancelled at PiAPI while still pending
+    (refunded); with `cancel --now`, abandoned otherwise; else None (it runs to the end)."""
+    if view.status == "pending" and _cancel(ctx, t.task_id):
+        ctx.count("operator_cancelled")
+        usage = view.usage and Usage(view.usage.type, 0, 0)  # PiAPI refunds a cancelled task
+        return tr.PollOutcome(t, "cancelled", replace(view, usage=usage),
+                              message=CANCELLED_AT_PIAPI, error_kind=ErrorKind.CANCELLED,
+                              attempt_state="cancelled")
+    if t.cancel_mode != "now":
+        return None
+    ctx.count("operator_abandoned")
+    message = (f"cancelled by operator (--now) while its task was {view.status or 'running'}; "
+               f"task {t.task_id} may still finish and be charged")
+    return tr.PollOutcome(t, "cancelled", view, message=message,
+                          error_kind=ErrorKind.CANCELLED, attempt_state="abandoned")
+
+
 def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView,
                  now: float) -> tr.PollOutcome:
     text = view.error.text if view.error else f"task {view.status}"
@@ -327,13 +352,17 @@ def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView,
         set_halt(ctx.engine, f"PiAPI failed a task for an account reason: {text}", now)
     ctx.count("task_failed")
     logger.info("job %s: task %s failed (%s): %s", t.job_id, t.task_id, cls.value, text)
-    if cls != FailureClass.INPUT and t.attempts < t.max_attempts:
+    retryable = cls != FailureClass.INPUT and t.counted_attempts < t.max_attempts
+    if retryable and t.cancel_mode is not None:
+        return tr.PollOutcome(t, "cancelled", view, error_kind=ErrorKind.CANCELLED,
+                              message=f"cancelled by operator; its task failed: {text}")
+    if retryable:
         delay = ACCOUNT_RETRY_S if cls == FailureClass.ACCOUNT else ctx.backoff(t.attempts, None)
         return tr.PollOutcome(t, "retry", view, next_at=now + delay, message=text,
                               error_kind=kind)
     message = text
     if cls != FailureClass.INPUT:
-        message = f"failed {t.attempts} of {t.max_attempts} attempts; last: {text}"
+        message = f"failed {t.counted_attempts} of {t.max_attempts} attempts; last: {text}"
     return tr.PollOutcome(t, "failed", view, message=message, error_kind=kind)
 
 

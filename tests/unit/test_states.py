@@ -31,6 +31,19 @@ def test_ambiguous_is_never_posted_again_directly() -> None:
     assert JobState.SUBMITTING not in ALLOWED[JobState.AMBIGUOUS]
 
 
+def test_ambiguous_is_reached_by_a_lost_create_or_an_operator_retry() -> None:
+    assert sources_of(JobState.AMBIGUOUS) == {JobState.SUBMITTING, JobState.FAILED,
+                                              JobState.CANCELLED}
+
+
+def test_an_operator_retry_leaves_completed_and_invalid_rows_alone() -> None:
+    for state in (JobState.COMPLETED, JobState.INVALID):
+        assert not can_move(state, JobState.QUEUED)
+        assert not can_move(state, JobState.AMBIGUOUS)
+    for state in (JobState.FAILED, JobState.CANCELLED):
+        assert ALLOWED[state] == {JobState.QUEUED, JobState.AMBIGUOUS}
+
+
 def test_partition() -> None:
     assert set(JobState) == TERMINAL | ACTIVE
     assert not TERMINAL & ACTIVE

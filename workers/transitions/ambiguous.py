@@ -47,11 +47,18 @@ class AmbiguousTarget:
     """A task id a webhook named for this job (unverified until a GET confirms it)."""
     tries: int
     """Retryable create failures in a row so far (a create that made no task is one)."""
+    reconcile_from: float | None = None
+    """Set when an operator retried the row: its reconciliation period starts here."""
+
+    @property
+    def undecided_since(self) -> float:
+        """Where the reconciliation period (PIAPI_BULK_RECONCILE_TIMEOUT_S) starts."""
+        return max(self.lost_at, self.reconcile_from or 0.0)
 
 
 _TARGETS = (
     select(j.id, j.batch_id, j.model, j.task_type, j.input_json, a.n, a.started_at,
-           func.coalesce(a.ended_at, a.started_at), j.task_id, j.tries)
+           func.coalesce(a.ended_at, a.started_at), j.task_id, j.tries, j.reconcile_from)
     .join(ATTEMPTS, and_(a.job_id == j.id, a.n == j.posts))
     .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == AMB)
 )
@@ -110,7 +117,7 @@ def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarg
         rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     return [AmbiguousTarget(int(r[0]), str(r[1]), str(r[2]), str(r[3]),
                             json.loads(r[4] or "{}"), int(r[5]), float(r[6]), float(r[7]),
-                            r[8], int(r[9])) for r in rows]
+                            r[8], int(r[9]), r[10]) for r in rows]
 
 
 def owned_elsewhere(engine: Engine, job_id: int, task_ids: Iterable[str]) -> set[str]:

@@ -38,6 +38,15 @@ class PollTarget:
     model: str
     task_type: str
     submitted_at: float | None
+    retry_base: int = 0
+    """`attempts` when an operator last retried the row (those no longer count)."""
+    cancel_mode: str | None = None
+    """The batch was cancelled: `finish` (running tasks finish) or `now` (abandoned)."""
+
+    @property
+    def counted_attempts(self) -> int:
+        """Attempts that count against `max_attempts` (since the last operator retry)."""
+        return self.attempts - self.retry_base
 
 
 def moved(what: str, job_id: int) -> None:

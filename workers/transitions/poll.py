@@ -24,15 +24,17 @@ from workers.transitions.common import PollTarget, usage_params
 
 logger = logging.getLogger(__name__)
 
-RUN, RW, FAILED, COMPLETED = (JobState.RUNNING.value, JobState.RETRY_WAIT.value,
-                              JobState.FAILED.value, JobState.COMPLETED.value)
+RUN, RW, FAILED, COMPLETED, CANCELLED = (
+    JobState.RUNNING.value, JobState.RETRY_WAIT.value, JobState.FAILED.value,
+    JobState.COMPLETED.value, JobState.CANCELLED.value)
 j, a = JOBS.c, ATTEMPTS.c
 
-OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", "lost"]
+OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", "lost",
+                      "cancelled"]
 
 _TARGETS = (
     select(j.id, j.task_id, j.polls, j.poll_errors, j.attempts, BATCHES.c.max_attempts,
-           j.model, j.task_type, j.submitted_at)
+           j.model, j.task_type, j.submitted_at, j.retry_base, BATCHES.c.cancel_mode)
     .join(BATCHES, BATCHES.c.id == j.batch_id)
     .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == RUN)
 )
@@ -54,6 +56,9 @@ _STATEMENTS: dict[OutcomeKind, Any] = {
     "retry": JOBS.update().where(_GUARD).values(
         state=RW, next_at=bindparam("p_next"), task_id=None, tries=0,
         error_kind=bindparam("p_kind"), error_message=bindparam("p_error"), **_DONE),
+    "cancelled": JOBS.update().where(_GUARD).values(
+        state=CANCELLED, next_at=None, finished_at=bindparam("p_now"),
+        error_kind=ErrorKind.CANCELLED.value, error_message=bindparam("p_error"), **_DONE),
     "poll_error": JOBS.update().where(_GUARD).values(
         lease_until=None, lease_epoch=None, poll_errors=j.poll_errors + 1,
         next_at=bindparam("p_next"), error_message=bindparam("p_error")),
@@ -88,11 +93,13 @@ class PollOutcome:
     message: str = ""
     error_kind: ErrorKind | None = None
     duration_s: float | None = None
+    attempt_state: str | None = None
+    """How the attempt's row ends, when not `completed`/`failed` (e.g. `cancelled`)."""
 
     @property
     def frees_slot(self) -> bool:
         """True when the job leaves the running state (a concurrency slot frees up)."""
-        return self.kind in ("completed", "failed", "retry", "lost")
+        return self.kind in ("completed", "failed", "retry", "lost", "cancelled")
 
     def params(self, now: float) -> dict[str, Any]:
         """Statement parameters for recording this outcome."""
@@ -115,7 +122,7 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
         rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                   str(r[6]), str(r[7]), r[8])
+                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10])
         for r in rows if r[1]
     ]
 
@@ -124,9 +131,10 @@ def _apply(conn: Connection, o: PollOutcome, now: float) -> bool:
     params = o.params(now)
     if conn.execute(_STATEMENTS[o.kind], params).rowcount != 1:
         return False
-    if o.kind in ("completed", "failed", "retry"):
+    if o.kind in ("completed", "failed", "retry", "cancelled"):
         conn.execute(_ATTEMPT_ENDED, {
-            **params, "p_attempt_state": "completed" if o.kind == "completed" else "failed",
+            **params, "p_attempt_state": o.attempt_state or (
+                "completed" if o.kind == "completed" else "failed"),
             "p_attempt_error": None if o.kind == "completed" else o.message,
         })
     return True

@@ -1,0 +1,161 @@
+"""Money per batch, for budgets: what is spent, what tasks in flight will likely cost, and
+how many more creates a budget allows.
+
+spent: PiAPI's usage of the batch's finished rows. frozen: every row in flight (a create
+dispatched or under way, a task running, a lost create being reconciled) at the estimated
+cost of one task of its kind: the mean usage of completed tasks of that kind (this batch's,
+else any batch's in the database), else the catalog's prior, which errs on the high side.
+A create is admitted only while spent + frozen + the next task's estimate stays within the
+budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, case, func, select
+from sqlalchemy.engine import Engine
+
+from workers.catalog import prior_cost_usd
+from workers.db import transaction
+from workers.models import BATCHES, JOBS
+from workers.states import JobState
+
+USD_PER_UNIT = 1e-7
+"""PiAPI usage units: 10,000,000 units = US$1."""
+ESTIMATE_TTL_S = 30.0
+"""How long a kind's cost learned from other batches is reused before it is read again."""
+SAMPLE_ROWS = 1000
+"""Completed rows of a kind read (at most) to learn its cost from other batches."""
+
+j = JOBS.c
+FINISHED = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+IN_FLIGHT = (JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.AMBIGUOUS.value)
+WAITING = (JobState.QUEUED.value, JobState.RETRY_WAIT.value)
+
+_ROWS = select(
+    j.model, j.task_type, j.state, j.usage_consume,
+    case((and_(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch")), 1),
+         else_=0).label("held"),
+).where(j.batch_id == bindparam("p_batch")).subquery()
+_BY_KIND = select(
+    _ROWS.c.model, _ROWS.c.task_type, _ROWS.c.state, _ROWS.c.held, func.count(),
+    func.count(_ROWS.c.usage_consume), func.coalesce(func.sum(_ROWS.c.usage_consume), 0),
+).group_by(_ROWS.c.model, _ROWS.c.task_type, _ROWS.c.state, _ROWS.c.held)
+"""Per (kind, state, lease held): rows, rows with usage, usage."""
+_SAMPLE = select(j.usage_consume).where(
+    j.state == JobState.COMPLETED.value, j.model == bindparam("p_model"),
+    j.task_type == bindparam("p_task_type"), j.usage_consume.is_not(None),
+).limit(SAMPLE_ROWS).subquery()
+_MEAN = select(func.avg(_SAMPLE.c.usage_consume), func.count())
+_SET_PAUSED = BATCHES.update().where(BATCHES.c.id == bindparam("p_batch")).values(
+    paused=bindparam("p_paused"))
+
+Kind = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Spend:
+    """A batch's money, as of one look."""
+
+    spent_usd: float
+    frozen_usd: float
+    next_usd: float
+    """The estimated cost of the next create: the dearest kind among the waiting rows."""
+    waiting: int
+    """Rows waiting to be created (not yet handed to a worker)."""
+    in_flight: int
+
+
+def allowance(budget_usd: float, spent_usd: float, frozen_usd: float, next_usd: float) -> int:
+    """How many more creates fit: the largest n with spent + frozen + n x next <= budget."""
+    room = budget_usd - spent_usd - frozen_usd
+    if room < 0:
+        return 0
+    if next_usd <= 0:
+        return 1_000_000_000
+    return max(0, math.floor(room / next_usd + 1e-9))
+
+
+def money(usd: float) -> str:
+    """Dollars for people: cents, or more digits when cents would hide the amount."""
+    return f"${usd:,.2f}" if abs(usd - round(usd, 2)) < 1e-9 else f"${usd:,.4f}"
+
+
+def pause_message(spend: Spend, budget_usd: float) -> str:
+    """Why a batch's creates stopped (shown by `status` and `run`)."""
+    return (f"budget: spent {money(spend.spent_usd)} + frozen {money(spend.frozen_usd)} of "
+            f"{money(budget_usd)}; re-run with a higher --budget-usd to continue")
+
+
+class CostEstimates:
+    """The mean cost of one task per kind over the database's completed rows (a sample),
+    cached; the catalog's prior for a kind with none."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._cache: dict[Kind, tuple[float, float]] = {}
+
+    def get(self, engine: Engine, kind: Kind) -> float:
+        """Estimated US$ of one task of `kind`."""
+        now = self.clock()
+        cached = self._cache.get(kind)
+        if cached is not None and now - cached[1] < ESTIMATE_TTL_S:
+            return cached[0]
+        with transaction(engine) as conn:
+            mean, n = conn.execute(_MEAN, {"p_model": kind[0], "p_task_type": kind[1]}).one()
+        usd = float(mean) * USD_PER_UNIT if n and mean is not None else prior_cost_usd(*kind)
+        self._cache[kind] = (usd, now)
+        return usd
+
+
+@dataclass
+class _Kind:
+    completed: int = 0
+    completed_units: int = 0
+    in_flight: int = 0
+    waiting: int = 0
+
+    def add(self, state: str, held: bool, n: int, with_usage: int, units: int) -> None:
+        """Count `n` rows of this kind in `state` (`held`: a create for them is out)."""
+        if state == JobState.COMPLETED.value:
+            self.completed += with_usage
+            self.completed_units += units
+        elif state in IN_FLIGHT or (state in WAITING and held):
+            self.in_flight += n
+        elif state in WAITING:
+            self.waiting += n
+
+
+def batch_spend(engine: Engine, batch_id: str, now: float, epoch: str,
+                estimates: CostEstimates) -> Spend:
+    """Spent, frozen and the next create's estimate for one batch (one grouped read)."""
+    with transaction(engine) as conn:
+        rows = conn.execute(_BY_KIND, {"p_batch": batch_id, "p_now": now,
+                                       "p_epoch": epoch}).all()
+    kinds: dict[Kind, _Kind] = {}
+    spent_units = 0
+    for model, task_type, state, held, n, with_usage, units in rows:
+        k = kinds.setdefault((str(model), str(task_type)), _Kind())
+        spent_units += int(units) if state in FINISHED else 0
+        k.add(str(state), bool(held), int(n), int(with_usage), int(units))
+    frozen = next_usd = 0.0
+    for kind, k in kinds.items():
+        if k.in_flight or k.waiting:
+            usd = (k.completed_units / k.completed * USD_PER_UNIT if k.completed
+                   else estimates.get(engine, kind))
+            frozen += k.in_flight * usd
+            if k.waiting:
+                next_usd = max(next_usd, usd)
+    return Spend(spent_usd=spent_units * USD_PER_UNIT, frozen_usd=frozen, next_usd=next_usd,
+                 waiting=sum(k.waiting for k in kinds.values()),
+                 in_flight=sum(k.in_flight for k in kinds.values()))
+
+
+def set_paused(engine: Engine, batch_id: str, reason: str | None) -> None:
+    """Record why the batch's admission is paused (None: it is not)."""
+    with transaction(engine) as conn:
+        conn.execute(_SET_PAUSED, {"p_batch": batch_id, "p_paused": reason})
