@@ -312,7 +312,9 @@ def dispatcher(
         engine, redis_client, create_celery(redis_url),
         lease_s=settings.lease_s, concurrency=settings.concurrency,
         account_limit=lambda: client.account_info().max_concurrent_tasks,
-        account=client if settings.active_tasks == "auto" else None,
+        # With webhooks, PiAPI says itself when a task ends: reading its in-flight count
+        # as well would cost more GETs than it saves (measured: 2.4 GETs a task vs 1.0).
+        account=client if settings.active_tasks == "auto" and not settings.webhook_url else None,
         rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
         budget=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
