@@ -294,7 +294,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             console.print(f"[red]{problem}[/]; run the same command again to resume")
             return EXIT_USAGE
         if final.paused and final.active:
-            console.print(f"[yellow]{final.paused}[/]", highlight=False)
+            console.print(final.paused, style="yellow", highlight=False, markup=False,
+                          soft_wrap=True)
             return EXIT_BUDGET
         ok = final.counts[JobState.COMPLETED] == final.total
         return EXIT_OK if ok else EXIT_ROWS_FAILED

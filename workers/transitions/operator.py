@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, case, exists, or_
+from sqlalchemy import bindparam, case, exists, func, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -56,7 +56,7 @@ _POLL_NOW = JOBS.update().where(_BATCH, j.state == RUN,
     .values(next_at=bindparam("p_now"))
 
 _UNKNOWN: ColumnElement[bool] = or_(
-    j.error_kind == ErrorKind.AMBIGUOUS.value,
+    func.coalesce(j.error_kind, "") == ErrorKind.AMBIGUOUS.value,  # never NULL: it is negated
     exists().where(a.job_id == j.id, a.n == j.posts, a.state.in_(UNKNOWN_ATTEMPT_STATES)))
 """The row's last create may have made a task nobody knows the id of."""
 _FRESH: dict[str, Any] = dict(

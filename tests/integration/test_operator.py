@@ -1,0 +1,588 @@
+"""Operator controls on real parts: cancel, retry, budget and deadline.
+
+The first tests drive the record directly (SQLite and PostgreSQL): schema upgrade, the
+compare-and-set moves, the dispatcher's sweeps and budget arithmetic. The rest run
+`piapi-bulk` end to end against the emulator over HTTP and check its ledger: which tasks
+PiAPI made, which it cancelled, and that no row was ever created twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from scheduler import controls
+from scheduler.admission import Admission
+from scheduler.status import batch_status
+from tests.helpers import REPO, wait_until
+from tests.integration.e2e import (
+    Emulator,
+    caption_rows,
+    cli,
+    emulator,
+    finish,
+    read_results,
+    run_env,
+    start_run,
+    write_jsonl,
+)
+from workers import leases, spending
+from workers import transitions as tr
+from workers.db import create_tables, make_engine, session
+from workers.models import Batch, Job
+from workers.piapi import TaskView, Usage
+from workers.states import ErrorKind, JobState
+from workers.transitions import ambiguous as amb
+from workers.transitions import operator
+
+pytestmark = pytest.mark.integration
+
+NOW = 1_000_000.0
+LEASE = 30.0
+JOY = ("Qubico/joycaption", "joycaption-beta-one")
+
+
+# --- the record ----------------------------------------------------------------------------
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = make_engine(database_url)
+    create_tables(eng)
+    yield eng
+    eng.dispose()
+
+
+def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3, kind: tuple[str, str] = JOY,
+              **batch: Any) -> list[int]:
+    with session(engine) as s:
+        s.add(Batch(id=batch_id, content_hash=batch_id * 8, source="t.jsonl", created_at=NOW,
+                    ingested=True, total=rows, **batch))
+        s.flush()
+        jobs = [Job(batch_id=batch_id, seq=i, line=i, row_key=str(i), model=kind[0],
+                    task_type=kind[1], input_json=f'{{"image":"u{batch_id}{i}"}}')
+                for i in range(1, rows + 1)]
+        s.add_all(jobs)
+        s.flush()
+        return [int(j.id) for j in jobs if j.id is not None]
+
+
+def put(engine: Engine, job_id: int, **values: Any) -> None:
+    """Test setup: place a row where a test needs it."""
+    with session(engine) as s:
+        row = s.get_one(Job, job_id)
+        for name, value in values.items():
+            setattr(row, name, value)
+
+
+def job(engine: Engine, job_id: int) -> Job:
+    with Session(engine) as s:
+        return s.get_one(Job, job_id)
+
+
+def batch_row(engine: Engine, batch_id: str = "b1") -> Batch:
+    with Session(engine) as s:
+        return s.get_one(Batch, batch_id)
+
+
+def view(task_id: str, status: str = "pending") -> TaskView:
+    return TaskView(task_id=task_id, model=JOY[0], task_type=JOY[1], status=status, output=None,
+                    usage=Usage("llm", 0, 100000), error=None, created_at=None,
+                    started_at=None, ended_at=None)
+
+
+def running(engine: Engine, job_id: int, task_id: str) -> None:
+    claim = tr.claim_for_submit(engine, job_id, NOW, LEASE)
+    assert claim is not None
+    assert tr.record_created(engine, claim, view(task_id), NOW, NOW + 60)
+
+
+def failed_ambiguous(engine: Engine, job_id: int) -> None:
+    """A create whose answer was lost and never reconciled: failed, kind ambiguous."""
+    claim = tr.claim_for_submit(engine, job_id, NOW, LEASE)
+    assert claim is not None
+    assert tr.record_ambiguous(engine, claim, NOW + 1, "read timeout")
+    assert tr.resolve_ambiguous_as_failed(engine, NOW + 2) >= 1
+
+
+def test_an_older_database_gains_the_new_columns(database_url: str) -> None:
+    eng = make_engine(database_url)
+    try:
+        create_tables(eng)
+        with eng.begin() as conn:  # the schema as the previous version made it
+            for column in ("retry_base", "reconcile_from"):
+                conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+            for column in ("budget_usd", "deadline_at", "cancel_mode", "cancelled_at", "paused"):
+                conn.execute(text(f"ALTER TABLE batches DROP COLUMN {column}"))
+            conn.execute(text(
+                "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, "
+                "invalid, max_attempts, done) VALUES ('old', 'h', 's', 1, true, 1, 0, 3, false)"))
+            conn.execute(text(
+                "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
+                "polls, poll_errors, created_at) "
+                "VALUES ('old', 1, 1, '1', 'failed', 3, 3, 0, 0, 0, 1)"))
+        create_tables(eng)
+        create_tables(eng)  # idempotent
+        with Session(eng) as s:
+            old = s.exec(select(Job)).one()
+            assert (old.retry_base, old.reconcile_from) == (0, None)
+        st = batch_status(eng, "old")
+        assert st is not None and st.budget_usd is None and st.controls() == []
+        assert controls.retry(eng, "old", failed_only=True, keys=None).requeued == 1
+    finally:
+        eng.dispose()
+
+
+def test_cancel_moves_waiting_rows_and_a_late_claim_loses(engine: Engine) -> None:
+    queued, waiting, run, lost, done, leased = add_batch(engine, rows=6)
+    put(engine, waiting, state=JobState.RETRY_WAIT.value, next_at=NOW - 1)
+    running(engine, run, "t-run")
+    running(engine, done, "t-done")
+    put(engine, done, state=JobState.COMPLETED.value)
+    put(engine, lost, state=JobState.AMBIGUOUS.value, next_at=NOW + 5)
+    put(engine, leased, lease_until=NOW + 60, lease_epoch="e")  # a submit message is out
+
+    report = controls.cancel(engine, "b1", now_mode=False, now=NOW)
+
+    assert (report.cancelled_now, report.running, report.reconciling) == (3, 1, 1)
+    for j in (queued, waiting, leased):
+        row = job(engine, j)
+        assert (row.state, row.error_kind, row.error_message) == (
+            "cancelled", "cancelled", "cancelled by operator")
+        assert row.lease_until is None and row.finished_at == NOW
+    assert tr.claim_many(engine, [queued, waiting, leased], NOW, LEASE) == []  # lost cleanly
+    assert (job(engine, run).state, job(engine, run).next_at) == ("running", NOW)  # poll now
+    assert job(engine, lost).state == "ambiguous"  # reconciliation goes on
+    assert job(engine, done).state == "completed"
+    [target] = tr.load_poll_targets(engine, [run])
+    assert target.cancel_mode == "finish"
+    b = batch_row(engine)
+    assert (b.cancel_mode, b.cancelled_at) == ("finish", NOW)
+
+    again = controls.cancel(engine, "b1", now_mode=True, now=NOW + 10)
+    assert again.cancelled_now == 1 and again.reconciling == 0
+    row = job(engine, lost)
+    assert row.state == "cancelled" and "a task may exist at PiAPI" in (row.error_message or "")
+    b = batch_row(engine)
+    assert (b.cancel_mode, b.cancelled_at) == ("now", NOW)  # first cancel's time kept
+    with pytest.raises(controls.ConfigError, match="no batch nope"):
+        controls.cancel(engine, "nope", now_mode=False)
+
+
+def test_the_dispatcher_sweeps_cancelled_and_expired_batches(engine: Engine) -> None:
+    a1, a2, a3 = add_batch(engine, "b1", rows=3)
+    d1, d2, d3 = add_batch(engine, "b2", rows=3, deadline_at=NOW - 1)
+    add_batch(engine, "b3", rows=1)
+    running(engine, a3, "t-a3")
+    controls.cancel(engine, "b1", now_mode=False, now=NOW)
+    # After the cancel, a create comes back refused (retryable): the row waits again.
+    put(engine, a1, state=JobState.RETRY_WAIT.value, next_at=NOW + 5, error_kind=None)
+    running(engine, d3, "t-d3")
+    put(engine, d2, state=JobState.RETRY_WAIT.value, next_at=NOW + 5)
+
+    admission = Admission(engine)
+    batches = {b.id: b for b in leases.open_batches(engine)}
+    admission.refresh(batches.values(), NOW + 1, "e")
+
+    assert job(engine, a1).state == "cancelled" and job(engine, a3).state == "running"
+    row = job(engine, d1)
+    assert row.state == "cancelled" and row.error_kind == "cancelled"
+    assert (row.error_message or "").startswith("not started before the deadline ")
+    assert job(engine, d2).error_message == "deadline passed while waiting to retry"
+    assert job(engine, d3).state == "running"  # running tasks finish
+    assert admission.room(batches["b1"], 5, NOW + 1) == 0
+    assert admission.room(batches["b2"], 5, NOW + 1) == 0
+    assert admission.room(batches["b3"], 5, NOW + 1) == 5
+    # A retry lifts the cancel; a sweep that looked before it must not take the rows back.
+    assert controls.retry(engine, "b1", failed_only=False, keys=None).requeued == 2
+    assert operator.sweep_cancelled(engine, "b1", NOW + 2, "finish") == 0
+    assert {job(engine, j).state for j in (a1, a2)} == {"queued"}
+
+
+def test_retry_requeues_and_sends_unknown_creates_to_reconciliation(engine: Engine) -> None:
+    provider, lost, lost_cancelled, cancelled, done, invalid, active = add_batch(
+        engine, rows=7, max_attempts=3)
+    running(engine, provider, "t-p")
+    put(engine, provider, state=JobState.FAILED.value, attempts=3, posts=3, tries=2, polls=4,
+        error_kind=ErrorKind.PROVIDER.value, error_message="failed 3 of 3", finished_at=NOW)
+    failed_ambiguous(engine, lost)
+    failed_ambiguous(engine, lost_cancelled)
+    put(engine, lost_cancelled, state=JobState.CANCELLED.value, error_kind="cancelled")
+    put(engine, cancelled, state=JobState.CANCELLED.value, error_kind="cancelled")
+    put(engine, done, state=JobState.COMPLETED.value, task_id="t-done", attempts=1)
+    put(engine, invalid, state=JobState.INVALID.value, error_kind="invalid")
+    running(engine, active, "t-active")
+    with session(engine) as s:
+        s.get_one(Batch, "b1").paused = "budget: ..."
+
+    only_failed = controls.retry(engine, "b1", failed_only=True, keys=None, now=NOW + 100)
+    assert (only_failed.requeued, only_failed.reconciling) == (1, 1)
+    assert only_failed.skipped == Counter({"cancelled (not selected)": 2, "still active": 1,
+                                           "completed (never re-run)": 1,
+                                           "invalid (never re-run)": 1})
+    row = job(engine, provider)
+    assert (row.state, row.retry_base, row.tries, row.polls, row.task_id, row.error_kind,
+            row.finished_at) == ("queued", 3, 0, 0, None, None, None)
+    row = job(engine, lost)
+    assert (row.state, row.next_at, row.reconcile_from, row.retry_base) == (
+        "ambiguous", NOW + 100, NOW + 100, 0)
+    [target] = amb.load_ambiguous(engine, [lost])
+    assert target.lost_at < NOW + 10 and target.undecided_since == NOW + 100  # fresh period
+    assert batch_row(engine).paused is None and not batch_row(engine).done
+
+    rest = controls.retry(engine, "b1", failed_only=False, keys=None, now=NOW + 200)
+    assert (rest.requeued, rest.reconciling) == (1, 1)
+    assert job(engine, lost_cancelled).state == "ambiguous"
+    assert job(engine, cancelled).state == "queued"
+    assert (job(engine, done).state, job(engine, done).task_id) == ("completed", "t-done")
+    assert job(engine, invalid).state == "invalid" and job(engine, active).state == "running"
+
+    # By row id: only those named; completed ones are reported, never re-run.
+    put(engine, provider, state=JobState.FAILED.value, error_kind="provider")
+    put(engine, cancelled, state=JobState.FAILED.value, error_kind="provider")
+    keyed = controls.retry(engine, "b1", failed_only=True,
+                           keys=[str(1), str(5), "nope"], now=NOW + 300)
+    assert (keyed.requeued, keyed.reconciling, keyed.unknown_ids) == (1, 0, ["nope"])
+    assert keyed.skipped == Counter({"completed (never re-run)": 1})
+    assert job(engine, provider).state == "queued" and job(engine, cancelled).state == "failed"
+
+
+def test_budget_allowance_pause_and_resume(engine: Engine) -> None:
+    ids = add_batch(engine, "b1", rows=10, budget_usd=0.05)
+    for j in ids[:2]:
+        put(engine, j, state=JobState.COMPLETED.value, usage_consume=100_000)
+    running(engine, ids[2], "t-run")
+    estimates = spending.CostEstimates()
+    spend = spending.batch_spend(engine, "b1", NOW, "e", estimates)
+    assert spend.spent_usd == pytest.approx(0.02) and spend.frozen_usd == pytest.approx(0.01)
+    assert (spend.next_usd, spend.waiting, spend.in_flight) == (pytest.approx(0.01), 7, 1)
+
+    admission = Admission(engine)
+    [b1] = leases.open_batches(engine)
+    admission.refresh([b1], NOW, "e")
+    assert admission.room(b1, 5, NOW) == 2  # 0.02 + 0.01 + 2 x 0.01 = 0.05
+    leased = leases.lease_submits(engine, "b1", admission.room(b1, 5, NOW), NOW, "e", LEASE)
+    admission.took("b1", len(leased))
+    assert len(leased) == 2 and admission.room(b1, 5, NOW) == 0
+    assert batch_row(engine).paused is None
+
+    # Leased creates count as in flight: the next look finds the budget reached.
+    later = Admission(engine)
+    later.refresh(leases.open_batches(engine), NOW + 1, "e")
+    assert later.room(b1, 5, NOW + 1) == 0
+    paused = batch_row(engine).paused
+    assert paused == ("budget: spent $0.02 + frozen $0.03 of $0.05; re-run with a higher "
+                      "--budget-usd to continue")
+    st = batch_status(engine, "b1")
+    assert st is not None and st.to_json()["paused"] == paused
+    assert st.to_json()["budget_usd"] == 0.05 and f"paused: {paused}" in st.controls()
+
+    controls.set_limits(engine, "b1", budget_usd=1.0)  # a higher budget lifts the pause
+    assert batch_row(engine).paused is None
+    resumed = Admission(engine)
+    resumed.refresh(leases.open_batches(engine), NOW + 2, "e")
+    assert resumed.room(b1, 5, NOW + 2) == 5 and batch_row(engine).paused is None
+
+    # A batch with nothing completed learns its kind's cost from the rest of the database;
+    # a kind nobody knows the price of is assumed dear.
+    for j in ids[:2]:
+        put(engine, j, usage_consume=300_000)
+    add_batch(engine, "b2", rows=2, budget_usd=1.0)
+    add_batch(engine, "b3", rows=1, kind=("Qubico/tts", "zero-shot"), budget_usd=1.0)
+    assert spending.batch_spend(engine, "b2", NOW, "e", estimates).next_usd == pytest.approx(0.03)
+    tts = spending.batch_spend(engine, "b3", NOW, "e", estimates)
+    assert tts.next_usd == 2.0
+    assert spending.allowance(1.0, tts.spent_usd, tts.frozen_usd, tts.next_usd) == 0
+
+
+# --- the commands ----------------------------------------------------------------------------
+def piapi_bulk(tmp_path: Path, env: dict[str, str], *args: str,
+               timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def test_commands_report_and_refuse_bad_input(tmp_path: Path, database_url: str,
+                                              redis_url: str) -> None:
+    eng = make_engine(database_url)
+    create_tables(eng)
+    ids = add_batch(eng, "b1", rows=3)
+    running(eng, ids[0], "t-1")
+    eng.dispose()
+    env = {k: v for k, v in os.environ.items() if k != "PIAPI_RPM"}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONPATH=str(REPO),
+               PIAPI_API_KEY="test-key-0123456789", PIAPI_BASE_URL="http://127.0.0.1:9",
+               PIAPI_BULK_RUN_DIR=str(tmp_path / "run"))
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(2))
+
+    out = piapi_bulk(tmp_path, env, "cancel", "nope")
+    assert out.returncode == 2 and out.stderr.strip() == "piapi-bulk: no batch nope"
+    out = piapi_bulk(tmp_path, env, "cancel", "b1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("batch b1 cancelled: 2 row(s) cancelled now; 1 running task(s)")
+    assert lines[1].startswith("no dispatcher is running")
+    out = piapi_bulk(tmp_path, env, "status", "b1", "--json")
+    [st] = json.loads(out.stdout)["batches"]
+    assert st["cancelled"] == "finish" and st["counts"]["cancelled"] == 2
+    assert "cancelled" in piapi_bulk(tmp_path, env, "status", "b1").stdout
+
+    out = piapi_bulk(tmp_path, env, "retry", "b1", "--ids", str(tmp_path / "missing"))
+    assert out.returncode == 2 and out.stderr.startswith("piapi-bulk: cannot read ids file")
+    out = piapi_bulk(tmp_path, env, "retry", "b1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("batch b1: 2 row(s) requeued, 0 sent to reconciliation")
+    assert "1 still active" in out.stdout
+
+    for bad in (("--deadline", "soon"), ("--deadline", "2001-01-01T00:00"),
+                ("--budget-usd", "0")):
+        for command in ("run", "submit"):
+            out = piapi_bulk(tmp_path, env, command, str(manifest), *bad)
+            assert out.returncode == 2, (command, bad, out.stderr)
+            assert len(out.stderr.strip().splitlines()) == 1 and bad[0] in out.stderr
+
+    out = piapi_bulk(tmp_path, env, "submit", str(manifest), "--budget-usd", "2.5",
+                     "--deadline", "2h")
+    assert out.returncode == 0, out.stderr
+    batch_id = out.stdout.strip().splitlines()[-1]
+    [st] = json.loads(piapi_bulk(tmp_path, env, "status", batch_id, "--json").stdout)["batches"]
+    assert st["budget_usd"] == 2.5 and abs(st["deadline_at"] - (time.time() + 7200)) < 120
+    out = piapi_bulk(tmp_path, env, "submit", str(manifest))  # not given: both kept
+    [st] = json.loads(piapi_bulk(tmp_path, env, "status", batch_id, "--json").stdout)["batches"]
+    assert st["budget_usd"] == 2.5 and st["deadline_at"] is not None
+
+
+# --- end to end --------------------------------------------------------------------------------
+def only_batch(database_url: str) -> str:
+    eng = make_engine(database_url)
+    try:
+        with Session(eng) as s:
+            return str(s.exec(select(Batch.id)).one())
+    finally:
+        eng.dispose()
+
+
+def remote_status(database_url: str, keys: list[str]) -> list[str | None]:
+    eng = make_engine(database_url)
+    try:
+        with Session(eng) as s:
+            rows = s.exec(select(Job).where(col(Job.row_key).in_(keys))).all()
+            return [r.remote_status if r.state == "running" else None for r in rows]
+    finally:
+        eng.dispose()
+
+
+def count_running(database_url: str) -> int:
+    eng = make_engine(database_url)
+    try:
+        with Session(eng) as s:
+            return len(s.exec(select(Job.id).where(Job.state == "running")).all())
+    finally:
+        eng.dispose()
+
+
+def stuck_rows(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"stuck-{i}", "model": JOY[0], "task_type": JOY[1],
+             "input": {"image": f"https://example.test/[[stuck]]/{i}.png"}}
+            for i in range(1, n + 1)]
+
+
+def ledger_by_task(emu: Emulator) -> dict[str, dict[str, Any]]:
+    return {t["task_id"]: t for t in emu.ledger()}
+
+
+def set_emulator(emu: Emulator, **config: Any) -> None:
+    httpx.post(f"{emu.url}/_emulator/config", json=config, timeout=5).raise_for_status()
+
+
+@pytest.mark.parametrize("mode", ["finish", "now"])
+def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str) -> None:
+    # Two tasks that take 8-10 s, two that stay pending at PiAPI, ten never started.
+    rows = caption_rows(2, "long") + stuck_rows(2) + caption_rows(10, "later")
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    emu = emulator(tmp_path, "--duration", "joycaption=8:10")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "4")
+        wait_until(lambda: remote_status(database_url, ["long-1", "long-2"])
+                   == ["processing", "processing"], 90, what="both long tasks processing")
+        assert count_running(database_url) == 4
+        args = ["cancel", only_batch(database_url)] + (["--now"] if mode == "now" else [])
+        out = piapi_bulk(tmp_path, env, *args)
+        assert out.returncode == 0, out.stderr
+        assert "10 row(s) cancelled now; 4 running task(s)" in out.stdout
+        code = finish(proc, 120)
+        ledger = ledger_by_task(emu)
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 1, (tmp_path / "run.out").read_text()[-3000:]
+    results = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+    assert stats["creates"] == 4 and stats["max_creates_per_input"] == 1  # none after the cancel
+    for i in range(1, 11):
+        r = results[f"later-{i}"]
+        assert (r["status"], r["task_id"], r["error"]["message"]) == (
+            "cancelled", None, "cancelled by operator")
+    for i in (1, 2):
+        r = results[f"stuck-{i}"]
+        assert r["status"] == "cancelled" and "cancelled at PiAPI while pending" in \
+            r["error"]["message"]
+        task = ledger[r["task_id"]]
+        assert task["error"]["raw_message"] == "task canceled" and not task["charged"]
+    for i in (1, 2):
+        r = results[f"long-{i}"]
+        if mode == "finish":  # processing tasks run to completion
+            assert r["status"] == "completed" and ledger[r["task_id"]]["status"] == "completed"
+        else:  # abandoned: said so, and PiAPI may still finish (and charge) the task
+            assert r["status"] == "cancelled" and "may still finish and be charged" in \
+                r["error"]["message"]
+            assert ledger[r["task_id"]]["status"] in ("processing", "completed")
+
+
+def test_retry_by_id_then_every_failed_row(tmp_path: Path, database_url: str) -> None:
+    rows = caption_rows(12)
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--fault-fail", "0.5")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        args = (str(manifest), "-o", "out.jsonl", "--max-attempts", "1")
+        assert finish(start_run(tmp_path, env, *args), 120) == 1
+        first = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+        failed = sorted(k for k, r in first.items() if r["status"] == "failed")
+        completed = sorted(k for k, r in first.items() if r["status"] == "completed")
+        assert failed and completed and len(failed) + len(completed) == 12
+        assert all(first[k]["error"]["message"].startswith("failed 1 of 1") for k in failed)
+        set_emulator(emu, fault_fail=0.0)
+        batch = only_batch(database_url)
+
+        ids = tmp_path / "ids.txt"
+        ids.write_text(f"# one failed row, one completed row, one unknown\n{failed[0]}\n\n"
+                       f"{completed[0]}\nno-such-row\n")
+        out = piapi_bulk(tmp_path, env, "retry", batch, "--ids", str(ids))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"batch {batch}: 1 row(s) requeued, 0 sent")
+        assert "1 completed (never re-run)" in out.stdout and "no-such-row" in out.stdout
+        code = finish(start_run(tmp_path, env, *args, name="run2"), 120)
+        second = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+        assert code == (1 if len(failed) > 1 else 0)
+        assert second[failed[0]]["status"] == "completed"
+        assert all(second[k]["status"] == "failed" for k in failed[1:])
+
+        out = piapi_bulk(tmp_path, env, "retry", batch, "--failed")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"batch {batch}: {len(failed) - 1} row(s) requeued")
+        assert finish(start_run(tmp_path, env, *args, name="run3"), 120) == 0
+        third = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+        ledger = emu.ledger()
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert {r["status"] for r in third.values()} == {"completed"}
+    per_input = Counter(t["input_key"] for t in ledger)
+    key_of = {t["task_id"]: t["input_key"] for t in ledger}
+    for k in completed:  # never re-run: the same task, and PiAPI made no other for the row
+        assert third[k]["task_id"] == first[k]["task_id"]
+        assert per_input[key_of[third[k]["task_id"]]] == 1
+    for k in failed:  # exactly one new task each
+        assert third[k]["task_id"] != first[k]["task_id"] and third[k]["attempts"] == 2
+        assert per_input[key_of[third[k]["task_id"]]] == 2
+    assert stats["creates"] == 12 + len(failed)
+
+
+def test_retry_of_a_lost_create_adopts_its_task(tmp_path: Path, database_url: str) -> None:
+    # The answers are lost and the history is down: the rows fail (kind ambiguous) although
+    # PiAPI made their tasks. A retry must find those tasks, not pay for new ones.
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(3))
+    emu = emulator(tmp_path, "--time-scale", "0.02", "--fault-ambiguous", "1.0",
+                   "--history-fault-rate", "1.0")
+    try:
+        env = run_env(tmp_path, emu, database_url, PIAPI_BULK_RECONCILE_TIMEOUT_S="3")
+        assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 1
+        first = read_results(tmp_path / "out.jsonl")
+        assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "ambiguous")}
+        assert emu.stats()["creates"] == 3
+        set_emulator(emu, fault_ambiguous=0.0, history_fault_rate=0.0)
+        out = piapi_bulk(tmp_path, env, "retry", only_batch(database_url))
+        assert out.returncode == 0, out.stderr
+        assert "0 row(s) requeued, 3 sent to reconciliation first" in out.stdout
+        # Older than the reconcile timeout, but the retry gives each a fresh period.
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", name="run2"),
+                      120)
+        stats = emu.stats()
+        ledger = ledger_by_task(emu)
+    finally:
+        emu.stop()
+    assert code == 0, (tmp_path / "run2.out").read_text()[-3000:]
+    results = read_results(tmp_path / "out.jsonl")
+    assert {r["status"] for r in results} == {"completed"}
+    assert stats["creates"] == 3 and stats["max_creates_per_input"] == 1  # adopted, not re-posted
+    assert all(r["task_id"] in ledger and r["attempts"] == 1 for r in results)
+
+
+def test_budget_stops_admission_and_a_higher_budget_resumes(tmp_path: Path,
+                                                            database_url: str) -> None:
+    rows = caption_rows(20)  # $0.01 a task at the emulator
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    emu = emulator(tmp_path, "--time-scale", "0.02")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        args = (str(manifest), "-o", "out.jsonl", "--concurrency", "3")
+        code = finish(start_run(tmp_path, env, *args, "--budget-usd", "0.05"), 120)
+        out = (tmp_path / "run.out").read_text()
+        assert code == 3, out[-3000:]
+        assert "re-run with a higher --budget-usd to continue" in out
+        first = read_results(tmp_path / "out.jsonl")
+        created = emu.stats()["creates"]
+        assert 0 < created <= 5  # never past $0.05
+        statuses = Counter(r["status"] for r in first)
+        assert statuses == Counter({"completed": created, "pending": 20 - created})
+        status = piapi_bulk(tmp_path, env, "status", only_batch(database_url), "--json")
+        [st] = json.loads(status.stdout)["batches"]
+        assert st["budget_usd"] == 0.05 and st["paused"].startswith("budget: spent $0.05")
+        assert st["spent_usd"] == pytest.approx(0.01 * created)
+
+        code = finish(start_run(tmp_path, env, *args, "--budget-usd", "1", name="run2"), 120)
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 0, (tmp_path / "run2.out").read_text()[-3000:]
+    second = read_results(tmp_path / "out.jsonl")
+    assert {r["status"] for r in second} == {"completed"}
+    assert stats["creates"] == 20 and stats["max_creates_per_input"] == 1
+    done_first = {r["id"]: r["task_id"] for r in first if r["status"] == "completed"}
+    assert all(r["task_id"] == done_first[r["id"]] for r in second if r["id"] in done_first)
+
+
+def test_nothing_starts_after_the_deadline(tmp_path: Path, database_url: str) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(8))
+    emu = emulator(tmp_path, "--duration", "joycaption=8:10")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "2")
+        wait_until(lambda: count_running(database_url) == 2, 90, what="two tasks running")
+        # The deadline, given again for the same manifest, applies to the running batch.
+        out = piapi_bulk(tmp_path, env, "submit", str(manifest), "--deadline", "1s")
+        assert out.returncode == 0, out.stderr
+        code = finish(proc, 120)
+        stats = emu.stats()
+    finally:
+        emu.stop()
+    assert code == 1, (tmp_path / "run.out").read_text()[-3000:]
+    results = read_results(tmp_path / "out.jsonl")
+    done = [r for r in results if r["status"] == "completed"]
+    cancelled = [r for r in results if r["status"] == "cancelled"]
+    assert len(done) == stats["creates"] == 2  # the running tasks finished; none started after
+    assert len(cancelled) == 6
+    for r in cancelled:
+        assert r["error"]["kind"] == "cancelled" and r["task_id"] is None
+        assert r["error"]["message"].startswith("not started before the deadline 20")
