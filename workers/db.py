@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.schema import CreateColumn
+from sqlalchemy.schema import CreateColumn, CreateIndex
 from sqlmodel import Session, SQLModel, create_engine
 
 from workers import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -123,6 +123,24 @@ def create_tables(engine: Engine) -> None:
     by an earlier version lack."""
     SQLModel.metadata.create_all(engine)
     add_missing_columns(engine)
+    add_missing_indexes(engine)
+
+
+def add_missing_indexes(engine: Engine) -> list[str]:
+    """`CREATE INDEX IF NOT EXISTS` for every model index a table created by an earlier
+    version lacks; returns their names."""
+    added: list[str] = []
+    with transaction(engine) as conn:
+        inspector = inspect(conn)
+        for table in SQLModel.metadata.sorted_tables:
+            have = {i["name"] for i in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in have:
+                    conn.execute(CreateIndex(index, if_not_exists=True))
+                    added.append(str(index.name))
+    if added:
+        logger.info("database upgraded: added indexes %s", ", ".join(added))
+    return added
 
 
 def add_missing_columns(engine: Engine) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select, union_all
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -27,13 +27,16 @@ j = JOBS.c
 _FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
             j.lease_epoch.is_(None), j.lease_epoch != bindparam("p_epoch"))
 """No message for this job is out any more."""
-_HELD = and_(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch"))
-"""A message for this job is out and may still arrive."""
 
-_OCCUPANCY = (
+# Two index-served halves, not one OR (which made PostgreSQL read every queued row, every
+# pass): rows holding a slot, and queued rows a message is out for (by lease time).
+_OCCUPANCY = union_all(
+    select(j.batch_id, j.state, func.count()).where(j.state.in_([SUB, RUN]))
+    .group_by(j.batch_id, j.state),
     select(j.batch_id, j.state, func.count())
-    .where(or_(j.state.in_([SUB, RUN]), and_(j.state.in_([Q, RW]), _HELD)))
-    .group_by(j.batch_id, j.state)
+    .where(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch"),
+           j.state.in_([Q, RW]))
+    .group_by(j.batch_id, j.state),
 )
 _YOUNG = select(func.count()).where(j.state == RUN, j.submitted_at > bindparam("p_since"),
                                     j.submitted_at <= bindparam("p_until"))
