@@ -44,7 +44,7 @@ def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> b
         rows, complete = _history(ctx, t, now, tally)
     except PiAPIError as exc:
         return _undecided(ctx, t, now, f"PiAPI's task history is unavailable ({exc})")
-    owned = amb.owned_elsewhere(ctx.engine, t.job_id, [r.task_id for r in rows])
+    owned = amb.owned_elsewhere(ctx.engine, t.job_id, t.attempt_n, [r.task_id for r in rows])
     decision = decide(sent=t.input, model=t.model, task_type=t.task_type,
                       window=(t.started_at, t.lost_at), rows=rows, owned=owned, now=now)
     if decision.verdict is Verdict.ADOPT and decision.task_id:

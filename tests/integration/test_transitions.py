@@ -112,6 +112,31 @@ def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> N
     assert [a.state for a in attempts(engine, j)] == ["failed", "posting"]
 
 
+def test_a_lost_create_never_adopts_an_earlier_attempts_task(engine: Engine) -> None:
+    # Found by the chaos run: attempt 1's task failed; attempt 2's create lost its answer.
+    # The history lists both tasks (same input, same window); attempt 1's is not the one
+    # to adopt, or attempt 2's real task runs unrecorded and the row is paid twice.
+    from workers.transitions import ambiguous as amb
+
+    [j, *_] = add_batch(engine)
+    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
+    assert claim is not None
+    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
+    [target] = tr.load_poll_targets(engine, [j])
+    err = TaskError(1, "failed", "no available account")
+    tr.record_task_failed(engine, target, view("t1", "failed", error=err), NOW,
+                          kind=ErrorKind.PROVIDER, message="x", retry_at=NOW + 1)
+    claim2 = tr.claim_for_submit(engine, j, NOW + 1, LEASE)
+    assert claim2 is not None and claim2.attempt_n == 2
+    tr.record_ambiguous(engine, claim2, NOW + 2, "no answer to create")
+    [lost] = amb.load_ambiguous(engine, [j])
+    assert lost.attempt_n == 2
+    assert amb.owned_elsewhere(engine, j, 2, ["t1", "t2"]) == {"t1"}
+    assert not amb.adopt(engine, lost, view("t1", "failed", error=err), NOW + 3, NOW + 3, "x")
+    assert amb.adopt(engine, lost, view("t2"), NOW + 3, NOW + 4, "history")
+    assert (job(engine, j).state, job(engine, j).task_id) == ("running", "t2")
+
+
 def test_lost_worker_makes_the_create_ambiguous_and_a_late_answer_is_adopted(
         engine: Engine) -> None:
     [j, *_] = add_batch(engine)

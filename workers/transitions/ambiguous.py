@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.engine import Engine
 
 from workers.db import transaction
@@ -63,8 +63,10 @@ _TARGETS = (
     .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == AMB)
 )
 _AMBIGUOUS = and_(j.id == bindparam("p_job"), j.state == AMB)
-_OWNED_BY_OTHERS = exists().where(a.task_id == bindparam("p_task"),
-                                  a.job_id != bindparam("p_job"))
+_OTHER_ATTEMPT = or_(a.job_id != bindparam("p_job"), a.n != bindparam("p_n"))
+"""Any attempt but the lost one: another row's, or an earlier one of this row (whose task,
+failed or stuck, has the same input and may lie in the window: never this attempt's)."""
+_OWNED_BY_OTHERS = exists().where(a.task_id == bindparam("p_task"), _OTHER_ATTEMPT)
 _ADOPT = JOBS.update().where(_AMBIGUOUS, ~_OWNED_BY_OTHERS).values(
     state=RUN, task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
     tries=0, polls=0, poll_errors=0, next_at=bindparam("p_next"), lease_until=None,
@@ -105,7 +107,7 @@ _HINT = JOBS.update().where(_AMBIGUOUS).values(
     task_id=bindparam("p_task"), next_at=bindparam("p_now"), lease_until=None,
     lease_epoch=None)
 _OWNED = select(a.task_id).where(a.task_id.in_(bindparam("p_tasks", expanding=True)),
-                                 a.job_id != bindparam("p_job"))
+                                 _OTHER_ATTEMPT)
 
 
 def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarget]:
@@ -120,13 +122,16 @@ def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarg
                             r[8], int(r[9]), r[10]) for r in rows]
 
 
-def owned_elsewhere(engine: Engine, job_id: int, task_ids: Iterable[str]) -> set[str]:
-    """Which of these task ids other jobs of ours already own."""
+def owned_elsewhere(engine: Engine, job_id: int, attempt_n: int,
+                    task_ids: Iterable[str]) -> set[str]:
+    """Which of these task ids another attempt already owns: another job's, or an earlier
+    attempt of this job (its failed task has the same input, so only this tells it apart)."""
     ids = list(task_ids)
     if not ids:
         return set()
     with transaction(engine) as conn:
-        return {str(t) for (t,) in conn.execute(_OWNED, {"p_tasks": ids, "p_job": job_id})}
+        return {str(t) for (t,) in conn.execute(
+            _OWNED, {"p_tasks": ids, "p_job": job_id, "p_n": attempt_n})}
 
 
 def adopt(engine: Engine, t: AmbiguousTarget, view: TaskView, now: float, next_poll_at: float,
