@@ -124,10 +124,19 @@ def ingest(
             logger.info("resuming ingest of batch %s after row %d", batch.id, tally.stored_seq)
         started = time.monotonic()
         _load(engine, batch, manifest, tally, chunk_size, progress)
+    _analyze(engine)
     logger.info("ingested batch %s: %d rows, %d invalid, in %.1f s", batch.id, tally.total,
                 tally.invalid, time.monotonic() - started)
     return IngestResult(batch.id, tally.total, tally.invalid, created, tally.sample,
                         resumed=not created)
+
+
+def _analyze(engine: Engine) -> None:
+    """Fresh planner statistics after a bulk load (PostgreSQL): without them the planner
+    guessed from an empty table and read every row where an index finds a few."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE jobs")
 
 
 def _batch(engine: Engine, manifest: Manifest, digest: str,

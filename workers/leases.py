@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, union_all
+from sqlalchemy import and_, bindparam, func, literal, or_, select, union_all
 from sqlalchemy.engine import Engine
-from sqlalchemy.sql.elements import ColumnElement
 
 from workers.db import transaction
 from workers.models import BATCHES, JOBS
@@ -28,16 +27,18 @@ _FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
             j.lease_epoch.is_(None), j.lease_epoch != bindparam("p_epoch"))
 """No message for this job is out any more."""
 
-# Two index-served halves, not one OR (which made PostgreSQL read every queued row, every
-# pass): rows holding a slot, and queued rows a message is out for (by lease time).
+# Two index-served halves, not one OR (which read every queued row, every pass): rows
+# holding a slot (by state), and rows a message is out for (by lease time; the caller keeps
+# the queued and retry_wait ones). No state condition in the second: the planners would
+# rather walk every queued row by state than the few live leases by time.
+# (No GROUP BY in the second half either: SQLite would scan a whole index to avoid a sort.)
 _OCCUPANCY = union_all(
-    select(j.batch_id, j.state, func.count()).where(j.state.in_([SUB, RUN]))
-    .group_by(j.batch_id, j.state),
-    select(j.batch_id, j.state, func.count())
-    .where(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch"),
-           j.state.in_([Q, RW]))
-    .group_by(j.batch_id, j.state),
+    select(literal(False).label("held"), j.batch_id, j.state, func.count())
+    .where(j.state.in_([SUB, RUN])).group_by(j.batch_id, j.state),
+    select(literal(True).label("held"), j.batch_id, j.state, literal(1))
+    .where(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch")),
 )
+_WAITING_HELD = frozenset({Q, RW})
 _YOUNG = select(func.count()).where(j.state == RUN, j.submitted_at > bindparam("p_since"),
                                     j.submitted_at <= bindparam("p_until"))
 _OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency, BATCHES.c.budget_usd,
@@ -48,22 +49,29 @@ _NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW, JobState.AMB
 _ANY_RETRY = select(j.id).where(j.state == RW).limit(1)
 
 
-def _leaser(where: ColumnElement[bool], order: Any) -> Any:
-    """One statement: lease the first `p_limit` due jobs in `order`, returning their ids.
-    The outer WHERE repeats the condition, so a row that changed meanwhile is left out."""
-    due = and_(where, _FREE)
-    pick = select(j.id).where(due).order_by(order).limit(bindparam("p_limit"))
-    return (JOBS.update().where(j.id.in_(pick.scalar_subquery()), due)
+def _leaser(state: str, order: Any, *, batch: bool = False, due_by_time: bool = False) -> Any:
+    """One statement: lease the first `p_limit` due jobs in `state` (of batch `p_batch`;
+    with `next_at` passed) in `order`, returning their ids.
+
+    The outer WHERE checks again that each picked row is still due, so a row that changed
+    meanwhile is left out. It compares `coalesce(state, '')` on purpose: a plain `state = ?`
+    there made SQLite walk the whole (batch_id, state) index instead of fetching the few
+    picked ids by key.
+    """
+    timely = [j.next_at <= bindparam("p_now")] if due_by_time else []
+    scope = [j.batch_id == bindparam("p_batch")] if batch else []
+    pick = (select(j.id).where(j.state == state, *scope, *timely, _FREE)
+            .order_by(order).limit(bindparam("p_limit")))
+    still_due = and_(func.coalesce(j.state, "") == state, *timely, _FREE)
+    return (JOBS.update().where(j.id.in_(pick.scalar_subquery()), still_due)
             .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
             .returning(j.id))
 
 
-_RETRY_DUE = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == RW,
-                          j.next_at <= bindparam("p_now")), j.seq)
-_QUEUED = _leaser(and_(j.batch_id == bindparam("p_batch"), j.state == Q), j.seq)
-_POLLS_DUE = _leaser(and_(j.state == RUN, j.next_at <= bindparam("p_now")), j.next_at)
-_RECONCILES_DUE = _leaser(and_(j.state == JobState.AMBIGUOUS.value,
-                               j.next_at <= bindparam("p_now")), j.next_at)
+_RETRY_DUE = _leaser(RW, j.seq, batch=True, due_by_time=True)
+_QUEUED = _leaser(Q, j.seq, batch=True)
+_POLLS_DUE = _leaser(RUN, j.next_at, due_by_time=True)
+_RECONCILES_DUE = _leaser(JobState.AMBIGUOUS.value, j.next_at, due_by_time=True)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,9 @@ def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
         rows = conn.execute(_OCCUPANCY, {"p_now": now, "p_epoch": epoch}).all()
     by_batch: dict[str, int] = {}
     creating = 0
-    for batch_id, state, n in rows:
+    for held, batch_id, state, n in rows:
+        if held and state not in _WAITING_HELD:
+            continue  # a submitting or running row with a lease: counted by its state
         by_batch[str(batch_id)] = by_batch.get(str(batch_id), 0) + int(n)
         if state != RUN:
             creating += int(n)
