@@ -407,10 +407,10 @@ def set_emulator(emu: Emulator, **config: Any) -> None:
 
 @pytest.mark.parametrize("mode", ["finish", "now"])
 def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str) -> None:
-    # Two tasks that take 8-10 s, two that stay pending at PiAPI, ten never started.
+    # Two tasks that take 12-14 s, two that stay pending at PiAPI, ten never started.
     rows = caption_rows(2, "long") + stuck_rows(2) + caption_rows(10, "later")
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, "--duration", "joycaption=8:10")
+    emu = emulator(tmp_path, "--duration", "joycaption=12:14")
     try:
         env = run_env(tmp_path, emu, database_url)
         proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "4")
@@ -565,7 +565,7 @@ def test_budget_stops_admission_and_a_higher_budget_resumes(tmp_path: Path,
 
 def test_nothing_starts_after_the_deadline(tmp_path: Path, database_url: str) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(8))
-    emu = emulator(tmp_path, "--duration", "joycaption=8:10")
+    emu = emulator(tmp_path, "--duration", "joycaption=12:14")
     try:
         env = run_env(tmp_path, emu, database_url)
         proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "2")
