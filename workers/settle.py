@@ -9,9 +9,10 @@ undecided one is looked at again later, and fails (never posted twice) past the 
 from __future__ import annotations
 
 import logging
+import time
 
-from workers.piapi import HistoryRow, PiAPIError
-from workers.reconcile import Verdict, decide, input_matches
+from workers.piapi import HistoryPage, HistoryRow, PiAPIError, RetryableError
+from workers.reconcile import WINDOW_SLACK_S, Verdict, decide, input_matches
 from workers.transitions import ambiguous as amb
 from workers.work import Tally, WorkerContext
 
@@ -22,6 +23,10 @@ MAX_PAGES = 20
 """At most this many history pages are read for one attempt (2,000 tasks of its model)."""
 AGAIN_S = 10.0
 """An undecided attempt is looked at again this much later."""
+PAGE_TRIES = 3
+"""A history page that fails with a retryable error (429, 5xx) is asked again this many
+times in all before the look is given up: a look needs every page of its window."""
+PAGE_PAUSE_MAX_S = 1.0
 
 
 def reconcile_jobs(ctx: WorkerContext, job_ids: list[int]) -> None:
@@ -60,18 +65,36 @@ def _history(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float,
              tally: Tally) -> tuple[list[HistoryRow], bool]:
     """History rows of the attempt's model around its window; True when all were read."""
     # The task, if any, was created by the time the answer was lost (give or take clock
-    # skew), so an old attempt (an operator's retry) does not read everything since.
-    start, end = t.started_at - 60.0, min(max(t.lost_at, now), t.lost_at + 60.0) + 60.0
+    # skew), so an old attempt (an operator's retry) does not read everything since. Only
+    # the window `decide` judges is read: rows outside it can never be this attempt's, and
+    # every page read is one more request that can fail (the chaos run, at ~12 creates/s,
+    # found a window up to lost_at + 120 s needing more than MAX_PAGES pages).
+    start, end = t.started_at - WINDOW_SLACK_S, t.lost_at + WINDOW_SLACK_S
     rows: list[HistoryRow] = []
     for page in range(1, MAX_PAGES + 1):
-        ctx.spend("history")
-        tally.add(requests=1)
-        listing = ctx.client.task_history(t.model, start, end, page=page, page_size=PAGE_SIZE)
+        listing = _history_page(ctx, t, start, end, page, tally)
         rows += listing.rows
         if len(listing.rows) < PAGE_SIZE or (listing.total is not None
                                              and len(rows) >= listing.total):
             return rows, True
     return rows, False
+
+
+def _history_page(ctx: WorkerContext, t: amb.AmbiguousTarget, start: float, end: float,
+                  page: int, tally: Tally) -> HistoryPage:
+    """One page of the history, asked again (briefly) after a retryable error."""
+    tries = 0
+    while True:
+        tries += 1
+        ctx.spend("history")
+        tally.add(requests=1)
+        try:
+            return ctx.client.task_history(t.model, start, end, page=page,
+                                           page_size=PAGE_SIZE)
+        except RetryableError as exc:
+            if tries >= PAGE_TRIES:
+                raise
+            time.sleep(min(PAGE_PAUSE_MAX_S, exc.retry_after_s or 0.2))
 
 
 def _adopt_hint(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> bool:

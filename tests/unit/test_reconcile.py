@@ -81,3 +81,35 @@ def test_history_rows_in_both_shapes() -> None:
     summary = parse_history_row({**listing, "detail": None})
     assert summary is not None and summary.input is None
     assert parse_history_row({"status": "x"}) is None
+
+
+class _FlakyHistory:
+    """A history whose first request fails with a 503."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float, int]] = []
+
+    def task_history(self, model: str, start: float, end: float, page: int = 1,
+                     page_size: int = 100) -> Any:
+        from workers.piapi import HistoryPage, ServerError
+
+        self.calls.append((start, end, page))
+        if len(self.calls) == 1:
+            raise ServerError("HTTP 503", status=503)
+        return HistoryPage([row("t1")], 1)
+
+
+def test_history_is_read_over_the_judged_window_and_a_failed_page_asked_again() -> None:
+    # Found by the chaos run: at a high create rate the window read (up to lost_at + 120 s)
+    # needed so many pages that, with one request in ten failing, no look ever completed.
+    from workers.settle import _history
+    from workers.transitions.ambiguous import AmbiguousTarget
+    from workers.work import Tally, WorkerContext
+
+    client = _FlakyHistory()
+    ctx = WorkerContext(engine=None, client=client, lease_s=1.0, max_tries=1)  # type: ignore[arg-type]
+    target = AmbiguousTarget(1, "b", "Qubico/joycaption", "joycaption-beta-one", SENT, 1,
+                             T0, T0 + 2, None, 0, None)
+    rows, complete = _history(ctx, target, T0 + 500, Tally())
+    assert complete and [r.task_id for r in rows] == ["t1"]
+    assert client.calls == [(T0 - WINDOW_SLACK_S, T0 + 2 + WINDOW_SLACK_S, 1)] * 2
