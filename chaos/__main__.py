@@ -88,6 +88,14 @@ def _meta(args: argparse.Namespace, plan: Plan, started: str, watch: str) -> dic
     }
 
 
+def _utilization(stats: dict[str, Any], plan: Plan, work_s: float | None) -> float | None:
+    """Task-seconds in flight at the emulator over the run / (limit x time to finish)."""
+    integral = stats.get("in_flight_integral_s")
+    if not work_s or integral is None:
+        return None
+    return round(float(integral) / (plan.concurrency * work_s), 3)
+
+
 def _figures(out: Outcome, plan: Plan, elapsed: float) -> dict[str, Any]:
     figs: dict[str, Any] = {"elapsed_s": round(elapsed, 1), **out.times,
                             "rows": plan.rows, "rows_by_state": out.final_counts,
@@ -101,6 +109,7 @@ def _figures(out: Outcome, plan: Plan, elapsed: float) -> dict[str, Any]:
         "emulator_tasks": len(ev.ledger),
         "emulator_tasks_by_status": stats.get("tasks_by_status"),
         "emulator_peak_in_flight": stats.get("peak_in_flight"),
+        "emulator_utilization": _utilization(stats, plan, out.times.get("work_s")),
         "http_429": http_429s(stats),
         "http_429_by_cause": {"spurious_fault": int(stats.get("faults", {}).get("429", 0)),
                               "refused_over_limit": int(stats.get("creates_refused", 0)),

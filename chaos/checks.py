@@ -122,6 +122,15 @@ def rows_lost(ev: Evidence) -> dict[str, Any]:
                   results_in_manifest_order=order_ok, examples=lost[:EXAMPLES])
 
 
+def _db_view(ev: Evidence, row: str) -> dict[str, Any]:
+    """A row's job and attempts as the database holds them (evidence for a failed check)."""
+    job = next((j for j in ev.jobs if str(j["row_key"]) == row), {})
+    keep = ("id", "state", "attempts", "posts", "task_id", "error_kind", "error_message")
+    return {"job": {k: job.get(k) for k in keep},
+            "attempts": [{k: a.get(k) for k in ("n", "state", "task_id", "error")}
+                         for a in ev.attempts if a["job_id"] == job.get("id")]}
+
+
 def paid_twice(ev: Evidence, att: Attribution) -> dict[str, Any]:
     """No row has two emulator tasks that both consumed credit."""
     twice = []
@@ -129,7 +138,8 @@ def paid_twice(ev: Evidence, att: Attribution) -> dict[str, Any]:
         paid = [t for t in tasks if int(t.get("consume") or 0) > 0]
         if len(paid) > 1:
             twice.append({"id": row, "tasks": [
-                {**_task_brief(t), "recorded": str(t["task_id"]) in att.tracked} for t in paid]})
+                {**_task_brief(t), "recorded": str(t["task_id"]) in att.tracked} for t in paid],
+                "all_tasks": [_task_brief(t) for t in tasks], "db": _db_view(ev, row)})
     return _check("rows_paid_twice", len(twice), not twice, examples=twice[:EXAMPLES])
 
 
@@ -156,7 +166,8 @@ def outputs_match(ev: Evidence, att: Attribution) -> dict[str, Any]:
         elif task["output"] != line.get("output"):
             why = "output differs"
         if why:
-            bad.append({"id": line["id"], "task_id": line.get("task_id"), "why": why})
+            bad.append({"id": line["id"], "task_id": line.get("task_id"), "why": why,
+                        "db": _db_view(ev, str(line["id"]))})
     return _check("completed_outputs_match", len(bad), not bad, completed=completed,
                   examples=bad[:EXAMPLES])
 
