@@ -43,8 +43,9 @@ class Plan:
     rows: int = 3000
     concurrency: int = 50
     """The account's limit at the emulator, and the dispatchers' --concurrency."""
-    time_scale: float = 0.1
-    """15-45 s tasks take 1.5-4.5 s: about 3 minutes of work at C = 50."""
+    time_scale: float = 0.08
+    """15-45 s tasks take 1.2-3.6 s: 2.5 minutes of work at C = 50 if every slot were always
+    busy; with the faults and kills it takes 4-6 (and leaves room for a slow recovery)."""
     stuck_timeout_factor: float = 10.0
     """A stuck task fails at the emulator after 10x its duration (default 20x), so the
     last stuck task of the run does not hold it for minutes."""
@@ -84,5 +85,6 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = replace(FULL, rows=600, concurrency=20, disruption_gap_s=20.0)
-"""About 600 rows at C = 20: the same faults and the same kinds of kills in a few minutes."""
+QUICK = replace(FULL, rows=600, concurrency=20, time_scale=0.1, disruption_gap_s=20.0)
+"""About 600 rows at C = 20 (1.5-4.5 s tasks, so the run lasts long enough for every kind of
+disruption): the same faults and the same kinds of kills in about three minutes."""
