@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 
-.PHONY: help install install-redis run test test-fast lint bench flower emulator clean
+.PHONY: help install install-redis run test test-fast lint bench chaos flower emulator clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ lint: install  ## ruff and mypy --strict
 
 bench: install  ## Benchmarks, about 40 minutes (JSON in bench/results/; BENCH_ARGS=--quick for a short run)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+chaos: install  ## Chaos run, under 10 minutes: faults, kills, Redis and PostgreSQL restarts (CHAOS_ARGS=--quick: a few minutes)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 flower: install  ## Flower on 127.0.0.1:5555 for the running fleet (FLOWER_BASIC_AUTH=user:pass for auth)
 	$(BIN)/piapi-bulk flower --port $${FLOWER_PORT:-5555}
