@@ -20,7 +20,11 @@ WINDOW_S = 10
 RATE_429_SHARE = 0.10
 """Rate 429s must be at least this share of requests to count as a limit (a few spurious
 429s from a busy provider must not throttle the fleet)."""
-MIN_RATE_429 = 3
+MIN_RATE_429 = 10
+"""...and at least this many: in a quiet window (start-up, after a failover) a handful of
+spurious 429s is a large share of few requests, and reading it as the account's limit
+collapsed the fleet to a fraction of a request per second for the whole hold (the chaos
+run saw 3 of 10 and 6 of 58). A real limit the fleet runs into yields far more."""
 DECREASE_FACTOR = 0.9
 """After a decrease, the rate is this share of what PiAPI accepted..."""
 FLOOR_FACTOR = 0.7

@@ -53,7 +53,11 @@ def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> b
     decision = decide(sent=t.input, model=t.model, task_type=t.task_type,
                       window=(t.started_at, t.lost_at), rows=rows, owned=owned, now=now)
     if decision.verdict is Verdict.ADOPT and decision.task_id:
-        return _adopt(ctx, t, decision.task_id, tally, decision.why)
+        if _adopt(ctx, t, decision.task_id, tally, decision.why):
+            return True
+        # Not confirmed (the GET failed, or the task is not this job's): look again soon
+        # rather than when the lease runs out.
+        return _undecided(ctx, t, now, f"could not confirm task {decision.task_id}")
     if decision.verdict is Verdict.ABSENT and complete:
         return amb.absent(ctx.engine, t, decision.why, now + ctx.backoff(t.tries + 1, None),
                           ctx.max_tries)
