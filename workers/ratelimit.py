@@ -10,18 +10,12 @@ import redis
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1]: the bucket hash {tokens, ts}.
-# ARGV[1]: refill rate (tokens per second); ARGV[2]: burst (bucket size);
-# ARGV[3]: tokens wanted; ARGV[4]: the longest wait (s) a caller accepts to reserve.
-# Returns 0 when the tokens are granted now, a positive wait in ms when they are reserved
-# for that moment (the caller sleeps and goes), or a negative number -ms when the wait would
-# be too long: nothing is reserved and the caller asks again after that long.
-# Time comes from the Redis server, so every machine shares one clock.
-_TAKE = """
+# Both scripts start the same way: ARGV[1] rate, ARGV[2] burst, ARGV[3] tokens wanted;
+# the bucket {tokens, ts} in KEYS[1] is refilled for the time since it was last touched.
+_REFILL = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
-local max_wait = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -32,6 +26,16 @@ if tokens == nil or ts == nil then
   ts = now
 end
 tokens = math.min(burst, tokens + (now - ts) * rate)
+"""
+
+# ARGV[1]: refill rate (tokens per second); ARGV[2]: burst (bucket size);
+# ARGV[3]: tokens wanted; ARGV[4]: the longest wait (s) a caller accepts to reserve.
+# Returns 0 when the tokens are granted now, a positive wait in ms when they are reserved
+# for that moment (the caller sleeps and goes), or a negative number -ms when the wait would
+# be too long: nothing is reserved and the caller asks again after that long.
+# Time comes from the Redis server, so every machine shares one clock.
+_TAKE = _REFILL + """
+local max_wait = tonumber(ARGV[4])
 local after = tokens - want
 local wait = 0
 if after < 0 then
@@ -104,20 +108,7 @@ class TokenBucket:
 # KEYS[1]: the bucket hash {tokens, ts}; ARGV: rate, burst, tokens wanted (or, when
 # negative, given back). Grants what is there now, never reserving ahead; returns how many
 # whole tokens were granted (0 when given back).
-_TAKE_NOW = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-tokens = math.min(burst, tokens + (now - ts) * rate)
+_TAKE_NOW = _REFILL + """
 local granted = 0
 if want < 0 then
   tokens = math.min(burst, tokens - want)
