@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,22 @@ def _child(run: subprocess.Popen[bytes], needle: str) -> int:
     return found[0]
 
 
-def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
-                                                                 sqlite_url: str) -> None:
-    rows = caption_rows(60)
-    manifest = write_jsonl(tmp_path / "stall.jsonl", rows)
+def _run_disrupted(tmp_path: Path, database_url: str, n_rows: int, done_before: int,
+                   disrupt: Callable[[subprocess.Popen[bytes]], None], stall_s: str,
+                   timeout_s: float) -> int:
+    """`run` a batch, `disrupt` it once `done_before` rows have completed, and check every
+    row completed exactly once; returns run's exit code."""
+    rows = caption_rows(n_rows)
+    manifest = write_jsonl(tmp_path / "rows.jsonl", rows)
     emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8")
     try:
-        env = run_env(tmp_path, emu, sqlite_url, PIAPI_BULK_STALL_S="4")
+        env = run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S=stall_s)
         run = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
         try:
-            wait_until(lambda: count_state(sqlite_url, "completed") >= 10, 120,
-                       what="10 completed rows")
-            worker = _child(run, " worker")
-            # Up, but doing nothing: what a worker wedged on a dead connection looks like.
-            os.kill(worker, signal.SIGSTOP)
-            code = finish(run, 180)
+            wait_until(lambda: count_state(database_url, "completed") >= done_before, 120,
+                       what=f"{done_before} completed rows")
+            disrupt(run)
+            code = finish(run, timeout_s)
         finally:
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
@@ -74,35 +76,34 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
         _check_all_completed_once(results, rows, emu)
     finally:
         emu.stop()
+    return code
+
+
+def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
+                                                                 sqlite_url: str) -> None:
+    stopped: list[int] = []
+
+    def freeze_worker(run: subprocess.Popen[bytes]) -> None:
+        # Up, but doing nothing: what a worker wedged on a dead connection looks like.
+        stopped.append(_child(run, " worker"))
+        os.kill(stopped[0], signal.SIGSTOP)
+
+    code = _run_disrupted(tmp_path, sqlite_url, 60, 10, freeze_worker, "4", 180)
     assert code == 0
     out = (tmp_path / "run.out").read_text()
     assert "no row moved for 4s although work was due: restarted worker" in out, out
+    worker = stopped[0]
     assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(
         f"/proc/{worker}/status").read_text()
 
 
 def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str) -> None:
-    rows = caption_rows(80)
-    manifest = write_jsonl(tmp_path / "redis.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8")
-    try:
-        env = run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S="10")
-        run = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
-        try:
-            wait_until(lambda: count_state(database_url, "completed") >= 15, 120,
-                       what="15 completed rows")
-            # Redis dies with every queued message and lease; `run` starts it again on
-            # the same port, empty (it keeps nothing on disk).
-            os.kill(_child(run, "redis-server"), signal.SIGKILL)
-            code = finish(run, 240)
-        finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-        wait_group_gone(run.pid)
-        results = read_results(tmp_path / "out.jsonl")
-        _check_all_completed_once(results, rows, emu)
-    finally:
-        emu.stop()
+    def kill_redis(run: subprocess.Popen[bytes]) -> None:
+        # Redis dies with every queued message and lease; `run` starts it again on the
+        # same port, empty (it keeps nothing on disk).
+        os.kill(_child(run, "redis-server"), signal.SIGKILL)
+
+    code = _run_disrupted(tmp_path, database_url, 80, 15, kill_redis, "10", 240)
     assert code == 0
     dispatcher_log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
     assert dispatcher_log.count("new Redis epoch") >= 2, dispatcher_log[-3000:]
@@ -110,25 +111,8 @@ def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str) -> Non
 
 def test_database_restarted_mid_run(tmp_path: Path, private_pg: Any) -> None:
     url = private_pg.create_database("piapi_bulk_restart")
-    rows = caption_rows(80)
-    manifest = write_jsonl(tmp_path / "pg.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8")
-    try:
-        env = run_env(tmp_path, emu, url, PIAPI_BULK_STALL_S="15")
-        run = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
-        try:
-            wait_until(lambda: count_state(url, "completed") >= 15, 120,
-                       what="15 completed rows")
-            private_pg.restart()  # every connection is cut; the server is back in a second
-            code = finish(run, 240)
-        finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-        wait_group_gone(run.pid)
-        results = read_results(tmp_path / "out.jsonl")
-        _check_all_completed_once(results, rows, emu)
-    finally:
-        emu.stop()
+    # Every connection is cut; the server is back in a second.
+    code = _run_disrupted(tmp_path, url, 80, 15, lambda _run: private_pg.restart(), "15", 240)
     assert code == 0
 
 
