@@ -163,3 +163,54 @@ def prior_cost_usd(model: str, task_type: str) -> float:
     """What one task may cost before anything is learned (errs on the high side)."""
     spec = lookup(model, task_type)
     return spec.prior_usd if spec and spec.prior_usd is not None else UNKNOWN_PRICE_USD
+
+
+# --- families: how PiAPI groups models in its history filter and in-flight counts -------
+HISTORY_FAMILIES: Mapping[str, str] = {
+    "Wan": "wan",
+    "Qubico/flux1-schnell": "flux",
+    "Qubico/flux1-dev": "flux",
+    "Qubico/flux1-dev-advanced": "flux",
+    "kling": "kling",
+    "hailuo": "hailuo",
+    "Qubico/tts": "tts",
+    "music-u": "music-u",
+    "music-s": "music-s",
+    "midjourney": "mj",
+    "luma": "luma",
+    "Qubico/hunyuan": "hunyuan",
+    "Qubico/trellis": "trellis",
+    "Qubico/image-toolkit": "image_toolkit",
+    "Qubico/skyreels": "skyreels",
+    "Qubico/mmaudio": "mmaudio",
+    "Qubico/diffrhythm": "diffrhythm",
+}
+"""Model -> the value of the history's `model` filter, for the models whose family the
+docs list (diffrhythm, flux, gpts, hailuo, hug_video, hunyuan, image_toolkit, kling, llm,
+luma, mj, mmaudio, music-s, music-u, sd, skyreels, trellis, tts, video_toolkit, wan).
+Joycaption has none: its history is read without a filter."""
+
+ACTIVE_FAMILIES: Mapping[str, str] = {
+    "Qubico/flux1-schnell": "flux",
+    "Qubico/flux1-dev": "flux",
+    "Qubico/flux1-dev-advanced": "flux",
+    "kling": "kling",
+    "luma": "luma",
+    "midjourney": "midjourney",
+    "music-s": "music-s",
+    "music-u": "music-u",
+}
+"""Model -> its key in /account/active_tasks, for the six families that endpoint is known
+to count (flux, kling, luma, midjourney, music-s, music-u). Other models (Joycaption, Wan,
+Hailuo, ...) are not known to be counted there: their in-flight tasks come from our own
+record."""
+
+
+def history_family(model: str) -> str | None:
+    """The history filter value for `model`, or None (read the history unfiltered)."""
+    return HISTORY_FAMILIES.get(model)
+
+
+def active_family(model: str) -> str | None:
+    """The /account/active_tasks key that counts `model`'s tasks, or None if none does."""
+    return ACTIVE_FAMILIES.get(model)
