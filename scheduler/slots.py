@@ -8,6 +8,12 @@ The estimate stays an upper bound: PiAPI's count (taken after our own count of c
 that PiAPI may not have seen yet) plus those creates, plus whatever was dispatched since.
 A count that is missing, unreadable or implausible (lower than the tasks we created a
 moment ago) turns this off and the database count rules, as it would anyway.
+
+PiAPI counts per model family, and documents only some families there (flux, kling, luma,
+midjourney, music-s, music-u). A model whose family is absent from the answer (Joycaption,
+Wan, Hailuo, ...) is not "none in flight": its tasks are counted from the database, and
+only the families the answer does report replace our count by PiAPI's. When no model in
+flight has a family the endpoint could report, PiAPI is not asked at all.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 
 from workers import leases
+from workers.catalog import active_family
 from workers.piapi import PiAPIError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +49,7 @@ CHECK_EVERY_S = 1.0
 class Account(Protocol):
     """PiAPI's view of the account's in-flight tasks."""
 
-    def active_tasks(self) -> int | None: ...
+    def active_task_counts(self) -> dict[str, int] | None: ...
 
 
 class RemoteSlots:
@@ -65,6 +72,8 @@ class RemoteSlots:
         self.checked_at = -math.inf
         self.freed_per_s: float | None = None
         self.paced_at = -math.inf
+        self.covered: frozenset[str] = frozenset()
+        """Models whose in-flight tasks the last snapshot counted."""
 
     @property
     def usable(self) -> bool:
@@ -84,17 +93,22 @@ class RemoteSlots:
     def estimate(self, now: float, occupancy: leases.Occupancy, limit: int) -> int:
         """In-flight tasks right now: an upper bound, never above the database's count
         unless PiAPI counts tasks the database does not know about."""
-        if not self.usable:
+        if not self.usable or not any(active_family(m) for m in occupancy.by_model):
             return occupancy.total
         if now - self.last_at < self.interval_s and self.last_estimate is not None:
-            return self.last_estimate + self.since_snapshot
-        remote = self._snapshot(now)
-        if remote is None:
+            return self.last_estimate + self.since_snapshot + _uncovered(
+                occupancy, self.covered)
+        counts = self._snapshot(now)
+        if counts is None:
             return occupancy.total
-        estimate = remote + occupancy.creating
-        self._pace(now, estimate)
-        self.last_estimate, self.since_snapshot = estimate, 0
-        return estimate
+        self.covered = frozenset(m for m in occupancy.by_model if active_family(m) in counts)
+        # PiAPI's count for the families it reports (other tasks of the account included),
+        # plus our creates of those families it may not count yet.
+        remote = sum(counts.values()) + sum(occupancy.creating_by_model.get(m, 0)
+                                            for m in self.covered)
+        self._pace(now, remote)
+        self.last_estimate, self.since_snapshot = remote, 0
+        return remote + _uncovered(occupancy, self.covered)
 
     def _pace(self, now: float, estimate: int) -> None:
         """Learn how fast slots free up and set the snapshot interval from it."""
@@ -112,36 +126,43 @@ class RemoteSlots:
         ideal = FREED_PER_SNAPSHOT / self.freed_per_s if self.freed_per_s > 0 else MAX_INTERVAL_S
         self.interval_s = min(MAX_INTERVAL_S, max(self.min_interval_s, ideal))
 
-    def _snapshot(self, now: float) -> int | None:
+    def _snapshot(self, now: float) -> dict[str, int] | None:
         assert self.account is not None
         self.last_at = now
         try:
             if self.spend is not None:
                 self.spend("account")
             asked_at = self.clock()
-            remote = self.account.active_tasks()
+            counts = self.account.active_task_counts()
         except PiAPIError as exc:
             logger.warning("could not read PiAPI's in-flight count (%s); counting slots "
                            "from the database", exc)
             self.disabled_until = now + 10.0
             return None
         self.snapshots += 1
-        if remote is None:
+        if counts is None:
             self._disable(now, "the account offers no in-flight count")
             return None
         if asked_at - self.checked_at < CHECK_EVERY_S:
-            return remote
+            return counts
         self.checked_at = asked_at
         # Tasks whose create had returned before we asked, and too young to have ended.
         young = leases.young_running(self.engine, asked_at - YOUNG_S, asked_at)
-        if remote < young:
-            self._disable(now, f"PiAPI counts {remote} tasks in flight but {young} were "
-                               f"created in the last {YOUNG_S}s")
-            return None
-        return remote
+        for model, n in young.items():
+            family = active_family(model)
+            if family is not None and family in counts and counts[family] < n:
+                self._disable(now, f"PiAPI counts {counts[family]} {family} tasks in flight "
+                                   f"but {n} were created in the last {YOUNG_S}s")
+                return None
+        return counts
 
     def _disable(self, now: float, why: str) -> None:
         logger.warning("not using PiAPI's in-flight count: %s; counting slots from the "
                        "database", why)
         self.disabled_until = now + RETRY_AFTER_DISABLED_S
         self.last_estimate = None
+
+
+def _uncovered(occupancy: leases.Occupancy, covered: frozenset[str]) -> int:
+    """Our own count of the tasks PiAPI's answer does not cover."""
+    return sum(n for model, n in occupancy.by_model.items() if model not in covered)

@@ -9,7 +9,7 @@ The dispatcher runs these every pass, so the statements are built once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, literal, or_, select, union_all
@@ -33,14 +33,16 @@ _FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
 # rather walk every queued row by state than the few live leases by time.
 # (No GROUP BY in the second half either: SQLite would scan a whole index to avoid a sort.)
 _OCCUPANCY = union_all(
-    select(literal(False).label("held"), j.batch_id, j.state, func.count())
-    .where(j.state.in_([SUB, RUN])).group_by(j.batch_id, j.state),
-    select(literal(True).label("held"), j.batch_id, j.state, literal(1))
+    select(literal(False).label("held"), j.batch_id, j.state, j.model, func.count())
+    .where(j.state.in_([SUB, RUN])).group_by(j.batch_id, j.state, j.model),
+    select(literal(True).label("held"), j.batch_id, j.state, j.model, literal(1))
     .where(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch")),
 )
 _WAITING_HELD = frozenset({Q, RW})
-_YOUNG = select(func.count()).where(j.state == RUN, j.submitted_at > bindparam("p_since"),
-                                    j.submitted_at <= bindparam("p_until"))
+_YOUNG = (select(j.model, func.count())
+          .where(j.state == RUN, j.submitted_at > bindparam("p_since"),
+                 j.submitted_at <= bindparam("p_until"))
+          .group_by(j.model))
 _OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency, BATCHES.c.budget_usd,
                         BATCHES.c.deadline_at, BATCHES.c.cancel_mode, BATCHES.c.paused)
                  .where(BATCHES.c.done.is_(False)).order_by(BATCHES.c.created_at))
@@ -82,6 +84,10 @@ class Occupancy:
     by_batch: dict[str, int]
     creating: int = 0
     """Of `total`: creates dispatched or under way that PiAPI may not have counted yet."""
+    by_model: dict[str, int] = field(default_factory=dict)
+    """`total` per model (PiAPI counts in-flight tasks per model family)."""
+    creating_by_model: dict[str, int] = field(default_factory=dict)
+    """`creating` per model."""
 
 
 def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
@@ -89,20 +95,26 @@ def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
     with transaction(engine) as conn:
         rows = conn.execute(_OCCUPANCY, {"p_now": now, "p_epoch": epoch}).all()
     by_batch: dict[str, int] = {}
-    creating = 0
-    for held, batch_id, state, n in rows:
+    by_model: dict[str, int] = {}
+    creating_by_model: dict[str, int] = {}
+    for held, batch_id, state, model, n in rows:
         if held and state not in _WAITING_HELD:
             continue  # a submitting or running row with a lease: counted by its state
         by_batch[str(batch_id)] = by_batch.get(str(batch_id), 0) + int(n)
+        by_model[str(model)] = by_model.get(str(model), 0) + int(n)
         if state != RUN:
-            creating += int(n)
-    return Occupancy(total=sum(by_batch.values()), by_batch=by_batch, creating=creating)
+            creating_by_model[str(model)] = creating_by_model.get(str(model), 0) + int(n)
+    return Occupancy(total=sum(by_batch.values()), by_batch=by_batch,
+                     creating=sum(creating_by_model.values()), by_model=by_model,
+                     creating_by_model=creating_by_model)
 
 
-def young_running(engine: Engine, since: float, until: float) -> int:
-    """Running jobs whose task was created in (since, until]: surely in flight at PiAPI."""
+def young_running(engine: Engine, since: float, until: float) -> dict[str, int]:
+    """Running jobs whose task was created in (since, until], per model: surely in flight
+    at PiAPI."""
     with transaction(engine) as conn:
-        return int(conn.execute(_YOUNG, {"p_since": since, "p_until": until}).scalar() or 0)
+        rows = conn.execute(_YOUNG, {"p_since": since, "p_until": until}).all()
+    return {str(model): int(n) for model, n in rows}
 
 
 @dataclass(frozen=True)

@@ -441,9 +441,11 @@ class PiAPIClient:
             return False
         return True
 
-    def active_tasks(self) -> int | None:
-        """Tasks in flight on the account (pending + processing, every model family), from
-        GET /account/active_tasks; None when the account does not offer a readable count."""
+    def active_task_counts(self) -> dict[str, int] | None:
+        """Tasks in flight (pending + processing) per family, from GET /account/active_tasks;
+        None when the account does not offer a readable count. PiAPI documents the answer
+        per family (flux, kling, luma, midjourney, music-s, music-u): a family missing from
+        the answer is not counted there, which is not the same as none in flight."""
         try:
             response = self._send("GET", "/account/active_tasks", kind="account")
         except (NotFound, InvalidRequest):
@@ -451,13 +453,13 @@ class PiAPIClient:
         data = read_envelope(response).get("data")
         if not isinstance(data, Mapping):
             return None
-        total, seen = 0, False
-        for family in data.values():
+        counts: dict[str, int] = {}
+        for name, family in data.items():
             if isinstance(family, Mapping) and (
                     "pending_count" in family or "processing_count" in family):
-                total += _int(family.get("pending_count")) + _int(family.get("processing_count"))
-                seen = True
-        return total if seen else None
+                counts[str(name)] = (_int(family.get("pending_count"))
+                                     + _int(family.get("processing_count")))
+        return counts or None
 
     def task_history(self, model: str, start_time: float, end_time: float, page: int = 1,
                      page_size: int = 100) -> HistoryPage:
