@@ -113,7 +113,9 @@ class Attempt(SQLModel, table=True):
     """One POST to create a PiAPI task for a job: recorded before it is sent."""
 
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("job_id", "n", name="uq_attempts_job_n"),)
+    __table_args__ = (UniqueConstraint("job_id", "n", name="uq_attempts_job_n"),
+                      # reconciliation looks up our creates after a lost one
+                      Index("ix_attempts_started_at", "started_at"))
 
     id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
     job_id: int = Field(sa_column=Column(ID, nullable=False, index=True))

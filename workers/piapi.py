@@ -162,7 +162,10 @@ class HistoryRow:
     status: str
     created_at: float | None
     input: Mapping[str, Any] | None
-    """The task's input, when the listing carries the task's details."""
+    """The task's input, when the listing carries the task's details (PiAPI documents
+    rows without it)."""
+    detail_model: str = ""
+    """`detail.model`, which may differ in spelling from the row's `task_model`."""
 
 
 @dataclass(frozen=True)
@@ -246,23 +249,28 @@ def _unix(value: Any) -> float | None:
 
 
 def parse_history_row(row: Mapping[str, Any]) -> HistoryRow | None:
-    """One history row, in the camelCase listing shape or the task-data shape."""
+    """One history row: PiAPI's documented shape (`task_id, task_model, action, status`,
+    `detail{model, task_id, workflow_type}`, `created_at`; `finished` = completed), the
+    camelCase variant, or rows whose `detail` is the whole task data."""
     detail = row.get("detail") if isinstance(row.get("detail"), Mapping) else None
     source: Mapping[str, Any] = detail or {}
-    task_id = row.get("taskId") or row.get("task_id") or source.get("task_id")
+    task_id = (row.get("task_id") or row.get("taskId") or source.get("task_id"))
     if not isinstance(task_id, str) or not task_id:
         return None
     meta = source.get("meta") if isinstance(source.get("meta"), Mapping) else {}
-    created = _unix(row.get("createdAt") or row.get("created_at")
+    created = _unix(row.get("created_at") or row.get("createdAt")
                     or (meta.get("created_at") if isinstance(meta, Mapping) else None))
-    raw_input = source.get("input") if source else row.get("input")
+    raw_input = source.get("input") if "input" in source else row.get("input")
+    status = str(row.get("status") or source.get("status") or "").strip().lower()
     return HistoryRow(
         task_id=task_id,
-        model=str(row.get("taskModel") or row.get("model") or source.get("model") or ""),
-        task_type=str(row.get("action") or row.get("task_type") or source.get("task_type") or ""),
-        status=str(row.get("status") or source.get("status") or "").lower(),
+        model=str(row.get("task_model") or row.get("taskModel") or row.get("model") or ""),
+        task_type=str(row.get("action") or row.get("task_type") or source.get("task_type")
+                      or ""),
+        status="completed" if status == "finished" else status,
         created_at=created,
         input=raw_input if isinstance(raw_input, Mapping) else None,
+        detail_model=str(source.get("model") or ""),
     )
 
 
@@ -461,12 +469,16 @@ class PiAPIClient:
                                      + _int(family.get("processing_count")))
         return counts or None
 
-    def task_history(self, model: str, start_time: float, end_time: float, page: int = 1,
-                     page_size: int = 100) -> HistoryPage:
-        """GET /api/open/tasks/histories: tasks of `model` created in [start, end], newest
-        first. Rows that cannot be read are left out."""
-        params = {"page": page, "page_size": page_size, "model": model,
-                  "start_time": int(start_time), "end_time": math.ceil(end_time)}
+    def task_history(self, model: str | None, start_time: float, end_time: float,
+                     page: int = 1, page_size: int = 100) -> HistoryPage:
+        """GET /api/open/tasks/histories: tasks created in [start, end], newest first, of
+        the `model` filter value (PiAPI documents family names: `flux`, `wan`, ...) or of
+        every model when None. Rows that cannot be read are left out."""
+        params: dict[str, Any] = {"page": page, "page_size": page_size,
+                                  "start_time": int(start_time),
+                                  "end_time": math.ceil(end_time)}
+        if model:
+            params["model"] = model
         response = self._send("GET", "/api/open/tasks/histories", kind="history",
                               params=params)
         data = read_envelope(response).get("data")

@@ -1,18 +1,33 @@
 """What a worker does to settle ambiguous creates: look for their task, then decide.
 
 A webhook that named the job points straight at the task (confirmed by a GET). Otherwise
-PiAPI's task history around the attempt is read and judged by `workers.reconcile`. An
-adopted task is polled like any other; a create that made no task is posted again; an
-undecided one is looked at again later, and fails (never posted twice) past the bound.
+PiAPI's task history around the attempt is read and judged by `workers.reconcile`: first
+with the model's documented family as the filter (or what `piapi-bulk doctor` found to
+work), then unfiltered when that listing cannot decide. Candidates whose input the
+listing does not carry are read one by one (GET, bounded per look). An adopted task is
+polled like any other; a create that provably made no task is posted again; an undecided
+one is looked at again later, and fails (never posted twice) past the bound.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 
-from workers.piapi import HistoryPage, HistoryRow, PiAPIError, RetryableError
-from workers.reconcile import WINDOW_SLACK_S, Verdict, decide, input_matches
+from workers import findings as account_findings
+from workers.catalog import history_family
+from workers.piapi import HistoryPage, HistoryRow, PiAPIError, RetryableError, TaskView
+from workers.reconcile import (
+    SETTLE_S,
+    WINDOW_SLACK_S,
+    Decision,
+    Verdict,
+    decide,
+    input_matches,
+    model_matches,
+)
 from workers.transitions import ambiguous as amb
 from workers.work import Tally, WorkerContext
 
@@ -20,13 +35,24 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
 MAX_PAGES = 20
-"""At most this many history pages are read for one attempt (2,000 tasks of its model)."""
+"""At most this many history pages are read for one listing (2,000 tasks)."""
 AGAIN_S = 10.0
 """An undecided attempt is looked at again this much later."""
 PAGE_TRIES = 3
 """A history page that fails with a retryable error (429, 5xx) is asked again this many
 times in all before the look is given up: a look needs every page of its window."""
 PAGE_PAUSE_MAX_S = 1.0
+EVIDENCE_REACH_S = 300.0
+"""When no create of ours followed the lost one within the window, the listing is read
+up to our next create, if it came within this long (else there is no evidence to read)."""
+FINDINGS_TTL_S = 60.0
+
+_checked: OrderedDict[tuple[int, int], dict[str, bool | None]] = OrderedDict()
+"""What GETs of candidates said, per (job, attempt): a task's input never changes, so a
+candidate is read once per worker process, not at every look."""
+_CHECKED_MAX = 10_000
+_checked_lock = threading.Lock()
+_findings_cache: tuple[float, account_findings.Findings | None] = (-1e18, None)
 
 
 def reconcile_jobs(ctx: WorkerContext, job_ids: list[int]) -> None:
@@ -40,43 +66,113 @@ def reconcile_jobs(ctx: WorkerContext, job_ids: list[int]) -> None:
         tally.report(ctx, settled)
 
 
+def _findings(ctx: WorkerContext) -> account_findings.Findings | None:
+    global _findings_cache
+    at, found = _findings_cache
+    now = time.monotonic()
+    if now - at > FINDINGS_TTL_S:
+        try:
+            found = account_findings.load(ctx.engine)
+        except Exception as exc:  # noqa: BLE001 - the findings are advice, never required
+            logger.debug("could not read the doctor's findings: %s", exc)
+            found = None
+        _findings_cache = (now, found)
+    return found
+
+
+def filters_for(model: str, found: account_findings.Findings | None) -> list[str | None]:
+    """The history `model` filter values to read, in order (None = unfiltered)."""
+    family = history_family(model)
+    if found is not None and found.history_filter == "none":
+        return [None]
+    if found is not None and found.history_filter == "exact":
+        return [model, None]
+    return [family, None] if family else [None]
+
+
+def settle_s(found: account_findings.Findings | None) -> float:
+    """How long after a lost create an absence in the listing may count."""
+    lag = found.history_lag_s if found is not None else None
+    return max(SETTLE_S, 2.0 * lag + 2.0) if lag else SETTLE_S
+
+
 def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> bool:
     """Look for the task of one lost create and act on what is found; True when settled."""
     now = ctx.clock()
     if t.hint_task_id and _adopt_hint(ctx, t, tally):
         return True
-    try:
-        rows, complete = _history(ctx, t, now, tally)
-    except PiAPIError as exc:
-        return _undecided(ctx, t, now, f"PiAPI's task history is unavailable ({exc})")
-    owned = amb.owned_elsewhere(ctx.engine, t.job_id, t.attempt_n, [r.task_id for r in rows])
-    decision = decide(sent=t.input, model=t.model, task_type=t.task_type,
-                      window=(t.started_at, t.lost_at), rows=rows, owned=owned, now=now)
-    if decision.verdict is Verdict.ADOPT and decision.task_id:
-        if _adopt(ctx, t, decision.task_id, tally, decision.why):
-            return True
-        # Not confirmed (the GET failed, or the task is not this job's): look again soon
-        # rather than when the lease runs out.
-        return _undecided(ctx, t, now, f"could not confirm task {decision.task_id}")
-    if decision.verdict is Verdict.ABSENT and complete:
-        return amb.absent(ctx.engine, t, decision.why, now + ctx.backoff(t.tries + 1, None),
-                          ctx.max_tries)
-    why = decision.why if complete else "the history around the attempt is too long to read"
+    found = _findings(ctx)
+    start = t.started_at - WINDOW_SLACK_S
+    end, ours_later = _evidence_window(ctx, t)
+    why = "nothing read"
+    for flt in filters_for(t.model, found):
+        try:
+            rows, complete = _history(ctx, flt, start, end, tally)
+        except PiAPIError as exc:
+            why = f"PiAPI's task history is unavailable ({exc})"
+            continue
+        decision = _judge(ctx, t, rows, ours_later, now, found, tally)
+        if decision is None:
+            return True  # adopted after a GET
+        if decision.verdict is Verdict.ADOPT and decision.task_id:
+            if _adopt(ctx, t, decision.task_id, tally, decision.why):
+                return True
+            why = f"could not confirm task {decision.task_id}"
+            continue
+        if decision.verdict is Verdict.ABSENT and complete:
+            return amb.absent(ctx.engine, t, decision.why,
+                              now + ctx.backoff(t.tries + 1, None), ctx.max_tries)
+        why = decision.why if complete else "the history around the attempt is too long to read"
+        if decision.verdict is Verdict.CHECK:
+            break  # more candidates to read at the next look; no other listing settles it
     return _undecided(ctx, t, now, why)
 
 
-def _history(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float,
+def _evidence_window(ctx: WorkerContext, t: amb.AmbiguousTarget) -> tuple[float, set[str]]:
+    """Where the listing read ends, and our creates after the lost one that it covers."""
+    end = t.lost_at + WINDOW_SLACK_S
+    later = amb.tasks_created_after(ctx.engine, t.lost_at, t.lost_at + EVIDENCE_REACH_S)
+    if later and all(at > end for _, at in later):
+        end = later[0][1] + 5.0  # reach the first of them
+    return end, {task_id for task_id, at in later if at <= end}
+
+
+def _judge(ctx: WorkerContext, t: amb.AmbiguousTarget, rows: list[HistoryRow],
+           ours_later: set[str], now: float, found: account_findings.Findings | None,
+           tally: Tally) -> Decision | None:
+    """Decide on one listing, reading candidates (GET) as needed; None once adopted."""
+    owned = amb.owned_elsewhere(ctx.engine, t.job_id, t.attempt_n, [r.task_id for r in rows])
+    key = (t.job_id, t.attempt_n)
+    with _checked_lock:
+        checked = _checked.setdefault(key, {})
+        _checked.move_to_end(key)
+        while len(_checked) > _CHECKED_MAX:
+            _checked.popitem(last=False)
+    family = history_family(t.model)
+    for _ in range(2):  # once, then again with what the GETs said
+        decision = decide(sent=t.input, model=t.model, task_type=t.task_type,
+                          window=(t.started_at, t.lost_at), rows=rows, owned=owned, now=now,
+                          family=family, ours_later=ours_later, checked=dict(checked),
+                          settle_s=settle_s(found))
+        if decision.verdict is not Verdict.CHECK:
+            return decision
+        for task_id in decision.to_check:
+            view = _read(ctx, t, task_id, tally)
+            if view is None:
+                return Decision(Verdict.UNKNOWN, why=f"could not read candidate {task_id}")
+            if view.input is not None and _same_task(t, view):
+                return None if _adopt_view(ctx, t, view, "a GET echoed this row's input") \
+                    else Decision(Verdict.UNKNOWN, why=f"could not adopt {task_id}")
+            checked[task_id] = False if view.input is not None else None
+    return decision
+
+
+def _history(ctx: WorkerContext, flt: str | None, start: float, end: float,
              tally: Tally) -> tuple[list[HistoryRow], bool]:
-    """History rows of the attempt's model around its window; True when all were read."""
-    # The task, if any, was created by the time the answer was lost (give or take clock
-    # skew), so an old attempt (an operator's retry) does not read everything since. Only
-    # the window `decide` judges is read: rows outside it can never be this attempt's, and
-    # every page read is one more request that can fail (the chaos run, at ~12 creates/s,
-    # found a window up to lost_at + 120 s needing more than MAX_PAGES pages).
-    start, end = t.started_at - WINDOW_SLACK_S, t.lost_at + WINDOW_SLACK_S
+    """History rows created in [start, end] under one filter; True when all were read."""
     rows: list[HistoryRow] = []
     for page in range(1, MAX_PAGES + 1):
-        listing = _history_page(ctx, t, start, end, page, tally)
+        listing = _history_page(ctx, flt, start, end, page, tally)
         rows += listing.rows
         if len(listing.rows) < PAGE_SIZE or (listing.total is not None
                                              and len(rows) >= listing.total):
@@ -84,7 +180,7 @@ def _history(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float,
     return rows, False
 
 
-def _history_page(ctx: WorkerContext, t: amb.AmbiguousTarget, start: float, end: float,
+def _history_page(ctx: WorkerContext, flt: str | None, start: float, end: float,
                   page: int, tally: Tally) -> HistoryPage:
     """One page of the history, asked again (briefly) after a retryable error."""
     tries = 0
@@ -93,35 +189,53 @@ def _history_page(ctx: WorkerContext, t: amb.AmbiguousTarget, start: float, end:
         ctx.spend("history")
         tally.add(requests=1)
         try:
-            return ctx.client.task_history(t.model, start, end, page=page,
-                                           page_size=PAGE_SIZE)
+            return ctx.client.task_history(flt, start, end, page=page, page_size=PAGE_SIZE)
         except RetryableError as exc:
             if tries >= PAGE_TRIES:
                 raise
             time.sleep(min(PAGE_PAUSE_MAX_S, exc.retry_after_s or 0.2))
 
 
-def _adopt_hint(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> bool:
-    assert t.hint_task_id is not None
-    return _adopt(ctx, t, t.hint_task_id, tally, "a webhook for this job named it")
-
-
-def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tally,
-           why: str) -> bool:
-    """Confirm with a GET that the task is this job's, then adopt it."""
+def _read(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str,
+          tally: Tally) -> TaskView | None:
     try:
         ctx.spend("get")
         tally.add(requests=1)
-        view = ctx.client.get_task(task_id)
+        return ctx.client.get_task(task_id)
     except PiAPIError as exc:
         logger.info("job %s: could not read candidate task %s: %s", t.job_id, task_id, exc)
-        return False
-    same = (view.model in ("", t.model) and view.task_type in ("", t.task_type)
+        return None
+
+
+def _same_task(t: amb.AmbiguousTarget, view: TaskView) -> bool:
+    """The task PiAPI shows is of this row's kind and, where echoed, has its input."""
+    return (model_matches((view.model,), t.model, history_family(t.model))
+            and view.task_type in ("", t.task_type)
             and (view.input is None or input_matches(t.input, view.input)))
-    if not same:
+
+
+def _adopt_hint(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> bool:
+    """A webhook sent to this job's own URL named the task: confirmed by a GET (the input,
+    where echoed, must be this row's)."""
+    assert t.hint_task_id is not None
+    return _adopt(ctx, t, t.hint_task_id, tally, "a webhook for this job named it",
+                  need_input=False)
+
+
+def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tally,
+           why: str, need_input: bool = False) -> bool:
+    """Confirm with a GET that the task is this job's, then adopt it."""
+    view = _read(ctx, t, task_id, tally)
+    if view is None:
+        return False
+    if not _same_task(t, view) or (need_input and view.input is None):
         logger.warning("job %s: task %s is not this job's (model, type or input differ)",
                        t.job_id, task_id)
         return False
+    return _adopt_view(ctx, t, view, why)
+
+
+def _adopt_view(ctx: WorkerContext, t: amb.AmbiguousTarget, view: TaskView, why: str) -> bool:
     now = ctx.clock()
     next_at = now if view.is_terminal else ctx.next_poll_at(t.model, t.task_type,
                                                             t.started_at, 0, now)

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from workers.piapi import HistoryRow, parse_history_row
-from workers.reconcile import SETTLE_S, WINDOW_SLACK_S, Verdict, decide, input_matches
+from workers.reconcile import (
+    MAX_CHECKS,
+    SETTLE_S,
+    WINDOW_SLACK_S,
+    Verdict,
+    decide,
+    input_matches,
+    model_matches,
+)
 
 SENT = {"image": "https://x/1.png", "caption_length": "any"}
 T0 = 1000.0
@@ -19,11 +27,19 @@ def row(task_id: str, created: float | None = T0 + 1, inp: dict[str, Any] | None
                       inp if inp is not None else None)
 
 
-def judge(rows: list[HistoryRow], owned: set[str] | None = None,
-          now: float = T0 + 100) -> tuple[Verdict, str | None]:
+def judge(rows: list[HistoryRow], owned: set[str] | None = None, now: float = T0 + 100,
+          ours_later: set[str] | None = None, checked: dict[str, bool | None] | None = None,
+          family: str | None = None) -> tuple[Verdict, str | None]:
+    later = {"ours"} if ours_later is None else ours_later
     d = decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
-               window=(T0, T0 + 2), rows=rows, owned=owned or set(), now=now)
+               window=(T0, T0 + 2), rows=rows, owned=(owned or set()) | {"ours"}, now=now,
+               family=family, ours_later=later, checked=checked)
     return d.verdict, d.task_id
+
+
+LATER = HistoryRow("ours", "Qubico/joycaption", "joycaption-beta-one", "pending", T0 + 5, None)
+"""A task of ours (another attempt owns it) created after the lost create: the listing
+covers the window."""
 
 
 @pytest.mark.parametrize(
@@ -48,30 +64,81 @@ def test_the_task_with_this_input_is_adopted() -> None:
 
 
 def test_a_task_another_row_owns_is_not_adopted() -> None:
-    assert judge([row("mine", inp=SENT)], owned={"mine"}) == (Verdict.ABSENT, None)
+    assert judge([row("mine", inp=SENT), LATER], owned={"mine"}) == (Verdict.ABSENT, None)
 
 
 def test_tasks_outside_the_window_do_not_count() -> None:
     late = row("late", created=T0 + 2 + WINDOW_SLACK_S + 1, inp=SENT)
-    assert judge([late]) == (Verdict.ABSENT, None)
+    assert judge([late, LATER]) == (Verdict.ABSENT, None)
 
 
 def test_absence_counts_only_once_the_history_had_time() -> None:
-    assert judge([], now=T0 + 2 + SETTLE_S - 1)[0] is Verdict.UNKNOWN
-    assert judge([], now=T0 + 2 + SETTLE_S + 1) == (Verdict.ABSENT, None)
+    assert judge([LATER], now=T0 + 2 + SETTLE_S - 1)[0] is Verdict.UNKNOWN
+    assert judge([LATER], now=T0 + 2 + SETTLE_S + 1) == (Verdict.ABSENT, None)
 
 
-def test_a_listing_without_inputs_cannot_attribute_unknown_tasks() -> None:
-    assert judge([row("someone", inp=None)])[0] is Verdict.UNKNOWN
-    # ...but with no unknown task at all in the window, nothing was created.
-    assert judge([row("known", inp=None)], owned={"known"}) == (Verdict.ABSENT, None)
+def test_absence_needs_a_later_task_of_ours_in_the_same_listing() -> None:
+    # An empty listing, a filter that matched nothing or a listing that lags: "not yet".
+    assert judge([])[0] is Verdict.UNKNOWN
+    assert judge([row("someone-else", inp={**SENT, "image": "https://x/9.png"})])[0] \
+        is Verdict.UNKNOWN
+    # Our later task exists but is not listed yet: still "not yet".
+    assert judge([], ours_later={"ours"})[0] is Verdict.UNKNOWN
+    assert judge([LATER], ours_later=set())[0] is Verdict.UNKNOWN
+
+
+def test_candidates_without_input_are_read_before_anything_is_decided() -> None:
+    d = decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
+               window=(T0, T0 + 2), rows=[row("far", created=T0 - 20), row("near"), LATER],
+               owned={"ours"}, now=T0 + 100, ours_later={"ours"})
+    assert d.verdict is Verdict.CHECK and d.to_check == ("near", "far")
+    # What the GETs said decides: the one echoing this input is adopted...
+    assert judge([row("a"), row("b"), LATER], checked={"a": False, "b": True}) \
+        == (Verdict.ADOPT, "b")
+    # ...none of them: never created (the listing covers the window)...
+    assert judge([row("a"), row("b"), LATER], checked={"a": False, "b": False}) \
+        == (Verdict.ABSENT, None)
+    # ...a GET that echoed no input proves nothing.
+    assert judge([row("a"), LATER], checked={"a": None})[0] is Verdict.UNKNOWN
+
+
+def test_reads_per_look_are_bounded() -> None:
+    rows = [row(f"t{i}", created=T0 + 1 + i / 100) for i in range(30)] + [LATER]
+    d = decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
+               window=(T0, T0 + 2), rows=rows, owned={"ours"}, now=T0 + 100,
+               ours_later={"ours"})
+    assert d.verdict is Verdict.CHECK and len(d.to_check) == MAX_CHECKS
 
 
 def test_other_models_are_not_candidates() -> None:
-    assert judge([row("wan", inp=SENT, model="Wan")]) == (Verdict.ABSENT, None)
+    assert judge([row("wan", inp=None, model="Wan"), LATER]) == (Verdict.ABSENT, None)
 
 
-def test_history_rows_in_both_shapes() -> None:
+@pytest.mark.parametrize(("listed", "expected"), [
+    (("Qubico/joycaption",), True), (("joycaption",), True), (("",), True), ((), True),
+    (("JOYCAPTION", "Qubico/joycaption"), True), (("Wan",), False),
+    (("Qubico/flux1-dev",), False), (("flux",), False)])
+def test_models_match_loosely(listed: tuple[str, ...], expected: bool) -> None:
+    assert model_matches(listed, "Qubico/joycaption", None) is expected
+
+
+def test_a_family_name_matches_its_models() -> None:
+    assert model_matches(("wan",), "Wan", "wan")
+    assert model_matches(("flux",), "Qubico/flux1-dev", "flux")
+    assert not model_matches(("kling",), "Qubico/flux1-dev", "flux")
+
+
+def test_history_rows_in_every_shape() -> None:
+    documented = {"task_id": "t1", "task_model": "Wan", "action": "wan26-txt2video",
+                  "status": "finished", "usage": 4000000, "usage_type": "point",
+                  "service_mode": "public",
+                  "detail": {"model": "Wan", "task_id": "t1", "workflow_type": ""},
+                  "created_at": "2025-12-17T10:28:49.8528496Z",
+                  "updated_at": "2025-12-17T10:31:02Z"}
+    r = parse_history_row(documented)
+    assert r is not None and (r.task_id, r.model, r.task_type, r.status) == (
+        "t1", "Wan", "wan26-txt2video", "completed")
+    assert r.input is None and r.created_at is not None and r.detail_model == "Wan"
     listing = {"id": 7, "taskId": "t1", "taskModel": "Wan", "action": "wan26-txt2video",
                "status": "Completed", "createdAt": "2025-12-17T10:28:49.8528496Z",
                "detail": {"task_id": "t1", "input": {"prompt": "p"}}}
@@ -81,6 +148,8 @@ def test_history_rows_in_both_shapes() -> None:
     summary = parse_history_row({**listing, "detail": None})
     assert summary is not None and summary.input is None
     assert parse_history_row({"status": "x"}) is None
+    unix = parse_history_row({**documented, "created_at": 1765967329})
+    assert unix is not None and unix.created_at == 1765967329.0
 
 
 class _FlakyHistory:
@@ -89,7 +158,7 @@ class _FlakyHistory:
     def __init__(self) -> None:
         self.calls: list[tuple[float, float, int]] = []
 
-    def task_history(self, model: str, start: float, end: float, page: int = 1,
+    def task_history(self, model: str | None, start: float, end: float, page: int = 1,
                      page_size: int = 100) -> Any:
         from workers.piapi import HistoryPage, ServerError
 
@@ -103,13 +172,23 @@ def test_history_is_read_over_the_judged_window_and_a_failed_page_asked_again() 
     # Found by the chaos run: at a high create rate the window read (up to lost_at + 120 s)
     # needed so many pages that, with one request in ten failing, no look ever completed.
     from workers.settle import _history
-    from workers.transitions.ambiguous import AmbiguousTarget
     from workers.work import Tally, WorkerContext
 
     client = _FlakyHistory()
     ctx = WorkerContext(engine=None, client=client, lease_s=1.0, max_tries=1)  # type: ignore[arg-type]
-    target = AmbiguousTarget(1, "b", "Qubico/joycaption", "joycaption-beta-one", SENT, 1,
-                             T0, T0 + 2, None, 0, None)
-    rows, complete = _history(ctx, target, T0 + 500, Tally())
+    rows, complete = _history(ctx, None, T0 - WINDOW_SLACK_S, T0 + 2 + WINDOW_SLACK_S,
+                              Tally())
     assert complete and [r.task_id for r in rows] == ["t1"]
     assert client.calls == [(T0 - WINDOW_SLACK_S, T0 + 2 + WINDOW_SLACK_S, 1)] * 2
+
+
+def test_filters_follow_the_family_and_the_doctor() -> None:
+    from workers.findings import Findings
+    from workers.settle import filters_for, settle_s
+
+    assert filters_for("Qubico/joycaption", None) == [None]
+    assert filters_for("Wan", None) == ["wan", None]
+    assert filters_for("Wan", Findings(0.0, history_filter="exact")) == ["Wan", None]
+    assert filters_for("Wan", Findings(0.0, history_filter="none")) == [None]
+    assert settle_s(None) == SETTLE_S
+    assert settle_s(Findings(0.0, history_lag_s=30.0)) == 62.0

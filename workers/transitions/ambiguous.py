@@ -106,6 +106,10 @@ _REPOST_EXHAUSTED = JOBS.update().where(j.state == AMB).values(
 _HINT = JOBS.update().where(_AMBIGUOUS).values(
     task_id=bindparam("p_task"), next_at=bindparam("p_now"), lease_until=None,
     lease_epoch=None)
+_LATER = (select(a.task_id, a.started_at)
+          .where(a.task_id.is_not(None), a.started_at > bindparam("p_after"),
+                 a.started_at <= bindparam("p_until"))
+          .order_by(a.started_at).limit(200))
 _OWNED = select(a.task_id).where(a.task_id.in_(bindparam("p_tasks", expanding=True)),
                                  _OTHER_ATTEMPT)
 
@@ -132,6 +136,14 @@ def owned_elsewhere(engine: Engine, job_id: int, attempt_n: int,
     with transaction(engine) as conn:
         return {str(t) for (t,) in conn.execute(
             _OWNED, {"p_tasks": ids, "p_job": job_id, "p_n": attempt_n})}
+
+
+def tasks_created_after(engine: Engine, after: float, until: float) -> list[tuple[str, float]]:
+    """(task id, attempt start) of our creates begun in (after, until], oldest first (at
+    most 200): tasks PiAPI created after anything sent before `after`."""
+    with transaction(engine) as conn:
+        return [(str(tid), float(at)) for tid, at in conn.execute(
+            _LATER, {"p_after": after, "p_until": until})]
 
 
 def adopt(engine: Engine, t: AmbiguousTarget, view: TaskView, now: float, next_poll_at: float,
