@@ -194,7 +194,8 @@ def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
     if ctx.webhooks is not None:
         hook = ctx.webhooks.config_for(claim.batch_id, claim.job_id)
     try:
-        view = ctx.client.create_task(claim.model, claim.task_type, claim.input, **hook)
+        view = ctx.client.create_task(claim.model, claim.task_type, claim.input,
+                                      service_mode=claim.service_mode, **hook)
     except AmbiguousError as exc:
         ctx.count("create_ambiguous")
         logger.warning("job %s attempt %s: %s", claim.job_id, claim.attempt_n, exc)
