@@ -33,12 +33,11 @@ Duplicate ids are not checked here: that needs every id seen so far (see `ingest
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.fieldtypes import CONVERTERS, KIND_WORDS
 from scheduler.manifest import RawRow, parse_json
 from workers.catalog import MODELS, SERVICE_MODES, FieldSpec, Kind, TaskSpec, lookup, task_types
 
@@ -49,11 +48,6 @@ NAME_CHARS = 64
 SHOW_CHARS = 40
 """How much of an offending value a reason quotes."""
 
-_INT_RE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
-_NUM_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_INT_LITERAL_RE = re.compile(r"[+-]?[0-9]+")
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,9 +346,9 @@ def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
     """The value converted to the field's JSON type and checked; unlisted fields unchanged."""
     if field is None or (type(value) is str and _plain(field)):
         return value  # the common case, kept fast: min and max apply to numbers only
-    converted = _CONVERTERS[field.kind](value)
+    converted = CONVERTERS[field.kind](value)
     if converted is None:
-        raise _Reject(f"field {name!r} must be {_KIND_WORDS[field.kind]}, got {_show(value)}")
+        raise _Reject(f"field {name!r} must be {KIND_WORDS[field.kind]}, got {_show(value)}")
     if field.choices and converted not in field.choices:
         choices = ", ".join(_show(c) for c in field.choices)
         raise _Reject(f"field {name!r} must be one of {choices}, got {_show(converted)}")
@@ -390,89 +384,6 @@ def _check_range(name: str, value: Any, field: FieldSpec) -> None:
         raise _Reject(f"field {name!r} must be at most {field.max:g}, got {_show(value)}")
 
 
-def _to_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        try:
-            return int(value.strip().split(".")[0])
-        except ValueError:  # more digits than Python converts
-            return None
-    return None
-
-
-def _to_num(value: Any) -> int | float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str) and _NUM_RE.fullmatch(text := value.strip()):
-        try:
-            number = int(text) if _INT_LITERAL_RE.fullmatch(text) else float(text)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _to_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-    return None
-
-
-def _to_array(value: Any) -> list[Any] | None:
-    if isinstance(value, list):
-        return value
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            parsed = parse_json(value)
-        except (ValueError, RecursionError):
-            return None
-        return parsed if isinstance(parsed, list) else None
-    return None
-
-
-def _to_str(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
-    if isinstance(value, int):
-        try:
-            return str(value)
-        except ValueError:  # more digits than Python prints
-            return None
-    return None
-
-
-_CONVERTERS: dict[Kind, Callable[[Any], Any]] = {
-    Kind.INT: _to_int, Kind.NUM: _to_num, Kind.BOOL: _to_bool, Kind.STR: _to_str,
-    Kind.ARRAY: _to_array,
-}
-_KIND_WORDS = {
-    Kind.INT: "an integer",
-    Kind.NUM: "a number",
-    Kind.BOOL: "a boolean (true/false/1/0/yes/no)",
-    Kind.STR: "a string",
-    Kind.ARRAY: "a JSON array",
-}
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
