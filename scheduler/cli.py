@@ -54,6 +54,17 @@ BudgetOpt = Annotated[
     typer.Option("--budget-usd", help="Stop creating tasks before the batch's cost would pass "
                  "this many US dollars (kept with the batch; give it again to change it)."),
 ]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", help="Rows for models not in piapi-bulk's catalogue are invalid "
+                 "instead of sent unchecked (also PIAPI_BULK_STRICT=1)."),
+]
+ServiceModeOpt = Annotated[
+    str | None,
+    typer.Option("--service-mode", help="config.service_mode for rows without their own "
+                 "service_mode: public (pay as you go), private (your own connected accounts, "
+                 "HYA) or empty (the workspace default)."),
+]
 DeadlineOpt = Annotated[
     str | None,
     typer.Option("--deadline", help="Start no task after this: an ISO-8601 time (local time "
@@ -69,6 +80,15 @@ def _settings(**overrides: Any) -> Settings:
         raise ConfigError(f"bad setting {first['loc'][0]}: {first['msg']}") from exc
     clean = {k: v for k, v in overrides.items() if v is not None}
     return settings.model_copy(update=clean) if clean else settings
+
+
+def _service_mode(value: str | None) -> str | None:
+    from scheduler.options import parse_service_mode
+
+    try:
+        return parse_service_mode(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _run_dir() -> Path:
@@ -98,6 +118,8 @@ def run(
     ] = None,
     budget_usd: BudgetOpt = None,
     deadline: DeadlineOpt = None,
+    strict: StrictOpt = False,
+    service_mode: ServiceModeOpt = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -109,6 +131,7 @@ def run(
 
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
+    mode = _service_mode(service_mode)
     settings = _settings(rpm=rpm, on_ambiguous=on_ambiguous)
     if settings.on_ambiguous not in ("reconcile", "retry", "fail"):
         raise ConfigError("--on-ambiguous must be reconcile, retry or fail")
@@ -117,7 +140,8 @@ def run(
     setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
     opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
                       concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
-                      budget_usd=budget, deadline_at=deadline_at)
+                      budget_usd=budget, deadline_at=deadline_at,
+                      strict=strict or settings.strict, service_mode=mode)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -130,27 +154,38 @@ def submit(
     max_attempts: MaxAttemptsOpt = None,
     budget_usd: BudgetOpt = None,
     deadline: DeadlineOpt = None,
+    strict: StrictOpt = False,
+    service_mode: ServiceModeOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
 
     from scheduler.controls import parse_budget, parse_deadline, set_limits
     from scheduler.ingest import ingest
+    from scheduler.options import option_conflict, unchecked_lines
     from workers.db import create_tables, make_engine
 
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
+    mode = _service_mode(service_mode)
     settings = _settings()
+    strict = strict or settings.strict
     if not manifest.is_file():
         raise ConfigError(f"cannot read manifest {manifest}: no such file")
     engine = make_engine(settings.database_url)
     create_tables(engine)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
+                    default_service_mode=mode, strict=strict,
                     max_attempts=max_attempts or settings.max_attempts, concurrency=concurrency)
+    problem = option_conflict(engine, result, strict=strict, service_mode=mode)
+    if problem:
+        raise ConfigError(problem)
     set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at)
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
+    for text in unchecked_lines(result):
+        err.print(text, highlight=False, markup=False, soft_wrap=True)
     for line, key, reason in result.invalid_rows[:20]:
         err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False)
     typer.echo(result.batch_id)
@@ -181,6 +216,9 @@ def status(
         counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
         typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "
                    f"({s.source})")
+        if s.unchecked:
+            typer.echo(f"  unchecked {s.unchecked} (models not in piapi-bulk's catalogue, "
+                       "sent without field checks)")
         for line in s.controls():
             typer.echo(f"  {line}")
 

@@ -53,7 +53,8 @@ def _loads(text: str | None) -> Any:
 
 
 def result_line(job: Job) -> dict[str, Any]:
-    """The results-manifest object for one job (see the README's contract)."""
+    """The results-manifest object for one job (see the README's contract); a row sent
+    without catalogue checks also carries `"unchecked": true`."""
     output = _loads(job.output_json)
     status = RESULT_STATUSES.get(job.state, "pending")
     error = None
@@ -62,7 +63,7 @@ def result_line(job: Job) -> dict[str, Any]:
     usage = None
     if job.usage_consume is not None:
         usage = {"consume": job.usage_consume, "usd": round(job.usage_consume * USD_PER_UNIT, 7)}
-    return {
+    line = {
         "id": job.row_key,
         "line": job.line,
         "status": status,
@@ -76,6 +77,9 @@ def result_line(job: Job) -> dict[str, Any]:
         "usage": usage,
         "metadata": _loads(job.metadata_json),
     }
+    if job.unchecked:  # only on such rows, so every other line keeps its exact shape
+        line["unchecked"] = True
+    return line
 
 
 def iter_results(engine: Engine, batch_id: str) -> Iterator[dict[str, Any]]:

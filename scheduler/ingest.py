@@ -7,7 +7,14 @@ is stored is always a clean prefix 1..N of the data rows).
 
 Every data row becomes a job: `queued` when valid, `invalid` (with the reason) when it could
 not be read, failed validation, or repeats an id seen earlier in the manifest (the first
-occurrence stays valid). Rows go in with executemany (SQLite) or COPY (PostgreSQL).
+occurrence stays valid). A row for a model piapi-bulk's catalogue does not know is queued
+`unchecked` (or invalid when the ingest is `strict`).
+
+`--service-mode` and `--strict` are not part of the batch's identity: the same manifest
+with another service mode is still the same batch (its rows are never sent twice). The
+caller checks that the options given can apply to the batch (`scheduler/options.py`).
+
+Rows go in with executemany (SQLite) or COPY (PostgreSQL).
 Two ingests of the same new manifest at the same moment are not supported: the second fails
 on the batch's unique content hash or on a job's (batch_id, seq) and leaves the first intact.
 The file is read twice (hash, then rows): it must not change while it is being ingested.
@@ -25,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from scheduler.manifest import BadRow, Item, Manifest, content_hash, open_manifest
@@ -43,7 +50,7 @@ _KIND_INVALID = ErrorKind.INVALID.value
 COLUMNS = (
     "batch_id", "seq", "line", "row_key", "model", "task_type", "input_json", "metadata_json",
     "state", "attempts", "tries", "polls", "poll_errors", "created_at", "error_kind",
-    "error_message",
+    "error_message", "unchecked", "service_mode",
 )
 """Job columns an ingest writes, in the order of each row tuple."""
 
@@ -63,6 +70,10 @@ class IngestResult:
     """The first invalid rows as (line, row_key, reason), at most SAMPLE_INVALID."""
     resumed: bool = False
     """True when this call finished an ingest that an earlier one left part-way."""
+    unchecked: list[tuple[str, str, int]] = field(default_factory=list)
+    """(model, task_type, rows) for each kind of row sent unchecked (not in the catalogue)."""
+    service_mode: str | None = None
+    """The batch's default service mode (the `--service-mode` it was first ingested with)."""
 
 
 def batch_hash(file_hash: str, default_model: str | None, default_task_type: str | None) -> str:
@@ -90,6 +101,7 @@ class _Tally:
     invalid: int = 0
     seen: dict[str, int] = field(default_factory=dict)
     sample: list[tuple[int, str, str]] = field(default_factory=list)
+    unchecked: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def ingest(
@@ -98,6 +110,8 @@ def ingest(
     *,
     default_model: str | None = None,
     default_task_type: str | None = None,
+    default_service_mode: str | None = None,
+    strict: bool = False,
     max_attempts: int = 3,
     concurrency: int | None = None,
     chunk_size: int = 5000,
@@ -106,6 +120,8 @@ def ingest(
     """Store the manifest at `path` as a batch of jobs; returns the batch (new or existing).
 
     `max_attempts` is always written to the batch; `concurrency` only when given (not None).
+    `default_service_mode` is stored with a new batch and applies to its rows without their
+    own; `strict` makes rows for models the catalogue does not know invalid.
     `progress` is called after each committed chunk with the number of rows stored so far.
     Raises `ManifestError` (before writing anything) when the file cannot be read at all.
     """
@@ -113,8 +129,8 @@ def ingest(
         raise ValueError("chunk_size must be at least 1")
     digest = batch_hash(content_hash(path), default_model, default_task_type)
     with open_manifest(path) as manifest:
-        batch, created = _batch(engine, manifest, digest, Defaults(default_model,
-                                                                   default_task_type))
+        batch, created = _batch(engine, manifest, digest, Defaults(
+            default_model, default_task_type, default_service_mode or None))
         _settings(engine, batch, max_attempts, concurrency)
         if batch.ingested:
             logger.info("manifest %s is batch %s, already ingested", path, batch.id)
@@ -123,12 +139,18 @@ def ingest(
         if tally.stored_seq:
             logger.info("resuming ingest of batch %s after row %d", batch.id, tally.stored_seq)
         started = time.monotonic()
-        _load(engine, batch, manifest, tally, chunk_size, progress)
+        _load(engine, batch, manifest, tally, chunk_size, progress, strict)
     _analyze(engine)
     logger.info("ingested batch %s: %d rows, %d invalid, in %.1f s", batch.id, tally.total,
                 tally.invalid, time.monotonic() - started)
+    if created:
+        unchecked = sorted((m, t, n) for (m, t), n in tally.unchecked.items())
+    else:
+        with engine.connect() as conn:
+            unchecked = _unchecked(conn, batch.id)
     return IngestResult(batch.id, tally.total, tally.invalid, created, tally.sample,
-                        resumed=not created)
+                        resumed=not created, unchecked=unchecked,
+                        service_mode=batch.service_mode)
 
 
 def _analyze(engine: Engine) -> None:
@@ -148,7 +170,8 @@ def _batch(engine: Engine, manifest: Manifest, digest: str,
             return Batch.model_validate(row._mapping), False
         batch = Batch(id="b" + digest[:12], content_hash=digest,
                       source=str(manifest.path.resolve()), default_model=defaults.model,
-                      default_task_type=defaults.task_type, created_at=time.time())
+                      default_task_type=defaults.task_type,
+                      service_mode=defaults.service_mode, created_at=time.time())
         conn.execute(insert(BATCHES).values(batch.model_dump()))
     logger.info("new batch %s for %s", batch.id, manifest.path)
     return batch, True
@@ -172,7 +195,19 @@ def _result(engine: Engine, batch: Batch) -> IngestResult:
     """The result for a batch that is already fully stored."""
     with engine.connect() as conn:
         sample = _invalid_sample(conn, batch.id)
-    return IngestResult(batch.id, batch.total, batch.invalid, False, sample)
+        unchecked = _unchecked(conn, batch.id)
+    return IngestResult(batch.id, batch.total, batch.invalid, False, sample,
+                        unchecked=unchecked, service_mode=batch.service_mode)
+
+
+def _unchecked(conn: Connection, batch_id: str) -> list[tuple[str, str, int]]:
+    """(model, task_type, rows) of the batch's unchecked rows."""
+    rows = conn.execute(
+        select(JOBS.c.model, JOBS.c.task_type, func.count())
+        .where(JOBS.c.batch_id == batch_id, JOBS.c.unchecked.is_not(None))
+        .group_by(JOBS.c.model, JOBS.c.task_type).order_by(JOBS.c.model, JOBS.c.task_type)
+    ).all()
+    return [(str(m), str(t), int(n)) for m, t, n in rows]
 
 
 def _tally(engine: Engine, batch_id: str) -> _Tally:
@@ -201,14 +236,15 @@ def _invalid_sample(conn: Connection, batch_id: str) -> list[tuple[int, str, str
 
 
 def _load(engine: Engine, batch: Batch, items: Iterable[Item], tally: _Tally,
-          chunk_size: int, progress: Callable[[int], None] | None) -> None:
+          chunk_size: int, progress: Callable[[int], None] | None, strict: bool) -> None:
     """Store every row after the stored prefix, a chunk per transaction; then mark done.
 
     Rows stream into the open INSERT or COPY as they are validated, so on PostgreSQL the
     server indexes one row while Python reads and checks the next.
     """
-    batch_id, defaults = batch.id, Defaults(batch.default_model, batch.default_task_type)
-    rows = (_row(batch_id, item, defaults, tally, time.time())
+    batch_id = batch.id
+    defaults = Defaults(batch.default_model, batch.default_task_type, batch.service_mode)
+    rows = (_row(batch_id, item, defaults, tally, time.time(), strict)
             for item in items if item.seq > tally.stored_seq)
     with engine.connect() as conn:
         while True:
@@ -223,10 +259,11 @@ def _load(engine: Engine, batch: Batch, items: Iterable[Item], tally: _Tally,
                 return
 
 
-def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: float) -> Row:
+def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: float,
+         strict: bool) -> Row:
     """The job row (a tuple in COLUMNS order) for one manifest item; updates the tally."""
     spec = (Invalid(item.seq, item.line, str(item.seq), None, None, item.reason, None)
-            if isinstance(item, BadRow) else validate_row(item, defaults))
+            if isinstance(item, BadRow) else validate_row(item, defaults, strict=strict))
     first = tally.seen.setdefault(spec.row_key, spec.line)
     if isinstance(spec, JobSpec) and first != spec.line:
         spec = Invalid(spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
@@ -236,8 +273,14 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
     meta = None if spec.metadata is None else _COMPACT.encode(spec.metadata)
     if isinstance(spec, Invalid):
         return _invalid_row(batch_id, spec, meta, now, tally)
+    unchecked = None
+    if spec.unchecked:
+        unchecked = True
+        kind = (spec.model, spec.task_type)
+        tally.unchecked[kind] = tally.unchecked.get(kind, 0) + 1
     return (batch_id, spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
-            _CANONICAL.encode(spec.input), meta, _QUEUED, 0, 0, 0, 0, now, None, None)
+            _CANONICAL.encode(spec.input), meta, _QUEUED, 0, 0, 0, 0, now, None, None,
+            unchecked, spec.service_mode)
 
 
 def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
@@ -248,7 +291,7 @@ def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
         tally.sample.append((spec.line, spec.row_key, spec.reason))
     return (batch_id, spec.seq, spec.line, _storable(spec.row_key), _storable(spec.model),
             _storable(spec.task_type), None, meta, _INVALID, 0, 0, 0, 0, now, _KIND_INVALID,
-            _storable(spec.reason))
+            _storable(spec.reason), None, None)
 
 
 def _storable(text: str | None) -> str | None:

@@ -26,6 +26,7 @@ from scheduler.dispatcher import LOCK_KEY
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
+from scheduler.options import option_conflict, unchecked_lines
 from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status
 from workers.app import create_celery
@@ -66,6 +67,10 @@ class RunOptions:
     budget_usd: float | None = None
     """Stored on the batch when given (else the stored one is kept)."""
     deadline_at: float | None = None
+    strict: bool = False
+    """Rows for models not in the catalogue are invalid instead of sent unchecked."""
+    service_mode: str | None = None
+    """`--service-mode` for rows without their own ('' = the workspace default)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -271,13 +276,20 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         create_tables(engine)
         result = ingest(engine, opts.manifest, default_model=opts.model,
                         default_task_type=opts.task_type,
+                        default_service_mode=opts.service_mode, strict=opts.strict,
                         max_attempts=opts.max_attempts or settings.max_attempts,
                         concurrency=opts.concurrency)
+        conflict = option_conflict(engine, result, strict=opts.strict,
+                                   service_mode=opts.service_mode)
+        if conflict:
+            raise ConfigError(conflict)
         set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
                    deadline_at=opts.deadline_at)
         verb = "new batch" if result.created else "resuming batch"
         console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")
+        for line in unchecked_lines(result):
+            console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
         _report_invalid(console, result)
         clear_halt(engine)  # the key was just accepted
         before = batch_status(engine, result.batch_id)

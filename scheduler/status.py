@@ -35,6 +35,8 @@ class BatchStatus:
     deadline_at: float | None = None
     cancel_mode: str | None = None
     cancelled_at: float | None = None
+    unchecked: int = 0
+    """Rows sent without catalogue checks (their model is not in piapi-bulk's catalogue)."""
 
     @property
     def active(self) -> int:
@@ -83,6 +85,7 @@ class BatchStatus:
             "deadline_at": self.deadline_at,
             "cancelled": self.cancel_mode,
             "cancelled_at": self.cancelled_at,
+            "unchecked": self.unchecked,
         }
 
 
@@ -98,20 +101,22 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         if batch is None:
             return None
         rows = s.execute(
-            select(col(Job.state), func.count(), func.coalesce(func.sum(col(Job.usage_consume)), 0))
+            select(col(Job.state), func.count(), func.coalesce(func.sum(col(Job.usage_consume)), 0),
+                   func.count(col(Job.unchecked)))
             .where(col(Job.batch_id) == batch_id).group_by(col(Job.state))
         ).all()
     counts = {state.value: 0 for state in JobState}
-    consumed = 0
-    for state, n, units in rows:
+    consumed = unchecked = 0
+    for state, n, units, n_unchecked in rows:
         counts[str(state)] = int(n)
+        unchecked += int(n_unchecked)
         if state in (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value):
             consumed += int(units)
     return BatchStatus(
         id=batch.id, source=batch.source, total=sum(counts.values()), counts=counts,
         consumed_units=consumed, created_at=batch.created_at, done=batch.done,
         budget_usd=batch.budget_usd, paused=batch.paused, deadline_at=batch.deadline_at,
-        cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at,
+        cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at, unchecked=unchecked,
     )
 
 

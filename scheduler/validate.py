@@ -2,8 +2,9 @@
 
 Pure: no I/O, no state; `validate_row` never raises for any row a reader can produce.
 
-Reserved fields are `id`, `model`, `task_type`, `input` and `metadata`; every other field is
-an input field, merged into `input`. A field given both ways must agree (after typing) when
+Reserved fields are `id`, `model`, `task_type`, `input`, `metadata` and `service_mode` (it
+goes to the request's `config`: `public`, `private` or empty); every other field is an
+input field, merged into `input`. A field given both ways must agree (after typing) when
 both are non-empty; otherwise the row is invalid. When one of the two is empty, the
 non-empty one is used. Input fields that are null are dropped (like empty CSV cells).
 
@@ -12,9 +13,19 @@ keys: a field the (model, task_type) does not list makes the row invalid unless 
 `open_fields` (users rename or drop extra columns; nothing unknown reaches the paid API).
 Typed fields accept their JSON type or a string holding it, since CSV cells are strings:
 integers "5", "+5" and "5.0" (not "5.5", not true), numbers "0.5" or "1e3" (finite only),
-booleans true/false/1/0/yes/no in any case. String fields take strings, and numbers as
-their decimal form; objects, arrays and booleans are refused. `choices`, `min` and `max`
-apply after conversion; Flux models also need width*height <= 1,048,576 when both are given.
+booleans true/false/1/0/yes/no in any case, arrays a JSON array or a string holding one
+(each item an object with the item keys the spec requires). String fields take strings,
+and numbers as their decimal form; objects, arrays and booleans are refused. `choices`,
+`min`, `max` and `max_len` apply after conversion; Flux models also need width*height <=
+1,048,576 when both are given; a spec's `one_of` and cross-field `check` come last.
+
+A model the catalog does not list at all (with a task type) is passed through unchecked:
+its input is sent as given, with no field checks, and the JobSpec says `unchecked`. JSON
+values stay as they are; CSV cells stay strings, except a cell holding a JSON object or
+array, which becomes that value (a CSV cell has no other way to carry one; a cell that
+only looks like one, such as lyrics starting "[Verse]", stays a string). With `strict`,
+such rows are invalid instead. A known model with an unknown task type, a missing task
+type or a bad field is always invalid: a malformed task never reaches the paid API.
 
 Duplicate ids are not checked here: that needs every id seen so far (see `ingest`).
 """
@@ -22,34 +33,31 @@ Duplicate ids are not checked here: that needs every id seen so far (see `ingest
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.fieldtypes import CONVERTERS, KIND_WORDS
 from scheduler.manifest import RawRow, parse_json
-from workers.catalog import MODELS, FieldSpec, Kind, TaskSpec, lookup, task_types
+from workers.catalog import MODELS, SERVICE_MODES, FieldSpec, Kind, TaskSpec, lookup, task_types
 
-RESERVED = frozenset({"id", "model", "task_type", "input", "metadata"})
+RESERVED = frozenset({"id", "model", "task_type", "input", "metadata", "service_mode"})
 """Row fields that are not input fields."""
-"""Flux refuses images larger than 1024 x 1024 pixels in area (width * height)."""
+NAME_CHARS = 64
+"""Longest model or task type name a passed-through row may have (the record's limit)."""
 SHOW_CHARS = 40
 """How much of an offending value a reason quotes."""
 
-_INT_RE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
-_NUM_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_INT_LITERAL_RE = re.compile(r"[+-]?[0-9]+")
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
 
 
 @dataclass(frozen=True, slots=True)
 class Defaults:
-    """Model and task type for rows that do not name their own (`--model`, `--task-type`)."""
+    """Model, task type and service mode for rows that do not name their own (`--model`,
+    `--task-type`, `--service-mode`)."""
 
     model: str | None = None
     task_type: str | None = None
+    service_mode: str | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +71,10 @@ class JobSpec:
     task_type: str
     input: dict[str, Any]
     metadata: Any
+    unchecked: bool = False
+    """True when the model is not in the catalog: the input is sent as given, unchecked."""
+    service_mode: str | None = None
+    """`config.service_mode` for the create (`public` or `private`); None: not sent."""
 
 
 @dataclass(slots=True)
@@ -86,8 +98,10 @@ class _Reject(Exception):
         self.reason = reason
 
 
-def validate_row(raw: RawRow, defaults: Defaults) -> JobSpec | Invalid:
-    """Check one row against the catalog; a JobSpec with a typed input, or an Invalid."""
+def validate_row(raw: RawRow, defaults: Defaults, *, strict: bool = False) -> JobSpec | Invalid:
+    """Check one row against the catalog; a JobSpec with a typed input, or an Invalid.
+
+    A model the catalog does not know is passed through unchecked, unless `strict`."""
     fields = raw.fields
     metadata = _metadata(fields.get("metadata"), raw.from_csv)
     row_key, model, task_type = str(raw.seq), None, None
@@ -95,11 +109,18 @@ def validate_row(raw: RawRow, defaults: Defaults) -> JobSpec | Invalid:
         row_key = _row_key(fields.get("id"), raw.seq)
         model = _name(fields, "model", defaults.model)
         task_type = _name(fields, "task_type", defaults.task_type)
-        spec = _spec(model, task_type)
+        spec = _spec(model, task_type, strict)
+        mode = _service_mode(fields.get("service_mode"), defaults.service_mode, spec)
+        if spec is None:
+            assert model is not None and task_type is not None
+            data = _passthrough_input(fields, raw.from_csv)
+            return JobSpec(raw.seq, raw.line, row_key, model, task_type, data, metadata,
+                           unchecked=True, service_mode=mode)
         data = _input(fields, spec, raw.from_csv)
     except _Reject as exc:
         return Invalid(raw.seq, raw.line, row_key, model, task_type, exc.reason, metadata)
-    return JobSpec(raw.seq, raw.line, row_key, spec.model, spec.task_type, data, metadata)
+    return JobSpec(raw.seq, raw.line, row_key, spec.model, spec.task_type, data, metadata,
+                   service_mode=mode)
 
 
 def _show(value: Any) -> str:
@@ -155,18 +176,66 @@ def _name(fields: Mapping[str, Any], name: str, default: str | None) -> str | No
     return value.strip()
 
 
-def _spec(model: str | None, task_type: str | None) -> TaskSpec:
+def _spec(model: str | None, task_type: str | None, strict: bool) -> TaskSpec | None:
+    """The catalog's spec for the row; None when the row is to be passed through."""
     if model is None:
         raise _Reject("missing model (no 'model' field and no default model)")
     spec = lookup(model, task_type) if task_type is not None else None
     if spec is not None:
         return spec
-    if model not in MODELS:
+    if model in MODELS:
+        known = ", ".join(task_types(model))
+        if task_type is None:
+            raise _Reject(f"missing task_type for model {model!r} (known: {known})")
+        raise _Reject(
+            f"unknown task_type {_show(task_type)} for model {model!r} (known: {known})")
+    if strict:
         raise _Reject(f"unknown model {_show(model)} (known: {', '.join(sorted(MODELS))})")
-    known = ", ".join(task_types(model))
     if task_type is None:
-        raise _Reject(f"missing task_type for model {model!r} (known: {known})")
-    raise _Reject(f"unknown task_type {_show(task_type)} for model {model!r} (known: {known})")
+        raise _Reject(f"missing task_type for model {_show(model)} (a model not in "
+                      "piapi-bulk's catalogue is sent unchecked, but needs its task_type)")
+    for name, value in (("model", model), ("task_type", task_type)):
+        if len(value) > NAME_CHARS or "\x00" in value:
+            raise _Reject(f"field {name!r} must be at most {NAME_CHARS} characters, "
+                          f"without NUL, got {_show(value)}")
+    return None
+
+
+def _service_mode(value: Any, default: str | None, spec: TaskSpec | None) -> str | None:
+    """The row's `config.service_mode` (its own, else the default); None when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = default or ""
+    if not isinstance(value, str) or value.strip() not in ("", *SERVICE_MODES):
+        raise _Reject(f"field 'service_mode' must be public, private or empty, "
+                      f"got {_show(value)}")
+    mode = value.strip() or None
+    if mode is not None and spec is not None and mode not in spec.service_modes:
+        allowed = " or ".join(spec.service_modes)
+        raise _Reject(f"service_mode {mode!r} is not accepted by {spec.model} "
+                      f"(only {allowed}, or empty)")
+    return mode
+
+
+def _passthrough_input(fields: Mapping[str, Any], from_csv: bool) -> dict[str, Any]:
+    """The input of a row the catalog cannot check: columns and `input` as given (CSV cells
+    holding a JSON object or array parsed), nulls dropped."""
+    data = {k: _json_cell(v) if from_csv else v for k, v in fields.items()
+            if k not in RESERVED}
+    explicit = fields.get("input")
+    if explicit is not None:
+        data = _merge(_explicit_input(explicit, from_csv), data, None)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _json_cell(value: Any) -> Any:
+    """A CSV cell holding a JSON object or array, parsed; any other cell as it is."""
+    if not (isinstance(value, str) and value.lstrip()[:1] in ("{", "[")):
+        return value
+    try:
+        parsed = parse_json(value)
+    except (ValueError, RecursionError):
+        return value
+    return parsed if isinstance(parsed, dict | list) else value
 
 
 def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[str, Any]:
@@ -179,14 +248,24 @@ def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[st
         data = {k: v for k, v in data.items() if v is not None}
     if not spec.open_fields and not data.keys() <= spec.fields.keys():
         _reject_unknown(data, spec)
+    _check_present(data, spec)
+    if data.keys() <= _plain_strings(spec) and all(type(v) is str for v in data.values()):
+        typed = data  # the common CSV row: strings for string fields, nothing to convert
+    else:
+        typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
+        _check_area(typed, spec)
+    if spec.check is not None and (reason := spec.check(typed)) is not None:
+        raise _Reject(reason)
+    return typed
+
+
+def _check_present(data: Mapping[str, Any], spec: TaskSpec) -> None:
     for name in spec.required:
         if _empty(data.get(name)):
             raise _Reject(f"missing required input field {name!r}")
-    if data.keys() <= _plain_strings(spec) and all(type(v) is str for v in data.values()):
-        return data  # the common CSV row: strings for string fields, nothing to convert
-    typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
-    _check_area(typed, spec)
-    return typed
+    if spec.one_of and all(_empty(data.get(name)) for name in spec.one_of):
+        names = " or ".join(repr(n) for n in spec.one_of)
+        raise _Reject(f"missing required input field: {names}")
 
 
 _PLAIN: dict[tuple[str, str], frozenset[str]] = {}
@@ -197,8 +276,7 @@ def _plain_strings(spec: TaskSpec) -> frozenset[str]:
     key = (spec.model, spec.task_type)
     plain = _PLAIN.get(key)
     if plain is None:
-        plain = _PLAIN[key] = frozenset(
-            k for k, f in spec.fields.items() if f.kind is Kind.STR and not f.choices)
+        plain = _PLAIN[key] = frozenset(k for k, f in spec.fields.items() if _plain(f))
     return plain
 
 
@@ -219,13 +297,20 @@ def _explicit_input(value: Any, from_csv: bool) -> dict[str, Any]:
     return value
 
 
-def _merge(explicit: dict[str, Any], extra: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
+def _plain(field: FieldSpec) -> bool:
+    """True for a string field that takes any string as it is."""
+    return field.kind is Kind.STR and not field.choices and field.max_len is None
+
+
+def _merge(explicit: dict[str, Any], extra: dict[str, Any],
+           spec: TaskSpec | None) -> dict[str, Any]:
     merged = dict(extra)
     for name, value in explicit.items():
         other = merged.get(name)
         if _empty(value) and not _empty(other):
             continue
-        if not _empty(other) and not _same(name, value, other, spec.fields.get(name)):
+        field = spec.fields.get(name) if spec is not None else None
+        if not _empty(other) and not _same(name, value, other, field):
             raise _Reject(f"field {name!r} differs between 'input' ({_show(value)}) "
                           f"and its own column ({_show(other)})")
         merged[name] = value
@@ -240,8 +325,9 @@ def _same(name: str, a: Any, b: Any, field: FieldSpec | None) -> bool:
     """True when two values of a field mean the same (after typing, when it is typed)."""
     if type(a) is type(b) and a == b:
         return True
-    if field is None:
-        return False
+    if field is None:  # unchecked: a CSV cell equal to the JSON text of the other value
+        return any(type(x) is str and type(y) is not str and x.strip() == _COMPACT.encode(y)
+                   for x, y in ((a, b), (b, a)))
     try:
         return bool(_typed(name, a, field) == _typed(name, b, field))
     except _Reject:
@@ -258,17 +344,35 @@ def _reject_unknown(data: Mapping[str, Any], spec: TaskSpec) -> None:
 
 def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
     """The value converted to the field's JSON type and checked; unlisted fields unchanged."""
-    if field is None or (type(value) is str and field.kind is Kind.STR and not field.choices):
+    if field is None or (type(value) is str and _plain(field)):
         return value  # the common case, kept fast: min and max apply to numbers only
-    converted = _CONVERTERS[field.kind](value)
+    converted = CONVERTERS[field.kind](value)
     if converted is None:
-        raise _Reject(f"field {name!r} must be {_KIND_WORDS[field.kind]}, got {_show(value)}")
+        raise _Reject(f"field {name!r} must be {KIND_WORDS[field.kind]}, got {_show(value)}")
     if field.choices and converted not in field.choices:
         choices = ", ".join(_show(c) for c in field.choices)
         raise _Reject(f"field {name!r} must be one of {choices}, got {_show(converted)}")
     if field.min is not None or field.max is not None:
         _check_range(name, converted, field)
+    if field.max_len is not None and len(converted) > field.max_len:
+        raise _Reject(f"field {name!r} must be at most {field.max_len} characters, "
+                      f"got {len(converted)}")
+    if field.items is not None:
+        converted = [_item(name, i, item, field) for i, item in enumerate(converted)]
     return converted
+
+
+def _item(name: str, i: int, item: Any, field: FieldSpec) -> dict[str, Any]:
+    """One object of an array field: required keys present, listed keys typed."""
+    where = f"{name}[{i}]"
+    if not isinstance(item, dict):
+        raise _Reject(f"field {where!r} must be an object, got {_show(item)}")
+    for key in field.item_required:
+        if _empty(item.get(key)):
+            raise _Reject(f"field {where!r} needs {key!r}")
+    specs = field.items or {}
+    return {k: _typed(f"{where}.{k}", v, specs.get(k)) if v is not None else v
+            for k, v in item.items()}
 
 
 def _check_range(name: str, value: Any, field: FieldSpec) -> None:
@@ -280,75 +384,7 @@ def _check_range(name: str, value: Any, field: FieldSpec) -> None:
         raise _Reject(f"field {name!r} must be at most {field.max:g}, got {_show(value)}")
 
 
-def _to_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-        try:
-            return int(value.strip().split(".")[0])
-        except ValueError:  # more digits than Python converts
-            return None
-    return None
-
-
-def _to_num(value: Any) -> int | float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str) and _NUM_RE.fullmatch(text := value.strip()):
-        try:
-            number = int(text) if _INT_LITERAL_RE.fullmatch(text) else float(text)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _to_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-    return None
-
-
-def _to_str(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
-    if isinstance(value, int):
-        try:
-            return str(value)
-        except ValueError:  # more digits than Python prints
-            return None
-    return None
-
-
-_CONVERTERS: dict[Kind, Callable[[Any], Any]] = {
-    Kind.INT: _to_int, Kind.NUM: _to_num, Kind.BOOL: _to_bool, Kind.STR: _to_str,
-}
-_KIND_WORDS = {
-    Kind.INT: "an integer",
-    Kind.NUM: "a number",
-    Kind.BOOL: "a boolean (true/false/1/0/yes/no)",
-    Kind.STR: "a string",
-}
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_area(data: Mapping[str, Any], spec: TaskSpec) -> None:

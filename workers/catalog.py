@@ -1,14 +1,16 @@
 """What piapi-bulk knows about PiAPI's models: task types, input fields and their types.
 
 Used to validate every manifest row before anything is paid for, to convert flat CSV
-cells into the JSON types PiAPI expects, and to give the poll scheduler a prior duration.
-A row whose model or task type is not listed here is invalid: an unknown model never
-reaches the paid API.
+cells into the JSON types PiAPI expects, and to give the poll scheduler and budgets a prior
+duration and price. A row whose model is listed here but whose task type or fields are not
+is invalid: a malformed task for a known model never reaches the paid API. A model that is
+not listed at all is passed through unchecked (see `scheduler/validate.py`), unless the
+batch is strict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -21,6 +23,8 @@ class Kind(StrEnum):
     INT = "integer"
     NUM = "number"
     BOOL = "boolean"
+    ARRAY = "array"
+    """A JSON array (in a CSV cell: the array as JSON text)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,19 @@ class FieldSpec:
     choices: tuple[Any, ...] = ()
     min: float | None = None
     max: float | None = None
+    max_len: int | None = None
+    """Most characters a string may have."""
+    items: Mapping[str, FieldSpec] | None = None
+    """For an array of objects: the keys piapi-bulk checks in each item (others pass)."""
+    item_required: tuple[str, ...] = ()
+    """Keys every item of an array of objects must have."""
+
+
+Check = Callable[[Mapping[str, Any]], str | None]
+"""A cross-field check of a typed input: the reason it is refused, or None."""
+SERVICE_MODES = ("public", "private")
+"""`config.service_mode` values besides empty (the workspace default): `public` is the
+pay-as-you-go pool, `private` the account's own connected accounts (HYA)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,12 @@ class TaskSpec:
     prior_usd: float | None = None
     """What one task may cost at most (its dearest options), before costs are learned;
     None when the price is not known (a high default is used instead)."""
+    one_of: tuple[str, ...] = ()
+    """At least one of these fields must be given (beyond `required`)."""
+    check: Check | None = None
+    """A cross-field rule, such as a range that depends on another field."""
+    service_modes: tuple[str, ...] = SERVICE_MODES
+    """The non-empty `service_mode` values the model accepts."""
 
 
 S = FieldSpec()
@@ -80,12 +103,21 @@ _FLUX = {
     "steps": FieldSpec(Kind.INT, min=1, max=100),
     "guidance_scale": NUM,
     "batch_size": FieldSpec(Kind.INT, min=1, max=4),
-    "lora_settings": S,
 }
+_FLUX_IMG2IMG = {**_FLUX, "image": S, "denoise": NUM}
+_LORA = FieldSpec(Kind.ARRAY, items={"lora_type": S, "lora_strength": NUM},
+                  item_required=("lora_type",))
+_CONTROL_NET = FieldSpec(Kind.ARRAY, items={
+    "control_type": S, "control_image": S, "control_strength": NUM,
+}, item_required=("control_type", "control_image"))
+_FLUX_ADVANCED = {**_FLUX, "lora_settings": _LORA, "control_net_settings": _CONTROL_NET}
+
+KLING_PER_SECOND_VERSIONS = frozenset({"3.0"})
+"""Kling versions that take any whole duration from 3 to 15 s (priced per second)."""
 _KLING = {
     "prompt": S,
     "negative_prompt": S,
-    "duration": FieldSpec(Kind.INT, choices=(5, 10)),
+    "duration": FieldSpec(Kind.INT, min=3, max=15),
     "aspect_ratio": S,
     "mode": FieldSpec(choices=("std", "pro")),
     "version": S,
@@ -94,10 +126,35 @@ _KLING = {
     "cfg_scale": FieldSpec(Kind.NUM, min=0, max=1),
 }
 
+
+def _kling_duration(data: Mapping[str, Any]) -> str | None:
+    """Kling 3.0 takes 3 to 15 s (the field's own range); older versions 5 or 10 only."""
+    duration = data.get("duration")
+    if duration is None or data.get("version") in KLING_PER_SECOND_VERSIONS:
+        return None
+    if duration in (5, 10):
+        return None
+    return (f"field 'duration' must be one of 5, 10 (3 to 15 only with version 3.0), "
+            f"got {duration}")
+
+
+_MIDJOURNEY = {"prompt": S, "aspect_ratio": S,
+               "process_mode": FieldSpec(choices=("relax", "fast", "turbo")),
+               "skip_prompt_check": BOOL}
+_UDIO = {"gpt_description_prompt": S, "lyrics": S,
+         "lyrics_type": FieldSpec(choices=("generate", "user", "instrumental")),
+         "negative_tags": S, "seed": INT}
+_SEEDANCE = {"prompt": S, "image_url": S, "duration": FieldSpec(Kind.INT, choices=(5, 10)),
+             "aspect_ratio": S}
+
 SPECS: tuple[TaskSpec, ...] = (
-    # prior_usd: Joycaption $0.01 a task; Wan $0.08 a second, x1.5 at 1080P (15 s: $1.80);
-    # Flux $0.002 (schnell) and $0.015 (dev) an image; Kling $0.26 (std) or $0.46 (pro)
-    # per 5 s (10 s pro: $0.92); Hailuo $0.20.
+    # prior_usd, an upper bound per task: Joycaption $0.01; Wan $0.08 a second, x1.5 at 1080P
+    # (15 s: $1.80); Flux $0.002 (schnell), $0.015 (dev), $0.02 (dev-advanced) an image;
+    # Kling 2.x $0.26 (std) or $0.46 (pro) per 5 s, Kling 3.0 $0.10 or $0.14 a second at
+    # 720p (15 s pro: $2.10); Hailuo $0.20; F5-TTS $0.025 per 1,000 characters (10,000:
+    # $0.25); Midjourney $0.04 relax, $0.07 fast, $0.14 turbo; Hunyuan $0.09; Seedance
+    # $0.30 per 5 s; Trellis $0.04; Udio $0.05; the image toolkit $0.01 per million pixels
+    # (a 2048x2048 image: $0.05; upscaled x4: up to 67 MP, $0.70).
     TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30,
              prior_usd=0.01),
     TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180,
@@ -108,31 +165,47 @@ SPECS: tuple[TaskSpec, ...] = (
              max_pixels=FLUX_MAX_PIXELS, prior_usd=0.002),
     TaskSpec("Qubico/flux1-dev", "txt2img", ("prompt",), _FLUX, prior_s=20,
              max_pixels=FLUX_MAX_PIXELS, prior_usd=0.015),
-    TaskSpec(
-        "Qubico/flux1-schnell", "img2img", ("prompt", "image"),
-        {**_FLUX, "image": S, "denoise": NUM}, prior_s=10, max_pixels=FLUX_MAX_PIXELS,
-        prior_usd=0.002,
-    ),
-    TaskSpec(
-        "Qubico/flux1-dev", "img2img", ("prompt", "image"),
-        {**_FLUX, "image": S, "denoise": NUM}, prior_s=20, max_pixels=FLUX_MAX_PIXELS,
-        prior_usd=0.015,
-    ),
+    TaskSpec("Qubico/flux1-schnell", "img2img", ("prompt", "image"), _FLUX_IMG2IMG,
+             prior_s=10, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.002),
+    TaskSpec("Qubico/flux1-dev", "img2img", ("prompt", "image"), _FLUX_IMG2IMG, prior_s=20,
+             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.015),
+    TaskSpec("Qubico/flux1-dev-advanced", "txt2img-lora", ("prompt",), _FLUX_ADVANCED,
+             prior_s=30, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
+    TaskSpec("Qubico/flux1-dev-advanced", "img2img-lora", ("prompt", "image"),
+             {**_FLUX_ADVANCED, "image": S, "denoise": NUM}, prior_s=30,
+             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
+    TaskSpec("Qubico/flux1-dev-advanced", "controlnet-lora", ("prompt", "control_net_settings"),
+             _FLUX_ADVANCED, prior_s=30, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
     TaskSpec("kling", "video_generation", ("prompt",), _KLING, prior_s=240, open_fields=True,
-             prior_usd=0.92),
+             prior_usd=2.10, check=_kling_duration),
     TaskSpec(
-        "hailuo", "video_generation", ("prompt",),
-        {"prompt": S, "model": S, "image_url": S, "expand_prompt": BOOL},
-        prior_s=120, open_fields=True, prior_usd=0.20,
+        "hailuo", "video_generation", (),
+        {"prompt": FieldSpec(max_len=2000), "model": S, "image_url": S, "expand_prompt": BOOL},
+        prior_s=120, open_fields=True, prior_usd=0.20, one_of=("prompt", "image_url"),
+        service_modes=("public",),
     ),
     TaskSpec(
-        "Qubico/tts", "zero-shot", ("gen_text",),
-        {"gen_text": S, "ref_audio": S, "ref_text": S}, prior_s=30,
+        "Qubico/tts", "zero-shot", ("gen_text", "ref_audio"),
+        {"gen_text": FieldSpec(max_len=10_000), "ref_audio": S, "ref_text": S}, prior_s=30,
+        prior_usd=0.25, service_modes=("public",),
     ),
-    TaskSpec("music-u", "generate_music", (), {
-        "gpt_description_prompt": S, "lyrics": S, "lyrics_type": S, "negative_tags": S,
-        "seed": INT, "prompt": S,
-    }, prior_s=120, open_fields=True),
+    TaskSpec("music-u", "generate_music", (), _UDIO, prior_s=120, prior_usd=0.05,
+             one_of=("gpt_description_prompt", "lyrics")),
+    TaskSpec("midjourney", "imagine", ("prompt",), _MIDJOURNEY, prior_s=90, prior_usd=0.14),
+    TaskSpec("Qubico/hunyuan", "txt2video", ("prompt",),
+             {"prompt": S, "negative_prompt": S, "aspect_ratio": S}, prior_s=300,
+             prior_usd=0.09),
+    TaskSpec("seedance", "seedance-2-preview", ("prompt",), _SEEDANCE, prior_s=180,
+             prior_usd=0.60),
+    TaskSpec("Qubico/trellis", "image-to-3d", ("image",), {"image": S, "seed": INT},
+             prior_s=90, prior_usd=0.04),
+    TaskSpec("Qubico/image-toolkit", "face-swap", ("target_image", "swap_image"),
+             {"target_image": S, "swap_image": S}, prior_s=20, prior_usd=0.05),
+    TaskSpec("Qubico/image-toolkit", "background-remove", ("image",), {"image": S},
+             prior_s=20, prior_usd=0.05),
+    TaskSpec("Qubico/image-toolkit", "upscale", ("image",),
+             {"image": S, "scale": FieldSpec(Kind.INT, choices=(2, 4))}, prior_s=30,
+             prior_usd=0.70),
 )
 
 _BY_KEY: dict[tuple[str, str], TaskSpec] = {(s.model, s.task_type): s for s in SPECS}
@@ -155,8 +228,9 @@ def prior_duration_s(model: str, task_type: str) -> float:
     return spec.prior_s if spec else 60.0
 
 
-UNKNOWN_PRICE_USD = 2.0
-"""The cost assumed for a task whose price is not known: above the dearest known task."""
+UNKNOWN_PRICE_USD = 2.5
+"""The cost assumed for a task whose price is not known (a model passed through unchecked,
+before any of its tasks completed): above the dearest known task."""
 
 
 def prior_cost_usd(model: str, task_type: str) -> float:
@@ -188,7 +262,8 @@ HISTORY_FAMILIES: Mapping[str, str] = {
 """Model -> the value of the history's `model` filter, for the models whose family the
 docs list (diffrhythm, flux, gpts, hailuo, hug_video, hunyuan, image_toolkit, kling, llm,
 luma, mj, mmaudio, music-s, music-u, sd, skyreels, trellis, tts, video_toolkit, wan).
-Joycaption has none: its history is read without a filter."""
+Joycaption and Seedance have none (their history is read without a filter), nor does a
+model passed through unchecked unless it is listed here."""
 
 ACTIVE_FAMILIES: Mapping[str, str] = {
     "Qubico/flux1-schnell": "flux",

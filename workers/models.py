@@ -44,6 +44,8 @@ class Batch(SQLModel, table=True):
     cancelled_at: float | None = None
     paused: str | None = Field(default=None, sa_column=Column(Text))
     """Why admission is paused (the budget is reached), for `status` and `run`."""
+    service_mode: str | None = Field(default=None, max_length=16)
+    """The `--service-mode` the batch was ingested with (rows without their own got it)."""
 
 
 class Job(SQLModel, table=True):
@@ -75,6 +77,11 @@ class Job(SQLModel, table=True):
     task_type: str | None = None
     input_json: str | None = Field(default=None, sa_column=Column(Text))
     metadata_json: str | None = Field(default=None, sa_column=Column(Text))
+    unchecked: bool | None = None
+    """True when the model is not in piapi-bulk's catalogue: the input is sent as given,
+    without field checks (None otherwise)."""
+    service_mode: str | None = Field(default=None, max_length=16)
+    """`config.service_mode` sent with each create (`public`, `private`); None: not sent."""
 
     state: str = Field(default=JobState.QUEUED.value, max_length=16)
     attempts: int = 0

@@ -9,13 +9,21 @@ Every failure is one of three kinds, so callers decide by type, never by message
     ├── RetryableError          nothing was done; trying again later is safe
     │   ├── RateLimited         429 (retry_after_s from Retry-After when given)
     │   ├── ServerError         5xx or an unreadable answer to a read
-    │   └── NetworkError        the request provably never arrived (connect, pool)
+    │   ├── NetworkError        the request provably never arrived (connect, pool)
+    │   └── ProviderBusy        a create refused because PiAPI's provider pool cannot take
+    │                           it now ("no available account", a pool account "doesn't
+    │                           have enough credits"): not the account's problem
     ├── PermanentError          trying again cannot help
     │   ├── InvalidRequest      400, or a non-success `code` in the envelope
     │   ├── NotFound            404: PiAPI does not know the task
-    │   └── AccountError        401, 402, 403, out of credit: stop the fleet
+    │   └── AccountError        401, 402, 403 (the key refused), or a create refused for
+    │                           the account's balance or credit: stop the fleet
     └── AmbiguousError          a create whose outcome is unknown (sent, no answer):
                                 a paid task may exist; never post it again blindly
+
+The reason PiAPI gives for a refusal may sit in `data.error` (`raw_message`, `message`) or
+`data.logs` rather than in the top-level `message`: the exception text carries the most
+specific one (bounded to MESSAGE_CHARS), with the top-level message after it.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -37,6 +45,17 @@ RETRY_AFTER_CAP_S = 300.0
 """A Retry-After beyond this is treated as this: never park a row for hours on one header."""
 GATEWAY_TIMEOUTS = frozenset({504, 522, 524})
 """Proxy timeouts: the origin may have processed the request, so a create is ambiguous."""
+MESSAGE_CHARS = 300
+"""Most characters of PiAPI's own words an exception or task error carries."""
+LOG_LINES = 3
+"""How many of a task's last log entries stand in for an empty error."""
+LOG_KEYS = ("message", "msg", "error", "raw_message", "detail", "content", "text", "log")
+"""Where a log entry that is an object keeps its words."""
+ACCOUNT_WORDS = ("credit", "balance", "insufficient")
+"""A create refused with these words is about the account's money: stop the fleet."""
+PROVIDER_WORDS = ("doesn't have enough credit", "does not have enough credit",
+                  "no available account")
+"""...unless it names a pool account PiAPI's provider uses (retryable), not yours."""
 
 
 class PiAPIError(Exception):
@@ -67,6 +86,11 @@ class ServerError(RetryableError):
 
 class NetworkError(RetryableError):
     """The request never reached PiAPI (connection refused, connect or pool timeout)."""
+
+
+class ProviderBusy(RetryableError):
+    """A create refused because PiAPI's provider pool cannot take it now (no available
+    account, or a pool account out of credits); nothing was created."""
 
 
 class PermanentError(PiAPIError):
@@ -116,16 +140,21 @@ class Usage:
 
 @dataclass(frozen=True)
 class TaskError:
-    """PiAPI's `error` object for a failed task."""
+    """PiAPI's `error` object for a failed task (and its last log entries)."""
 
     code: int
     message: str
     raw_message: str
+    logs: tuple[str, ...] = ()
+    """The task's last `data.logs` entries, read when `error` says nothing."""
 
     @property
     def text(self) -> str:
-        """The most specific message available."""
-        return "; ".join(m for m in (self.raw_message, self.message) if m) or f"code {self.code}"
+        """The most specific message available (bounded)."""
+        words = "; ".join(m for m in (self.raw_message, self.message) if m)
+        if not words:
+            words = "; ".join(self.logs)
+        return _bounded(words) or f"code {self.code}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +220,42 @@ def _int(value: Any) -> int:
         return 0
 
 
+def _bounded(text: str) -> str:
+    """`text` on one line, at most MESSAGE_CHARS characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
+
+
+def _log_texts(logs: Any) -> tuple[str, ...]:
+    """The words of the last LOG_LINES non-empty entries of `data.logs` (strings or
+    objects)."""
+    if not isinstance(logs, list):
+        return ()
+    texts: list[str] = []
+    for entry in logs:
+        text = entry if isinstance(entry, str) else ""
+        if isinstance(entry, Mapping):
+            text = next((str(entry[k]) for k in LOG_KEYS
+                         if isinstance(entry.get(k), str | int | float) and str(entry[k])), "")
+        if text.strip():
+            texts.append(text.strip())
+    return tuple(texts[-LOG_LINES:])
+
+
+def _task_error(data: Mapping[str, Any]) -> TaskError | None:
+    """The task's error: `data.error`, or for a failed task with an empty error, its logs."""
+    raw = data.get("error") if isinstance(data.get("error"), Mapping) else {}
+    assert isinstance(raw, Mapping)
+    code = _int(raw.get("code"))
+    message = str(raw.get("message") or "")
+    raw_message = str(raw.get("raw_message") or "")
+    failed = str(data.get("status") or "").strip().lower() == "failed"
+    logs = _log_texts(data.get("logs")) if failed else ()
+    if not (code or message or raw_message or logs):
+        return None
+    return TaskError(code=code, message=message, raw_message=raw_message, logs=logs)
+
+
 def _time(value: Any) -> str | None:
     if not value or value == ZERO_TIME or not isinstance(value, str):
         return None
@@ -211,16 +276,7 @@ def parse_task(data: Mapping[str, Any]) -> TaskView:
             frozen=_int(usage_raw.get("frozen")),
             consume=_int(usage_raw.get("consume")),
         )
-    err_raw = data.get("error")
-    error = None
-    if isinstance(err_raw, Mapping) and (
-        _int(err_raw.get("code")) or err_raw.get("message") or err_raw.get("raw_message")
-    ):
-        error = TaskError(
-            code=_int(err_raw.get("code")),
-            message=str(err_raw.get("message") or ""),
-            raw_message=str(err_raw.get("raw_message") or ""),
-        )
+    error = _task_error(data)
     return TaskView(
         task_id=task_id,
         model=str(data.get("model") or ""),
@@ -291,19 +347,49 @@ def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | N
     return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
 
 
-def _message(response: httpx.Response) -> str:
+def refusal_reason(body: Any) -> str:
+    """PiAPI's reason for refusing a request, from its JSON body: the most specific of
+    `data.error.raw_message`, `data.error.message` and `data.logs`, then the top-level
+    `message` when it adds something; '' when the body says nothing."""
+    data = body.get("data") if isinstance(body, Mapping) else None
+    specific = ""
+    if isinstance(data, Mapping):
+        error = data.get("error") if isinstance(data.get("error"), Mapping) else {}
+        assert isinstance(error, Mapping)
+        specific = next((str(error[k]) for k in ("raw_message", "message")
+                         if isinstance(error.get(k), str) and error[k].strip()), "")
+        specific = specific or "; ".join(_log_texts(data.get("logs")))
+    top = body.get("message") if isinstance(body, Mapping) else None
+    top = str(top).strip() if top else ""
+    if top and top.lower() not in specific.lower():
+        specific = f"{specific} ({top})" if specific else top
+    return _bounded(specific)
+
+
+def _message(status: int, body: Any) -> str:
+    reason = refusal_reason(body)
+    return f"HTTP {status}: {reason}" if reason else f"HTTP {status}"
+
+
+def _json(response: httpx.Response) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(body, Mapping) and body.get("message"):
-        return f"HTTP {response.status_code}: {str(body['message'])[:300]}"
-    return f"HTTP {response.status_code}"
+        return None
 
 
-def _credit_problem(text: str) -> bool:
-    text = text.lower()
-    return "credit" in text or "balance" in text or "insufficient" in text
+def is_account_refusal(text: str) -> bool:
+    """True when a create's refusal says the account cannot pay (its balance or credit);
+    False for a provider pool account out of credits (unless the text says "your")."""
+    lowered = text.lower()
+    if any(w in lowered for w in PROVIDER_WORDS) and "your " not in lowered:
+        return False
+    return any(w in lowered for w in ACCOUNT_WORDS)
+
+
+def _provider_busy(text: str) -> bool:
+    lowered = text.lower()
+    return any(w in lowered for w in PROVIDER_WORDS) and "your " not in lowered
 
 
 def raise_for_status(response: httpx.Response, *, create: bool) -> None:
@@ -311,22 +397,33 @@ def raise_for_status(response: httpx.Response, *, create: bool) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    message = _message(response)
+    raise_error(status, _message(status, _json(response)), response.headers, create=create)
+
+
+def raise_error(status: int, message: str, headers: httpx.Headers, *,
+                create: bool) -> NoReturn:
+    """The error for a refusal with this HTTP status (or envelope `code`) and message.
+
+    Only a create's refusal is read for account words: a failed read or a failed task
+    never stops the fleet by its text, only a refused key (401, 402, 403) does."""
     if status == 429:
-        raise RateLimited(message, status=status, retry_after_s=retry_after_s(response.headers))
+        raise RateLimited(message, status=status, retry_after_s=retry_after_s(headers))
     if create and status in GATEWAY_TIMEOUTS:
         raise AmbiguousError(message, status=status)
     if status >= 500:
-        raise ServerError(message, status=status, retry_after_s=retry_after_s(response.headers))
-    if status in (401, 402, 403) or _credit_problem(message):
+        raise ServerError(message, status=status, retry_after_s=retry_after_s(headers))
+    if status in (401, 402, 403) or (create and is_account_refusal(message)):
         raise AccountError(message, status=status)
+    if create and _provider_busy(message):
+        raise ProviderBusy(message, status=status, retry_after_s=retry_after_s(headers))
     if status == 404:
         raise NotFound(message, status=status)
     raise InvalidRequest(message, status=status)
 
 
-def read_envelope(response: httpx.Response) -> Mapping[str, Any]:
-    """The JSON envelope of a 2xx answer, checked for an error `code`."""
+def read_envelope(response: httpx.Response, *, create: bool = False) -> Mapping[str, Any]:
+    """The JSON envelope of a 2xx answer, checked for an error `code` (read like an HTTP
+    status of that number; a 2xx-looking error code is an InvalidRequest)."""
     try:
         body = response.json()
     except ValueError as exc:
@@ -335,9 +432,8 @@ def read_envelope(response: httpx.Response) -> Mapping[str, Any]:
         raise ServerError("answer is not a JSON object")
     code = body.get("code", 200)
     if _int(code) not in SUCCESS_CODES:
-        text = str(body.get("message") or f"code {code}")
-        raise_for_status(httpx.Response(_int(code) or 400, json={"message": text}), create=False)
-        raise InvalidRequest(text)  # a 2xx-looking error code: not success all the same
+        status = _int(code) or 400
+        raise_error(status, _message(status, body), response.headers, create=create)
     return body
 
 
@@ -423,7 +519,7 @@ class PiAPIClient:
             body["config"] = config
         response = self._send("POST", "/api/v1/task", kind="create", create=True, json=body)
         try:
-            envelope = read_envelope(response)
+            envelope = read_envelope(response, create=True)
             data = envelope.get("data")
             if not isinstance(data, Mapping):
                 raise ServerError("create answer without data")

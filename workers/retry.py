@@ -40,10 +40,18 @@ class FailureClass(StrEnum):
 
     TRANSIENT = "transient"  # try a new task
     INPUT = "input"  # the input itself is refused: never retry
-    ACCOUNT = "account"  # out of credit and the like: stop the fleet
+    ACCOUNT = "account"  # the account's own credit, says the task: wait, then a new task.
+    # Never a reason to halt the fleet: a task that got created was paid for up front; an
+    # account that cannot pay has its next create refused, and that refusal halts.
 
 
-ACCOUNT_MARKERS = ("credit", "balance", "insufficient", "quota exceeded", "payment")
+PROVIDER_CREDIT_MARKERS = ("doesn't have enough credit", "does not have enough credit")
+"""A provider pool account out of credits (PiAPI's, not yours): another task may run on
+another pool account, so it is transient. Unless the text says "your"."""
+ACCOUNT_MARKERS = (
+    "insufficient balance", "insufficient credit", "enough balance", "enough credit",
+    "balance is not enough", "out of credit", "payment required", "your balance", "your credit",
+)
 INPUT_MARKERS = (
     "moderation", "content policy", "nsfw", "sensitive", "prohibited", "violat",
     "invalid", "not supported", "unsupported", "too long", "bad request", "illegal",
@@ -63,6 +71,8 @@ def classify_failure(text: str) -> FailureClass:
     provider hiccup would lose a row that would have completed.
     """
     lowered = text.lower()
+    if any(m in lowered for m in PROVIDER_CREDIT_MARKERS) and "your " not in lowered:
+        return FailureClass.TRANSIENT
     if any(m in lowered for m in ACCOUNT_MARKERS):
         return FailureClass.ACCOUNT
     if any(m in lowered for m in TRANSIENT_MARKERS):

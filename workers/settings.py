@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     concurrency: int | None = Field(None, ge=1, validation_alias=_env("PIAPI_CONCURRENCY"))
     """Tasks in flight at PiAPI; unset = the account's max_concurrent_task_count."""
     max_attempts: int = Field(3, ge=1, validation_alias=_env("PIAPI_MAX_ATTEMPTS"))
+    strict: bool = Field(False, validation_alias=_env("PIAPI_BULK_STRICT"))
+    """Rows for models not in piapi-bulk's catalogue are invalid instead of sent unchecked
+    (`--strict`)."""
     max_tries: int = Field(12, ge=1, validation_alias=_env("PIAPI_BULK_MAX_TRIES"))
     """Retryable create errors (429, 5xx, network) tolerated per row before it fails."""
     dispatch_interval_s: float = Field(

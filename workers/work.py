@@ -194,7 +194,8 @@ def _submit_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
     if ctx.webhooks is not None:
         hook = ctx.webhooks.config_for(claim.batch_id, claim.job_id)
     try:
-        view = ctx.client.create_task(claim.model, claim.task_type, claim.input, **hook)
+        view = ctx.client.create_task(claim.model, claim.task_type, claim.input,
+                                      service_mode=claim.service_mode, **hook)
     except AmbiguousError as exc:
         ctx.count("create_ambiguous")
         logger.warning("job %s attempt %s: %s", claim.job_id, claim.attempt_n, exc)
@@ -348,8 +349,8 @@ def _task_failed(ctx: WorkerContext, t: tr.PollTarget, view: TaskView,
         cls = classify_failure(text)
         kind = {FailureClass.ACCOUNT: ErrorKind.ACCOUNT,
                 FailureClass.INPUT: ErrorKind.INPUT}.get(cls, ErrorKind.PROVIDER)
-    if cls == FailureClass.ACCOUNT:
-        set_halt(ctx.engine, f"PiAPI failed a task for an account reason: {text}", now)
+    # A failed task never halts the fleet, whatever its text says ("doesn't have enough
+    # credits" is a provider pool's, not the account's): only a refused create does.
     ctx.count("task_failed")
     logger.info("job %s: task %s failed (%s): %s", t.job_id, t.task_id, cls.value, text)
     retryable = cls != FailureClass.INPUT and t.counted_attempts < t.max_attempts

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import wait_until
 from tests.integration.e2e import (
     caption_rows,
     children,
+    cli,
     count_state,
     emulator,
     finish,
@@ -141,7 +145,7 @@ def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: s
         {**good[2], "id": "dup"},                                       # line 4: duplicate id
         {"id": "noimg", "model": "Qubico/joycaption",                   # line 5: missing field
          "task_type": "joycaption-beta-one", "input": {"prompt_style": "Descriptive"}},
-        {"id": "nomodel", "model": "Nope/model", "task_type": "x",      # line 6: unknown model
+        {"id": "nomodel", "model": "Wan", "task_type": "x",             # line 6: unknown type
          "input": {"image": "https://example.test/x.png"}},
         "",                                                             # line 7: blank
         good[3],                                                        # line 8
@@ -163,7 +167,7 @@ def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: s
         assert by_line[line]["error"]["kind"] == "invalid" and by_line[line]["error"]["message"]
     assert "duplicate" in by_line[4]["error"]["message"]
     assert "image" in by_line[5]["error"]["message"]
-    assert "Nope/model" in by_line[6]["error"]["message"]
+    assert "unknown task_type 'x' for model 'Wan'" in by_line[6]["error"]["message"]
     for line in (1, 3, 8):
         assert by_line[line]["status"] == "completed"
     assert stats["creates"] == 3  # an invalid row never reaches the paid API
@@ -190,3 +194,50 @@ def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str) -> None:
     assert code == 1
     assert [r["status"] for r in results] == ["completed", "invalid", "completed"]
     assert "duration" in results[1]["error"]["message"]
+
+
+def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
+                                                             sqlite_url: str) -> None:
+    """A model the catalogue does not know is sent as given and marked unchecked (this
+    emulator does not know Qubico/diffrhythm either, so PiAPI's refusal ends the row);
+    --service-mode reaches the create's config; --strict refuses such rows before any
+    create; another --service-mode for an existing batch is refused with exit 2."""
+    song = {"id": "song", "model": "Qubico/diffrhythm", "task_type": "txt2audio-base",
+            "input": {"lyrics": "[00:01.00]la", "style_prompt": "jazz"}}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [*caption_rows(2), song])
+    emu = emulator(tmp_path, "--time-scale", "0.02")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                                "--service-mode", "public"), 180)
+        results = read_results(tmp_path / "out.jsonl")
+        task = httpx.get(f"{emu.url}/api/v1/task/{results[0]['task_id']}",
+                         headers={"x-api-key": emu.api_key}, timeout=5).json()["data"]
+        ledger = emu.ledger()
+    finally:
+        emu.stop()
+    out = (tmp_path / "run.out").read_text()
+    assert code == 1, out[-3000:]
+    assert ("model Qubico/diffrhythm task type txt2audio-base is not in piapi-bulk's "
+            "catalogue: 1 row will be sent unchecked (--strict refuses them)") in out
+    assert [r["status"] for r in results] == ["completed", "completed", "failed"]
+    assert [r.get("unchecked") for r in results] == [None, None, True]
+    assert results[2]["error"]["kind"] == "input"
+    assert "diffrhythm" in results[2]["error"]["message"]
+    assert task["config"]["service_mode"] == "public"
+    assert {t["model"] for t in ledger} == {"Qubico/joycaption"}  # refused: no task
+
+    status = subprocess.run(cli("status", "--json"), env=env, cwd=tmp_path,
+                            capture_output=True, text=True, check=True)
+    [batch] = json.loads(status.stdout)["batches"]
+    assert batch["unchecked"] == 1
+    again = subprocess.run(cli("submit", str(manifest), "--service-mode", "private"), env=env,
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2 and "--service-mode public" in again.stderr
+
+    strict = write_jsonl(tmp_path / "strict.jsonl", [song, *caption_rows(1, "s")])
+    sub = subprocess.run(cli("submit", str(strict)), cwd=tmp_path, capture_output=True,
+                         text=True, env={**env, "PIAPI_BULK_STRICT": "1"})
+    assert sub.returncode == 0, sub.stderr
+    assert "1 invalid" in sub.stderr and "unknown model 'Qubico/diffrhythm'" in sub.stderr
+    assert "unchecked" not in sub.stderr

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine
 
+from scheduler.export import iter_results
 from scheduler.ingest import BATCHES, JOBS, ingest
 from scheduler.manifest import ManifestError
+from scheduler.options import option_conflict, unchecked_lines
+from scheduler.status import batch_status
 from workers.db import create_tables, make_engine
 
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
@@ -66,7 +69,7 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
         {**good, "id": "b"},                                                  # 3
         {**good, "id": "a"},                                                  # 4 duplicate
         {**JOY, "id": "c", "input": {"prompt_style": "descriptive"}},         # 5 no image
-        {"id": "d", "model": "Nope/model", "task_type": "x", "image": "u"},   # 6 unknown model
+        {"id": "d", "model": "Wan", "task_type": "x", "image": "u"},          # 6 unknown type
         "",                                                                   # 7 blank
         {**JOY, "input": {"image": "u"}, "caption_length": "long",            # 8 valid, no id
          "prompt_style": "descriptive"},
@@ -85,8 +88,7 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
         2: "malformed JSON: Expecting value at column 27",
         4: "duplicate id 'a' (first at line 1)",
         5: "missing required input field 'image'",
-        6: "unknown model 'Nope/model' (known: Qubico/flux1-dev, Qubico/flux1-schnell, "
-           "Qubico/joycaption, Qubico/tts, Wan, hailuo, kling, music-u)",
+        6: "unknown task_type 'x' for model 'Wan' (known: wan26-img2video, wan26-txt2video)",
         9: "field 'duration' must be an integer, got 'abc'",
     }
     assert {r["error_kind"] for r in rows if r["state"] == "invalid"} == {"invalid"}
@@ -272,3 +274,102 @@ def test_unreadable_manifest_writes_nothing(engine: Engine, tmp_path: Path,
 def _batch_ids(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return [str(b) for b in conn.execute(select(BATCHES.c.id)).scalars()]
+
+
+# --- models the catalogue does not know: passed through unchecked, --strict, service modes --
+
+DIFF = {"model": "Qubico/diffrhythm", "task_type": "txt2audio-base"}
+
+
+def mixed(tmp_path: Path, name: str = "mixed.jsonl") -> Path:
+    return jsonl(tmp_path / name, [
+        {**JOY, "id": "cap", "image": "https://example.com/1.jpg"},
+        {**DIFF, "id": "song1", "lyrics": "[00:01.00]la", "style_prompt": "jazz", "n": 5},
+        {**DIFF, "id": "song2", "input": {"lyrics": "x", "extra": {"a": [1]}},
+         "service_mode": "private"},
+        {"id": "bad", "model": "kling", "task_type": "text_to_video", "prompt": "p"},
+    ])
+
+
+def test_unknown_models_are_queued_unchecked_and_reported(engine: Engine,
+                                                         tmp_path: Path) -> None:
+    result = ingest(engine, mixed(tmp_path), default_service_mode="public")
+    rows = jobs(engine, result.batch_id)
+    assert [(r["row_key"], r["state"], r["unchecked"], r["service_mode"]) for r in rows] == [
+        ("cap", "queued", None, "public"), ("song1", "queued", True, "public"),
+        ("song2", "queued", True, "private"), ("bad", "invalid", None, None)]
+    assert json.loads(rows[1]["input_json"]) == {"lyrics": "[00:01.00]la",
+                                                 "style_prompt": "jazz", "n": 5}
+    assert json.loads(rows[2]["input_json"]) == {"lyrics": "x", "extra": {"a": [1]}}
+    assert "unknown task_type 'text_to_video' for model 'kling'" in rows[3]["error_message"]
+    assert result.unchecked == [("Qubico/diffrhythm", "txt2audio-base", 2)]
+    assert result.service_mode == "public"
+    assert unchecked_lines(result) == [
+        "model Qubico/diffrhythm task type txt2audio-base is not in piapi-bulk's catalogue: "
+        "2 rows will be sent unchecked (--strict refuses them)"]
+    again = ingest(engine, mixed(tmp_path))  # the existing batch: counted from the record
+    assert (again.batch_id, again.created) == (result.batch_id, False)
+    assert again.unchecked == result.unchecked and again.service_mode == "public"
+
+    st = batch_status(engine, result.batch_id)
+    assert st is not None and st.unchecked == 2 and st.to_json()["unchecked"] == 2
+    lines = list(iter_results(engine, result.batch_id))
+    assert [line.get("unchecked") for line in lines] == [None, True, True, None]
+    assert "unchecked" not in lines[0] and "unchecked" not in lines[3]
+
+
+def test_strict_makes_unknown_models_invalid(engine: Engine, tmp_path: Path) -> None:
+    result = ingest(engine, mixed(tmp_path), strict=True)
+    rows = jobs(engine, result.batch_id)
+    assert [r["state"] for r in rows] == ["queued", "invalid", "invalid", "invalid"]
+    assert rows[1]["error_message"].startswith("unknown model 'Qubico/diffrhythm' (known: ")
+    assert {r["unchecked"] for r in rows} == {None}
+    assert (result.invalid, result.unchecked, unchecked_lines(result)) == (3, [], [])
+    assert option_conflict(engine, result, strict=True, service_mode=None) is None
+
+
+def test_options_that_cannot_apply_to_an_existing_batch(engine: Engine, tmp_path: Path) -> None:
+    first = ingest(engine, mixed(tmp_path), default_service_mode="public")
+    assert option_conflict(engine, first, strict=True, service_mode="private") is None  # new
+    again = ingest(engine, mixed(tmp_path), default_service_mode="private", strict=True)
+    assert again.batch_id == first.batch_id
+    assert [r["service_mode"] for r in jobs(engine, first.batch_id)][:2] == ["public"] * 2
+    assert option_conflict(engine, again, strict=False, service_mode=None) is None
+    assert option_conflict(engine, again, strict=False, service_mode="public") is None
+    assert option_conflict(engine, again, strict=False, service_mode="private") == (
+        f"batch {first.batch_id} was ingested with --service-mode public; its rows keep the "
+        "service mode they were stored with: run it again with the same option")
+    assert option_conflict(engine, again, strict=True, service_mode=None) == (
+        f"--strict: batch {first.batch_id} was ingested without it and still has 2 unchecked "
+        f"row(s) to run; cancel it (piapi-bulk cancel {first.batch_id}) or run it without "
+        "--strict")
+    with engine.begin() as conn:  # once the unchecked rows have ended, --strict is harmless
+        conn.execute(update(JOBS).where(JOBS.c.unchecked.is_not(None)).values(state="completed"))
+    assert option_conflict(engine, again, strict=True, service_mode=None) is None
+
+
+def test_an_older_database_gains_the_unchecked_and_service_mode_columns(
+        database_url: str, tmp_path: Path) -> None:
+    eng = make_engine(database_url)
+    try:
+        create_tables(eng)
+        with eng.begin() as conn:  # the schema as the previous version made it
+            for column in ("unchecked", "service_mode"):
+                conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+            conn.execute(text("ALTER TABLE batches DROP COLUMN service_mode"))
+            conn.execute(text(
+                "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, "
+                "invalid, max_attempts, done) VALUES ('old', 'h', 's', 1, true, 1, 0, 3, false)"))
+            conn.execute(text(
+                "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
+                "polls, poll_errors, created_at) "
+                "VALUES ('old', 1, 1, '1', 'queued', 0, 0, 0, 0, 0, 1)"))
+        create_tables(eng)
+        st = batch_status(eng, "old")
+        assert st is not None and st.unchecked == 0
+        [line] = list(iter_results(eng, "old"))
+        assert "unchecked" not in line
+        result = ingest(eng, mixed(tmp_path))  # a new batch on the upgraded schema
+        assert result.unchecked == [("Qubico/diffrhythm", "txt2audio-base", 2)]
+    finally:
+        eng.dispose()

@@ -40,6 +40,7 @@ from tests.integration.e2e import (
 )
 from workers import leases, spending
 from workers import transitions as tr
+from workers.catalog import UNKNOWN_PRICE_USD
 from workers.db import create_tables, make_engine, session
 from workers.models import Batch, Job
 from workers.piapi import TaskView, Usage
@@ -298,11 +299,12 @@ def test_budget_allowance_pause_and_resume(engine: Engine) -> None:
     for j in ids[:2]:
         put(engine, j, usage_consume=300_000)
     add_batch(engine, "b2", rows=2, budget_usd=1.0)
-    add_batch(engine, "b3", rows=1, kind=("Qubico/tts", "zero-shot"), budget_usd=1.0)
+    add_batch(engine, "b3", rows=1, kind=("Qubico/diffrhythm", "txt2audio-base"),
+              budget_usd=1.0)  # a model sent unchecked
     assert spending.batch_spend(engine, "b2", NOW, "e", estimates).next_usd == pytest.approx(0.03)
-    tts = spending.batch_spend(engine, "b3", NOW, "e", estimates)
-    assert tts.next_usd == 2.0
-    assert spending.allowance(1.0, tts.spent_usd, tts.frozen_usd, tts.next_usd) == 0
+    unknown = spending.batch_spend(engine, "b3", NOW, "e", estimates)
+    assert unknown.next_usd == UNKNOWN_PRICE_USD
+    assert spending.allowance(1.0, unknown.spent_usd, unknown.frozen_usd, unknown.next_usd) == 0
 
 
 # --- the commands ----------------------------------------------------------------------------

@@ -89,7 +89,10 @@ def test_priors_are_plausible_and_an_unknown_price_errs_high() -> None:
     known = [s.prior_usd for s in SPECS if s.prior_usd is not None]
     assert max(known) <= UNKNOWN_PRICE_USD
     assert prior_cost_usd("no-such-model", "x") == UNKNOWN_PRICE_USD
-    assert prior_cost_usd("Qubico/tts", "zero-shot") == UNKNOWN_PRICE_USD
+    assert prior_cost_usd("Qubico/diffrhythm", "txt2audio-base") == UNKNOWN_PRICE_USD
+    assert prior_cost_usd("kling", "video_generation") == pytest.approx(2.10)  # 3.0, 15 s pro
+    assert prior_cost_usd("Qubico/tts", "zero-shot") == pytest.approx(0.25)  # 10,000 chars
+    assert all(s.prior_usd is not None for s in SPECS)  # every catalogue entry has a price
 
 
 def test_attempts_before_an_operator_retry_do_not_count() -> None:

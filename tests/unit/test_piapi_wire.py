@@ -17,9 +17,11 @@ from workers.piapi import (
     NetworkError,
     NotFound,
     PiAPIClient,
+    ProviderBusy,
     RateLimited,
     ServerError,
     parse_task,
+    refusal_reason,
     retry_after_s,
 )
 
@@ -113,6 +115,127 @@ def test_credit_message_is_an_account_error() -> None:
     response = httpx.Response(400, json={"code": 400, "message": "insufficient credits"})
     with pytest.raises(AccountError):
         piapi.raise_for_status(response, create=True)
+
+
+NO_ERROR = {"code": 0, "raw_message": "", "message": "", "detail": None}
+
+
+def _refusal(top: str | None = None, *, raw: str = "", message: str = "",
+             logs: list[Any] | None = None, code: int = 400) -> dict[str, Any]:
+    """A refusal body as PiAPI may send it: the reason in `data.error`, `data.logs` or
+    the top-level `message`."""
+    body: dict[str, Any] = {"code": code, "data": {
+        "task_id": "", "error": {**NO_ERROR, "raw_message": raw, "message": message},
+        "logs": logs if logs is not None else []}}
+    if top is not None:
+        body["message"] = top
+    return body
+
+
+# (name, body, expected reason)
+REASONS: list[tuple[str, Any, str]] = [
+    ("top-level only", {"code": 400, "message": "invalid request"}, "invalid request"),
+    ("raw message first, top-level after", _refusal("failed to create task",
+                                                    raw="prompt is too long", message="bad"),
+     "prompt is too long (failed to create task)"),
+    ("error message", _refusal("failed", message="image url unreachable"),
+     "image url unreachable (failed)"),
+    ("logs of strings", _refusal("bad request", logs=["queued", " image url unreachable "]),
+     "queued; image url unreachable (bad request)"),
+    ("logs of objects, the last three", _refusal(None, logs=[
+        "one", {"level": "error", "message": "two"}, {"msg": "three"}, {"time": 5},
+        {"error": "four"}]), "two; three; four"),
+    ("the top-level message is not repeated", _refusal("Insufficient Credits",
+                                                       message="insufficient credits"),
+     "insufficient credits"),
+    ("error beats logs", _refusal(None, raw="raw", logs=["log"]), "raw"),
+    ("one line", _refusal("a\nb", raw="x\n  y"), "x y (a b)"),
+    ("bounded", _refusal(None, raw="z" * 1000), "z" * (piapi.MESSAGE_CHARS - 3) + "..."),
+    ("nothing said", _refusal(None), ""),
+    ("not an object", ["x"], ""),
+    ("data not an object", {"message": "m", "data": "oops"}, "m"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), [c[1:] for c in REASONS],
+                         ids=[c[0] for c in REASONS])
+def test_refusal_reason(body: Any, expected: str) -> None:
+    assert refusal_reason(body) == expected
+
+
+# (name, HTTP status, create?, body, exception)
+REFUSALS: list[tuple[str, int, bool, Any, type[Exception]]] = [
+    ("account credit on create, in data.error", 400, True,
+     _refusal("failed to create task", raw="Your account balance is insufficient"),
+     AccountError),
+    ("account credit on create, top-level", 400, True,
+     {"code": 400, "message": "insufficient credits"}, AccountError),
+    ("a pool account's credits on create are the provider's", 400, True,
+     _refusal("failed", logs=["account 7 doesn't have enough credits"]), ProviderBusy),
+    ("no available account on create", 400, True,
+     _refusal("no available account, please retry later"), ProviderBusy),
+    ("'your account' is the account", 400, True,
+     _refusal(None, raw="your account doesn't have enough credits"), AccountError),
+    ("a read's text never halts", 400, False, {"code": 400, "message": "insufficient credit"},
+     InvalidRequest),
+    ("a refused key on a read does", 401, False, {"code": 401, "message": "Unauthorized"},
+     AccountError),
+    ("payment required on create", 402, True, _refusal(None), AccountError),
+    ("plain bad input", 400, True, _refusal("bad", raw="field image is required"),
+     InvalidRequest),
+]
+
+
+@pytest.mark.parametrize(("status", "create", "body", "expected"), [c[1:] for c in REFUSALS],
+                         ids=[c[0] for c in REFUSALS])
+def test_refusals_by_status_and_reason(status: int, create: bool, body: Any,
+                                       expected: type[Exception]) -> None:
+    with pytest.raises(expected) as caught:
+        piapi.raise_for_status(httpx.Response(status, json=body), create=create)
+    reason = refusal_reason(body)
+    assert str(caught.value) == (f"HTTP {status}: {reason}" if reason else f"HTTP {status}")
+
+
+def test_the_specific_reason_reaches_the_exception_text() -> None:
+    body = _refusal("failed to create task", raw="image url unreachable")
+    client = _client(lambda r: httpx.Response(400, json=body))
+    with pytest.raises(InvalidRequest, match=r"^HTTP 400: image url unreachable \(failed to "
+                                             r"create task\)$"):
+        client.create_task("m", "t", {})
+
+
+@pytest.mark.parametrize(("create", "expected"), [(True, AccountError),
+                                                  (False, InvalidRequest)])
+def test_an_error_code_in_a_200_is_read_like_a_status(create: bool,
+                                                      expected: type[Exception]) -> None:
+    body = _refusal("failed", message="insufficient balance")
+    client = _client(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(expected, match="insufficient balance"):
+        if create:
+            client.create_task("m", "t", {})
+        else:
+            client.get_task("t")
+
+
+def test_a_provider_refusal_in_a_200_on_create_is_retryable() -> None:
+    body = _refusal("failed", raw="account 3 does not have enough credits")
+    with pytest.raises(ProviderBusy):
+        _client(lambda r: httpx.Response(200, json=body)).create_task("m", "t", {})
+
+
+@pytest.mark.parametrize(("status", "error", "logs", "expected"), [
+    ("failed", NO_ERROR, ["started", {"message": "doesn't have enough credits"}],
+     "started; doesn't have enough credits"),
+    ("failed", {**NO_ERROR, "code": 10000}, ["provider said no"], "provider said no"),
+    ("failed", {**NO_ERROR, "raw_message": "nsfw"}, ["ignored"], "nsfw"),
+    ("failed", NO_ERROR, [], None),
+    ("failed", None, None, None),
+    ("processing", NO_ERROR, ["50% done"], None),  # progress logs are not an error
+])
+def test_a_failed_task_with_an_empty_error_reads_its_logs(
+        status: str, error: Any, logs: Any, expected: str | None) -> None:
+    view = parse_task(dict(CREATE_EXAMPLE["data"], status=status, error=error, logs=logs))
+    assert (view.error.text if view.error else None) == expected
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,11 @@ NONE = Defaults()
 WAN = {"model": "Wan", "task_type": "wan26-txt2video", "prompt": "a cat"}
 FLUX = {"model": "Qubico/flux1-dev", "task_type": "txt2img", "prompt": "a cat"}
 IMG = "https://example.com/a.jpg"
+KLING = {"model": "kling", "task_type": "video_generation", "prompt": "p"}
+HAILUO = {"model": "hailuo", "task_type": "video_generation"}
+LORA = {"model": "Qubico/flux1-dev-advanced", "task_type": "txt2img-lora", "prompt": "a cat"}
+TTS = {"model": "Qubico/tts", "task_type": "zero-shot", "gen_text": "hello", "ref_audio": IMG}
+UDIO = {"model": "music-u", "task_type": "generate_music"}
 
 
 def check(fields: dict[str, Any], defaults: Defaults = JOY, *,
@@ -64,8 +69,58 @@ VALID: list[tuple[str, dict[str, Any], bool, Defaults, dict[str, Any]]] = [
      False, NONE, {"prompt": "p", "model": "t2v-01"}),
     ("flux area at the limit", {**FLUX, "width": "1024", "height": "1024"}, True, NONE,
      {"prompt": "a cat", "width": 1024, "height": 1024}),
-    ("music with no required field", {"model": "music-u", "task_type": "generate_music"},
-     False, NONE, {}),
+    ("music from a description", {"model": "music-u", "task_type": "generate_music",
+                                  "gpt_description_prompt": "a calm song"},
+     False, NONE, {"gpt_description_prompt": "a calm song"}),
+    ("music from lyrics", {**UDIO, "lyrics": "[Verse] la la", "lyrics_type": "user",
+                           "seed": "7"}, True, NONE,
+     {"lyrics": "[Verse] la la", "lyrics_type": "user", "seed": 7}),
+    ("kling 3.0 any duration 3-15", {**KLING, "version": "3.0", "duration": "7"}, True, NONE,
+     {"prompt": "p", "version": "3.0", "duration": 7}),
+    ("kling 3.0 as a JSON number", {**KLING, "version": 3.0, "duration": 15}, False, NONE,
+     {"prompt": "p", "version": "3.0", "duration": 15}),
+    ("kling 2.x 10 s", {**KLING, "version": "2.6", "duration": "10"}, True, NONE,
+     {"prompt": "p", "version": "2.6", "duration": 10}),
+    ("hailuo image to video needs no prompt", {**HAILUO, "image_url": IMG}, True, NONE,
+     {"image_url": IMG}),
+    ("hailuo public", {**HAILUO, "prompt": "p", "service_mode": "public"}, True, NONE,
+     {"prompt": "p"}),
+    ("flux lora list from a CSV cell",
+     {**LORA, "lora_settings": '[{"lora_type": "mjv6", "lora_strength": "0.8"}]'}, True, NONE,
+     {"prompt": "a cat", "lora_settings": [{"lora_type": "mjv6", "lora_strength": 0.8}]}),
+    ("flux lora list from JSON, extra item keys pass",
+     {**LORA, "lora_settings": [{"lora_type": "anime", "x": 1}]}, False, NONE,
+     {"prompt": "a cat", "lora_settings": [{"lora_type": "anime", "x": 1}]}),
+    ("flux img2img-lora", {**LORA, "task_type": "img2img-lora", "image": IMG, "denoise": "0.5"},
+     True, NONE, {"prompt": "a cat", "image": IMG, "denoise": 0.5}),
+    ("flux controlnet-lora",
+     {**LORA, "task_type": "controlnet-lora", "control_net_settings": [
+         {"control_type": "depth", "control_image": IMG, "control_strength": 0.45}]},
+     False, NONE, {"prompt": "a cat", "control_net_settings": [
+         {"control_type": "depth", "control_image": IMG, "control_strength": 0.45}]}),
+    ("tts", {**TTS, "ref_text": "hi"}, True, NONE,
+     {"gen_text": "hello", "ref_audio": IMG, "ref_text": "hi"}),
+    ("tts at the length limit", {**TTS, "gen_text": "x" * 10_000}, True, NONE,
+     {"gen_text": "x" * 10_000, "ref_audio": IMG}),
+    ("face swap", {"model": "Qubico/image-toolkit", "task_type": "face-swap",
+                   "target_image": IMG, "swap_image": IMG}, True, NONE,
+     {"target_image": IMG, "swap_image": IMG}),
+    ("background remove", {"model": "Qubico/image-toolkit", "task_type": "background-remove",
+                           "image": IMG}, True, NONE, {"image": IMG}),
+    ("upscale", {"model": "Qubico/image-toolkit", "task_type": "upscale", "image": IMG,
+                 "scale": "4"}, True, NONE, {"image": IMG, "scale": 4}),
+    ("midjourney", {"model": "midjourney", "task_type": "imagine", "prompt": "a cat",
+                    "aspect_ratio": "16:9", "process_mode": "turbo",
+                    "skip_prompt_check": "true"}, True, NONE,
+     {"prompt": "a cat", "aspect_ratio": "16:9", "process_mode": "turbo",
+      "skip_prompt_check": True}),
+    ("hunyuan", {"model": "Qubico/hunyuan", "task_type": "txt2video", "prompt": "p",
+                 "aspect_ratio": "16:9"}, True, NONE, {"prompt": "p", "aspect_ratio": "16:9"}),
+    ("seedance", {"model": "seedance", "task_type": "seedance-2-preview", "prompt": "p",
+                  "duration": "10", "image_url": IMG}, True, NONE,
+     {"prompt": "p", "duration": 10, "image_url": IMG}),
+    ("trellis", {"model": "Qubico/trellis", "task_type": "image-to-3d", "image": IMG,
+                 "seed": "3"}, True, NONE, {"image": IMG, "seed": 3}),
 ]
 
 
@@ -83,8 +138,6 @@ def test_valid_rows(fields: dict[str, Any], from_csv: bool, defaults: Defaults,
 INVALID: list[tuple[str, dict[str, Any], bool, Defaults, str]] = [
     ("missing model", {"image": IMG}, True, NONE,
      "missing model (no 'model' field and no default model)"),
-    ("unknown model", {"model": "Nope/x", "image": IMG}, True, JOY,
-     "unknown model 'Nope/x' (known: " + ", ".join(sorted(MODELS)) + ")"),
     ("missing task_type", {"model": "Wan", "prompt": "p"}, True, NONE,
      "missing task_type for model 'Wan' (known: wan26-img2video, wan26-txt2video)"),
     ("unknown task_type", {"model": "Wan", "task_type": "t2v", "prompt": "p"}, True, NONE,
@@ -138,6 +191,70 @@ INVALID: list[tuple[str, dict[str, Any], bool, Defaults, str]] = [
      "field 'id' must be a string or an integer, got an array"),
     ("long value shortened", {**WAN, "duration": "x" * 100}, True, NONE,
      "field 'duration' must be an integer, got '" + "x" * 37 + "...'"),
+    ("known model, unknown task type is never passed through",
+     {"model": "kling", "task_type": "text_to_video", "prompt": "p"}, True, NONE,
+     "unknown task_type 'text_to_video' for model 'kling' (known: video_generation)"),
+    ("unknown model without a task type", {"model": "Qubico/diffrhythm", "x": "1"}, True, NONE,
+     "missing task_type for model 'Qubico/diffrhythm' (a model not in piapi-bulk's catalogue "
+     "is sent unchecked, but needs its task_type)"),
+    ("unknown model name too long", {"model": "m" * 65, "task_type": "t"}, True, NONE,
+     "field 'model' must be at most 64 characters, without NUL, got '" + "m" * 37 + "...'"),
+    ("kling 2.x duration", {**KLING, "duration": "7"}, True, NONE,
+     "field 'duration' must be one of 5, 10 (3 to 15 only with version 3.0), got 7"),
+    ("kling 3.0 over 15 s", {**KLING, "version": "3.0", "duration": "16"}, True, NONE,
+     "field 'duration' must be at most 15, got 16"),
+    ("kling 3.0 under 3 s", {**KLING, "version": "3.0", "duration": 2}, False, NONE,
+     "field 'duration' must be at least 3, got 2"),
+    ("hailuo needs a prompt or an image", {**HAILUO, "expand_prompt": "true"}, True, NONE,
+     "missing required input field: 'prompt' or 'image_url'"),
+    ("hailuo prompt too long", {**HAILUO, "prompt": "p" * 2001}, True, NONE,
+     "field 'prompt' must be at most 2000 characters, got 2001"),
+    ("hailuo is public only", {**HAILUO, "prompt": "p", "service_mode": "private"}, True, NONE,
+     "service_mode 'private' is not accepted by hailuo (only public, or empty)"),
+    ("tts is public only by default too", {**TTS}, True, Defaults(service_mode="private"),
+     "service_mode 'private' is not accepted by Qubico/tts (only public, or empty)"),
+    ("bad service mode", {**WAN, "service_mode": "PAYG"}, True, NONE,
+     "field 'service_mode' must be public, private or empty, got 'PAYG'"),
+    ("tts needs the reference audio", {**TTS, "ref_audio": ""}, False, NONE,
+     "missing required input field 'ref_audio'"),
+    ("tts text too long", {**TTS, "gen_text": "x" * 10_001}, True, NONE,
+     "field 'gen_text' must be at most 10000 characters, got 10001"),
+    ("plain flux has no lora_settings", {**FLUX, "lora_settings": "mjv6"}, True, NONE,
+     "unknown input field 'lora_settings' for Qubico/flux1-dev txt2img (known: batch_size, "
+     "guidance_scale, height, negative_prompt, prompt, steps, width)"),
+    ("lora settings must be a list", {**LORA, "lora_settings": "mjv6"}, True, NONE,
+     "field 'lora_settings' must be a JSON array, got 'mjv6'"),
+    ("lora settings of objects", {**LORA, "lora_settings": '["mjv6"]'}, True, NONE,
+     "field 'lora_settings[0]' must be an object, got 'mjv6'"),
+    ("lora item needs its type", {**LORA, "lora_settings": [{"lora_strength": 1}]}, False, NONE,
+     "field 'lora_settings[0]' needs 'lora_type'"),
+    ("lora strength is a number", {**LORA, "lora_settings": [
+        {"lora_type": "a", "lora_strength": "strong"}]}, False, NONE,
+     "field 'lora_settings[0].lora_strength' must be a number, got 'strong'"),
+    ("controlnet needs its settings", {**LORA, "task_type": "controlnet-lora"}, True, NONE,
+     "missing required input field 'control_net_settings'"),
+    ("controlnet item needs its image", {**LORA, "task_type": "controlnet-lora",
+                                         "control_net_settings": [{"control_type": "depth"}]},
+     False, NONE, "field 'control_net_settings[0]' needs 'control_image'"),
+    ("img2img-lora needs an image", {**LORA, "task_type": "img2img-lora"}, True, NONE,
+     "missing required input field 'image'"),
+    ("udio needs a description or lyrics", {**UDIO, "negative_tags": "metal"}, True, NONE,
+     "missing required input field: 'gpt_description_prompt' or 'lyrics'"),
+    ("udio lyrics type", {**UDIO, "lyrics": "la", "lyrics_type": "auto"}, True, NONE,
+     "field 'lyrics_type' must be one of 'generate', 'user', 'instrumental', got 'auto'"),
+    ("midjourney process mode", {"model": "midjourney", "task_type": "imagine", "prompt": "p",
+                                 "process_mode": "slow"}, True, NONE,
+     "field 'process_mode' must be one of 'relax', 'fast', 'turbo', got 'slow'"),
+    ("face swap needs both images", {"model": "Qubico/image-toolkit", "task_type": "face-swap",
+                                     "target_image": IMG}, True, NONE,
+     "missing required input field 'swap_image'"),
+    ("upscale scale", {"model": "Qubico/image-toolkit", "task_type": "upscale", "image": IMG,
+                       "scale": "3"}, True, NONE, "field 'scale' must be one of 2, 4, got 3"),
+    ("seedance duration", {"model": "seedance", "task_type": "seedance-2-preview",
+                           "prompt": "p", "duration": "15"}, True, NONE,
+     "field 'duration' must be one of 5, 10, got 15"),
+    ("trellis needs an image", {"model": "Qubico/trellis", "task_type": "image-to-3d"}, True,
+     NONE, "missing required input field 'image'"),
 ]
 
 
@@ -149,6 +266,70 @@ def test_invalid_rows(fields: dict[str, Any], from_csv: bool, defaults: Defaults
     assert isinstance(result, Invalid), result
     assert result.reason == reason
     assert "\n" not in result.reason
+
+
+# --- Models the catalog does not know: passed through unchecked, or refused with --strict ---
+
+DIFF = {"model": "Qubico/diffrhythm", "task_type": "txt2audio-base"}
+
+
+def test_unknown_model_is_passed_through_unchecked_from_jsonl() -> None:
+    fields = {**DIFF, "id": "s1", "metadata": {"k": 1}, "lyrics": "[00:01.00]la",
+              "style_prompt": "jazz", "n": 5, "flags": {"a": [1, True]}, "gone": None}
+    job = check(fields, NONE, csv=False)
+    assert isinstance(job, JobSpec), job
+    assert job.unchecked and (job.model, job.task_type) == ("Qubico/diffrhythm", "txt2audio-base")
+    assert job.input == {"lyrics": "[00:01.00]la", "style_prompt": "jazz", "n": 5,
+                         "flags": {"a": [1, True]}}
+    assert (job.row_key, job.metadata, job.service_mode) == ("s1", {"k": 1}, None)
+
+
+def test_unknown_model_csv_cells_stay_strings_unless_json_objects_or_arrays() -> None:
+    fields = {"id": "r", "n": "5", "yes": "true", "obj": ' {"a": 1}', "arr": "[1, 2]",
+              "lyrics": "[Verse]\nla la", "broken": "{nope", "service_mode": "private",
+              "input": '{"seed": 3, "n": 5}'}
+    job = check(fields, Defaults(DIFF["model"], DIFF["task_type"]))
+    assert isinstance(job, JobSpec) and job.unchecked, job
+    assert job.input == {"n": 5, "yes": "true", "obj": {"a": 1}, "arr": [1, 2],
+                         "lyrics": "[Verse]\nla la", "broken": "{nope", "seed": 3}
+    assert job.service_mode == "private"
+
+
+def test_unknown_model_conflicting_input_and_column_is_invalid() -> None:
+    result = check({**DIFF, "input": '{"n": 5}', "n": "6"}, NONE)
+    assert isinstance(result, Invalid)
+    assert result.reason == "field 'n' differs between 'input' (5) and its own column ('6')"
+
+
+@pytest.mark.parametrize(("fields", "defaults", "reason"), [
+    ({"model": "Nope/x", "task_type": "t", "image": IMG}, NONE,
+     "unknown model 'Nope/x' (known: " + ", ".join(sorted(MODELS)) + ")"),
+    ({"image": IMG}, Defaults("Nope/x", "t"),
+     "unknown model 'Nope/x' (known: " + ", ".join(sorted(MODELS)) + ")"),
+    ({"model": "Nope/x"}, NONE,
+     "unknown model 'Nope/x' (known: " + ", ".join(sorted(MODELS)) + ")"),
+])
+def test_strict_refuses_unknown_models(fields: dict[str, Any], defaults: Defaults,
+                                       reason: str) -> None:
+    result = validate_row(RawRow(4, 7, fields, True), defaults, strict=True)
+    assert isinstance(result, Invalid) and result.reason == reason
+
+
+def test_strict_changes_nothing_for_known_models() -> None:
+    raw = RawRow(4, 7, {"image": IMG}, True)
+    assert validate_row(raw, JOY, strict=True) == validate_row(raw, JOY)
+
+
+@pytest.mark.parametrize(("row_mode", "default", "expected"), [
+    (None, None, None), ("", "public", "public"), (None, "private", "private"),
+    ("public", "private", "public"), (" private ", None, "private"), ("", None, None),
+])
+def test_service_mode_row_beats_default(row_mode: str | None, default: str | None,
+                                        expected: str | None) -> None:
+    fields = {"image": IMG} if row_mode is None else {"image": IMG, "service_mode": row_mode}
+    job = check(fields, Defaults(JOY.model, JOY.task_type, default), csv=False)
+    assert isinstance(job, JobSpec) and job.service_mode == expected
+    assert "service_mode" not in job.input
 
 
 def test_invalid_keeps_what_could_be_read() -> None:
@@ -216,6 +397,8 @@ def rows(draw: st.DrawFn) -> tuple[RawRow, Defaults]:
         fields["input"] = draw(st.dictionaries(names, _values, max_size=3) | _values)
     if draw(st.booleans()):
         fields["metadata"] = draw(_values)
+    if draw(st.integers(0, 5)) == 0:
+        fields["service_mode"] = draw(st.sampled_from(["public", "private", "", "x"]))
     return RawRow(draw(st.integers(1, 10**6)), draw(st.integers(1, 10**7)), fields,
                   from_csv), defaults
 
@@ -228,11 +411,16 @@ def conforms(value: Any, kind: Kind) -> bool:
                 and math.isfinite(value))
     if kind is Kind.BOOL:
         return isinstance(value, bool)
+    if kind is Kind.ARRAY:
+        return isinstance(value, list) and all(isinstance(item, dict) for item in value)
     return isinstance(value, str)
 
 
 def assert_conforms(job: JobSpec) -> None:
     spec = lookup(job.model, job.task_type)
+    if job.unchecked:
+        assert spec is None and job.model not in MODELS
+        return
     assert isinstance(spec, TaskSpec)
     for name in spec.required:
         assert isinstance(job.input.get(name), str | int | float) and str(job.input[name]).strip()
@@ -245,6 +433,9 @@ def assert_conforms(job: JobSpec) -> None:
         assert not field.choices or value in field.choices
         assert field.min is None or value >= field.min
         assert field.max is None or value <= field.max
+        assert field.max_len is None or len(value) <= field.max_len
+    for name in spec.one_of[:1]:
+        assert any(str(job.input.get(n) or "").strip() for n in spec.one_of), name
 
 
 @settings(max_examples=500, deadline=None)
@@ -268,5 +459,6 @@ def test_validating_a_job_spec_again_changes_nothing(case: tuple[RawRow, Default
         return
     again = validate_row(RawRow(first.seq, first.line, {
         "id": first.row_key, "model": first.model, "task_type": first.task_type,
-        "input": first.input, "metadata": first.metadata}), Defaults())
+        "input": first.input, "metadata": first.metadata,
+        "service_mode": first.service_mode}), Defaults())
     assert again == first

@@ -23,6 +23,8 @@ class Claim:
     task_type: str
     input: dict[str, Any]
     tries: int
+    service_mode: str | None = None
+    """`config.service_mode` to send (`public`, `private`), or None to send none."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ _CLAIM = (
            or_(j.state == Q, and_(j.state == RW, j.next_at <= bindparam("p_now"))))
     .values(state=SUB, lease_until=bindparam("p_lease_until"), lease_epoch=None, next_at=None,
             posts=j.posts + 1)
-    .returning(j.id, j.batch_id, j.model, j.task_type, j.input_json, j.tries, j.posts)
+    .returning(j.id, j.batch_id, j.model, j.task_type, j.input_json, j.tries, j.posts,
+               j.service_mode)
 )
 _NEW_ATTEMPT = ATTEMPTS.insert()
 _THIS_ATTEMPT = and_(a.job_id == bindparam("p_job"), a.n == bindparam("p_n"))
@@ -101,8 +102,9 @@ def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: floa
         ])
     return [
         Claim(job_id=int(job), batch_id=str(b), attempt_n=int(n), model=str(m),
-              task_type=str(t), input=json.loads(i or "{}"), tries=int(tries))
-        for job, b, m, t, i, tries, n in sorted(rows)
+              task_type=str(t), input=json.loads(i or "{}"), tries=int(tries),
+              service_mode=mode or None)
+        for job, b, m, t, i, tries, n, mode in sorted(rows)
     ]
 
 
