@@ -20,7 +20,7 @@ WINDOW_S = 24 * 3600.0
 """The history is read over the last day: long enough to hold some tasks of a used account."""
 PAGE_SIZE = 20
 """Rows per history read: enough to see several models, cheap for PiAPI."""
-MAX_MODELS = 4
+MAX_MODELS = 3
 """Models whose filters are tried (one or two GETs each)."""
 DOCUMENTED_FAMILIES = frozenset({
     "diffrhythm", "flux", "gpts", "hailuo", "hug_video", "hunyuan", "image_toolkit", "kling",

@@ -99,8 +99,8 @@ def warnings(o: Observed, f: Findings, cfg: RunConfig) -> list[str]:
                 "reconciliation reads the history unfiltered"
                 for x in o.listings if x.verdict in ("misses", "broader")]
     if f.echoes_input is False:
-        out.append("GET does not echo the input as sent: a lost create's task cannot be "
-                   "confirmed, such rows end failed (ambiguous)")
+        out.append("GET does not echo the input as sent: a lost create's candidate task "
+                   "cannot be confirmed by its input")
     if f.history_row_model == "family":
         out.append("history rows name only a family, not the model: every candidate is "
                    "confirmed by a GET")
@@ -231,6 +231,8 @@ def screen(o: Observed, f: Findings, cfg: RunConfig, warns: Sequence[str],
     add("run: reconcile", reconcile_mode(o.manifest.models, f, cfg))
     add("warnings", [f"! {w}" for w in warns] or ["none"])
     add("findings", [stored])
+    spent = ", ".join(f"{k} {n}" for k, n in sorted(o.requests.items()))
+    add("requests", [f"{sum(o.requests.values())} to PiAPI ({spent})"])
     mode = "probe (one paid task)" if o.probe is not None else "read-only (GETs only)"
     title = Text(f"piapi-bulk doctor · {o.base_url} · {mode}", style="bold")
     return Group(title, grid)
