@@ -34,8 +34,8 @@ def when(ts: float) -> str:
 
 def status_line(f: Findings) -> str:
     """`doctor: checked <when>: history filter family, no inputs, lag 2.1 s`."""
-    parts = [f"history filter {f.history_filter}" if f.history_filter
-             else "history filter not checked",
+    filters = {None: "history filter not checked", "none": "history read unfiltered"}
+    parts = [filters.get(f.history_filter, f"history filter {f.history_filter}"),
              {True: "inputs in rows", False: "no inputs", None: "inputs not checked"}
              [f.history_has_input],
              f"lag {f.history_lag_s:.1f} s" if f.history_lag_s is not None

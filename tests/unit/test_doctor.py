@@ -145,6 +145,8 @@ def test_status_line() -> None:
     assert line.endswith(": history filter family, no inputs, lag 2.1 s")
     assert "not checked" in status_line(Findings(0.0)) and "not measured" in status_line(
         Findings(0.0))
+    assert ": history read unfiltered, inputs in rows," in status_line(
+        Findings(0.0, history_filter="none", history_has_input=True))
 
 
 def test_fields_text() -> None:
