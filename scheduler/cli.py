@@ -1,4 +1,4 @@
-"""The `piapi-bulk` command line: run, submit, status, cancel, retry, export, worker,
+"""The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, export, worker,
 dispatcher, webhook, flower, emulator."""
 
 from __future__ import annotations
@@ -192,13 +192,49 @@ def submit(
 
 
 @app.command()
+def doctor(
+    manifest: Annotated[Path | None, typer.Argument(
+        help="Manifest whose models to check (optional; or --model).")] = None,
+    model: ModelOpt = None,
+    task_type: TaskTypeOpt = None,
+    probe: Annotated[bool, typer.Option(
+        "--probe", help="Spend one Flux schnell task (about $0.002) to measure the history's "
+        "lag and whether GET echoes inputs.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --probe spends.")]
+    = False,
+    probe_timeout: Annotated[float, typer.Option(
+        "--probe-timeout", min=1, help="Seconds --probe waits for its task to be listed.")]
+    = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the key, the account and how PiAPI's history and active_tasks behave for these
+    models; store the findings for run (read-only unless --probe)."""
+    from scheduler.doctor.command import DoctorOptions, run_doctor
+    from workers.logs import setup_logging
+
+    settings = _settings()
+    setup_logging("WARNING", _secrets(settings))
+    if manifest is not None and not manifest.is_file():
+        raise ConfigError(f"cannot read manifest {manifest}: no such file")
+    opts = DoctorOptions(manifest=manifest, model=model, task_type=task_type, probe=probe,
+                         yes=yes, as_json=as_json, probe_timeout_s=probe_timeout)
+    confirm = ((lambda q: typer.confirm(q, default=False, err=True))
+               if sys.stdin.isatty() else None)
+    result = run_doctor(settings, opts, Console(), Console(stderr=True), confirm)
+    sys.stdout.write(result.text)
+    raise typer.Exit(result.code)
+
+
+@app.command()
 def status(
     batch: Annotated[str | None, typer.Argument(help="Batch id (default: every batch).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Counts by state and cost, per batch."""
+    from scheduler.doctor.view import status_line
     from scheduler.status import all_statuses, batch_status
     from workers.db import create_tables, make_engine
+    from workers.findings import load as load_findings
 
     engine = make_engine(_settings().database_url)
     create_tables(engine)
@@ -209,9 +245,14 @@ def status(
         statuses = [one]
     else:
         statuses = all_statuses(engine)
+    found = load_findings(engine)
     if as_json:
-        typer.echo(json.dumps({"batches": [s.to_json() for s in statuses]}, indent=2))
+        typer.echo(json.dumps({"batches": [s.to_json() for s in statuses],
+                               "doctor": json.loads(found.to_json()) if found else None},
+                              indent=2))
         return
+    if found is not None:
+        typer.echo(status_line(found))
     for s in statuses:
         counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
         typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 
+from workers.catalog import history_family
 from workers.db import session
 from workers.models import Control
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 FINDINGS_KEY = "doctor"
 HistoryFilter = Literal["family", "exact", "none"]
+RowModel = Literal["exact", "family"]
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,36 @@ class Findings:
     history_has_input: bool | None = None
     """Whether history rows carry the task's input (documented: they do not)."""
     history_lag_s: float | None = None
-    """How long after its create a task was first listed (measured with --probe)."""
+    """Seconds from sending a create until its task was first listed, measured with
+    --probe (an upper bound: the history is polled every few seconds)."""
     history_lists_pending: bool | None = None
-    """Whether a task is listed while still pending (measured with --probe)."""
+    """Whether a task is listed before it ends, while pending or processing (--probe; None
+    also when the probe task ended before it was listed)."""
     echoes_input: bool | None = None
-    """Whether GET /api/v1/task/{id} echoes the input (measured with --probe)."""
+    """Whether GET /api/v1/task/{id} echoes the input as sent, so a candidate task can be
+    confirmed by a GET (measured with --probe)."""
     active_families: tuple[str, ...] | None = None
     """The families /account/active_tasks reported."""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    history_row_model: RowModel | None = None
+    """What a history row names as its model: "exact" (the model the task was created
+    with, e.g. Qubico/flux1-schnell) or "family" (e.g. flux: rows cannot be told apart by
+    model, so a candidate's model is confirmed by a GET)."""
+    history_fields: tuple[str, ...] | None = None
+    """The keys history rows carried (a `detail` object's as `detail.<key>`)."""
+    probed_at: float | None = None
+    """When --probe measured history_lag_s, history_lists_pending and echoes_input (a later
+    check without --probe keeps these)."""
+
+    def history_filter_value(self, model: str) -> str | None:
+        """The history `model` filter for `model`'s tasks: its exact name, its documented
+        family, or None to read the history unfiltered (no filter known to work, the
+        model has no family, or never measured: unfiltered is complete, only longer)."""
+        if self.history_filter == "exact":
+            return model
+        if self.history_filter == "family":
+            return history_family(model)
+        return None
 
     def to_json(self) -> str:
         """The findings as one JSON object."""
@@ -52,10 +76,10 @@ class Findings:
     def from_json(cls, text: str) -> Findings:
         """Findings from `to_json`'s output (unknown keys ignored)."""
         raw = json.loads(text)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        for key in ("active_families", "notes"):
-            if isinstance(known.get(key), list):
-                known[key] = tuple(known[key])
+        if not isinstance(raw, dict):
+            raise ValueError("findings are not a JSON object")
+        known: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in raw.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 

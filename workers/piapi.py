@@ -203,6 +203,8 @@ class HistoryPage:
 
     rows: list[HistoryRow]
     total: int | None
+    fields: frozenset[str] = frozenset()
+    """Every key the page's rows carried (see `row_fields`)."""
 
 
 @dataclass(frozen=True)
@@ -304,10 +306,14 @@ def _unix(value: Any) -> float | None:
         return None
 
 
+HISTORY_STATUSES: Mapping[str, str] = {"finished": "completed"}
+"""History statuses spelled otherwise than a task's (the documented rows say `finished`)."""
+
+
 def parse_history_row(row: Mapping[str, Any]) -> HistoryRow | None:
-    """One history row: PiAPI's documented shape (`task_id, task_model, action, status`,
-    `detail{model, task_id, workflow_type}`, `created_at`; `finished` = completed), the
-    camelCase variant, or rows whose `detail` is the whole task data."""
+    """One history row: the documented snake_case listing (`task_id, task_model, action,
+    status, created_at, detail{model, task_id, workflow_type}`, no input), the camelCase
+    listing (`taskId, taskModel, ...`), or a row whose `detail` is the whole task."""
     detail = row.get("detail") if isinstance(row.get("detail"), Mapping) else None
     source: Mapping[str, Any] = detail or {}
     task_id = (row.get("task_id") or row.get("taskId") or source.get("task_id"))
@@ -317,17 +323,29 @@ def parse_history_row(row: Mapping[str, Any]) -> HistoryRow | None:
     created = _unix(row.get("created_at") or row.get("createdAt")
                     or (meta.get("created_at") if isinstance(meta, Mapping) else None))
     raw_input = source.get("input") if "input" in source else row.get("input")
+    # `detail.model` first: it is the model the task was created with, where the row's own
+    # `task_model` might be a family name (undocumented); both agree in every shape seen.
+    model = (source.get("model") or row.get("taskModel") or row.get("task_model")
+             or row.get("model") or "")
     status = str(row.get("status") or source.get("status") or "").strip().lower()
     return HistoryRow(
         task_id=task_id,
-        model=str(row.get("task_model") or row.get("taskModel") or row.get("model") or ""),
-        task_type=str(row.get("action") or row.get("task_type") or source.get("task_type")
-                      or ""),
-        status="completed" if status == "finished" else status,
+        model=str(model),
+        task_type=str(row.get("action") or row.get("task_type") or source.get("task_type") or ""),
+        status=HISTORY_STATUSES.get(status, status),
         created_at=created,
         input=raw_input if isinstance(raw_input, Mapping) else None,
         detail_model=str(source.get("model") or ""),
     )
+
+
+def row_fields(row: Mapping[str, Any]) -> set[str]:
+    """The keys a history row carries (its `detail`'s as `detail.<key>`), for the doctor."""
+    keys = {str(k) for k in row}
+    detail = row.get("detail")
+    if isinstance(detail, Mapping):
+        keys |= {f"detail.{k}" for k in detail}
+    return keys
 
 
 def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -545,11 +563,15 @@ class PiAPIClient:
             return False
         return True
 
+    def active_tasks(self) -> int | None:
+        """Tasks in flight on the account (pending + processing, every model family), from
+        GET /account/active_tasks; None when the account does not offer a readable count."""
+        counts = self.active_task_counts()
+        return sum(counts.values()) if counts else None
+
     def active_task_counts(self) -> dict[str, int] | None:
-        """Tasks in flight (pending + processing) per family, from GET /account/active_tasks;
-        None when the account does not offer a readable count. PiAPI documents the answer
-        per family (flux, kling, luma, midjourney, music-s, music-u): a family missing from
-        the answer is not counted there, which is not the same as none in flight."""
+        """Pending + processing tasks per family GET /account/active_tasks reports (only the
+        families it lists); None when the account does not offer a readable count."""
         try:
             response = self._send("GET", "/account/active_tasks", kind="account")
         except (NotFound, InvalidRequest):
@@ -557,23 +579,19 @@ class PiAPIClient:
         data = read_envelope(response).get("data")
         if not isinstance(data, Mapping):
             return None
-        counts: dict[str, int] = {}
-        for name, family in data.items():
-            if isinstance(family, Mapping) and (
-                    "pending_count" in family or "processing_count" in family):
-                counts[str(name)] = (_int(family.get("pending_count"))
-                                     + _int(family.get("processing_count")))
-        return counts or None
+        return {str(name): _int(family.get("pending_count")) + _int(family.get("processing_count"))
+                for name, family in data.items()
+                if isinstance(family, Mapping)
+                and ("pending_count" in family or "processing_count" in family)} or None
 
     def task_history(self, model: str | None, start_time: float, end_time: float,
                      page: int = 1, page_size: int = 100) -> HistoryPage:
-        """GET /api/open/tasks/histories: tasks created in [start, end], newest first, of
-        the `model` filter value (PiAPI documents family names: `flux`, `wan`, ...) or of
-        every model when None. Rows that cannot be read are left out."""
-        params: dict[str, Any] = {"page": page, "page_size": page_size,
-                                  "start_time": int(start_time),
-                                  "end_time": math.ceil(end_time)}
-        if model:
+        """GET /api/open/tasks/histories: tasks created in [start, end], newest first, with
+        `model` as the filter (None: no filter, every model). Unreadable rows are left out."""
+        params: dict[str, str | int] = {"page": page, "page_size": page_size,
+                                        "start_time": int(start_time),
+                                        "end_time": math.ceil(end_time)}
+        if model is not None:
             params["model"] = model
         response = self._send("GET", "/api/open/tasks/histories", kind="history",
                               params=params)
@@ -585,9 +603,10 @@ class PiAPIClient:
             total = _int(data.get("total")) if data.get("total") is not None else None
         elif isinstance(data, list):
             rows_raw = data
-        rows = [r for r in (parse_history_row(x) for x in rows_raw or []
-                            if isinstance(x, Mapping)) if r is not None]
-        return HistoryPage(rows, total)
+        raw = [x for x in rows_raw or [] if isinstance(x, Mapping)]
+        rows = [r for r in map(parse_history_row, raw) if r is not None]
+        fields = frozenset(key for x in raw for key in row_fields(x))
+        return HistoryPage(rows, total, fields)
 
     def account_info(self) -> AccountInfo:
         """GET /account/info: the concurrency limit and balance, where given."""
