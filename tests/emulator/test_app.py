@@ -16,7 +16,7 @@ with warnings.catch_warnings():
 
 from emulator.app import create_app
 from emulator.clock import FakeClock
-from emulator.config import EmulatorConfig
+from emulator.config import FAMILIES, EmulatorConfig
 from emulator.runtime import Runtime
 from tests.emulator.conftest import joy, wan
 
@@ -88,7 +88,9 @@ def test_bad_creates_are_400_and_create_nothing(
 ) -> None:
     response = client.http.post("/api/v1/task", content=content, headers=KEY)
     assert response.status_code == 400
-    assert response.json() == {"code": 400, "message": message}
+    assert response.json() == {"code": 400, "message": message, "data": {
+        "logs": [message],
+        "error": {"code": 400, "raw_message": message, "message": message, "detail": None}}}
     assert client.http.get("/_emulator/stats").json()["creates"] == 0
 
 
@@ -122,17 +124,19 @@ def test_account_info_tracks_the_wallet(client: Client) -> None:
 
 
 def test_active_tasks_grouped_by_family_or_absent(client: Client) -> None:
+    client.configure(active_tasks_families="all")
     a = client.create(wan()).json()["data"]["task_id"]
     client.create(joy())
     data = client.http.get("/account/active_tasks", headers=KEY).json()["data"]
-    assert set(data) == {"joycaption", "wan", "flux", "kling", "hailuo"}
+    assert set(data) == set(FAMILIES)
     assert data["wan"] == {"pending_count": 1, "processing_count": 0, "staged_count": 0,
                            "active_tasks": [{"task_id": a, "status": "pending"}]}
     client.configure(active_tasks_enabled=False)
     assert client.http.get("/account/active_tasks", headers=KEY).status_code == 404
 
 
-def test_history_shapes_paging_and_faults(client: Client) -> None:
+def test_history_full_shape_paging_and_faults(client: Client) -> None:
+    client.configure(history_shape="full", history_lag_s=0)
     ids = [client.create(joy(f"http://x/{i}.png")).json()["data"]["task_id"] for i in range(3)]
     page = client.http.get("/api/open/tasks/histories?page=1&page_size=2", headers=KEY).json()
     rows = page["data"]["data"]
@@ -141,22 +145,26 @@ def test_history_shapes_paging_and_faults(client: Client) -> None:
     assert rows[0]["detail"]["input"]["image"] == "http://x/2.png"
     assert set(rows[0]) == {"id", "taskId", "taskModel", "action", "status", "createdAt",
                             "updatedAt", "usage", "usageType", "serviceMode", "detail"}
-    client.configure(history_shape="summary")
-    rows = client.http.get("/api/open/tasks/histories", headers=KEY).json()["data"]["data"]
-    assert all(r["detail"] is None for r in rows)
     bad = client.http.get("/api/open/tasks/histories?page_size=101", headers=KEY)
     assert bad.status_code == 400
     client.configure(history_fault_rate=1.0)
     assert client.http.get("/api/open/tasks/histories", headers=KEY).status_code == 500
 
 
-def test_history_lag_hides_new_tasks(client: Client) -> None:
-    client.configure(history_lag_s=5.0)
+def test_history_lag_is_in_model_seconds_scaled_like_durations(client: Client) -> None:
+    assert client.rt.config.history_lag_s == 3.0  # the default, at time scale 1 here
     client.create(joy())
     url = "/api/open/tasks/histories"
+    client.clock.advance(2.999)
     assert client.http.get(url, headers=KEY).json()["data"]["total"] == 0
-    client.clock.advance(5.0)
+    client.clock.advance(0.001)
     assert client.http.get(url, headers=KEY).json()["data"]["total"] == 1
+    client.configure(history_lag_s=5.0, time_scale=0.1)  # 0.5 s of real time
+    client.create(joy("http://x/b.png"))
+    client.clock.advance(0.499)
+    assert client.http.get(url, headers=KEY).json()["data"]["total"] == 1
+    client.clock.advance(0.001)
+    assert client.http.get(url, headers=KEY).json()["data"]["total"] == 2
 
 
 def test_rpm_limit_answers_429_with_retry_after(client: Client) -> None:
@@ -180,7 +188,9 @@ def test_refuse_mode_429_with_retry_after(client: Client) -> None:
     assert client.create(joy()).status_code == 200
     refused = client.create(joy("http://x/b.png"))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
-    assert refused.json() == {"code": 429, "message": "concurrent task limit exceeded"}
+    body = refused.json()
+    assert (body["code"], body["message"]) == (429, "concurrent task limit exceeded")
+    assert body["data"]["logs"] == ["concurrent task limit exceeded"]
     stats = client.http.get("/_emulator/stats").json()
     assert (stats["creates"], stats["creates_refused"]) == (1, 1)
 

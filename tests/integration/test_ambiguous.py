@@ -73,7 +73,7 @@ def test_without_history_a_lost_create_fails_and_is_never_posted_twice(
 def test_a_history_without_inputs_cannot_attribute_so_the_row_fails(
         tmp_path: Path, sqlite_url: str) -> None:
     code, results, stats = _run(
-        tmp_path, sqlite_url, ["--fault-ambiguous", "1.0", "--history-shape", "summary"],
+        tmp_path, sqlite_url, ["--fault-ambiguous", "1.0", "--history-shape", "documented"],
         rows=3, PIAPI_BULK_RECONCILE_TIMEOUT_S="4")
     assert code == 1
     assert {(r["status"], r["error"]["kind"]) for r in results} == {("failed", "ambiguous")}
