@@ -267,3 +267,92 @@ def test_duration_patches_merge_per_family(client: Client) -> None:
     assert config["durations_s"]["wan"] == [1.0, 2.0]
     assert config["durations_s"]["flux"] == [3.0, 4.0]
     assert config["durations_s"]["joycaption"] == [15.0, 45.0]
+
+
+def test_out_of_balance_is_a_402_whose_reason_is_only_inside_data(client: Client) -> None:
+    client.configure(balance_points=5_000_000)  # $0.50: one 5 s Wan ($0.40), not two
+    assert client.create(wan()).status_code == 200
+    refused = client.create(wan("another"))
+    assert refused.status_code == 402
+    body = refused.json()
+    assert (body["code"], body["message"]) == (402, "failed to do request")
+    reason = "insufficient balance: the task costs 4000000 points, 1000000 remain"
+    assert body["data"] == {"logs": [reason], "error": {
+        "code": 402, "raw_message": reason, "message": reason, "detail": None}}
+    stats = client.http.get("/_emulator/stats").json()
+    assert (stats["creates"], stats["frozen_units"]) == (1, 4_000_000)
+    assert client.create(joy()).status_code == 200  # $0.01 still fits
+
+
+def test_the_history_and_active_tasks_routes_answer_the_documented_default(
+    client: Client,
+) -> None:
+    client.create(joy())
+    client.create({"model": "kling", "task_type": "video_generation",
+                   "input": {"prompt": "p"}})
+    client.clock.advance(3.0)  # history_lag_s at time scale 1
+    rows = client.http.get("/api/open/tasks/histories", headers=KEY).json()["data"]["data"]
+    assert [r["task_model"] for r in rows] == ["kling", "Qubico/joycaption"]
+    assert all("input" not in r and "input" not in r["detail"] for r in rows)
+    by_family = client.http.get("/api/open/tasks/histories?model=kling", headers=KEY).json()
+    assert by_family["data"]["total"] == 1
+    data = client.http.get("/account/active_tasks", headers=KEY).json()["data"]
+    assert set(data) == {"flux", "kling", "luma", "midjourney", "music-s", "music-u"}
+    assert data["kling"]["pending_count"] + data["kling"]["processing_count"] == 1
+
+
+def test_issue9_options_are_runtime_settings(client: Client) -> None:
+    defaults = client.http.get("/_emulator/config").json()
+    assert {k: defaults[k] for k in (
+        "history_shape", "history_model_filter", "history_lag_s", "history_lists_pending",
+        "active_tasks_families", "fault_stuck_processing", "fault_fail_credits",
+        "stuck_timeout_factor")} == {
+        "history_shape": "documented", "history_model_filter": "family", "history_lag_s": 3.0,
+        "history_lists_pending": True, "active_tasks_families": "documented",
+        "fault_stuck_processing": 0.0, "fault_fail_credits": 0.0, "stuck_timeout_factor": 20.0}
+    patch = {"history_shape": "full", "history_model_filter": "exact", "history_lag_s": 0.5,
+             "history_lists_pending": False, "active_tasks_families": "all",
+             "fault_stuck_processing": 0.25, "fault_fail_credits": 0.5,
+             "stuck_timeout_factor": 0}
+    config = client.configure(**patch)
+    assert {k: config[k] for k in patch} == patch
+    for bad in ({"history_shape": "summary"}, {"history_model_filter": "x"},
+                {"active_tasks_families": "none"}, {"stuck_timeout_factor": -1},
+                {"fault_fail_credits": 1.5}):
+        assert client.http.post("/_emulator/config", json=bad).status_code == 400, bad
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "media_type"),
+    [
+        ({"model": "Qubico/tts", "task_type": "zero-shot",
+          "input": {"gen_text": "hi", "ref_audio": "http://x/a.wav"}}, "audio_url",
+         "audio/mpeg"),
+        ({"model": "Qubico/trellis", "task_type": "image-to-3d", "input": {"image": "i"}},
+         "model_file", "model/gltf-binary"),
+        ({"model": "kling", "task_type": "video_generation",
+          "input": {"prompt": "p", "version": "3.0", "duration": 4}}, "video", "video/mp4"),
+    ],
+)
+def test_new_output_files_are_served_with_their_type(
+    client: Client, body: dict[str, Any], key: str, media_type: str
+) -> None:
+    task_id = client.create(body).json()["data"]["task_id"]
+    client.clock.advance(100_000)
+    url = client.http.get(f"/api/v1/task/{task_id}", headers=KEY).json()["data"]["output"][key]
+    response = client.http.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == media_type
+
+
+def test_udio_clip_files_are_served(client: Client) -> None:
+    task_id = client.create({"model": "music-u", "task_type": "generate_music",
+                             "input": {"gpt_description_prompt": "jazz"}}).json()["data"][
+        "task_id"]
+    client.clock.advance(100_000)
+    clips = client.http.get(f"/api/v1/task/{task_id}", headers=KEY).json()["data"]["output"][
+        "clips"]
+    urls = [clip[k] for clip in clips.values() if clip
+            for k in ("audio_url", "video_url", "image_url")]
+    assert len(urls) == 6
+    assert {client.http.get(u).headers["content-type"] for u in urls} == {
+        "audio/mpeg", "video/mp4", "image/jpeg"}
