@@ -1,4 +1,5 @@
-"""Every emulator setting in one typed object, with defaults that mimic PiAPI at real speed."""
+"""Every emulator setting in one typed object, with defaults that mimic PiAPI at real speed
+and answer the least generous way its docs allow (more generous answers are options)."""
 
 from __future__ import annotations
 
