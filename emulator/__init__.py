@@ -9,8 +9,16 @@ order a request flows through them:
 - `control`: the unauthenticated `/_emulator/` API (stats, ledger, config, reset).
 - `runtime`: wires the parts together and runs the timer that drives state changes.
 - `ratelimit`, `faults`: the request budget and seeded fault draws.
-- `parsing`, `catalog`, `validation`: create bodies → validated, normalised requests.
+- `parsing`, `catalog`, `inputs`, `validation`: create bodies → validated, normalised
+  requests (the model table; each model's input fields; typed checks).
 - `engine`: the simulated account (task lifecycle on a timer heap, concurrency, cancel).
+- `outputs`: each model's `output` shape, with ids and URLs derived from the task id.
 - `tasks`, `metrics`, `history`, `views`: task state and JSON, counters, history index, views.
 - `webhooks`: delivery to loopback receivers; `counters`, `clock`, `responses`: small helpers.
+
+By default it answers the least generous way PiAPI's docs allow (REFERENCE.md): history rows
+with the documented fields only (no input), filtered by documented family names and listed a
+few seconds late; /account/active_tasks with the six documented families only. The more
+generous answers are options (`history_shape="full"`, `history_model_filter="exact"`,
+`active_tasks_families="all"`, ...); see `config`.
 """

@@ -17,10 +17,11 @@ from starlette.routing import Route
 from emulator.clock import Clock
 from emulator.config import EmulatorConfig
 from emulator.control import control_routes
-from emulator.engine import OverLimit
+from emulator.engine import OutOfBalance, OverLimit
 from emulator.history import HistoryQuery
 from emulator.responses import (
     FILE_BODIES,
+    GENERIC_FAILURE,
     JSON,
     DroppedResponse,
     error,
@@ -28,6 +29,7 @@ from emulator.responses import (
     install_drop_log_filter,
     json_response,
     rate_limited,
+    refusal,
 )
 from emulator.runtime import Runtime
 from emulator.validation import InvalidRequest
@@ -107,17 +109,21 @@ class Api:
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return error(400, "invalid JSON body")
+            return refusal(400, "invalid JSON body")
         if rt.faults.lost_create():
             return DroppedResponse()
         try:
             task = rt.engine.create(body)
         except InvalidRequest as exc:
-            return error(400, exc.message)
+            return refusal(400, exc.message)
+        except OutOfBalance as exc:
+            # The account's wallet (not the provider pool's): only `data` says so.
+            return refusal(402, str(exc), message=GENERIC_FAILURE)
         except OverLimit:
             rt.counters.creates_refused += 1
             retry_after = str(rt.config.refuse_retry_after_s)
-            return error(429, "concurrent task limit exceeded", {"Retry-After": retry_after})
+            return refusal(429, "concurrent task limit exceeded",
+                           headers={"Retry-After": retry_after})
         envelope = task.envelope()  # the answer as of creation, whatever happens next
         rt.poke()
         fault = rt.faults.create_fault()

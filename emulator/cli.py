@@ -57,15 +57,30 @@ def emulator_command(
     fault_lost: float = typer.Option(0.0, help="Drop a create's connection, creating nothing."),
     hang_s: float = typer.Option(60.0, help="Seconds a hung create waits."),
     fault_stuck: float = typer.Option(0.0, help="Probability a task never progresses."),
-    stuck_timeout_factor: float = typer.Option(20.0, help="Stuck tasks fail after N x duration."),
+    fault_stuck_processing: float = typer.Option(
+        0.0, help="Probability a task starts processing and never ends on its own."),
+    stuck_timeout_factor: float = typer.Option(
+        20.0, help="Stuck tasks fail 'task timeout' after N x duration; 0 = never."),
     fault_fail: float = typer.Option(0.0, help="Probability a task fails transiently."),
+    fault_fail_credits: float = typer.Option(
+        0.0, help="Probability a task fails \"doesn't have enough credits\" (provider pool)."),
     create_latency_s: float = typer.Option(0.0, help="Seconds before create answers."),
     webhook_loss: float = typer.Option(0.0, help="Probability a webhook is dropped."),
     webhook_duplicate: float = typer.Option(0.0, help="Probability a webhook is sent twice."),
-    history_shape: str = typer.Option("full", help="History rows: 'full' or 'summary'."),
-    history_lag_s: float = typer.Option(0.0, help="Seconds before a task shows in history."),
+    history_shape: str = typer.Option(
+        "documented", help="History rows: 'documented' (no input) or 'full' (task data)."),
+    history_model_filter: str = typer.Option(
+        "family", help="History `model` filter takes: 'family' (flux, wan, mj...), 'exact' "
+        "(model names) or 'both'."),
+    history_lag_s: float = typer.Option(
+        3.0, help="Seconds before a new task shows in history, scaled by --time-scale."),
+    history_lists_pending: bool = typer.Option(
+        True, help="List pending tasks in the history (--no-...: leave them out)."),
     history_fault_rate: float = typer.Option(0.0, help="Probability history answers 500."),
     active_tasks: bool = typer.Option(True, help="Serve /account/active_tasks (else 404)."),
+    active_tasks_families: str = typer.Option(
+        "documented", help="active_tasks families: 'documented' (flux, kling, luma, "
+        "midjourney, music-s, music-u) or 'all' (every emulated family)."),
     unknown_task_status: int = typer.Option(404, help="HTTP status for unknown task ids."),
     cancel_status: str = typer.Option("failed", help="Status after cancel: failed|cancelled."),
     balance_points: int = typer.Option(10**12, help="Starting wallet (1e7 points = $1)."),
@@ -80,10 +95,13 @@ def emulator_command(
             fault_429=fault_429, fault_ambiguous=fault_ambiguous, fault_hang=fault_hang,
             fault_lost=fault_lost,
             hang_s=hang_s, fault_stuck=fault_stuck, stuck_timeout_factor=stuck_timeout_factor,
-            fault_fail=fault_fail, create_latency_s=create_latency_s,
+            fault_stuck_processing=fault_stuck_processing, fault_fail=fault_fail,
+            fault_fail_credits=fault_fail_credits, create_latency_s=create_latency_s,
             webhook_loss=webhook_loss, webhook_duplicate=webhook_duplicate,
-            history_shape=history_shape, history_lag_s=history_lag_s,
+            history_shape=history_shape, history_model_filter=history_model_filter,
+            history_lag_s=history_lag_s, history_lists_pending=history_lists_pending,
             history_fault_rate=history_fault_rate, active_tasks_enabled=active_tasks,
+            active_tasks_families=active_tasks_families,
             unknown_task_status=unknown_task_status, cancel_status=cancel_status,
             balance_points=balance_points, log_level=log_level,
         )

@@ -1,4 +1,5 @@
-"""Every emulator setting in one typed object, with defaults that mimic PiAPI at real speed."""
+"""Every emulator setting in one typed object, with defaults that mimic PiAPI at real speed
+and answer the least generous way its docs allow (more generous answers are options)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 Probability = float
-FAMILIES = ("joycaption", "wan", "flux", "kling", "hailuo")
+FAMILIES = (
+    "joycaption", "wan", "flux", "kling", "hailuo", "tts", "midjourney", "music-u", "hunyuan",
+    "trellis", "image_toolkit", "seedance", "diffrhythm",
+)
+"""The emulator's model families (durations, and /account/active_tasks with families=all)."""
 WEBHOOK_EVENTS = ("pending", "processing", "completed", "failed", "cancelled")
 
 DEFAULT_DURATIONS_S: dict[str, tuple[float, float]] = {
@@ -17,6 +22,14 @@ DEFAULT_DURATIONS_S: dict[str, tuple[float, float]] = {
     "flux": (5.0, 15.0),
     "kling": (120.0, 300.0),
     "hailuo": (60.0, 180.0),
+    "tts": (10.0, 40.0),
+    "midjourney": (30.0, 90.0),
+    "music-u": (60.0, 180.0),
+    "hunyuan": (120.0, 300.0),
+    "trellis": (30.0, 90.0),
+    "image_toolkit": (5.0, 20.0),
+    "seedance": (60.0, 180.0),
+    "diffrhythm": (20.0, 60.0),
 }
 
 STATIC_FIELDS = frozenset({"host", "port", "seed"})
@@ -78,19 +91,48 @@ class EmulatorConfig(BaseModel):
     fault_lost: Probability = _prob("Drop the connection of a create before creating anything.")
     hang_s: float = Field(60.0, ge=0.0, description="Real seconds a hung create waits.")
     fault_stuck: Probability = _prob("Task never progresses (half pending, half processing).")
+    fault_stuck_processing: Probability = _prob(
+        "Task starts processing and never ends on its own, holding its concurrency slot."
+    )
     stuck_timeout_factor: float = Field(
-        20.0, gt=0.0, description="A stuck task fails 'task timeout' after this x its duration."
+        20.0, ge=0.0, description=(
+            "A stuck task fails 'task timeout' after this x its duration; 0 = never times out."
+        ),
     )
     fault_fail: Probability = _prob("Task ends failed with a transient provider error.")
+    fault_fail_credits: Probability = _prob(
+        "Task ends failed: the provider pool \"doesn't have enough credits\" (error and logs)."
+    )
     create_latency_s: float = Field(0.0, ge=0.0, description="Real seconds before create answers.")
 
     # history, account, cancel
-    history_shape: Literal["full", "summary"] = Field(
-        "full", description="full: rows carry the task data incl. input; summary: detail null."
+    history_shape: Literal["documented", "full"] = Field(
+        "documented", description=(
+            "documented: rows with the documented fields only, no input; full: the listing "
+            "before issue 9 (camelCase rows whose detail is the whole task data, input included)."
+        ),
+    )
+    history_model_filter: Literal["family", "exact", "both"] = Field(
+        "family", description=(
+            "What the history's `model` filter matches: family (documented values: flux, wan, "
+            "mj...; anything else lists nothing), exact (model names), or both."
+        ),
     )
     history_fault_rate: Probability = _prob("The history endpoint answers 500.")
-    history_lag_s: float = Field(0.0, ge=0.0, description="Real seconds before a task is listed.")
+    history_lag_s: float = Field(
+        3.0, ge=0.0,
+        description="Seconds before a new task is listed, before time_scale (like durations).",
+    )
+    history_lists_pending: bool = Field(
+        True, description="False: pending tasks are left out of the history listing."
+    )
     active_tasks_enabled: bool = Field(True, description="False: /account/active_tasks is 404.")
+    active_tasks_families: Literal["documented", "all"] = Field(
+        "documented", description=(
+            "documented: only flux, kling, luma, midjourney, music-s, music-u (zeros when idle; "
+            "other models counted nowhere); all: every family the emulator has."
+        ),
+    )
     unknown_task_status: Literal[404, 400] = Field(404, description="HTTP status for unknown ids.")
     cancel_status: Literal["failed", "cancelled"] = Field(
         "failed", description="Status a task reads as after DELETE."

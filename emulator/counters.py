@@ -9,7 +9,8 @@ REQUEST_NAMES = (
     "create", "get", "delete", "account_info", "active_tasks", "histories", "files",
 )
 FAULT_KINDS = (
-    "5xx", "429", "ambiguous", "lost", "hang", "stuck", "fail", "history_500",
+    "5xx", "429", "ambiguous", "lost", "hang", "stuck", "stuck_processing", "fail",
+    "fail_credits", "history_500",
     "webhook_loss", "webhook_duplicate",
 )
 WEBHOOK_KEYS = ("sent", "failed", "skipped", "dropped", "duplicated", "attempts")

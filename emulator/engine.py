@@ -7,14 +7,12 @@ background timer has run. Nothing here scans all tasks: each request costs O(log
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,11 +22,13 @@ from emulator.config import FAMILIES, EmulatorConfig
 from emulator.faults import FaultInjector
 from emulator.history import HistoryIndex
 from emulator.metrics import Metrics
+from emulator.outputs import Minter
 from emulator.parsing import parse_create
 from emulator.tasks import (
     ACTIVE,
     CANCEL_ERROR,
     COMPLETED,
+    CREDITS_ERROR,
     FAILED,
     MODERATION_ERROR,
     PENDING,
@@ -48,6 +48,19 @@ CancelResult = Literal["canceled", "not_found", "not_pending"]
 
 class OverLimit(Exception):
     """Refuse mode: the account already has `concurrency` tasks pending or processing."""
+
+
+class OutOfBalance(Exception):
+    """The wallet cannot cover the task's price (after what is already frozen)."""
+
+    def __init__(self, needed: int, remain: int) -> None:
+        super().__init__(f"insufficient balance: the task costs {needed} points, "
+                         f"{max(0, remain)} remain")
+        self.needed, self.remain = needed, remain
+
+
+_END_ERRORS = {Fate.FAIL_TRANSIENT: TRANSIENT_ERROR, Fate.FAIL_CREDITS: CREDITS_ERROR}
+"""Fates that end failed when their processing ends, and with what error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +126,18 @@ class Engine:
     # ---- requests ---------------------------------------------------------------------
 
     def create(self, body: object) -> Task:
-        """Validate and create a task (InvalidRequest → 400, OverLimit → 429)."""
+        """Validate and create a task (InvalidRequest → 400, OutOfBalance → 402,
+        OverLimit → 429)."""
         req = parse_create(body)
         now = self.advance()
         config = self.config
+        spec = req.spec
+        price = spec.price(req.input)
+        remain = config.balance_points - self.metrics.consumed_units - self.metrics.frozen_units
+        if price > remain:
+            raise OutOfBalance(price, remain)
         if config.over_limit == "refuse" and self.metrics.in_flight >= config.concurrency:
             raise OverLimit
-        spec = req.spec
         fate = req.forced_fate or self.faults.task_fate(self.rng) or Fate.COMPLETE
         low, high = config.durations_s[spec.family]
         duration = self.rng.uniform(low, high) * spec.duration_factor(req.input)
@@ -129,8 +147,8 @@ class Engine:
             seq=self.metrics.creates + 1, task_id=self._new_uuid(), model=spec.model,
             task_type=spec.task_type, family=spec.family, input=req.input, config=req.config,
             input_key=req.input_key, fate=fate, duration_s=duration, queue_wait_s=wait,
-            usage_type=spec.usage_type, price=spec.price(req.input), created_at=now,
-            updated_at=now,
+            usage_type=spec.usage_type, price=price, created_at=now, updated_at=now,
+            workflow_type=req.workflow_type,
         )
         if spec.charge_at_create:
             self._set_usage(task, frozen=0, consume=task.price)
@@ -142,7 +160,7 @@ class Engine:
         self.history.add(task)
         self.metrics.on_create(now, task.input_key, PENDING)
         if fate is Fate.STUCK_PENDING:
-            self._schedule(now + self._stuck_timeout_s(task), _TIMEOUT, task)
+            self._schedule_timeout(now, task)
         else:
             self._schedule(now + wait, _READY, task)
         self._emit(now, task)
@@ -193,15 +211,16 @@ class Engine:
         task.started_at = t
         self._set_status(t, task, PROCESSING)
         if task.fate is Fate.STUCK_PROCESSING:
-            self._schedule(t + self._stuck_timeout_s(task), _TIMEOUT, task)
+            self._schedule_timeout(t, task)  # holds its slot: processing counts until then
         else:
             self._schedule(t + task.duration_s, _END, task)
 
     def _on_end(self, t: float, task: Task) -> None:
         if task.status != PROCESSING:
             return
-        if task.fate is Fate.FAIL_TRANSIENT:
-            self._finish(t, task, FAILED, TRANSIENT_ERROR)
+        error = _END_ERRORS.get(task.fate)
+        if error is not None:
+            self._finish(t, task, FAILED, error)
         else:
             self._finish(t, task, COMPLETED, None)
 
@@ -210,10 +229,11 @@ class Engine:
         task.ended_at = t
         if error is None:
             spec = CATALOG[(task.model, task.task_type)]
-            task.output = build_output(spec, task.input, self._file_namer(task))
+            task.output = build_output(spec, task.input, Minter(task.task_id, self.base_url))
             self._set_usage(task, frozen=0, consume=task.price)
         else:
             task.error = error
+            task.logs = (error["raw_message"],)
             self._set_usage(task, frozen=0, consume=0)  # a failed task is refunded
         self._set_status(t, task, status)
         logger.debug("task %s %s %s", task.task_id, status, task.error["raw_message"])
@@ -224,6 +244,8 @@ class Engine:
     def _set_status(self, t: float, task: Task, status: str) -> None:
         old = task.status
         task.status = status
+        if old == PENDING:
+            self.history.left_pending(task)
         task.touch(t)
         self.metrics.on_status(t, old, status)
         self._emit(t, task)
@@ -241,21 +263,12 @@ class Engine:
 
     # ---- helpers ----------------------------------------------------------------------
 
-    def _stuck_timeout_s(self, task: Task) -> float:
-        return self.config.stuck_timeout_factor * task.duration_s
+    def _schedule_timeout(self, t: float, task: Task) -> None:
+        """A stuck task fails 'task timeout' after stuck_timeout_factor x its duration, or
+        (factor 0) stays as it is until cancelled, if it can be."""
+        factor = self.config.stuck_timeout_factor
+        if factor > 0:
+            self._schedule(t + factor * task.duration_s, _TIMEOUT, task)
 
     def _new_uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
-
-    def _file_namer(self, task: Task) -> Callable[[str], str]:
-        """Output URLs derived from the task id, so completions never consume the random
-        stream (which would make later creates depend on timing)."""
-        counter = itertools.count()
-
-        def file_url(ext: str) -> str:
-            digest = hashlib.sha256(f"{task.task_id}/{next(counter)}".encode()).digest()
-            name = uuid.UUID(bytes=digest[:16], version=4)
-            return f"{self.base_url}/ephemeral/{name}.{ext}"
-
-        return file_url
-

@@ -70,6 +70,10 @@ class FaultInjector:
         """
         if self._hit(self.config.fault_stuck, "stuck", rng):
             return Fate.STUCK_PENDING if rng.random() < 0.5 else Fate.STUCK_PROCESSING
+        if self._hit(self.config.fault_stuck_processing, "stuck_processing", rng):
+            return Fate.STUCK_PROCESSING
+        if self._hit(self.config.fault_fail_credits, "fail_credits", rng):
+            return Fate.FAIL_CREDITS
         if self._hit(self.config.fault_fail, "fail", rng):
             return Fate.FAIL_TRANSIENT
         return None

@@ -13,6 +13,7 @@ from emulator.validation import InvalidRequest
 
 MARKERS: tuple[tuple[str, Fate], ...] = (
     ("[[moderation]]", Fate.FAIL_MODERATION),
+    ("[[fail-credits]]", Fate.FAIL_CREDITS),
     ("[[fail]]", Fate.FAIL_TRANSIENT),
     ("[[stuck-processing]]", Fate.STUCK_PROCESSING),
     ("[[stuck]]", Fate.STUCK_PENDING),
@@ -29,6 +30,8 @@ class CreateRequest:
     config: dict[str, Any]
     input_key: str
     forced_fate: Fate | None
+    workflow_type: str = ""
+    """`input.workflow_type` as sent, kept for the history's `detail` (the input drops it)."""
 
 
 def input_key(model: object, task_type: object, raw_input: object) -> str:
@@ -58,12 +61,17 @@ def _object(obj: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def normalise_config(body: dict[str, Any]) -> dict[str, Any]:
-    """The echoed `config`: service_mode and webhook endpoint/secret, '' when not given."""
+def normalise_config(body: dict[str, Any], service_modes: tuple[str, ...]) -> dict[str, Any]:
+    """The echoed `config`: service_mode (one of `service_modes`) and webhook endpoint/secret,
+    '' when not given."""
     config = _object(body, "config", "")
     webhook = _object(config, "webhook_config", "config.")
+    mode = _string(config, "service_mode", "config.")
+    if mode not in service_modes:
+        allowed = ", ".join(repr(m) for m in service_modes)
+        raise InvalidRequest(f"config.service_mode must be one of {allowed}")
     return {
-        "service_mode": _string(config, "service_mode", "config."),
+        "service_mode": mode,
         "webhook_config": {
             "endpoint": _string(webhook, "endpoint", "config.webhook_config."),
             "secret": _string(webhook, "secret", "config.webhook_config."),
@@ -94,10 +102,12 @@ def parse_create(body: object) -> CreateRequest:
     if raw_input is None:
         raise InvalidRequest("input is required")
     normalised = spec.normalise(raw_input)
+    workflow_type = raw_input.get("workflow_type") if isinstance(raw_input, dict) else None
     return CreateRequest(
         spec=spec,
         input=normalised,
-        config=normalise_config(body),
+        config=normalise_config(body, spec.service_modes),
         input_key=input_key(model, task_type, raw_input),
         forced_fate=forced_fate(normalised),
+        workflow_type=workflow_type if isinstance(workflow_type, str) else "",
     )

@@ -18,7 +18,11 @@ _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unav
 FILE_BODIES: dict[str, tuple[str, bytes]] = {
     "png": ("image/png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01"),
     "mp4": ("video/mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"),
+    "mp3": ("audio/mpeg", b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00"),
+    "jpeg": ("image/jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\xff\xd9"),
+    "glb": ("model/gltf-binary", b"glTF\x02\x00\x00\x00\x14\x00\x00\x00"),
 }
+"""A few plausible bytes per extension an output URL can end in."""
 
 _dropping: contextvars.ContextVar[bool] = contextvars.ContextVar("dropping", default=False)
 
@@ -31,6 +35,26 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """PiAPI's error shape: `{"code": <http status>, "message": ...}`."""
     return json_response({"code": status, "message": message}, status, headers)
+
+
+GENERIC_FAILURE = "failed to do request"
+"""PiAPI's top-level message when the real reason is only inside `data`."""
+
+
+def refusal(
+    status: int, reason: str, message: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    """A refused create: `message` (default: the reason itself) and the reason again where
+    PiAPI puts it, in `data.error` and `data.logs` (REFERENCE.md §4)."""
+    return json_response({
+        "code": status,
+        "data": {
+            "logs": [reason],
+            "error": {"code": status, "raw_message": reason, "message": reason,
+                      "detail": None},
+        },
+        "message": reason if message is None else message,
+    }, status, headers)
 
 
 def rate_limited(wait_s: float, message: str = "rate limit exceeded") -> Response:

@@ -28,6 +28,11 @@ TIMEOUT_ERROR: dict[str, Any] = {
     "code": 10000, "raw_message": "task timeout", "message": "failed to do request",
     "detail": None,
 }
+CREDITS_ERROR: dict[str, Any] = {
+    "code": 10000, "raw_message": "doesn't have enough credits",
+    "message": "failed to do request", "detail": None,
+}
+"""The provider pool's account ran dry (not the user's wallet): clients retry it."""
 CANCEL_ERROR: dict[str, Any] = {
     "code": 10000, "raw_message": "task canceled", "message": "task canceled", "detail": None,
 }
@@ -39,6 +44,7 @@ class Fate(enum.Enum):
     COMPLETE = "complete"
     FAIL_TRANSIENT = "fail_transient"
     FAIL_MODERATION = "fail_moderation"
+    FAIL_CREDITS = "fail_credits"
     STUCK_PENDING = "stuck_pending"
     STUCK_PROCESSING = "stuck_processing"
 
@@ -69,6 +75,10 @@ class Task:
     ended_at: float | None = None
     output: dict[str, Any] | None = None
     error: dict[str, Any] = field(default_factory=lambda: NO_ERROR)
+    logs: tuple[str, ...] = ()
+    """`data.logs`: a failed task's reason, as PiAPI shows it there too."""
+    workflow_type: str = ""
+    """`input.workflow_type` as sent (the normalised input may drop it): history rows show it."""
     _envelope: bytes | None = None
 
     @property
@@ -105,7 +115,7 @@ class Task:
                 "is_using_private_pool": False,
             },
             "detail": None,
-            "logs": [],
+            "logs": list(self.logs),
             "error": self.error,
         }
 

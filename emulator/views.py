@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.catalog import UNITS_PER_USD
+from emulator.catalog import ACTIVE_FAMILIES, CATALOG, UNITS_PER_USD
 from emulator.clock import format_time
 from emulator.engine import Engine
-from emulator.history import HistoryQuery, history_row
+from emulator.history import HistoryQuery, documented_row, full_row
 from emulator.tasks import PENDING, PROCESSING, Task
 
 ACCOUNT_ID = "00000000-0000-4000-8000-00000000e1a7"
@@ -30,31 +30,48 @@ def account_info(engine: Engine) -> dict[str, Any]:
     }
 
 
+def _family_counts(tasks: list[Task]) -> dict[str, Any]:
+    return {
+        "pending_count": sum(1 for t in tasks if t.status == PENDING),
+        "processing_count": sum(1 for t in tasks if t.status == PROCESSING),
+        "staged_count": 0,
+        "active_tasks": [{"task_id": t.task_id, "status": t.status} for t in tasks],
+    }
+
+
 def active_tasks(engine: Engine) -> dict[str, Any]:
-    """`data` of GET /account/active_tasks: pending/processing tasks per model family."""
-    out: dict[str, Any] = {}
-    for family, tasks in engine.active.items():
-        rows = [{"task_id": t.task_id, "status": t.status} for t in tasks.values()]
-        out[family] = {
-            "pending_count": sum(1 for t in tasks.values() if t.status == PENDING),
-            "processing_count": sum(1 for t in tasks.values() if t.status == PROCESSING),
-            "staged_count": 0,
-            "active_tasks": rows,
-        }
-    return out
+    """`data` of GET /account/active_tasks: pending/processing tasks per family.
+
+    documented (default): the six families PiAPI is seen to report, zeros when idle; tasks
+    of other models (Joycaption, Wan, Hailuo, ...) are counted nowhere here, though they
+    hold concurrency slots. all: every family the emulator has, each model in its own.
+    """
+    if engine.config.active_tasks_families == "all":
+        return {family: _family_counts(list(tasks.values()))
+                for family, tasks in engine.active.items()}
+    grouped: dict[str, list[Task]] = {family: [] for family in ACTIVE_FAMILIES}
+    for tasks in engine.active.values():
+        for task in tasks.values():
+            family = CATALOG[(task.model, task.task_type)].active_family
+            if family is not None:
+                grouped[family].append(task)
+    return {family: _family_counts(tasks) for family, tasks in grouped.items()}
 
 
 def history_page(engine: Engine, q: HistoryQuery) -> dict[str, Any]:
-    """`data` of GET /api/open/tasks/histories for query `q`."""
-    now = engine.clock.now()
-    tasks, total = engine.history.query(q, visible_until=now - engine.config.history_lag_s)
-    full = engine.config.history_shape == "full"
-    return {
-        "data": [history_row(t, full) for t in tasks],
-        "page": q.page,
-        "size": len(tasks),
-        "total": total,
-    }
+    """`data` of GET /api/open/tasks/histories for query `q`.
+
+    A task is listed history_lag_s x time_scale seconds after its creation; pending tasks
+    only when history_lists_pending.
+    """
+    config = engine.config
+    visible_until = engine.clock.now() - config.history_lag_s * config.time_scale
+    tasks, total = engine.history.query(
+        q, visible_until, match=config.history_model_filter,
+        with_pending=config.history_lists_pending,
+    )
+    row = full_row if config.history_shape == "full" else documented_row
+    return {"data": [row(t) for t in tasks], "page": q.page, "size": len(tasks), "total": total}
 
 
 def ledger_row(task: Task) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from emulator.clock import FakeClock
-from emulator.config import EmulatorConfig
+from emulator.config import FAMILIES, EmulatorConfig
 from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
@@ -39,8 +39,7 @@ class Harness:
         # Fixed durations and queue waits unless a test asks otherwise: exact times to assert.
         defaults: dict[str, Any] = {
             "seed": 1,
-            "durations_s": {f: (10.0, 10.0) for f in ("joycaption", "wan", "flux", "kling",
-                                                        "hailuo")},
+            "durations_s": dict.fromkeys(FAMILIES, (10.0, 10.0)),
             "queue_wait_fraction": (0.1, 0.1),
         }
         self.config = EmulatorConfig(**{**defaults, **settings})

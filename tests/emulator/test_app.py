@@ -16,7 +16,7 @@ with warnings.catch_warnings():
 
 from emulator.app import create_app
 from emulator.clock import FakeClock
-from emulator.config import EmulatorConfig
+from emulator.config import FAMILIES, EmulatorConfig
 from emulator.runtime import Runtime
 from tests.emulator.conftest import joy, wan
 
@@ -88,7 +88,9 @@ def test_bad_creates_are_400_and_create_nothing(
 ) -> None:
     response = client.http.post("/api/v1/task", content=content, headers=KEY)
     assert response.status_code == 400
-    assert response.json() == {"code": 400, "message": message}
+    assert response.json() == {"code": 400, "message": message, "data": {
+        "logs": [message],
+        "error": {"code": 400, "raw_message": message, "message": message, "detail": None}}}
     assert client.http.get("/_emulator/stats").json()["creates"] == 0
 
 
@@ -122,17 +124,19 @@ def test_account_info_tracks_the_wallet(client: Client) -> None:
 
 
 def test_active_tasks_grouped_by_family_or_absent(client: Client) -> None:
+    client.configure(active_tasks_families="all")
     a = client.create(wan()).json()["data"]["task_id"]
     client.create(joy())
     data = client.http.get("/account/active_tasks", headers=KEY).json()["data"]
-    assert set(data) == {"joycaption", "wan", "flux", "kling", "hailuo"}
+    assert set(data) == set(FAMILIES)
     assert data["wan"] == {"pending_count": 1, "processing_count": 0, "staged_count": 0,
                            "active_tasks": [{"task_id": a, "status": "pending"}]}
     client.configure(active_tasks_enabled=False)
     assert client.http.get("/account/active_tasks", headers=KEY).status_code == 404
 
 
-def test_history_shapes_paging_and_faults(client: Client) -> None:
+def test_history_full_shape_paging_and_faults(client: Client) -> None:
+    client.configure(history_shape="full", history_lag_s=0)
     ids = [client.create(joy(f"http://x/{i}.png")).json()["data"]["task_id"] for i in range(3)]
     page = client.http.get("/api/open/tasks/histories?page=1&page_size=2", headers=KEY).json()
     rows = page["data"]["data"]
@@ -141,22 +145,26 @@ def test_history_shapes_paging_and_faults(client: Client) -> None:
     assert rows[0]["detail"]["input"]["image"] == "http://x/2.png"
     assert set(rows[0]) == {"id", "taskId", "taskModel", "action", "status", "createdAt",
                             "updatedAt", "usage", "usageType", "serviceMode", "detail"}
-    client.configure(history_shape="summary")
-    rows = client.http.get("/api/open/tasks/histories", headers=KEY).json()["data"]["data"]
-    assert all(r["detail"] is None for r in rows)
     bad = client.http.get("/api/open/tasks/histories?page_size=101", headers=KEY)
     assert bad.status_code == 400
     client.configure(history_fault_rate=1.0)
     assert client.http.get("/api/open/tasks/histories", headers=KEY).status_code == 500
 
 
-def test_history_lag_hides_new_tasks(client: Client) -> None:
-    client.configure(history_lag_s=5.0)
+def test_history_lag_is_in_model_seconds_scaled_like_durations(client: Client) -> None:
+    assert client.rt.config.history_lag_s == 3.0  # the default, at time scale 1 here
     client.create(joy())
     url = "/api/open/tasks/histories"
+    client.clock.advance(2.999)
     assert client.http.get(url, headers=KEY).json()["data"]["total"] == 0
-    client.clock.advance(5.0)
+    client.clock.advance(0.001)
     assert client.http.get(url, headers=KEY).json()["data"]["total"] == 1
+    client.configure(history_lag_s=5.0, time_scale=0.1)  # 0.5 s of real time
+    client.create(joy("http://x/b.png"))
+    client.clock.advance(0.499)
+    assert client.http.get(url, headers=KEY).json()["data"]["total"] == 1
+    client.clock.advance(0.001)
+    assert client.http.get(url, headers=KEY).json()["data"]["total"] == 2
 
 
 def test_rpm_limit_answers_429_with_retry_after(client: Client) -> None:
@@ -180,7 +188,9 @@ def test_refuse_mode_429_with_retry_after(client: Client) -> None:
     assert client.create(joy()).status_code == 200
     refused = client.create(joy("http://x/b.png"))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
-    assert refused.json() == {"code": 429, "message": "concurrent task limit exceeded"}
+    body = refused.json()
+    assert (body["code"], body["message"]) == (429, "concurrent task limit exceeded")
+    assert body["data"]["logs"] == ["concurrent task limit exceeded"]
     stats = client.http.get("/_emulator/stats").json()
     assert (stats["creates"], stats["creates_refused"]) == (1, 1)
 
@@ -257,3 +267,92 @@ def test_duration_patches_merge_per_family(client: Client) -> None:
     assert config["durations_s"]["wan"] == [1.0, 2.0]
     assert config["durations_s"]["flux"] == [3.0, 4.0]
     assert config["durations_s"]["joycaption"] == [15.0, 45.0]
+
+
+def test_out_of_balance_is_a_402_whose_reason_is_only_inside_data(client: Client) -> None:
+    client.configure(balance_points=5_000_000)  # $0.50: one 5 s Wan ($0.40), not two
+    assert client.create(wan()).status_code == 200
+    refused = client.create(wan("another"))
+    assert refused.status_code == 402
+    body = refused.json()
+    assert (body["code"], body["message"]) == (402, "failed to do request")
+    reason = "insufficient balance: the task costs 4000000 points, 1000000 remain"
+    assert body["data"] == {"logs": [reason], "error": {
+        "code": 402, "raw_message": reason, "message": reason, "detail": None}}
+    stats = client.http.get("/_emulator/stats").json()
+    assert (stats["creates"], stats["frozen_units"]) == (1, 4_000_000)
+    assert client.create(joy()).status_code == 200  # $0.01 still fits
+
+
+def test_the_history_and_active_tasks_routes_answer_the_documented_default(
+    client: Client,
+) -> None:
+    client.create(joy())
+    client.create({"model": "kling", "task_type": "video_generation",
+                   "input": {"prompt": "p"}})
+    client.clock.advance(3.0)  # history_lag_s at time scale 1
+    rows = client.http.get("/api/open/tasks/histories", headers=KEY).json()["data"]["data"]
+    assert [r["task_model"] for r in rows] == ["kling", "Qubico/joycaption"]
+    assert all("input" not in r and "input" not in r["detail"] for r in rows)
+    by_family = client.http.get("/api/open/tasks/histories?model=kling", headers=KEY).json()
+    assert by_family["data"]["total"] == 1
+    data = client.http.get("/account/active_tasks", headers=KEY).json()["data"]
+    assert set(data) == {"flux", "kling", "luma", "midjourney", "music-s", "music-u"}
+    assert data["kling"]["pending_count"] + data["kling"]["processing_count"] == 1
+
+
+def test_issue9_options_are_runtime_settings(client: Client) -> None:
+    defaults = client.http.get("/_emulator/config").json()
+    assert {k: defaults[k] for k in (
+        "history_shape", "history_model_filter", "history_lag_s", "history_lists_pending",
+        "active_tasks_families", "fault_stuck_processing", "fault_fail_credits",
+        "stuck_timeout_factor")} == {
+        "history_shape": "documented", "history_model_filter": "family", "history_lag_s": 3.0,
+        "history_lists_pending": True, "active_tasks_families": "documented",
+        "fault_stuck_processing": 0.0, "fault_fail_credits": 0.0, "stuck_timeout_factor": 20.0}
+    patch = {"history_shape": "full", "history_model_filter": "exact", "history_lag_s": 0.5,
+             "history_lists_pending": False, "active_tasks_families": "all",
+             "fault_stuck_processing": 0.25, "fault_fail_credits": 0.5,
+             "stuck_timeout_factor": 0}
+    config = client.configure(**patch)
+    assert {k: config[k] for k in patch} == patch
+    for bad in ({"history_shape": "summary"}, {"history_model_filter": "x"},
+                {"active_tasks_families": "none"}, {"stuck_timeout_factor": -1},
+                {"fault_fail_credits": 1.5}):
+        assert client.http.post("/_emulator/config", json=bad).status_code == 400, bad
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "media_type"),
+    [
+        ({"model": "Qubico/tts", "task_type": "zero-shot",
+          "input": {"gen_text": "hi", "ref_audio": "http://x/a.wav"}}, "audio_url",
+         "audio/mpeg"),
+        ({"model": "Qubico/trellis", "task_type": "image-to-3d", "input": {"image": "i"}},
+         "model_file", "model/gltf-binary"),
+        ({"model": "kling", "task_type": "video_generation",
+          "input": {"prompt": "p", "version": "3.0", "duration": 4}}, "video", "video/mp4"),
+    ],
+)
+def test_new_output_files_are_served_with_their_type(
+    client: Client, body: dict[str, Any], key: str, media_type: str
+) -> None:
+    task_id = client.create(body).json()["data"]["task_id"]
+    client.clock.advance(100_000)
+    url = client.http.get(f"/api/v1/task/{task_id}", headers=KEY).json()["data"]["output"][key]
+    response = client.http.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == media_type
+
+
+def test_udio_clip_files_are_served(client: Client) -> None:
+    task_id = client.create({"model": "music-u", "task_type": "generate_music",
+                             "input": {"gpt_description_prompt": "jazz"}}).json()["data"][
+        "task_id"]
+    client.clock.advance(100_000)
+    clips = client.http.get(f"/api/v1/task/{task_id}", headers=KEY).json()["data"]["output"][
+        "clips"]
+    urls = [clip[k] for clip in clips.values() if clip
+            for k in ("audio_url", "video_url", "image_url")]
+    assert len(urls) == 6
+    assert {client.http.get(u).headers["content-type"] for u in urls} == {
+        "audio/mpeg", "video/mp4", "image/jpeg"}

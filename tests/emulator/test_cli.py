@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emulator.cli import emulator_command
+from emulator.config import EmulatorConfig
 from tests.helpers import REPO, stop_process
 
 pytestmark = pytest.mark.integration
@@ -61,3 +62,49 @@ def test_emulator_imports_nothing_from_the_project() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout
+
+
+def _config_from(args: list[str], monkeypatch: pytest.MonkeyPatch) -> EmulatorConfig:
+    import typer
+
+    import emulator.cli
+
+    seen: list[EmulatorConfig] = []
+    monkeypatch.setattr(emulator.cli, "serve", seen.append)
+    monkeypatch.delenv("PIAPI_API_KEY", raising=False)
+    app = typer.Typer()
+    app.command()(emulator_command)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+def test_cli_defaults_are_the_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _config_from([], monkeypatch) == EmulatorConfig()
+
+
+def test_issue9_options_have_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config_from([
+        "--history-shape", "full", "--history-model-filter", "both", "--history-lag-s", "7",
+        "--no-history-lists-pending", "--active-tasks-families", "all",
+        "--fault-stuck-processing", "0.1", "--fault-fail-credits", "0.2",
+        "--stuck-timeout-factor", "0",
+    ], monkeypatch)
+    assert (config.history_shape, config.history_model_filter, config.history_lag_s) == (
+        "full", "both", 7.0)
+    assert (config.history_lists_pending, config.active_tasks_families) == (False, "all")
+    assert (config.fault_stuck_processing, config.fault_fail_credits) == (0.1, 0.2)
+    assert config.stuck_timeout_factor == 0.0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--history-shape", "summary"], ["--history-model-filter", "fuzzy"],
+     ["--active-tasks-families", "some"], ["--stuck-timeout-factor", "-1"]],
+)
+def test_bad_issue9_options_exit_with_usage_error(args: list[str]) -> None:
+    import typer
+
+    app = typer.Typer()
+    app.command()(emulator_command)
+    assert CliRunner().invoke(app, ["--port", "0", *args]).exit_code == 2

@@ -37,7 +37,7 @@ def test_duration_overrides_merge_over_defaults() -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [{"durations_s": {"midjourney": (1, 2)}}, {"durations_s": {"wan": (5, 1)}},
+    [{"durations_s": {"luma": (1, 2)}}, {"durations_s": {"wan": (5, 1)}},
      {"fault_fail": 1.5}, {"over_limit": "wait"}, {"time_scale": 0}, {"nope": 1},
      {"webhook_events": ["done"]}, {"unknown_task_status": 410}],
 )

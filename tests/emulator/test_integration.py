@@ -91,7 +91,9 @@ def test_refuse_mode_answers_429_with_retry_after(live: Live) -> None:
     assert [live.create(joy(f"http://x/{i}.png")).status_code for i in range(2)] == [200, 200]
     refused = live.create(joy("http://x/3.png"))
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-    assert refused.json() == {"code": 429, "message": "concurrent task limit exceeded"}
+    body = refused.json()
+    assert (body["code"], body["message"]) == (429, "concurrent task limit exceeded")
+    assert body["data"]["error"]["message"] == "concurrent task limit exceeded"
     stats = live.stats()
     assert (stats["creates"], stats["creates_refused"], stats["in_flight"]) == (2, 1, 2)
 
@@ -183,17 +185,27 @@ def test_history_paging_and_filters(live: Live) -> None:
     ids = [live.create(joy(f"http://x/{i}.png")).json()["data"]["task_id"] for i in range(3)]
     wan_id = live.create(wan()).json()["data"]["task_id"]
     url = "/api/open/tasks/histories"
+
+    def total(**params: object) -> int:
+        return int(live.http.get(url, params=params).json()["data"]["total"])
+
+    # Listed after history_lag_s (3 model seconds) x time scale 0.01 = 0.03 s.
+    wait_until(lambda: total() == 4, timeout_s=10, what="all four tasks to be listed")
     first = live.http.get(url, params={"page": 1, "page_size": 3}).json()["data"]
     second = live.http.get(url, params={"page": 2, "page_size": 3}).json()["data"]
     assert (first["total"], first["size"], second["size"]) == (4, 3, 1)
-    assert [r["taskId"] for r in first["data"] + second["data"]] == [wan_id, *ids[::-1]]
-    only_wan = live.http.get(url, params={"model": "Wan"}).json()["data"]
-    assert [r["taskId"] for r in only_wan["data"]] == [wan_id]
-    assert only_wan["data"][0]["detail"]["input"]["prompt"] == "a cat"
+    assert [r["task_id"] for r in first["data"] + second["data"]] == [wan_id, *ids[::-1]]
+    only_wan = live.http.get(url, params={"model": "wan"}).json()["data"]
+    assert [r["task_id"] for r in only_wan["data"]] == [wan_id]
+    assert only_wan["data"][0]["detail"] == {"model": "Wan", "task_id": wan_id,
+                                             "workflow_type": ""}
+    assert total(model="Wan") == 0  # a model name is not a documented family
+    live.configure(history_shape="full", history_model_filter="exact")
+    exact = live.http.get(url, params={"model": "Wan"}).json()["data"]["data"]
+    assert exact[0]["detail"]["input"]["prompt"] == "a cat"
     window = {"start_time": since, "end_time": int(time.time()) + 1}
     assert live.http.get(url, params=window).json()["data"]["total"] == 4
-    future = {"start_time": int(time.time()) + 100}
-    assert live.http.get(url, params=future).json()["data"]["total"] == 0
+    assert total(start_time=int(time.time()) + 100) == 0
 
 
 def test_stats_count_requests_and_outcomes(live: Live) -> None:
