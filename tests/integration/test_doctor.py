@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from emulator.config import FAMILIES
 from tests.integration.e2e import Emulator, cli, emulator, run_env, write_jsonl
 from workers.db import create_tables, make_engine
 from workers.findings import Findings, load
@@ -46,17 +47,21 @@ class Mode:
 
 GENEROUS = {"history_filter": "exact", "history_has_input": True, "history_row_model": "exact",
             "history_lists_pending": True, "echoes_input": True}
-FULL = ("--history-shape", "full")
-"""Today's emulator defaults are generous (rows with inputs, exact model filter, every family
-in active_tasks). Once its defaults become the documented ones, these modes must ask for the
-generous behaviour explicitly (`--history-model-filter exact`, `--active-tasks-families all`)
-and a "documented" mode joins them: Mode("documented", (), {"history_filter": "family",
-"history_has_input": False, "history_row_model": "exact", ...}, lag_s=(<its lag>, ...))."""
+GENEROUS_ARGS = ("--history-model-filter", "exact", "--active-tasks-families", "all",
+                 "--history-lag-s", "0")
+FULL = ("--history-shape", "full", *GENEROUS_ARGS)
+"""The emulator's generous options: rows with inputs, the exact model filter, every family
+in active_tasks, no listing lag (its defaults are the documented, least generous answers)."""
+DOCUMENTED_FAMILIES = ["flux", "kling", "luma", "midjourney", "music-s", "music-u"]
 MODES = [
-    Mode("generous", FULL, {**GENEROUS, "active_families": ["flux", "hailuo", "joycaption",
-                                                            "kling", "wan"]},
+    Mode("generous", FULL, {**GENEROUS, "active_families": sorted(FAMILIES)},
          warnings=("active_tasks does not count Qubico/joycaption",)),
-    Mode("summary rows", ("--history-shape", "summary"),
+    Mode("documented default", (), {
+        "history_filter": "family", "history_has_input": False, "history_row_model": "exact",
+        "history_lists_pending": True, "echoes_input": True,
+        "active_families": DOCUMENTED_FAMILIES},
+        lag_s=(3.0, 9.0), warnings=("active_tasks does not count Qubico/joycaption",)),
+    Mode("summary rows", ("--history-shape", "documented", *GENEROUS_ARGS),
          {**GENEROUS, "history_has_input": False}),
     Mode("listing lag", (*FULL, "--history-lag-s", "2"), GENEROUS, lag_s=(2.0, 7.5)),
     Mode("no active_tasks", (*FULL, "--no-active-tasks"), {**GENEROUS, "active_families": []},
@@ -94,7 +99,7 @@ def assert_no_key(emu: Emulator, *texts: str) -> None:
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator[Emulator]:
-    emu = emulator(tmp_path)
+    emu = emulator(tmp_path, *FULL)
     try:
         yield emu
     finally:
