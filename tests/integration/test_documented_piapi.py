@@ -100,3 +100,29 @@ def test_a_listing_30s_late_makes_rows_wait_not_pay_twice(tmp_path: Path,
     assert all(r["error"]["kind"] == "ambiguous" for r in failed), failed
     assert len(failed) <= 2
     assert code == (1 if failed else 0)
+
+
+def test_a_catalogue_model_an_unknown_model_and_a_song_in_one_manifest(
+        tmp_path: Path, sqlite_url: str) -> None:
+    rows = [
+        {"id": "caption", "model": "Qubico/joycaption", "task_type": "joycaption-beta-one",
+         "input": {"image": "https://example.test/cat.png"}},
+        {"id": "unknown", "model": "Qubico/diffrhythm", "task_type": "txt2audio-base",
+         "input": {"lyrics": "[verse] lights on the water", "style_prompt": "lo-fi"}},
+        {"id": "song", "model": "music-u", "task_type": "generate_music",
+         "input": {"gpt_description_prompt": "a calm piano piece for a rainy morning",
+                   "lyrics_type": "instrumental"}},
+    ]
+    code, results, _, ledger = _run(tmp_path, sqlite_url, rows,
+                                     ["--time-scale", "0.01", "--concurrency", "5"], 300)
+    assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
+    by_id = {r["id"]: r for r in results}
+    assert {r["status"] for r in results} == {"completed"}
+    assert by_id["unknown"].get("unchecked") is True
+    assert not by_id["caption"].get("unchecked") and not by_id["song"].get("unchecked")
+    song = next(t for t in ledger if t["task_id"] == by_id["song"]["task_id"])
+    clip_urls = {url for clip in song["output"]["clips"].values() for key, url in clip.items()
+                 if key.endswith("_url") and url}
+    assert len(clip_urls) >= 4  # two real clips, audio and image (and video) each
+    assert clip_urls <= set(by_id["song"]["urls"])
+    assert by_id["unknown"]["urls"] and by_id["unknown"]["usage"]["usd"] > 0  # PiAPI's usage
