@@ -81,13 +81,11 @@ def _findings(ctx: WorkerContext) -> account_findings.Findings | None:
 
 
 def filters_for(model: str, found: account_findings.Findings | None) -> list[str | None]:
-    """The history `model` filter values to read, in order (None = unfiltered)."""
-    family = history_family(model)
-    if found is not None and found.history_filter == "none":
-        return [None]
-    if found is not None and found.history_filter == "exact":
-        return [model, None]
-    return [family, None] if family else [None]
+    """The history `model` filter values to read, in order (None = unfiltered): the one
+    the doctor found to work (else the documented family), then unfiltered, which is
+    always complete, only longer."""
+    value = found.history_filter_value(model) if found is not None else history_family(model)
+    return [value, None] if value else [None]
 
 
 def settle_s(found: account_findings.Findings | None) -> float:

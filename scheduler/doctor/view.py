@@ -16,6 +16,7 @@ from scheduler.doctor.checks import WINDOW_S, Listing, Observed
 from scheduler.doctor.probe import PROBE_MODEL, PROBE_TASK_TYPE, PROBE_USD, ProbeResult
 from workers.catalog import ACTIVE_FAMILIES, active_family
 from workers.findings import Findings
+from workers.settle import settle_s
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def reconcile_mode(models: Sequence[str], f: Findings, cfg: RunConfig) -> list[s
     lines = []
     for model in models:
         value = f.history_filter_value(model)
-        lines.append(f"{model}: history read with model={value}" if value
+        lines.append(f"{model}: history read with model={value}, then unfiltered" if value
                      else f"{model}: history read unfiltered")
     if f.history_has_input:
         lines.append("candidates matched from the listing (rows carry inputs)")
@@ -77,11 +78,15 @@ def reconcile_mode(models: Sequence[str], f: Findings, cfg: RunConfig) -> list[s
         lines.append("each candidate confirmed by a GET of it (rows carry no inputs)"
                      if f.history_has_input is False
                      else "each candidate confirmed by a GET of it (inputs in rows not checked)")
+    wait = f"{settle_s(f):.0f} s"
     if f.history_lag_s is not None:
-        lines.append(f"an absence trusted once the listing lag has passed "
-                     f"({f.history_lag_s:.1f} s, measured {when(f.probed_at or f.checked_at)})")
+        lines.append(f"an absence trusted {wait} after the lost create at the earliest (lag "
+                     f"{f.history_lag_s:.1f} s, measured {when(f.probed_at or f.checked_at)}), "
+                     "and only once a later task of ours is listed")
     else:
-        lines.append("listing lag not measured (--probe): run waits its default")
+        lines.append(f"listing lag not measured (--probe): an absence trusted {wait} after "
+                     "the lost create at the earliest, and only once a later task of ours is "
+                     "listed")
     return lines
 
 
