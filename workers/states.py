@@ -78,5 +78,6 @@ class ErrorKind(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"  # retryable errors past the bound
     AMBIGUOUS = "ambiguous"  # the create's outcome is unknown; never posted twice
     NOT_FOUND = "not_found"  # PiAPI no longer knows the task id
+    STUCK = "stuck"  # its tasks never ended, far past their kind's expected duration
     ACCOUNT = "account"  # key rejected, out of credit
     CANCELLED = "cancelled"
