@@ -60,6 +60,15 @@ DeadlineOpt = Annotated[
                  "unless it has an offset) or a duration from now such as 30m, 8h, 1h30m."),
 ]
 
+OnStuckOpt = Annotated[
+    str | None,
+    typer.Option("--on-stuck", help="A task still running far past its kind's expected "
+                 "duration (PiAPI cannot cancel it): retry (default; abandon it and create a "
+                 "new one within --max-attempts), fail (the row fails, kind stuck) or wait "
+                 "(keep waiting). Kept with the batch. Stuck pending tasks are always "
+                 "cancelled and replaced."),
+]
+
 
 def _settings(**overrides: Any) -> Settings:
     try:
@@ -98,11 +107,12 @@ def run(
     ] = None,
     budget_usd: BudgetOpt = None,
     deadline: DeadlineOpt = None,
+    on_stuck: OnStuckOpt = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
 
-    from scheduler.controls import parse_budget, parse_deadline
+    from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck
     from scheduler.runner import RunOptions
     from scheduler.runner import run as run_batch
     from workers.logs import setup_logging
@@ -117,7 +127,8 @@ def run(
     setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
     opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
                       concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
-                      budget_usd=budget, deadline_at=deadline_at)
+                      budget_usd=budget, deadline_at=deadline_at,
+                      on_stuck=parse_on_stuck(on_stuck))
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -130,16 +141,18 @@ def submit(
     max_attempts: MaxAttemptsOpt = None,
     budget_usd: BudgetOpt = None,
     deadline: DeadlineOpt = None,
+    on_stuck: OnStuckOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
 
-    from scheduler.controls import parse_budget, parse_deadline, set_limits
+    from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.ingest import ingest
     from workers.db import create_tables, make_engine
 
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
+    stuck_policy = parse_on_stuck(on_stuck)
     settings = _settings()
     if not manifest.is_file():
         raise ConfigError(f"cannot read manifest {manifest}: no such file")
@@ -147,7 +160,8 @@ def submit(
     create_tables(engine)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
                     max_attempts=max_attempts or settings.max_attempts, concurrency=concurrency)
-    set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at)
+    set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at,
+               on_stuck=stuck_policy)
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)

@@ -66,6 +66,8 @@ class RunOptions:
     budget_usd: float | None = None
     """Stored on the batch when given (else the stored one is kept)."""
     deadline_at: float | None = None
+    on_stuck: str | None = None
+    """Stored on the batch when given (else the stored one, else the fleet's, applies)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -274,7 +276,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                         max_attempts=opts.max_attempts or settings.max_attempts,
                         concurrency=opts.concurrency)
         set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
-                   deadline_at=opts.deadline_at)
+                   deadline_at=opts.deadline_at, on_stuck=opts.on_stuck)
         verb = "new batch" if result.created else "resuming batch"
         console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")
