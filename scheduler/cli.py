@@ -195,7 +195,7 @@ def status(
         counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
         typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "
                    f"({s.source})")
-        for line in s.controls():
+        for line in (*s.controls(), *s.details()):
             typer.echo(f"  {line}")
 
 

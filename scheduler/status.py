@@ -86,6 +86,11 @@ class BatchStatus:
         if self.cancel_mode is not None:
             when = f" at {local_iso(self.cancelled_at)}" if self.cancelled_at else ""
             lines.append(f"cancelled{' (--now)' if self.cancel_mode == 'now' else ''}{when}")
+        return lines
+
+    def details(self) -> list[str]:
+        """Failures by kind and abandoned tasks, a line each (none when there are none)."""
+        lines = []
         if self.failures:
             lines.append("failed: " + ", ".join(f"{kind} {n}" for kind, n in
                                                 sorted(self.failures.items())))

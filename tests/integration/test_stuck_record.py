@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -356,3 +357,26 @@ def test_abandoning_a_task_and_counting_it_are_one_change(world: World) -> None:
     assert w.job(job).state == JobState.RETRY_WAIT
     assert leases.occupancy(w.engine, STUCK_AT, "e1").total == 1
     assert leases.occupancy(w.engine, STUCK_AT + 11, "e1").total == 0
+
+
+def test_an_older_database_gains_the_stuck_columns_and_indexes(database_url: str) -> None:
+    eng = make_engine(database_url)
+    try:
+        create_tables(eng)
+        with eng.begin() as conn:  # the schema as the previous version made it
+            for index in ("ix_attempts_watched", "ix_attempts_abandoned"):
+                conn.execute(text(f"DROP INDEX {index}"))
+            for column in ("watch_until", "next_at"):
+                conn.execute(text(f"ALTER TABLE attempts DROP COLUMN {column}"))
+            conn.execute(text("ALTER TABLE batches DROP COLUMN on_stuck"))
+        create_tables(eng)
+        assert {i["name"] for i in inspect(eng).get_indexes("attempts")} >= {
+            "ix_attempts_watched", "ix_attempts_abandoned"}
+        w = World(eng)
+        [job] = w.add(on_stuck="fail")
+        w.create(job, "t1")
+        w.now = STUCK_AT
+        w.poll(job)
+        assert (w.job(job).error_kind, w.occupancy().abandoned) == ("stuck", 1)
+    finally:
+        eng.dispose()
