@@ -253,7 +253,8 @@ class Dispatcher:
         now = self.clock()
         result = PassResult()
         occupancy = leases.occupancy(self.engine, now, self.epoch or self.current_epoch())
-        if now - self._housekept >= HOUSEKEEPING_S:
+        housekept = now - self._housekept >= HOUSEKEEPING_S
+        if housekept:
             self._housekept = now
             result.expired = self.housekeep(now)
             occupancy = leases.occupancy(self.engine, now, self.epoch)
@@ -281,11 +282,15 @@ class Dispatcher:
             settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
                                                   self.epoch, self.lease_s)
                           if self.on_ambiguous == "reconcile" else [])
-            look_ids = leases.lease_looks(self.engine, MAX_LOOKS_PER_PASS, now, self.lease_s)
+            # Abandoned stuck tasks are looked at while some are watched, and once a second
+            # for those whose watch bound just passed (their last look).
+            watching = occupancy.abandoned > 0 or housekept
+            look_ids = (leases.lease_looks(self.engine, MAX_LOOKS_PER_PASS, now, self.lease_s)
+                        if watching else [])
             # When the next snapshot is near anyway, skip looking up the next due poll.
             soon = (self._full(result, len(submit_ids))
                     and self.remote.next_snapshot_in(now) < SNAPSHOT_SOON_S)
-            due = None if soon else leases.next_due_at(self.engine, now)
+            due = None if soon else leases.next_due_at(self.engine, now, looks=watching)
         self._send(SUBMIT_TASK, SUBMIT_QUEUE, submit_ids)
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
         self._send(RECONCILE_TASK, POLL_QUEUE, settle_ids)

@@ -187,12 +187,13 @@ def lease_looks(engine: Engine, limit: int, now: float, lease_s: float) -> list[
     return _lease(engine, _LOOKS_DUE, {"p_now": now, "p_lease_until": now + lease_s}, limit)
 
 
-def next_due_at(engine: Engine, after: float) -> float | None:
-    """The earliest time after `after` that a running or waiting job, or a look at a
-    watched task, becomes due."""
+def next_due_at(engine: Engine, after: float, looks: bool = True) -> float | None:
+    """The earliest time after `after` that a running or waiting job (or, with `looks`, a
+    look at a watched abandoned task) becomes due."""
     with transaction(engine) as conn:
-        values = [conn.execute(_NEXT_DUE, {"p_now": after}).scalar(),
-                  conn.execute(_NEXT_LOOK, {"p_now": after}).scalar()]
+        values = [conn.execute(_NEXT_DUE, {"p_now": after}).scalar()]
+        if looks:
+            values.append(conn.execute(_NEXT_LOOK, {"p_now": after}).scalar())
     due = [float(v) for v in values if v is not None]
     return min(due) if due else None
 
