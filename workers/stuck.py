@@ -16,8 +16,8 @@ task only while it is `pending` (and refunds it), so:
 
 An abandoned task is not forgotten. Its attempt ends `abandoned` with the reason in `error`
 and is *watched*: looked at every `WATCH_POLL_FRACTION` of the stuck limit (dispatched like
-polls, on the poll queue), until PiAPI ends it or `WATCH_FACTOR` x the stuck limit after
-it was abandoned. While watched it counts as in flight (it still holds one of the
+polls, on the poll queue), until PiAPI ends it or `WATCH_FACTOR` x the stuck limit (at
+least `WATCH_MIN_S`) after it was abandoned. While watched it counts as in flight (it still holds one of the
 account's slots at PiAPI), so replacing stuck tasks never pushes the account past its
 limit. Past the watch bound it is neither looked at nor counted any more (a warning is
 logged): if PiAPI still runs it then, our count is one short of PiAPI's. That is a risk
@@ -46,7 +46,10 @@ from enum import StrEnum
 
 WATCH_FACTOR = 10.0
 """An abandoned task is watched until this many stuck limits after it was abandoned
-(the stuck limit is itself 4x the longest duration learned: 40x in all)."""
+(the stuck limit is itself 4x the longest duration learned: 40x in all)..."""
+WATCH_MIN_S = 900.0
+"""...and for at least this long: how long PiAPI takes to time a stuck task out is set by
+PiAPI, not by how fast tasks of its kind usually are, so fast kinds get minutes too."""
 WATCH_POLL_FRACTION = 0.5
 """...and looked at every half stuck limit meanwhile: about 20 GETs per abandoned task."""
 MIN_WATCH_INTERVAL_S = 0.05
@@ -125,7 +128,7 @@ def watch_interval_s(limit_s: float) -> float:
 
 def watch_until(abandoned_at: float, limit_s: float) -> float:
     """When watching a task abandoned at `abandoned_at` stops."""
-    return abandoned_at + WATCH_FACTOR * limit_s
+    return abandoned_at + max(WATCH_MIN_S, WATCH_FACTOR * limit_s)
 
 
 def next_look_at(now: float, limit_s: float, until: float) -> float:

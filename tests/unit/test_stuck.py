@@ -62,6 +62,7 @@ def test_after_a_cancel_and_the_policy_of_a_batch() -> None:
 
 def test_the_watch_is_bounded_and_its_looks_spaced() -> None:
     assert stuck.watch_until(T0, LIMIT) == T0 + 10 * LIMIT
+    assert stuck.watch_until(T0, 3.6) == T0 + stuck.WATCH_MIN_S  # fast kinds: minutes too
     assert stuck.watch_interval_s(LIMIT) == LIMIT / 2
     assert stuck.watch_interval_s(1e6) == stuck.MAX_WATCH_INTERVAL_S
     assert stuck.watch_interval_s(0.0) == stuck.MIN_WATCH_INTERVAL_S
