@@ -17,11 +17,13 @@ task only while it is `pending` (and refunds it), so:
 An abandoned task is not forgotten. Its attempt ends `abandoned` with the reason in `error`
 and is *watched*: looked at every `WATCH_POLL_FRACTION` of the stuck limit (dispatched like
 polls, on the poll queue), until PiAPI ends it or `WATCH_FACTOR` x the stuck limit (at
-least `WATCH_MIN_S`) after it was abandoned. While watched it counts as in flight (it still holds one of the
-account's slots at PiAPI), so replacing stuck tasks never pushes the account past its
-limit. Past the watch bound it is neither looked at nor counted any more (a warning is
-logged): if PiAPI still runs it then, our count is one short of PiAPI's. That is a risk
-accepted: PiAPI must end its tasks some time, and the bound is generous. `run` waits for
+least `WATCH_MIN_S`) after it was abandoned. While watched it counts as in flight (it
+still holds one of the account's slots at PiAPI), so replacing stuck tasks never pushes
+the account past its limit. Past the watch bound it is neither looked at nor counted any
+more (a warning is logged): if PiAPI still runs it then, our count is one short of
+PiAPI's, and PiAPI may queue one of our next tasks as `pending` (where it can be judged
+stuck in turn). That is a risk accepted: PiAPI must end its tasks some time, and the
+bound is generous. `run` waits for
 rows, not for watched tasks: it exits once every row is final, and a standing fleet (or
 the next `run` that has work) goes on watching.
 

@@ -153,3 +153,13 @@ def test_out_of_attempts_the_row_says_so() -> None:
     assert outcome.message.startswith("stuck: 2 of 2 attempts used; last: task t1 stuck "
                                       "processing for")
     assert outcome.attempt_error is not None and outcome.attempt_error.startswith("task t1")
+
+
+def test_the_on_stuck_option_is_checked() -> None:
+    from scheduler.controls import parse_on_stuck
+    from workers.settings import ConfigError
+
+    assert [parse_on_stuck(v) for v in ("retry", "fail", "wait", None)] == [
+        "retry", "fail", "wait", None]
+    with pytest.raises(ConfigError, match="must be retry, fail or wait"):
+        parse_on_stuck("later")
