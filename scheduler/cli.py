@@ -71,6 +71,15 @@ DeadlineOpt = Annotated[
                  "unless it has an offset) or a duration from now such as 30m, 8h, 1h30m."),
 ]
 
+OnStuckOpt = Annotated[
+    str | None,
+    typer.Option("--on-stuck", help="A task still running far past its kind's expected "
+                 "duration (PiAPI cannot cancel it): retry (default; abandon it and create a "
+                 "new one within --max-attempts), fail (the row fails, kind stuck) or wait "
+                 "(keep waiting). Kept with the batch. Stuck pending tasks are always "
+                 "cancelled and replaced."),
+]
+
 
 def _settings(**overrides: Any) -> Settings:
     try:
@@ -120,11 +129,12 @@ def run(
     deadline: DeadlineOpt = None,
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
+    on_stuck: OnStuckOpt = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
 
-    from scheduler.controls import parse_budget, parse_deadline
+    from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck
     from scheduler.runner import RunOptions
     from scheduler.runner import run as run_batch
     from workers.logs import setup_logging
@@ -141,7 +151,8 @@ def run(
     opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
                       concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
                       budget_usd=budget, deadline_at=deadline_at,
-                      strict=strict or settings.strict, service_mode=mode)
+                      strict=strict or settings.strict, service_mode=mode,
+                      on_stuck=parse_on_stuck(on_stuck))
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -156,11 +167,12 @@ def submit(
     deadline: DeadlineOpt = None,
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
+    on_stuck: OnStuckOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
 
-    from scheduler.controls import parse_budget, parse_deadline, set_limits
+    from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.ingest import ingest
     from scheduler.options import option_conflict, unchecked_lines
     from workers.db import create_tables, make_engine
@@ -168,6 +180,7 @@ def submit(
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
     mode = _service_mode(service_mode)
+    stuck_policy = parse_on_stuck(on_stuck)
     settings = _settings()
     strict = strict or settings.strict
     if not manifest.is_file():
@@ -180,7 +193,8 @@ def submit(
     problem = option_conflict(engine, result, strict=strict, service_mode=mode)
     if problem:
         raise ConfigError(problem)
-    set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at)
+    set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at,
+               on_stuck=stuck_policy)
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
@@ -260,7 +274,7 @@ def status(
         if s.unchecked:
             typer.echo(f"  unchecked {s.unchecked} (models not in piapi-bulk's catalogue, "
                        "sent without field checks)")
-        for line in s.controls():
+        for line in (*s.controls(), *s.details()):
             typer.echo(f"  {line}")
 
 

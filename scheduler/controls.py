@@ -1,4 +1,5 @@
-"""Operator controls behind the CLI: cancel, retry, a budget and a deadline for a batch.
+"""Operator controls behind the CLI: cancel, retry, a budget, a deadline and the stuck
+policy for a batch.
 
 These write the batch's settings and move rows through `workers.transitions.operator`;
 the dispatcher does the rest (`scheduler.admission`): it admits no create for a cancelled
@@ -85,15 +86,24 @@ def read_ids(path: Path) -> list[str]:
     return keys
 
 
+def parse_on_stuck(value: str | None) -> str | None:
+    """`--on-stuck`: retry, fail or wait (None: not given)."""
+    if value is not None and value not in ("retry", "fail", "wait"):
+        raise ConfigError(f"--on-stuck {value!r}: must be retry, fail or wait")
+    return value
+
+
 def set_limits(engine: Engine, batch_id: str, *, budget_usd: float | None = None,
-               deadline_at: float | None = None) -> None:
-    """Store the budget and deadline given (those not given stay as they are). A new
-    budget lifts a pause (the dispatcher pauses again if it is still reached)."""
+               deadline_at: float | None = None, on_stuck: str | None = None) -> None:
+    """Store the budget, deadline and stuck policy given (those not given stay as they
+    are). A new budget lifts a pause (the dispatcher pauses again if it is still reached)."""
     changes: dict[str, Any] = {}
     if budget_usd is not None:
         changes.update(budget_usd=budget_usd, paused=None)
     if deadline_at is not None:
         changes["deadline_at"] = deadline_at
+    if on_stuck is not None:
+        changes["on_stuck"] = on_stuck
     if changes:
         with transaction(engine) as conn:
             conn.execute(_UPDATE.values(**changes), {"p_batch": batch_id})

@@ -1,7 +1,8 @@
 """The dispatcher: feeds Celery only work that is runnable now, within the account's limits.
 
 Each pass fills free concurrency slots with `submit` messages for queued jobs (oldest batch
-first, manifest order) and sends `poll` messages for running jobs whose next poll is due.
+first, manifest order) and sends `poll` messages for running jobs whose next poll is due
+(and `watch` messages for abandoned stuck tasks due for a look, see `workers.stuck`).
 It runs when woken (a worker freed a slot, a webhook made a job due) or when the next poll
 falls due, so a freed slot is refilled within milliseconds. Once a second it also takes
 back what dead workers left, adapts the limits to 429s (AIMD) and marks finished batches.
@@ -34,7 +35,14 @@ from scheduler.slots import Account, RemoteSlots
 from workers import durations, leases
 from workers import transitions as tr
 from workers.aimd import WINDOW_S, Aimd
-from workers.app import POLL_QUEUE, POLL_TASK, RECONCILE_TASK, SUBMIT_QUEUE, SUBMIT_TASK
+from workers.app import (
+    POLL_QUEUE,
+    POLL_TASK,
+    RECONCILE_TASK,
+    SUBMIT_QUEUE,
+    SUBMIT_TASK,
+    WATCH_TASK,
+)
 from workers.control import get_halt
 from workers.db import exclusive
 from workers.fleet import Fleet
@@ -59,6 +67,8 @@ SNAPSHOT_SOON_S = 0.1
 PRUNE_EVERY_S = 300.0
 MAX_POLLS_PER_PASS = 2000
 MAX_RECONCILES_PER_PASS = 50
+MAX_LOOKS_PER_PASS = 200
+"""Looks at abandoned stuck tasks (`workers.stuck`) sent per pass at most."""
 MAX_SLEEP_S = 1.0
 
 # KEYS[1]: the lock; ARGV[1]: our token; ARGV[2]: TTL in ms.
@@ -243,7 +253,8 @@ class Dispatcher:
         now = self.clock()
         result = PassResult()
         occupancy = leases.occupancy(self.engine, now, self.epoch or self.current_epoch())
-        if now - self._housekept >= HOUSEKEEPING_S:
+        housekept = now - self._housekept >= HOUSEKEEPING_S
+        if housekept:
             self._housekept = now
             result.expired = self.housekeep(now)
             occupancy = leases.occupancy(self.engine, now, self.epoch)
@@ -271,13 +282,19 @@ class Dispatcher:
             settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
                                                   self.epoch, self.lease_s)
                           if self.on_ambiguous == "reconcile" else [])
+            # Abandoned stuck tasks are looked at while some are watched, and once a second
+            # for those whose watch bound just passed (their last look).
+            watching = occupancy.abandoned > 0 or housekept
+            look_ids = (leases.lease_looks(self.engine, MAX_LOOKS_PER_PASS, now, self.lease_s)
+                        if watching else [])
             # When the next snapshot is near anyway, skip looking up the next due poll.
             soon = (self._full(result, len(submit_ids))
                     and self.remote.next_snapshot_in(now) < SNAPSHOT_SOON_S)
-            due = None if soon else leases.next_due_at(self.engine, now)
+            due = None if soon else leases.next_due_at(self.engine, now, looks=watching)
         self._send(SUBMIT_TASK, SUBMIT_QUEUE, submit_ids)
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
         self._send(RECONCILE_TASK, POLL_QUEUE, settle_ids)
+        self._send(WATCH_TASK, POLL_QUEUE, look_ids)
         result.submits, result.polls = len(submit_ids), len(poll_ids)
         self.remote.dispatched(result.submits)
         result.next_pass_s = self._next_pass_s(now, result, due)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from workers.models import Job
+from workers.models import Attempt, Job
 from workers.states import JobState
 
 USD_PER_UNIT = 1e-7
@@ -52,9 +52,19 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def result_line(job: Job) -> dict[str, Any]:
-    """The results-manifest object for one job (see the README's contract); a row sent
-    without catalogue checks also carries `"unchecked": true`."""
+def other_task(attempt: Attempt) -> dict[str, Any]:
+    """One of a row's tasks that did not give its result, for `other_tasks`: how it ended
+    (`failed`, `cancelled`, `abandoned` as stuck...) and why, and what PiAPI charged."""
+    usage = None if attempt.consume is None else {
+        "consume": attempt.consume, "usd": round(attempt.consume * USD_PER_UNIT, 7)}
+    return {"task_id": attempt.task_id, "state": attempt.state, "error": attempt.error,
+            "usage": usage}
+
+
+def result_line(job: Job, others: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The results-manifest object for one job (see the README's contract); `others`: its
+    tasks other than `task_id`, oldest first (`other_task`). A row sent without catalogue
+    checks also carries `"unchecked": true`."""
     output = _loads(job.output_json)
     status = RESULT_STATUSES.get(job.state, "pending")
     error = None
@@ -74,6 +84,7 @@ def result_line(job: Job) -> dict[str, Any]:
         "urls": find_urls(output),
         "error": error,
         "attempts": job.attempts,
+        "other_tasks": others or [],
         "usage": usage,
         "metadata": _loads(job.metadata_json),
     }
@@ -93,10 +104,26 @@ def iter_results(engine: Engine, batch_id: str) -> Iterator[dict[str, Any]]:
             ))
             if not page:
                 return
+            others = _other_tasks(s, page)
             for job in page:
-                yield result_line(job)
+                yield result_line(job, others.get(int(job.id or 0)))
             last = page[-1].seq
             s.expunge_all()
+
+
+def _other_tasks(s: Session, page: list[Job]) -> dict[int, list[dict[str, Any]]]:
+    """For the rows of a page that had more than one task: the others, oldest first."""
+    own = {int(job.id): job.task_id for job in page if job.id is not None and job.attempts > 1}
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not own:
+        return found
+    attempts = s.scalars(select(Attempt).where(col(Attempt.job_id).in_(list(own)),
+                                               col(Attempt.task_id).is_not(None))
+                         .order_by(col(Attempt.job_id), col(Attempt.n)))
+    for attempt in attempts:
+        if attempt.task_id != own[attempt.job_id]:
+            found.setdefault(attempt.job_id, []).append(other_task(attempt))
+    return found
 
 
 def export(engine: Engine, batch_id: str, path: Path) -> int:

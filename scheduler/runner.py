@@ -71,6 +71,8 @@ class RunOptions:
     """Rows for models not in the catalogue are invalid instead of sent unchecked."""
     service_mode: str | None = None
     """`--service-mode` for rows without their own ('' = the workspace default)."""
+    on_stuck: str | None = None
+    """Stored on the batch when given (else the stored one, else the fleet's, applies)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -284,7 +286,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         if conflict:
             raise ConfigError(conflict)
         set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
-                   deadline_at=opts.deadline_at)
+                   deadline_at=opts.deadline_at, on_stuck=opts.on_stuck)
         verb = "new batch" if result.created else "resuming batch"
         console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")

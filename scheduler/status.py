@@ -1,4 +1,9 @@
-"""Progress of batches: counts by state, cost so far, throughput and ETA."""
+"""Progress of batches: counts by state, failures by kind, cost so far, throughput and ETA.
+
+Cost is PiAPI's usage of the batch's finished rows plus that of the tasks its rows
+abandoned as stuck once PiAPI has ended them (`workers.stuck`): a stuck task replaced by a
+new one may be charged too, and the cost shows both.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from workers.models import Batch, Job
+from workers.models import ATTEMPTS, JOBS, Batch, Job
 from workers.spending import money
 from workers.states import ACTIVE, JobState
 
 USD_PER_UNIT = 1e-7
+j, a = JOBS.c, ATTEMPTS.c
+_ABANDONED = (
+    select(a.watch_until.is_not(None), func.count(),
+           func.coalesce(func.sum(case((or_(j.task_id.is_(None), a.task_id != j.task_id),
+                                        a.consume), else_=0)), 0))
+    .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
+    .group_by(a.watch_until.is_not(None))
+)
+"""Abandoned tasks of a batch (watched or not) and the usage of those PiAPI ended that are
+not their row's own task (that one is counted with the row)."""
 
 
 @dataclass
@@ -37,6 +52,13 @@ class BatchStatus:
     cancelled_at: float | None = None
     unchecked: int = 0
     """Rows sent without catalogue checks (their model is not in piapi-bulk's catalogue)."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed rows by error kind (`stuck`, `provider`, `input`, ...)."""
+    abandoned: int = 0
+    """Tasks the batch's rows abandoned (stuck, see `workers.stuck`, or `cancel --now`)..."""
+    watched: int = 0
+    """...of which PiAPI has not yet said they ended (they may still be charged)."""
+    on_stuck: str | None = None
 
     @property
     def active(self) -> int:
@@ -68,6 +90,18 @@ class BatchStatus:
             lines.append(f"cancelled{' (--now)' if self.cancel_mode == 'now' else ''}{when}")
         return lines
 
+    def details(self) -> list[str]:
+        """Failures by kind and abandoned tasks, a line each (none when there are none)."""
+        lines = []
+        if self.failures:
+            lines.append("failed: " + ", ".join(f"{kind} {n}" for kind, n in
+                                                sorted(self.failures.items())))
+        if self.abandoned or self.on_stuck:
+            policy = f"; --on-stuck {self.on_stuck}" if self.on_stuck else ""
+            lines.append(f"abandoned tasks: {self.abandoned} ({self.watched} still watched"
+                         f"{policy})")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         """The `status --json` object for this batch."""
         return {
@@ -86,6 +120,10 @@ class BatchStatus:
             "cancelled": self.cancel_mode,
             "cancelled_at": self.cancelled_at,
             "unchecked": self.unchecked,
+            "failures": self.failures,
+            "abandoned": self.abandoned,
+            "watched": self.watched,
+            "on_stuck": self.on_stuck,
         }
 
 
@@ -105,6 +143,12 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
                    func.count(col(Job.unchecked)))
             .where(col(Job.batch_id) == batch_id).group_by(col(Job.state))
         ).all()
+        failures = {str(kind or "unknown"): int(n) for kind, n in s.execute(
+            select(col(Job.error_kind), func.count())
+            .where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.FAILED.value)
+            .group_by(col(Job.error_kind))).all()}
+        abandoned = s.execute(_ABANDONED.where(
+            and_(a.state == "abandoned", j.batch_id == batch_id))).all()
     counts = {state.value: 0 for state in JobState}
     consumed = unchecked = 0
     for state, n, units, n_unchecked in rows:
@@ -112,11 +156,16 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         unchecked += int(n_unchecked)
         if state in (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value):
             consumed += int(units)
+    watched = sum(int(n) for is_watched, n, _ in abandoned if is_watched)
+    consumed += sum(int(units) for is_watched, _, units in abandoned if not is_watched)
     return BatchStatus(
         id=batch.id, source=batch.source, total=sum(counts.values()), counts=counts,
         consumed_units=consumed, created_at=batch.created_at, done=batch.done,
         budget_usd=batch.budget_usd, paused=batch.paused, deadline_at=batch.deadline_at,
         cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at, unchecked=unchecked,
+        failures=failures,
+        abandoned=sum(int(n) for _, n, _ in abandoned), watched=watched,
+        on_stuck=batch.on_stuck,
     )
 
 

@@ -12,6 +12,7 @@ POLL_QUEUE = "piapi-bulk.poll"
 SUBMIT_TASK = "piapi_bulk.submit"
 POLL_TASK = "piapi_bulk.poll"
 RECONCILE_TASK = "piapi_bulk.reconcile"
+WATCH_TASK = "piapi_bulk.watch"
 
 
 def create_celery(broker_url: str) -> Celery:
@@ -43,7 +44,7 @@ def create_celery(broker_url: str) -> Celery:
         task_queues=[Queue(SUBMIT_QUEUE), Queue(POLL_QUEUE)],
         task_default_queue=SUBMIT_QUEUE,
         task_routes={SUBMIT_TASK: {"queue": SUBMIT_QUEUE}, POLL_TASK: {"queue": POLL_QUEUE},
-                     RECONCILE_TASK: {"queue": POLL_QUEUE}},
+                     RECONCILE_TASK: {"queue": POLL_QUEUE}, WATCH_TASK: {"queue": POLL_QUEUE}},
         # A restarted Redis is expected (it keeps nothing on disk): keep reconnecting.
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -5,6 +5,10 @@ a message for the job is out. A lease that expired (worker died) or belongs to a
 epoch (Redis was flushed or restarted, so the message is gone) makes the job due again.
 A job in `submitting` is the exception: its worker may be mid-POST, so only time frees it.
 The dispatcher runs these every pass, so the statements are built once.
+
+Occupancy also counts abandoned stuck tasks while they are watched (`workers.stuck`): PiAPI
+has not said they ended, so they may still hold a slot there. A watched task's look is
+leased by moving its `next_at` past the lease (a lost look comes due again by itself).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from sqlalchemy import and_, bindparam, func, literal, or_, select, union_all
 from sqlalchemy.engine import Engine
 
 from workers.db import transaction
-from workers.models import BATCHES, JOBS
+from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.states import ACTIVE, JobState
 
 Q, SUB, RUN, RW = (JobState.QUEUED.value, JobState.SUBMITTING.value, JobState.RUNNING.value,
                    JobState.RETRY_WAIT.value)
-j = JOBS.c
+ABANDONED = "abandoned"
+j, a = JOBS.c, ATTEMPTS.c
+_WATCHED = a.watch_until.is_not(None)
 
 _FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
             j.lease_epoch.is_(None), j.lease_epoch != bindparam("p_epoch"))
@@ -37,6 +43,10 @@ _OCCUPANCY = union_all(
     .where(j.state.in_([SUB, RUN])).group_by(j.batch_id, j.state, j.model),
     select(literal(True).label("held"), j.batch_id, j.state, j.model, literal(1))
     .where(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch")),
+    # Abandoned stuck tasks still watched (the partial index holds only those).
+    select(literal(False).label("held"), j.batch_id, literal(ABANDONED), j.model, func.count())
+    .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
+    .where(_WATCHED, a.watch_until >= bindparam("p_now")).group_by(j.batch_id, j.model),
 )
 _WAITING_HELD = frozenset({Q, RW})
 _YOUNG = (select(j.model, func.count())
@@ -49,6 +59,15 @@ _OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency, BATCHES.c.budget_us
 _NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW, JobState.AMBIGUOUS.value]),
                                                j.next_at > bindparam("p_now"))
 _ANY_RETRY = select(j.id).where(j.state == RW).limit(1)
+_NEXT_LOOK = select(func.min(a.next_at)).where(_WATCHED, a.next_at > bindparam("p_now"))
+_LOOKS_DUE = (
+    ATTEMPTS.update()
+    .where(a.id.in_(select(a.id).where(_WATCHED, a.next_at <= bindparam("p_now"))
+                    .order_by(a.next_at).limit(bindparam("p_limit")).scalar_subquery()),
+           _WATCHED, a.next_at <= bindparam("p_now"))
+    .values(next_at=bindparam("p_lease_until"))
+    .returning(a.id)
+)
 
 
 def _leaser(state: str, order: Any, *, batch: bool = False, due_by_time: bool = False) -> Any:
@@ -84,6 +103,8 @@ class Occupancy:
     by_batch: dict[str, int]
     creating: int = 0
     """Of `total`: creates dispatched or under way that PiAPI may not have counted yet."""
+    abandoned: int = 0
+    """Of `total`: abandoned stuck tasks still watched (PiAPI may still run them)."""
     by_model: dict[str, int] = field(default_factory=dict)
     """`total` per model (PiAPI counts in-flight tasks per model family)."""
     creating_by_model: dict[str, int] = field(default_factory=dict)
@@ -91,22 +112,26 @@ class Occupancy:
 
 
 def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
-    """Slots in use: tasks submitting or running, plus creates already dispatched."""
+    """Slots in use: tasks submitting or running, creates already dispatched, and
+    abandoned stuck tasks still watched."""
     with transaction(engine) as conn:
         rows = conn.execute(_OCCUPANCY, {"p_now": now, "p_epoch": epoch}).all()
     by_batch: dict[str, int] = {}
     by_model: dict[str, int] = {}
     creating_by_model: dict[str, int] = {}
+    abandoned = 0
     for held, batch_id, state, model, n in rows:
         if held and state not in _WAITING_HELD:
             continue  # a submitting or running row with a lease: counted by its state
         by_batch[str(batch_id)] = by_batch.get(str(batch_id), 0) + int(n)
         by_model[str(model)] = by_model.get(str(model), 0) + int(n)
-        if state != RUN:
+        if state == ABANDONED:
+            abandoned += int(n)
+        elif state != RUN:
             creating_by_model[str(model)] = creating_by_model.get(str(model), 0) + int(n)
     return Occupancy(total=sum(by_batch.values()), by_batch=by_batch,
-                     creating=sum(creating_by_model.values()), by_model=by_model,
-                     creating_by_model=creating_by_model)
+                     creating=sum(creating_by_model.values()), abandoned=abandoned,
+                     by_model=by_model, creating_by_model=creating_by_model)
 
 
 def young_running(engine: Engine, since: float, until: float) -> dict[str, int]:
@@ -168,11 +193,21 @@ def lease_reconciles(engine: Engine, limit: int, now: float, epoch: str,
                   {"p_now": now, "p_epoch": epoch, "p_lease_until": now + lease_s}, limit)
 
 
-def next_due_at(engine: Engine, after: float) -> float | None:
-    """The earliest time after `after` that a running or waiting job becomes due."""
+def lease_looks(engine: Engine, limit: int, now: float, lease_s: float) -> list[int]:
+    """Reserve up to `limit` watched abandoned tasks due for a look (their attempt ids),
+    most overdue first: their next look moves past the lease until a worker records one."""
+    return _lease(engine, _LOOKS_DUE, {"p_now": now, "p_lease_until": now + lease_s}, limit)
+
+
+def next_due_at(engine: Engine, after: float, looks: bool = True) -> float | None:
+    """The earliest time after `after` that a running or waiting job (or, with `looks`, a
+    look at a watched abandoned task) becomes due."""
     with transaction(engine) as conn:
-        value = conn.execute(_NEXT_DUE, {"p_now": after}).scalar()
-    return float(value) if value is not None else None
+        values = [conn.execute(_NEXT_DUE, {"p_now": after}).scalar()]
+        if looks:
+            values.append(conn.execute(_NEXT_LOOK, {"p_now": after}).scalar())
+    due = [float(v) for v in values if v is not None]
+    return min(due) if due else None
 
 
 def any_retry_wait(engine: Engine) -> bool:

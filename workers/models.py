@@ -46,6 +46,9 @@ class Batch(SQLModel, table=True):
     """Why admission is paused (the budget is reached), for `status` and `run`."""
     service_mode: str | None = Field(default=None, max_length=16)
     """The `--service-mode` the batch was ingested with (rows without their own got it)."""
+    on_stuck: str | None = Field(default=None, max_length=8)
+    """`--on-stuck` for this batch: `retry`, `fail` or `wait` (None: the fleet's
+    PIAPI_BULK_ON_STUCK). See `workers.stuck`."""
 
 
 class Job(SQLModel, table=True):
@@ -120,9 +123,18 @@ class Attempt(SQLModel, table=True):
     """One POST to create a PiAPI task for a job: recorded before it is sent."""
 
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("job_id", "n", name="uq_attempts_job_n"),
-                      # reconciliation looks up our creates after a lost one
-                      Index("ix_attempts_started_at", "started_at"))
+    __table_args__ = (
+        UniqueConstraint("job_id", "n", name="uq_attempts_job_n"),
+        # Reconciliation looks up our creates after a lost one.
+        Index("ix_attempts_started_at", "started_at"),
+        # Abandoned tasks still watched, by next look (the dispatcher reads them every
+        # pass); partial, so the millions of ordinary attempts are not in it.
+        Index("ix_attempts_watched", "next_at", postgresql_where=text("watch_until IS NOT NULL"),
+              sqlite_where=text("watch_until IS NOT NULL")),
+        # Abandoned attempts of a job, for the cost of a batch and its results file.
+        Index("ix_attempts_abandoned", "job_id", postgresql_where=text("state = 'abandoned'"),
+              sqlite_where=text("state = 'abandoned'")),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
     job_id: int = Field(sa_column=Column(ID, nullable=False, index=True))
@@ -130,12 +142,18 @@ class Attempt(SQLModel, table=True):
     """1-based number of this POST for its job."""
     state: str = Field(default="posting", max_length=16)
     """posting | created | refused | ambiguous | absent | completed | failed | cancelled |
-    abandoned (its batch was cancelled with --now while the task ran)"""
+    abandoned (the row stopped waiting for its task: stuck far past its kind's expected
+    duration, or its batch cancelled with --now while the task ran)"""
     task_id: str | None = Field(default=None, max_length=64, index=True)
     started_at: float
     ended_at: float | None = None
     consume: int | None = Field(default=None, sa_column=Column(BigInteger))
     error: str | None = Field(default=None, sa_column=Column(Text))
+    watch_until: float | None = None
+    """An abandoned task is looked at now and then until it ends or this time passes; till
+    then it counts as in flight (it holds a slot at PiAPI). None: not watched."""
+    next_at: float | None = None
+    """When a watched task is next looked at (also pushed past a dispatched look's lease)."""
 
 
 class Control(SQLModel, table=True):

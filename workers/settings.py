@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     """A create whose answer was lost: `reconcile` (look for its task in PiAPI's history
     and webhooks first; post again only if it made none), `retry` (post again at once: may
     pay twice), `fail` (the row fails; never posted twice)."""
+    on_stuck: Literal["retry", "fail", "wait"] = Field(
+        "retry", validation_alias=_env("PIAPI_BULK_ON_STUCK")
+    )
+    """A task still running far past its kind's expected duration (PiAPI cannot cancel it
+    once processing): `retry` (abandon it, create a new one within the attempt limit),
+    `fail` (abandon it, the row fails with kind stuck), `wait` (keep waiting for it). The
+    fleet's default; a batch's `--on-stuck` overrides it. Stuck pending tasks are always
+    cancelled (refunded) and replaced within the attempt limit."""
     reconcile_timeout_s: float = Field(
         1800.0, gt=0, validation_alias=_env("PIAPI_BULK_RECONCILE_TIMEOUT_S")
     )

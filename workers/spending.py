@@ -1,10 +1,12 @@
 """Money per batch, for budgets: what is spent, what tasks in flight will likely cost, and
 how many more creates a budget allows.
 
-spent: PiAPI's usage of the batch's finished rows. frozen: every row in flight (a create
-dispatched or under way, a task running, a lost create being reconciled) at the estimated
-cost of one task of its kind: the mean usage of completed tasks of that kind (this batch's,
-else any batch's in the database), else the catalog's prior, which errs on the high side.
+spent: PiAPI's usage of the batch's finished rows, plus that of tasks its rows abandoned as
+stuck and no longer watched (`workers.stuck`; a row's own task is counted once, with the
+row). frozen: every row in flight (a create dispatched or under way, a task running, a lost
+create being reconciled) and every abandoned task still watched, at the estimated cost of
+one task of its kind: the mean usage of completed tasks of that kind (this batch's, else
+any batch's in the database), else the catalog's prior, which errs on the high side.
 A create is admitted only while spent + frozen + the next task's estimate stays within the
 budget.
 """
@@ -16,12 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, case, func, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.engine import Engine
 
 from workers.catalog import prior_cost_usd
 from workers.db import transaction
-from workers.models import BATCHES, JOBS
+from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.states import JobState
 
 USD_PER_UNIT = 1e-7
@@ -31,7 +33,7 @@ ESTIMATE_TTL_S = 30.0
 SAMPLE_ROWS = 1000
 """Completed rows of a kind read (at most) to learn its cost from other batches."""
 
-j = JOBS.c
+j, a = JOBS.c, ATTEMPTS.c
 FINISHED = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 IN_FLIGHT = (JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.AMBIGUOUS.value)
 WAITING = (JobState.QUEUED.value, JobState.RETRY_WAIT.value)
@@ -46,6 +48,17 @@ _BY_KIND = select(
     func.count(_ROWS.c.usage_consume), func.coalesce(func.sum(_ROWS.c.usage_consume), 0),
 ).group_by(_ROWS.c.model, _ROWS.c.task_type, _ROWS.c.state, _ROWS.c.held)
 """Per (kind, state, lease held): rows, rows with usage, usage."""
+_WATCHED = and_(a.watch_until.is_not(None), a.watch_until >= bindparam("p_now"))
+_ABANDONED = (
+    select(j.model, j.task_type, case((_WATCHED, 1), else_=0).label("watched"), func.count(),
+           func.coalesce(func.sum(case((or_(j.task_id.is_(None), a.task_id != j.task_id),
+                                        a.consume), else_=0)), 0))
+    .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
+    .where(a.state == "abandoned", j.batch_id == bindparam("p_batch"))
+    .group_by(j.model, j.task_type, "watched")
+)
+"""Per (kind, still watched): abandoned tasks, and the usage of those that are not their
+row's own task (that one is counted with the row)."""
 _SAMPLE = select(j.usage_consume).where(
     j.state == JobState.COMPLETED.value, j.model == bindparam("p_model"),
     j.task_type == bindparam("p_task_type"), j.usage_consume.is_not(None),
@@ -133,15 +146,21 @@ class _Kind:
 def batch_spend(engine: Engine, batch_id: str, now: float, epoch: str,
                 estimates: CostEstimates) -> Spend:
     """Spent, frozen and the next create's estimate for one batch (one grouped read)."""
+    params = {"p_batch": batch_id, "p_now": now, "p_epoch": epoch}
     with transaction(engine) as conn:
-        rows = conn.execute(_BY_KIND, {"p_batch": batch_id, "p_now": now,
-                                       "p_epoch": epoch}).all()
+        rows = conn.execute(_BY_KIND, params).all()
+        abandoned = conn.execute(_ABANDONED, params).all()
     kinds: dict[Kind, _Kind] = {}
     spent_units = 0
     for model, task_type, state, held, n, with_usage, units in rows:
         k = kinds.setdefault((str(model), str(task_type)), _Kind())
         spent_units += int(units) if state in FINISHED else 0
         k.add(str(state), bool(held), int(n), int(with_usage), int(units))
+    for model, task_type, watched, n, units in abandoned:
+        if watched:  # may still be charged: frozen at the estimate, like a task in flight
+            kinds.setdefault((str(model), str(task_type)), _Kind()).in_flight += int(n)
+        else:
+            spent_units += int(units)
     frozen = next_usd = 0.0
     for kind, k in kinds.items():
         if k.in_flight or k.waiting:

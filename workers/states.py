@@ -2,7 +2,9 @@
 
 queued -> submitting -> running -> completed | failed | cancelled, plus retry_wait (a
 retryable error, waiting for its next try) and ambiguous (the create's outcome is unknown).
-`invalid` is where a row that failed validation starts and stays.
+`invalid` is where a row that failed validation starts and stays. A row that gave up on a
+stuck task may still complete from queued, retry_wait or failed: the abandoned task
+completed after all and the row had no result yet (`workers.stuck`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ IN_FLIGHT: frozenset[JobState] = frozenset({JobState.SUBMITTING, JobState.RUNNIN
 """States holding (or maybe holding) one of the account's concurrency slots at PiAPI."""
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.CANCELLED}),
+    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.CANCELLED,
+                                JobState.COMPLETED}),  # a late result (workers.stuck)
     JobState.SUBMITTING: frozenset(
         {
             JobState.RUNNING,  # PiAPI answered with a task id
@@ -45,7 +48,8 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset(
         {JobState.COMPLETED, JobState.FAILED, JobState.RETRY_WAIT, JobState.CANCELLED}
     ),
-    JobState.RETRY_WAIT: frozenset({JobState.SUBMITTING, JobState.CANCELLED}),
+    JobState.RETRY_WAIT: frozenset({JobState.SUBMITTING, JobState.CANCELLED,
+                                    JobState.COMPLETED}),  # a late result
     JobState.AMBIGUOUS: frozenset(
         {JobState.RUNNING, JobState.QUEUED, JobState.RETRY_WAIT, JobState.FAILED,
          JobState.CANCELLED}
@@ -53,7 +57,8 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.COMPLETED: frozenset(),
     # An operator's explicit retry: posted again, or (when the last create's outcome is
     # unknown) reconciled first, so a task that may exist is found before any new create.
-    JobState.FAILED: frozenset({JobState.QUEUED, JobState.AMBIGUOUS}),
+    # ...or an abandoned stuck task that completed after all (workers.stuck).
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.AMBIGUOUS, JobState.COMPLETED}),
     JobState.CANCELLED: frozenset({JobState.QUEUED, JobState.AMBIGUOUS}),
     JobState.INVALID: frozenset(),
 }
@@ -78,5 +83,6 @@ class ErrorKind(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"  # retryable errors past the bound
     AMBIGUOUS = "ambiguous"  # the create's outcome is unknown; never posted twice
     NOT_FOUND = "not_found"  # PiAPI no longer knows the task id
+    STUCK = "stuck"  # its tasks never ended, far past their kind's expected duration
     ACCOUNT = "account"  # key rejected, out of credit
     CANCELLED = "cancelled"

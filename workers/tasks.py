@@ -9,13 +9,15 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from workers.app import POLL_TASK, RECONCILE_TASK, SUBMIT_TASK
+from workers.app import POLL_TASK, RECONCILE_TASK, SUBMIT_TASK, WATCH_TASK
 from workers.settle import reconcile_jobs
+from workers.watch import watch_tasks
 from workers.work import WorkerContext, poll_jobs, submit_jobs
 
 
 def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
-    """Register `submit` and `poll` on `app`; `context()` gives this process's context."""
+    """Register `submit`, `poll`, `reconcile` and `watch` on `app`; `context()` gives this
+    process's context."""
 
     @app.task(name=SUBMIT_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
     def submit(job_ids: list[int]) -> None:
@@ -31,3 +33,8 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
     def reconcile(job_ids: list[int]) -> None:
         """Look for the tasks of these jobs' lost creates and settle them."""
         reconcile_jobs(context(), [int(i) for i in job_ids])
+
+    @app.task(name=WATCH_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    def watch(attempt_ids: list[int]) -> None:
+        """Look at these abandoned stuck tasks (attempt ids) and collect late results."""
+        watch_tasks(context(), [int(i) for i in attempt_ids])

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
+from workers import stuck
 from workers import transitions as tr
 from workers.catalog import prior_duration_s
 from workers.control import set_halt
@@ -78,6 +79,8 @@ class WorkerContext:
     counters: dict[str, int] = field(default_factory=dict)
     db_wait_s: float = TRANSIENT_WAIT_S
     """How long a record waits for a restarting database."""
+    on_stuck: str = stuck.OnStuck.RETRY.value
+    """The fleet's policy for stuck tasks PiAPI cannot cancel (a batch may set its own)."""
 
     def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`fn` over `items`, concurrently when there is a pool and more than one item."""
@@ -295,23 +298,50 @@ def outcome_of(ctx: WorkerContext, t: tr.PollTarget, view: TaskView) -> tr.PollO
             return stopped
     # pending, processing, staged, or a status nobody documented: still running.
     submitted = t.submitted_at if t.submitted_at is not None else now
-    age = now - submitted
-    limit = ctx.stuck_after_s(t.model, t.task_type)
-    if age > limit and status == "pending" and _cancel(ctx, t.task_id):
-        # Stuck waiting far past the learned tail: cancelled (PiAPI allows that only while
-        # pending, and refunds it), and a new task takes its place within the attempt limit.
-        ctx.count("stuck_cancelled")
-        message = f"task stuck pending for {age:.0f}s (expected at most {limit:.0f}s); cancelled"
-        logger.warning("job %s: %s", t.job_id, message)
-        if t.counted_attempts < t.max_attempts:
-            return tr.PollOutcome(t, "retry", view, next_at=now, message=message,
-                                  error_kind=ErrorKind.PROVIDER)
-        return tr.PollOutcome(t, "failed", view, message=message, error_kind=ErrorKind.PROVIDER)
+    given_up = _stuck(ctx, t, view, now, now - submitted)
+    if given_up is not None:
+        return given_up
     next_at = ctx.next_poll_at(t.model, t.task_type, submitted, t.polls + 1, now)
     return tr.PollOutcome(t, "progress", view, next_at=next_at)
 
 
-def _cancel(ctx: WorkerContext, task_id: str) -> bool:
+def _stuck(ctx: WorkerContext, t: tr.PollTarget, view: TaskView, now: float,
+           age: float) -> tr.PollOutcome | None:
+    """A task that has not ended far past its kind's tail: cancelled (pending) or abandoned
+    (otherwise), and replaced or failed, by the policy in `workers.stuck`; None: wait on."""
+    limit = ctx.stuck_after_s(t.model, t.task_type)
+    policy = stuck.policy_of(t.on_stuck, ctx.on_stuck)
+    left = t.counted_attempts < t.max_attempts
+    act = stuck.action(view.status, age, limit, policy, left)
+    if act is stuck.Action.CANCEL:
+        if cancel_at_piapi(ctx, t.task_id):
+            ctx.count("stuck_cancelled")
+            message = stuck.cancelled_message(t.task_id, age, limit)
+            refunded = replace(view, usage=view.usage and Usage(view.usage.type, 0, 0))
+            return _stuck_outcome(t, refunded, stuck.after_cancel(left), now, message,
+                                  policy, attempt_state="cancelled")
+        act = stuck.after_failed_cancel(age, limit, policy, left)
+    if act is None:
+        return None
+    ctx.count("stuck_abandoned")
+    until = stuck.watch_until(now, limit)
+    message = stuck.abandoned_message(t.task_id, view.status, age, limit)
+    return _stuck_outcome(t, view, act, now, message, policy, attempt_state="abandoned",
+                          watch_until=until, watch_next=stuck.next_look_at(now, limit, until))
+
+
+def _stuck_outcome(t: tr.PollTarget, view: TaskView, act: stuck.Action, now: float,
+                   message: str, policy: stuck.OnStuck, **attempt: Any) -> tr.PollOutcome:
+    logger.warning("job %s: %s", t.job_id, message)
+    if act is stuck.Action.REPLACE:
+        return tr.PollOutcome(t, "retry", view, next_at=now, message=message,
+                              error_kind=ErrorKind.STUCK, **attempt)
+    failed = stuck.failed_message(message, policy, t.counted_attempts, t.max_attempts)
+    return tr.PollOutcome(t, "failed", view, message=failed, error_kind=ErrorKind.STUCK,
+                          attempt_error=message, **attempt)
+
+
+def cancel_at_piapi(ctx: WorkerContext, task_id: str) -> bool:
     """Ask PiAPI to cancel a task (only possible while pending); True when it did."""
     try:
         ctx.spend("cancel")
@@ -325,7 +355,7 @@ def _stop_for_cancel(ctx: WorkerContext, t: tr.PollTarget,
                      view: TaskView) -> tr.PollOutcome | None:
     """A running task of a cancelled batch: cancelled at PiAPI while still pending
     (refunded); with `cancel --now`, abandoned otherwise; else None (it runs to the end)."""
-    if view.status == "pending" and _cancel(ctx, t.task_id):
+    if view.status == "pending" and cancel_at_piapi(ctx, t.task_id):
         ctx.count("operator_cancelled")
         usage = view.usage and Usage(view.usage.type, 0, 0)  # PiAPI refunds a cancelled task
         return tr.PollOutcome(t, "cancelled", replace(view, usage=usage),

@@ -87,7 +87,8 @@ def test_completed_line_has_every_contract_field() -> None:
                             output_json=json.dumps({"video_url": "https://v/1.mp4"}),
                             metadata_json=json.dumps({"k": [1]})))
     assert list(line) == ["id", "line", "status", "model", "task_type", "task_id", "output",
-                          "urls", "error", "attempts", "usage", "metadata"]
+                          "urls", "error", "attempts", "other_tasks", "usage", "metadata"]
+    assert line["other_tasks"] == []
     assert line["status"] == "completed" and line["error"] is None
     assert line["urls"] == ["https://v/1.mp4"]
     assert line["usage"] == {"consume": 4_000_000, "usd": 0.4}

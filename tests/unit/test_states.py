@@ -40,8 +40,15 @@ def test_an_operator_retry_leaves_completed_and_invalid_rows_alone() -> None:
     for state in (JobState.COMPLETED, JobState.INVALID):
         assert not can_move(state, JobState.QUEUED)
         assert not can_move(state, JobState.AMBIGUOUS)
-    for state in (JobState.FAILED, JobState.CANCELLED):
-        assert ALLOWED[state] == {JobState.QUEUED, JobState.AMBIGUOUS}
+    assert ALLOWED[JobState.CANCELLED] == {JobState.QUEUED, JobState.AMBIGUOUS}
+    # A failed row may also complete: a task it abandoned as stuck completed after all.
+    assert ALLOWED[JobState.FAILED] == {JobState.QUEUED, JobState.AMBIGUOUS,
+                                        JobState.COMPLETED}
+
+
+def test_a_late_result_completes_only_a_row_without_one() -> None:
+    assert sources_of(JobState.COMPLETED) == {JobState.RUNNING, JobState.QUEUED,
+                                              JobState.RETRY_WAIT, JobState.FAILED}
 
 
 def test_partition() -> None:

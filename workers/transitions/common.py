@@ -44,6 +44,8 @@ class PollTarget:
     """`attempts` when an operator last retried the row (those no longer count)."""
     cancel_mode: str | None = None
     """The batch was cancelled: `finish` (running tasks finish) or `now` (abandoned)."""
+    on_stuck: str | None = None
+    """The batch's `--on-stuck` (None: the fleet's default)."""
 
     @property
     def counted_attempts(self) -> int:

@@ -34,7 +34,8 @@ OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", 
 
 _TARGETS = (
     select(j.id, j.task_id, j.polls, j.poll_errors, j.attempts, BATCHES.c.max_attempts,
-           j.model, j.task_type, j.submitted_at, j.retry_base, BATCHES.c.cancel_mode)
+           j.model, j.task_type, j.submitted_at, j.retry_base, BATCHES.c.cancel_mode,
+           BATCHES.c.on_stuck)
     .join(BATCHES, BATCHES.c.id == j.batch_id)
     .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == RUN)
 )
@@ -70,7 +71,8 @@ _STATEMENTS: dict[OutcomeKind, Any] = {
 _ATTEMPT_ENDED = ATTEMPTS.update().where(
     a.job_id == bindparam("p_job"), a.task_id == bindparam("p_task")
 ).values(state=bindparam("p_attempt_state"), ended_at=bindparam("p_now"),
-         consume=bindparam("p_consume"), error=bindparam("p_attempt_error"))
+         consume=bindparam("p_consume"), error=bindparam("p_attempt_error"),
+         watch_until=bindparam("p_watch_until"), next_at=bindparam("p_watch_next"))
 _SAMPLE = DURATION_SAMPLES.insert()
 _MARK_DUE = JOBS.update().where(
     j.id == bindparam("p_job"), j.state == RUN, j.next_at > bindparam("p_now")
@@ -95,6 +97,12 @@ class PollOutcome:
     duration_s: float | None = None
     attempt_state: str | None = None
     """How the attempt's row ends, when not `completed`/`failed` (e.g. `cancelled`)."""
+    watch_until: float | None = None
+    """An abandoned stuck task: watched until then (see `workers.stuck`)..."""
+    watch_next: float | None = None
+    """...and first looked at then."""
+    attempt_error: str | None = None
+    """The attempt's own error, when it differs from the row's message."""
 
     @property
     def frees_slot(self) -> bool:
@@ -109,7 +117,8 @@ class PollOutcome:
             "p_next": self.next_at, "p_status": view.status if view else None,
             "p_output": json.dumps(view.output, separators=(",", ":")) if view else None,
             "p_kind": self.error_kind.value if self.error_kind else None,
-            "p_error": self.message, **usage_params(view),
+            "p_error": self.message, "p_watch_until": self.watch_until,
+            "p_watch_next": self.watch_next, **usage_params(view),
         }
 
 
@@ -122,7 +131,7 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
         rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10])
+                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11])
         for r in rows if r[1]
     ]
 
@@ -135,7 +144,8 @@ def _apply(conn: Connection, o: PollOutcome, now: float) -> bool:
         conn.execute(_ATTEMPT_ENDED, {
             **params, "p_attempt_state": o.attempt_state or (
                 "completed" if o.kind == "completed" else "failed"),
-            "p_attempt_error": None if o.kind == "completed" else o.message,
+            "p_attempt_error": None if o.kind == "completed" else (o.attempt_error
+                                                                   or o.message),
         })
     return True
 
