@@ -199,10 +199,11 @@ def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str) -> None:
 def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
                                                              sqlite_url: str) -> None:
     """A model the catalogue does not know is sent as given and marked unchecked (this
-    emulator does not know Qubico/diffrhythm either, so PiAPI's refusal ends the row);
+    one is unknown to the emulator too, so PiAPI's refusal ends the row; a model PiAPI does
+    run completes: see test_documented_piapi);
     --service-mode reaches the create's config; --strict refuses such rows before any
     create; another --service-mode for an existing batch is refused with exit 2."""
-    song = {"id": "song", "model": "Qubico/diffrhythm", "task_type": "txt2audio-base",
+    song = {"id": "song", "model": "Qubico/not-a-model", "task_type": "txt2audio-base",
             "input": {"lyrics": "[00:01.00]la", "style_prompt": "jazz"}}
     manifest = write_jsonl(tmp_path / "m.jsonl", [*caption_rows(2), song])
     emu = emulator(tmp_path, "--time-scale", "0.02")
@@ -218,12 +219,12 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
         emu.stop()
     out = (tmp_path / "run.out").read_text()
     assert code == 1, out[-3000:]
-    assert ("model Qubico/diffrhythm task type txt2audio-base is not in piapi-bulk's "
+    assert ("model Qubico/not-a-model task type txt2audio-base is not in piapi-bulk's "
             "catalogue: 1 row will be sent unchecked (--strict refuses them)") in out
     assert [r["status"] for r in results] == ["completed", "completed", "failed"]
     assert [r.get("unchecked") for r in results] == [None, None, True]
     assert results[2]["error"]["kind"] == "input"
-    assert "diffrhythm" in results[2]["error"]["message"]
+    assert "not-a-model" in results[2]["error"]["message"]
     assert task["config"]["service_mode"] == "public"
     assert {t["model"] for t in ledger} == {"Qubico/joycaption"}  # refused: no task
 
@@ -239,5 +240,5 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
     sub = subprocess.run(cli("submit", str(strict)), cwd=tmp_path, capture_output=True,
                          text=True, env={**env, "PIAPI_BULK_STRICT": "1"})
     assert sub.returncode == 0, sub.stderr
-    assert "1 invalid" in sub.stderr and "unknown model 'Qubico/diffrhythm'" in sub.stderr
+    assert "1 invalid" in sub.stderr and "unknown model 'Qubico/not-a-model'" in sub.stderr
     assert "unchecked" not in sub.stderr
