@@ -3,6 +3,7 @@ adapted down to the account's real limit; PiAPI's in-flight count is used, or no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,10 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path,
     # After the first refusals the fleet keeps at most 4 in flight: refusals stay few.
     assert 0 < stats["creates_refused"] <= 30
     log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
-    assert "keeping at most 4 in flight" in log
+    # The level is the tasks of ours running when the refusal reached the dispatcher: 4,
+    # or fewer when some ended meanwhile (a refusal is reported after its message).
+    kept = [int(n) for n in re.findall(r"keeping at most (\d+) in flight", log)]
+    assert kept and all(1 <= n <= 4 for n in kept), kept
 
 
 def flux_rows(n: int, prefix: str = "flux") -> list[dict[str, Any]]:
