@@ -216,17 +216,16 @@ def _adopt_hint(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> boo
     """A webhook sent to this job's own URL named the task: confirmed by a GET (the input,
     where echoed, must be this row's)."""
     assert t.hint_task_id is not None
-    return _adopt(ctx, t, t.hint_task_id, tally, "a webhook for this job named it",
-                  need_input=False)
+    return _adopt(ctx, t, t.hint_task_id, tally, "a webhook for this job named it")
 
 
 def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tally,
-           why: str, need_input: bool = False) -> bool:
+           why: str) -> bool:
     """Confirm with a GET that the task is this job's, then adopt it."""
     view = _read(ctx, t, task_id, tally)
     if view is None:
         return False
-    if not _same_task(t, view) or (need_input and view.input is None):
+    if not _same_task(t, view):
         logger.warning("job %s: task %s is not this job's (model, type or input differ)",
                        t.job_id, task_id)
         return False
