@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from tests.helpers import REPO, free_port, start_emulator, stop_process, wait_until
-from workers.db import make_engine
-from workers.models import Job
+from workers.db import make_engine, session
+from workers.models import Batch, Job
 
 FAST_TIMEOUTS = {
     # Small HTTP timeouts keep the create lease short, so a killed worker's rows are
@@ -147,3 +148,63 @@ def caption_rows(n: int, prefix: str = "img") -> list[dict[str, Any]]:
              "task_type": "joycaption-beta-one",
              "input": {"image": f"https://example.test/{prefix}/{i}.png"},
              "metadata": {"n": i}} for i in range(1, n + 1)]
+
+
+def flux_rows(n: int, prefix: str = "flux") -> list[dict[str, Any]]:
+    """Flux txt2img rows: a family /account/active_tasks documents."""
+    return [{"id": f"{prefix}-{i}", "model": "Qubico/flux1-schnell", "task_type": "txt2img",
+             "input": {"prompt": f"a lighthouse at dusk, take {i}", "width": 512,
+                       "height": 512}} for i in range(1, n + 1)]
+
+
+def wan_rows(n: int, prefix: str = "wan") -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}-{i}", "model": "Wan", "task_type": "wan26-txt2video",
+             "input": {"prompt": f"a slow pan over hills, take {i}", "duration": 5}}
+            for i in range(1, n + 1)]
+
+
+@dataclass
+class RunOutcome:
+    """What a `run` against a fresh emulator left: exit code, results, emulator figures."""
+
+    code: int
+    results: list[dict[str, Any]]
+    stats: dict[str, Any]
+    ledger: list[dict[str, Any]]
+
+
+def run_manifest(tmp_path: Path, database_url: str, rows: list[Any], emulator_args: list[str],
+                 timeout_s: float = 240, run_args: tuple[str, ...] = (),
+                 **env_extra: str) -> RunOutcome:
+    """`run` on these rows against a fresh emulator (with these options), to the end."""
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    emu = emulator(tmp_path, *emulator_args)
+    try:
+        env = run_env(tmp_path, emu, database_url, **env_extra)
+        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", *run_args),
+                      timeout_s)
+        stats, ledger = emu.stats(), emu.ledger()
+    finally:
+        emu.stop()
+    return RunOutcome(code, read_results(tmp_path / "out.jsonl"), stats, ledger)
+
+
+JOY_KIND = ("Qubico/joycaption", "joycaption-beta-one")
+RECORD_T0 = 1_000_000.0
+"""When batches made directly in the database (`add_batch`) were created."""
+
+
+def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3,
+              kind: tuple[str, str] = JOY_KIND, **batch: Any) -> list[int]:
+    """An ingested batch of `rows` queued jobs of `kind`, written straight to the database;
+    returns the job ids in order."""
+    with session(engine) as s:
+        s.add(Batch(id=batch_id, content_hash=batch_id * 8, source="t.jsonl",
+                    created_at=RECORD_T0, ingested=True, total=rows, **batch))
+        s.flush()
+        jobs = [Job(batch_id=batch_id, seq=i, line=i, row_key=str(i), model=kind[0],
+                    task_type=kind[1], input_json=f'{{"image":"u{batch_id}{i}"}}')
+                for i in range(1, rows + 1)]
+        s.add_all(jobs)
+        s.flush()
+        return [int(j.id) for j in jobs if j.id is not None]

@@ -16,6 +16,7 @@ from tests.integration.e2e import (
     finish,
     read_results,
     run_env,
+    run_manifest,
     start_run,
     write_jsonl,
 )
@@ -26,16 +27,9 @@ SECRET = "a-master-secret-for-tests-0123456789"
 
 def _run(tmp_path: Path, database_url: str, emulator_args: list[str], rows: int = 12,
          run_args: tuple[str, ...] = (), **env_extra: str) -> tuple[int, list[dict], dict]:
-    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(rows))
-    emu = emulator(tmp_path, "--time-scale", "0.02", *emulator_args)
-    try:
-        env = run_env(tmp_path, emu, database_url, **env_extra)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", *run_args),
-                      240)
-        stats = emu.stats()
-    finally:
-        emu.stop()
-    return code, read_results(tmp_path / "out.jsonl"), stats
+    out = run_manifest(tmp_path, database_url, caption_rows(rows),
+                       ["--time-scale", "0.02", *emulator_args], 240, run_args, **env_extra)
+    return out.code, out.results, out.stats
 
 
 def test_a_task_made_by_a_lost_create_is_found_and_adopted(tmp_path: Path,

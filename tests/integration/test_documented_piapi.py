@@ -11,39 +11,16 @@ from typing import Any
 
 import pytest
 
-from tests.integration.e2e import (
-    caption_rows,
-    emulator,
-    finish,
-    read_results,
-    run_env,
-    start_run,
-    write_jsonl,
-)
+from tests.integration.e2e import caption_rows, flux_rows, run_manifest
 
 pytestmark = pytest.mark.integration
 
 
-def flux_rows(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"flux-{i}", "model": "Qubico/flux1-schnell", "task_type": "txt2img",
-             "input": {"prompt": f"a lighthouse at dusk, take {i}", "width": 512,
-                       "height": 512}} for i in range(1, n + 1)]
-
-
 def _run(tmp_path: Path, url: str, rows: list[dict[str, Any]], emulator_args: list[str],
-         timeout_s: float, run_args: tuple[str, ...] = (),
-         **env_extra: str) -> tuple[int, list[dict[str, Any]], dict[str, Any],
+         timeout_s: float) -> tuple[int, list[dict[str, Any]], dict[str, Any],
                                     list[dict[str, Any]]]:
-    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, *emulator_args)
-    try:
-        env = run_env(tmp_path, emu, url, **env_extra)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", *run_args),
-                      timeout_s)
-        stats, ledger = emu.stats(), emu.ledger()
-    finally:
-        emu.stop()
-    return code, read_results(tmp_path / "out.jsonl"), stats, ledger
+    out = run_manifest(tmp_path, url, rows, emulator_args, timeout_s)
+    return out.code, out.results, out.stats, out.ledger
 
 
 def completed_per_input(ledger: list[dict[str, Any]]) -> Counter[str]:

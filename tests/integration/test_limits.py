@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,9 +12,12 @@ from tests.integration.e2e import (
     caption_rows,
     emulator,
     finish,
+    flux_rows,
     read_results,
     run_env,
+    run_manifest,
     start_run,
+    wan_rows,
     write_jsonl,
 )
 
@@ -62,18 +64,6 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path,
     assert kept and all(1 <= n <= 4 for n in kept), kept
 
 
-def flux_rows(n: int, prefix: str = "flux") -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}-{i}", "model": "Qubico/flux1-schnell", "task_type": "txt2img",
-             "input": {"prompt": f"a lighthouse, variant {i}", "width": 512, "height": 512}}
-            for i in range(1, n + 1)]
-
-
-def wan_rows(n: int, prefix: str = "wan") -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}-{i}", "model": "Wan", "task_type": "wan26-txt2video",
-             "input": {"prompt": f"a slow pan over hills, take {i}", "duration": 5}}
-            for i in range(1, n + 1)]
-
-
 @pytest.mark.parametrize("active_tasks", [True, False])
 def test_slots_from_piapi_count_or_from_the_database(tmp_path: Path, sqlite_url: str,
                                                       active_tasks: bool) -> None:
@@ -101,18 +91,11 @@ def test_models_the_in_flight_count_does_not_cover_are_counted_from_the_database
     """Joycaption and Wan are not counted by /account/active_tasks (as documented): a run
     mixing them with Flux, whose family it reports, keeps the account's limit all the same
     (an earlier client read "0 in flight" for them and refilled up to 4.5x the limit)."""
-    rows = caption_rows(40) + wan_rows(10) + flux_rows(30)
-    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.005", "--concurrency", "6",
-                   "--over-limit", "refuse")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 240)
-        stats = emu.stats()
-    finally:
-        emu.stop()
-    assert code == 0
-    assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
-    assert stats["peak_in_flight"] <= 6
-    assert stats["creates_refused"] == 0
-    assert stats["max_creates_per_input"] == 1
+    out = run_manifest(tmp_path, sqlite_url, caption_rows(40) + wan_rows(10) + flux_rows(30),
+                       ["--time-scale", "0.005", "--concurrency", "6", "--over-limit",
+                        "refuse"], 240)
+    assert out.code == 0
+    assert {r["status"] for r in out.results} == {"completed"}
+    assert out.stats["peak_in_flight"] <= 6
+    assert out.stats["creates_refused"] == 0
+    assert out.stats["max_creates_per_input"] == 1

@@ -29,6 +29,7 @@ from scheduler.status import batch_status
 from tests.helpers import REPO, wait_until
 from tests.integration.e2e import (
     Emulator,
+    add_batch,
     caption_rows,
     cli,
     emulator,
@@ -64,18 +65,6 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3, kind: tuple[str, str] = JOY,
-              **batch: Any) -> list[int]:
-    with session(engine) as s:
-        s.add(Batch(id=batch_id, content_hash=batch_id * 8, source="t.jsonl", created_at=NOW,
-                    ingested=True, total=rows, **batch))
-        s.flush()
-        jobs = [Job(batch_id=batch_id, seq=i, line=i, row_key=str(i), model=kind[0],
-                    task_type=kind[1], input_json=f'{{"image":"u{batch_id}{i}"}}')
-                for i in range(1, rows + 1)]
-        s.add_all(jobs)
-        s.flush()
-        return [int(j.id) for j in jobs if j.id is not None]
 
 
 def put(engine: Engine, job_id: int, **values: Any) -> None:

@@ -17,10 +17,11 @@ from sqlmodel import Session, select
 
 from scheduler.export import iter_results
 from scheduler.status import batch_status
+from tests.integration.e2e import add_batch
 from workers import leases, spending
 from workers import transitions as tr
-from workers.db import create_tables, make_engine, session
-from workers.models import Attempt, Batch, Job
+from workers.db import create_tables, make_engine
+from workers.models import Attempt, Job
 from workers.piapi import NotFound, TaskError, TaskView, Usage
 from workers.states import ErrorKind, JobState
 from workers.watch import watch_tasks
@@ -74,17 +75,8 @@ class World:
 
     def add(self, rows: int = 1, max_attempts: int = 3, on_stuck: str | None = None,
             batch_id: str = "b1") -> list[int]:
-        with session(self.engine) as s:
-            s.add(Batch(id=batch_id, content_hash=batch_id * 8, source="t.jsonl",
-                        created_at=T0, ingested=True, total=rows, max_attempts=max_attempts,
-                        on_stuck=on_stuck))
-            s.flush()
-            jobs = [Job(batch_id=batch_id, seq=i, line=i, row_key=str(i), model=JOY[0],
-                        task_type=JOY[1], input_json=f'{{"image":"u{i}"}}')
-                    for i in range(1, rows + 1)]
-            s.add_all(jobs)
-            s.flush()
-            return [int(j.id) for j in jobs if j.id is not None]
+        return add_batch(self.engine, batch_id, rows, JOY, max_attempts=max_attempts,
+                         on_stuck=on_stuck)
 
     def create(self, job_id: int, task_id: str, status: str = "processing") -> None:
         claim = tr.claim_for_submit(self.engine, job_id, self.now, LEASE)
