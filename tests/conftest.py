@@ -17,6 +17,19 @@ PG_ADMIN_URL = os.environ.get("PIAPI_BULK_TEST_PG", "postgresql://postgres@127.0
 REQUIRE_PG = os.environ.get("PIAPI_BULK_REQUIRE_PG") == "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The default database lives in the user's data folder: tests (and the commands they
+    start) get a throwaway one, never the real user's."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
+
+
 def _pg_connect(url: str):  # type: ignore[no-untyped-def]
     import psycopg
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -12,6 +14,23 @@ from workers.webhooks import WebhookSigner
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+APP_NAME = "piapi-bulk"
+
+
+def default_database_path() -> Path:
+    """Where the default SQLite database lives: the user's data folder (for example
+    ~/.local/share/piapi-bulk/piapi-bulk.db; XDG_DATA_HOME moves it), so every run of
+    this user, from any folder, sees the same record."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "piapi-bulk.db"
+
+
+def default_database_url() -> str:
+    """`sqlite:///` + `default_database_path()`, its folder created."""
+    path = default_database_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 class Settings(BaseSettings):
@@ -23,7 +42,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, validation_alias=_env("PIAPI_API_KEY"))
     base_url: str = Field("https://api.piapi.ai", validation_alias=_env("PIAPI_BASE_URL"))
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
-    database_url: str = Field("sqlite:///piapi-bulk.db", validation_alias=_env("DATABASE_URL"))
+    database_url: str = Field(default_factory=default_database_url,
+                              validation_alias=_env("DATABASE_URL"))
+    """Default: a SQLite file in the user's data folder (`default_database_path()`)."""
     rpm: int = Field(0, ge=0, validation_alias=_env("PIAPI_RPM"))
     """Fleet-wide PiAPI request budget per minute (creates and polls alike); 0 = no limit."""
 
