@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -130,6 +131,9 @@ def run(
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
     on_stuck: OnStuckOpt = None,
+    all_batches: Annotated[bool, typer.Option(
+        "--all", help="Also run the other open batches in the database (by default run "
+        "creates tasks only for this manifest's rows).")] = False,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -152,7 +156,8 @@ def run(
                       concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
                       budget_usd=budget, deadline_at=deadline_at,
                       strict=strict or settings.strict, service_mode=mode,
-                      on_stuck=parse_on_stuck(on_stuck))
+                      on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
+                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]))
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -380,6 +385,9 @@ def worker(
 def dispatcher(
     concurrency: ConcurrencyOpt = None,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+    scoped: Annotated[bool, typer.Option(
+        "--scoped", help="Create tasks only for batches a `piapi-bulk run` claimed "
+        "(what run starts); without it, every open batch is served.")] = False,
 ) -> None:
     """Feed due work to the workers (one active at a time; others stand by)."""
     import redis
@@ -411,7 +419,7 @@ def dispatcher(
         rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
         budget=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
-        on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries,
+        on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
     )
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     d.run(stop)

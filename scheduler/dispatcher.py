@@ -11,6 +11,12 @@ Free slots are counted from PiAPI's own in-flight count (/account/active_tasks) 
 account offers a plausible one, so a slot is refilled as soon as its task ends there, not
 when a poll notices; otherwise from the database. One dispatcher is active at a time: it
 holds a Redis lock that it renews every pass; a second one waits as a hot standby.
+
+A *scoped* dispatcher (the one `piapi-bulk run` starts) creates tasks only for the batches
+a run has claimed (`Fleet.claim`), so a run never spends on other batches in the database.
+It still polls, reconciles and watches every task already in flight: those hold the
+account's slots, cost nothing more to follow, and would otherwise keep the slots they hold
+counted as taken.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from workers.transitions import ambiguous
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = "piapi-bulk:dispatcher"
+SCOPED_SUFFIX = ":scoped"
+"""Ends the lock token of a scoped dispatcher, so `run` can tell one from a standing fleet's."""
 EPOCH_KEY = "piapi-bulk:epoch"
 LOCK_TTL_S = 10.0
 """A dispatcher that stops renewing its lock loses it after this long to a standby."""
@@ -133,6 +141,7 @@ class Dispatcher:
         spread: int = 1,
         on_ambiguous: str = "reconcile",
         max_tries: int = 12,
+        scoped: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -155,7 +164,9 @@ class Dispatcher:
             account_poll_min_s, 10.0 / (rpm / 60.0) if rpm else 0.0))
         rate = rpm / 60.0 if rpm else None
         self.aimd = Aimd(rate, concurrency or DEFAULT_CONCURRENCY, clock())
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.scoped = scoped
+        self.token = (f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+                      + (SCOPED_SUFFIX if scoped else ""))
         self._renew = redis_client.register_script(_RENEW)
         self._release = redis_client.register_script(_RELEASE)
         self._account_value: int | None = None
@@ -239,6 +250,9 @@ class Dispatcher:
         for batch_id in leases.mark_done_batches(self.engine):
             logger.info("batch %s is done", batch_id)
         self._batches = leases.open_batches(self.engine)
+        if self.scoped:
+            claimed = self.fleet.claimed()
+            self._batches = [b for b in self._batches if b.id in claimed]
         self.admission.refresh(self._batches, now, self.epoch)
         self._retries = leases.any_retry_wait(self.engine)
         self._backlog = True  # looked at again by the next pass that has free slots

@@ -12,7 +12,7 @@ means quiet, not stalled.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -25,47 +25,73 @@ from workers.states import JobState
 j = JOBS.c
 _MOVING = [JobState.QUEUED.value, JobState.SUBMITTING.value, JobState.RUNNING.value,
            JobState.RETRY_WAIT.value, JobState.AMBIGUOUS.value]
-_SIGNATURE = (
-    select(j.state, func.count(), func.sum(j.polls), func.sum(j.posts), func.sum(j.poll_errors),
-           func.sum(j.tries), func.sum(j.next_at))
-    .where(j.state.in_(_MOVING)).group_by(j.state).order_by(j.state)
-)
-# Polls and reconciliations never wait for a free slot, so one overdue means nobody works;
-# a retry may wait for a slot, so only its lease (handed out, never claimed) counts.
-_OVERDUE = (select(j.id).where(j.state.in_([JobState.RUNNING.value, JobState.AMBIGUOUS.value]),
-                               j.next_at < bindparam("p_cut")).limit(1))
-_UNCLAIMED = (select(j.id).where(j.state.in_([JobState.QUEUED.value, JobState.RETRY_WAIT.value]),
-                                 j.lease_until.is_not(None)).limit(1))
+_IN_SCOPE = j.batch_id.in_(bindparam("p_batches", expanding=True))
+
+
+def _signature_query(scoped: bool) -> Any:
+    scope = [_IN_SCOPE] if scoped else []
+    return (select(j.state, func.count(), func.sum(j.polls), func.sum(j.posts),
+                   func.sum(j.poll_errors), func.sum(j.tries), func.sum(j.next_at))
+            .where(j.state.in_(_MOVING), *scope).group_by(j.state).order_by(j.state))
+
+
+def _overdue_query(scoped: bool) -> Any:
+    # Polls and reconciliations never wait for a free slot, so one overdue means nobody
+    # works.
+    scope = [_IN_SCOPE] if scoped else []
+    return select(j.id).where(j.state.in_([JobState.RUNNING.value, JobState.AMBIGUOUS.value]),
+                              j.next_at < bindparam("p_cut"), *scope).limit(1)
+
+
+def _unclaimed_query(scoped: bool) -> Any:
+    # A retry may wait for a slot, so only its lease (handed out, never claimed) counts.
+    scope = [_IN_SCOPE] if scoped else []
+    return select(j.id).where(j.state.in_([JobState.QUEUED.value, JobState.RETRY_WAIT.value]),
+                              j.lease_until.is_not(None), *scope).limit(1)
+
+
+_QUERIES = {scoped: (_signature_query(scoped), _overdue_query(scoped), _unclaimed_query(scoped))
+            for scoped in (False, True)}
 
 DEFAULT_STALL_S = 120.0
 
 
-def signature(engine: Engine) -> tuple[Any, ...]:
-    """Everything that changes when the fleet makes progress, in one cheap read."""
+def signature(engine: Engine, batches: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Everything that changes when the fleet makes progress, in one cheap read (of these
+    batches' rows only, when `batches` is given)."""
+    query = _QUERIES[batches is not None][0]
+    params = {"p_batches": list(batches)} if batches is not None else {}
     with transaction(engine) as conn:
-        return tuple(tuple(row) for row in conn.execute(_SIGNATURE).all())
+        return tuple(tuple(row) for row in conn.execute(query, params).all())
 
 
-def work_waiting(engine: Engine, now: float, stall_s: float) -> bool:
+def work_waiting(engine: Engine, now: float, stall_s: float,
+                 batches: Sequence[str] | None = None) -> bool:
     """True when some work has waited `stall_s` for the fleet: an overdue poll or
-    reconciliation, or a row handed to a worker (leased) that is still not claimed."""
+    reconciliation, or a row handed to a worker (leased) that is still not claimed (of
+    these batches only, when `batches` is given)."""
+    _, overdue, unclaimed = _QUERIES[batches is not None]
+    scope = {"p_batches": list(batches)} if batches is not None else {}
     with transaction(engine) as conn:
-        if conn.execute(_OVERDUE, {"p_cut": now - stall_s}).first() is not None:
+        if conn.execute(overdue, {"p_cut": now - stall_s, **scope}).first() is not None:
             return True
-        return conn.execute(_UNCLAIMED).first() is not None
+        return conn.execute(unclaimed, scope).first() is not None
 
 
 class ProgressWatch:
     """Tells when the fleet stopped making progress while work waits.
 
     Call `check()` every few seconds; True means stalled (restart the workers), after which
-    the watch counts afresh.
+    the watch counts afresh. With `batches`, only those batches' rows are watched (a run's
+    fleet serves only its own batches; it may change them between checks).
     """
 
     def __init__(self, engine: Engine, stall_s: float = DEFAULT_STALL_S,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 batches: Sequence[str] | None = None) -> None:
         self.engine = engine
+        self.batches = batches
         self.stall_s = stall_s
         self.clock = clock
         self.wall = wall
@@ -79,14 +105,14 @@ class ProgressWatch:
 
     def check(self) -> bool:
         """True when nothing moved for `stall_s` although work is waiting."""
-        current = signature(self.engine)
+        current = signature(self.engine, self.batches)
         now = self.clock()
         if current != self._signature:
             self._signature, self._since = current, now
             return False
         if now - self._since < self.stall_s:
             return False
-        if not work_waiting(self.engine, self.wall(), self.stall_s):
+        if not work_waiting(self.engine, self.wall(), self.stall_s, self.batches):
             return False
         self.stalls += 1
         self.reset()

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scheduler.controls import PauseWatch, set_limits
-from scheduler.dispatcher import LOCK_KEY
+from scheduler.dispatcher import LOCK_KEY, SCOPED_SUFFIX
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
@@ -31,11 +34,13 @@ from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status
 from workers.app import create_celery
 from workers.control import clear_halt, get_halt
-from workers.db import create_tables, is_transient, make_engine, retry_transient
+from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
+from workers.fleet import Fleet
+from workers.models import JOBS
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
-from workers.states import JobState
+from workers.states import ACTIVE, JobState
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ DB_WAIT_S = 600.0
 """How long `run` waits for a restarting database before giving up."""
 LIVENESS_EVERY_S = 5.0
 """How often `run` checks that the fleet makes progress."""
+CLAIM_RENEW_S = 5.0
+"""How often `run` renews its claim on its batches (they lapse after `fleet.CLAIM_TTL_S`)."""
 PLAIN_REPORT_EVERY_S = 5.0
 """Without a terminal (CI, logs), a progress line this often instead of a live bar."""
 
@@ -73,6 +80,10 @@ class RunOptions:
     """`--service-mode` for rows without their own ('' = the workspace default)."""
     on_stuck: str | None = None
     """Stored on the batch when given (else the stored one, else the fleet's, applies)."""
+    all_batches: bool = False
+    """`--all`: also run the other open batches in the database (default: only this one)."""
+    command: str | None = None
+    """This command line as typed, for the retry hint after failed rows."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -149,9 +160,14 @@ def ensure_services(settings: Settings, services: Services, opts: RunOptions,
     env = _child_env(settings)
     client = redis.Redis.from_url(url)
     try:
-        has_dispatcher = bool(client.exists(LOCK_KEY))
+        holder = client.get(LOCK_KEY)
     finally:
         client.close()
+    # A standing fleet's dispatcher serves every open batch, this one included; another
+    # run's dispatcher serves only the batches claimed, so this run starts its own, which
+    # stands by (and serves this run's claims meanwhile through the leader) and takes over
+    # when that run ends.
+    has_dispatcher = holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
     app = create_celery(url)
     try:
         workers = app.control.ping(timeout=1.0) or []
@@ -165,12 +181,16 @@ def ensure_services(settings: Settings, services: Services, opts: RunOptions,
     else:
         logger.info("%d worker(s) already running on %s", len(workers), url)
     if not has_dispatcher:
-        argv = cli_argv("dispatcher")
+        argv = cli_argv("dispatcher", "--scoped")
         if opts.concurrency:
             argv += ["--concurrency", str(opts.concurrency)]
         services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log"))
     else:
         logger.info("a dispatcher is already running on %s", url)
+
+
+def _decoded(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _describe(st: BatchStatus) -> str:
@@ -208,32 +228,81 @@ def _check_liveness(liveness: ProgressWatch, services: Services, console: Consol
     console.print(f"[yellow]{message}[/]", highlight=False)
 
 
-def watch(engine: Engine, batch_id: str, services: Services, console: Console,
-          liveness: ProgressWatch | None = None) -> str | None:
-    """Show progress until the batch has no active row (or its budget stopped it with
-    nothing left in flight); a reason when it cannot finish.
+def combined(statuses: list[BatchStatus]) -> BatchStatus:
+    """The sum of several batches' statuses (what `run --all` shows); the first's alone
+    when there is one."""
+    if len(statuses) == 1:
+        return statuses[0]
+    first = statuses[0]
+    counts = {state.value: sum(st.counts.get(state.value, 0) for st in statuses)
+              for state in JobState}
+    return BatchStatus(id=first.id, source=first.source,
+                       total=sum(st.total for st in statuses), counts=counts,
+                       consumed_units=sum(st.consumed_units for st in statuses),
+                       created_at=first.created_at)
+
+
+class Claims:
+    """The batches this run serves, claimed in Redis for the dispatcher it started (see
+    `Fleet.claim`) and renewed while the run watches them."""
+
+    def __init__(self, fleet: Fleet | None, batch_ids: list[str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fleet = fleet
+        self.batch_ids = batch_ids
+        self.clock = clock
+        self._renewed = -math.inf
+
+    def renew(self) -> None:
+        """Claim the batches again when a renewal is due (best effort: Redis may be
+        restarting, and a lost claim only pauses creates until the next renewal)."""
+        if self.fleet is None or self.clock() - self._renewed < CLAIM_RENEW_S:
+            return
+        try:
+            self.fleet.claim(self.batch_ids)
+            self._renewed = self.clock()
+        except redis.RedisError as exc:
+            logger.warning("could not claim the run's batches in Redis (%s); retrying", exc)
+
+    def release(self) -> None:
+        """Drop the claims (the run ends)."""
+        if self.fleet is not None:
+            self.fleet.release(self.batch_ids)
+
+
+def watch(engine: Engine, batch_ids: str | list[str], services: Services, console: Console,
+          liveness: ProgressWatch | None = None, claims: Claims | None = None) -> str | None:
+    """Show progress until the batches have no active row (or their budget stopped them
+    with nothing left in flight); a reason when they cannot finish.
 
     With `liveness`, the workers and dispatcher this run started are restarted when the
     fleet stops making progress although work is due (for example a worker wedged after
-    Redis restarted).
+    Redis restarted). `claims` are renewed as the run goes.
     """
-    st = batch_status(engine, batch_id)
-    assert st is not None
+    ids = [batch_ids] if isinstance(batch_ids, str) else list(batch_ids)
     last_plain = 0.0
     last_liveness = time.monotonic()
-    budget_stop = PauseWatch(engine, batch_id)
+    budget_stops = {batch_id: PauseWatch(engine, batch_id) for batch_id in ids}
+
+    def statuses() -> list[BatchStatus]:
+        found = [batch_status(engine, batch_id) for batch_id in ids]
+        return [st for st in found if st is not None]
+
+    st = combined(statuses())
     with _progress(console, st.total) as progress:
         task = progress.add_task("piapi-bulk", total=st.total, detail="")
         while True:
+            if claims is not None:
+                claims.renew()
             # The database may be restarting: wait for it rather than end the run.
-            st = retry_transient(lambda: batch_status(engine, batch_id), wait_s=DB_WAIT_S)
-            assert st is not None
+            each = retry_transient(statuses, wait_s=DB_WAIT_S)
+            st = combined(each)
             progress.update(task, completed=st.finished, total=st.total, detail=_describe(st))
             if not console.is_terminal and time.monotonic() - last_plain >= PLAIN_REPORT_EVERY_S:
                 last_plain = time.monotonic()
                 console.print(f"{st.finished}/{st.total} finished · {_describe(st)}",
                               soft_wrap=True)
-            if st.active == 0 or budget_stop.stopped(st):
+            if all(one.active == 0 or budget_stops[one.id].stopped(one) for one in each):
                 return None
             halt = retry_transient(lambda: get_halt(engine), wait_s=DB_WAIT_S)
             if halt:
@@ -247,6 +316,49 @@ def watch(engine: Engine, batch_id: str, services: Services, console: Console,
             time.sleep(WATCH_INTERVAL_S)
 
 
+def other_open_batches(engine: Engine, batch_id: str) -> dict[str, int]:
+    """Other batches in the database with rows still to run: id -> such rows."""
+    active = [state.value for state in ACTIVE]
+    j = JOBS.c
+    with transaction(engine) as conn:
+        rows = conn.execute(select(j.batch_id, func.count())
+                            .where(j.state.in_(active), j.batch_id != batch_id)
+                            .group_by(j.batch_id)).all()
+    return {str(b): int(n) for b, n in rows}
+
+
+def _report_others(console: Console, others: dict[str, int], all_batches: bool) -> None:
+    if not others:
+        return
+    rows = sum(others.values())
+    what = (f"{len(others)} other open batch{'es' if len(others) > 1 else ''} "
+            f"({rows} row{'s' if rows > 1 else ''} to run)")
+    if all_batches:
+        console.print(f"--all: also running {what}", highlight=False, markup=False)
+    else:
+        console.print(f"{what} in this database left alone: piapi-bulk status lists them; "
+                      "run --all runs them too", style="yellow", highlight=False, markup=False,
+                      soft_wrap=True)
+
+
+def _report_failures(console: Console, final: BatchStatus, command: str | None) -> None:
+    """Failed rows by error kind and the commands that try them again."""
+    if not final.failures:
+        return
+    failed = sum(final.failures.values())
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(final.failures.items(),
+                                                            key=lambda kv: -kv[1]))
+    console.print(f"[red]{failed} row{'s' if failed > 1 else ''} failed[/] ({kinds}); "
+                  "each has its reason in the results", highlight=False, soft_wrap=True)
+    again = f" && {command}" if command else " and run the same command again"
+    console.print(f"to try them again: piapi-bulk retry {final.id} --failed{again}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _report_invalid(console: Console, result: IngestResult) -> None:
     if not result.invalid:
         return
@@ -258,7 +370,11 @@ def _report_invalid(console: Console, result: IngestResult) -> None:
 
 
 def run(settings: Settings, opts: RunOptions, console: Console) -> int:
-    """The whole `run` command; returns the exit code."""
+    """The whole `run` command; returns the exit code.
+
+    SIGTERM is taken as Ctrl-C: either way the results file is written (rows still to run
+    are `pending`) before the run exits 130.
+    """
     settings.require_api_key()
     if not opts.manifest.is_file():
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
@@ -266,6 +382,10 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     services = Services()
+    claims: Claims | None = None
+    engine: Engine | None = None
+    batch_id: str | None = None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not settings.redis_url:
             url, redis_child = start_private_redis(run_dir)
@@ -281,6 +401,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                         default_service_mode=opts.service_mode, strict=opts.strict,
                         max_attempts=opts.max_attempts or settings.max_attempts,
                         concurrency=opts.concurrency)
+        batch_id = result.batch_id
         conflict = option_conflict(engine, result, strict=opts.strict,
                                    service_mode=opts.service_mode)
         if conflict:
@@ -293,14 +414,18 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         for line in unchecked_lines(result):
             console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
         _report_invalid(console, result)
+        others = other_open_batches(engine, result.batch_id)
+        _report_others(console, others, opts.all_batches)
+        served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
         clear_halt(engine)  # the key was just accepted
-        before = batch_status(engine, result.batch_id)
-        if before is not None and before.active:
+        claims = Claims(Fleet(redis.Redis.from_url(settings.require_redis_url())), served)
+        claims.renew()
+        statuses = [batch_status(engine, b) for b in served]
+        if any(st is not None and st.active for st in statuses):
             ensure_services(settings, services, opts, run_dir / "logs")
-        problem = watch(engine, result.batch_id, services, console,
-                        ProgressWatch(engine, settings.stall_s))
-        rows = retry_transient(lambda: export(engine, result.batch_id, output),
-                               wait_s=DB_WAIT_S)
+        problem = watch(engine, served, services, console,
+                        ProgressWatch(engine, settings.stall_s, batches=served), claims)
+        rows = _export(engine, result.batch_id, output)
         final = batch_status(engine, result.batch_id)
         assert final is not None
         console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
@@ -311,11 +436,34 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             console.print(final.paused, style="yellow", highlight=False, markup=False,
                           soft_wrap=True)
             return EXIT_BUDGET
+        _report_failures(console, final, opts.command)
         ok = final.counts[JobState.COMPLETED] == final.total
         return EXIT_OK if ok else EXIT_ROWS_FAILED
     except KeyboardInterrupt:
-        console.print("interrupted; run the same command again to resume")
-        return EXIT_INTERRUPTED
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption is enough
+        return _interrupted(console, engine, batch_id, output)
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        if claims is not None:
+            claims.release()
         services.stop()
         (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)
+
+
+def _export(engine: Engine, batch_id: str, output: Path) -> int:
+    return retry_transient(lambda: export(engine, batch_id, output), wait_s=DB_WAIT_S)
+
+
+def _interrupted(console: Console, engine: Engine | None, batch_id: str | None,
+                 output: Path) -> int:
+    """Write what is known so far (rows still to run are `pending`) and say how to go on."""
+    written = ""
+    if engine is not None and batch_id is not None:
+        try:
+            rows = _export(engine, batch_id, output)
+            written = f"; {rows} rows written to {output} (unfinished ones pending)"
+        except (DBAPIError, OSError) as exc:
+            written = f"; could not write {output}: {exc}"
+    console.print(f"interrupted{written}; run the same command again to resume",
+                  highlight=False, markup=False, soft_wrap=True)
+    return EXIT_INTERRUPTED

@@ -3,7 +3,9 @@
 - a wake-up list: a worker that frees a concurrency slot (or a webhook that makes a job due)
   wakes the dispatcher at once instead of at its next timer tick;
 - per-second request and 429 counters, from which the dispatcher's AIMD controller adapts;
-- the poll mode and the effective limits the dispatcher decided, read by every worker.
+- the poll mode and the effective limits the dispatcher decided, read by every worker;
+- the batches `piapi-bulk run` processes claimed: a dispatcher that a `run` started creates
+  tasks only for claimed batches (a standing fleet serves every open batch).
 
 Everything here is advisory and rebuilt from scratch if Redis is flushed: the database is
 the record.
@@ -28,6 +30,10 @@ MODE_KEY = "piapi-bulk:poll-mode"
 CONC_429_KEY = "piapi-bulk:conc-429-total"
 RATE_KEY = "piapi-bulk:rate-eff"
 """Requests per second the token bucket grants fleet-wide right now (AIMD-adjusted)."""
+RUNS_KEY = "piapi-bulk:runs"
+"""Hash: batch id -> Unix time until which a `run` claims it (renewed while it runs)."""
+CLAIM_TTL_S = 30.0
+"""A claim lapses this long after its `run` stopped renewing it (killed without cleanup)."""
 SHORT_WAIT_S = 0.25
 """Waits shorter than this sleep instead of blocking in Redis (see `Fleet.wait`)."""
 STATS_TTL_S = 300
@@ -164,3 +170,26 @@ class Fleet:
             self.redis.delete(RATE_KEY)
         else:
             self.redis.set(RATE_KEY, f"{per_s:.6f}", ex=600)
+
+    # --- batches claimed by runs ----------------------------------------------------------
+    def claim(self, batch_ids: list[str], ttl_s: float = CLAIM_TTL_S) -> None:
+        """Claim (or renew the claim on) these batches for `ttl_s` seconds."""
+        if batch_ids:
+            until = f"{self.clock() + ttl_s:.3f}"
+            self.redis.hset(RUNS_KEY, mapping=dict.fromkeys(batch_ids, until))
+
+    def release(self, batch_ids: list[str]) -> None:
+        """Drop these claims (the run that made them is ending). Best effort."""
+        if not batch_ids:
+            return
+        try:
+            self.redis.hdel(RUNS_KEY, *batch_ids)
+        except redis.RedisError as exc:
+            logger.debug("could not release claims: %s", exc)
+
+    def claimed(self) -> set[str]:
+        """Batches some `run` claims now. Lapsed claims are left in place (deleting them
+        here could race a renewal); `release` removes the claims of a run that ends."""
+        now = self.clock()
+        return {key.decode() if isinstance(key, bytes) else str(key)
+                for key, value in self.redis.hgetall(RUNS_KEY).items() if float(value) >= now}

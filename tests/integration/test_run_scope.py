@@ -1,0 +1,127 @@
+"""`run` spends only on its own manifest, and an interrupted run still leaves its results.
+
+Through the CLI against the emulator's ledger (every task it created): a batch `submit`ted
+earlier is not created by a later `run` of another manifest unless `--all` says so; SIGINT
+to the run's process group, or SIGTERM to `run` alone, ends it with exit 130 and a results
+file holding every row, the unfinished ones `pending`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_until
+from tests.integration.e2e import (
+    caption_rows,
+    cli,
+    count_state,
+    emulator,
+    finish,
+    read_results,
+    run_env,
+    start_run,
+    wait_group_gone,
+    wan_rows,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_run_creates_only_its_own_rows_and_all_runs_the_others(
+        tmp_path: Path, database_url: str) -> None:
+    video = write_jsonl(tmp_path / "video.jsonl", wan_rows(2))
+    tiny = write_jsonl(tmp_path / "tiny.jsonl", caption_rows(5))
+    emu = emulator(tmp_path, "--time-scale", "0.01", "--concurrency", "10")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        submitted = _cli(tmp_path, env, "submit", str(video))
+        assert submitted.returncode == 0, submitted.stderr
+        video_batch = submitted.stdout.strip().splitlines()[-1]
+
+        code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl"), 120)
+        out = (tmp_path / "run.out").read_text()
+        assert code == 0, out
+        ledger = emu.ledger()
+        assert len(ledger) == 5, ledger
+        assert {t["model"] for t in ledger} == {"Qubico/joycaption"}
+        assert "1 other open batch (2 rows to run) in this database left alone" in out
+        assert count_state(database_url, "queued") == 2  # the submitted batch, untouched
+
+        # --all: the same command also runs the submitted batch, and waits for it.
+        code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl", "--all",
+                                name="run-all"), 180)
+        out = (tmp_path / "run-all.out").read_text()
+        assert code == 0, out
+        assert "--all: also running 1 other open batch (2 rows to run)" in out
+        ledger = emu.ledger()
+        assert len(ledger) == 7
+        assert sorted(t["model"] for t in ledger).count("Wan") == 2
+        status = json.loads(_cli(tmp_path, env, "status", video_batch, "--json").stdout)
+        assert status["batches"][0]["counts"]["completed"] == 2
+    finally:
+        emu.stop()
+
+
+def _interrupt_mid_run(tmp_path: Path, database_url: str, send: str) -> None:
+    rows = wan_rows(12)
+    manifest = write_jsonl(tmp_path / "long.jsonl", rows)
+    # Wan takes minutes at PiAPI; at this scale about 20 s, so the run is surely mid-way.
+    emu = emulator(tmp_path, "--time-scale", "0.1", "--concurrency", "4")
+    try:
+        env = run_env(tmp_path, emu, database_url)
+        proc = start_run(tmp_path, env, str(manifest), "-o", "long.results.jsonl")
+        wait_until(lambda: count_state(database_url, "running") >= 1, 60,
+                   what="a task to be running")
+        if send == "group":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            proc.send_signal(signal.SIGTERM)  # what a scheduler or `timeout` does
+        code = finish(proc, 90)
+        out = (tmp_path / "run.out").read_text()
+        assert code == 130, out
+        wait_group_gone(proc.pid)
+        results = read_results(tmp_path / "long.results.jsonl")
+        assert [r["id"] for r in results] == [r["id"] for r in rows]
+        statuses = {r["status"] for r in results}
+        assert "pending" in statuses, statuses
+        assert statuses <= {"pending", "completed"}
+        assert "interrupted; 12 rows written to long.results.jsonl" in out
+        assert out.count("Traceback") == 0
+        assert len(emu.ledger()) <= 12
+    finally:
+        emu.stop()
+
+
+def test_sigint_to_the_process_group_writes_results_and_exits_130(
+        tmp_path: Path, database_url: str) -> None:
+    _interrupt_mid_run(tmp_path, database_url, "group")
+
+
+def test_sigterm_to_run_writes_results_and_exits_130(tmp_path: Path, sqlite_url: str) -> None:
+    _interrupt_mid_run(tmp_path, sqlite_url, "run")
+
+
+def test_status_json_says_done_after_a_completed_run(tmp_path: Path, sqlite_url: str) -> None:
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(20))
+    emu = emulator(tmp_path, "--time-scale", "0.01")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url)
+        assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 0
+        status = json.loads(_cli(tmp_path, env, "status", "--json").stdout)
+        (batch,) = status["batches"]
+        assert batch["finished"] == batch["total"] == 20
+        assert batch["done"] is True
+    finally:
+        emu.stop()
