@@ -455,6 +455,11 @@ def test_retry_by_id_then_every_failed_row(tmp_path: Path, database_url: str) ->
         assert all(first[k]["error"]["message"].startswith("failed 1 of 1") for k in failed)
         set_emulator(emu, fault_fail=0.0)
         batch = only_batch(database_url)
+        # The run ended by saying what failed, by kind, and the exact commands to retry.
+        said = (tmp_path / "run.out").read_text()
+        assert f"{len(failed)} row{'s' if len(failed) > 1 else ''} failed (" in said
+        assert (f"to try them again: piapi-bulk retry {batch} --failed && piapi-bulk run "
+                f"{manifest} -o out.jsonl --max-attempts 1") in said
 
         ids = tmp_path / "ids.txt"
         ids.write_text(f"# one failed row, one completed row, one unknown\n{failed[0]}\n\n"
