@@ -362,6 +362,9 @@ def worker(
                                                     help="Celery threads (default 4).")] = None,
     pool: Annotated[str | None, typer.Option("--pool", help="threads | prefork | solo")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+    name_prefix: Annotated[str, typer.Option(
+        "--name-prefix", help="The worker's Celery name is PREFIX-<pid>@<host>.")]
+    = "piapi-bulk",
 ) -> None:
     """A Celery worker that creates and polls PiAPI tasks."""
     from workers.app import POLL_QUEUE, SUBMIT_QUEUE, create_celery
@@ -377,7 +380,7 @@ def worker(
     celery_app.worker_main([
         "worker", "-P", settings.worker_pool, "-c", str(settings.worker_concurrency),
         "-Q", f"{SUBMIT_QUEUE},{POLL_QUEUE}", "-E", "--without-mingle", "--without-gossip",
-        "-n", f"piapi-bulk-{os.getpid()}@%h", "--loglevel", loglevel,
+        "-n", f"{name_prefix}-{os.getpid()}@%h", "--loglevel", loglevel,
     ])
 
 

@@ -48,6 +48,9 @@ EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BUDGET = 3
 """The batch's budget is reached: what was in flight finished, the rest waits."""
 REDIS_URL_FILE = "redis_url"
+RUN_WORKER_PREFIX = "piapi-bulk-run-"
+"""Names the Celery workers `run` starts (`piapi-bulk-run-<pid>@host`), so that another run
+on the same Redis does not count on them staying."""
 WATCH_INTERVAL_S = 0.5
 DB_WAIT_S = 600.0
 """How long `run` waits for a restarting database before giving up."""
@@ -170,11 +173,14 @@ def ensure_services(settings: Settings, services: Services, opts: RunOptions,
     has_dispatcher = holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
     app = create_celery(url)
     try:
-        workers = app.control.ping(timeout=1.0) or []
+        replies = app.control.ping(timeout=1.0) or []
     finally:
         app.close()
+    # Workers another run started stop when that run ends: only a standing fleet's count.
+    workers = [name for reply in replies for name in reply
+               if not name.startswith(RUN_WORKER_PREFIX)]
     if not workers:
-        argv = cli_argv("worker")
+        argv = cli_argv("worker", "--name-prefix", RUN_WORKER_PREFIX.rstrip("-"))
         if opts.worker_threads:
             argv += ["--concurrency", str(opts.worker_threads)]
         services.add(Child("worker", argv, env, log_dir / "worker.log"))

@@ -125,3 +125,30 @@ def test_status_json_says_done_after_a_completed_run(tmp_path: Path, sqlite_url:
         assert batch["done"] is True
     finally:
         emu.stop()
+
+
+def test_two_runs_on_one_redis_each_run_their_own_batch(
+        tmp_path: Path, sqlite_url: str, redis_url: str) -> None:
+    """Two `run`s sharing REDIS_URL: the second finds the first's scoped dispatcher and
+    workers, starts its own (they would stop with the first run), and each run creates
+    exactly its own rows."""
+    videos = wan_rows(6)
+    captions = caption_rows(10)
+    long_manifest = write_jsonl(tmp_path / "videos.jsonl", videos)
+    short_manifest = write_jsonl(tmp_path / "captions.jsonl", captions)
+    emu = emulator(tmp_path, "--time-scale", "0.05", "--concurrency", "10")
+    try:
+        env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url)
+        first = start_run(tmp_path, env, str(long_manifest), "-o", "videos.out", name="first")
+        wait_until(lambda: count_state(sqlite_url, "running") >= 1, 60,
+                   what="the first run's tasks to be running")
+        second = start_run(tmp_path, env, str(short_manifest), "-o", "captions.out",
+                           name="second")
+        assert finish(second, 120) == 0, (tmp_path / "second.out").read_text()
+        assert finish(first, 180) == 0, (tmp_path / "first.out").read_text()
+        ledger = emu.ledger()
+    finally:
+        emu.stop()
+    assert sorted(t["model"] for t in ledger) == ["Qubico/joycaption"] * 10 + ["Wan"] * 6
+    assert {r["status"] for r in read_results(tmp_path / "videos.out")} == {"completed"}
+    assert {r["status"] for r in read_results(tmp_path / "captions.out")} == {"completed"}
