@@ -175,6 +175,7 @@ def submit(
     from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.ingest import ingest
     from scheduler.options import option_conflict, unchecked_lines
+    from scheduler.preflight import preflight
     from workers.db import create_tables, make_engine
 
     budget = parse_budget(budget_usd)
@@ -185,6 +186,7 @@ def submit(
     strict = strict or settings.strict
     if not manifest.is_file():
         raise ConfigError(f"cannot read manifest {manifest}: no such file")
+    preflight(manifest, model, task_type, strict)  # before any batch exists
     engine = make_engine(settings.database_url)
     create_tables(engine)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
