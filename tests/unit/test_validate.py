@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -504,6 +505,15 @@ def test_url_problem(text: str, problem: str | None) -> None:
 @given(st.text())
 def test_url_problem_never_raises(text: str) -> None:
     assert url_problem(text) in (None, LOCAL_FILE, NOT_URL)
+
+
+@given(st.from_regex(r"(?i)\s?https?://[^\s]{0,24}", fullmatch=True))
+def test_url_problem_agrees_with_urlsplit_on_http_urls(text: str) -> None:
+    try:
+        host = urlsplit(text.strip()).hostname
+    except ValueError:
+        host = None
+    assert (url_problem(text) is None) == bool(host)
 
 
 @given(st.from_regex(r"[a-z0-9]{1,10}(\.[a-z]{2,5}){1,2}", fullmatch=True),
