@@ -1,5 +1,5 @@
-"""The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, export, worker,
-dispatcher, webhook, flower, emulator."""
+"""The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, forget, export,
+worker, dispatcher, webhook, flower, emulator."""
 
 from __future__ import annotations
 
@@ -323,6 +323,27 @@ def retry(
     report = controls.retry(engine, batch, failed_only=failed, keys=keys)
     for line in report.lines():
         typer.echo(line)
+
+
+def forget(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+) -> None:
+    """Remove a batch, its rows and their attempts from the database (refused while any of
+    its tasks is in flight: cancel it first)."""
+    from scheduler.forget import forget as forget_batch
+    from workers.db import create_tables, make_engine
+
+    engine = make_engine(_settings().database_url)
+    create_tables(engine)
+    gone = forget_batch(engine, batch)
+    typer.echo(gone.summary())
+    if gone.left:
+        raise ConfigError(f"{gone.left} row(s) of batch {batch} were taken by a running fleet "
+                          "meanwhile: the batch is cancelled; forget it again once they end")
+
+
+app.command("forget")(forget)
+app.command("delete", help="Same as forget.")(forget)
 
 
 def _fleet_redis_url(settings: Settings) -> str | None:
