@@ -203,7 +203,8 @@ def submit(
     for text in unchecked_lines(result):
         err.print(text, highlight=False, markup=False, soft_wrap=True)
     for line, key, reason in result.invalid_rows[:20]:
-        err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False)
+        err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False,
+                  soft_wrap=True)
     typer.echo(result.batch_id)
 
 
@@ -246,13 +247,15 @@ def status(
     batch: Annotated[str | None, typer.Argument(help="Batch id (default: every batch).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts by state and cost, per batch."""
+    """The database, then each batch (newest first): manifest, created, models, counts by
+    state, cost, and whether it is done."""
     from scheduler.doctor.view import status_line
-    from scheduler.status import all_statuses, batch_status
+    from scheduler.status import all_statuses, batch_models, batch_status, human_lines, masked_url
     from workers.db import create_tables, make_engine
     from workers.findings import load as load_findings
 
-    engine = make_engine(_settings().database_url)
+    settings = _settings()
+    engine = make_engine(settings.database_url)
     create_tables(engine)
     if batch:
         one = batch_status(engine, batch)
@@ -262,22 +265,24 @@ def status(
     else:
         statuses = all_statuses(engine)
     found = load_findings(engine)
+    database = masked_url(settings.database_url)
+    models = {s.id: batch_models(engine, s.id) for s in statuses}
     if as_json:
-        typer.echo(json.dumps({"batches": [s.to_json() for s in statuses],
-                               "doctor": json.loads(found.to_json()) if found else None},
-                              indent=2))
+        typer.echo(json.dumps({
+            "database": database,
+            "batches": [{**s.to_json(), "phase": s.phase, "models": [
+                {"model": m, "task_type": t, "rows": n} for m, t, n in models[s.id]]}
+                for s in statuses],
+            "doctor": json.loads(found.to_json()) if found else None}, indent=2))
         return
+    typer.echo(f"database: {database}")
     if found is not None:
         typer.echo(status_line(found))
+    if not statuses:
+        typer.echo("no batches")
     for s in statuses:
-        counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
-        typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "
-                   f"({s.source})")
-        if s.unchecked:
-            typer.echo(f"  unchecked {s.unchecked} (models not in piapi-bulk's catalogue, "
-                       "sent without field checks)")
-        for line in (*s.controls(), *s.details()):
-            typer.echo(f"  {line}")
+        for line in human_lines(s, models[s.id]):
+            typer.echo(line)
 
 
 @app.command()
