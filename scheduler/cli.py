@@ -364,18 +364,22 @@ def _fleet_redis_url(settings: Settings) -> str | None:
 @app.command("export")
 def export_cmd(
     batch: Annotated[str, typer.Argument(help="Batch id.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Results file (JSONL).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Results file.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (the results lines) or csv "
+                                     "(a row per manifest row, for spreadsheets).")] = "jsonl",
 ) -> None:
     """Write a batch's results file (one line per manifest row, in input order)."""
     from scheduler.export import export
     from scheduler.status import batch_status
     from workers.db import create_tables, make_engine
 
+    if fmt not in ("jsonl", "csv"):
+        raise ConfigError(f"--format must be jsonl or csv, got {fmt!r}")
     engine = make_engine(_settings().database_url)
     create_tables(engine)
     if batch_status(engine, batch) is None:
         raise ConfigError(f"no batch {batch}")
-    rows = export(engine, batch, output)
+    rows = export(engine, batch, output, fmt)
     typer.echo(f"{rows} rows written to {output}", err=True)
 
 
