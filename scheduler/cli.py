@@ -36,6 +36,28 @@ app = typer.Typer(
 logger = logging.getLogger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
+def _print_version(value: bool) -> None:
+    """`--version`: print `piapi-bulk <version>` and exit 0."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"piapi-bulk {version('piapi-bulk')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("piapi-bulk (version unknown: not installed)")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Options before the command."""
+
+
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model for rows without one.")]
 TaskTypeOpt = Annotated[
     str | None, typer.Option("--task-type", help="Task type for rows without one.")

@@ -99,3 +99,13 @@ class _Stub:
 
 def emulator_stub() -> _Stub:
     return _Stub()
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run(cli("--version"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, f"piapi-bulk {version('piapi-bulk')}\n", "")
+    assert version("piapi-bulk").count(".") >= 1
