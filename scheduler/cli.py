@@ -1,5 +1,5 @@
-"""The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, export, worker,
-dispatcher, webhook, flower, emulator."""
+"""The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, forget, export,
+worker, dispatcher, webhook, flower, emulator."""
 
 from __future__ import annotations
 
@@ -36,6 +36,28 @@ app = typer.Typer(
 )
 logger = logging.getLogger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+def _print_version(value: bool) -> None:
+    """`--version`: print `piapi-bulk <version>` and exit 0."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"piapi-bulk {version('piapi-bulk')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("piapi-bulk (version unknown: not installed)")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Options before the command."""
+
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model for rows without one.")]
 TaskTypeOpt = Annotated[
@@ -180,6 +202,7 @@ def submit(
     from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.ingest import ingest
     from scheduler.options import option_conflict, unchecked_lines
+    from scheduler.preflight import preflight
     from workers.db import create_tables, make_engine
 
     budget = parse_budget(budget_usd)
@@ -190,6 +213,7 @@ def submit(
     strict = strict or settings.strict
     if not manifest.is_file():
         raise ConfigError(f"cannot read manifest {manifest}: no such file")
+    preflight(manifest, model, task_type, strict)  # before any batch exists
     engine = make_engine(settings.database_url)
     create_tables(engine)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
@@ -206,7 +230,8 @@ def submit(
     for text in unchecked_lines(result):
         err.print(text, highlight=False, markup=False, soft_wrap=True)
     for line, key, reason in result.invalid_rows[:20]:
-        err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False)
+        err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False,
+                  soft_wrap=True)
     typer.echo(result.batch_id)
 
 
@@ -249,13 +274,15 @@ def status(
     batch: Annotated[str | None, typer.Argument(help="Batch id (default: every batch).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts by state and cost, per batch."""
+    """The database, then each batch (newest first): manifest, created, models, counts by
+    state, cost, and whether it is done."""
     from scheduler.doctor.view import status_line
-    from scheduler.status import all_statuses, batch_status
+    from scheduler.status import all_statuses, batch_models, batch_status, human_lines, masked_url
     from workers.db import create_tables, make_engine
     from workers.findings import load as load_findings
 
-    engine = make_engine(_settings().database_url)
+    settings = _settings()
+    engine = make_engine(settings.database_url)
     create_tables(engine)
     if batch:
         one = batch_status(engine, batch)
@@ -265,22 +292,24 @@ def status(
     else:
         statuses = all_statuses(engine)
     found = load_findings(engine)
+    database = masked_url(settings.database_url)
+    models = {s.id: batch_models(engine, s.id) for s in statuses}
     if as_json:
-        typer.echo(json.dumps({"batches": [s.to_json() for s in statuses],
-                               "doctor": json.loads(found.to_json()) if found else None},
-                              indent=2))
+        typer.echo(json.dumps({
+            "database": database,
+            "batches": [{**s.to_json(), "phase": s.phase, "models": [
+                {"model": m, "task_type": t, "rows": n} for m, t, n in models[s.id]]}
+                for s in statuses],
+            "doctor": json.loads(found.to_json()) if found else None}, indent=2))
         return
+    typer.echo(f"database: {database}")
     if found is not None:
         typer.echo(status_line(found))
+    if not statuses:
+        typer.echo("no batches")
     for s in statuses:
-        counts = ", ".join(f"{k} {v}" for k, v in s.counts.items() if v)
-        typer.echo(f"{s.id}  {s.finished}/{s.total} finished  ${s.usd:.2f}  {counts}  "
-                   f"({s.source})")
-        if s.unchecked:
-            typer.echo(f"  unchecked {s.unchecked} (models not in piapi-bulk's catalogue, "
-                       "sent without field checks)")
-        for line in (*s.controls(), *s.details()):
-            typer.echo(f"  {line}")
+        for line in human_lines(s, models[s.id]):
+            typer.echo(line)
 
 
 @app.command()
@@ -328,6 +357,27 @@ def retry(
         typer.echo(line)
 
 
+def forget(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+) -> None:
+    """Remove a batch, its rows and their attempts from the database (refused while any of
+    its tasks is in flight: cancel it first)."""
+    from scheduler.forget import forget as forget_batch
+    from workers.db import create_tables, make_engine
+
+    engine = make_engine(_settings().database_url)
+    create_tables(engine)
+    gone = forget_batch(engine, batch)
+    typer.echo(gone.summary())
+    if gone.left:
+        raise ConfigError(f"{gone.left} row(s) of batch {batch} were taken by a running fleet "
+                          "meanwhile: the batch is cancelled; forget it again once they end")
+
+
+app.command("forget")(forget)
+app.command("delete", help="Same as forget.")(forget)
+
+
 def _fleet_redis_url(settings: Settings) -> str | None:
     """REDIS_URL, else the private Redis of a `run` in progress in this directory."""
     from scheduler.runner import REDIS_URL_FILE
@@ -341,18 +391,22 @@ def _fleet_redis_url(settings: Settings) -> str | None:
 @app.command("export")
 def export_cmd(
     batch: Annotated[str, typer.Argument(help="Batch id.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Results file (JSONL).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Results file.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (the results lines) or csv "
+                                     "(a row per manifest row, for spreadsheets).")] = "jsonl",
 ) -> None:
     """Write a batch's results file (one line per manifest row, in input order)."""
     from scheduler.export import export
     from scheduler.status import batch_status
     from workers.db import create_tables, make_engine
 
+    if fmt not in ("jsonl", "csv"):
+        raise ConfigError(f"--format must be jsonl or csv, got {fmt!r}")
     engine = make_engine(_settings().database_url)
     create_tables(engine)
     if batch_status(engine, batch) is None:
         raise ConfigError(f"no batch {batch}")
-    rows = export(engine, batch, output)
+    rows = export(engine, batch, output, fmt)
     typer.echo(f"{rows} rows written to {output}", err=True)
 
 

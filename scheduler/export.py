@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from scheduler.results_csv import csv_writer
 from workers.models import Attempt, Job
 from workers.states import JobState
 
@@ -79,6 +80,7 @@ def result_line(job: Job, others: list[dict[str, Any]] | None = None) -> dict[st
         "status": status,
         "model": job.model,
         "task_type": job.task_type,
+        "input": _loads(job.input_json),  # as sent (None: an invalid row never had one)
         "task_id": job.task_id,
         "output": output,
         "urls": find_urls(output),
@@ -126,19 +128,31 @@ def _other_tasks(s: Session, page: list[Job]) -> dict[int, list[dict[str, Any]]]
     return found
 
 
-def export(engine: Engine, batch_id: str, path: Path) -> int:
-    """Write the batch's results to `path` atomically (temp file + rename); returns rows."""
+def export(engine: Engine, batch_id: str, path: Path, fmt: str = "jsonl") -> int:
+    """Write the batch's results to `path` atomically (temp file + rename); returns rows.
+
+    `fmt`: `jsonl` (the results lines) or `csv` (`scheduler.results_csv`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     rows = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            write = csv_writer(out) if fmt == "csv" else _jsonl_writer(out)
             for obj in iter_results(engine, batch_id):
-                out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+                write(obj)
                 rows += 1
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return rows
+
+
+def _jsonl_writer(out: IO[str]) -> Callable[[dict[str, Any]], None]:
+    """A function writing one results line to `out`, compact JSON."""
+
+    def write(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    return write

@@ -30,6 +30,7 @@ from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
 from scheduler.options import option_conflict, unchecked_lines
+from scheduler.preflight import preflight
 from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status
 from workers.app import create_celery
@@ -384,6 +385,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     settings.require_api_key()
     if not opts.manifest.is_file():
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
+    preflight(opts.manifest, opts.model, opts.task_type, opts.strict)  # nothing started yet
     output = opts.output or default_output(opts.manifest)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,19 @@
 Cost is PiAPI's usage of the batch's finished rows plus that of the tasks its rows
 abandoned as stuck once PiAPI has ended them (`workers.stuck`): a stuck task replaced by a
 new one may be charged too, and the cost shows both.
+
+A batch is done once it is fully ingested and none of its rows can change any more, read
+from the rows themselves (the dispatcher's `batches.done` is only set while one runs).
+`human_lines` is what `piapi-bulk status` prints for a batch, in 100 columns.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
@@ -59,6 +65,8 @@ class BatchStatus:
     watched: int = 0
     """...of which PiAPI has not yet said they ended (they may still be charged)."""
     on_stuck: str | None = None
+    ingested: bool = True
+    """False while an ingest is still adding rows (or crashed part-way: `run` resumes it)."""
 
     @property
     def active(self) -> int:
@@ -74,6 +82,22 @@ class BatchStatus:
     def usd(self) -> float:
         """Credits consumed so far, in US dollars."""
         return self.consumed_units * USD_PER_UNIT
+
+    @property
+    def phase(self) -> str:
+        """One word for where the batch is: `ingesting`, `done`, `paused` (budget),
+        `cancelling`, `running` (tasks in flight) or `waiting` (for a fleet or a retry)."""
+        if not self.ingested:
+            return "ingesting"
+        if self.done:
+            return "done"
+        if self.paused:
+            return "paused"
+        if self.cancel_mode is not None:
+            return "cancelling"
+        in_flight = self.counts.get(JobState.SUBMITTING.value, 0) + self.counts.get(
+            JobState.RUNNING.value, 0)
+        return "running" if in_flight or self.watched else "waiting"
 
     def controls(self) -> list[str]:
         """The operator controls in effect, a line each (budget, pause, deadline, cancel)."""
@@ -160,12 +184,13 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
     consumed += sum(int(units) for is_watched, _, units in abandoned if not is_watched)
     return BatchStatus(
         id=batch.id, source=batch.source, total=sum(counts.values()), counts=counts,
-        consumed_units=consumed, created_at=batch.created_at, done=batch.done,
+        consumed_units=consumed, created_at=batch.created_at,
+        done=batch.ingested and not any(counts[st.value] for st in ACTIVE),
         budget_usd=batch.budget_usd, paused=batch.paused, deadline_at=batch.deadline_at,
         cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at, unchecked=unchecked,
         failures=failures,
         abandoned=sum(int(n) for _, n, _ in abandoned), watched=watched,
-        on_stuck=batch.on_stuck,
+        on_stuck=batch.on_stuck, ingested=batch.ingested,
     )
 
 
@@ -175,3 +200,61 @@ def all_statuses(engine: Engine) -> list[BatchStatus]:
         ids = [str(b) for b in s.scalars(select(col(Batch.id))
                                          .order_by(col(Batch.created_at).desc()))]
     return [st for st in (batch_status(engine, b) for b in ids) if st is not None]
+
+
+def batch_models(engine: Engine, batch_id: str) -> list[tuple[str, str, int]]:
+    """(model, task type, rows) of a batch, most rows first ("?" for what a row lacked)."""
+    with Session(engine) as s:
+        rows = s.execute(
+            select(col(Job.model), col(Job.task_type), func.count())
+            .where(col(Job.batch_id) == batch_id)
+            .group_by(col(Job.model), col(Job.task_type))).all()
+    kinds = [(str(m or "?"), str(t or "?"), int(n)) for m, t, n in rows]
+    return sorted(kinds, key=lambda k: (-k[2], k[0], k[1]))
+
+
+def masked_url(url: str) -> str:
+    """A database URL as written, with its password (in the authority or the query) shown
+    as ***."""
+    text = _AUTH_PASSWORD.sub(r"\1***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", text)
+
+
+_AUTH_PASSWORD = re.compile(r"^([^:/?#]+://[^:@/?#]*:)[^@]*@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+WIDTH = 100
+"""Columns `human_lines` keeps to."""
+_HOME = str(Path.home())
+
+
+def human_lines(st: BatchStatus, models: list[tuple[str, str, int]]) -> list[str]:
+    """A batch for people, a few lines of at most WIDTH columns: id, phase, created time and
+    manifest; models; rows by state and cost; then controls, failures, abandoned tasks."""
+    created = datetime.fromtimestamp(st.created_at).strftime("%Y-%m-%d %H:%M")
+    head = f"{st.id}  {st.phase:<10} {created}  "
+    lines = [head + _shorten(_home(st.source), WIDTH - len(head))]
+    kinds = ", ".join(f"{m} {t} ({n})" for m, t, n in models)
+    lines.append(_shorten(f"  models: {kinds or 'none'}", WIDTH))
+    counts = ", ".join(f"{k} {v}" for k, v in st.counts.items() if v)
+    lines.append(f"  {st.finished}/{st.total} finished: {counts or 'no rows'}; cost "
+                 f"{money(st.usd)}")
+    if st.unchecked:
+        lines.append(f"  unchecked {st.unchecked} (models not in piapi-bulk's catalogue, "
+                     "sent without field checks)")
+    lines += [f"  {line}" for line in (*st.controls(), *st.details())]
+    return lines
+
+
+def _home(path: str) -> str:
+    return "~" + path[len(_HOME):] if _HOME != "/" and path.startswith(_HOME + "/") else path
+
+
+def _shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters: a path loses its start, anything else its end."""
+    if len(text) <= width:
+        return text
+    if text.startswith(("/", "~")):
+        return "..." + text[len(text) - width + 3:]
+    return text[: width - 3] + "..."

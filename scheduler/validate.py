@@ -15,7 +15,10 @@ Typed fields accept their JSON type or a string holding it, since CSV cells are 
 integers "5", "+5" and "5.0" (not "5.5", not true), numbers "0.5" or "1e3" (finite only),
 booleans true/false/1/0/yes/no in any case, arrays a JSON array or a string holding one
 (each item an object with the item keys the spec requires). String fields take strings,
-and numbers as their decimal form; objects, arrays and booleans are refused. `choices`,
+and numbers as their decimal form; objects, arrays and booleans are refused. A field the
+catalogue types as a URL (a file PiAPI fetches: Joycaption's `image`, Kling's `image_url`,
+F5-TTS's `ref_audio`...) must be an absolute http(s) URL with a host: a local path or
+`file:` URL is refused ("local files are not uploaded yet"), as is any other scheme. `choices`,
 `min`, `max` and `max_len` apply after conversion; Flux models also need width*height <=
 1,048,576 when both are given; a spec's `one_of` and cross-field `check` come last.
 
@@ -37,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.fieldtypes import CONVERTERS, KIND_WORDS
+from scheduler.fieldtypes import CONVERTERS, KIND_WORDS, url_problem
 from scheduler.manifest import RawRow, parse_json
 from workers.catalog import MODELS, SERVICE_MODES, FieldSpec, Kind, TaskSpec, lookup, task_types
 
@@ -251,6 +254,8 @@ def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[st
     _check_present(data, spec)
     if data.keys() <= _plain_strings(spec) and all(type(v) is str for v in data.values()):
         typed = data  # the common CSV row: strings for string fields, nothing to convert
+        for name in data.keys() & _url_fields(spec):
+            _check_url(name, data[name])
     else:
         typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
         _check_area(typed, spec)
@@ -269,15 +274,32 @@ def _check_present(data: Mapping[str, Any], spec: TaskSpec) -> None:
 
 
 _PLAIN: dict[tuple[str, str], frozenset[str]] = {}
+_URLS: dict[tuple[str, str], frozenset[str]] = {}
 
 
 def _plain_strings(spec: TaskSpec) -> frozenset[str]:
-    """The spec's fields that take any string as it is (no conversion, no choices)."""
+    """The spec's fields that take a string as it is (no conversion, no choices): URL
+    fields included, which `_check_url` looks at."""
     key = (spec.model, spec.task_type)
     plain = _PLAIN.get(key)
     if plain is None:
-        plain = _PLAIN[key] = frozenset(k for k, f in spec.fields.items() if _plain(f))
+        plain = _PLAIN[key] = frozenset(k for k, f in spec.fields.items()
+                                        if _plain(f) or f.kind is Kind.URL)
     return plain
+
+
+def _url_fields(spec: TaskSpec) -> frozenset[str]:
+    """The spec's fields that hold a URL."""
+    key = (spec.model, spec.task_type)
+    urls = _URLS.get(key)
+    if urls is None:
+        urls = _URLS[key] = frozenset(k for k, f in spec.fields.items() if f.kind is Kind.URL)
+    return urls
+
+
+def _check_url(name: str, value: str) -> None:
+    if (problem := url_problem(value)) is not None:
+        raise _Reject(f"field {name!r}: {problem}, got {_show(value)}")
 
 
 def _explicit_input(value: Any, from_csv: bool) -> dict[str, Any]:
@@ -349,6 +371,8 @@ def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
     converted = CONVERTERS[field.kind](value)
     if converted is None:
         raise _Reject(f"field {name!r} must be {KIND_WORDS[field.kind]}, got {_show(value)}")
+    if field.kind is Kind.URL:
+        _check_url(name, converted)
     if field.choices and converted not in field.choices:
         choices = ", ".join(_show(c) for c in field.choices)
         raise _Reject(f"field {name!r} must be one of {choices}, got {_show(converted)}")

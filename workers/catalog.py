@@ -25,6 +25,9 @@ class Kind(StrEnum):
     BOOL = "boolean"
     ARRAY = "array"
     """A JSON array (in a CSV cell: the array as JSON text)."""
+    URL = "url"
+    """A string holding an absolute http(s) URL with a host: a file PiAPI fetches (an image,
+    a video, an audio clip). Local paths are refused until uploads exist."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +82,17 @@ S = FieldSpec()
 INT = FieldSpec(Kind.INT)
 NUM = FieldSpec(Kind.NUM)
 BOOL = FieldSpec(Kind.BOOL)
+URL = FieldSpec(Kind.URL)
+"""A file PiAPI fetches by URL (the docs' `image`, `image_url`, `audio_url`, `ref_audio`...)."""
 
-_JOYCAPTION = {"image": S, "prompt_style": S, "caption_length": S, "workflow_type": S}
+_JOYCAPTION = {"image": URL, "prompt_style": S, "caption_length": S, "workflow_type": S}
 _WAN = {
     "prompt": S,
     "negative_prompt": S,
     "duration": FieldSpec(Kind.INT, choices=(5, 10, 15)),
     "resolution": FieldSpec(choices=("720P", "1080P")),
     "audio": BOOL,
-    "audio_url": S,
+    "audio_url": URL,
     "seed": INT,
     "shot_type": S,
     "watermark": BOOL,
@@ -104,11 +109,11 @@ _FLUX = {
     "guidance_scale": NUM,
     "batch_size": FieldSpec(Kind.INT, min=1, max=4),
 }
-_FLUX_IMG2IMG = {**_FLUX, "image": S, "denoise": NUM}
+_FLUX_IMG2IMG = {**_FLUX, "image": URL, "denoise": NUM}
 _LORA = FieldSpec(Kind.ARRAY, items={"lora_type": S, "lora_strength": NUM},
                   item_required=("lora_type",))
 _CONTROL_NET = FieldSpec(Kind.ARRAY, items={
-    "control_type": S, "control_image": S, "control_strength": NUM,
+    "control_type": S, "control_image": URL, "control_strength": NUM,
 }, item_required=("control_type", "control_image"))
 _FLUX_ADVANCED = {**_FLUX, "lora_settings": _LORA, "control_net_settings": _CONTROL_NET}
 
@@ -121,8 +126,8 @@ _KLING = {
     "aspect_ratio": S,
     "mode": FieldSpec(choices=("std", "pro")),
     "version": S,
-    "image_url": S,
-    "image_tail_url": S,
+    "image_url": URL,
+    "image_tail_url": URL,
     "cfg_scale": FieldSpec(Kind.NUM, min=0, max=1),
 }
 
@@ -144,7 +149,7 @@ _MIDJOURNEY = {"prompt": S, "aspect_ratio": S,
 _UDIO = {"gpt_description_prompt": S, "lyrics": S,
          "lyrics_type": FieldSpec(choices=("generate", "user", "instrumental")),
          "negative_tags": S, "seed": INT}
-_SEEDANCE = {"prompt": S, "image_url": S, "duration": FieldSpec(Kind.INT, choices=(5, 10)),
+_SEEDANCE = {"prompt": S, "image_url": URL, "duration": FieldSpec(Kind.INT, choices=(5, 10)),
              "aspect_ratio": S}
 
 SPECS: tuple[TaskSpec, ...] = (
@@ -159,7 +164,7 @@ SPECS: tuple[TaskSpec, ...] = (
              prior_usd=0.01),
     TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180,
              prior_usd=1.80),
-    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": S}, prior_s=180,
+    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": URL}, prior_s=180,
              prior_usd=1.80),
     TaskSpec("Qubico/flux1-schnell", "txt2img", ("prompt",), _FLUX, prior_s=10,
              max_pixels=FLUX_MAX_PIXELS, prior_usd=0.002),
@@ -172,7 +177,7 @@ SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("Qubico/flux1-dev-advanced", "txt2img-lora", ("prompt",), _FLUX_ADVANCED,
              prior_s=30, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
     TaskSpec("Qubico/flux1-dev-advanced", "img2img-lora", ("prompt", "image"),
-             {**_FLUX_ADVANCED, "image": S, "denoise": NUM}, prior_s=30,
+             {**_FLUX_ADVANCED, "image": URL, "denoise": NUM}, prior_s=30,
              max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
     TaskSpec("Qubico/flux1-dev-advanced", "controlnet-lora", ("prompt", "control_net_settings"),
              _FLUX_ADVANCED, prior_s=30, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
@@ -180,13 +185,13 @@ SPECS: tuple[TaskSpec, ...] = (
              prior_usd=2.10, check=_kling_duration),
     TaskSpec(
         "hailuo", "video_generation", (),
-        {"prompt": FieldSpec(max_len=2000), "model": S, "image_url": S, "expand_prompt": BOOL},
+        {"prompt": FieldSpec(max_len=2000), "model": S, "image_url": URL, "expand_prompt": BOOL},
         prior_s=120, open_fields=True, prior_usd=0.20, one_of=("prompt", "image_url"),
         service_modes=("public",),
     ),
     TaskSpec(
         "Qubico/tts", "zero-shot", ("gen_text", "ref_audio"),
-        {"gen_text": FieldSpec(max_len=10_000), "ref_audio": S, "ref_text": S}, prior_s=30,
+        {"gen_text": FieldSpec(max_len=10_000), "ref_audio": URL, "ref_text": S}, prior_s=30,
         prior_usd=0.25, service_modes=("public",),
     ),
     TaskSpec("music-u", "generate_music", (), _UDIO, prior_s=120, prior_usd=0.05,
@@ -197,14 +202,14 @@ SPECS: tuple[TaskSpec, ...] = (
              prior_usd=0.09),
     TaskSpec("seedance", "seedance-2-preview", ("prompt",), _SEEDANCE, prior_s=180,
              prior_usd=0.60),
-    TaskSpec("Qubico/trellis", "image-to-3d", ("image",), {"image": S, "seed": INT},
+    TaskSpec("Qubico/trellis", "image-to-3d", ("image",), {"image": URL, "seed": INT},
              prior_s=90, prior_usd=0.04),
     TaskSpec("Qubico/image-toolkit", "face-swap", ("target_image", "swap_image"),
-             {"target_image": S, "swap_image": S}, prior_s=20, prior_usd=0.05),
-    TaskSpec("Qubico/image-toolkit", "background-remove", ("image",), {"image": S},
+             {"target_image": URL, "swap_image": URL}, prior_s=20, prior_usd=0.05),
+    TaskSpec("Qubico/image-toolkit", "background-remove", ("image",), {"image": URL},
              prior_s=20, prior_usd=0.05),
     TaskSpec("Qubico/image-toolkit", "upscale", ("image",),
-             {"image": S, "scale": FieldSpec(Kind.INT, choices=(2, 4))}, prior_s=30,
+             {"image": URL, "scale": FieldSpec(Kind.INT, choices=(2, 4))}, prior_s=30,
              prior_usd=0.70),
 )
 

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from emulator.config import FAMILIES
+from scheduler.status import masked_url
 from tests.integration.e2e import Emulator, cli, emulator, run_env, write_jsonl
 from workers.db import create_tables, make_engine
 from workers.findings import Findings, load
@@ -181,7 +182,8 @@ def test_read_only_learns_filters_from_tasks_already_there_and_keeps_the_probes_
     assert found["history_lag_s"] == lag and found["probed_at"] is not None
     status = subprocess.run(cli("status"), env=env, cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
-    first = status.stdout.splitlines()[0]
+    database, first = status.stdout.splitlines()[:2]
+    assert database == f"database: {masked_url(database_url)}"
     assert first.startswith("doctor: checked ")
     assert first.endswith(f": history filter exact, inputs in rows, lag {lag:.1f} s")
     status_json = subprocess.run(cli("status", "--json"), env=env, cwd=tmp_path,

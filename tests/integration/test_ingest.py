@@ -20,6 +20,7 @@ from scheduler.status import batch_status
 from workers.db import create_tables, make_engine
 
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
+U = "https://e.test/u"
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
         {**JOY, "id": "c", "input": {"prompt_style": "descriptive"}},         # 5 no image
         {"id": "d", "model": "Wan", "task_type": "x", "image": "u"},          # 6 unknown type
         "",                                                                   # 7 blank
-        {**JOY, "input": {"image": "u"}, "caption_length": "long",            # 8 valid, no id
+        {**JOY, "input": {"image": U}, "caption_length": "long",              # 8 valid, no id
          "prompt_style": "descriptive"},
         {"model": "Wan", "task_type": "wan26-txt2video", "prompt": "p",       # 9 bad typed value
          "duration": "abc", "metadata": "keep me"},
@@ -97,7 +98,7 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
     assert first["input_json"] == '{"image":"https://example.com/1.jpg"}'
     assert json.loads(first["metadata_json"]) == {"user": [1, 2], "z": 0, "b": None}
     assert list(json.loads(first["metadata_json"])) == ["user", "z", "b"]  # order kept
-    assert rows[6]["input_json"] == ('{"caption_length":"long","image":"u",'
+    assert rows[6]["input_json"] == ('{"caption_length":"long","image":"https://e.test/u",'
                                      '"prompt_style":"descriptive"}')
     assert (dup["model"], dup["input_json"]) == (JOY["model"], None)
     assert (wan["model"], wan["task_type"], json.loads(wan["metadata_json"])) == (
@@ -143,7 +144,7 @@ def test_csv_with_defaults_and_a_bad_typed_cell(engine: Engine, tmp_path: Path) 
 
 
 def test_same_manifest_is_the_same_batch(engine: Engine, tmp_path: Path) -> None:
-    path = jsonl(tmp_path / "m.jsonl", [{**JOY, "image": f"u{i}"} for i in range(5)]
+    path = jsonl(tmp_path / "m.jsonl", [{**JOY, "image": f"{U}{i}"} for i in range(5)]
                  + [{"model": "Nope"}])
     first = ingest(engine, path, max_attempts=3)
     again = ingest(engine, path, max_attempts=5, concurrency=4)
@@ -169,8 +170,8 @@ class Crash(Exception):
 
 
 def test_resume_after_a_crash_stores_each_row_once(engine: Engine, tmp_path: Path) -> None:
-    lines: list[Any] = [{**JOY, "id": f"r{i}", "image": f"u{i}"} for i in range(1, 12)]
-    lines[8] = {**JOY, "id": "r2", "image": "dup"}  # line 9 repeats line 2's id, across chunks
+    lines: list[Any] = [{**JOY, "id": f"r{i}", "image": f"{U}{i}"} for i in range(1, 12)]
+    lines[8] = {**JOY, "id": "r2", "image": U + "dup"}  # line 9 repeats line 2's id, across chunks
     lines[9] = "{not json"
     path = jsonl(tmp_path / "m.jsonl", lines)
     calls: list[int] = []
@@ -203,8 +204,8 @@ def test_resume_after_a_crash_stores_each_row_once(engine: Engine, tmp_path: Pat
 
 def test_resume_keeps_invalid_rows_stored_before_the_crash(engine: Engine,
                                                            tmp_path: Path) -> None:
-    path = jsonl(tmp_path / "m.jsonl", [{"model": "Nope"}, {**JOY, "image": "u"},
-                                        {**JOY, "image": "v"}])
+    path = jsonl(tmp_path / "m.jsonl", [{"model": "Nope"}, {**JOY, "image": U},
+                                        {**JOY, "image": U + "v"}])
 
     def crash(stored: int) -> None:
         raise Crash
@@ -217,7 +218,7 @@ def test_resume_keeps_invalid_rows_stored_before_the_crash(engine: Engine,
 
 
 def test_exact_multiple_of_the_chunk_size(engine: Engine, tmp_path: Path) -> None:
-    path = jsonl(tmp_path / "m.jsonl", [{**JOY, "image": f"u{i}"} for i in range(6)])
+    path = jsonl(tmp_path / "m.jsonl", [{**JOY, "image": f"{U}{i}"} for i in range(6)])
     seen: list[int] = []
     result = ingest(engine, path, chunk_size=3, progress=seen.append)
     assert seen == [3, 6]
@@ -228,21 +229,22 @@ def test_exact_multiple_of_the_chunk_size(engine: Engine, tmp_path: Path) -> Non
 @pytest.mark.parametrize("name", ["captions.csv.gz", "captions.data"])
 def test_gzipped_manifest(engine: Engine, tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    path.write_bytes(gzip.compress(b"image,caption_length\nu1,short\nu2,long\n"))
+    path.write_bytes(gzip.compress(
+        b"image,caption_length\nhttps://e.test/u1,short\nhttps://e.test/u2,long\n"))
     result = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
     assert (result.total, result.invalid) == (2, 0)
     rows = jobs(engine, result.batch_id)
-    assert rows[1]["input_json"] == '{"caption_length":"long","image":"u2"}'
+    assert rows[1]["input_json"] == '{"caption_length":"long","image":"https://e.test/u2"}'
 
 
 def test_text_the_database_cannot_hold_never_breaks_an_ingest(engine: Engine,
                                                               tmp_path: Path) -> None:
     path = tmp_path / "odd.jsonl"
     path.write_text(
-        json.dumps({**JOY, "id": "a\u0000b", "image": "u"}) + "\n"
-        + json.dumps({"model": "No\u0000pe", "image": "u"}) + "\n"
+        json.dumps({**JOY, "id": "a\u0000b", "image": U}) + "\n"
+        + json.dumps({"model": "No\u0000pe", "image": U}) + "\n"
         + '{"model": "Qubico/joycaption", "image": "\\ud800"}\n'
-        + json.dumps({**JOY, "image": "nul \u0000 inside", "metadata": "m\u0000"}) + "\n"
+        + json.dumps({**JOY, "image": U + "nul \u0000 inside", "metadata": "m\u0000"}) + "\n"
         + '{"image": 1e400}\n',
     )
     result = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
@@ -251,7 +253,7 @@ def test_text_the_database_cannot_hold_never_breaks_an_ingest(engine: Engine,
     assert rows[0]["error_message"] == "field 'id' must not contain a NUL character"
     assert rows[1]["model"] == "No\ufffdpe"
     assert "surrogate" in rows[2]["error_message"]
-    assert json.loads(rows[3]["input_json"]) == {"image": "nul \u0000 inside"}
+    assert json.loads(rows[3]["input_json"]) == {"image": U + "nul \u0000 inside"}
     assert json.loads(rows[3]["metadata_json"]) == "m\u0000"
     assert "out of range" in rows[4]["error_message"]
 

@@ -84,10 +84,13 @@ def _job(**kw: object) -> Job:
 
 def test_completed_line_has_every_contract_field() -> None:
     line = result_line(_job(task_id="t1", attempts=1, usage_consume=4_000_000,
+                            input_json='{"duration":5,"prompt":"a lake"}',
                             output_json=json.dumps({"video_url": "https://v/1.mp4"}),
                             metadata_json=json.dumps({"k": [1]})))
-    assert list(line) == ["id", "line", "status", "model", "task_type", "task_id", "output",
-                          "urls", "error", "attempts", "other_tasks", "usage", "metadata"]
+    assert list(line) == ["id", "line", "status", "model", "task_type", "input", "task_id",
+                          "output", "urls", "error", "attempts", "other_tasks", "usage",
+                          "metadata"]
+    assert line["input"] == {"duration": 5, "prompt": "a lake"}
     assert line["other_tasks"] == []
     assert line["status"] == "completed" and line["error"] is None
     assert line["urls"] == ["https://v/1.mp4"]
@@ -100,6 +103,7 @@ def test_failed_and_invalid_lines_carry_an_error() -> None:
     assert failed["error"] == {"kind": "ambiguous", "message": "m"}
     invalid = result_line(_job(state="invalid", error_kind="invalid", error_message="bad"))
     assert invalid["status"] == "invalid" and invalid["error"]["kind"] == "invalid"
+    assert invalid["input"] is None  # an invalid row stores no input
 
 
 def test_unchecked_rows_say_so_and_only_they() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler.fieldtypes import LOCAL_FILE, NOT_URL, url_problem
 from scheduler.manifest import RawRow
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from workers.catalog import MODELS, SPECS, Kind, TaskSpec, lookup
@@ -49,8 +51,8 @@ VALID: list[tuple[str, dict[str, Any], bool, Defaults, dict[str, Any]]] = [
      {"prompt": "a cat", "guidance_scale": 7.5, "steps": 20}),
     ("number exponent", {**FLUX, "guidance_scale": "1e1"}, True, NONE,
      {"prompt": "a cat", "guidance_scale": 10.0}),
-    ("string from number", {"image": 12, "caption_length": 1.5}, False, JOY,
-     {"image": "12", "caption_length": "1.5"}),
+    ("string from number", {"image": IMG, "prompt_style": 12, "caption_length": 1.5}, False,
+     JOY, {"image": IMG, "prompt_style": "12", "caption_length": "1.5"}),
     ("explicit input merged with columns",
      {"input": '{"image": "' + IMG + '"}', "prompt_style": "x"}, True, JOY,
      {"image": IMG, "prompt_style": "x"}),
@@ -174,8 +176,10 @@ INVALID: list[tuple[str, dict[str, Any], bool, Defaults, str]] = [
      "field 'guidance_scale' must be a number, got 'nan'"),
     ("bad bool", {**WAN, "audio": "maybe"}, True, NONE,
      "field 'audio' must be a boolean (true/false/1/0/yes/no), got 'maybe'"),
-    ("object for a string", {"image": {"url": IMG}}, False, JOY,
-     "field 'image' must be a string, got an object"),
+    ("object for a URL", {"image": {"url": IMG}}, False, JOY,
+     "field 'image' must be an http(s) URL, got an object"),
+    ("object for a string", {"image": IMG, "prompt_style": {"a": 1}}, False, JOY,
+     "field 'prompt_style' must be a string, got an object"),
     ("flux area", {**FLUX, "width": "2048", "height": "1024"}, True, NONE,
      "width*height must be at most 1048576 for Qubico/flux1-dev, got 2048x1024 = 2097152"),
     ("input not JSON", {"input": "{nope", "image": IMG}, True, JOY,
@@ -373,6 +377,10 @@ _scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(ma
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
                        | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
 _field_names = [*sorted({name for spec in SPECS for name in spec.fields}), "foo", "id"]
+_urlish = (st.sampled_from([IMG, "http://h:8080/x?q=1", "./cat.jpg", "file:///c.jpg", "ftp://h/x",
+                            "https://", "HTTPS://E.COM/A.PNG"]) | st.text(min_size=1, max_size=8)
+           | st.builds(lambda a, b: f"{a}{b}", st.sampled_from(["http://", "https://", "file:"]),
+                       st.text(max_size=12)))
 
 
 @st.composite
@@ -386,7 +394,9 @@ def rows(draw: st.DrawFn) -> tuple[RawRow, Defaults]:
     fields: dict[str, Any] = draw(st.dictionaries(names, value, max_size=5))
     for name in spec.required:
         if draw(st.integers(0, 9)):
-            fields[name] = draw(st.text(min_size=1, max_size=8))
+            field = spec.fields.get(name)
+            url = field is not None and field.kind is Kind.URL
+            fields[name] = draw(_urlish if url else st.text(min_size=1, max_size=8))
     model, task_type = draw(st.sampled_from([(spec.model, spec.task_type)] * 4 + [("Nope", "x")]))
     defaults = Defaults()
     if draw(st.booleans()):
@@ -413,6 +423,8 @@ def conforms(value: Any, kind: Kind) -> bool:
         return isinstance(value, bool)
     if kind is Kind.ARRAY:
         return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+    if kind is Kind.URL:
+        return isinstance(value, str) and url_problem(value) is None
     return isinstance(value, str)
 
 
@@ -462,3 +474,127 @@ def test_validating_a_job_spec_again_changes_nothing(case: tuple[RawRow, Default
         "input": first.input, "metadata": first.metadata,
         "service_mode": first.service_mode}), Defaults())
     assert again == first
+
+
+# --- URL fields: a file PiAPI fetches must be an http(s) URL -----------------------------
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("https://example.com/a.jpg", None),
+    ("http://127.0.0.1:8080/a.png?x=1#f", None),
+    ("HTTPS://EXAMPLE.COM/A.JPG", None),
+    (" https://example.com/a.jpg ", None),
+    ("./images/cat.jpg", LOCAL_FILE),
+    ("/abs/cat.jpg", LOCAL_FILE),
+    ("cat.jpg", LOCAL_FILE),
+    ("~/cat.jpg", LOCAL_FILE),
+    ("file:///home/me/cat.jpg", LOCAL_FILE),
+    ("FILE:cat.jpg", LOCAL_FILE),
+    ("C:\\images\\cat.jpg", LOCAL_FILE),
+    ("ftp://example.com/cat.jpg", NOT_URL),
+    ("s3://bucket/cat.jpg", NOT_URL),
+    ("data:image/png;base64,iVBORw0KGgo=", NOT_URL),
+    ("https://", NOT_URL),
+    ("http:///cat.jpg", NOT_URL),
+    ("http://[::1/cat.jpg", NOT_URL),
+    ("", NOT_URL),
+])
+def test_url_problem(text: str, problem: str | None) -> None:
+    assert url_problem(text) == problem
+
+
+@given(st.text())
+def test_url_problem_never_raises(text: str) -> None:
+    assert url_problem(text) in (None, LOCAL_FILE, NOT_URL)
+
+
+@given(st.from_regex(r"(?i)\s?https?://[^\s]{0,24}", fullmatch=True))
+def test_url_problem_agrees_with_urlsplit_on_http_urls(text: str) -> None:
+    try:
+        host = urlsplit(text.strip()).hostname
+    except ValueError:
+        host = None
+    assert (url_problem(text) is None) == bool(host)
+
+
+@given(st.from_regex(r"[a-z0-9]{1,10}(\.[a-z]{2,5}){1,2}", fullmatch=True),
+       st.sampled_from(["http", "https", "HTTPS"]), st.text(max_size=20))
+def test_http_urls_with_a_host_pass(host: str, scheme: str, path: str) -> None:
+    assert url_problem(f"{scheme}://{host}/{path}") is None
+
+
+@given(st.sampled_from(["./", "../", "/", "file://", "file:///", ""]),
+       st.from_regex(r"[A-Za-z0-9_-]{1,10}(/[A-Za-z0-9_-]{1,10})?\.jpg", fullmatch=True))
+def test_local_paths_are_refused_as_local(prefix: str, path: str) -> None:
+    assert url_problem(prefix + path) == LOCAL_FILE
+
+
+URL_FIELDS = [(spec, name) for spec in SPECS for name, field in spec.fields.items()
+              if field.kind is Kind.URL]
+
+
+def test_the_catalogue_types_the_documented_url_fields() -> None:
+    names = {name for _, name in URL_FIELDS}
+    assert names == {"image", "image_url", "image_tail_url", "audio_url", "ref_audio",
+                     "target_image", "swap_image"}
+    for spec in SPECS:  # every image/audio input of a known model is a URL field
+        for name, field in spec.fields.items():
+            if "image" in name or name.endswith("_url") or name == "ref_audio":
+                assert field.kind is Kind.URL, (spec.model, spec.task_type, name)
+
+
+def _row_with(spec: TaskSpec, name: str, value: str) -> dict[str, Any]:
+    """A row of `spec` with its required fields filled in (URLs with IMG) and `name` set."""
+    fields: dict[str, Any] = {"model": spec.model, "task_type": spec.task_type}
+    for required in (*spec.required, *spec.one_of[:1]):
+        kind = spec.fields[required].kind
+        fields[required] = IMG if kind is Kind.URL else "x"
+    if "control_net_settings" in spec.required:
+        fields["control_net_settings"] = [{"control_type": "depth", "control_image": IMG}]
+    fields[name] = value
+    return fields
+
+
+@pytest.mark.parametrize(("spec", "name"), URL_FIELDS,
+                         ids=[f"{s.model}:{s.task_type}:{n}" for s, n in URL_FIELDS])
+@pytest.mark.parametrize(("value", "problem"), [
+    ("./images/cat.jpg", LOCAL_FILE), ("/abs/cat.jpg", LOCAL_FILE),
+    ("file:///tmp/cat.jpg", LOCAL_FILE), ("cat.jpg", LOCAL_FILE), ("ftp://h/cat.jpg", NOT_URL),
+])
+def test_url_fields_refuse_local_files_and_other_schemes(
+        spec: TaskSpec, name: str, value: str, problem: str) -> None:
+    for csv in (True, False):
+        result = check(_row_with(spec, name, value), NONE, csv=csv)
+        assert isinstance(result, Invalid), result
+        assert result.reason == f"field {name!r}: {problem}, got {value!r}"
+    ok = check(_row_with(spec, name, IMG), NONE)
+    assert isinstance(ok, JobSpec) and ok.input[name] == IMG, ok
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"image": "./images/cat.jpg"},
+     "field 'image': local files are not uploaded yet; give an http(s) URL, "
+     "got './images/cat.jpg'"),
+    ({"input": {"image": "file:///home/me/cat.jpg"}},
+     "field 'image': local files are not uploaded yet; give an http(s) URL, "
+     "got 'file:///home/me/cat.jpg'"),
+    ({"image": "ftp://example.com/cat.jpg"},
+     "field 'image': not an http(s) URL, got 'ftp://example.com/cat.jpg'"),
+    ({"image": 12}, "field 'image': local files are not uploaded yet; give an http(s) URL, "
+     "got '12'"),
+])
+def test_joycaption_image_must_be_a_url(fields: dict[str, Any], reason: str) -> None:
+    result = check(fields, JOY, csv=False)
+    assert isinstance(result, Invalid) and result.reason == reason
+
+
+def test_url_items_of_an_array_are_checked() -> None:
+    result = check({**LORA, "task_type": "controlnet-lora", "control_net_settings": [
+        {"control_type": "depth", "control_image": "./depth.png"}]}, NONE, csv=False)
+    assert isinstance(result, Invalid)
+    assert result.reason == ("field 'control_net_settings[0].control_image': local files are "
+                             "not uploaded yet; give an http(s) URL, got './depth.png'")
+
+
+def test_unchecked_models_are_not_url_checked() -> None:
+    job = check({**DIFF, "image": "./cat.jpg"}, NONE)
+    assert isinstance(job, JobSpec) and job.unchecked and job.input == {"image": "./cat.jpg"}

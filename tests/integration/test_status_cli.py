@@ -1,0 +1,113 @@
+"""`piapi-bulk status`: the database, then each batch newest first, done read from the rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+
+from scheduler.status import masked_url
+from tests.helpers import REPO
+from tests.integration.e2e import RECORD_T0, add_batch, cli
+from workers.db import create_tables, make_engine
+from workers.models import BATCHES, JOBS
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = make_engine(database_url)
+    create_tables(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+def set_rows(engine: Engine, ids: list[int], **values: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(JOBS).where(JOBS.c.id.in_(ids)).values(**values))
+
+
+def set_batch(engine: Engine, batch_id: str, **values: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(**values))
+
+
+def piapi_bulk(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "HOME": str(tmp_path)}
+    done = subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def fill(engine: Engine) -> None:
+    """Four batches: one whose rows all ended (the dispatcher never marked it done), one
+    running, one waiting for a fleet, and one whose ingest stopped part-way."""
+    old = add_batch(engine, "old", rows=3)
+    set_rows(engine, old, state="completed", usage_consume=100_000)
+    set_rows(engine, old[2:], model="Wan", task_type="wan26-txt2video", state="failed",
+             error_kind="provider", usage_consume=None)
+    run = add_batch(engine, "running", rows=2)
+    set_rows(engine, run[:1], state="running")
+    add_batch(engine, "waiting", rows=2)
+    part = add_batch(engine, "partial", rows=1)
+    set_rows(engine, part, state="completed")
+    for n, (batch_id, source) in enumerate([
+            ("old", "/data/captions.csv"), ("running", "/data/more.csv"),
+            ("waiting", "/data/" + "deep/" * 30 + "video.jsonl"),
+            ("partial", "/data/part.jsonl")]):
+        set_batch(engine, batch_id, created_at=RECORD_T0 + 3600 * n, source=source)
+    set_batch(engine, "partial", ingested=False)
+
+
+def test_status_json_done_is_read_from_the_rows(engine: Engine, tmp_path: Path,
+                                               database_url: str) -> None:
+    fill(engine)
+    out = json.loads(piapi_bulk(tmp_path, database_url, "status", "--json").stdout)
+    assert out["database"] == masked_url(database_url)
+    by_id = {b["id"]: b for b in out["batches"]}
+    assert [b["id"] for b in out["batches"]] == ["partial", "waiting", "running", "old"]
+    assert {k: (b["done"], b["phase"]) for k, b in by_id.items()} == {
+        "old": (True, "done"), "running": (False, "running"), "waiting": (False, "waiting"),
+        "partial": (False, "ingesting")}
+    old = by_id["old"]
+    assert old["models"] == [
+        {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one", "rows": 2},
+        {"model": "Wan", "task_type": "wan26-txt2video", "rows": 1}]
+    for key in ("id", "source", "total", "counts", "finished", "done", "usd", "created_at",
+                "budget_usd", "spent_usd", "paused", "deadline_at", "cancelled",
+                "cancelled_at", "unchecked", "failures", "abandoned", "watched", "on_stuck"):
+        assert key in old, key  # other tools read these
+    assert (old["finished"], old["usd"], old["failures"]) == (3, 0.02, {"provider": 1})
+    assert "doctor" in out
+    one = json.loads(piapi_bulk(tmp_path, database_url, "status", "old", "--json").stdout)
+    assert [b["id"] for b in one["batches"]] == ["old"] and one["batches"][0]["done"] is True
+
+
+def test_status_for_people(engine: Engine, tmp_path: Path, database_url: str) -> None:
+    fill(engine)
+    lines = piapi_bulk(tmp_path, database_url, "status").stdout.splitlines()
+    assert lines[0] == f"database: {masked_url(database_url)}"
+    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    heads = [line for line in lines if not line.startswith(("  ", "database:"))]
+    assert [h.split()[:2] for h in heads] == [["partial", "ingesting"], ["waiting", "waiting"],
+                                              ["running", "running"], ["old", "done"]]
+    assert heads[3].endswith("  /data/captions.csv")
+    assert heads[1].endswith("/deep/deep/video.jsonl") and "..." in heads[1]
+    old = lines[lines.index(heads[3]):]
+    assert old[1] == ("  models: Qubico/joycaption joycaption-beta-one (2), "
+                      "Wan wan26-txt2video (1)")
+    assert old[2] == "  3/3 finished: completed 2, failed 1; cost $0.02"
+    assert old[3] == "  failed: provider 1"
+
+
+def test_status_of_an_empty_database(tmp_path: Path, database_url: str) -> None:
+    assert piapi_bulk(tmp_path, database_url, "status").stdout.splitlines()[1:] == ["no batches"]
