@@ -96,7 +96,9 @@ def test_status_for_people(engine: Engine, tmp_path: Path, database_url: str) ->
     fill(engine)
     lines = piapi_bulk(tmp_path, database_url, "status").stdout.splitlines()
     assert lines[0] == f"database: {masked_url(database_url)}"
-    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    # Every line but the database's (a path as long as the file system makes it) fits 100
+    # columns.
+    assert all(len(line) <= 100 for line in lines[1:]), max(lines[1:], key=len)
     heads = [line for line in lines if not line.startswith(("  ", "database:"))]
     assert [h.split()[:2] for h in heads] == [["partial", "ingesting"], ["waiting", "waiting"],
                                               ["running", "running"], ["old", "done"]]
