@@ -371,7 +371,8 @@ def _report_invalid(console: Console, result: IngestResult) -> None:
         return
     console.print(f"[yellow]{result.invalid} invalid row(s) will not be sent:[/]", highlight=False)
     for line, key, reason in result.invalid_rows[:20]:
-        console.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False)
+        console.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False,
+                      soft_wrap=True)
     if result.invalid > 20:
         console.print(f"  … and {result.invalid - 20} more (see the results file)")
 
