@@ -79,6 +79,12 @@ OnStuckOpt = Annotated[
                  "(keep waiting). Kept with the batch. Stuck pending tasks are always "
                  "cancelled and replaced."),
 ]
+ReuseOpt = Annotated[
+    bool | None,
+    typer.Option("--reuse/--no-reuse", help="A row whose twin (same id, model, task type "
+                 "and input, in any batch) completed within PIAPI_BULK_REUSE_WINDOW_S takes "
+                 "its task instead of paying again (default: on). Kept with the batch."),
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -130,6 +136,7 @@ def run(
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
     on_stuck: OnStuckOpt = None,
+    reuse: ReuseOpt = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -152,7 +159,7 @@ def run(
                       concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
                       budget_usd=budget, deadline_at=deadline_at,
                       strict=strict or settings.strict, service_mode=mode,
-                      on_stuck=parse_on_stuck(on_stuck))
+                      on_stuck=parse_on_stuck(on_stuck), reuse=reuse)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -168,6 +175,7 @@ def submit(
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
     on_stuck: OnStuckOpt = None,
+    reuse: ReuseOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
@@ -176,6 +184,7 @@ def submit(
     from scheduler.ingest import ingest
     from scheduler.options import option_conflict, unchecked_lines
     from workers.db import create_tables, make_engine
+    from workers.transitions.reuse import reuse_completed
 
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
@@ -194,10 +203,13 @@ def submit(
     if problem:
         raise ConfigError(problem)
     set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at,
-               on_stuck=stuck_policy)
+               on_stuck=stuck_policy, reuse=reuse)
+    reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
+    if reused:
+        err.print(f"{reused} rows reused (a twin in another batch completed)", highlight=False)
     for text in unchecked_lines(result):
         err.print(text, highlight=False, markup=False, soft_wrap=True)
     for line, key, reason in result.invalid_rows[:20]:
@@ -412,6 +424,7 @@ def dispatcher(
         budget=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
         on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries,
+        reuse_window_s=settings.reuse_window_s,
     )
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     d.run(stop)

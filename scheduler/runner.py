@@ -28,7 +28,7 @@ from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.services import Child, cli_argv, start_private_redis
-from scheduler.status import BatchStatus, batch_status
+from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.app import create_celery
 from workers.control import clear_halt, get_halt
 from workers.db import create_tables, is_transient, make_engine, retry_transient
@@ -36,6 +36,7 @@ from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
 from workers.states import JobState
+from workers.transitions.reuse import reuse_completed
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class RunOptions:
     """`--service-mode` for rows without their own ('' = the workspace default)."""
     on_stuck: str | None = None
     """Stored on the batch when given (else the stored one, else the fleet's, applies)."""
+    reuse: bool | None = None
+    """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -286,13 +289,17 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         if conflict:
             raise ConfigError(conflict)
         set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
-                   deadline_at=opts.deadline_at, on_stuck=opts.on_stuck)
+                   deadline_at=opts.deadline_at, on_stuck=opts.on_stuck, reuse=opts.reuse)
+        reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
         verb = "new batch" if result.created else "resuming batch"
         console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                       f" (account limit {opts.concurrency or limit or '?'} in flight)")
         for line in unchecked_lines(result):
             console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
         _report_invalid(console, result)
+        if reused:
+            console.print(f"{reused} rows take the task of a twin that completed in an "
+                          "earlier batch (--no-reuse to pay again)", highlight=False)
         clear_halt(engine)  # the key was just accepted
         before = batch_status(engine, result.batch_id)
         if before is not None and before.active:
@@ -304,6 +311,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         final = batch_status(engine, result.batch_id)
         assert final is not None
         console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
+        console.print(f"{final.reused} rows reused, {tasks_created(engine, result.batch_id)} "
+                      "created", highlight=False)
         if problem:
             console.print(f"[red]{problem}[/]; run the same command again to resume")
             return EXIT_USAGE

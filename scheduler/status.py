@@ -59,6 +59,8 @@ class BatchStatus:
     watched: int = 0
     """...of which PiAPI has not yet said they ended (they may still be charged)."""
     on_stuck: str | None = None
+    reused: int = 0
+    """Rows that took a completed twin's task instead of paying (`workers.transitions.reuse`)."""
 
     @property
     def active(self) -> int:
@@ -124,6 +126,7 @@ class BatchStatus:
             "abandoned": self.abandoned,
             "watched": self.watched,
             "on_stuck": self.on_stuck,
+            "reused": self.reused,
         }
 
 
@@ -140,7 +143,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
             return None
         rows = s.execute(
             select(col(Job.state), func.count(), func.coalesce(func.sum(col(Job.usage_consume)), 0),
-                   func.count(col(Job.unchecked)))
+                   func.count(col(Job.unchecked)), func.count(col(Job.reused_from)))
             .where(col(Job.batch_id) == batch_id).group_by(col(Job.state))
         ).all()
         failures = {str(kind or "unknown"): int(n) for kind, n in s.execute(
@@ -150,10 +153,11 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         abandoned = s.execute(_ABANDONED.where(
             and_(a.state == "abandoned", j.batch_id == batch_id))).all()
     counts = {state.value: 0 for state in JobState}
-    consumed = unchecked = 0
-    for state, n, units, n_unchecked in rows:
+    consumed = unchecked = reused = 0
+    for state, n, units, n_unchecked, n_reused in rows:
         counts[str(state)] = int(n)
         unchecked += int(n_unchecked)
+        reused += int(n_reused)
         if state in (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value):
             consumed += int(units)
     watched = sum(int(n) for is_watched, n, _ in abandoned if is_watched)
@@ -165,8 +169,16 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at, unchecked=unchecked,
         failures=failures,
         abandoned=sum(int(n) for _, n, _ in abandoned), watched=watched,
-        on_stuck=batch.on_stuck,
+        on_stuck=batch.on_stuck, reused=reused,
     )
+
+
+def tasks_created(engine: Engine, batch_id: str) -> int:
+    """PiAPI tasks created for the batch's rows (attempts that got a task id)."""
+    with Session(engine) as s:
+        return int(s.execute(
+            select(func.count()).select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
+            .where(j.batch_id == batch_id, a.task_id.is_not(None))).scalar_one())
 
 
 def all_statuses(engine: Engine) -> list[BatchStatus]:
