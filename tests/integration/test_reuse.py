@@ -157,6 +157,7 @@ def test_reused_from_points_at_the_original_that_was_paid_for(engine: Engine) ->
     complete(engine, a)
     [b] = add(engine, "bb", rows(1))
     assert reuse_completed(engine, "bb", NOW, WINDOW) == 1
+    assert job(engine, b).reused_from == a
     # The newest twin of the next batch's row is b, itself reused: a is what was paid for.
     [c] = add(engine, "bc", rows(1))
     lease(engine, [c])
