@@ -87,7 +87,8 @@ _PICK = (
 )
 _REUSE_RANGE = (
     JOBS.update()
-    .where(j.id == _PICK.c.cid, _src.c.id == _PICK.c.tid, j.state.in_(_WAITING), _NOT_LEASED)
+    .where(_PICK.c.tid.is_not(None), j.id == _PICK.c.cid, _src.c.id == _PICK.c.tid,
+           j.state.in_(_WAITING), _NOT_LEASED)
     .values(**_taken_from(_src))
 )
 _REUSE_ONE = (
