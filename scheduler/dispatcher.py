@@ -4,7 +4,9 @@ Each pass fills free concurrency slots with `submit` messages for queued jobs (o
 first, manifest order) and sends `poll` messages for running jobs whose next poll is due
 (and `watch` messages for abandoned stuck tasks due for a look, see `workers.stuck`).
 It runs when woken (a worker freed a slot, a webhook made a job due) or when the next poll
-falls due, so a freed slot is refilled within milliseconds. Once a second it also takes
+falls due, so a freed slot is refilled within milliseconds. A row leased to be created
+whose twin in another batch completed takes its task instead, and one whose twin is in
+flight waits for it (`workers.transitions.reuse`). Once a second it also takes
 back what dead workers left, adapts the limits to 429s (AIMD) and marks finished batches.
 
 Free slots are counted from PiAPI's own in-flight count (/account/active_tasks) when the

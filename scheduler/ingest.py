@@ -8,7 +8,9 @@ is stored is always a clean prefix 1..N of the data rows).
 Every data row becomes a job: `queued` when valid, `invalid` (with the reason) when it could
 not be read, failed validation, or repeats an id seen earlier in the manifest (the first
 occurrence stays valid). A row for a model piapi-bulk's catalogue does not know is queued
-`unchecked` (or invalid when the ingest is `strict`).
+`unchecked` (or invalid when the ingest is `strict`). A valid row carries its fingerprint
+(row id, model, task type, input), which finds its twins in other batches
+(`workers.transitions.reuse`).
 
 `--service-mode` and `--strict` are not part of the batch's identity: the same manifest
 with another service mode is still the same batch (its rows are never sent twice). The
