@@ -102,6 +102,12 @@ OnStuckOpt = Annotated[
                  "(keep waiting). Kept with the batch. Stuck pending tasks are always "
                  "cancelled and replaced."),
 ]
+ReuseOpt = Annotated[
+    bool | None,
+    typer.Option("--reuse/--no-reuse", help="A row whose twin (same id, model, task type "
+                 "and input, in any batch) completed within PIAPI_BULK_REUSE_WINDOW_S takes "
+                 "its task instead of paying again (default: on). Kept with the batch."),
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -156,6 +162,7 @@ def run(
     all_batches: Annotated[bool, typer.Option(
         "--all", help="Also run the other open batches in the database (by default run "
         "creates tasks only for this manifest's rows).")] = False,
+    reuse: ReuseOpt = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -179,7 +186,7 @@ def run(
                       budget_usd=budget, deadline_at=deadline_at,
                       strict=strict or settings.strict, service_mode=mode,
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
-                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]))
+                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -195,6 +202,7 @@ def submit(
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
     on_stuck: OnStuckOpt = None,
+    reuse: ReuseOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
@@ -204,6 +212,7 @@ def submit(
     from scheduler.options import option_conflict, unchecked_lines
     from scheduler.preflight import preflight
     from workers.db import create_tables, make_engine
+    from workers.transitions.reuse import reuse_completed
 
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
@@ -223,10 +232,13 @@ def submit(
     if problem:
         raise ConfigError(problem)
     set_limits(engine, result.batch_id, budget_usd=budget, deadline_at=deadline_at,
-               on_stuck=stuck_policy)
+               on_stuck=stuck_policy, reuse=reuse)
+    reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
+    if reused:
+        err.print(f"{reused} rows reused (a twin in another batch completed)", highlight=False)
     for text in unchecked_lines(result):
         err.print(text, highlight=False, markup=False, soft_wrap=True)
     for line, key, reason in result.invalid_rows[:20]:
@@ -477,6 +489,7 @@ def dispatcher(
         budget=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
         on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
+        reuse_window_s=settings.reuse_window_s,
     )
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     d.run(stop)

@@ -94,10 +94,14 @@ def parse_on_stuck(value: str | None) -> str | None:
 
 
 def set_limits(engine: Engine, batch_id: str, *, budget_usd: float | None = None,
-               deadline_at: float | None = None, on_stuck: str | None = None) -> None:
-    """Store the budget, deadline and stuck policy given (those not given stay as they
-    are). A new budget lifts a pause (the dispatcher pauses again if it is still reached)."""
+               deadline_at: float | None = None, on_stuck: str | None = None,
+               reuse: bool | None = None) -> None:
+    """Store the budget, deadline, stuck policy and reuse switch given (those not given
+    stay as they are). A new budget lifts a pause (the dispatcher pauses again if it is
+    still reached)."""
     changes: dict[str, Any] = {}
+    if reuse is not None:
+        changes["reuse"] = reuse
     if budget_usd is not None:
         changes.update(budget_usd=budget_usd, paused=None)
     if deadline_at is not None:

@@ -4,7 +4,9 @@ Each pass fills free concurrency slots with `submit` messages for queued jobs (o
 first, manifest order) and sends `poll` messages for running jobs whose next poll is due
 (and `watch` messages for abandoned stuck tasks due for a look, see `workers.stuck`).
 It runs when woken (a worker freed a slot, a webhook made a job due) or when the next poll
-falls due, so a freed slot is refilled within milliseconds. Once a second it also takes
+falls due, so a freed slot is refilled within milliseconds. A row leased to be created
+whose twin in another batch completed takes its task instead, and one whose twin is in
+flight waits for it (`workers.transitions.reuse`). Once a second it also takes
 back what dead workers left, adapts the limits to 429s (AIMD) and marks finished batches.
 
 Free slots are counted from PiAPI's own in-flight count (/account/active_tasks) when the
@@ -54,7 +56,7 @@ from workers.db import exclusive
 from workers.fleet import Fleet
 from workers.polling import PollMode
 from workers.ratelimit import Budget
-from workers.transitions import ambiguous
+from workers.transitions import ambiguous, reuse
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class PassResult:
     took_s: float = 0.0
     budget_bound: bool = False
     """Free slots were left unfilled because the request budget had no token for them."""
+    twins: int = 0
+    """Rows leased to be created that took a completed twin's task or wait for one in
+    flight instead (`workers.transitions.reuse`): their slots are still free."""
 
 
 def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
@@ -142,6 +147,7 @@ class Dispatcher:
         on_ambiguous: str = "reconcile",
         max_tries: int = 12,
         scoped: bool = False,
+        reuse_window_s: float = 72 * 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -155,6 +161,7 @@ class Dispatcher:
         self.spread = spread
         self.on_ambiguous = on_ambiguous
         self.max_tries = max_tries
+        self.reuse_window_s = reuse_window_s
         self.clock = clock
         self.fleet = Fleet(redis_client, clock)
         self.budget = budget
@@ -288,9 +295,11 @@ class Dispatcher:
             submit_ids: list[int] = []
             free = result.limit - result.in_flight
             if result.halted is None and free > 0:
-                submit_ids, granted = self._lease_slots(now, free, occupancy)
-                self._backlog = len(submit_ids) >= granted
+                submit_ids, found, granted = self._lease_slots(now, free, occupancy)
+                # Rows reused or set waiting were work found too: more may follow at once.
+                self._backlog = found >= granted
                 result.budget_bound = granted < free
+                result.twins = found - len(submit_ids)
             poll_ids = leases.lease_polls(self.engine, MAX_POLLS_PER_PASS, now, self.epoch,
                                           self.lease_s)
             settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
@@ -324,6 +333,8 @@ class Dispatcher:
         rate = self.budget.rate() if self.budget else None
         if result.budget_bound and rate:
             wait = min(wait, 1.0 / rate)  # the next token
+        if result.twins:
+            wait = 0.0  # those rows left their slots free: fill them now
         return max(MIN_PASS_S, wait)
 
     def _full(self, result: PassResult, submits: int) -> bool:
@@ -332,18 +343,22 @@ class Dispatcher:
                 and result.in_flight + submits >= result.limit)
 
     def _lease_slots(self, now: float, free: int,
-                     occupancy: leases.Occupancy) -> tuple[list[int], int]:
+                     occupancy: leases.Occupancy) -> tuple[list[int], int, int]:
         """Lease up to `free` creates, as many as the request budget allows right now;
-        also how many the budget allowed."""
+        also how many rows were leased (twins resolved included) and how many creates the
+        budget allowed."""
         granted = self.budget.take_now(free) if self.budget else free
-        leased = self._lease_for_batches(now, granted, occupancy)
+        leased, found = self._lease_for_batches(now, granted, occupancy)
         if self.budget and granted > len(leased):
             self.budget.give_back(granted - len(leased))
-        return leased, granted
+        return leased, found, granted
 
     def _lease_for_batches(self, now: float, free: int,
-                           occupancy: leases.Occupancy) -> list[int]:
+                           occupancy: leases.Occupancy) -> tuple[list[int], int]:
+        """Creates leased batch by batch (oldest first), and how many rows were leased:
+        rows whose twin completed or is in flight are not created (`resolve_twins`)."""
         leased: list[int] = []
+        found = 0
         for batch in self._batches:
             room = free - len(leased)
             if room <= 0:
@@ -353,9 +368,14 @@ class Dispatcher:
             room = self.admission.room(batch, room, now)  # cancelled, deadline, budget
             got = leases.lease_submits(self.engine, batch.id, room, now, self.epoch,
                                        self.lease_s, retries=self._retries)
-            self.admission.took(batch.id, len(got))
-            leased += got
-        return leased
+            found += len(got)
+            create = reuse.resolve_twins(self.engine, got, now, self.reuse_window_s,
+                                         epoch=self.epoch)
+            if len(create) < len(got):
+                self._retries = True  # some may now wait for a twin in retry_wait
+            self.admission.took(batch.id, len(create))
+            leased += create
+        return leased, found
 
     def _send(self, task: str, queue: str, ids: list[int]) -> None:
         for part in chunks(ids, self.batch_size, self.spread):

@@ -62,10 +62,13 @@ def other_task(attempt: Attempt) -> dict[str, Any]:
             "usage": usage}
 
 
-def result_line(job: Job, others: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def result_line(job: Job, others: list[dict[str, Any]] | None = None,
+                origin_batch: str | None = None) -> dict[str, Any]:
     """The results-manifest object for one job (see the README's contract); `others`: its
     tasks other than `task_id`, oldest first (`other_task`). A row sent without catalogue
-    checks also carries `"unchecked": true`."""
+    checks also carries `"unchecked": true`; a row that took a twin's task instead of
+    paying, `"reused_from": {"batch", "task_id"}` (`origin_batch`: the paid-for job's
+    batch) and a usage of 0."""
     output = _loads(job.output_json)
     status = RESULT_STATUSES.get(job.state, "pending")
     error = None
@@ -74,6 +77,8 @@ def result_line(job: Job, others: list[dict[str, Any]] | None = None) -> dict[st
     usage = None
     if job.usage_consume is not None:
         usage = {"consume": job.usage_consume, "usd": round(job.usage_consume * USD_PER_UNIT, 7)}
+    elif job.reused_from is not None:
+        usage = {"consume": 0, "usd": 0.0}
     line = {
         "id": job.row_key,
         "line": job.line,
@@ -92,6 +97,8 @@ def result_line(job: Job, others: list[dict[str, Any]] | None = None) -> dict[st
     }
     if job.unchecked:  # only on such rows, so every other line keeps its exact shape
         line["unchecked"] = True
+    if job.reused_from is not None:  # likewise
+        line["reused_from"] = {"batch": origin_batch, "task_id": job.task_id}
     return line
 
 
@@ -107,15 +114,29 @@ def iter_results(engine: Engine, batch_id: str) -> Iterator[dict[str, Any]]:
             if not page:
                 return
             others = _other_tasks(s, page)
+            origins = _origin_batches(s, page)
             for job in page:
-                yield result_line(job, others.get(int(job.id or 0)))
+                yield result_line(job, others.get(int(job.id or 0)),
+                                  origins.get(job.reused_from or 0))
             last = page[-1].seq
             s.expunge_all()
 
 
+def _origin_batches(s: Session, page: list[Job]) -> dict[int, str]:
+    """For the rows of a page that took a twin's task: the paid-for job's batch, by job id."""
+    origins = {job.reused_from for job in page if job.reused_from is not None}
+    if not origins:
+        return {}
+    rows = s.execute(select(col(Job.id), col(Job.batch_id))
+                     .where(col(Job.id).in_(sorted(origins)))).all()
+    return {int(job_id): str(batch_id) for job_id, batch_id in rows}
+
+
 def _other_tasks(s: Session, page: list[Job]) -> dict[int, list[dict[str, Any]]]:
     """For the rows of a page that had more than one task: the others, oldest first."""
-    own = {int(job.id): job.task_id for job in page if job.id is not None and job.attempts > 1}
+    # A reused row's own tasks (if any failed before) are all "other": it took a twin's.
+    own = {int(job.id): job.task_id for job in page if job.id is not None
+           and (job.attempts > 1 or (job.attempts and job.reused_from is not None))}
     found: dict[int, list[dict[str, Any]]] = {}
     if not own:
         return found

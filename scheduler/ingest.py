@@ -8,7 +8,9 @@ is stored is always a clean prefix 1..N of the data rows).
 Every data row becomes a job: `queued` when valid, `invalid` (with the reason) when it could
 not be read, failed validation, or repeats an id seen earlier in the manifest (the first
 occurrence stays valid). A row for a model piapi-bulk's catalogue does not know is queued
-`unchecked` (or invalid when the ingest is `strict`).
+`unchecked` (or invalid when the ingest is `strict`). A valid row carries its fingerprint
+(row id, model, task type, input), which finds its twins in other batches
+(`workers.transitions.reuse`).
 
 `--service-mode` and `--strict` are not part of the batch's identity: the same manifest
 with another service mode is still the same batch (its rows are never sent twice). The
@@ -50,7 +52,7 @@ _KIND_INVALID = ErrorKind.INVALID.value
 COLUMNS = (
     "batch_id", "seq", "line", "row_key", "model", "task_type", "input_json", "metadata_json",
     "state", "attempts", "tries", "polls", "poll_errors", "created_at", "error_kind",
-    "error_message", "unchecked", "service_mode",
+    "error_message", "unchecked", "service_mode", "fingerprint",
 )
 """Job columns an ingest writes, in the order of each row tuple."""
 
@@ -90,6 +92,17 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys, so equal inputs are equal text."""
     return _CANONICAL.encode(value)
+
+
+def fingerprint(row_key: str, model: str, task_type: str, input_json: str) -> str:
+    """The row's fingerprint: sha256 hex of `canonical_json([row_key, model, task_type,
+    input])`, given the input already as canonical JSON (`input_json`, as stored).
+
+    Rows with the same fingerprint are twins (`workers.transitions.reuse`). The row id is
+    part of it on purpose: two rows with the same prompt and different ids are two samples.
+    """
+    head = _CANONICAL.encode([row_key, model, task_type])
+    return hashlib.sha256(f"{head[:-1]},{input_json}]".encode()).hexdigest()
 
 
 @dataclass
@@ -278,9 +291,10 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
         unchecked = True
         kind = (spec.model, spec.task_type)
         tally.unchecked[kind] = tally.unchecked.get(kind, 0) + 1
+    input_json = _CANONICAL.encode(spec.input)
     return (batch_id, spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
-            _CANONICAL.encode(spec.input), meta, _QUEUED, 0, 0, 0, 0, now, None, None,
-            unchecked, spec.service_mode)
+            input_json, meta, _QUEUED, 0, 0, 0, 0, now, None, None, unchecked,
+            spec.service_mode, fingerprint(spec.row_key, spec.model, spec.task_type, input_json))
 
 
 def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
@@ -291,7 +305,7 @@ def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
         tally.sample.append((spec.line, spec.row_key, spec.reason))
     return (batch_id, spec.seq, spec.line, _storable(spec.row_key), _storable(spec.model),
             _storable(spec.task_type), None, meta, _INVALID, 0, 0, 0, 0, now, _KIND_INVALID,
-            _storable(spec.reason), None, None)
+            _storable(spec.reason), None, None, None)
 
 
 def _storable(text: str | None) -> str | None:

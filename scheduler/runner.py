@@ -32,7 +32,7 @@ from scheduler.liveness import ProgressWatch
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
 from scheduler.services import Child, cli_argv, start_private_redis
-from scheduler.status import BatchStatus, batch_status
+from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.app import create_celery
 from workers.control import clear_halt, get_halt
 from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
@@ -42,6 +42,7 @@ from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
 from workers.states import ACTIVE, JobState
+from workers.transitions.reuse import reuse_completed
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class RunOptions:
     """`--all`: also run the other open batches in the database (default: only this one)."""
     command: str | None = None
     """This command line as typed, for the retry hint after failed rows."""
+    reuse: bool | None = None
+    """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -405,24 +408,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         limit = check_account(settings)
         engine = make_engine(settings.database_url)
         create_tables(engine)
-        result = ingest(engine, opts.manifest, default_model=opts.model,
-                        default_task_type=opts.task_type,
-                        default_service_mode=opts.service_mode, strict=opts.strict,
-                        max_attempts=opts.max_attempts or settings.max_attempts,
-                        concurrency=opts.concurrency)
+        result = _ingest(settings, opts, engine, console, limit)
         batch_id = result.batch_id
-        conflict = option_conflict(engine, result, strict=opts.strict,
-                                   service_mode=opts.service_mode)
-        if conflict:
-            raise ConfigError(conflict)
-        set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
-                   deadline_at=opts.deadline_at, on_stuck=opts.on_stuck)
-        verb = "new batch" if result.created else "resuming batch"
-        console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
-                      f" (account limit {opts.concurrency or limit or '?'} in flight)")
-        for line in unchecked_lines(result):
-            console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
-        _report_invalid(console, result)
         others = other_open_batches(engine, result.batch_id)
         _report_others(console, others, opts.all_batches)
         served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
@@ -434,20 +421,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             ensure_services(settings, services, opts, run_dir / "logs")
         problem = watch(engine, served, services, console,
                         ProgressWatch(engine, settings.stall_s, batches=served), claims)
-        rows = _export(engine, result.batch_id, output)
-        final = batch_status(engine, result.batch_id)
-        assert final is not None
-        console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
-        if problem:
-            console.print(f"[red]{problem}[/]; run the same command again to resume")
-            return EXIT_USAGE
-        if final.paused and final.active:
-            console.print(final.paused, style="yellow", highlight=False, markup=False,
-                          soft_wrap=True)
-            return EXIT_BUDGET
-        _report_failures(console, final, opts.command)
-        ok = final.counts[JobState.COMPLETED] == final.total
-        return EXIT_OK if ok else EXIT_ROWS_FAILED
+        return _finish(engine, result.batch_id, output, problem, console, opts.command)
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption is enough
         return _interrupted(console, engine, batch_id, output)
@@ -457,6 +431,55 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             claims.release()
         services.stop()
         (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)
+
+
+def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Console,
+            limit: int | None) -> IngestResult:
+    """The manifest as a batch (new or resumed), its options stored, rows with a completed
+    twin reused; says what it found."""
+    result = ingest(engine, opts.manifest, default_model=opts.model,
+                    default_task_type=opts.task_type,
+                    default_service_mode=opts.service_mode, strict=opts.strict,
+                    max_attempts=opts.max_attempts or settings.max_attempts,
+                    concurrency=opts.concurrency)
+    conflict = option_conflict(engine, result, strict=opts.strict,
+                               service_mode=opts.service_mode)
+    if conflict:
+        raise ConfigError(conflict)
+    set_limits(engine, result.batch_id, budget_usd=opts.budget_usd,
+               deadline_at=opts.deadline_at, on_stuck=opts.on_stuck, reuse=opts.reuse)
+    reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
+    verb = "new batch" if result.created else "resuming batch"
+    console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
+                  f" (account limit {opts.concurrency or limit or '?'} in flight)")
+    for line in unchecked_lines(result):
+        console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
+    _report_invalid(console, result)
+    if reused:
+        console.print(f"{reused} rows take the task of a twin that completed in an "
+                      "earlier batch (--no-reuse to pay again)", highlight=False)
+    return result
+
+
+def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
+            console: Console, command: str | None) -> int:
+    """Write the results file, say how the batch ended; the exit code."""
+    rows = _export(engine, batch_id, output)
+    final = batch_status(engine, batch_id)
+    assert final is not None
+    console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
+    console.print(f"{final.reused} rows reused, {tasks_created(engine, batch_id)} created",
+                  highlight=False)
+    if problem:
+        console.print(f"[red]{problem}[/]; run the same command again to resume")
+        return EXIT_USAGE
+    if final.paused and final.active:
+        console.print(final.paused, style="yellow", highlight=False, markup=False,
+                      soft_wrap=True)
+        return EXIT_BUDGET
+    _report_failures(console, final, command)
+    ok = final.counts[JobState.COMPLETED] == final.total
+    return EXIT_OK if ok else EXIT_ROWS_FAILED
 
 
 def _export(engine: Engine, batch_id: str, output: Path) -> int:

@@ -67,6 +67,8 @@ class BatchStatus:
     on_stuck: str | None = None
     ingested: bool = True
     """False while an ingest is still adding rows (or crashed part-way: `run` resumes it)."""
+    reused: int = 0
+    """Rows that took a completed twin's task instead of paying (`workers.transitions.reuse`)."""
 
     @property
     def active(self) -> int:
@@ -148,6 +150,7 @@ class BatchStatus:
             "abandoned": self.abandoned,
             "watched": self.watched,
             "on_stuck": self.on_stuck,
+            "reused": self.reused,
         }
 
 
@@ -164,7 +167,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
             return None
         rows = s.execute(
             select(col(Job.state), func.count(), func.coalesce(func.sum(col(Job.usage_consume)), 0),
-                   func.count(col(Job.unchecked)))
+                   func.count(col(Job.unchecked)), func.count(col(Job.reused_from)))
             .where(col(Job.batch_id) == batch_id).group_by(col(Job.state))
         ).all()
         failures = {str(kind or "unknown"): int(n) for kind, n in s.execute(
@@ -174,10 +177,11 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         abandoned = s.execute(_ABANDONED.where(
             and_(a.state == "abandoned", j.batch_id == batch_id))).all()
     counts = {state.value: 0 for state in JobState}
-    consumed = unchecked = 0
-    for state, n, units, n_unchecked in rows:
+    consumed = unchecked = reused = 0
+    for state, n, units, n_unchecked, n_reused in rows:
         counts[str(state)] = int(n)
         unchecked += int(n_unchecked)
+        reused += int(n_reused)
         if state in (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value):
             consumed += int(units)
     watched = sum(int(n) for is_watched, n, _ in abandoned if is_watched)
@@ -190,8 +194,16 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at, unchecked=unchecked,
         failures=failures,
         abandoned=sum(int(n) for _, n, _ in abandoned), watched=watched,
-        on_stuck=batch.on_stuck, ingested=batch.ingested,
+        on_stuck=batch.on_stuck, ingested=batch.ingested, reused=reused,
     )
+
+
+def tasks_created(engine: Engine, batch_id: str) -> int:
+    """PiAPI tasks created for the batch's rows (attempts that got a task id)."""
+    with Session(engine) as s:
+        return int(s.execute(
+            select(func.count()).select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
+            .where(j.batch_id == batch_id, a.task_id.is_not(None))).scalar_one())
 
 
 def all_statuses(engine: Engine) -> list[BatchStatus]:
@@ -238,7 +250,8 @@ def human_lines(st: BatchStatus, models: list[tuple[str, str, int]]) -> list[str
     kinds = ", ".join(f"{m} {t} ({n})" for m, t, n in models)
     lines.append(_shorten(f"  models: {kinds or 'none'}", WIDTH))
     counts = ", ".join(f"{k} {v}" for k, v in st.counts.items() if v)
-    lines.append(f"  {st.finished}/{st.total} finished: {counts or 'no rows'}; cost "
+    reused = f" ({st.reused} reused from earlier batches)" if st.reused else ""
+    lines.append(f"  {st.finished}/{st.total} finished: {counts or 'no rows'}{reused}; cost "
                  f"{money(st.usd)}")
     if st.unchecked:
         lines.append(f"  unchecked {st.unchecked} (models not in piapi-bulk's catalogue, "

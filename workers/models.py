@@ -6,7 +6,7 @@ behave the same. The API key is never stored anywhere here.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Table, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, Text, UniqueConstraint, text, true
 from sqlmodel import Field, SQLModel
 
 from workers.states import JobState
@@ -49,6 +49,9 @@ class Batch(SQLModel, table=True):
     on_stuck: str | None = Field(default=None, max_length=8)
     """`--on-stuck` for this batch: `retry`, `fail` or `wait` (None: the fleet's
     PIAPI_BULK_ON_STUCK). See `workers.stuck`."""
+    reuse: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
+    """Rows take the task of a completed twin (same fingerprint, any batch) instead of
+    paying again; False with `--no-reuse`. See `workers.transitions.reuse`."""
 
 
 class Job(SQLModel, table=True):
@@ -66,6 +69,8 @@ class Job(SQLModel, table=True):
               postgresql_where=text("state = 'queued'"), sqlite_where=text("state = 'queued'")),
         # Rows a message is out for (the dispatcher counts them every pass).
         Index("ix_jobs_lease_until", "lease_until"),
+        # Twins of a row (the same row in another batch), looked up before paying.
+        Index("ix_jobs_fingerprint", "fingerprint"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
@@ -117,6 +122,12 @@ class Job(SQLModel, table=True):
     usage_type: str | None = Field(default=None, max_length=16)
     error_kind: str | None = Field(default=None, max_length=32)
     error_message: str | None = Field(default=None, sa_column=Column(Text))
+    fingerprint: str | None = Field(default=None, max_length=64)
+    """sha256 of the canonical JSON of [row_key, model, task_type, input] (valid rows only):
+    rows with the same one are twins, and one's completed task serves the others."""
+    reused_from: int | None = Field(default=None, sa_column=Column(BigInteger))
+    """The job whose paid task this row took instead of creating its own (the original,
+    never another reused row); None for a row that created its own."""
 
 
 class Attempt(SQLModel, table=True):

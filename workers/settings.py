@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         1800.0, gt=0, validation_alias=_env("PIAPI_BULK_RECONCILE_TIMEOUT_S")
     )
     """How long reconciliation may take before the row fails (kind ambiguous)."""
+    reuse_window_s: float = Field(
+        72 * 3600.0, gt=0, validation_alias=_env("PIAPI_BULK_REUSE_WINDOW_S")
+    )
+    """A row takes the task of a completed twin (same row id, model, task type and input, in
+    any batch) only when the twin finished within this long (PiAPI deletes outputs after a
+    few days). `--no-reuse` turns reuse off for a batch."""
     stall_s: float = Field(120.0, gt=0, validation_alias=_env("PIAPI_BULK_STALL_S"))
     """`run` restarts the workers and dispatcher it started when no row has moved for this
     long while work waited for them (liveness by progress, not by a process being up)."""

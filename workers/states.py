@@ -4,7 +4,9 @@ queued -> submitting -> running -> completed | failed | cancelled, plus retry_wa
 retryable error, waiting for its next try) and ambiguous (the create's outcome is unknown).
 `invalid` is where a row that failed validation starts and stays. A row that gave up on a
 stuck task may still complete from queued, retry_wait or failed: the abandoned task
-completed after all and the row had no result yet (`workers.stuck`).
+completed after all and the row had no result yet (`workers.stuck`). A waiting row may
+also complete by taking the task of a completed twin, or wait in retry_wait for a twin in
+flight (`workers.transitions.reuse`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ IN_FLIGHT: frozenset[JobState] = frozenset({JobState.SUBMITTING, JobState.RUNNIN
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.CANCELLED,
-                                JobState.COMPLETED}),  # a late result (workers.stuck)
+                                # a late result (workers.stuck), or a twin's task taken
+                                # (workers.transitions.reuse)
+                                JobState.COMPLETED,
+                                # waiting for a twin in flight instead of paying twice
+                                JobState.RETRY_WAIT}),
     JobState.SUBMITTING: frozenset(
         {
             JobState.RUNNING,  # PiAPI answered with a task id
@@ -49,7 +55,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
         {JobState.COMPLETED, JobState.FAILED, JobState.RETRY_WAIT, JobState.CANCELLED}
     ),
     JobState.RETRY_WAIT: frozenset({JobState.SUBMITTING, JobState.CANCELLED,
-                                    JobState.COMPLETED}),  # a late result
+                                    JobState.COMPLETED}),  # a late result, a twin's task
     JobState.AMBIGUOUS: frozenset(
         {JobState.RUNNING, JobState.QUEUED, JobState.RETRY_WAIT, JobState.FAILED,
          JobState.CANCELLED}

@@ -124,3 +124,15 @@ def test_chunks_keep_every_id_once_in_order(ids: list[int], size: int, spread: i
     parts = chunks(ids, size, spread)
     assert [i for p in parts for i in p] == ids
     assert all(0 < len(p) <= size for p in parts)
+
+
+def test_a_reused_row_names_its_origin_and_costs_nothing() -> None:
+    job = Job(id=7, batch_id="b2", seq=1, line=2, row_key="img-1", model="Qubico/joycaption",
+              task_type="joycaption-beta-one", state="completed", task_id="t-1",
+              output_json='{"text": "a cat"}', reused_from=3)
+    line = result_line(job, origin_batch="b1")
+    assert line["reused_from"] == {"batch": "b1", "task_id": "t-1"}
+    assert line["usage"] == {"consume": 0, "usd": 0.0} and line["status"] == "completed"
+    paid = result_line(Job(id=3, batch_id="b1", seq=1, line=2, row_key="img-1",
+                           state="completed", task_id="t-1", usage_consume=100_000))
+    assert "reused_from" not in paid and paid["usage"]["consume"] == 100_000

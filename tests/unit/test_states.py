@@ -75,3 +75,10 @@ def test_completed_absorbs(steps: list[JobState]) -> None:
     state = JobState.COMPLETED
     for nxt in steps:
         assert not can_move(state, nxt)
+
+
+def test_a_waiting_row_may_take_a_twins_task_or_wait_for_it() -> None:
+    # workers.transitions.reuse: completed with a twin's task, or retry_wait for one in flight.
+    for state in (JobState.QUEUED, JobState.RETRY_WAIT):
+        assert can_move(state, JobState.COMPLETED)
+    assert can_move(JobState.QUEUED, JobState.RETRY_WAIT)

@@ -4,7 +4,8 @@
 must still hold), with the row count checked: a Celery message delivered twice, a worker
 that lost its lease, or two dispatchers racing can never apply a change twice. This package
 is the only code that writes `jobs.state`: `create` for the create side, `poll` for
-running tasks, `watch` for late results of abandoned stuck tasks (imported as a module:
+running tasks, `watch` for late results of abandoned stuck tasks and `reuse` for rows
+that take a completed twin's task instead of paying again (imported as modules:
 `from workers.transitions import watch`).
 """
 
