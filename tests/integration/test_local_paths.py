@@ -32,5 +32,5 @@ def test_local_paths_are_invalid_and_never_sent(tmp_path: Path, database_url: st
             by_id[key]["error"]["message"]
         assert f"got '{path[:20]}" in by_id[key]["error"]["message"]  # (long ones cut)
     # Only the URL row reached PiAPI.
-    assert [t["input"]["image"] for t in outcome.ledger] == ["https://example.test/img/1.png"]
+    assert [t["task_id"] for t in outcome.ledger] == [by_id["img-1"]["task_id"]]
     assert outcome.stats["creates"] == 1
