@@ -11,6 +11,7 @@ message's outcomes are recorded in one transaction.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,13 +59,14 @@ class PollFacts:
     """What deciding a poll needs besides PiAPI's answer and the row."""
 
     now: float
-    stuck_after_s: float
-    """How long a task of the row's kind may go on before it counts as stuck."""
-    next_poll_at: float
-    """When to GET the task again if it goes on (the learned schedule)."""
     on_stuck: str
     """The fleet's `--on-stuck` (the batch's own, on the row, wins)."""
     backoff: Backoff
+    stuck_after_s: float = math.inf
+    """How long a task of the row's kind may go on before it counts as stuck..."""
+    next_poll_at: float | None = None
+    """...and when to GET it again if it goes on (the learned schedule); both are needed
+    only for a task still running."""
     cancelled: bool | None = None
     """PiAPI's answer to the cancel the last decision asked for (None: none asked)."""
 
@@ -112,7 +114,7 @@ def _poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: Tally) -> tr.PollOutc
         ctx.count("polled")
     except (RetryableError, PermanentError) as exc:
         answer = exc
-    facts = facts_for(ctx, t)
+    facts = facts_for(ctx, t, answer)
     decision = decide_poll(t, answer, facts)
     if decision.ask_cancel:
         facts = replace(facts, cancelled=ctx.cancel_at_piapi(t.task_id))
@@ -126,14 +128,17 @@ def _poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: Tally) -> tr.PollOutc
     return decision.record
 
 
-def facts_for(ctx: WorkerContext, t: tr.PollTarget) -> PollFacts:
-    """The clock, and what the row's kind has learned, for deciding one poll now."""
+def facts_for(ctx: WorkerContext, t: tr.PollTarget, answer: PollAnswer) -> PollFacts:
+    """The clock, and for a task still running what its kind has learned (an ended task or
+    an error needs neither, and the learned durations may take a database read)."""
     now = ctx.clock()
+    facts = PollFacts(now=now, on_stuck=ctx.on_stuck, backoff=ctx.backoff)
+    if not isinstance(answer, TaskView) or answer.outcome.ended:
+        return facts
     submitted = t.submitted_at if t.submitted_at is not None else now
-    return PollFacts(
-        now=now, stuck_after_s=ctx.stuck_after_s(t.model, t.task_type),
-        next_poll_at=ctx.next_poll_at(t.model, t.task_type, submitted, t.polls + 1, now),
-        on_stuck=ctx.on_stuck, backoff=ctx.backoff)
+    return replace(facts, stuck_after_s=ctx.stuck_after_s(t.model, t.task_type),
+                   next_poll_at=ctx.next_poll_at(t.model, t.task_type, submitted,
+                                                 t.polls + 1, now))
 
 
 def decide_poll(t: tr.PollTarget, answer: PollAnswer, f: PollFacts) -> PollDecision:
@@ -157,6 +162,7 @@ def decide_poll(t: tr.PollTarget, answer: PollAnswer, f: PollFacts) -> PollDecis
     given_up = _stuck(t, answer, f)
     if given_up is not None:
         return given_up
+    assert f.next_poll_at is not None, "a running task's facts carry its poll schedule"
     return PollDecision(tr.PollOutcome(t, "progress", answer, next_at=f.next_poll_at))
 
 
