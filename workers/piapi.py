@@ -7,7 +7,8 @@ Every failure is one of three kinds, so callers decide by type, never by message
 
     PiAPIError
     ├── RetryableError          nothing was done; trying again later is safe
-    │   ├── RateLimited         429 (retry_after_s from Retry-After when given)
+    │   ├── RateLimited         429 (retry_after_s from Retry-After when given; `scope`:
+    │   │                       too many requests, or too many tasks in flight)
     │   ├── ServerError         5xx or an unreadable answer to a read
     │   ├── NetworkError        the request provably never arrived (connect, pool)
     │   └── ProviderBusy        a create refused because PiAPI's provider pool cannot take
@@ -24,6 +25,10 @@ Every failure is one of three kinds, so callers decide by type, never by message
 The reason PiAPI gives for a refusal may sit in `data.error` (`raw_message`, `message`) or
 `data.logs` rather than in the top-level `message`: the exception text carries the most
 specific one (bounded to MESSAGE_CHARS), with the top-level message after it.
+
+What PiAPI's words mean is decided here, once: a task's status word becomes an `Outcome`
+(`STATUS_OUTCOMES`, read through `TaskView.outcome` and `HistoryRow.outcome`), a 429 carries
+its `LimitScope`, and `has_content` tells a real output from PiAPI's empty placeholders.
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NoReturn
 
 import httpx
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 SUCCESS_CODES = frozenset({0, 200})
-TERMINAL_STATUSES = frozenset({"completed", "failed"})
 RETRY_AFTER_CAP_S = 300.0
 """A Retry-After beyond this is treated as this: never park a row for hours on one header."""
 GATEWAY_TIMEOUTS = frozenset({504, 522, 524})
@@ -56,6 +61,69 @@ ACCOUNT_WORDS = ("credit", "balance", "insufficient")
 PROVIDER_WORDS = ("doesn't have enough credit", "does not have enough credit",
                   "no available account")
 """...unless it names a pool account PiAPI's provider uses (retryable), not yours."""
+
+
+class Outcome(StrEnum):
+    """What a task's status word means, whatever PiAPI spelled it (see STATUS_OUTCOMES)."""
+
+    PENDING = "pending"
+    """Waiting for a pool account: in flight, and the only state PiAPI can cancel."""
+    RUNNING = "running"
+    """In flight and not cancellable: processing, staged, or a word nobody documented."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """True once PiAPI will not change the task any more."""
+        return self in (Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED)
+
+
+STATUS_OUTCOMES: Mapping[str, Outcome] = {
+    "pending": Outcome.PENDING,
+    "processing": Outcome.RUNNING,
+    "staged": Outcome.RUNNING,  # Midjourney over the concurrency limit, queued (docs)
+    "completed": Outcome.COMPLETED,
+    "finished": Outcome.COMPLETED,  # the history's word for a completed task (docs)
+    "success": Outcome.COMPLETED,  # accepted by other clients (client practice)
+    "succeeded": Outcome.COMPLETED,  # likewise
+    "failed": Outcome.FAILED,
+    "cancelled": Outcome.CANCELLED,  # no status after a cancel is documented, but a
+    "canceled": Outcome.CANCELLED,  # cancelled task cannot resume (its DELETE says "canceled")
+}
+"""Every status word PiAPI is known to use (lower-cased; the schema capitalises them), and
+what it means. A word not here is taken as still running: the docs say to treat an
+unknown status as not terminal."""
+
+
+def status_outcome(status: str) -> Outcome:
+    """What a task status word means (compared case-insensitively; unknown: running)."""
+    return STATUS_OUTCOMES.get(status.strip().lower(), Outcome.RUNNING)
+
+
+class LimitScope(StrEnum):
+    """Which of PiAPI's limits a 429 says was reached."""
+
+    RATE = "rate"
+    """Too many requests: slow the fleet's request rate down."""
+    CONCURRENCY = "concurrency"
+    """Too many tasks in flight (a create refused over the account's limit)."""
+
+
+def limit_scope(message: str, *, create: bool) -> LimitScope:
+    """The scope of a 429 with this text. Only a create adds a task, so a 429 to anything
+    else is about the request rate; a create's 429 that names neither limit is taken as
+    the concurrency limit (the docs leave open whether PiAPI refuses over-limit creates,
+    and how)."""
+    if not create:
+        return LimitScope.RATE
+    text = message.lower()
+    if "concurren" in text or ("task" in text and "limit" in text):
+        return LimitScope.CONCURRENCY
+    if "rate" in text or "too many requests" in text:
+        return LimitScope.RATE
+    return LimitScope.CONCURRENCY
 
 
 class PiAPIError(Exception):
@@ -77,7 +145,13 @@ class RetryableError(PiAPIError):
 
 
 class RateLimited(RetryableError):
-    """HTTP 429: too many requests or too many tasks in flight."""
+    """HTTP 429: too many requests or too many tasks in flight (`scope` says which)."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after_s: float | None = None,
+                 scope: LimitScope = LimitScope.RATE) -> None:
+        super().__init__(message, status=status, retry_after_s=retry_after_s)
+        self.scope = scope
 
 
 class ServerError(RetryableError):
@@ -165,7 +239,7 @@ class TaskView:
     model: str
     task_type: str
     status: str
-    """Lower-cased; `pending`, `processing`, `staged`, `completed`, `failed` or unknown."""
+    """PiAPI's word, lower-cased (`pending`, `processing`, ...): `outcome` says what it means."""
     output: Any
     usage: Usage | None
     error: TaskError | None
@@ -176,9 +250,14 @@ class TaskView:
     """The input as PiAPI echoes it (normalised: defaults filled, unknown keys dropped)."""
 
     @property
-    def is_terminal(self) -> bool:
-        """True once PiAPI will not change the task any more."""
-        return self.status in TERMINAL_STATUSES
+    def outcome(self) -> Outcome:
+        """What the task's status means."""
+        return status_outcome(self.status)
+
+    @property
+    def has_output(self) -> bool:
+        """True when the output carries a real result, not PiAPI's empty placeholders."""
+        return has_content(self.output)
 
 
 @dataclass(frozen=True)
@@ -189,12 +268,19 @@ class HistoryRow:
     model: str
     task_type: str
     status: str
+    """PiAPI's word, lower-cased (the listing says `finished` for `completed`): `outcome`
+    says what it means."""
     created_at: float | None
     input: Mapping[str, Any] | None
     """The task's input, when the listing carries the task's details (PiAPI documents
     rows without it)."""
     detail_model: str = ""
     """`detail.model`, which may differ in spelling from the row's `task_model`."""
+
+    @property
+    def outcome(self) -> Outcome:
+        """What the row's status means."""
+        return status_outcome(self.status)
 
 
 @dataclass(frozen=True)
@@ -213,6 +299,18 @@ class AccountInfo:
 
     max_concurrent_tasks: int | None
     usd: float | None
+
+
+def has_content(output: Any) -> bool:
+    """True when `output` carries a real result (some non-empty string): PiAPI's output is
+    null or empty placeholders (`{"video": ""}`, zeros) until the task is done."""
+    if isinstance(output, str):
+        return bool(output.strip())
+    if isinstance(output, dict):
+        return any(has_content(v) for v in output.values())
+    if isinstance(output, list):
+        return any(has_content(v) for v in output)
+    return False
 
 
 def _int(value: Any) -> int:
@@ -306,10 +404,6 @@ def _unix(value: Any) -> float | None:
         return None
 
 
-HISTORY_STATUSES: Mapping[str, str] = {"finished": "completed"}
-"""History statuses spelled otherwise than a task's (the documented rows say `finished`)."""
-
-
 def parse_history_row(row: Mapping[str, Any]) -> HistoryRow | None:
     """One history row: the documented snake_case listing (`task_id, task_model, action,
     status, created_at, detail{model, task_id, workflow_type}`, no input), the camelCase
@@ -332,7 +426,7 @@ def parse_history_row(row: Mapping[str, Any]) -> HistoryRow | None:
         task_id=task_id,
         model=str(model),
         task_type=str(row.get("action") or row.get("task_type") or source.get("task_type") or ""),
-        status=HISTORY_STATUSES.get(status, status),
+        status=status,
         created_at=created,
         input=raw_input if isinstance(raw_input, Mapping) else None,
         detail_model=str(source.get("model") or ""),
@@ -425,7 +519,8 @@ def raise_error(status: int, message: str, headers: httpx.Headers, *,
     Only a create's refusal is read for account words: a failed read or a failed task
     never stops the fleet by its text, only a refused key (401, 402, 403) does."""
     if status == 429:
-        raise RateLimited(message, status=status, retry_after_s=retry_after_s(headers))
+        raise RateLimited(message, status=status, retry_after_s=retry_after_s(headers),
+                          scope=limit_scope(message, create=create))
     if create and status in GATEWAY_TIMEOUTS:
         raise AmbiguousError(message, status=status)
     if status >= 500:

@@ -234,7 +234,7 @@ def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tall
 
 def _adopt_view(ctx: WorkerContext, t: amb.AmbiguousTarget, view: TaskView, why: str) -> bool:
     now = ctx.clock()
-    next_at = now if view.is_terminal else ctx.next_poll_at(t.model, t.task_type,
+    next_at = now if view.outcome.ended else ctx.next_poll_at(t.model, t.task_type,
                                                             t.started_at, 0, now)
     return amb.adopt(ctx.engine, t, view, now, next_at, why)
 

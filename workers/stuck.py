@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from workers.piapi import Outcome
+
 WATCH_FACTOR = 10.0
 """An abandoned task is watched until this many stuck limits after it was abandoned
 (the stuck limit is itself 4x the longest duration learned: 40x in all)..."""
@@ -98,13 +100,13 @@ def give_up(policy: OnStuck, attempts_left: bool) -> Action | None:
     return Action.FAIL
 
 
-def action(status: str, age_s: float, limit_s: float, policy: OnStuck,
+def action(outcome: Outcome, age_s: float, limit_s: float, policy: OnStuck,
            attempts_left: bool) -> Action | None:
     """What to do about a task of age `age_s` (s since its create) that PiAPI still reports
-    as `status` (not ended), given the stuck limit; None: keep polling it."""
+    as not ended (`outcome`), given the stuck limit; None: keep polling it."""
     if age_s <= limit_s:
         return None
-    if status == "pending":
+    if outcome is Outcome.PENDING:
         return Action.CANCEL
     return give_up(policy, attempts_left)
 

@@ -1,4 +1,4 @@
-"""The Celery tasks: thin wrappers that take job ids only and call `workers.work`.
+"""The Celery tasks: thin wrappers that take job ids only and call one plain function each.
 
 Arguments are job ids, never inputs, payloads or secrets: Flower and the broker show them.
 """
@@ -12,7 +12,9 @@ from celery import Celery
 from workers.app import POLL_TASK, RECONCILE_TASK, SUBMIT_TASK, WATCH_TASK
 from workers.settle import reconcile_jobs
 from workers.watch import watch_tasks
-from workers.work import WorkerContext, poll_jobs, submit_jobs
+from workers.work import WorkerContext
+from workers.work.create import submit_jobs
+from workers.work.poll import poll_jobs
 
 
 def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:

@@ -13,16 +13,9 @@ import logging
 from collections.abc import Iterable
 
 from workers import stuck
-from workers.piapi import InvalidRequest, NotFound, PiAPIError, RateLimited, TaskView
+from workers.piapi import InvalidRequest, NotFound, Outcome, PiAPIError, RateLimited, TaskView
 from workers.transitions import watch as tw
-from workers.work import (
-    CANCELLED_STATUSES,
-    SUCCESS_STATUSES,
-    Tally,
-    WorkerContext,
-    cancel_at_piapi,
-    has_content,
-)
+from workers.work import Tally, WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +57,9 @@ def look(ctx: WorkerContext, t: tw.WatchTarget, tally: Tally) -> bool:
         return _later(ctx, t, min(now + wait, t.watch_until))
     now = ctx.clock()
     status = view.status
-    if status in SUCCESS_STATUSES and (has_content(view.output) or now >= t.watch_until):
+    if view.outcome is Outcome.COMPLETED and (view.has_output or now >= t.watch_until):
         return _completed(ctx, t, view, now, limit)
-    if status == "failed" or status in CANCELLED_STATUSES:
+    if view.outcome in (Outcome.FAILED, Outcome.CANCELLED):
         text = view.error.text if view.error else status
         return _stop(ctx, t, view, now, f"; it ended {status} at PiAPI later: {text}")
     if now >= t.watch_until:
@@ -99,7 +92,7 @@ def _completed(ctx: WorkerContext, t: tw.WatchTarget, view: TaskView, now: float
     current = t.row_task_id
     if t.row_state == "running" and current and current != t.task_id:
         until = stuck.watch_until(now, limit)
-        replacement = tw.Replacement(current, cancel_at_piapi(ctx, current), until,
+        replacement = tw.Replacement(current, ctx.cancel_at_piapi(current), until,
                                      stuck.next_look_at(now, limit, until))
     late = ctx.record(lambda: tw.record_late_completion(ctx.engine, t, view, now, replacement))
     ctx.count(f"late_{late.value}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.catalog import active_family, prior_cost_usd
-from workers.piapi import AmbiguousError, HistoryRow, PiAPIClient, PiAPIError
+from workers.piapi import AmbiguousError, HistoryRow, PiAPIClient, PiAPIError, status_outcome
 from workers.reconcile import input_matches
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class ProbeResult:
     lag_s: float | None = None
     """Seconds from sending the create until the task was first listed."""
     first_status: str | None = None
-    """The task's status in the listing when it was first listed."""
+    """The task's status in the listing when it was first listed (PiAPI's word)."""
     row: HistoryRow | None = None
     echo_read: bool = False
     """Whether the GET of the task answered."""
@@ -68,7 +68,7 @@ class ProbeResult:
         (the lag and the task's own duration cannot be told apart then)."""
         if self.first_status is None:
             return None
-        return True if self.first_status not in ("completed", "failed") else None
+        return None if status_outcome(self.first_status).ended else True
 
     @property
     def echoes_input(self) -> bool | None:

@@ -25,7 +25,8 @@ from workers.models import Attempt, Job
 from workers.piapi import NotFound, TaskError, TaskView, Usage
 from workers.states import ErrorKind, JobState
 from workers.watch import watch_tasks
-from workers.work import WorkerContext, poll_jobs
+from workers.work import WorkerContext
+from workers.work.poll import poll_jobs
 
 T0 = 1_000_000.0
 LEASE = 30.0

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.piapi import PiAPIClient, parse_history_row
+from workers.piapi import Outcome, PiAPIClient, parse_history_row
 
 DOCUMENTED_ROW: dict[str, Any] = {
     "task_id": "9b2c", "task_model": "Qubico/flux1-schnell", "action": "txt2img",
@@ -18,19 +18,19 @@ DOCUMENTED_ROW: dict[str, Any] = {
 
 
 @pytest.mark.parametrize(("row", "expect"), [
-    (DOCUMENTED_ROW, ("9b2c", "Qubico/flux1-schnell", "txt2img", "completed")),
+    (DOCUMENTED_ROW, ("9b2c", "Qubico/flux1-schnell", "txt2img", Outcome.COMPLETED)),
     # detail names the model the task was made with; the row's own field may be a family
     ({**DOCUMENTED_ROW, "task_model": "flux"},
-     ("9b2c", "Qubico/flux1-schnell", "txt2img", "completed")),
+     ("9b2c", "Qubico/flux1-schnell", "txt2img", Outcome.COMPLETED)),
     ({**DOCUMENTED_ROW, "detail": None, "status": "Processing"},
-     ("9b2c", "Qubico/flux1-schnell", "txt2img", "processing")),
+     ("9b2c", "Qubico/flux1-schnell", "txt2img", Outcome.RUNNING)),
     ({"taskId": "t1", "taskModel": "Wan", "action": "wan26-txt2video", "status": "Completed",
-      "detail": None}, ("t1", "Wan", "wan26-txt2video", "completed")),
+      "detail": None}, ("t1", "Wan", "wan26-txt2video", Outcome.COMPLETED)),
 ])
-def test_history_row_shapes(row: dict[str, Any], expect: tuple[str, str, str, str]) -> None:
+def test_history_row_shapes(row: dict[str, Any], expect: tuple[str, str, str, Outcome]) -> None:
     parsed = parse_history_row(row)
     assert parsed is not None
-    assert (parsed.task_id, parsed.model, parsed.task_type, parsed.status) == expect
+    assert (parsed.task_id, parsed.model, parsed.task_type, parsed.outcome) == expect
 
 
 def test_documented_row_has_a_time_and_no_input() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from workers.piapi import (
     AccountError,
     AmbiguousError,
     InvalidRequest,
+    LimitScope,
     NetworkError,
     NotFound,
+    Outcome,
     PiAPIClient,
     ProviderBusy,
     RateLimited,
@@ -60,12 +63,57 @@ def test_parse_the_documented_create_answer() -> None:
     assert view.created_at == "2025-07-16T06:21:33.896480518Z"
     assert view.usage == piapi.Usage("llm", 0, 100000)
     assert view.error is None
-    assert not view.is_terminal
+    assert view.outcome is Outcome.PENDING and not view.outcome.ended
 
 
-def test_status_is_compared_case_insensitively() -> None:
-    data = dict(CREATE_EXAMPLE["data"], status="Completed")
-    assert parse_task(data).is_terminal
+# (PiAPI's status word, what it means): every word in piapi.STATUS_OUTCOMES, and the rest.
+STATUSES: list[tuple[str, Outcome]] = [
+    ("pending", Outcome.PENDING),
+    ("processing", Outcome.RUNNING),
+    ("staged", Outcome.RUNNING),  # Midjourney over its limit: queued, not cancellable
+    ("completed", Outcome.COMPLETED),
+    ("finished", Outcome.COMPLETED),  # the history's word
+    ("success", Outcome.COMPLETED),
+    ("succeeded", Outcome.COMPLETED),
+    ("failed", Outcome.FAILED),
+    ("cancelled", Outcome.CANCELLED),
+    ("canceled", Outcome.CANCELLED),
+    ("Completed", Outcome.COMPLETED),  # the schema capitalises: compared case-insensitively
+    (" PENDING ", Outcome.PENDING),
+    ("queueing-up", Outcome.RUNNING),  # a word nobody documented: not ended
+    ("", Outcome.RUNNING),
+]
+
+
+@pytest.mark.parametrize(("status", "expected"), STATUSES)
+def test_status_outcome(status: str, expected: Outcome) -> None:
+    view = parse_task(dict(CREATE_EXAMPLE["data"], status=status))
+    assert view.outcome is expected
+    assert view.outcome.ended is (expected in (Outcome.COMPLETED, Outcome.FAILED,
+                                               Outcome.CANCELLED))
+    row = piapi.parse_history_row({"task_id": "t", "status": status})
+    assert row is not None and row.outcome is expected
+
+
+def test_every_word_in_the_status_table_is_tested() -> None:
+    assert set(piapi.STATUS_OUTCOMES.items()) <= set(STATUSES)
+
+
+@pytest.mark.skipif(not DOCS.exists(), reason="shared docs not present")
+def test_every_documented_status_word_is_in_the_table() -> None:
+    text = (DOCS / "song-get-task.txt").read_text()
+    allowed = text[text.index("Allowed values:\n", text.index("\nstatus\n")):].split("\n")[1]
+    words = [w.lower() for w in re.findall(r"[A-Z][a-z]+", allowed)]
+    assert words == ["completed", "processing", "pending", "failed", "staged"]
+    assert set(words) <= set(piapi.STATUS_OUTCOMES)
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    (None, False), ("", False), ({"video": ""}, False), ({"a": [0, 0.0, None]}, False),
+    ([" "], False), ("text", True), ({"images": ["", "https://x/y.png"]}, True),
+])
+def test_output_placeholders_are_not_content(output: Any, expected: bool) -> None:
+    assert parse_task(dict(CREATE_EXAMPLE["data"], output=output)).has_output is expected
 
 
 def test_null_times_meta_and_logs_are_tolerated() -> None:
@@ -109,6 +157,29 @@ def test_status_mapping(status: int, create: bool, expected: type[Exception]) ->
     response = httpx.Response(status, json={"code": status, "message": "x"})
     with pytest.raises(expected):
         piapi.raise_for_status(response, create=create)
+
+
+# (create?, the 429's words, its scope)
+LIMITS: list[tuple[bool, str, LimitScope]] = [
+    (True, "concurrent task limit exceeded", LimitScope.CONCURRENCY),  # the emulator's
+    (True, "Concurrency limit reached", LimitScope.CONCURRENCY),
+    (True, "task limit reached", LimitScope.CONCURRENCY),
+    (True, "too many requests", LimitScope.RATE),
+    (True, "rate limit exceeded", LimitScope.RATE),
+    (True, "", LimitScope.CONCURRENCY),  # a create's 429 that names neither
+    (False, "concurrent task limit exceeded", LimitScope.RATE),  # a read adds no task
+    (False, "too many requests", LimitScope.RATE),
+    (False, "", LimitScope.RATE),
+]
+
+
+@pytest.mark.parametrize(("create", "message", "expected"), LIMITS)
+def test_a_429_says_which_limit(create: bool, message: str, expected: LimitScope) -> None:
+    body = {"code": 429, "message": message} if message else {}
+    response = httpx.Response(429, json=body, headers={"Retry-After": "3"})
+    with pytest.raises(RateLimited) as caught:
+        piapi.raise_for_status(response, create=create)
+    assert (caught.value.scope, caught.value.retry_after_s) == (expected, 3.0)
 
 
 def test_credit_message_is_an_account_error() -> None:
@@ -315,5 +386,5 @@ def test_parse_the_documented_webhook_bodies() -> None:
         start = text.index('{\n    "timestamp"')
         body, _ = json.JSONDecoder().raw_decode(text[start:])
         view = parse_task(body["data"])
-        assert view.status == "completed" and view.is_terminal
+        assert view.status == "completed" and view.outcome is Outcome.COMPLETED
         assert view.output

@@ -136,14 +136,14 @@ def test_history_rows_in_every_shape() -> None:
                   "created_at": "2025-12-17T10:28:49.8528496Z",
                   "updated_at": "2025-12-17T10:31:02Z"}
     r = parse_history_row(documented)
-    assert r is not None and (r.task_id, r.model, r.task_type, r.status) == (
+    assert r is not None and (r.task_id, r.model, r.task_type, r.outcome) == (
         "t1", "Wan", "wan26-txt2video", "completed")
     assert r.input is None and r.created_at is not None and r.detail_model == "Wan"
     listing = {"id": 7, "taskId": "t1", "taskModel": "Wan", "action": "wan26-txt2video",
                "status": "Completed", "createdAt": "2025-12-17T10:28:49.8528496Z",
                "detail": {"task_id": "t1", "input": {"prompt": "p"}}}
     r = parse_history_row(listing)
-    assert r is not None and (r.task_id, r.model, r.status) == ("t1", "Wan", "completed")
+    assert r is not None and (r.task_id, r.model, r.outcome) == ("t1", "Wan", "completed")
     assert r.input == {"prompt": "p"} and r.created_at is not None
     summary = parse_history_row({**listing, "detail": None})
     assert summary is not None and summary.input is None

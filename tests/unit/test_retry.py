@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import cast
-
 import pytest
 
-from workers.control import get_halt
-from workers.db import create_tables, make_engine
-from workers.piapi import PiAPIClient, parse_task
 from workers.retry import (
     BASE_BACKOFF_S,
     MAX_BACKOFF_S,
@@ -18,8 +12,6 @@ from workers.retry import (
     classify_failure,
     should_retry,
 )
-from workers.transitions import PollTarget
-from workers.work import WorkerContext, outcome_of
 
 
 @pytest.mark.parametrize(
@@ -78,29 +70,3 @@ def test_should_retry_bound() -> None:
 )
 def test_classify_failure(text: str, expected: FailureClass) -> None:
     assert classify_failure(text) is expected
-
-
-@pytest.mark.parametrize(("error", "logs", "kind", "error_kind"), [
-    ({"raw_message": "account 4 doesn't have enough credits"}, [], "retry", "provider"),
-    ({}, ["doesn't have enough credits"], "retry", "provider"),
-    ({"message": "insufficient balance"}, [], "retry", "account"),
-    ({"raw_message": "prompt violates our content policy"}, [], "failed", "input"),
-])
-def test_a_failed_task_never_halts_the_fleet(tmp_path: Path, error: dict[str, str],
-                                             logs: list[str], kind: str,
-                                             error_kind: str) -> None:
-    """Only a refused key or an account-level create refusal halts; a failed task (even
-    one naming credits) is retried as a new task within the attempt limit, or fails."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'halt.db'}")
-    create_tables(engine)
-    ctx = WorkerContext(engine=engine, client=cast(PiAPIClient, None), lease_s=30.0,
-                        max_tries=3, clock=lambda: 1000.0, rng=lambda: 0.0)
-    target = PollTarget(job_id=1, task_id="t1", polls=2, poll_errors=0, attempts=1,
-                        max_attempts=3, model="Qubico/joycaption",
-                        task_type="joycaption-beta-one", submitted_at=990.0)
-    view = parse_task({"task_id": "t1", "status": "failed", "logs": logs,
-                       "error": {"code": 0, "message": "", "raw_message": "", **error}})
-    outcome = outcome_of(ctx, target, view)
-    assert (outcome.kind, str(outcome.error_kind)) == (kind, error_kind)
-    assert get_halt(engine) is None
-    engine.dispose()

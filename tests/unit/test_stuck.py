@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
 from workers import stuck
-from workers.piapi import TaskView, Usage
+from workers.piapi import TaskView, Usage, status_outcome
 from workers.states import ErrorKind
 from workers.stuck import Action, OnStuck
 from workers.transitions.common import PollTarget
-from workers.work import WorkerContext, outcome_of
+from workers.transitions.poll import PollOutcome
+from workers.work.poll import PollFacts, decide_poll
 
 LIMIT = 300.0
 """Joycaption's stuck limit before anything is learned: 10 x its 30 s prior."""
@@ -37,7 +38,7 @@ T0 = 1_000_000.0
 ])
 def test_action(status: str, age: float, policy: OnStuck, left: bool,
                 expected: Action | None) -> None:
-    assert stuck.action(status, age, LIMIT, policy, left) is expected
+    assert stuck.action(status_outcome(status), age, LIMIT, policy, left) is expected
 
 
 @pytest.mark.parametrize(("age", "policy", "left", "expected"), [
@@ -95,16 +96,23 @@ class _Client:
 
 
 def _poll(status: str, age: float, *, policy: str | None = None, fleet: str = "retry",
-          attempts: int = 1, cancels: bool = True) -> tuple[Any, _Client]:
+          attempts: int = 1, cancels: bool = True) -> tuple[PollOutcome, _Client]:
+    """A poll's decision as the worker makes it: decided, and decided again with PiAPI's
+    answer when it asked for a cancel."""
     client = _Client(cancels)
-    ctx = WorkerContext(engine=None, client=client, lease_s=1.0, max_tries=1,  # type: ignore[arg-type]
-                        clock=lambda: T0 + age, on_stuck=fleet)
     target = PollTarget(7, "t1", 3, 0, attempts=attempts, max_attempts=2,
                         model="Qubico/joycaption", task_type="joycaption-beta-one",
                         submitted_at=T0, on_stuck=policy)
     view = TaskView("t1", "Qubico/joycaption", "joycaption-beta-one", status, None,
                     Usage("llm", 0, 100000), None, None, None, None)
-    return outcome_of(ctx, target, view), client
+    facts = PollFacts(now=T0 + age, stuck_after_s=LIMIT, next_poll_at=T0 + age + 1.0,
+                      on_stuck=fleet, backoff=lambda tries, after: 1.0)
+    decision = decide_poll(target, view, facts)
+    if decision.ask_cancel:
+        decision = decide_poll(target, view,
+                               replace(facts, cancelled=client.cancel_task(target.task_id)))
+    assert decision.record is not None
+    return decision.record, client
 
 
 @pytest.mark.parametrize(("status", "age", "policy", "attempts", "kind", "attempt_state"), [

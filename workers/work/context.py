@@ -1,0 +1,136 @@
+"""What the work functions share: the worker's context and a message's request tally."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy.engine import Engine
+
+from workers import stuck
+from workers.catalog import prior_duration_s
+from workers.db import TRANSIENT_WAIT_S, retry_transient
+from workers.durations import DurationCache
+from workers.fleet import Fleet
+from workers.piapi import LimitScope, PiAPIClient, PiAPIError
+from workers.polling import PollMode, next_poll_age, stuck_after_s
+from workers.ratelimit import Budget
+from workers.retry import backoff_s
+from workers.webhooks import WebhookSigner
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class WorkerContext:
+    """What the work functions need: the record, the API, the limits and a clock."""
+
+    engine: Engine
+    client: PiAPIClient
+    lease_s: float
+    max_tries: int
+    clock: Callable[[], float] = time.time
+    rng: Callable[[], float] | None = None
+    budget: Budget | None = None
+    """The fleet-wide request budget (creates are budgeted by the dispatcher)."""
+    fleet: Fleet | None = None
+    durations: DurationCache | None = None
+    webhooks: WebhookSigner | None = None
+    reconcile_timeout_s: float = 1800.0
+    http_pool: ThreadPoolExecutor | None = None
+    """Runs a message's HTTP calls side by side (a message carries several jobs)."""
+    counters: dict[str, int] = field(default_factory=dict)
+    db_wait_s: float = TRANSIENT_WAIT_S
+    """How long a record waits for a restarting database."""
+    on_stuck: str = stuck.OnStuck.RETRY.value
+    """The fleet's policy for stuck tasks PiAPI cannot cancel (a batch may set its own)."""
+
+    def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`fn` over `items`, concurrently when there is a pool and more than one item."""
+        if self.http_pool is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self.http_pool.map(fn, items))
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump a process-local counter (for logs and benchmarks)."""
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def backoff(self, tries: int, retry_after_s: float | None) -> float:
+        """Seconds before the next try (jittered)."""
+        if self.rng is None:
+            return backoff_s(tries, retry_after_s)
+        return backoff_s(tries, retry_after_s, self.rng)
+
+    def record(self, fn: Callable[[], R]) -> R:
+        """Write what a PiAPI request taught us, waiting out a database restart (the
+        transitions are compare-and-sets, so running one again changes nothing twice)."""
+        return retry_transient(fn, wait_s=self.db_wait_s)
+
+    def spend(self, kind: str) -> None:
+        """Take one request from the fleet's budget (blocks while there is none)."""
+        if self.budget is not None:
+            self.budget.spend(kind)
+
+    def mode(self) -> PollMode:
+        """How the fleet learns that tasks ended (decides how eagerly to poll)."""
+        if self.webhooks is not None:
+            return PollMode.WEBHOOK
+        return self.fleet.mode() if self.fleet else PollMode.EAGER
+
+    def stuck_after_s(self, model: str, task_type: str) -> float:
+        """How long a task of this kind may go on before it counts as stuck."""
+        learned = self.durations.get(model, task_type) if self.durations else None
+        return stuck_after_s(learned, prior_duration_s(model, task_type))
+
+    def next_poll_at(self, model: str, task_type: str, submitted_at: float, polls: int,
+                     now: float) -> float:
+        """When to GET a task next, from what tasks of its kind have taken so far."""
+        learned = self.durations.get(model, task_type) if self.durations else None
+        age = max(0.0, now - submitted_at)
+        return submitted_at + next_poll_age(age, polls, learned,
+                                            prior_duration_s(model, task_type), self.mode())
+
+    def cancel_at_piapi(self, task_id: str) -> bool:
+        """Ask PiAPI to cancel a task (only possible while pending); True when it did."""
+        try:
+            self.spend("cancel")
+            return self.client.cancel_task(task_id)
+        except PiAPIError as exc:
+            logger.info("could not cancel task %s: %s", task_id, exc)
+            return False
+
+
+@dataclass
+class Tally:
+    """Requests and 429s of one message, reported to the fleet once at the end."""
+
+    requests: int = 0
+    rate_429: int = 0
+    conc_429: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, requests: int = 0, rate_429: int = 0, conc_429: int = 0) -> None:
+        """Count requests and 429s (called from the message's HTTP threads)."""
+        with self.lock:
+            self.requests += requests
+            self.rate_429 += rate_429
+            self.conc_429 += conc_429
+
+    def limited(self, scope: LimitScope | None) -> None:
+        """Count a 429 of this scope (None: the answer was no 429)."""
+        if scope is LimitScope.CONCURRENCY:
+            self.add(conc_429=1)
+        elif scope is LimitScope.RATE:
+            self.add(rate_429=1)
+
+    def report(self, ctx: WorkerContext, freed: bool) -> None:
+        """Tell the fleet, once per message; `freed` wakes the dispatcher for a free slot."""
+        if ctx.fleet is not None:
+            ctx.fleet.report(self.requests, self.rate_429, self.conc_429, wake=freed)

@@ -1,0 +1,149 @@
+"""The create half: claim due jobs, POST each, and record what PiAPI answered.
+
+What an answer means for the row is `decide_create`, a pure function of the answer (a
+task, or the client's exception); `submit_jobs` only claims, sends and records. Creates
+are recorded one by one: a task id must be saved the moment it is known. One row's
+trouble never stops the others in the same message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from workers import transitions as tr
+from workers.piapi import (
+    AccountError,
+    AmbiguousError,
+    LimitScope,
+    PermanentError,
+    RateLimited,
+    RetryableError,
+    TaskView,
+)
+from workers.states import ErrorKind
+from workers.work.context import Tally, WorkerContext
+
+logger = logging.getLogger(__name__)
+
+CreateAnswer = TaskView | AmbiguousError | RetryableError | PermanentError
+"""What a create can come back with: the task, or one of the client's three kinds."""
+
+
+class CreateVerdict(StrEnum):
+    """What a create's answer means for its row."""
+
+    CREATED = "created"
+    """The task exists (and is paid for): record its id, poll it."""
+    AMBIGUOUS = "create_ambiguous"
+    """Sent, no answer: a task may exist; reconciliation finds it, never a blind re-post."""
+    RETRY = "create_retry"
+    """Nothing was created (429, 5xx, not sent, provider busy): back off, post again."""
+    ACCOUNT = "create_account_error"
+    """The account was refused (key, balance): the row goes back to the queue and the
+    fleet halts until a human acts."""
+    REJECTED = "create_rejected"
+    """PiAPI refused the input: the row fails, kind `input`."""
+
+
+@dataclass(frozen=True)
+class CreateDecision:
+    """What to record for one create (the verdict's value is also its counter's name)."""
+
+    verdict: CreateVerdict
+    view: TaskView | None = None
+    """CREATED: the task PiAPI made."""
+    message: str = ""
+    """Why, in PiAPI's words where it gave any (the row's and the attempt's error)."""
+    retry_after_s: float | None = None
+    """RETRY: PiAPI's Retry-After, when it sent one."""
+    limit: LimitScope | None = None
+    """A 429's scope, counted for the fleet's limits."""
+
+    @property
+    def frees_slot(self) -> bool:
+        """True unless a task was made: the concurrency slot the dispatcher gave frees up."""
+        return self.verdict is not CreateVerdict.CREATED
+
+
+def decide_create(answer: CreateAnswer) -> CreateDecision:
+    """What a create's answer means for the row (by the answer's type, never its text)."""
+    if isinstance(answer, TaskView):
+        return CreateDecision(CreateVerdict.CREATED, view=answer)
+    if isinstance(answer, AmbiguousError):
+        return CreateDecision(CreateVerdict.AMBIGUOUS, message=str(answer))
+    if isinstance(answer, RetryableError):
+        limit = answer.scope if isinstance(answer, RateLimited) else None
+        return CreateDecision(CreateVerdict.RETRY, message=str(answer),
+                              retry_after_s=answer.retry_after_s, limit=limit)
+    if isinstance(answer, AccountError):
+        return CreateDecision(CreateVerdict.ACCOUNT,
+                              message=f"PiAPI refused the account: {answer}")
+    return CreateDecision(CreateVerdict.REJECTED, message=str(answer))
+
+
+def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
+    """Create a PiAPI task for each job that is still due."""
+    ids = list(job_ids)
+    tally = Tally()
+    freed = False
+    # No budget is spent here: the dispatcher took a token for each create it sent, so a
+    # create never waits for one while its lease runs.
+    try:
+        claims = tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s)
+        freed = any(ctx.each(lambda claim: _create_one(ctx, claim, tally), claims))
+        skipped = len(ids) - tally.requests
+        if skipped > 0:
+            ctx.count("submit_skipped", skipped)
+    finally:
+        tally.report(ctx, freed)
+
+
+def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
+    """POST one claimed job and record the answer; True when it frees a concurrency slot."""
+    tally.add(requests=1)
+    hook: dict[str, str] = {}
+    if ctx.webhooks is not None:
+        hook = ctx.webhooks.config_for(claim.batch_id, claim.job_id)
+    answer: CreateAnswer
+    try:
+        answer = ctx.client.create_task(claim.model, claim.task_type, claim.input,
+                                        service_mode=claim.service_mode, **hook)
+    except (AmbiguousError, RetryableError, PermanentError) as exc:
+        answer = exc
+    decision = decide_create(answer)
+    ctx.count(decision.verdict.value)
+    tally.limited(decision.limit)
+    _record(ctx, claim, decision)
+    return decision.frees_slot
+
+
+def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> None:
+    """Write one create's decision (waiting out a database restart: see `ctx.record`)."""
+    if d.verdict is CreateVerdict.CREATED:
+        view = d.view
+        assert view is not None
+        now = ctx.clock()
+        next_at = ctx.next_poll_at(claim.model, claim.task_type, now, 0, now)
+        # The task exists and is paid for: its id must reach the record even while the
+        # database restarts (else the row would go through reconciliation to be found again).
+        ctx.record(lambda: tr.record_created(ctx.engine, claim, view, now, next_at))
+    elif d.verdict is CreateVerdict.AMBIGUOUS:
+        logger.warning("job %s attempt %s: %s", claim.job_id, claim.attempt_n, d.message)
+        ctx.record(lambda: tr.record_ambiguous(ctx.engine, claim, ctx.clock(), d.message))
+    elif d.verdict is CreateVerdict.RETRY:
+        now = ctx.clock()
+        retry_at = now + ctx.backoff(claim.tries + 1, d.retry_after_s)
+        logger.info("job %s: create refused, retry in %.1fs: %s", claim.job_id,
+                    retry_at - now, d.message)
+        ctx.record(lambda: tr.record_create_retry(ctx.engine, claim, now, retry_at,
+                                                  d.message, ctx.max_tries))
+    elif d.verdict is CreateVerdict.ACCOUNT:
+        ctx.record(lambda: tr.record_create_requeued(ctx.engine, claim, ctx.clock(),
+                                                     d.message))
+    else:
+        logger.info("job %s: create rejected: %s", claim.job_id, d.message)
+        ctx.record(lambda: tr.record_create_rejected(ctx.engine, claim, ctx.clock(),
+                                                     ErrorKind.INPUT, d.message))
