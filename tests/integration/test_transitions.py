@@ -14,7 +14,7 @@ from workers.control import clear_halt, get_halt
 from workers.db import create_tables, make_engine, session
 from workers.models import Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
-from workers.states import ErrorKind, JobState
+from workers.states import AttemptState, ErrorKind, JobState
 
 NOW = 1_000_000.0
 LEASE = 30.0
@@ -65,7 +65,7 @@ def test_claim_records_the_attempt_first_and_only_once(engine: Engine) -> None:
     assert claim is not None and claim.input == {"image": "u1"}
     assert tr.claim_for_submit(engine, j, NOW, LEASE) is None  # a duplicate message
     [a] = attempts(engine, j)
-    assert a.state == "posting" and a.task_id is None
+    assert a.state == AttemptState.POSTING and a.task_id is None
     assert job(engine, j).state == JobState.SUBMITTING
 
 
@@ -93,7 +93,7 @@ def test_poll_guard_makes_a_repeated_poll_harmless(engine: Engine) -> None:
     assert not tr.record_completed(engine, target, view("t1", "completed", {"text": "x"}), NOW)
     row = job(engine, j)
     assert row.state == "completed" and row.output_json == '{"text":"hi"}'
-    assert attempts(engine, j)[0].state == "completed"
+    assert attempts(engine, j)[0].state == AttemptState.COMPLETED
 
 
 def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> None:
@@ -109,7 +109,7 @@ def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> N
     assert tr.claim_for_submit(engine, j, NOW + 5, LEASE) is None  # not due yet
     claim2 = tr.claim_for_submit(engine, j, NOW + 10, LEASE)
     assert claim2 is not None and claim2.attempt_n == 2
-    assert [a.state for a in attempts(engine, j)] == ["failed", "posting"]
+    assert [a.state for a in attempts(engine, j)] == [AttemptState.FAILED, AttemptState.POSTING]
 
 
 def test_a_lost_create_never_adopts_an_earlier_attempts_task(engine: Engine) -> None:
