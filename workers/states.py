@@ -11,7 +11,7 @@ adopts the task (`workers.transitions.create`).
 
 `ALLOWED` is the truth: every statement that changes `jobs.state` is built by
 `workers.transitions.common.move`, which refuses (at import) a move missing from it. Also
-here: how one create stands (`AttemptState`), and error kinds.
+here: how one create stands (`AttemptState`), the ambiguous policy, and error kinds.
 """
 
 from __future__ import annotations
@@ -140,6 +140,14 @@ class AttemptState(StrEnum):
     ABANDONED = "abandoned"
     """The row stopped waiting for its task: stuck far past its kind's expected duration,
     or its batch cancelled with --now while the task ran (see `workers.stuck`)."""
+
+
+class AmbiguousPolicy(StrEnum):
+    """What to do about a create whose answer was lost (PIAPI_BULK_ON_AMBIGUOUS)."""
+
+    RECONCILE = "reconcile"  # look for its task in PiAPI's history first (the default)
+    RETRY = "retry"  # post again at once: may pay twice
+    FAIL = "fail"  # the row fails (kind ambiguous); never posted twice
 
 
 class ErrorKind(StrEnum):

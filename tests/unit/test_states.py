@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from workers.states import ACTIVE, ALLOWED, IN_FLIGHT, TERMINAL, JobState, can_move, sources_of
+from workers.settings import Settings
+from workers.states import (
+    ACTIVE,
+    ALLOWED,
+    IN_FLIGHT,
+    TERMINAL,
+    AmbiguousPolicy,
+    JobState,
+    can_move,
+    sources_of,
+)
 
 
 def test_every_state_has_a_row() -> None:
@@ -84,3 +96,16 @@ def test_a_waiting_row_may_take_a_twins_task_or_wait_for_it() -> None:
     for state in (JobState.QUEUED, JobState.RETRY_WAIT):
         assert can_move(state, JobState.COMPLETED)
     assert can_move(JobState.QUEUED, JobState.RETRY_WAIT)
+
+
+@pytest.mark.parametrize("value", ["reconcile", "retry", "fail"])
+def test_the_ambiguous_policy_is_read_from_the_same_strings(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PIAPI_BULK_ON_AMBIGUOUS", value)
+    assert Settings().on_ambiguous is AmbiguousPolicy(value)
+
+
+def test_an_unknown_ambiguous_policy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIAPI_BULK_ON_AMBIGUOUS", "hope")
+    with pytest.raises(ValidationError):
+        Settings()
