@@ -170,6 +170,58 @@ def test_retryable_refusals_are_bounded(engine: Engine) -> None:
     assert row.error_kind == ErrorKind.RETRIES_EXHAUSTED and row.attempts == 0
 
 
+@pytest.mark.parametrize("max_tries", [1, 2, 3])
+def test_a_row_fails_at_exactly_its_max_tries_th_retryable_refusal(engine: Engine,
+                                                                  max_tries: int) -> None:
+    [j, *_] = add_batch(engine)
+    t = NOW
+    for tries in range(1, max_tries + 1):
+        claim = tr.claim_for_submit(engine, j, t, LEASE)
+        assert claim is not None and claim.tries == tries - 1
+        expected = JobState.FAILED if tries == max_tries else JobState.RETRY_WAIT
+        assert tr.record_create_retry(engine, claim, t, t + 1, "HTTP 503", max_tries) \
+            == expected
+        t += 1
+    assert tr.claim_for_submit(engine, j, t, LEASE) is None
+    assert [a.state for a in attempts(engine, j)] == [AttemptState.REFUSED] * max_tries
+
+
+def test_a_poll_error_keeps_the_task_and_a_stale_one_changes_nothing(engine: Engine) -> None:
+    [j, *_] = add_batch(engine)
+    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
+    assert claim is not None
+    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
+    [target] = tr.load_poll_targets(engine, [j])
+    error = tr.PollOutcome(target, "poll_error", next_at=NOW + 7, message="HTTP 502")
+    assert tr.record_poll_outcomes(engine, [error], NOW + 1) == 0  # no slot freed
+    row = job(engine, j)
+    assert (row.state, row.task_id, row.poll_errors, row.next_at, row.error_message) == \
+        (JobState.RUNNING, "t1", 1, NOW + 7, "HTTP 502")
+    assert attempts(engine, j)[0].state == AttemptState.CREATED
+    # A GET that worked since: an error recorded for the earlier poll no longer matches.
+    progress = tr.PollOutcome(target, "progress", view("t1", "processing"), next_at=NOW + 8)
+    assert tr.record_poll_outcomes(engine, [progress], NOW + 8) == 0
+    assert tr.record_poll_outcomes(engine, [error], NOW + 9) == 0
+    row = job(engine, j)
+    assert (row.poll_errors, row.polls, row.next_at) == (0, 1, NOW + 8)
+
+
+def test_a_task_piapi_lost_fails_the_row_and_frees_its_slot(engine: Engine) -> None:
+    [j, *_] = add_batch(engine)
+    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
+    assert claim is not None
+    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
+    [target] = tr.load_poll_targets(engine, [j])
+    lost = tr.PollOutcome(target, "lost", message="PiAPI does not know the task")
+    assert tr.record_poll_outcomes(engine, [lost], NOW + 1) == 1
+    row = job(engine, j)
+    assert (row.state, row.error_kind, row.finished_at, row.attempts) == \
+        (JobState.FAILED, ErrorKind.NOT_FOUND, NOW + 1, 1)
+    assert tr.load_poll_targets(engine, [j]) == []
+    assert tr.record_poll_outcomes(engine, [lost], NOW + 2) == 0  # a repeat changes nothing
+    assert tr.claim_for_submit(engine, j, NOW + 3, LEASE) is None  # never posted again here
+
+
 def test_account_refusal_requeues_and_halts(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
     claim = tr.claim_for_submit(engine, j, NOW, LEASE)

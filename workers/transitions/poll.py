@@ -202,17 +202,6 @@ def record_task_failed(
     return JobState.FAILED if retry_at is None else JobState.RETRY_WAIT
 
 
-def record_poll_error(engine: Engine, t: PollTarget, now: float, next_at: float,
-                      message: str) -> bool:
-    """The GET failed (network, 5xx, 429): the task is fine, look again later."""
-    return _one(engine, PollOutcome(t, "poll_error", next_at=next_at, message=message), now)
-
-
-def record_lost_task(engine: Engine, t: PollTarget, now: float, message: str) -> bool:
-    """PiAPI no longer knows the task: the row fails (kind not_found), never re-posted here."""
-    return _one(engine, PollOutcome(t, "lost", message=message), now)
-
-
 def mark_due(engine: Engine, job_id: int, task_id: str | None, now: float) -> bool:
     """Make a running job due for one GET now (a webhook said its task may have ended).
 
