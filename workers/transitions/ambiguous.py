@@ -21,7 +21,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
-from workers.transitions.common import move, usage_params
+from workers.transitions.common import THIS_JOB, move, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,13 @@ _TARGETS = (
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.AMBIGUOUS.value)
 )
-_THIS_JOB = JOBS.c.id == bindparam("p_job")
-_AMBIGUOUS = and_(_THIS_JOB, JOBS.c.state == JobState.AMBIGUOUS.value)
+_AMBIGUOUS = and_(THIS_JOB, JOBS.c.state == JobState.AMBIGUOUS.value)
 """The guard of the changes that leave the job ambiguous (a later look, a webhook's hint)."""
 _OTHER_ATTEMPT = or_(ATTEMPTS.c.job_id != bindparam("p_job"), ATTEMPTS.c.n != bindparam("p_n"))
 """Any attempt but the lost one: another row's, or an earlier one of this row (whose task,
 failed or stuck, has the same input and may lie in the window: never this attempt's)."""
 _OWNED_BY_OTHERS = exists().where(ATTEMPTS.c.task_id == bindparam("p_task"), _OTHER_ATTEMPT)
-_ADOPT = move(JobState.AMBIGUOUS, JobState.RUNNING, _THIS_JOB).where(~_OWNED_BY_OTHERS).values(
+_ADOPT = move(JobState.AMBIGUOUS, JobState.RUNNING, THIS_JOB).where(~_OWNED_BY_OTHERS).values(
     task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
     tries=0, polls=0, poll_errors=0, next_at=bindparam("p_next"), lease_until=None,
     lease_epoch=None, submitted_at=bindparam("p_submitted"), error_kind=None,
@@ -82,9 +81,9 @@ _NO_TASK: dict[str, Any] = dict(
     attempts=JOBS.c.attempts - 1, tries=JOBS.c.tries + 1, task_id=None, lease_until=None,
     lease_epoch=None, error_message=bindparam("p_error"))
 """The lost create made no task: it no longer counts as an attempt, but as a failed try."""
-_ABSENT = move(JobState.AMBIGUOUS, JobState.RETRY_WAIT, _THIS_JOB).values(
+_ABSENT = move(JobState.AMBIGUOUS, JobState.RETRY_WAIT, THIS_JOB).values(
     next_at=bindparam("p_next"), error_kind=None, **_NO_TASK)
-_ABSENT_FAILED = move(JobState.AMBIGUOUS, JobState.FAILED, _THIS_JOB).values(
+_ABSENT_FAILED = move(JobState.AMBIGUOUS, JobState.FAILED, THIS_JOB).values(
     next_at=None, finished_at=bindparam("p_next"),
     error_kind=ErrorKind.RETRIES_EXHAUSTED.value, **_NO_TASK)
 _ATTEMPT_ABSENT = ATTEMPTS.update().where(_ATTEMPT).values(
@@ -95,7 +94,7 @@ _DEFER = JOBS.update().where(_AMBIGUOUS).values(
 _GIVEN_UP: dict[str, Any] = dict(
     finished_at=bindparam("p_now"), next_at=None, lease_until=None,
     error_kind=ErrorKind.AMBIGUOUS.value)
-_GIVE_UP = move(JobState.AMBIGUOUS, JobState.FAILED, _THIS_JOB).values(
+_GIVE_UP = move(JobState.AMBIGUOUS, JobState.FAILED, THIS_JOB).values(
     error_message=bindparam("p_error"), **_GIVEN_UP)
 _REPOST = (
     move(JobState.AMBIGUOUS, JobState.QUEUED).where(JOBS.c.tries + 1 < bindparam("p_max"))

@@ -106,6 +106,9 @@ Sources = JobState | Collection[JobState] | Mapping[JobState, ColumnElement[bool
 """One state; several (IN); a state -> extra condition mapping (OR of them, None for no
 condition); or `Given` at run time."""
 
+THIS_JOB = JOBS.c.id == bindparam("p_job")
+"""The one job a statement is aimed at (parameter `p_job`)."""
+
 MOVES: list[Move] = []
 """Every move built so far, one per statement (for tests: the table is the truth)."""
 

@@ -19,7 +19,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
-from workers.transitions.common import Claim, move, moved, usage_params
+from workers.transitions.common import THIS_JOB, Claim, move, moved, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ _ATTEMPT_CREATED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
     state=AttemptState.CREATED.value, task_id=bindparam("p_task"))
 _ATTEMPT_ENDED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
     state=bindparam("p_state"), ended_at=bindparam("p_now"), error=bindparam("p_error"))
-_THIS_JOB = JOBS.c.id == bindparam("p_job")
 _USAGE: dict[str, Any] = dict(
     usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
     usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
@@ -50,32 +49,32 @@ _RUNNING_VALUES: dict[str, Any] = dict(
     lease_epoch=None, submitted_at=bindparam("p_now"), error_kind=None, error_message=None,
     **_USAGE,
 )
-_CREATED = move(JobState.SUBMITTING, JobState.RUNNING, _THIS_JOB).values(
+_CREATED = move(JobState.SUBMITTING, JobState.RUNNING, THIS_JOB).values(
     attempts=JOBS.c.attempts + 1, **_RUNNING_VALUES)
 _NEWER_ATTEMPT = exists().where(ATTEMPTS.c.job_id == JOBS.c.id,
                                 ATTEMPTS.c.n > bindparam("p_n"))
 _ADOPT = (
     move({JobState.AMBIGUOUS: None,
           JobState.FAILED: JOBS.c.error_kind == ErrorKind.AMBIGUOUS.value},
-         JobState.RUNNING, _THIS_JOB)
+         JobState.RUNNING, THIS_JOB)
     .where(~_NEWER_ATTEMPT)
     .values(**_RUNNING_VALUES)  # the attempt was counted when it went ambiguous
 )
-_TO_RETRY_WAIT = move(JobState.SUBMITTING, JobState.RETRY_WAIT, _THIS_JOB).values(
+_TO_RETRY_WAIT = move(JobState.SUBMITTING, JobState.RETRY_WAIT, THIS_JOB).values(
     tries=bindparam("p_tries"), next_at=bindparam("p_next"), lease_until=None,
     error_kind=None, error_message=bindparam("p_error"))
-_TO_FAILED = move(JobState.SUBMITTING, JobState.FAILED, _THIS_JOB).values(
+_TO_FAILED = move(JobState.SUBMITTING, JobState.FAILED, THIS_JOB).values(
     lease_until=None, finished_at=bindparam("p_now"),
     error_kind=bindparam("p_kind"), error_message=bindparam("p_error"))
-_TO_QUEUED = move(JobState.SUBMITTING, JobState.QUEUED, _THIS_JOB).values(
+_TO_QUEUED = move(JobState.SUBMITTING, JobState.QUEUED, THIS_JOB).values(
     lease_until=None, error_message=bindparam("p_error"))
 _LOST: dict[str, Any] = dict(
     attempts=JOBS.c.attempts + 1, lease_until=None, next_at=bindparam("p_next"),
     error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
-_TO_AMBIGUOUS = move(JobState.SUBMITTING, JobState.AMBIGUOUS, _THIS_JOB).values(**_LOST)
+_TO_AMBIGUOUS = move(JobState.SUBMITTING, JobState.AMBIGUOUS, THIS_JOB).values(**_LOST)
 _LOST_CREATES = select(JOBS.c.id).where(JOBS.c.state == JobState.SUBMITTING.value,
                                         JOBS.c.lease_until < bindparam("p_now"))
-_EXPIRE = (move(JobState.SUBMITTING, JobState.AMBIGUOUS, _THIS_JOB)
+_EXPIRE = (move(JobState.SUBMITTING, JobState.AMBIGUOUS, THIS_JOB)
            .where(JOBS.c.lease_until < bindparam("p_now")).values(**_LOST))
 _POSTING_ENDED = (
     ATTEMPTS.update()

@@ -20,7 +20,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
-from workers.transitions.common import PollTarget, move, usage_params
+from workers.transitions.common import THIS_JOB, PollTarget, move, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,9 @@ _TARGETS = (
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.RUNNING.value)
 )
-_THIS_JOB = JOBS.c.id == bindparam("p_job")
 _THIS_POLL = and_(JOBS.c.task_id == bindparam("p_task"), JOBS.c.polls == bindparam("p_polls"))
 """With the job still running: the guard of every outcome (a repeated poll matches none)."""
-_GUARD = and_(_THIS_JOB, JOBS.c.state == JobState.RUNNING.value, _THIS_POLL)
+_GUARD = and_(THIS_JOB, JOBS.c.state == JobState.RUNNING.value, _THIS_POLL)
 _USAGE: dict[str, Any] = dict(
     usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
     usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
@@ -48,7 +47,7 @@ _DONE = dict(lease_until=None, lease_epoch=None, remote_status=bindparam("p_stat
 
 def _ended(target: JobState) -> Any:
     """running -> `target` for the job's current task, guarded like every outcome."""
-    return move(JobState.RUNNING, target, _THIS_JOB).where(_THIS_POLL)
+    return move(JobState.RUNNING, target, THIS_JOB).where(_THIS_POLL)
 
 
 _STATEMENTS: dict[OutcomeKind, Any] = {
@@ -80,7 +79,7 @@ _ATTEMPT_ENDED = ATTEMPTS.update().where(
          consume=bindparam("p_consume"), error=bindparam("p_attempt_error"),
          watch_until=bindparam("p_watch_until"), next_at=bindparam("p_watch_next"))
 _SAMPLE = DURATION_SAMPLES.insert()
-_DUE_LATER = (_THIS_JOB, JOBS.c.state == JobState.RUNNING.value,
+_DUE_LATER = (THIS_JOB, JOBS.c.state == JobState.RUNNING.value,
               JOBS.c.next_at > bindparam("p_now"))
 _MARK_DUE = JOBS.update().where(*_DUE_LATER).values(next_at=bindparam("p_now"))
 _MARK_DUE_TASK = JOBS.update().where(

@@ -30,7 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from workers.db import transaction
 from workers.models import BATCHES, JOBS
 from workers.states import JobState
-from workers.transitions.common import Given, move
+from workers.transitions.common import THIS_JOB, Given, move
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +91,13 @@ _REUSE_RANGE = (
     .values(**_taken_from(_src))
 )
 _REUSE_ONE = (
-    move(_FOUND_IN, JobState.COMPLETED, JOBS.c.id == bindparam("p_job"))
+    move(_FOUND_IN, JobState.COMPLETED, THIS_JOB)
     .where(_src.c.id == bindparam("p_twin"), _src.c.fingerprint == JOBS.c.fingerprint,
            _usable(_src))
     .values(**_taken_from(_src))
 )
 _WAIT_ONE = (
-    move(_FOUND_IN, JobState.RETRY_WAIT, JOBS.c.id == bindparam("p_job"))
+    move(_FOUND_IN, JobState.RETRY_WAIT, THIS_JOB)
     .values(next_at=bindparam("p_next"), lease_until=None, lease_epoch=None,
             error_message=bindparam("p_note"))
 )

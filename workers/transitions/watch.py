@@ -23,7 +23,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, JobState
-from workers.transitions.common import move, usage_params
+from workers.transitions.common import THIS_JOB, move, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ _UNWATCHED = ATTEMPTS.update().where(_WATCHED).values(
 _TAKEN = ATTEMPTS.update().where(_WATCHED).values(
     state=AttemptState.COMPLETED.value, watch_until=None, next_at=None, consume=_USAGE,
     error=_NOTE)
-_THIS_JOB = JOBS.c.id == bindparam("p_job")
 _OWN_USAGE = JOBS.update().where(
-    _THIS_JOB, JOBS.c.task_id == bindparam("p_task"), JOBS.c.state == JobState.FAILED.value,
+    THIS_JOB, JOBS.c.task_id == bindparam("p_task"), JOBS.c.state == JobState.FAILED.value,
 ).values(usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
          remote_status=bindparam("p_status"))
 """A row that failed on this very task: its usage is PiAPI's final word on it."""
@@ -61,15 +60,15 @@ _RESULT: dict[str, Any] = dict(
     usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
     usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
 _TAKE_FROM_WAITING = move((JobState.FAILED, JobState.QUEUED, JobState.RETRY_WAIT),
-                          JobState.COMPLETED, _THIS_JOB).values(**_RESULT)
-_TAKE_FROM_RUNNING = (move(JobState.RUNNING, JobState.COMPLETED, _THIS_JOB)
+                          JobState.COMPLETED, THIS_JOB).values(**_RESULT)
+_TAKE_FROM_RUNNING = (move(JobState.RUNNING, JobState.COMPLETED, THIS_JOB)
                       .where(JOBS.c.task_id == bindparam("p_current")).values(**_RESULT))
 _REPLACEMENT_ENDED = ATTEMPTS.update().where(
     ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.task_id == bindparam("p_current"),
 ).values(state=bindparam("p_state"), ended_at=bindparam("p_now"), error=bindparam("p_error"),
          consume=bindparam("p_replacement_consume"), watch_until=bindparam("p_watch_until"),
          next_at=bindparam("p_watch_next"))
-_ROW_STATE = select(JOBS.c.state).where(_THIS_JOB)
+_ROW_STATE = select(JOBS.c.state).where(THIS_JOB)
 
 
 @dataclass(frozen=True)
