@@ -36,7 +36,8 @@ from workers.states import (
     JobState,
     sources_of,
 )
-from workers.transitions.common import MOVES, Given, Move, move, move_of
+from workers.transitions import create, operator
+from workers.transitions.common import MOVES, Given, Move, given, move, move_of
 
 Pair = tuple[JobState, JobState]
 
@@ -182,6 +183,15 @@ def test_move_builds_the_compare_and_set_it_was_given() -> None:
     found_in = move(Given("p_state", (JobState.QUEUED,)), JobState.RETRY_WAIT)
     assert str(found_in).endswith("WHERE jobs.state = :p_state")
     assert declared(found_in).given == "p_state"
+
+
+def test_a_source_state_given_at_run_time_is_checked_against_the_declaration() -> None:
+    cancel = operator._CANCEL_IN
+    assert given(cancel, [JobState.QUEUED, "ambiguous"]) == ["queued", "ambiguous"]
+    with pytest.raises(IllegalMove, match="completed -> cancelled"):
+        given(cancel, [JobState.QUEUED, JobState.COMPLETED])
+    with pytest.raises(IllegalMove):
+        given(create._CREATED, [JobState.SUBMITTING])  # its source is fixed in the SQL
 
 
 # --- the table itself ------------------------------------------------------------------------
