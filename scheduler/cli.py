@@ -25,6 +25,7 @@ try:  # recent typer vendors its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef,unused-ignore]
 from workers.settings import ConfigError, Settings
+from workers.states import AmbiguousPolicy
 
 app = typer.Typer(
     name="piapi-bulk",
@@ -176,7 +177,7 @@ def run(
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
     mode = _service_mode(service_mode)
     settings = _settings(rpm=rpm, on_ambiguous=on_ambiguous)
-    if settings.on_ambiguous not in ("reconcile", "retry", "fail"):
+    if settings.on_ambiguous not in tuple(AmbiguousPolicy):
         raise ConfigError("--on-ambiguous must be reconcile, retry or fail")
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ from workers.db import exclusive
 from workers.fleet import Fleet
 from workers.polling import PollMode
 from workers.ratelimit import Budget
+from workers.states import AmbiguousPolicy
 from workers.transitions import ambiguous, reuse
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class Dispatcher:
         interval_s: float = MAX_SLEEP_S,
         batch_size: int = 16,
         spread: int = 1,
-        on_ambiguous: str = "reconcile",
+        on_ambiguous: AmbiguousPolicy = AmbiguousPolicy.RECONCILE,
         max_tries: int = 12,
         scoped: bool = False,
         reuse_window_s: float = 72 * 3600.0,
@@ -235,9 +236,9 @@ class Dispatcher:
         """Take back lost creates, resolve ambiguous rows, adapt limits, mark done batches."""
         self.epoch = self.current_epoch()
         expired = len(tr.expire_submitting(self.engine, now))
-        if self.on_ambiguous == "fail":
+        if self.on_ambiguous == AmbiguousPolicy.FAIL:
             tr.resolve_ambiguous_as_failed(self.engine, now)
-        elif self.on_ambiguous == "retry":
+        elif self.on_ambiguous == AmbiguousPolicy.RETRY:
             reposted = ambiguous.repost_all(self.engine, now, self.max_tries)
             if reposted:
                 logger.warning("%d row(s) with a lost create posted again (policy: retry)",
@@ -304,7 +305,7 @@ class Dispatcher:
                                           self.lease_s)
             settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
                                                   self.epoch, self.lease_s)
-                          if self.on_ambiguous == "reconcile" else [])
+                          if self.on_ambiguous == AmbiguousPolicy.RECONCILE else [])
             # Abandoned stuck tasks are looked at while some are watched, and once a second
             # for those whose watch bound just passed (their last look).
             watching = occupancy.abandoned > 0 or housekept

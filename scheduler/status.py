@@ -24,7 +24,7 @@ from sqlmodel import Session, col
 
 from workers.models import ATTEMPTS, JOBS, Batch, Job
 from workers.spending import money
-from workers.states import ACTIVE, JobState
+from workers.states import ACTIVE, AttemptState, JobState
 
 USD_PER_UNIT = 1e-7
 j, a = JOBS.c, ATTEMPTS.c
@@ -175,7 +175,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
             .where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.FAILED.value)
             .group_by(col(Job.error_kind))).all()}
         abandoned = s.execute(_ABANDONED.where(
-            and_(a.state == "abandoned", j.batch_id == batch_id))).all()
+            and_(a.state == AttemptState.ABANDONED.value, j.batch_id == batch_id))).all()
     counts = {state.value: 0 for state in JobState}
     consumed = unchecked = reused = 0
     for state, n, units, n_unchecked, n_reused in rows:

@@ -21,16 +21,12 @@ from sqlalchemy.engine import Engine
 
 from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, JOBS
-from workers.states import ACTIVE, JobState
+from workers.states import ACTIVE, AttemptState, JobState
 
-Q, SUB, RUN, RW = (JobState.QUEUED.value, JobState.SUBMITTING.value, JobState.RUNNING.value,
-                   JobState.RETRY_WAIT.value)
-ABANDONED = "abandoned"
-j, a = JOBS.c, ATTEMPTS.c
-_WATCHED = a.watch_until.is_not(None)
+_WATCHED = ATTEMPTS.c.watch_until.is_not(None)
 
-_FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
-            j.lease_epoch.is_(None), j.lease_epoch != bindparam("p_epoch"))
+_FREE = or_(JOBS.c.lease_until.is_(None), JOBS.c.lease_until < bindparam("p_now"),
+            JOBS.c.lease_epoch.is_(None), JOBS.c.lease_epoch != bindparam("p_epoch"))
 """No message for this job is out any more."""
 
 # Two index-served halves, not one OR (which read every queued row, every pass): rows
@@ -39,38 +35,49 @@ _FREE = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"),
 # rather walk every queued row by state than the few live leases by time.
 # (No GROUP BY in the second half either: SQLite would scan a whole index to avoid a sort.)
 _OCCUPANCY = union_all(
-    select(literal(False).label("held"), j.batch_id, j.state, j.model, func.count())
-    .where(j.state.in_([SUB, RUN])).group_by(j.batch_id, j.state, j.model),
-    select(literal(True).label("held"), j.batch_id, j.state, j.model, literal(1))
-    .where(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch")),
+    select(literal(False).label("held"), JOBS.c.batch_id, JOBS.c.state, JOBS.c.model,
+           func.count())
+    .where(JOBS.c.state.in_([JobState.SUBMITTING.value, JobState.RUNNING.value]))
+    .group_by(JOBS.c.batch_id, JOBS.c.state, JOBS.c.model),
+    select(literal(True).label("held"), JOBS.c.batch_id, JOBS.c.state, JOBS.c.model, literal(1))
+    .where(JOBS.c.lease_until >= bindparam("p_now"), JOBS.c.lease_epoch == bindparam("p_epoch")),
     # Abandoned stuck tasks still watched (the partial index holds only those).
-    select(literal(False).label("held"), j.batch_id, literal(ABANDONED), j.model, func.count())
-    .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
-    .where(_WATCHED, a.watch_until >= bindparam("p_now")).group_by(j.batch_id, j.model),
+    select(literal(False).label("held"), JOBS.c.batch_id, literal(AttemptState.ABANDONED.value),
+           JOBS.c.model, func.count())
+    .select_from(ATTEMPTS.join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id))
+    .where(_WATCHED, ATTEMPTS.c.watch_until >= bindparam("p_now"))
+    .group_by(JOBS.c.batch_id, JOBS.c.model),
 )
-_WAITING_HELD = frozenset({Q, RW})
-_YOUNG = (select(j.model, func.count())
-          .where(j.state == RUN, j.submitted_at > bindparam("p_since"),
-                 j.submitted_at <= bindparam("p_until"))
-          .group_by(j.model))
+_WAITING_HELD = frozenset({JobState.QUEUED, JobState.RETRY_WAIT})
+_YOUNG = (select(JOBS.c.model, func.count())
+          .where(JOBS.c.state == JobState.RUNNING.value,
+                 JOBS.c.submitted_at > bindparam("p_since"),
+                 JOBS.c.submitted_at <= bindparam("p_until"))
+          .group_by(JOBS.c.model))
 _OPEN_BATCHES = (select(BATCHES.c.id, BATCHES.c.concurrency, BATCHES.c.budget_usd,
                         BATCHES.c.deadline_at, BATCHES.c.cancel_mode, BATCHES.c.paused)
                  .where(BATCHES.c.done.is_(False)).order_by(BATCHES.c.created_at))
-_NEXT_DUE = select(func.min(j.next_at)).where(j.state.in_([RUN, RW, JobState.AMBIGUOUS.value]),
-                                               j.next_at > bindparam("p_now"))
-_ANY_RETRY = select(j.id).where(j.state == RW).limit(1)
-_NEXT_LOOK = select(func.min(a.next_at)).where(_WATCHED, a.next_at > bindparam("p_now"))
+_NEXT_DUE = select(func.min(JOBS.c.next_at)).where(
+    JOBS.c.state.in_([JobState.RUNNING.value, JobState.RETRY_WAIT.value,
+                      JobState.AMBIGUOUS.value]),
+    JOBS.c.next_at > bindparam("p_now"))
+_ANY_RETRY = select(JOBS.c.id).where(JOBS.c.state == JobState.RETRY_WAIT.value).limit(1)
+_NEXT_LOOK = select(func.min(ATTEMPTS.c.next_at)).where(
+    _WATCHED, ATTEMPTS.c.next_at > bindparam("p_now"))
 _LOOKS_DUE = (
     ATTEMPTS.update()
-    .where(a.id.in_(select(a.id).where(_WATCHED, a.next_at <= bindparam("p_now"))
-                    .order_by(a.next_at).limit(bindparam("p_limit")).scalar_subquery()),
-           _WATCHED, a.next_at <= bindparam("p_now"))
+    .where(ATTEMPTS.c.id.in_(select(ATTEMPTS.c.id)
+                             .where(_WATCHED, ATTEMPTS.c.next_at <= bindparam("p_now"))
+                             .order_by(ATTEMPTS.c.next_at).limit(bindparam("p_limit"))
+                             .scalar_subquery()),
+           _WATCHED, ATTEMPTS.c.next_at <= bindparam("p_now"))
     .values(next_at=bindparam("p_lease_until"))
-    .returning(a.id)
+    .returning(ATTEMPTS.c.id)
 )
 
 
-def _leaser(state: str, order: Any, *, batch: bool = False, due_by_time: bool = False) -> Any:
+def _leaser(state: JobState, order: Any, *, batch: bool = False,
+            due_by_time: bool = False) -> Any:
     """One statement: lease the first `p_limit` due jobs in `state` (of batch `p_batch`;
     with `next_at` passed) in `order`, returning their ids.
 
@@ -79,20 +86,20 @@ def _leaser(state: str, order: Any, *, batch: bool = False, due_by_time: bool = 
     there made SQLite walk the whole (batch_id, state) index instead of fetching the few
     picked ids by key.
     """
-    timely = [j.next_at <= bindparam("p_now")] if due_by_time else []
-    scope = [j.batch_id == bindparam("p_batch")] if batch else []
-    pick = (select(j.id).where(j.state == state, *scope, *timely, _FREE)
+    timely = [JOBS.c.next_at <= bindparam("p_now")] if due_by_time else []
+    scope = [JOBS.c.batch_id == bindparam("p_batch")] if batch else []
+    pick = (select(JOBS.c.id).where(JOBS.c.state == state.value, *scope, *timely, _FREE)
             .order_by(order).limit(bindparam("p_limit")))
-    still_due = and_(func.coalesce(j.state, "") == state, *timely, _FREE)
-    return (JOBS.update().where(j.id.in_(pick.scalar_subquery()), still_due)
+    still_due = and_(func.coalesce(JOBS.c.state, "") == state.value, *timely, _FREE)
+    return (JOBS.update().where(JOBS.c.id.in_(pick.scalar_subquery()), still_due)
             .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
-            .returning(j.id))
+            .returning(JOBS.c.id))
 
 
-_RETRY_DUE = _leaser(RW, j.seq, batch=True, due_by_time=True)
-_QUEUED = _leaser(Q, j.seq, batch=True)
-_POLLS_DUE = _leaser(RUN, j.next_at, due_by_time=True)
-_RECONCILES_DUE = _leaser(JobState.AMBIGUOUS.value, j.next_at, due_by_time=True)
+_RETRY_DUE = _leaser(JobState.RETRY_WAIT, JOBS.c.seq, batch=True, due_by_time=True)
+_QUEUED = _leaser(JobState.QUEUED, JOBS.c.seq, batch=True)
+_POLLS_DUE = _leaser(JobState.RUNNING, JOBS.c.next_at, due_by_time=True)
+_RECONCILES_DUE = _leaser(JobState.AMBIGUOUS, JOBS.c.next_at, due_by_time=True)
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,9 @@ def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
             continue  # a submitting or running row with a lease: counted by its state
         by_batch[str(batch_id)] = by_batch.get(str(batch_id), 0) + int(n)
         by_model[str(model)] = by_model.get(str(model), 0) + int(n)
-        if state == ABANDONED:
+        if state == AttemptState.ABANDONED:
             abandoned += int(n)
-        elif state != RUN:
+        elif state != JobState.RUNNING:
             creating_by_model[str(model)] = creating_by_model.get(str(model), 0) + int(n)
     return Occupancy(total=sum(by_batch.values()), by_batch=by_batch,
                      creating=sum(creating_by_model.values()), abandoned=abandoned,
@@ -225,8 +232,8 @@ def mark_done_batches(engine: Engine) -> list[str]:
         candidates = [str(i) for (i,) in conn.execute(
             select(b.id).where(b.done.is_(False), b.ingested.is_(True))).all()]
         for batch_id in candidates:
-            left = conn.execute(select(j.id).where(j.batch_id == batch_id,
-                                                   j.state.in_(active)).limit(1)).first()
+            left = conn.execute(select(JOBS.c.id).where(
+                JOBS.c.batch_id == batch_id, JOBS.c.state.in_(active)).limit(1)).first()
             if left is None:
                 conn.execute(BATCHES.update().where(b.id == batch_id).values(done=True))
                 finished.append(batch_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, Integer, Table, Text, UniqueConstraint, text, true
 from sqlmodel import Field, SQLModel
 
-from workers.states import JobState
+from workers.states import AttemptState, JobState
 
 ID = BigInteger().with_variant(Integer(), "sqlite")
 """64-bit ids on PostgreSQL; INTEGER on SQLite, where only that type autoincrements (rowid)."""
@@ -151,10 +151,9 @@ class Attempt(SQLModel, table=True):
     job_id: int = Field(sa_column=Column(ID, nullable=False, index=True))
     n: int
     """1-based number of this POST for its job."""
-    state: str = Field(default="posting", max_length=16)
-    """posting | created | refused | ambiguous | absent | completed | failed | cancelled |
-    abandoned (the row stopped waiting for its task: stuck far past its kind's expected
-    duration, or its batch cancelled with --now while the task ran)"""
+    state: str = Field(default=AttemptState.POSTING.value, max_length=16)
+    """An `AttemptState` value: posting, created, refused, ambiguous, absent, completed,
+    failed, cancelled or abandoned (see `workers.states.AttemptState`)."""
     task_id: str | None = Field(default=None, max_length=64, index=True)
     started_at: float
     ended_at: float | None = None

@@ -30,11 +30,6 @@ def backoff_s(
     return delay
 
 
-def should_retry(tries: int, max_tries: int) -> bool:
-    """True while a row has had fewer than `max_tries` retryable errors in a row."""
-    return tries < max_tries
-
-
 class FailureClass(StrEnum):
     """What a task PiAPI reports `failed` means for the row."""
 

@@ -9,6 +9,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.states import AmbiguousPolicy
 from workers.webhooks import WebhookSigner
 
 
@@ -72,8 +73,8 @@ class Settings(BaseSettings):
     """Added to the HTTP timeout to get how long a worker may hold a job before it is taken back."""
     batch_size: int = Field(16, ge=1, validation_alias=_env("PIAPI_BULK_BATCH_SIZE"))
     """Most job ids carried by one Celery message."""
-    on_ambiguous: Literal["reconcile", "retry", "fail"] = Field(
-        "reconcile", validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS")
+    on_ambiguous: AmbiguousPolicy = Field(
+        AmbiguousPolicy.RECONCILE, validation_alias=_env("PIAPI_BULK_ON_AMBIGUOUS")
     )
     """A create whose answer was lost: `reconcile` (look for its task in PiAPI's history
     and webhooks first; post again only if it made none), `retry` (post again at once: may

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from workers.catalog import prior_cost_usd
 from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, JOBS
-from workers.states import JobState
+from workers.states import AttemptState, JobState
 
 USD_PER_UNIT = 1e-7
 """PiAPI usage units: 10,000,000 units = US$1."""
@@ -54,7 +54,7 @@ _ABANDONED = (
            func.coalesce(func.sum(case((or_(j.task_id.is_(None), a.task_id != j.task_id),
                                         a.consume), else_=0)), 0))
     .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
-    .where(a.state == "abandoned", j.batch_id == bindparam("p_batch"))
+    .where(a.state == AttemptState.ABANDONED.value, j.batch_id == bindparam("p_batch"))
     .group_by(j.model, j.task_type, "watched")
 )
 """Per (kind, still watched): abandoned tasks, and the usage of those that are not their

@@ -17,6 +17,7 @@ from scheduler.doctor.probe import PROBE_MODEL, PROBE_TASK_TYPE, PROBE_USD, Prob
 from workers.catalog import ACTIVE_FAMILIES, active_family
 from workers.findings import Findings
 from workers.settle import settle_s
+from workers.states import AmbiguousPolicy
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class RunConfig:
 
     active_tasks: str = "auto"
     webhooks: bool = False
-    on_ambiguous: str = "reconcile"
+    on_ambiguous: AmbiguousPolicy = AmbiguousPolicy.RECONCILE
 
 
 def when(ts: float) -> str:
@@ -63,8 +64,8 @@ def slots_mode(model: str, active: dict[str, int] | None, cfg: RunConfig) -> str
 
 def reconcile_mode(models: Sequence[str], f: Findings, cfg: RunConfig) -> list[str]:
     """How `run` settles a create whose answer was lost, a line each."""
-    if cfg.on_ambiguous != "reconcile":
-        what = ("posted again at once (may pay twice)" if cfg.on_ambiguous == "retry"
+    if cfg.on_ambiguous != AmbiguousPolicy.RECONCILE:
+        what = ("posted again at once (may pay twice)" if cfg.on_ambiguous == AmbiguousPolicy.RETRY
                 else "failed (never posted twice, never looked for)")
         return [f"off (on-ambiguous {cfg.on_ambiguous}): a lost create is {what}"]
     lines = []

@@ -16,6 +16,7 @@ from tests.integration.e2e import add_batch, cli
 from workers.db import create_tables, make_engine
 from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.settings import ConfigError
+from workers.states import AttemptState
 
 NOW = 2_000_000.0
 
@@ -33,7 +34,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 def add_attempts(engine: Engine, job_ids: list[int], **values: Any) -> None:
     with engine.begin() as conn:
         for n, job_id in enumerate(job_ids, 1):
-            conn.execute(ATTEMPTS.insert().values(job_id=job_id, n=1, state="completed",
+            conn.execute(ATTEMPTS.insert().values(job_id=job_id, n=1, state=AttemptState.COMPLETED,
                                                   task_id=f"t{job_id}-{n}", started_at=NOW,
                                                   **values))
 
@@ -64,7 +65,7 @@ def test_forget_removes_the_batch_its_rows_and_attempts_only(engine: Engine) -> 
     set_job(engine, gone_ids[2], state="retry_wait")
     # an abandoned task whose watch ended, and a lease that ran out: not in flight
     with engine.begin() as conn:
-        conn.execute(ATTEMPTS.insert().values(job_id=gone_ids[3], n=2, state="abandoned",
+        conn.execute(ATTEMPTS.insert().values(job_id=gone_ids[3], n=2, state=AttemptState.ABANDONED,
                                               started_at=NOW, watch_until=NOW - 1))
     set_job(engine, gone_ids[4], lease_until=NOW - 1, lease_epoch="e")
     set_job(engine, kept_ids[0], state="running")  # another batch's tasks are no obstacle
@@ -88,7 +89,7 @@ def test_forget_refuses_while_a_task_is_in_flight(engine: Engine,
     if in_flight == "watched":
         set_job(engine, ids[3], state="completed")
         with engine.begin() as conn:
-            conn.execute(ATTEMPTS.insert().values(job_id=ids[3], n=2, state="abandoned",
+            conn.execute(ATTEMPTS.insert().values(job_id=ids[3], n=2, state=AttemptState.ABANDONED,
                                                   started_at=NOW, watch_until=NOW + 600))
     else:
         assert isinstance(in_flight, dict)

@@ -23,7 +23,7 @@ from workers import transitions as tr
 from workers.db import create_tables, make_engine
 from workers.models import Attempt, Job
 from workers.piapi import NotFound, TaskError, TaskView, Usage
-from workers.states import ErrorKind, JobState
+from workers.states import AttemptState, ErrorKind, JobState
 from workers.watch import watch_tasks
 from workers.work import WorkerContext
 from workers.work.poll import poll_jobs
@@ -124,7 +124,7 @@ def stuck_and_replaced(w: World, job: int) -> None:
     row = w.job(job)
     assert (row.state, row.error_kind, row.task_id) == ("retry_wait", "stuck", None)
     [a1] = w.attempts(job)
-    assert a1.state == "abandoned" and a1.error is not None
+    assert a1.state == AttemptState.ABANDONED and a1.error is not None
     assert a1.error.startswith("task t1 stuck processing for 301s (expected at most 300s)")
     assert (a1.watch_until, a1.next_at) == (STUCK_AT + 10 * LIMIT, FIRST_LOOK)
     w.create(job, "t2", status="pending")
@@ -174,8 +174,8 @@ def test_a_late_result_is_taken_and_a_pending_replacement_cancelled(world: World
     assert (row.error_kind, row.error_message, row.usage_consume) == (None, None, PRICE)
     assert w.piapi.cancelled == ["t2"]
     a1, a2 = w.attempts(job)
-    assert (a1.state, a1.consume, a1.watch_until) == ("completed", PRICE, None)
-    assert a2.state == "cancelled" and a2.consume == 0 and a2.watch_until is None
+    assert (a1.state, a1.consume, a1.watch_until) == (AttemptState.COMPLETED, PRICE, None)
+    assert a2.state == AttemptState.CANCELLED and a2.consume == 0 and a2.watch_until is None
     assert a2.error is not None and "took the result of stuck task t1" in a2.error
     assert w.occupancy().total == 0
     st = batch_status(w.engine, "b1")
@@ -196,8 +196,8 @@ def test_a_late_result_while_the_replacement_processes_pays_for_both(world: Worl
     w.look()
     assert (w.job(job).state, w.job(job).task_id) == ("completed", "t1")
     a1, a2 = w.attempts(job)
-    assert a1.state == "completed"
-    assert a2.state == "abandoned" and a2.watch_until == FIRST_LOOK + 10 * LIMIT
+    assert a1.state == AttemptState.COMPLETED
+    assert a2.state == AttemptState.ABANDONED and a2.watch_until == FIRST_LOOK + 10 * LIMIT
     assert a2.error is not None and "PiAPI cannot cancel this one" in a2.error
     occ = w.occupancy()
     assert (occ.total, occ.abandoned) == (1, 1)  # t2 still holds a slot at PiAPI
@@ -210,7 +210,7 @@ def test_a_late_result_while_the_replacement_processes_pays_for_both(world: Worl
     row = w.job(job)
     assert (row.task_id, row.output_json) == ("t1", '{"text":"late"}')
     a2 = w.attempts(job)[1]
-    assert (a2.state, a2.consume, a2.watch_until) == ("abandoned", PRICE, None)
+    assert (a2.state, a2.consume, a2.watch_until) == (AttemptState.ABANDONED, PRICE, None)
     assert a2.error is not None and a2.error.endswith("the row already had its result")
     assert w.occupancy().total == 0
     st = batch_status(w.engine, "b1")
@@ -232,8 +232,8 @@ def test_the_replacement_completing_first_leaves_the_late_one_unused(world: Worl
     w.now = FIRST_LOOK
     w.look()
     assert w.job(job).output_json == '{"text":"replacement"}'
-    assert [(a.state, a.consume) for a in w.attempts(job)] == [("abandoned", PRICE),
-                                                               ("completed", PRICE)]
+    assert [(a.state, a.consume) for a in w.attempts(job)] == [
+        (AttemptState.ABANDONED, PRICE), (AttemptState.COMPLETED, PRICE)]
     st = batch_status(w.engine, "b1")
     assert st is not None and st.consumed_units == 2 * PRICE
     [line] = iter_results(w.engine, "b1")
@@ -279,7 +279,7 @@ def test_an_abandoned_task_that_fails_later_is_refunded(world: World) -> None:
     row = w.job(job)
     assert (row.state, row.usage_consume) == ("failed", 0)  # PiAPI's final word: refunded
     [a1] = w.attempts(job)
-    assert (a1.state, a1.consume, a1.watch_until) == ("abandoned", 0, None)
+    assert (a1.state, a1.consume, a1.watch_until) == (AttemptState.ABANDONED, 0, None)
     assert a1.error is not None and a1.error.endswith("ended failed at PiAPI later: task timeout")
     assert w.occupancy().total == 0
 
@@ -297,7 +297,7 @@ def test_a_late_result_waits_while_its_row_is_being_created(world: World) -> Non
     w.look()
     assert w.job(job).state == "submitting"
     a1 = w.attempts(job)[0]
-    assert a1.state == "abandoned" and a1.next_at == FIRST_LOOK + LIMIT / 2
+    assert a1.state == AttemptState.ABANDONED and a1.next_at == FIRST_LOOK + LIMIT / 2
     # The create answers; the next look takes the late result and cancels the new task.
     w.piapi.set("t2", "pending")
     assert tr.record_created(w.engine, claim, w.piapi.views["t2"], w.now, w.now + 1)
@@ -319,7 +319,7 @@ def test_a_stuck_pending_task_is_cancelled_refunded_and_out_of_attempts_fails_st
     assert (row.state, row.error_kind, row.usage_consume) == ("failed", "stuck", 0)
     assert row.error_message is not None and "stuck pending" in row.error_message
     assert [(a.state, a.consume, a.watch_until) for a in w.attempts(job)] == [
-        ("cancelled", 0, None), ("cancelled", 0, None)]
+        (AttemptState.CANCELLED, 0, None), (AttemptState.CANCELLED, 0, None)]
     assert w.piapi.cancelled == ["t1", "t2"] and w.occupancy().total == 0
 
 
@@ -332,7 +332,7 @@ def test_wait_policy_keeps_polling_a_processing_task(world: World) -> None:
     row = w.job(job)
     assert (row.state, row.task_id, row.polls) == ("running", "t1", 1)
     assert row.next_at is not None and row.next_at > w.now
-    assert w.attempts(job)[0].state == "created"
+    assert w.attempts(job)[0].state == AttemptState.CREATED
 
 
 def test_abandoning_a_task_and_counting_it_are_one_change(world: World) -> None:
@@ -343,7 +343,8 @@ def test_abandoning_a_task_and_counting_it_are_one_change(world: World) -> None:
     w.create(job, "t1")
     [target] = tr.load_poll_targets(w.engine, [job])
     outcome = tr.PollOutcome(target, "retry", w.piapi.views["t1"], next_at=STUCK_AT,
-                             message="m", error_kind=ErrorKind.STUCK, attempt_state="abandoned",
+                             message="m", error_kind=ErrorKind.STUCK,
+                             attempt_state=AttemptState.ABANDONED,
                              watch_until=STUCK_AT + 10, watch_next=STUCK_AT + 1)
     assert tr.record_poll_outcomes(w.engine, [outcome], STUCK_AT) == 1
     assert tr.record_poll_outcomes(w.engine, [outcome], STUCK_AT) == 0  # a duplicate

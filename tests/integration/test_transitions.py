@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from tests.unit.test_states import WRITERS, declared
 from workers import leases
 from workers import transitions as tr
 from workers.control import clear_halt, get_halt
-from workers.db import create_tables, make_engine, session
-from workers.models import Attempt, Batch, Job
+from workers.db import create_tables, make_engine, session, transaction
+from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
-from workers.states import ErrorKind, JobState
+from workers.states import ALLOWED, AttemptState, ErrorKind, JobState
 
 NOW = 1_000_000.0
 LEASE = 30.0
@@ -65,7 +70,7 @@ def test_claim_records_the_attempt_first_and_only_once(engine: Engine) -> None:
     assert claim is not None and claim.input == {"image": "u1"}
     assert tr.claim_for_submit(engine, j, NOW, LEASE) is None  # a duplicate message
     [a] = attempts(engine, j)
-    assert a.state == "posting" and a.task_id is None
+    assert a.state == AttemptState.POSTING and a.task_id is None
     assert job(engine, j).state == JobState.SUBMITTING
 
 
@@ -93,7 +98,7 @@ def test_poll_guard_makes_a_repeated_poll_harmless(engine: Engine) -> None:
     assert not tr.record_completed(engine, target, view("t1", "completed", {"text": "x"}), NOW)
     row = job(engine, j)
     assert row.state == "completed" and row.output_json == '{"text":"hi"}'
-    assert attempts(engine, j)[0].state == "completed"
+    assert attempts(engine, j)[0].state == AttemptState.COMPLETED
 
 
 def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> None:
@@ -109,7 +114,7 @@ def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> N
     assert tr.claim_for_submit(engine, j, NOW + 5, LEASE) is None  # not due yet
     claim2 = tr.claim_for_submit(engine, j, NOW + 10, LEASE)
     assert claim2 is not None and claim2.attempt_n == 2
-    assert [a.state for a in attempts(engine, j)] == ["failed", "posting"]
+    assert [a.state for a in attempts(engine, j)] == [AttemptState.FAILED, AttemptState.POSTING]
 
 
 def test_a_lost_create_never_adopts_an_earlier_attempts_task(engine: Engine) -> None:
@@ -170,6 +175,58 @@ def test_retryable_refusals_are_bounded(engine: Engine) -> None:
     assert row.error_kind == ErrorKind.RETRIES_EXHAUSTED and row.attempts == 0
 
 
+@pytest.mark.parametrize("max_tries", [1, 2, 3])
+def test_a_row_fails_at_exactly_its_max_tries_th_retryable_refusal(engine: Engine,
+                                                                  max_tries: int) -> None:
+    [j, *_] = add_batch(engine)
+    t = NOW
+    for tries in range(1, max_tries + 1):
+        claim = tr.claim_for_submit(engine, j, t, LEASE)
+        assert claim is not None and claim.tries == tries - 1
+        expected = JobState.FAILED if tries == max_tries else JobState.RETRY_WAIT
+        assert tr.record_create_retry(engine, claim, t, t + 1, "HTTP 503", max_tries) \
+            == expected
+        t += 1
+    assert tr.claim_for_submit(engine, j, t, LEASE) is None
+    assert [a.state for a in attempts(engine, j)] == [AttemptState.REFUSED] * max_tries
+
+
+def test_a_poll_error_keeps_the_task_and_a_stale_one_changes_nothing(engine: Engine) -> None:
+    [j, *_] = add_batch(engine)
+    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
+    assert claim is not None
+    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
+    [target] = tr.load_poll_targets(engine, [j])
+    error = tr.PollOutcome(target, "poll_error", next_at=NOW + 7, message="HTTP 502")
+    assert tr.record_poll_outcomes(engine, [error], NOW + 1) == 0  # no slot freed
+    row = job(engine, j)
+    assert (row.state, row.task_id, row.poll_errors, row.next_at, row.error_message) == \
+        (JobState.RUNNING, "t1", 1, NOW + 7, "HTTP 502")
+    assert attempts(engine, j)[0].state == AttemptState.CREATED
+    # A GET that worked since: an error recorded for the earlier poll no longer matches.
+    progress = tr.PollOutcome(target, "progress", view("t1", "processing"), next_at=NOW + 8)
+    assert tr.record_poll_outcomes(engine, [progress], NOW + 8) == 0
+    assert tr.record_poll_outcomes(engine, [error], NOW + 9) == 0
+    row = job(engine, j)
+    assert (row.poll_errors, row.polls, row.next_at) == (0, 1, NOW + 8)
+
+
+def test_a_task_piapi_lost_fails_the_row_and_frees_its_slot(engine: Engine) -> None:
+    [j, *_] = add_batch(engine)
+    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
+    assert claim is not None
+    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
+    [target] = tr.load_poll_targets(engine, [j])
+    lost = tr.PollOutcome(target, "lost", message="PiAPI does not know the task")
+    assert tr.record_poll_outcomes(engine, [lost], NOW + 1) == 1
+    row = job(engine, j)
+    assert (row.state, row.error_kind, row.finished_at, row.attempts) == \
+        (JobState.FAILED, ErrorKind.NOT_FOUND, NOW + 1, 1)
+    assert tr.load_poll_targets(engine, [j]) == []
+    assert tr.record_poll_outcomes(engine, [lost], NOW + 2) == 0  # a repeat changes nothing
+    assert tr.claim_for_submit(engine, j, NOW + 3, LEASE) is None  # never posted again here
+
+
 def test_account_refusal_requeues_and_halts(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
     claim = tr.claim_for_submit(engine, j, NOW, LEASE)
@@ -216,3 +273,130 @@ def test_done_batches_are_marked(engine: Engine) -> None:
     tr.record_create_rejected(engine, claim, NOW, ErrorKind.INPUT, "HTTP 400")
     assert leases.mark_done_batches(engine) == ["b1"]
     assert leases.open_batches(engine) == []
+
+
+# --- every statement that changes jobs.state, on a real database -----------------------------
+# Rows in any state, run through the statements built from the table (found in the code by
+# tests/unit/test_states.py): each moves only the rows, from only the states, it declares.
+
+STATEMENTS = sorted(WRITERS.items())
+PLAIN = (None, AttemptState.CREATED)
+"""(error_kind, state of its last attempt) of a row whose last create is known..."""
+UNKNOWN = (ErrorKind.AMBIGUOUS.value, AttemptState.AMBIGUOUS)
+"""...and of one whose last create's outcome is unknown (operator's retry tells them apart)."""
+
+
+Row = tuple[JobState, tuple[str | None, AttemptState]]
+
+
+def reset(engine: Engine, rows: list[Row]) -> list[int]:
+    """A batch (cancelled, past its deadline, reuse on) holding these rows, pairs of twins
+    (rows 1-2, 3-4...), each due, with one attempt whose task is the row's."""
+    with transaction(engine) as conn:
+        for table in (ATTEMPTS, JOBS, BATCHES):
+            conn.execute(table.delete())
+        conn.execute(BATCHES.insert().values(
+            id="b1", content_hash="h", source="t.jsonl", created_at=NOW, ingested=True,
+            total=len(rows), invalid=0, max_attempts=3, done=False, reuse=True,
+            cancel_mode="now", deadline_at=NOW - 1))
+        ids = []
+        for i, (state, (kind, attempt)) in enumerate(rows, start=1):
+            [(job_id,)] = conn.execute(JOBS.insert().values(
+                batch_id="b1", seq=i, line=i, row_key=str(i), model="m", task_type="t",
+                input_json="{}", state=state.value, attempts=1, posts=1, tries=0,
+                retry_base=0, task_id=f"t{i}", next_at=NOW - 1, lease_until=NOW - 1,
+                polls=0, poll_errors=0, created_at=NOW, submitted_at=NOW, finished_at=NOW,
+                error_kind=kind, fingerprint=f"fp{(i + 1) // 2}").returning(JOBS.c.id)).all()
+            conn.execute(ATTEMPTS.insert().values(job_id=job_id, n=1, state=attempt.value,
+                                                  task_id=f"t{i}", started_at=NOW))
+            ids.append(int(job_id))
+    return ids
+
+
+def states(engine: Engine) -> dict[int, str]:
+    with transaction(engine) as conn:
+        return {int(i): str(s) for i, s in conn.execute(JOBS.select().with_only_columns(
+            JOBS.c.id, JOBS.c.state))}
+
+
+def run(engine: Engine, statement: Update, job_id: int, twin_id: int,
+        src: JobState) -> int:
+    """Execute `statement` aimed at `job_id` (its source state named `src` when the
+    statement takes it as a parameter), with every other parameter set to let it apply;
+    returns how many rows it changed."""
+    binds = statement.compile().binds
+    m = declared(statement)
+    with transaction(engine) as conn:
+        row = conn.execute(JOBS.select().where(JOBS.c.id == job_id)).one()._mapping
+        params: dict[str, Any] = {
+            "p_job": job_id, "p_ids": [job_id], "p_now": NOW, "p_lease_until": NOW + LEASE,
+            "p_n": row["posts"], "p_task": row["task_id"], "p_polls": row["polls"],
+            "p_current": row["task_id"], "p_status": "pending", "p_next": NOW + 5,
+            "p_consume": None, "p_usage_type": None, "p_tries": 1, "p_error": "e",
+            "p_kind": ErrorKind.PROVIDER.value, "p_max": 10, "p_submitted": NOW,
+            "p_batch": "b1", "p_keys": [row["row_key"]], "p_twin": twin_id,
+            "p_cutoff": NOW - 3600, "p_lo": 0, "p_hi": 10**6, "p_output": "{}",
+            "p_note": "n"}
+        if m.given is not None:
+            params[m.given] = [src.value] if binds[m.given].expanding else src.value
+        result = conn.execute(statement, {k: v for k, v in params.items() if k in binds})
+        # (with RETURNING, SQLite counts the rows only once they are read)
+        return len(result.all()) if result.returns_rows else int(result.rowcount)
+
+
+def twin_of(ids: list[int], k: int) -> int:
+    return ids[k + 1 if k % 2 == 0 else k - 1]
+
+
+def test_every_statement_moves_exactly_the_states_it_declares(engine: Engine) -> None:
+    # A row in each state, each statement aimed at it: it moves from a declared source
+    # (so the table is not wider than the SQL) and from nothing else (nor is the SQL wider
+    # than the table); a completed twin beside it never moves.
+    wrong = []
+    for name, statement in STATEMENTS:
+        m = declared(statement)
+        for state in JobState:
+            moved = set()
+            for flavour in (PLAIN, UNKNOWN):
+                ids = reset(engine, [(state, flavour), (JobState.COMPLETED, PLAIN)])
+                given_state = state if state in m.sources else min(m.sources)
+                changed = run(engine, statement, ids[0], ids[1], given_state)
+                after = states(engine)
+                assert after[ids[1]] == JobState.COMPLETED, name
+                if changed:  # (retry_wait -> retry_wait changes the row, not its state)
+                    assert changed == 1, name
+                    moved.add(after[ids[0]])
+            expected = {m.target} if state in m.sources else set()
+            if moved != expected:
+                wrong.append(f"{name}: from {state} moved to {moved or 'nothing'}, "
+                             f"declared {expected or 'nothing'}")
+    assert wrong == []
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(list(JobState)),
+                               st.sampled_from([PLAIN, UNKNOWN])), min_size=4, max_size=4),
+       steps=st.lists(st.tuples(st.integers(0, len(STATEMENTS) - 1), st.integers(0, 3),
+                                st.integers(0, 8)), min_size=1, max_size=16))
+def test_random_moves_change_only_what_the_table_allows(
+        engine: Engine, rows: list[Row], steps: list[tuple[int, int, int]]) -> None:
+    ids = reset(engine, rows)
+    before = states(engine)
+    for which, k, pick in steps:
+        name, statement = STATEMENTS[which]
+        m = declared(statement)
+        src = sorted(m.sources)[pick % len(m.sources)]
+        run(engine, statement, ids[k], twin_of(ids, k), src)
+        after = states(engine)
+        for job_id, old in before.items():
+            new = after[job_id]
+            if new == old:
+                continue
+            assert JobState(new) in ALLOWED[JobState(old)], f"{name}: {old} -> {new}"
+            assert (JobState(old) in m.sources and new == m.target), f"{name}: {old} -> {new}"
+            if m.given is not None:
+                assert old == src, f"{name} moved a row from {old}, not the {src} it was given"
+            if "p_job" in statement.compile().binds:
+                assert job_id == ids[k], f"{name} moved job {job_id}, not {ids[k]}"
+        before = after

@@ -10,7 +10,6 @@ from workers.retry import (
     FailureClass,
     backoff_s,
     classify_failure,
-    should_retry,
 )
 
 
@@ -41,12 +40,6 @@ def test_backoff_is_bounded(tries: int, rng: float) -> None:
 def test_retry_after_is_never_undercut(retry_after: float) -> None:
     for rng in (0.0, 0.5, 1.0):
         assert backoff_s(1, retry_after, lambda r=rng: r) >= retry_after
-
-
-def test_should_retry_bound() -> None:
-    assert should_retry(0, 3)
-    assert should_retry(2, 3)
-    assert not should_retry(3, 3)
 
 
 @pytest.mark.parametrize(

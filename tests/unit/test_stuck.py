@@ -8,7 +8,7 @@ import pytest
 
 from workers import stuck
 from workers.piapi import TaskView, Usage, status_outcome
-from workers.states import ErrorKind
+from workers.states import AttemptState, ErrorKind
 from workers.stuck import Action, OnStuck
 from workers.transitions.common import PollTarget
 from workers.transitions.poll import PollOutcome
@@ -117,27 +117,28 @@ def _poll(status: str, age: float, *, policy: str | None = None, fleet: str = "r
 
 @pytest.mark.parametrize(("status", "age", "policy", "attempts", "kind", "attempt_state"), [
     ("processing", LIMIT - 1, None, 1, "progress", None),
-    ("processing", LIMIT + 1, None, 1, "retry", "abandoned"),  # the fleet's default: retry
-    ("processing", LIMIT + 1, "retry", 2, "failed", "abandoned"),  # out of attempts
-    ("processing", LIMIT + 1, "fail", 1, "failed", "abandoned"),
+    # the fleet's default: retry
+    ("processing", LIMIT + 1, None, 1, "retry", AttemptState.ABANDONED),
+    ("processing", LIMIT + 1, "retry", 2, "failed", AttemptState.ABANDONED),  # out of attempts
+    ("processing", LIMIT + 1, "fail", 1, "failed", AttemptState.ABANDONED),
     ("processing", 50 * LIMIT, "wait", 1, "progress", None),
-    ("staged", LIMIT + 1, "retry", 1, "retry", "abandoned"),
-    ("pending", LIMIT + 1, "wait", 1, "retry", "cancelled"),
-    ("pending", LIMIT + 1, "fail", 2, "failed", "cancelled"),
+    ("staged", LIMIT + 1, "retry", 1, "retry", AttemptState.ABANDONED),
+    ("pending", LIMIT + 1, "wait", 1, "retry", AttemptState.CANCELLED),
+    ("pending", LIMIT + 1, "fail", 2, "failed", AttemptState.CANCELLED),
 ])
 def test_a_poll_of_a_stuck_task(status: str, age: float, policy: str | None, attempts: int,
-                                kind: str, attempt_state: str | None) -> None:
+                                kind: str, attempt_state: AttemptState | None) -> None:
     outcome, client = _poll(status, age, policy=policy, attempts=attempts)
     assert (outcome.kind, outcome.attempt_state) == (kind, attempt_state)
     assert client.cancelled == (["t1"] if status == "pending" and age > LIMIT else [])
     if kind in ("retry", "failed"):
         assert outcome.error_kind is ErrorKind.STUCK
-    if attempt_state == "abandoned":  # watched from now on, its first look soon
+    if attempt_state == AttemptState.ABANDONED:  # watched from now on, its first look soon
         assert outcome.watch_until == T0 + age + 10 * LIMIT
         assert outcome.watch_next == T0 + age + LIMIT / 2
         assert outcome.attempt_error is not None or outcome.kind == "retry"
         assert outcome.view is not None and outcome.view.usage == Usage("llm", 0, 100000)
-    if attempt_state == "cancelled":  # refunded: no usage recorded for it
+    if attempt_state == AttemptState.CANCELLED:  # refunded: no usage recorded for it
         assert outcome.watch_until is None
         assert outcome.view is not None and outcome.view.usage == Usage("llm", 0, 0)
 
@@ -153,7 +154,7 @@ def test_a_pending_task_that_will_not_cancel_is_polled_then_given_up() -> None:
     outcome, client = _poll("pending", LIMIT + 1, cancels=False)
     assert outcome.kind == "progress" and client.cancelled == ["t1"]
     outcome, _ = _poll("pending", 2 * LIMIT + 1, cancels=False)
-    assert (outcome.kind, outcome.attempt_state) == ("retry", "abandoned")
+    assert (outcome.kind, outcome.attempt_state) == ("retry", AttemptState.ABANDONED)
 
 
 def test_out_of_attempts_the_row_says_so() -> None:

@@ -6,7 +6,8 @@ that lost its lease, or two dispatchers racing can never apply a change twice. T
 is the only code that writes `jobs.state`: `create` for the create side, `poll` for
 running tasks, `watch` for late results of abandoned stuck tasks and `reuse` for rows
 that take a completed twin's task instead of paying again (imported as modules:
-`from workers.transitions import watch`).
+`from workers.transitions import watch`). Each statement that changes `jobs.state` is
+built by `common.move` from the table in `workers.states`, which it must agree with.
 """
 
 from workers.transitions.ambiguous import AmbiguousTarget
@@ -27,8 +28,6 @@ from workers.transitions.poll import (
     load_poll_targets,
     mark_due,
     record_completed,
-    record_lost_task,
-    record_poll_error,
     record_poll_outcomes,
     record_progress,
     record_task_failed,
@@ -50,8 +49,6 @@ __all__ = [
     "record_create_requeued",
     "record_create_retry",
     "record_created",
-    "record_lost_task",
-    "record_poll_error",
     "record_poll_outcomes",
     "record_progress",
     "record_task_failed",

@@ -20,15 +20,10 @@ from sqlalchemy.engine import Engine
 from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
-from workers.states import ErrorKind, JobState
-from workers.transitions.common import usage_params
+from workers.states import AttemptState, ErrorKind, JobState
+from workers.transitions.common import THIS_JOB, move, usage_params
 
 logger = logging.getLogger(__name__)
-
-AMB, RUN, Q, RW, FAILED = (JobState.AMBIGUOUS.value, JobState.RUNNING.value,
-                           JobState.QUEUED.value, JobState.RETRY_WAIT.value,
-                           JobState.FAILED.value)
-j, a = JOBS.c, ATTEMPTS.c
 
 
 @dataclass(frozen=True)
@@ -57,61 +52,69 @@ class AmbiguousTarget:
 
 
 _TARGETS = (
-    select(j.id, j.batch_id, j.model, j.task_type, j.input_json, a.n, a.started_at,
-           func.coalesce(a.ended_at, a.started_at), j.task_id, j.tries, j.reconcile_from)
-    .join(ATTEMPTS, and_(a.job_id == j.id, a.n == j.posts))
-    .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == AMB)
+    select(JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json,
+           ATTEMPTS.c.n, ATTEMPTS.c.started_at,
+           func.coalesce(ATTEMPTS.c.ended_at, ATTEMPTS.c.started_at), JOBS.c.task_id,
+           JOBS.c.tries, JOBS.c.reconcile_from)
+    .join(ATTEMPTS, and_(ATTEMPTS.c.job_id == JOBS.c.id, ATTEMPTS.c.n == JOBS.c.posts))
+    .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
+           JOBS.c.state == JobState.AMBIGUOUS.value)
 )
-_AMBIGUOUS = and_(j.id == bindparam("p_job"), j.state == AMB)
-_OTHER_ATTEMPT = or_(a.job_id != bindparam("p_job"), a.n != bindparam("p_n"))
+_AMBIGUOUS = and_(THIS_JOB, JOBS.c.state == JobState.AMBIGUOUS.value)
+"""The guard of the changes that leave the job ambiguous (a later look, a webhook's hint)."""
+_OTHER_ATTEMPT = or_(ATTEMPTS.c.job_id != bindparam("p_job"), ATTEMPTS.c.n != bindparam("p_n"))
 """Any attempt but the lost one: another row's, or an earlier one of this row (whose task,
 failed or stuck, has the same input and may lie in the window: never this attempt's)."""
-_OWNED_BY_OTHERS = exists().where(a.task_id == bindparam("p_task"), _OTHER_ATTEMPT)
-_ADOPT = JOBS.update().where(_AMBIGUOUS, ~_OWNED_BY_OTHERS).values(
-    state=RUN, task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
+_OWNED_BY_OTHERS = exists().where(ATTEMPTS.c.task_id == bindparam("p_task"), _OTHER_ATTEMPT)
+_ADOPT = move(JobState.AMBIGUOUS, JobState.RUNNING, THIS_JOB).where(~_OWNED_BY_OTHERS).values(
+    task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
     tries=0, polls=0, poll_errors=0, next_at=bindparam("p_next"), lease_until=None,
     lease_epoch=None, submitted_at=bindparam("p_submitted"), error_kind=None,
     error_message=None,
-    usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
-    usage_type=func.coalesce(bindparam("p_usage_type"), j.usage_type),
+    usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
+    usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type),
 )
-_ATTEMPT = and_(a.job_id == bindparam("p_job"), a.n == bindparam("p_n"))
+_ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.n == bindparam("p_n"))
 _ATTEMPT_ADOPTED = ATTEMPTS.update().where(_ATTEMPT).values(
-    state="created", task_id=bindparam("p_task"), error=bindparam("p_error"))
-_ABSENT = JOBS.update().where(_AMBIGUOUS).values(
-    state=RW, attempts=j.attempts - 1, tries=j.tries + 1, task_id=None,
-    next_at=bindparam("p_next"), lease_until=None, lease_epoch=None, error_kind=None,
-    error_message=bindparam("p_error"))
-_ABSENT_FAILED = JOBS.update().where(_AMBIGUOUS).values(
-    state=FAILED, attempts=j.attempts - 1, tries=j.tries + 1, task_id=None, next_at=None,
-    finished_at=bindparam("p_next"), lease_until=None, lease_epoch=None,
-    error_kind=ErrorKind.RETRIES_EXHAUSTED.value, error_message=bindparam("p_error"))
+    state=AttemptState.CREATED.value, task_id=bindparam("p_task"), error=bindparam("p_error"))
+_NO_TASK: dict[str, Any] = dict(
+    attempts=JOBS.c.attempts - 1, tries=JOBS.c.tries + 1, task_id=None, lease_until=None,
+    lease_epoch=None, error_message=bindparam("p_error"))
+"""The lost create made no task: it no longer counts as an attempt, but as a failed try."""
+_ABSENT = move(JobState.AMBIGUOUS, JobState.RETRY_WAIT, THIS_JOB).values(
+    next_at=bindparam("p_next"), error_kind=None, **_NO_TASK)
+_ABSENT_FAILED = move(JobState.AMBIGUOUS, JobState.FAILED, THIS_JOB).values(
+    next_at=None, finished_at=bindparam("p_next"),
+    error_kind=ErrorKind.RETRIES_EXHAUSTED.value, **_NO_TASK)
 _ATTEMPT_ABSENT = ATTEMPTS.update().where(_ATTEMPT).values(
-    state="absent", error=bindparam("p_error"))
+    state=AttemptState.ABSENT.value, error=bindparam("p_error"))
 _DEFER = JOBS.update().where(_AMBIGUOUS).values(
     next_at=bindparam("p_next"), lease_until=None, lease_epoch=None,
     error_message=bindparam("p_error"))
-_GIVE_UP = JOBS.update().where(_AMBIGUOUS).values(
-    state=FAILED, finished_at=bindparam("p_now"), next_at=None, lease_until=None,
-    error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
-_REPOST = JOBS.update().where(j.state == AMB, j.tries + 1 < bindparam("p_max")).values(
-    state=Q, task_id=None, next_at=None, lease_until=None, lease_epoch=None,
-    error_kind=None, tries=j.tries + 1,
-    error_message="posted again without reconciling (policy: retry); this row may be paid "
-                  "twice")
-_REPOST_EXHAUSTED = JOBS.update().where(j.state == AMB).values(
-    state=FAILED, finished_at=bindparam("p_now"), next_at=None, lease_until=None,
-    error_kind=ErrorKind.AMBIGUOUS.value,
-    error_message="create answers lost too many times (policy: retry)")
+_GIVEN_UP: dict[str, Any] = dict(
+    finished_at=bindparam("p_now"), next_at=None, lease_until=None,
+    error_kind=ErrorKind.AMBIGUOUS.value)
+_GIVE_UP = move(JobState.AMBIGUOUS, JobState.FAILED, THIS_JOB).values(
+    error_message=bindparam("p_error"), **_GIVEN_UP)
+_REPOST = (
+    move(JobState.AMBIGUOUS, JobState.QUEUED).where(JOBS.c.tries + 1 < bindparam("p_max"))
+    .values(task_id=None, next_at=None, lease_until=None, lease_epoch=None,
+            error_kind=None, tries=JOBS.c.tries + 1,
+            error_message="posted again without reconciling (policy: retry); this row may "
+                          "be paid twice")
+)
+_REPOST_EXHAUSTED = move(JobState.AMBIGUOUS, JobState.FAILED).values(
+    error_message="create answers lost too many times (policy: retry)", **_GIVEN_UP)
 _HINT = JOBS.update().where(_AMBIGUOUS).values(
     task_id=bindparam("p_task"), next_at=bindparam("p_now"), lease_until=None,
     lease_epoch=None)
-_LATER = (select(a.task_id, a.started_at)
-          .where(a.task_id.is_not(None), a.started_at > bindparam("p_after"),
-                 a.started_at <= bindparam("p_until"))
-          .order_by(a.started_at).limit(200))
-_OWNED = select(a.task_id).where(a.task_id.in_(bindparam("p_tasks", expanding=True)),
-                                 _OTHER_ATTEMPT)
+_LATER = (select(ATTEMPTS.c.task_id, ATTEMPTS.c.started_at)
+          .where(ATTEMPTS.c.task_id.is_not(None),
+                 ATTEMPTS.c.started_at > bindparam("p_after"),
+                 ATTEMPTS.c.started_at <= bindparam("p_until"))
+          .order_by(ATTEMPTS.c.started_at).limit(200))
+_OWNED = select(ATTEMPTS.c.task_id).where(
+    ATTEMPTS.c.task_id.in_(bindparam("p_tasks", expanding=True)), _OTHER_ATTEMPT)
 
 
 def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarget]:

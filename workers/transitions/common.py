@@ -1,12 +1,23 @@
-"""What both sides of the state machine share: claims, poll targets, the CAS helper."""
+"""What both sides of the state machine share: claims, poll targets, the CAS helpers.
+
+Every statement that changes `jobs.state` is built here, by `move`, from the table in
+`workers.states`: a move the table does not allow raises `IllegalMove` when the module
+building it is imported (statements are built once, at import).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Update, and_, bindparam, or_
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+
+from workers.models import JOBS
 from workers.piapi import TaskView
+from workers.states import IllegalMove, JobState, check_moves
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +75,85 @@ def usage_params(view: TaskView | None) -> dict[str, Any]:
     usage = view.usage if view is not None else None
     return {"p_consume": usage.consume if usage else None,
             "p_usage_type": (usage.type or None) if usage else None}
+
+
+MOVE_OPTION = "piapi_bulk_move"
+"""The execution option a statement built by `move` carries its `Move` in (SQLAlchemy
+keeps execution options through `.where()` and `.values()`)."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """What one statement does to `jobs.state`: from any of `sources` to `target`."""
+
+    sources: frozenset[JobState]
+    target: JobState
+    given: str | None = None
+    """The bind parameter that names the source state at run time, if any (`Given`)."""
+
+
+@dataclass(frozen=True)
+class Given:
+    """Source states named at run time by the bind parameter `name`: one of `states`
+    (`state = :name`), or with `many` a list of them (`state IN :name`)."""
+
+    name: str
+    states: tuple[JobState, ...]
+    many: bool = False
+
+
+Sources = JobState | Collection[JobState] | Mapping[JobState, ColumnElement[bool] | None] | Given
+"""One state; several (IN); a state -> extra condition mapping (OR of them, None for no
+condition); or `Given` at run time."""
+
+THIS_JOB = JOBS.c.id == bindparam("p_job")
+"""The one job a statement is aimed at (parameter `p_job`)."""
+
+MOVES: list[Move] = []
+"""Every move built so far, one per statement (for tests: the table is the truth)."""
+
+
+def _state_condition(sources: Sources) -> tuple[ColumnElement[bool], tuple[JobState, ...]]:
+    state = JOBS.c.state
+    if isinstance(sources, Given):
+        param: BindParameter[str] = bindparam(sources.name, expanding=sources.many)
+        return (state.in_(param) if sources.many else state == param), sources.states
+    if isinstance(sources, JobState):
+        return state == sources.value, (sources,)
+    if isinstance(sources, Mapping):
+        terms = [state == s.value if cond is None else and_(state == s.value, cond)
+                 for s, cond in sources.items()]
+        return or_(*terms), tuple(sources)
+    listed = tuple(sources)
+    return state.in_([s.value for s in listed]), listed
+
+
+def move(sources: Sources, target: JobState, *where: ColumnElement[bool]) -> Update:
+    """`UPDATE jobs SET state = target WHERE *where AND <state is one of sources>`: a
+    compare-and-set on the states it expects. Raises IllegalMove unless `workers.states`
+    allows every source -> target. Chain `.where()` for conditions after the state's and
+    `.values()` for the other columns (never `state`)."""
+    condition, states = _state_condition(sources)
+    found = Move(check_moves(states, target), target,
+                 sources.name if isinstance(sources, Given) else None)
+    MOVES.append(found)
+    return (JOBS.update().where(*where, condition).values(state=target.value)
+            .execution_options(**{MOVE_OPTION: found}))
+
+
+def move_of(statement: Any) -> Move | None:
+    """The move a statement built by `move` makes (None for any other statement)."""
+    found = statement.get_execution_options().get(MOVE_OPTION)
+    return found if isinstance(found, Move) else None
+
+
+def given(statement: Any, states: Collection[str]) -> list[str]:
+    """`states` for a statement's `Given` parameter, once checked against what it declared
+    (IllegalMove for a state it may not move from)."""
+    declared = move_of(statement)
+    if declared is None or declared.given is None:
+        raise IllegalMove("this statement takes no source state at run time")
+    bad = sorted(set(states) - declared.sources)
+    if bad:
+        raise IllegalMove(f"{', '.join(bad)} -> {declared.target} is not declared here")
+    return [JobState(s).value for s in states]

@@ -11,78 +11,80 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select
+from sqlalchemy import and_, bindparam, exists, func, select
 from sqlalchemy.engine import Engine
 
 from workers.control import set_halt
 from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
-from workers.states import ErrorKind, JobState
-from workers.transitions.common import Claim, moved, usage_params
+from workers.states import AttemptState, ErrorKind, JobState
+from workers.transitions.common import THIS_JOB, Claim, move, moved, usage_params
 
 logger = logging.getLogger(__name__)
 
-Q, SUB, RUN, RW, AMB, FAILED = (JobState.QUEUED.value, JobState.SUBMITTING.value,
-                                JobState.RUNNING.value, JobState.RETRY_WAIT.value,
-                                JobState.AMBIGUOUS.value, JobState.FAILED.value)
-j, a = JOBS.c, ATTEMPTS.c
 RECONCILE_AFTER_S = 2.0
 """An ambiguous create is first looked for in PiAPI's history this long after it was lost."""
 
 _CLAIM = (
-    JOBS.update()
-    .where(j.id.in_(bindparam("p_ids", expanding=True)),
-           or_(j.state == Q, and_(j.state == RW, j.next_at <= bindparam("p_now"))))
-    .values(state=SUB, lease_until=bindparam("p_lease_until"), lease_epoch=None, next_at=None,
-            posts=j.posts + 1)
-    .returning(j.id, j.batch_id, j.model, j.task_type, j.input_json, j.tries, j.posts,
-               j.service_mode)
+    move({JobState.QUEUED: None, JobState.RETRY_WAIT: JOBS.c.next_at <= bindparam("p_now")},
+         JobState.SUBMITTING, JOBS.c.id.in_(bindparam("p_ids", expanding=True)))
+    .values(lease_until=bindparam("p_lease_until"), lease_epoch=None, next_at=None,
+            posts=JOBS.c.posts + 1)
+    .returning(JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json,
+               JOBS.c.tries, JOBS.c.posts, JOBS.c.service_mode)
 )
 _NEW_ATTEMPT = ATTEMPTS.insert()
-_THIS_ATTEMPT = and_(a.job_id == bindparam("p_job"), a.n == bindparam("p_n"))
+_THIS_ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.n == bindparam("p_n"))
 _ATTEMPT_CREATED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
-    state="created", task_id=bindparam("p_task"))
+    state=AttemptState.CREATED.value, task_id=bindparam("p_task"))
 _ATTEMPT_ENDED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
     state=bindparam("p_state"), ended_at=bindparam("p_now"), error=bindparam("p_error"))
-_SUBMITTING = and_(j.id == bindparam("p_job"), j.state == SUB)
-_USAGE: dict[str, Any] = dict(usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
-              usage_type=func.coalesce(bindparam("p_usage_type"), j.usage_type))
+_USAGE: dict[str, Any] = dict(
+    usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
+    usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
 _RUNNING_VALUES: dict[str, Any] = dict(
-    state=RUN, task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
+    task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
     tries=0, polls=0, poll_errors=0, next_at=bindparam("p_next"), lease_until=None,
     lease_epoch=None, submitted_at=bindparam("p_now"), error_kind=None, error_message=None,
     **_USAGE,
 )
-_CREATED = JOBS.update().where(_SUBMITTING).values(attempts=j.attempts + 1, **_RUNNING_VALUES)
-_NEWER_ATTEMPT = exists().where(a.job_id == j.id, a.n > bindparam("p_n"))
+_CREATED = move(JobState.SUBMITTING, JobState.RUNNING, THIS_JOB).values(
+    attempts=JOBS.c.attempts + 1, **_RUNNING_VALUES)
+_NEWER_ATTEMPT = exists().where(ATTEMPTS.c.job_id == JOBS.c.id,
+                                ATTEMPTS.c.n > bindparam("p_n"))
 _ADOPT = (
-    JOBS.update()
-    .where(j.id == bindparam("p_job"),
-           or_(j.state == AMB,
-               and_(j.state == FAILED, j.error_kind == ErrorKind.AMBIGUOUS.value)),
-           ~_NEWER_ATTEMPT)
+    move({JobState.AMBIGUOUS: None,
+          JobState.FAILED: JOBS.c.error_kind == ErrorKind.AMBIGUOUS.value},
+         JobState.RUNNING, THIS_JOB)
+    .where(~_NEWER_ATTEMPT)
     .values(**_RUNNING_VALUES)  # the attempt was counted when it went ambiguous
 )
-_TO_RETRY_WAIT = JOBS.update().where(_SUBMITTING).values(
-    state=RW, tries=bindparam("p_tries"), next_at=bindparam("p_next"), lease_until=None,
+_TO_RETRY_WAIT = move(JobState.SUBMITTING, JobState.RETRY_WAIT, THIS_JOB).values(
+    tries=bindparam("p_tries"), next_at=bindparam("p_next"), lease_until=None,
     error_kind=None, error_message=bindparam("p_error"))
-_TO_FAILED = JOBS.update().where(_SUBMITTING).values(
-    state=FAILED, lease_until=None, finished_at=bindparam("p_now"),
+_TO_FAILED = move(JobState.SUBMITTING, JobState.FAILED, THIS_JOB).values(
+    lease_until=None, finished_at=bindparam("p_now"),
     error_kind=bindparam("p_kind"), error_message=bindparam("p_error"))
-_TO_QUEUED = JOBS.update().where(_SUBMITTING).values(
-    state=Q, lease_until=None, error_message=bindparam("p_error"))
-_TO_AMBIGUOUS = JOBS.update().where(_SUBMITTING).values(
-    state=AMB, attempts=j.attempts + 1, lease_until=None, next_at=bindparam("p_next"),
+_TO_QUEUED = move(JobState.SUBMITTING, JobState.QUEUED, THIS_JOB).values(
+    lease_until=None, error_message=bindparam("p_error"))
+_LOST: dict[str, Any] = dict(
+    attempts=JOBS.c.attempts + 1, lease_until=None, next_at=bindparam("p_next"),
     error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
-_LOST_CREATES = select(j.id).where(j.state == SUB, j.lease_until < bindparam("p_now"))
-_EXPIRE = JOBS.update().where(_SUBMITTING, j.lease_until < bindparam("p_now")).values(
-    state=AMB, attempts=j.attempts + 1, lease_until=None, next_at=bindparam("p_next"),
-    error_kind=ErrorKind.AMBIGUOUS.value, error_message=bindparam("p_error"))
-_POSTING_ENDED = ATTEMPTS.update().where(a.job_id == bindparam("p_job"), a.state == "posting") \
-    .values(state="ambiguous", ended_at=bindparam("p_now"), error=bindparam("p_error"))
-_AMBIGUOUS_FAILED = JOBS.update().where(j.state == AMB).values(
-    state=FAILED, finished_at=bindparam("p_now"), error_kind=ErrorKind.AMBIGUOUS.value)
+_TO_AMBIGUOUS = move(JobState.SUBMITTING, JobState.AMBIGUOUS, THIS_JOB).values(**_LOST)
+_LOST_CREATES = select(JOBS.c.id).where(JOBS.c.state == JobState.SUBMITTING.value,
+                                        JOBS.c.lease_until < bindparam("p_now"))
+_EXPIRE = (move(JobState.SUBMITTING, JobState.AMBIGUOUS, THIS_JOB)
+           .where(JOBS.c.lease_until < bindparam("p_now")).values(**_LOST))
+_POSTING_ENDED = (
+    ATTEMPTS.update()
+    .where(ATTEMPTS.c.job_id == bindparam("p_job"),
+           ATTEMPTS.c.state == AttemptState.POSTING.value)
+    .values(state=AttemptState.AMBIGUOUS.value, ended_at=bindparam("p_now"),
+            error=bindparam("p_error"))
+)
+_AMBIGUOUS_FAILED = move(JobState.AMBIGUOUS, JobState.FAILED).values(
+    finished_at=bindparam("p_now"), error_kind=ErrorKind.AMBIGUOUS.value)
 
 
 def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: float) -> list[Claim]:
@@ -97,7 +99,8 @@ def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: floa
         if not rows:
             return []
         conn.execute(_NEW_ATTEMPT, [
-            {"job_id": int(r[0]), "n": int(r[6]), "state": "posting", "started_at": now}
+            {"job_id": int(r[0]), "n": int(r[6]), "state": AttemptState.POSTING.value,
+             "started_at": now}
             for r in rows
         ])
     return [
@@ -136,9 +139,9 @@ def record_created(
     return adopted
 
 
-def _end_attempt(conn: Any, claim: Claim, state: str, now: float, error: str) -> None:
+def _end_attempt(conn: Any, claim: Claim, state: AttemptState, now: float, error: str) -> None:
     conn.execute(_ATTEMPT_ENDED, {"p_job": claim.job_id, "p_n": claim.attempt_n,
-                                  "p_state": state, "p_now": now, "p_error": error})
+                                  "p_state": state.value, "p_now": now, "p_error": error})
 
 
 def record_create_retry(
@@ -150,7 +153,7 @@ def record_create_retry(
         return _fail_claim(engine, claim, now, ErrorKind.RETRIES_EXHAUSTED,
                            f"gave up after {tries} retryable errors; last: {error}")
     with transaction(engine) as conn:
-        _end_attempt(conn, claim, "refused", now, error)
+        _end_attempt(conn, claim, AttemptState.REFUSED, now, error)
         done = conn.execute(_TO_RETRY_WAIT, {"p_job": claim.job_id, "p_tries": tries,
                                              "p_next": retry_at, "p_error": error}).rowcount
     if done != 1:
@@ -162,7 +165,7 @@ def record_create_retry(
 def _fail_claim(engine: Engine, claim: Claim, now: float, kind: ErrorKind,
                 message: str) -> JobState | None:
     with transaction(engine) as conn:
-        _end_attempt(conn, claim, "refused", now, message)
+        _end_attempt(conn, claim, AttemptState.REFUSED, now, message)
         done = conn.execute(_TO_FAILED, {"p_job": claim.job_id, "p_now": now,
                                          "p_kind": kind.value, "p_error": message}).rowcount
     if done != 1:
@@ -181,7 +184,7 @@ def record_create_rejected(
 def record_create_requeued(engine: Engine, claim: Claim, now: float, reason: str) -> None:
     """An account-wide refusal (key, credit): back to queued and halt the fleet."""
     with transaction(engine) as conn:
-        _end_attempt(conn, claim, "refused", now, reason)
+        _end_attempt(conn, claim, AttemptState.REFUSED, now, reason)
         conn.execute(_TO_QUEUED, {"p_job": claim.job_id, "p_error": reason})
     set_halt(engine, reason, now)
 
@@ -189,7 +192,7 @@ def record_create_requeued(engine: Engine, claim: Claim, now: float, reason: str
 def record_ambiguous(engine: Engine, claim: Claim, now: float, message: str) -> bool:
     """submitting -> ambiguous: the create may have made a paid task; never post blindly."""
     with transaction(engine) as conn:
-        _end_attempt(conn, claim, "ambiguous", now, message)
+        _end_attempt(conn, claim, AttemptState.AMBIGUOUS, now, message)
         return bool(conn.execute(_TO_AMBIGUOUS, {
             "p_job": claim.job_id, "p_error": message, "p_next": now + RECONCILE_AFTER_S,
         }).rowcount == 1)

@@ -19,14 +19,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, JOBS
-from workers.states import ErrorKind, JobState
+from workers.states import AttemptState, ErrorKind, JobState
+from workers.transitions.common import Given, given, move
 
 logger = logging.getLogger(__name__)
-
-Q, RW, RUN, AMB, CANCELLED, FAILED = (
-    JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.RUNNING.value,
-    JobState.AMBIGUOUS.value, JobState.CANCELLED.value, JobState.FAILED.value)
-j, a = JOBS.c, ATTEMPTS.c
 
 BY_OPERATOR = "cancelled by operator"
 AMBIGUOUS_ABANDONED = ("cancelled by operator (--now) while its lost create was being "
@@ -35,45 +31,50 @@ DEADLINE_NOT_STARTED = "not started before the deadline {deadline}"
 DEADLINE_RETRY_WAIT = "deadline passed while waiting to retry"
 RECONCILE_FIRST = ("retried: its last create's outcome is unknown, so PiAPI's task history "
                    "is searched for that task before anything is posted again")
-UNKNOWN_ATTEMPT_STATES = ("ambiguous", "posting")
+UNKNOWN_ATTEMPT_STATES = (AttemptState.AMBIGUOUS.value, AttemptState.POSTING.value)
 KEY_CHUNK = 500
 """Row ids per statement when a retry names rows."""
 
-_BATCH = j.batch_id == bindparam("p_batch")
+_BATCH = JOBS.c.batch_id == bindparam("p_batch")
+_WAITING = (JobState.QUEUED, JobState.RETRY_WAIT)
 _ENDED: dict[str, Any] = dict(
-    state=CANCELLED, next_at=None, lease_until=None, lease_epoch=None,
+    next_at=None, lease_until=None, lease_epoch=None,
     finished_at=bindparam("p_now"), error_kind=ErrorKind.CANCELLED.value,
     error_message=bindparam("p_error"))
-_CANCEL_IN = JOBS.update().where(_BATCH, j.state.in_(bindparam("p_states", expanding=True))) \
-    .values(**_ENDED)
+_CANCEL_IN = move(Given("p_states", (*_WAITING, JobState.AMBIGUOUS), many=True),
+                  JobState.CANCELLED, _BATCH).values(**_ENDED)
+"""The batch's rows in `p_states` (waiting ones, or ambiguous ones with --now) -> cancelled."""
 _THIS_BATCH = BATCHES.c.id == bindparam("p_batch")
 _SWEEP_CANCELLED = _CANCEL_IN.where(
     exists().where(_THIS_BATCH, BATCHES.c.cancel_mode.is_not(None)))
 _SWEEP_DEADLINE = _CANCEL_IN.where(
     exists().where(_THIS_BATCH, BATCHES.c.deadline_at <= bindparam("p_now")))
-_POLL_NOW = JOBS.update().where(_BATCH, j.state == RUN,
-                                or_(j.next_at.is_(None), j.next_at > bindparam("p_now"))) \
-    .values(next_at=bindparam("p_now"))
+_POLL_NOW = JOBS.update().where(
+    _BATCH, JOBS.c.state == JobState.RUNNING.value,
+    or_(JOBS.c.next_at.is_(None), JOBS.c.next_at > bindparam("p_now")),
+).values(next_at=bindparam("p_now"))
 
 _UNKNOWN: ColumnElement[bool] = or_(
-    func.coalesce(j.error_kind, "") == ErrorKind.AMBIGUOUS.value,  # never NULL: it is negated
-    exists().where(a.job_id == j.id, a.n == j.posts, a.state.in_(UNKNOWN_ATTEMPT_STATES)))
+    # never NULL: it is negated
+    func.coalesce(JOBS.c.error_kind, "") == ErrorKind.AMBIGUOUS.value,
+    exists().where(ATTEMPTS.c.job_id == JOBS.c.id, ATTEMPTS.c.n == JOBS.c.posts,
+                   ATTEMPTS.c.state.in_(UNKNOWN_ATTEMPT_STATES)))
 """The row's last create may have made a task nobody knows the id of."""
 _FRESH: dict[str, Any] = dict(
     tries=0, polls=0, poll_errors=0, remote_status=None, output_json=None, finished_at=None,
     lease_until=None, lease_epoch=None)
+_RETRIED = Given("p_states", (JobState.FAILED, JobState.CANCELLED), many=True)
+"""The rows an operator may retry: those that ended without a result."""
 
 
 def _retry_statements(keyed: bool) -> tuple[Any, Any]:
     """(to queued, to ambiguous) for the selected rows of a batch, by state (and row id)."""
-    where = [_BATCH, j.state.in_(bindparam("p_states", expanding=True))]
-    if keyed:
-        where.append(j.row_key.in_(bindparam("p_keys", expanding=True)))
-    requeue = JOBS.update().where(*where, ~_UNKNOWN).values(
-        state=Q, retry_base=j.attempts, task_id=None, next_at=None, reconcile_from=None,
+    where = [JOBS.c.row_key.in_(bindparam("p_keys", expanding=True))] if keyed else []
+    requeue = move(_RETRIED, JobState.QUEUED, _BATCH).where(*where, ~_UNKNOWN).values(
+        retry_base=JOBS.c.attempts, task_id=None, next_at=None, reconcile_from=None,
         error_kind=None, error_message=None, **_FRESH)
-    reconcile = JOBS.update().where(*where, _UNKNOWN).values(
-        state=AMB, retry_base=case((j.attempts > 0, j.attempts - 1), else_=0),
+    reconcile = move(_RETRIED, JobState.AMBIGUOUS, _BATCH).where(*where, _UNKNOWN).values(
+        retry_base=case((JOBS.c.attempts > 0, JOBS.c.attempts - 1), else_=0),
         next_at=bindparam("p_now"), reconcile_from=bindparam("p_now"),
         error_kind=ErrorKind.AMBIGUOUS.value, error_message=RECONCILE_FIRST, **_FRESH)
     return requeue, reconcile
@@ -85,21 +86,23 @@ _RETRY_KEYED = _retry_statements(keyed=True)
 
 def cancel_waiting(engine: Engine, batch_id: str, now: float) -> int:
     """The batch's rows waiting to be created (queued, retry_wait) -> cancelled."""
-    return _cancel(engine, _CANCEL_IN, batch_id, now, BY_OPERATOR, (Q, RW))
+    return _cancel(engine, _CANCEL_IN, batch_id, now, BY_OPERATOR, _WAITING)
 
 
 def cancel_ambiguous(engine: Engine, batch_id: str, now: float) -> int:
     """The batch's ambiguous rows -> cancelled (cancel --now): reconciliation stops."""
-    return _cancel(engine, _CANCEL_IN, batch_id, now, AMBIGUOUS_ABANDONED, (AMB,))
+    return _cancel(engine, _CANCEL_IN, batch_id, now, AMBIGUOUS_ABANDONED,
+                   (JobState.AMBIGUOUS,))
 
 
 def sweep_cancelled(engine: Engine, batch_id: str, now: float, mode: str) -> int:
     """Stragglers of a cancelled batch (rows back to waiting after the cancel; with `now`,
     lost creates too) -> cancelled, as long as the batch is still cancelled (a retry may
     have lifted it since the caller looked)."""
-    n = _cancel(engine, _SWEEP_CANCELLED, batch_id, now, BY_OPERATOR, (Q, RW))
+    n = _cancel(engine, _SWEEP_CANCELLED, batch_id, now, BY_OPERATOR, _WAITING)
     if mode == "now":
-        n += _cancel(engine, _SWEEP_CANCELLED, batch_id, now, AMBIGUOUS_ABANDONED, (AMB,))
+        n += _cancel(engine, _SWEEP_CANCELLED, batch_id, now, AMBIGUOUS_ABANDONED,
+                     (JobState.AMBIGUOUS,))
     return n
 
 
@@ -107,15 +110,17 @@ def sweep_deadline(engine: Engine, batch_id: str, now: float, deadline: str) -> 
     """Past the batch's deadline: rows not started, and rows waiting to be created again,
     -> cancelled with the reason (as long as the deadline still stands)."""
     return (_cancel(engine, _SWEEP_DEADLINE, batch_id, now,
-                    DEADLINE_NOT_STARTED.format(deadline=deadline), (Q,))
-            + _cancel(engine, _SWEEP_DEADLINE, batch_id, now, DEADLINE_RETRY_WAIT, (RW,)))
+                    DEADLINE_NOT_STARTED.format(deadline=deadline), (JobState.QUEUED,))
+            + _cancel(engine, _SWEEP_DEADLINE, batch_id, now, DEADLINE_RETRY_WAIT,
+                      (JobState.RETRY_WAIT,)))
 
 
 def _cancel(engine: Engine, statement: Any, batch_id: str, now: float, message: str,
-            states: Sequence[str]) -> int:
+            states: Sequence[JobState]) -> int:
+    params = {"p_batch": batch_id, "p_states": given(statement, states), "p_now": now,
+              "p_error": message}
     with transaction(engine) as conn:
-        done = int(conn.execute(statement, {"p_batch": batch_id, "p_states": list(states),
-                                            "p_now": now, "p_error": message}).rowcount)
+        done = int(conn.execute(statement, params).rowcount)
     if done:
         logger.info("batch %s: %d %s row(s) cancelled: %s", batch_id, done, "/".join(states),
                     message)
@@ -145,11 +150,12 @@ def retry_rows(engine: Engine, batch_id: str, states: Iterable[str], now: float,
     batch's max_attempts. A row whose last create's outcome is unknown goes to ambiguous
     with a fresh reconciliation period instead of queued, so a task it may have made is
     found (and adopted) rather than paid for twice."""
-    chosen = [s for s in states if s in (FAILED, CANCELLED)]
+    chosen = [s for s in states if s in _RETRIED.states]
     requeued = reconciling = 0
     if not chosen:
         return Retried()
-    params: dict[str, Any] = {"p_batch": batch_id, "p_states": chosen, "p_now": now}
+    params: dict[str, Any] = {"p_batch": batch_id, "p_states": given(_RETRY_ALL[0], chosen),
+                              "p_now": now}
     with transaction(engine) as conn:
         if keys is None:
             requeue, reconcile = _RETRY_ALL

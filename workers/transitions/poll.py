@@ -19,67 +19,71 @@ from sqlalchemy.engine import Connection, Engine
 from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS
 from workers.piapi import TaskView
-from workers.states import ErrorKind, JobState
-from workers.transitions.common import PollTarget, usage_params
+from workers.states import AttemptState, ErrorKind, JobState
+from workers.transitions.common import THIS_JOB, PollTarget, move, usage_params
 
 logger = logging.getLogger(__name__)
-
-RUN, RW, FAILED, COMPLETED, CANCELLED = (
-    JobState.RUNNING.value, JobState.RETRY_WAIT.value, JobState.FAILED.value,
-    JobState.COMPLETED.value, JobState.CANCELLED.value)
-j, a = JOBS.c, ATTEMPTS.c
 
 OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", "lost",
                       "cancelled"]
 
 _TARGETS = (
-    select(j.id, j.task_id, j.polls, j.poll_errors, j.attempts, BATCHES.c.max_attempts,
-           j.model, j.task_type, j.submitted_at, j.retry_base, BATCHES.c.cancel_mode,
-           BATCHES.c.on_stuck)
-    .join(BATCHES, BATCHES.c.id == j.batch_id)
-    .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state == RUN)
+    select(JOBS.c.id, JOBS.c.task_id, JOBS.c.polls, JOBS.c.poll_errors, JOBS.c.attempts,
+           BATCHES.c.max_attempts, JOBS.c.model, JOBS.c.task_type, JOBS.c.submitted_at,
+           JOBS.c.retry_base, BATCHES.c.cancel_mode, BATCHES.c.on_stuck)
+    .join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
+    .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
+           JOBS.c.state == JobState.RUNNING.value)
 )
-_GUARD = and_(j.id == bindparam("p_job"), j.state == RUN, j.task_id == bindparam("p_task"),
-              j.polls == bindparam("p_polls"))
-_USAGE: dict[str, Any] = dict(usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
-              usage_type=func.coalesce(bindparam("p_usage_type"), j.usage_type))
+_THIS_POLL = and_(JOBS.c.task_id == bindparam("p_task"), JOBS.c.polls == bindparam("p_polls"))
+"""With the job still running: the guard of every outcome (a repeated poll matches none)."""
+_GUARD = and_(THIS_JOB, JOBS.c.state == JobState.RUNNING.value, _THIS_POLL)
+_USAGE: dict[str, Any] = dict(
+    usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
+    usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
 _DONE = dict(lease_until=None, lease_epoch=None, remote_status=bindparam("p_status"),
-             polls=j.polls + 1, **_USAGE)
+             polls=JOBS.c.polls + 1, **_USAGE)
+
+
+def _ended(target: JobState) -> Any:
+    """running -> `target` for the job's current task, guarded like every outcome."""
+    return move(JobState.RUNNING, target, THIS_JOB).where(_THIS_POLL)
+
+
 _STATEMENTS: dict[OutcomeKind, Any] = {
     "progress": JOBS.update().where(_GUARD).values(
         poll_errors=0, next_at=bindparam("p_next"), **_DONE),
-    "completed": JOBS.update().where(_GUARD).values(
-        state=COMPLETED, output_json=bindparam("p_output"), next_at=None,
+    "completed": _ended(JobState.COMPLETED).values(
+        output_json=bindparam("p_output"), next_at=None,
         finished_at=bindparam("p_now"), error_kind=None, error_message=None, **_DONE),
-    "failed": JOBS.update().where(_GUARD).values(
-        state=FAILED, next_at=None, finished_at=bindparam("p_now"),
+    "failed": _ended(JobState.FAILED).values(
+        next_at=None, finished_at=bindparam("p_now"),
         error_kind=bindparam("p_kind"), error_message=bindparam("p_error"), **_DONE),
-    "retry": JOBS.update().where(_GUARD).values(
-        state=RW, next_at=bindparam("p_next"), task_id=None, tries=0,
+    "retry": _ended(JobState.RETRY_WAIT).values(
+        next_at=bindparam("p_next"), task_id=None, tries=0,
         error_kind=bindparam("p_kind"), error_message=bindparam("p_error"), **_DONE),
-    "cancelled": JOBS.update().where(_GUARD).values(
-        state=CANCELLED, next_at=None, finished_at=bindparam("p_now"),
+    "cancelled": _ended(JobState.CANCELLED).values(
+        next_at=None, finished_at=bindparam("p_now"),
         error_kind=ErrorKind.CANCELLED.value, error_message=bindparam("p_error"), **_DONE),
     "poll_error": JOBS.update().where(_GUARD).values(
-        lease_until=None, lease_epoch=None, poll_errors=j.poll_errors + 1,
+        lease_until=None, lease_epoch=None, poll_errors=JOBS.c.poll_errors + 1,
         next_at=bindparam("p_next"), error_message=bindparam("p_error")),
-    "lost": JOBS.update().where(_GUARD).values(
-        state=FAILED, lease_until=None, lease_epoch=None, next_at=None,
+    "lost": _ended(JobState.FAILED).values(
+        lease_until=None, lease_epoch=None, next_at=None,
         finished_at=bindparam("p_now"), error_kind=ErrorKind.NOT_FOUND.value,
         error_message=bindparam("p_error")),
 }
 _ATTEMPT_ENDED = ATTEMPTS.update().where(
-    a.job_id == bindparam("p_job"), a.task_id == bindparam("p_task")
+    ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.task_id == bindparam("p_task")
 ).values(state=bindparam("p_attempt_state"), ended_at=bindparam("p_now"),
          consume=bindparam("p_consume"), error=bindparam("p_attempt_error"),
          watch_until=bindparam("p_watch_until"), next_at=bindparam("p_watch_next"))
 _SAMPLE = DURATION_SAMPLES.insert()
-_MARK_DUE = JOBS.update().where(
-    j.id == bindparam("p_job"), j.state == RUN, j.next_at > bindparam("p_now")
-).values(next_at=bindparam("p_now"))
+_DUE_LATER = (THIS_JOB, JOBS.c.state == JobState.RUNNING.value,
+              JOBS.c.next_at > bindparam("p_now"))
+_MARK_DUE = JOBS.update().where(*_DUE_LATER).values(next_at=bindparam("p_now"))
 _MARK_DUE_TASK = JOBS.update().where(
-    j.id == bindparam("p_job"), j.state == RUN, j.next_at > bindparam("p_now"),
-    j.task_id == bindparam("p_task"),
+    *_DUE_LATER, JOBS.c.task_id == bindparam("p_task"),
 ).values(next_at=bindparam("p_now"))
 
 
@@ -96,7 +100,8 @@ class PollOutcome:
     error_kind: ErrorKind | None = None
     duration_s: float | None = None
     attempt_state: str | None = None
-    """How the attempt's row ends, when not `completed`/`failed` (e.g. `cancelled`)."""
+    """How the attempt's row ends, when not `completed`/`failed`: an `AttemptState` (e.g.
+    `cancelled`, `abandoned`)."""
     watch_until: float | None = None
     """An abandoned stuck task: watched until then (see `workers.stuck`)..."""
     watch_next: float | None = None
@@ -141,9 +146,10 @@ def _apply(conn: Connection, o: PollOutcome, now: float) -> bool:
     if conn.execute(_STATEMENTS[o.kind], params).rowcount != 1:
         return False
     if o.kind in ("completed", "failed", "retry", "cancelled"):
+        ended = AttemptState(o.attempt_state or (
+            AttemptState.COMPLETED if o.kind == "completed" else AttemptState.FAILED))
         conn.execute(_ATTEMPT_ENDED, {
-            **params, "p_attempt_state": o.attempt_state or (
-                "completed" if o.kind == "completed" else "failed"),
+            **params, "p_attempt_state": ended.value,
             "p_attempt_error": None if o.kind == "completed" else (o.attempt_error
                                                                    or o.message),
         })
@@ -193,17 +199,6 @@ def record_task_failed(
     if not _one(engine, outcome, now):
         return None
     return JobState.FAILED if retry_at is None else JobState.RETRY_WAIT
-
-
-def record_poll_error(engine: Engine, t: PollTarget, now: float, next_at: float,
-                      message: str) -> bool:
-    """The GET failed (network, 5xx, 429): the task is fine, look again later."""
-    return _one(engine, PollOutcome(t, "poll_error", next_at=next_at, message=message), now)
-
-
-def record_lost_task(engine: Engine, t: PollTarget, now: float, message: str) -> bool:
-    """PiAPI no longer knows the task: the row fails (kind not_found), never re-posted here."""
-    return _one(engine, PollOutcome(t, "lost", message=message), now)
 
 
 def mark_due(engine: Engine, job_id: int, task_id: str | None, now: float) -> bool:

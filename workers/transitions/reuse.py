@@ -30,13 +30,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from workers.db import transaction
 from workers.models import BATCHES, JOBS
 from workers.states import JobState
+from workers.transitions.common import THIS_JOB, Given, move
 
 logger = logging.getLogger(__name__)
-
-Q, RW, SUB, RUN, AMB, COMPLETED = (
-    JobState.QUEUED.value, JobState.RETRY_WAIT.value, JobState.SUBMITTING.value,
-    JobState.RUNNING.value, JobState.AMBIGUOUS.value, JobState.COMPLETED.value)
-j = JOBS.c
 
 TWIN_WAIT_S = 5.0
 """How long a row whose twin is in flight waits before it is looked at again."""
@@ -45,22 +41,25 @@ CHUNK_ROWS = 5000
 SQLite's write lock for long."""
 WAITING_NOTE = "waiting for its twin (job {twin}) in flight instead of paying twice"
 
-_WAITING = (Q, RW)
-_BUSY = (SUB, RUN, AMB)
-_NOT_LEASED = or_(j.lease_until.is_(None), j.lease_until < bindparam("p_now"))
+_WAITING = (JobState.QUEUED, JobState.RETRY_WAIT)
+_WAITING_VALUES = [s.value for s in _WAITING]
+_BUSY = (JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.AMBIGUOUS.value)
+_NOT_LEASED = or_(JOBS.c.lease_until.is_(None), JOBS.c.lease_until < bindparam("p_now"))
+_FOUND_IN = Given("p_state", _WAITING)
+"""The state `resolve_twins` found the row in (one of the waiting ones)."""
 
 
 def _usable(t: FromClause) -> ColumnElement[bool]:
     """`t` completed, and PiAPI still serves its output (finished within the window, and a
     reused row's task created within it)."""
-    return and_(t.c.state == COMPLETED, t.c.finished_at >= bindparam("p_cutoff"),
+    return and_(t.c.state == JobState.COMPLETED.value, t.c.finished_at >= bindparam("p_cutoff"),
                 or_(t.c.reused_from.is_(None), t.c.submitted_at >= bindparam("p_cutoff")))
 
 
 def _taken_from(src: FromClause) -> dict[str, Any]:
     """SET clause: a waiting row takes the completed task of `src`."""
     return dict(
-        state=COMPLETED, task_id=src.c.task_id, output_json=src.c.output_json,
+        task_id=src.c.task_id, output_json=src.c.output_json,
         remote_status=src.c.remote_status, usage_type=src.c.usage_type, usage_consume=None,
         submitted_at=src.c.submitted_at, finished_at=bindparam("p_now"),
         reused_from=func.coalesce(src.c.reused_from, src.c.id), next_at=None,
@@ -79,47 +78,47 @@ _NEWEST_TWIN = (
 )
 _PICK = (
     select(_cand.c.id.label("cid"), _NEWEST_TWIN.label("tid"))
-    .where(_cand.c.batch_id == bindparam("p_batch"), _cand.c.state.in_(_WAITING),
+    .where(_cand.c.batch_id == bindparam("p_batch"), _cand.c.state.in_(_WAITING_VALUES),
            _cand.c.seq > bindparam("p_lo"), _cand.c.seq <= bindparam("p_hi"),
            _cand.c.fingerprint.is_not(None))
     .offset(0)  # kept a subquery: pulled up, PostgreSQL hashed the whole table to join src
     .subquery("pick")
 )
 _REUSE_RANGE = (
-    JOBS.update()
-    .where(_PICK.c.tid.is_not(None), j.id == _PICK.c.cid, _src.c.id == _PICK.c.tid,
-           j.state.in_(_WAITING), _NOT_LEASED)
+    move(_WAITING, JobState.COMPLETED, _PICK.c.tid.is_not(None), JOBS.c.id == _PICK.c.cid,
+         _src.c.id == _PICK.c.tid)
+    .where(_NOT_LEASED)
     .values(**_taken_from(_src))
 )
 _REUSE_ONE = (
-    JOBS.update()
-    .where(j.id == bindparam("p_job"), j.state == bindparam("p_state"),
-           _src.c.id == bindparam("p_twin"), _src.c.fingerprint == j.fingerprint,
+    move(_FOUND_IN, JobState.COMPLETED, THIS_JOB)
+    .where(_src.c.id == bindparam("p_twin"), _src.c.fingerprint == JOBS.c.fingerprint,
            _usable(_src))
     .values(**_taken_from(_src))
 )
 _WAIT_ONE = (
-    JOBS.update()
-    .where(j.id == bindparam("p_job"), j.state == bindparam("p_state"))
-    .values(state=RW, next_at=bindparam("p_next"), lease_until=None, lease_epoch=None,
+    move(_FOUND_IN, JobState.RETRY_WAIT, THIS_JOB)
+    .values(next_at=bindparam("p_next"), lease_until=None, lease_epoch=None,
             error_message=bindparam("p_note"))
 )
 _REUSE_ON = select(BATCHES.c.reuse).where(BATCHES.c.id == bindparam("p_batch"))
 # One state at a time: with IN, PostgreSQL walked the batch's (batch_id, seq) index.
-_SEQ_SPAN = select(func.min(j.seq), func.max(j.seq)).where(
-    j.batch_id == bindparam("p_batch"), j.state == bindparam("p_state"))
+_SEQ_SPAN = select(func.min(JOBS.c.seq), func.max(JOBS.c.seq)).where(
+    JOBS.c.batch_id == bindparam("p_batch"), JOBS.c.state == bindparam("p_state"))
 _CANDIDATES = (
-    select(j.id, j.state, j.fingerprint)
-    .join(BATCHES, BATCHES.c.id == j.batch_id)
-    .where(j.id.in_(bindparam("p_ids", expanding=True)), j.state.in_(_WAITING),
-           j.fingerprint.is_not(None), BATCHES.c.reuse.is_(True))
+    select(JOBS.c.id, JOBS.c.state, JOBS.c.fingerprint)
+    .join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
+    .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
+           JOBS.c.state.in_(_WAITING_VALUES), JOBS.c.fingerprint.is_not(None),
+           BATCHES.c.reuse.is_(True))
 )
 _TWINS = (
-    select(j.id, j.fingerprint, j.state, j.lease_epoch)
-    .where(j.fingerprint.in_(bindparam("p_fps", expanding=True)),
-           j.id.not_in(bindparam("p_ids", expanding=True)),
-           or_(_usable(JOBS), j.state.in_(_BUSY),
-               and_(j.state.in_(_WAITING), j.lease_until >= bindparam("p_now"))))
+    select(JOBS.c.id, JOBS.c.fingerprint, JOBS.c.state, JOBS.c.lease_epoch)
+    .where(JOBS.c.fingerprint.in_(bindparam("p_fps", expanding=True)),
+           JOBS.c.id.not_in(bindparam("p_ids", expanding=True)),
+           or_(_usable(JOBS), JOBS.c.state.in_(_BUSY),
+               and_(JOBS.c.state.in_(_WAITING_VALUES),
+                    JOBS.c.lease_until >= bindparam("p_now"))))
 )
 
 
@@ -131,7 +130,8 @@ def reuse_completed(engine: Engine, batch_id: str, now: float, window_s: float) 
     with transaction(engine) as conn:
         if not conn.execute(_REUSE_ON, params).scalar():
             return 0
-        spans = [conn.execute(_SEQ_SPAN, {**params, "p_state": s}).one() for s in _WAITING]
+        spans = [conn.execute(_SEQ_SPAN, {**params, "p_state": s.value}).one()
+                 for s in _WAITING]
     seqs = [int(seq) for span in spans for seq in span if seq is not None]
     if not seqs:
         return 0
@@ -160,7 +160,7 @@ def _twins(conn: Any, fps: set[str], ids: list[int], now: float, cutoff: float,
     rows = conn.execute(_TWINS, {"p_fps": sorted(fps), "p_ids": ids, "p_now": now,
                                  "p_cutoff": cutoff}).all()
     for twin_id, fp, state, lease_epoch in rows:
-        if state == COMPLETED:
+        if state == JobState.COMPLETED:
             done[fp] = max(done.get(fp, 0), int(twin_id))
         elif state in _BUSY or epoch is None or lease_epoch == epoch:
             busy.setdefault(fp, int(twin_id))  # a queued twin's lease of a voided epoch is dead

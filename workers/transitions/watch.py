@@ -22,56 +22,53 @@ from sqlalchemy.engine import Connection, Engine
 from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
-from workers.states import JobState
-from workers.transitions.common import usage_params
+from workers.states import AttemptState, JobState
+from workers.transitions.common import THIS_JOB, move, usage_params
 
 logger = logging.getLogger(__name__)
-
-ABANDONED = "abandoned"
-RUN, FAILED, COMPLETED, Q, RW = (JobState.RUNNING.value, JobState.FAILED.value,
-                                 JobState.COMPLETED.value, JobState.QUEUED.value,
-                                 JobState.RETRY_WAIT.value)
-j, a = JOBS.c, ATTEMPTS.c
 
 TAKEN_NOTE = "; it completed later and the row took its result"
 NOT_USED_NOTE = "; it completed later (and is charged) but the row already had its result"
 
 _TARGETS = (
-    select(a.id, a.job_id, a.task_id, j.model, j.task_type, a.watch_until, j.state, j.task_id)
-    .join(JOBS, j.id == a.job_id)
-    .where(a.id.in_(bindparam("p_ids", expanding=True)), a.state == ABANDONED,
-           a.watch_until.is_not(None))
+    select(ATTEMPTS.c.id, ATTEMPTS.c.job_id, ATTEMPTS.c.task_id, JOBS.c.model, JOBS.c.task_type,
+           ATTEMPTS.c.watch_until, JOBS.c.state, JOBS.c.task_id)
+    .join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
+    .where(ATTEMPTS.c.id.in_(bindparam("p_ids", expanding=True)),
+           ATTEMPTS.c.state == AttemptState.ABANDONED.value, ATTEMPTS.c.watch_until.is_not(None))
 )
-_WATCHED = and_(a.id == bindparam("p_attempt"), a.state == ABANDONED, a.watch_until.is_not(None))
-_NOTE: Any = func.coalesce(a.error, "").concat(bindparam("p_note"))
-_USAGE: Any = func.coalesce(bindparam("p_consume"), a.consume)
+_WATCHED = and_(ATTEMPTS.c.id == bindparam("p_attempt"),
+                ATTEMPTS.c.state == AttemptState.ABANDONED.value,
+                ATTEMPTS.c.watch_until.is_not(None))
+_NOTE: Any = func.coalesce(ATTEMPTS.c.error, "").concat(bindparam("p_note"))
+_USAGE: Any = func.coalesce(bindparam("p_consume"), ATTEMPTS.c.consume)
 _LOOK_LATER = ATTEMPTS.update().where(_WATCHED).values(next_at=bindparam("p_next"))
 _UNWATCHED = ATTEMPTS.update().where(_WATCHED).values(
     watch_until=None, next_at=None, consume=_USAGE, error=_NOTE)
 _TAKEN = ATTEMPTS.update().where(_WATCHED).values(
-    state=COMPLETED, watch_until=None, next_at=None, consume=_USAGE, error=_NOTE)
+    state=AttemptState.COMPLETED.value, watch_until=None, next_at=None, consume=_USAGE,
+    error=_NOTE)
 _OWN_USAGE = JOBS.update().where(
-    j.id == bindparam("p_job"), j.task_id == bindparam("p_task"), j.state == FAILED,
-).values(usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
+    THIS_JOB, JOBS.c.task_id == bindparam("p_task"), JOBS.c.state == JobState.FAILED.value,
+).values(usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
          remote_status=bindparam("p_status"))
 """A row that failed on this very task: its usage is PiAPI's final word on it."""
 _RESULT: dict[str, Any] = dict(
-    state=COMPLETED, task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
+    task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
     output_json=bindparam("p_output"), next_at=None, lease_until=None, lease_epoch=None,
     finished_at=bindparam("p_now"), error_kind=None, error_message=None,
-    usage_consume=func.coalesce(bindparam("p_consume"), j.usage_consume),
-    usage_type=func.coalesce(bindparam("p_usage_type"), j.usage_type))
-_TAKE_FROM_WAITING = JOBS.update().where(
-    j.id == bindparam("p_job"), j.state.in_([FAILED, Q, RW])).values(**_RESULT)
-_TAKE_FROM_RUNNING = JOBS.update().where(
-    j.id == bindparam("p_job"), j.state == RUN, j.task_id == bindparam("p_current"),
-).values(**_RESULT)
+    usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
+    usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
+_TAKE_FROM_WAITING = move((JobState.FAILED, JobState.QUEUED, JobState.RETRY_WAIT),
+                          JobState.COMPLETED, THIS_JOB).values(**_RESULT)
+_TAKE_FROM_RUNNING = (move(JobState.RUNNING, JobState.COMPLETED, THIS_JOB)
+                      .where(JOBS.c.task_id == bindparam("p_current")).values(**_RESULT))
 _REPLACEMENT_ENDED = ATTEMPTS.update().where(
-    a.job_id == bindparam("p_job"), a.task_id == bindparam("p_current"),
+    ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.task_id == bindparam("p_current"),
 ).values(state=bindparam("p_state"), ended_at=bindparam("p_now"), error=bindparam("p_error"),
          consume=bindparam("p_replacement_consume"), watch_until=bindparam("p_watch_until"),
          next_at=bindparam("p_watch_next"))
-_ROW_STATE = select(j.state).where(j.id == bindparam("p_job"))
+_ROW_STATE = select(JOBS.c.state).where(THIS_JOB)
 
 
 @dataclass(frozen=True)
@@ -164,7 +161,7 @@ def record_late_completion(engine: Engine, t: WatchTarget, view: TaskView, now: 
                     _end_replacement(conn, t, replacement, now)
                 return Late.TAKEN
             state = conn.execute(_ROW_STATE, params).scalar()
-            if state in (COMPLETED, JobState.CANCELLED.value, JobState.INVALID.value):
+            if state in (JobState.COMPLETED, JobState.CANCELLED, JobState.INVALID):
                 conn.execute(_UNWATCHED, {**params, "p_note": NOT_USED_NOTE})
                 return Late.NOT_USED
     except _Moved:
@@ -178,12 +175,12 @@ class _Moved(Exception):
 
 def _end_replacement(conn: Connection, t: WatchTarget, r: Replacement, now: float) -> None:
     if r.cancelled:
-        values = {"p_state": "cancelled", "p_replacement_consume": 0, "p_watch_until": None,
-                  "p_watch_next": None,
+        values = {"p_state": AttemptState.CANCELLED.value, "p_replacement_consume": 0,
+                  "p_watch_until": None, "p_watch_next": None,
                   "p_error": f"cancelled at PiAPI while pending (refunded): the row took the "
                              f"result of stuck task {t.task_id}, which completed later"}
     else:
-        values = {"p_state": ABANDONED, "p_replacement_consume": None,
+        values = {"p_state": AttemptState.ABANDONED.value, "p_replacement_consume": None,
                   "p_watch_until": r.watch_until, "p_watch_next": r.watch_next,
                   "p_error": f"abandoned: the row took the result of stuck task {t.task_id}, "
                              "which completed later; PiAPI cannot cancel this one any more, "
