@@ -33,7 +33,7 @@ from workers.piapi import (
     Usage,
 )
 from workers.retry import FailureClass, classify_failure
-from workers.states import ErrorKind
+from workers.states import AttemptState, ErrorKind
 from workers.work.context import Tally, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -185,14 +185,14 @@ def _stuck(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDecision | Non
         if f.cancelled:
             message = stuck.cancelled_message(t.task_id, age, limit)
             return _stuck_outcome(t, _refunded(view), stuck.after_cancel(left), f.now, message,
-                                  policy, "stuck_cancelled", attempt_state="cancelled")
+                                  policy, "stuck_cancelled", attempt_state=AttemptState.CANCELLED)
         act = stuck.after_failed_cancel(age, limit, policy, left)
     if act is None:
         return None
     until = stuck.watch_until(f.now, limit)
     message = stuck.abandoned_message(t.task_id, view.status, age, limit)
     return _stuck_outcome(t, view, act, f.now, message, policy, "stuck_abandoned",
-                          attempt_state="abandoned", watch_until=until,
+                          attempt_state=AttemptState.ABANDONED, watch_until=until,
                           watch_next=stuck.next_look_at(f.now, limit, until))
 
 
@@ -218,7 +218,7 @@ def _stop_for_cancel(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDeci
         if f.cancelled:
             return PollDecision(tr.PollOutcome(
                 t, "cancelled", _refunded(view), message=CANCELLED_AT_PIAPI,
-                error_kind=ErrorKind.CANCELLED, attempt_state="cancelled"),
+                error_kind=ErrorKind.CANCELLED, attempt_state=AttemptState.CANCELLED),
                 counter="operator_cancelled")
     if t.cancel_mode != "now":
         return None
@@ -226,7 +226,7 @@ def _stop_for_cancel(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDeci
                f"task {t.task_id} may still finish and be charged")
     return PollDecision(tr.PollOutcome(t, "cancelled", view, message=message,
                                        error_kind=ErrorKind.CANCELLED,
-                                       attempt_state="abandoned"), counter="operator_abandoned")
+                                       attempt_state=AttemptState.ABANDONED), counter="operator_abandoned")
 
 
 def _task_failed(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDecision:
