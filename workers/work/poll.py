@@ -226,7 +226,8 @@ def _stop_for_cancel(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDeci
                f"task {t.task_id} may still finish and be charged")
     return PollDecision(tr.PollOutcome(t, "cancelled", view, message=message,
                                        error_kind=ErrorKind.CANCELLED,
-                                       attempt_state=AttemptState.ABANDONED), counter="operator_abandoned")
+                                       attempt_state=AttemptState.ABANDONED),
+                        counter="operator_abandoned")
 
 
 def _task_failed(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDecision:
