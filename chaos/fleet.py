@@ -18,10 +18,8 @@ from typing import Any
 import redis
 
 from bench.procs import Proc, Stack, cli_argv, start_redis, wait_for
+from workers.keys import EPOCH_KEY, LOCK_KEY
 
-LOCK_KEY = "piapi-bulk:dispatcher"
-"""The dispatcher's leader lock; its value is "host:pid:hex" (scheduler/dispatcher.py)."""
-EPOCH_KEY = "piapi-bulk:epoch"
 KILL_REAP_S = 10.0
 
 

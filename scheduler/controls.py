@@ -22,9 +22,9 @@ import redis
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 
-from scheduler.dispatcher import LOCK_KEY
 from scheduler.status import BatchStatus
 from workers.db import transaction
+from workers.keys import LOCK_KEY
 from workers.models import BATCHES, JOBS
 from workers.settings import ConfigError
 from workers.states import ACTIVE, JobState

@@ -25,7 +25,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scheduler.controls import PauseWatch, set_limits
-from scheduler.dispatcher import LOCK_KEY, SCOPED_SUFFIX
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
@@ -37,6 +36,7 @@ from workers.app import create_celery
 from workers.control import clear_halt, get_halt
 from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
 from workers.fleet import Fleet
+from workers.keys import LOCK_KEY, SCOPED_SUFFIX
 from workers.models import JOBS
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
