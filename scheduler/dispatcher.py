@@ -51,9 +51,9 @@ from workers.app import (
     SUBMIT_TASK,
     WATCH_TASK,
 )
-from workers.control import get_halt
 from workers.db import exclusive
 from workers.fleet import Fleet
+from workers.halt import get_halt
 from workers.keys import EPOCH_KEY, LOCK_KEY, SCOPED_SUFFIX
 from workers.polling import PollMode
 from workers.ratelimit import Budget

@@ -24,18 +24,18 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from scheduler.controls import PauseWatch, set_limits
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
+from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
 from scheduler.services import Child, cli_argv, start_private_redis
 from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.app import create_celery
-from workers.control import clear_halt, get_halt
 from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
 from workers.fleet import Fleet
+from workers.halt import clear_halt, get_halt
 from workers.keys import LOCK_KEY, SCOPED_SUFFIX
 from workers.models import JOBS
 from workers.piapi import AccountError, PiAPIError

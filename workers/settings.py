@@ -9,7 +9,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.webhooks import WebhookSigner
+from workers.webhook_signing import WebhookSigner
 
 
 def _env(*names: str) -> AliasChoices:

@@ -20,10 +20,10 @@ from sqlalchemy.engine import Engine
 from workers import stuck
 from workers import transitions as tr
 from workers.catalog import prior_duration_s
-from workers.control import set_halt
 from workers.db import TRANSIENT_WAIT_S, retry_transient
 from workers.durations import DurationCache, task_duration_s
 from workers.fleet import Fleet
+from workers.halt import set_halt
 from workers.piapi import (
     AccountError,
     AmbiguousError,
@@ -41,7 +41,7 @@ from workers.polling import PollMode, next_poll_age, stuck_after_s
 from workers.ratelimit import Budget
 from workers.retry import FailureClass, backoff_s, classify_failure
 from workers.states import ErrorKind
-from workers.webhooks import WebhookSigner
+from workers.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

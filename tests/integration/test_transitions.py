@@ -10,8 +10,8 @@ from sqlmodel import Session, select
 
 from workers import leases
 from workers import transitions as tr
-from workers.control import clear_halt, get_halt
 from workers.db import create_tables, make_engine, session
+from workers.halt import clear_halt, get_halt
 from workers.models import Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
 from workers.states import ErrorKind, JobState

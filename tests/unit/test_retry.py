@@ -7,8 +7,8 @@ from typing import cast
 
 import pytest
 
-from workers.control import get_halt
 from workers.db import create_tables, make_engine
+from workers.halt import get_halt
 from workers.piapi import PiAPIClient, parse_task
 from workers.retry import (
     BASE_BACKOFF_S,

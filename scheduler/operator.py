@@ -1,4 +1,4 @@
-"""Operator controls behind the CLI: cancel, retry, a budget, a deadline and the stuck
+"""Operator commands behind the CLI: cancel, retry, a budget, a deadline and the stuck
 policy for a batch.
 
 These write the batch's settings and move rows through `workers.transitions.operator`;
