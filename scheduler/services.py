@@ -1,4 +1,5 @@
-"""Child processes that `run` owns: a private redis-server, a dispatcher and a worker.
+"""Child processes that `run` owns: a private redis-server, a dispatcher and a worker,
+started only when no fleet already serves the Redis (`ensure_services`), and supervised.
 
 Every child gets PR_SET_PDEATHSIG, so if `run` itself is killed (even with SIGKILL) its
 children stop too instead of running on unattended.
@@ -20,13 +21,18 @@ from pathlib import Path
 
 import redis
 
-from workers.settings import ConfigError
+from workers.app import create_celery
+from workers.keys import LOCK_KEY, SCOPED_SUFFIX
+from workers.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 5
 """A child that dies more often than this in one run ends the run instead."""
+RUN_WORKER_PREFIX = "piapi-bulk-run-"
+"""Names the Celery workers `run` starts (`piapi-bulk-run-<pid>@host`), so that another run
+on the same Redis does not count on them staying."""
 
 
 def _die_with_parent() -> None:  # pragma: no cover  (runs in the child, before exec)
@@ -147,3 +153,91 @@ def _answers(client: redis.Redis) -> bool:
 def cli_argv(*args: str) -> list[str]:
     """argv running this same piapi-bulk installation with `args`."""
     return [sys.executable, "-m", "scheduler.cli", *args]
+
+
+class Services:
+    """The children this run started, supervised until the run ends."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def add(self, child: Child) -> Child:
+        """Start a child and supervise it."""
+        child.start()
+        self.children.append(child)
+        return child
+
+    def supervise(self) -> str | None:
+        """Restart dead children; a message when one keeps dying."""
+        for child in self.children:
+            if not child.revive():
+                return f"{child.name} keeps exiting; see {child.log_path}"
+        return None
+
+    def restart_fleet(self) -> list[str]:
+        """Kill and restart every child but Redis (the fleet stalled); their names."""
+        restarted = []
+        for child in self.children:
+            if child.name != "redis-server":
+                child.kill()
+                child.start()
+                restarted.append(child.name)
+        return restarted
+
+    def stop(self) -> None:
+        """Stop every child, newest first (workers and dispatcher before Redis)."""
+        for child in reversed(self.children):
+            child.stop()
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["REDIS_URL"] = settings.require_redis_url()
+    env["DATABASE_URL"] = settings.database_url
+    env["PIAPI_BASE_URL"] = settings.base_url
+    env["PIAPI_RPM"] = str(settings.rpm)
+    env["PIAPI_BULK_ON_AMBIGUOUS"] = settings.on_ambiguous
+    return env
+
+
+def ensure_services(settings: Settings, services: Services, log_dir: Path, *,
+                    worker_threads: int | None, concurrency: int | None) -> None:
+    """Start a dispatcher and a worker unless some are already serving this Redis."""
+    url = settings.require_redis_url()
+    env = _child_env(settings)
+    client = redis.Redis.from_url(url)
+    try:
+        holder = client.get(LOCK_KEY)
+    finally:
+        client.close()
+    # A standing fleet's dispatcher serves every open batch, this one included; another
+    # run's dispatcher serves only the batches claimed, so this run starts its own, which
+    # stands by (and serves this run's claims meanwhile through the leader) and takes over
+    # when that run ends.
+    has_dispatcher = holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
+    app = create_celery(url)
+    try:
+        replies = app.control.ping(timeout=1.0) or []
+    finally:
+        app.close()
+    # Workers another run started stop when that run ends: only a standing fleet's count.
+    workers = [name for reply in replies for name in reply
+               if not name.startswith(RUN_WORKER_PREFIX)]
+    if not workers:
+        argv = cli_argv("worker", "--name-prefix", RUN_WORKER_PREFIX.rstrip("-"))
+        if worker_threads:
+            argv += ["--concurrency", str(worker_threads)]
+        services.add(Child("worker", argv, env, log_dir / "worker.log"))
+    else:
+        logger.info("%d worker(s) already running on %s", len(workers), url)
+    if not has_dispatcher:
+        argv = cli_argv("dispatcher", "--scoped")
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
+        services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log"))
+    else:
+        logger.info("a dispatcher is already running on %s", url)
+
+
+def _decoded(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 LOCK_KEY = "piapi-bulk:dispatcher"
 """String, the dispatcher leader lock: "host:pid:hex" of the leader (plus `SCOPED_SUFFIX`),
-with a TTL. Written by `scheduler/dispatcher.py`; read by `scheduler/runner.py` (is a
+with a TTL. Written by `scheduler/dispatcher.py`; read by `scheduler/services.py` (is a
 standing fleet running?), `scheduler/operator.py` (is any dispatcher running?) and the
 chaos harness (which pid leads)."""
 SCOPED_SUFFIX = ":scoped"
