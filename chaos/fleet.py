@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from bench.procs import Proc, Stack, cli_argv, start_redis, wait_for
+from bench.procs import Proc, Stack, start_redis, wait_for
+from scheduler.services import cli_argv
 from workers.keys import EPOCH_KEY, LOCK_KEY
 
 KILL_REAP_S = 10.0

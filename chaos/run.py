@@ -23,13 +23,14 @@ from typing import Any
 
 from bench.emu import Emu
 from bench.manifests import captions_jsonl
-from bench.procs import BenchError, Proc, Stack, cli_argv, start_emulator, start_redis
+from bench.procs import BenchError, Proc, Stack, start_emulator, start_redis
 from bench.services import ingest, our_env, wait_workers_ready
 from chaos.checks import Evidence
 from chaos.fleet import Fleet
 from chaos.pg import PrivatePostgres
 from chaos.plan import Plan
 from chaos.watch import Db, Progress, progress_watch
+from scheduler.services import cli_argv
 
 API_KEY = "chaos-key-not-a-secret-0123456789"
 TICK_S = 0.5
