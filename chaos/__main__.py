@@ -72,7 +72,7 @@ def _export(rev: str, workdir: Path) -> str:
     return commit
 
 
-def _meta(args: argparse.Namespace, plan: Plan, started: str, watch: str) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, plan: Plan, started: str) -> dict[str, Any]:
     return {
         "started_at": started, "quick": args.quick, "seed": args.seed,
         "git_commit": _output(["git", "rev-parse", "HEAD"]),
@@ -84,7 +84,7 @@ def _meta(args: argparse.Namespace, plan: Plan, started: str, watch: str) -> dic
         "postgres": _output(["postgres", "--version"]), "nproc": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(), "plan": plan.to_json(), "faults": FAULTS,
-        "emulator_args": plan.emulator_args(args.seed), "liveness_watch": watch,
+        "emulator_args": plan.emulator_args(args.seed),
     }
 
 
@@ -140,7 +140,7 @@ def build_report(args: argparse.Namespace, plan: Plan, out: Outcome, started: st
     doc["events"] = out.events
     doc["stalls_restarted"] = [e for e in out.events if e["kind"] == "workers_restarted"]
     doc["unexpected_exits"] = [e for e in out.events if e["kind"] == "unexpected_exit"]
-    doc["meta"] = _meta(args, plan, started, out.watch_kind)
+    doc["meta"] = _meta(args, plan, started)
     doc["timeline"] = report.downsample(out.timeline, 300)
     return doc
 

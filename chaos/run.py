@@ -63,7 +63,6 @@ class Outcome:
     times: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
-    watch_kind: str = ""
     drained: dict[str, Any] = field(default_factory=dict)
     evidence: Evidence | None = None
     final_counts: dict[str, int] = field(default_factory=dict)
@@ -119,7 +118,7 @@ class ChaosRun:
         for _ in range(plan.dispatchers):
             self.fleet.start_dispatcher()
         self.fleet.wait_leader(60)
-        self.watch, self.out.watch_kind = progress_watch(self.db, self.batch_id, plan.stall_s)
+        self.watch = progress_watch(self.pg.url, plan.stall_s)
 
     # --- the disrupted run --------------------------------------------------------------
     def drive(self) -> None:
