@@ -44,6 +44,30 @@ def use_source(path: Path) -> None:
     _source[0] = path
 
 
+def command_output(argv: list[str]) -> str:
+    """What a command run in this checkout prints (stripped), for reports; "" when it fails."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                              check=False, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def measure_rev(rev: str, workdir: Path, prog: str) -> str:
+    """`git archive REV` unpacked under `workdir` becomes the code that runs (`use_source`);
+    the commit. `prog` names the harness in the error for an unknown revision."""
+    commit = command_output(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"])
+    if not commit:
+        raise SystemExit(f"{prog}: unknown revision {rev!r}")
+    dest = workdir / f"src-{commit[:12]}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True,
+                             check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
+    use_source(dest)
+    return commit
+
+
 class BenchError(Exception):
     """Something the benchmark needs did not start or answer in time."""
 

@@ -24,9 +24,15 @@ LOAD_COLUMNS = (
 
 
 def write(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
-    """Write `<stamp>.json` and `latest.json` under `out_dir`, each atomically."""
+    """Write the results (each run's timeline downsampled) as `write_json` does."""
+    return write_json(_compact(doc), out_dir, stamp)
+
+
+def write_json(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
+    """Write `<stamp>.json` and `latest.json` under `out_dir`, each atomically (the
+    benchmark's and the chaos run's reports)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_compact(doc), indent=1, sort_keys=False) + "\n"
+    text = json.dumps(doc, indent=1) + "\n"
     paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
     for path in paths:
         tmp = path.with_suffix(".json.tmp")
