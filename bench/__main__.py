@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 from bench import report
 from bench.headroom import s3_headroom
-from bench.procs import REPO, command_exists, pg_reachable, source, use_source
+from bench.procs import REPO, command_exists, command_output, measure_rev, pg_reachable, source
 from bench.ratelimit import s6_rate_limit
 from bench.runs import Ctx
 from bench.scenarios import (
@@ -71,14 +70,6 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _output(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                              check=False, cwd=REPO).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
 def _tree_hash(root: Path) -> str:
     """sha256 over the measured code as it is on disk (others may be editing it meanwhile)."""
     digest = hashlib.sha256()
@@ -88,27 +79,14 @@ def _tree_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _export(rev: str, workdir: Path) -> tuple[Path, str]:
-    """`git archive REV` unpacked under `workdir` (and the commit): the measured code is REV."""
-    commit = _output(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"])
-    if not commit:
-        raise SystemExit(f"bench: unknown revision {rev!r}")
-    dest = workdir / f"src-{commit[:12]}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True,
-                             check=True, timeout=120).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
-    return dest, commit
-
-
 def _measured(args: argparse.Namespace) -> dict[str, Any]:
     root = source()
     if args.at:
         return {"what": "git archive", "rev": args.at, "commit": args.at_commit,
                 "tree_sha256": _tree_hash(root)}
     return {"what": "working tree", "path": str(root),
-            "git_dirty": _output(["git", "status", "--porcelain", "--", "workers", "scheduler",
-                                  "emulator"]).splitlines(),
+            "git_dirty": command_output(["git", "status", "--porcelain", "--", "workers",
+                                         "scheduler", "emulator"]).splitlines(),
             "tree_sha256": _tree_hash(root)}
 
 
@@ -140,10 +118,10 @@ def _meta(args: argparse.Namespace, started: str) -> dict[str, Any]:
         "schema": 1, "started_at": started, "quick": args.quick,
         "scenarios": sorted(args.scenario_set), "dbs": args.dbs,
         "version": {
-            "git_commit": _output(["git", "rev-parse", "HEAD"]),
+            "git_commit": command_output(["git", "rev-parse", "HEAD"]),
             "measured": _measured(args),
             "python": sys.version.split()[0],
-            "redis_server": _output(["redis-server", "--version"]),
+            "redis_server": command_output(["redis-server", "--version"]),
             "postgresql": _pg_version(),
         },
         "machine": {"nproc": os.cpu_count(), "cpu_model": _cpu_model(),
@@ -217,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.replace("-", "").replace(":", "")
     workdir = Path(tempfile.mkdtemp(prefix="piapi-bench-"))
     if args.at:
-        exported, args.at_commit = _export(args.at, workdir)
-        use_source(exported)
+        args.at_commit = measure_rev(args.at, workdir, "bench")
     doc: dict[str, Any] = {"meta": _meta(args, started), "runs": []}
     env = _env(args, workdir)
     doc["runs"] = env.results

@@ -9,9 +9,7 @@ kernel's exact CPU time and peak RSS of each child (and its reaped descendants) 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,12 +22,12 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import redis
+
+from scheduler.services import cli_argv, die_with_parent, free_port, start_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 """This checkout: where the harness (and the baseline) run from."""
 _source = [REPO]
-PR_SET_PDEATHSIG = 1
 PG_ADMIN_URL = os.environ.get(
     "PIAPI_BULK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -46,20 +44,32 @@ def use_source(path: Path) -> None:
     _source[0] = path
 
 
+def command_output(argv: list[str]) -> str:
+    """What a command run in this checkout prints (stripped), for reports; "" when it fails."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                              check=False, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def measure_rev(rev: str, workdir: Path, prog: str) -> str:
+    """`git archive REV` unpacked under `workdir` becomes the code that runs (`use_source`);
+    the commit. `prog` names the harness in the error for an unknown revision."""
+    commit = command_output(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"])
+    if not commit:
+        raise SystemExit(f"{prog}: unknown revision {rev!r}")
+    dest = workdir / f"src-{commit[:12]}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True,
+                             check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
+    use_source(dest)
+    return commit
+
+
 class BenchError(Exception):
     """Something the benchmark needs did not start or answer in time."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str,
@@ -107,7 +117,7 @@ class Proc:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, cwd=self.cwd, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         return self
 
@@ -183,29 +193,11 @@ class Stack:
             proc.stop()
 
 
-def cli_argv(*args: str) -> list[str]:
-    """argv of this installation's `piapi-bulk` with `args`."""
-    return [sys.executable, "-m", "scheduler.cli", *args]
-
-
 def start_redis(stack: Stack, workdir: Path, port: int | None = None) -> tuple[str, Proc]:
     """A private redis-server on a loopback port (default: a free one) that keeps nothing
     on disk, so one started again on the same port comes back empty."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not installed")
-    port = port or free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir)]
-    proc = stack.add(Proc("redis-server", "redis", argv, dict(os.environ),
-                          workdir / "redis.log"))
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        wait_for(lambda: proc.alive() and client.ping(), 15, "redis-server to answer")
-    finally:
-        client.close()
-    return url, proc
+    return start_redis_server(workdir, lambda argv, log_path: stack.add(Proc(
+        "redis-server", "redis", argv, dict(os.environ), log_path)), port)
 
 
 def start_emulator(stack: Stack, workdir: Path, api_key: str, args: Sequence[str]) -> tuple[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ LOAD_COLUMNS = (
 
 
 def write(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
-    """Write `<stamp>.json` and `latest.json` under `out_dir`, each atomically."""
+    """Write the results (each run's timeline downsampled) as `write_json` does."""
+    return write_json(_compact(doc), out_dir, stamp)
+
+
+def write_json(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
+    """Write `<stamp>.json` and `latest.json` under `out_dir`, each atomically (the
+    benchmark's and the chaos run's reports)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_compact(doc), indent=1, sort_keys=False) + "\n"
+    text = json.dumps(doc, indent=1) + "\n"
     paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
     for path in paths:
         tmp = path.with_suffix(".json.tmp")
@@ -125,61 +132,54 @@ def _load_section(runs: list[dict[str, Any]]) -> list[str]:
             *_table(headers, rows), ""]
 
 
-def _s3_lines(runs: list[dict[str, Any]]) -> list[str]:
+def _section(runs: list[dict[str, Any]], scenario: str, title: str,
+             line: Callable[[dict[str, Any], dict[str, Any]], str]) -> list[str]:
+    """A titled block with `line(run, figures)` for each run of `scenario` (its status and
+    note when it has no figures); nothing when the scenario did not run."""
     out = []
     for run in runs:
-        if run["scenario"] != "s3_headroom":
+        if run["scenario"] != scenario:
             continue
-        figs = run.get("figures", {})
-        if not figs:
-            out.append(f"  {run['db']}: {run['status']} {_short(run)}")
-            continue
-        steps = " · ".join(
-            f"{s['offered_rows_per_s']:g}/s→{_fmt(s['steady_rows_per_s'], '{:.0f}')}/s "
-            f"@{_fmt(s['steady_utilization'], 'pct')}"
-            f" (other {_fmt(s.get('unattributed_cores'), '{:.1f}')})" for s in figs["steps"])
-        out.append(f"  {run['db']:<11} sustained {figs['sustained_rows_per_s']:.0f} rows/s"
-                   f"{_mark(run, 'sustained_rows_per_s')} (target >= 300) · steps: {steps}")
-    return ["Scenario 3 headroom (offered rate → steady rows/s @ steady utilization "
-            "(other load in cores))", *out, ""] \
-        if out else []
+        figs = run.get("figures") or {}
+        label = " ".join(p for p in (run["db"], run.get("variant")) if p)
+        out.append(line(run, figs) if figs else f"  {label}: {run['status']} {_short(run)}")
+    return [title, *out, ""] if out else []
 
 
-def _s4_lines(runs: list[dict[str, Any]]) -> list[str]:
-    out = []
-    for run in runs:
-        if run["scenario"] != "s4_ingest":
-            continue
-        f = run.get("figures", {})
-        if not f:
-            out.append(f"  {run['db']}: {run['status']} {_short(run)}")
-            continue
-        out.append(f"  {run['db']:<11} {f['rows']:,} rows in {f['ingest_s']:.1f} s"
-                   f"{_mark(run, 'ingest_s')} ({f['rows_per_s']:,.0f} rows/s) · peak RSS "
-                   f"{f['peak_rss_mb']:.0f} MB{_mark(run, 'peak_rss_mb')} · CPU {f['cpu_s']:.1f} s")
-    return ["Scenario 4 ingest (targets: < 60 s on PostgreSQL, RSS < 300 MB)", *out, ""] \
-        if out else []
+def _s3_line(run: dict[str, Any], figs: dict[str, Any]) -> str:
+    steps = " · ".join(
+        f"{s['offered_rows_per_s']:g}/s→{_fmt(s['steady_rows_per_s'], '{:.0f}')}/s "
+        f"@{_fmt(s['steady_utilization'], 'pct')}"
+        f" (other {_fmt(s.get('unattributed_cores'), '{:.1f}')})" for s in figs["steps"])
+    return (f"  {run['db']:<11} sustained {figs['sustained_rows_per_s']:.0f} rows/s"
+            f"{_mark(run, 'sustained_rows_per_s')} (target >= 300) · steps: {steps}")
 
 
-def _s6_lines(runs: list[dict[str, Any]]) -> list[str]:
-    out = []
-    for run in runs:
-        if run["scenario"] != "s6_rate_limit":
-            continue
-        f = run.get("figures", {})
-        if not f:
-            out.append(f"  {run['db']} {run['variant']}: {run['status']} {_short(run)}")
-            continue
-        per = " ".join(str(w["http_429"]) for w in f.get("windows_429", []))
-        judged = "settled_by_s" if run["variant"] != "correct" else "http_429"
-        out.append(f"  {run['db']:<11} {run['variant']:<9} 429s total {f['http_429']}"
-                   f"{_mark(run, judged)} · per 10 s: {per} · settled by "
-                   f"{_fmt(f.get('settled_by_s_measured'), '{:g}')} s · "
-                   f"{_fmt(f.get('requests_per_s'), '{:.0f}')} req/s "
-                   f"({_fmt(f.get('budget_used'), 'pct')} of the budget) · other load "
-                   f"{_fmt(f.get('unattributed_cores'), '{:.2f}')}")
-    return ["Scenario 6 rate limit (correct: zero 429s; wrong 2x: < 1% per window by 60 s)",
-            *out, ""] if out else []
+def _s4_line(run: dict[str, Any], f: dict[str, Any]) -> str:
+    return (f"  {run['db']:<11} {f['rows']:,} rows in {f['ingest_s']:.1f} s"
+            f"{_mark(run, 'ingest_s')} ({f['rows_per_s']:,.0f} rows/s) · peak RSS "
+            f"{f['peak_rss_mb']:.0f} MB{_mark(run, 'peak_rss_mb')} · CPU {f['cpu_s']:.1f} s")
+
+
+def _s6_line(run: dict[str, Any], f: dict[str, Any]) -> str:
+    per = " ".join(str(w["http_429"]) for w in f.get("windows_429", []))
+    judged = "settled_by_s" if run["variant"] != "correct" else "http_429"
+    return (f"  {run['db']:<11} {run['variant']:<9} 429s total {f['http_429']}"
+            f"{_mark(run, judged)} · per 10 s: {per} · settled by "
+            f"{_fmt(f.get('settled_by_s_measured'), '{:g}')} s · "
+            f"{_fmt(f.get('requests_per_s'), '{:.0f}')} req/s "
+            f"({_fmt(f.get('budget_used'), 'pct')} of the budget) · other load "
+            f"{_fmt(f.get('unattributed_cores'), '{:.2f}')}")
+
+
+SECTIONS = (
+    ("s3_headroom", "Scenario 3 headroom (offered rate → steady rows/s @ steady utilization "
+     "(other load in cores))", _s3_line),
+    ("s4_ingest", "Scenario 4 ingest (targets: < 60 s on PostgreSQL, RSS < 300 MB)", _s4_line),
+    ("s6_rate_limit", "Scenario 6 rate limit (correct: zero 429s; wrong 2x: < 1% per window "
+     "by 60 s)", _s6_line),
+)
+"""The scenarios shown as a line per run under a title: (scenario, title, line)."""
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -195,8 +195,9 @@ def table(doc: dict[str, Any]) -> str:
     head = (f"piapi-bulk bench · {'quick' if meta['quick'] else 'full'} · {meta['started_at']} · "
             f"{code} · {meta['machine']['nproc']} cores · {meta.get('duration_s', 0) / 60:.1f} min")
     runs = doc["runs"]
-    lines = [head, "", *_load_section(runs), *_s3_lines(runs), *_s4_lines(runs),
-             *_s6_lines(runs)]
+    lines = [head, "", *_load_section(runs)]
+    for scenario, title, line in SECTIONS:
+        lines += _section(runs, scenario, title, line)
     s = doc.get("summary", {})
     lines.append(f"targets: {s.get('checks_passed', 0)} passed, {s.get('checks_failed', 0)} "
                  f"failed, {s.get('checks_unjudged', 0)} not judged · runs not ok: "

@@ -28,7 +28,6 @@ from bench.procs import (
     Proc,
     Stack,
     database,
-    free_port,
     start_emulator,
     start_redis,
 )
@@ -41,6 +40,7 @@ from bench.services import (
     wait_workers_ready,
     webhook_url,
 )
+from scheduler.services import free_port
 
 WATCH_INTERVAL_S = 0.2
 WEBHOOK_SECRET = "bench-webhook-secret-not-a-secret"

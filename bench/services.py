@@ -10,7 +10,8 @@ from pathlib import Path
 
 from celery import Celery
 
-from bench.procs import BenchError, Proc, Stack, cli_argv, port_answers, source, wait_for
+from bench.procs import BenchError, Proc, Stack, port_answers, source, wait_for
+from scheduler.services import cli_argv
 
 WORKER_READY_TIMEOUT_S = 120.0
 INGEST_ROLE = "ingest"

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.emu import http_429s
-from bench.procs import REPO, use_source
+from bench.figures import downsample
+from bench.procs import REPO, command_output, measure_rev
+from bench.report import write_json
 from chaos import checks, report
 from chaos.pg import PgUnavailable, preflight
 from chaos.plan import FAULTS, FULL, QUICK, Plan
@@ -50,41 +51,20 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _output(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
-                              cwd=REPO).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def _export(rev: str, workdir: Path) -> str:
-    """`git archive REV` unpacked in `workdir`, which becomes the code that runs; the commit."""
-    commit = _output(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"])
-    if not commit:
-        raise SystemExit(f"chaos: unknown revision {rev!r}")
-    dest = workdir / f"src-{commit[:12]}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True,
-                             check=True, timeout=120).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
-    use_source(dest)
-    return commit
-
-
-def _meta(args: argparse.Namespace, plan: Plan, started: str, watch: str) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, plan: Plan, started: str) -> dict[str, Any]:
     return {
         "started_at": started, "quick": args.quick, "seed": args.seed,
-        "git_commit": _output(["git", "rev-parse", "HEAD"]),
+        "git_commit": command_output(["git", "rev-parse", "HEAD"]),
         "measured": {"what": "git archive", "rev": args.at, "commit": args.at_commit}
         if args.at else {"what": "working tree", "path": str(REPO)},
-        "git_dirty": _output(["git", "status", "--porcelain", "--", "workers", "scheduler",
-                              "emulator", "chaos"]).splitlines(),
-        "python": sys.version.split()[0], "redis_server": _output(["redis-server", "--version"]),
-        "postgres": _output(["postgres", "--version"]), "nproc": os.cpu_count(),
+        "git_dirty": command_output(["git", "status", "--porcelain", "--", "workers",
+                                     "scheduler", "emulator", "chaos"]).splitlines(),
+        "python": sys.version.split()[0],
+        "redis_server": command_output(["redis-server", "--version"]),
+        "postgres": command_output(["postgres", "--version"]), "nproc": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(), "plan": plan.to_json(), "faults": FAULTS,
-        "emulator_args": plan.emulator_args(args.seed), "liveness_watch": watch,
+        "emulator_args": plan.emulator_args(args.seed),
     }
 
 
@@ -140,8 +120,8 @@ def build_report(args: argparse.Namespace, plan: Plan, out: Outcome, started: st
     doc["events"] = out.events
     doc["stalls_restarted"] = [e for e in out.events if e["kind"] == "workers_restarted"]
     doc["unexpected_exits"] = [e for e in out.events if e["kind"] == "unexpected_exit"]
-    doc["meta"] = _meta(args, plan, started, out.watch_kind)
-    doc["timeline"] = report.downsample(out.timeline, 300)
+    doc["meta"] = _meta(args, plan, started)
+    doc["timeline"] = downsample(out.timeline, 300)
     return doc
 
 
@@ -166,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     workdir = Path(tempfile.mkdtemp(prefix="piapi-chaos-"))
-    args.at_commit = _export(args.at, workdir) if args.at else None
+    args.at_commit = measure_rev(args.at, workdir, "chaos") if args.at else None
     print(f"[chaos] {plan.rows} rows, C={plan.concurrency}, limit {plan.duration_limit_s:.0f} s, "
           f"work dir {workdir}", file=sys.stderr, flush=True)
     try:
@@ -179,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["logs"] = str(workdir)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    paths = report.write(doc, args.out, started.replace("-", "").replace(":", ""))
+    paths = write_json(doc, args.out, started.replace("-", "").replace(":", ""))
     print(json.dumps({k: v for k, v in doc.items() if k != "timeline"}, indent=1))
     verdict = "PASS" if doc["pass"] else "FAIL"
     failed = [c["check"] for c in doc["checks"] if not c["pass"]]

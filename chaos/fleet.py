@@ -17,11 +17,10 @@ from typing import Any
 
 import redis
 
-from bench.procs import Proc, Stack, cli_argv, start_redis, wait_for
+from bench.procs import Proc, Stack, start_redis, wait_for
+from scheduler.services import cli_argv
+from workers.keys import EPOCH_KEY, LOCK_KEY
 
-LOCK_KEY = "piapi-bulk:dispatcher"
-"""The dispatcher's leader lock; its value is "host:pid:hex" (scheduler/dispatcher.py)."""
-EPOCH_KEY = "piapi-bulk:epoch"
 KILL_REAP_S = 10.0
 
 
@@ -41,25 +40,22 @@ class Fleet:
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
 
     # --- starting -----------------------------------------------------------------------
-    def _name(self, role: str) -> str:
+    def _start(self, role: str, concurrency: int) -> Proc:
+        """`piapi-bulk ROLE --concurrency N`, named `ROLE-<n>` with its own log."""
         self._n[role] += 1
-        return f"{role}-{self._n[role]}"
+        name = f"{role}-{self._n[role]}"
+        return self.stack.add(Proc(name, role, cli_argv(role, "--concurrency", str(concurrency)),
+                                   self.env, self.logs / f"{name}.log"))
 
     def start_worker(self) -> Proc:
         """One more `piapi-bulk worker` (not waited for: it joins when ready)."""
-        name = self._name("worker")
-        proc = self.stack.add(Proc(name, "worker", cli_argv(
-            "worker", "--concurrency", str(self.worker_threads)), self.env,
-            self.logs / f"{name}.log"))
+        proc = self._start("worker", self.worker_threads)
         self.workers.append(proc)
         return proc
 
     def start_dispatcher(self) -> Proc:
         """One more `piapi-bulk dispatcher` (it leads or stands by)."""
-        name = self._name("dispatcher")
-        proc = self.stack.add(Proc(name, "dispatcher", cli_argv(
-            "dispatcher", "--concurrency", str(self.concurrency)), self.env,
-            self.logs / f"{name}.log"))
+        proc = self._start("dispatcher", self.concurrency)
         self.dispatchers.append(proc)
         return proc
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench.procs import BenchError, Proc, Stack, free_port, wait_for
+from bench.procs import BenchError, Proc, Stack, wait_for
+from scheduler.services import free_port
 
 PG_USER = "postgres"
 """The system user PostgreSQL runs as when the harness runs as root."""

@@ -1,4 +1,5 @@
-"""Recovery after each disruption (from the timeline) and the JSON report on disk.
+"""Recovery after each disruption, from the timeline (the report is written by
+`bench.report.write_json`).
 
 For every disruption at time t (seconds since the fleet started):
 - `progress_resumed_s`: until the jobs table next changes (a row finished, a poll or a create);
@@ -11,11 +12,8 @@ None means it did not happen before the run ended.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 RATE_BEFORE_S = 10.0
@@ -96,24 +94,3 @@ def disruptions_check(events: list[dict[str, Any]]) -> dict[str, Any]:
     missing = [k for k in need if not done.get(k)]
     return {"check": "disruptions_done", "value": dict(done), "pass": not missing,
             "missing": missing}
-
-
-def write(doc: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
-    """`<stamp>.json` and `latest.json` under `out_dir`, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=1) + "\n"
-    paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
-    for path in paths:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return paths
-
-
-def downsample(points: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
-    """At most about `keep` evenly spaced points (the last one always kept)."""
-    if len(points) <= keep:
-        return points
-    step = len(points) / keep
-    picked = [points[int(i * step)] for i in range(keep)]
-    return [*picked, points[-1]] if picked[-1] is not points[-1] else picked

@@ -23,13 +23,14 @@ from typing import Any
 
 from bench.emu import Emu
 from bench.manifests import captions_jsonl
-from bench.procs import BenchError, Proc, Stack, cli_argv, start_emulator, start_redis
+from bench.procs import BenchError, Proc, Stack, start_emulator, start_redis
 from bench.services import ingest, our_env, wait_workers_ready
 from chaos.checks import Evidence
 from chaos.fleet import Fleet
 from chaos.pg import PrivatePostgres
 from chaos.plan import Plan
 from chaos.watch import Db, Progress, progress_watch
+from scheduler.services import cli_argv
 
 API_KEY = "chaos-key-not-a-secret-0123456789"
 TICK_S = 0.5
@@ -62,7 +63,6 @@ class Outcome:
     times: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
-    watch_kind: str = ""
     drained: dict[str, Any] = field(default_factory=dict)
     evidence: Evidence | None = None
     final_counts: dict[str, int] = field(default_factory=dict)
@@ -118,7 +118,7 @@ class ChaosRun:
         for _ in range(plan.dispatchers):
             self.fleet.start_dispatcher()
         self.fleet.wait_leader(60)
-        self.watch, self.out.watch_kind = progress_watch(self.db, self.batch_id, plan.stall_s)
+        self.watch = progress_watch(self.pg.url, plan.stall_s)
 
     # --- the disrupted run --------------------------------------------------------------
     def drive(self) -> None:

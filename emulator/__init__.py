@@ -6,7 +6,7 @@ order a request flows through them:
 - `cli` / `__main__`: the `emulator` command; builds an `EmulatorConfig`, serves with uvicorn.
 - `config`: `EmulatorConfig`, every setting with its default.
 - `app`: `create_app(config)`; PiAPI routes behind auth, edge faults and the rate limit.
-- `control`: the unauthenticated `/_emulator/` API (stats, ledger, config, reset).
+- `control_api`: the unauthenticated `/_emulator/` API (stats, ledger, config, reset).
 - `runtime`: wires the parts together and runs the timer that drives state changes.
 - `ratelimit`, `faults`: the request budget and seeded fault draws.
 - `parsing`, `catalog`, `inputs`, `validation`: create bodies → validated, normalised

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from emulator.clock import Clock
 from emulator.config import EmulatorConfig
-from emulator.control import control_routes
+from emulator.control_api import control_routes
 from emulator.engine import OutOfBalance, OverLimit
 from emulator.history import HistoryQuery
 from emulator.responses import (

@@ -9,11 +9,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 Probability = float
-FAMILIES = (
-    "joycaption", "wan", "flux", "kling", "hailuo", "tts", "midjourney", "music-u", "hunyuan",
-    "trellis", "image_toolkit", "seedance", "diffrhythm",
-)
-"""The emulator's model families (durations, and /account/active_tasks with families=all)."""
 WEBHOOK_EVENTS = ("pending", "processing", "completed", "failed", "cancelled")
 
 DEFAULT_DURATIONS_S: dict[str, tuple[float, float]] = {
@@ -31,6 +26,10 @@ DEFAULT_DURATIONS_S: dict[str, tuple[float, float]] = {
     "seedance": (60.0, 180.0),
     "diffrhythm": (20.0, 60.0),
 }
+"""Each model family's task duration range (min, max) in seconds at time scale 1."""
+FAMILIES = tuple(DEFAULT_DURATIONS_S)
+"""The emulator's model families (durations, and /account/active_tasks with families=all):
+written once, as the keys of `DEFAULT_DURATIONS_S`."""
 
 STATIC_FIELDS = frozenset({"host", "port", "seed"})
 """Settings fixed at start: `POST /_emulator/config` refuses to change them."""

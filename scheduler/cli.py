@@ -168,7 +168,7 @@ def run(
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
 
-    from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck
+    from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck
     from scheduler.runner import RunOptions
     from scheduler.runner import run as run_batch
     from workers.logs import setup_logging
@@ -208,8 +208,8 @@ def submit(
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
 
-    from scheduler.controls import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.ingest import ingest
+    from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.options import option_conflict, unchecked_lines
     from scheduler.preflight import preflight
     from workers.db import create_tables, make_engine
@@ -334,15 +334,15 @@ def cancel(
 ) -> None:
     """Stop a batch: no more tasks are created, waiting rows end cancelled, pending tasks
     are cancelled at PiAPI; running ones finish (or, with --now, are abandoned)."""
-    from scheduler import controls
+    from scheduler import operator
     from workers.db import create_tables, make_engine
 
     settings = _settings()
     engine = make_engine(settings.database_url)
     create_tables(engine)
-    report = controls.cancel(engine, batch, now)
+    report = operator.cancel(engine, batch, now)
     typer.echo(report.summary())
-    if (report.running or report.reconciling) and not controls.dispatcher_running(
+    if (report.running or report.reconciling) and not operator.dispatcher_running(
             _fleet_redis_url(settings)):
         typer.echo("no dispatcher is running: the running tasks are dealt with when the fleet "
                    "next runs (piapi-bulk run on the same manifest, or dispatcher + worker)")
@@ -359,13 +359,13 @@ def retry(
     """A new attempt for a batch's failed (and cancelled) rows; never for completed ones.
 
     The next `piapi-bulk run` of the same manifest, or a running fleet, runs them."""
-    from scheduler import controls
+    from scheduler import operator
     from workers.db import create_tables, make_engine
 
-    keys = controls.read_ids(ids) if ids is not None else None
+    keys = operator.read_ids(ids) if ids is not None else None
     engine = make_engine(_settings().database_url)
     create_tables(engine)
-    report = controls.retry(engine, batch, failed_only=failed, keys=keys)
+    report = operator.retry(engine, batch, failed_only=failed, keys=keys)
     for line in report.lines():
         typer.echo(line)
 
@@ -506,11 +506,11 @@ def webhook(
     import redis
     import uvicorn
 
-    from scheduler.webhook import create_app
+    from scheduler.webhook_server import create_app
     from workers.db import create_tables, make_engine
     from workers.fleet import Fleet
     from workers.logs import setup_logging
-    from workers.webhooks import WebhookSigner
+    from workers.webhook_signing import WebhookSigner
 
     settings = _settings()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""

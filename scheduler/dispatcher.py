@@ -51,9 +51,10 @@ from workers.app import (
     SUBMIT_TASK,
     WATCH_TASK,
 )
-from workers.control import get_halt
 from workers.db import exclusive
 from workers.fleet import Fleet
+from workers.halt import get_halt
+from workers.keys import EPOCH_KEY, LOCK_KEY, SCOPED_SUFFIX
 from workers.polling import PollMode
 from workers.ratelimit import Budget
 from workers.states import AmbiguousPolicy
@@ -61,10 +62,6 @@ from workers.transitions import ambiguous, reuse
 
 logger = logging.getLogger(__name__)
 
-LOCK_KEY = "piapi-bulk:dispatcher"
-SCOPED_SUFFIX = ":scoped"
-"""Ends the lock token of a scoped dispatcher, so `run` can tell one from a standing fleet's."""
-EPOCH_KEY = "piapi-bulk:epoch"
 LOCK_TTL_S = 10.0
 """A dispatcher that stops renewing its lock loses it after this long to a standby."""
 LOCK_RENEW_S = 1.0

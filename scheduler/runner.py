@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -24,19 +23,17 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from scheduler.controls import PauseWatch, set_limits
-from scheduler.dispatcher import LOCK_KEY, SCOPED_SUFFIX
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
+from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
-from scheduler.services import Child, cli_argv, start_private_redis
+from scheduler.services import Services, ensure_services, start_private_redis
 from scheduler.status import BatchStatus, batch_status, tasks_created
-from workers.app import create_celery
-from workers.control import clear_halt, get_halt
 from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
 from workers.fleet import Fleet
+from workers.halt import clear_halt, get_halt
 from workers.models import JOBS
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
@@ -50,9 +47,6 @@ EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BUDGET = 3
 """The batch's budget is reached: what was in flight finished, the rest waits."""
 REDIS_URL_FILE = "redis_url"
-RUN_WORKER_PREFIX = "piapi-bulk-run-"
-"""Names the Celery workers `run` starts (`piapi-bulk-run-<pid>@host`), so that another run
-on the same Redis does not count on them staying."""
 WATCH_INTERVAL_S = 0.5
 DB_WAIT_S = 600.0
 """How long `run` waits for a restarting database before giving up."""
@@ -113,94 +107,6 @@ def check_account(settings: Settings) -> int | None:
         raise ConfigError(f"cannot reach PiAPI at {settings.base_url}: {exc}") from exc
     finally:
         client.close()
-
-
-class Services:
-    """The children this run started, supervised until the run ends."""
-
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-
-    def add(self, child: Child) -> Child:
-        """Start a child and supervise it."""
-        child.start()
-        self.children.append(child)
-        return child
-
-    def supervise(self) -> str | None:
-        """Restart dead children; a message when one keeps dying."""
-        for child in self.children:
-            if not child.revive():
-                return f"{child.name} keeps exiting; see {child.log_path}"
-        return None
-
-    def restart_fleet(self) -> list[str]:
-        """Kill and restart every child but Redis (the fleet stalled); their names."""
-        restarted = []
-        for child in self.children:
-            if child.name != "redis-server":
-                child.kill()
-                child.start()
-                restarted.append(child.name)
-        return restarted
-
-    def stop(self) -> None:
-        """Stop every child, newest first (workers and dispatcher before Redis)."""
-        for child in reversed(self.children):
-            child.stop()
-
-
-def _child_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env["REDIS_URL"] = settings.require_redis_url()
-    env["DATABASE_URL"] = settings.database_url
-    env["PIAPI_BASE_URL"] = settings.base_url
-    env["PIAPI_RPM"] = str(settings.rpm)
-    env["PIAPI_BULK_ON_AMBIGUOUS"] = settings.on_ambiguous
-    return env
-
-
-def ensure_services(settings: Settings, services: Services, opts: RunOptions,
-                    log_dir: Path) -> None:
-    """Start a dispatcher and a worker unless some are already serving this Redis."""
-    url = settings.require_redis_url()
-    env = _child_env(settings)
-    client = redis.Redis.from_url(url)
-    try:
-        holder = client.get(LOCK_KEY)
-    finally:
-        client.close()
-    # A standing fleet's dispatcher serves every open batch, this one included; another
-    # run's dispatcher serves only the batches claimed, so this run starts its own, which
-    # stands by (and serves this run's claims meanwhile through the leader) and takes over
-    # when that run ends.
-    has_dispatcher = holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
-    app = create_celery(url)
-    try:
-        replies = app.control.ping(timeout=1.0) or []
-    finally:
-        app.close()
-    # Workers another run started stop when that run ends: only a standing fleet's count.
-    workers = [name for reply in replies for name in reply
-               if not name.startswith(RUN_WORKER_PREFIX)]
-    if not workers:
-        argv = cli_argv("worker", "--name-prefix", RUN_WORKER_PREFIX.rstrip("-"))
-        if opts.worker_threads:
-            argv += ["--concurrency", str(opts.worker_threads)]
-        services.add(Child("worker", argv, env, log_dir / "worker.log"))
-    else:
-        logger.info("%d worker(s) already running on %s", len(workers), url)
-    if not has_dispatcher:
-        argv = cli_argv("dispatcher", "--scoped")
-        if opts.concurrency:
-            argv += ["--concurrency", str(opts.concurrency)]
-        services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log"))
-    else:
-        logger.info("a dispatcher is already running on %s", url)
-
-
-def _decoded(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _describe(st: BatchStatus) -> str:
@@ -418,7 +324,9 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         claims.renew()
         statuses = [batch_status(engine, b) for b in served]
         if any(st is not None and st.active for st in statuses):
-            ensure_services(settings, services, opts, run_dir / "logs")
+            ensure_services(settings, services, run_dir / "logs",
+                                worker_threads=opts.worker_threads,
+                                concurrency=opts.concurrency)
         problem = watch(engine, served, services, console,
                         ProgressWatch(engine, settings.stall_s, batches=served), claims)
         return _finish(engine, result.batch_id, output, problem, console, opts.command)

@@ -1,4 +1,5 @@
-"""Child processes that `run` owns: a private redis-server, a dispatcher and a worker.
+"""Child processes that `run` owns: a private redis-server, a dispatcher and a worker,
+started only when no fleet already serves the Redis (`ensure_services`), and supervised.
 
 Every child gets PR_SET_PDEATHSIG, so if `run` itself is killed (even with SIGKILL) its
 children stop too instead of running on unattended.
@@ -6,6 +7,7 @@ children stop too instead of running on unattended.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -15,26 +17,43 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import redis
 
-from workers.settings import ConfigError
+from workers.app import create_celery
+from workers.keys import LOCK_KEY, SCOPED_SUFFIX
+from workers.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
+
+
+class Process(Protocol):
+    """What `start_redis_server` needs of the process it is handed."""
+
+    def alive(self) -> bool: ...
+
+    def stop(self, timeout_s: float = 20.0) -> None: ...
+
+
+P = TypeVar("P", bound=Process)
 
 PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 5
 """A child that dies more often than this in one run ends the run instead."""
+REDIS_START_S = 15.0
+"""How long a private redis-server may take to answer its first PING."""
+RUN_WORKER_PREFIX = "piapi-bulk-run-"
+"""Names the Celery workers `run` starts (`piapi-bulk-run-<pid>@host`), so that another run
+on the same Redis does not count on them staying."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover  (runs in the child, before exec)
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def die_with_parent() -> None:  # pragma: no cover  (runs in the child, before exec)
+    """As a Popen `preexec_fn`: the child gets SIGTERM when its parent dies."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -55,15 +74,16 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
-    def start(self) -> None:
+    def start(self) -> Child:
         """Start (or restart) the process."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, preexec_fn=_die_with_parent,
+                env=self.env, preexec_fn=die_with_parent,
             )
         logger.info("started %s (pid %s), log %s", self.name, self.proc.pid, self.log_path)
+        return self
 
     @property
     def pid(self) -> int | None:
@@ -107,34 +127,48 @@ class Child:
             self.proc.wait(timeout=timeout_s)
 
 
-def start_private_redis(run_dir: Path) -> tuple[str, Child]:
-    """A redis-server on a free loopback port that keeps nothing on disk."""
+def redis_server_argv(port: int, workdir: Path) -> list[str]:
+    """argv of a redis-server on 127.0.0.1:`port` that keeps nothing on disk, so one started
+    again on the same port comes back empty; ConfigError when redis-server is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigError(
-            "redis-server is not installed and REDIS_URL is not set; install it "
-            "(apt-get install redis-server, or `make install-redis`) or point REDIS_URL at one"
+            "redis-server is not installed; install it (apt-get install redis-server, or "
+            "`make install-redis`), or point REDIS_URL at a running Redis for `run`"
         )
-    port = free_port()
-    child = Child(
-        "redis-server",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(run_dir)],
-        dict(os.environ), run_dir / "redis.log",
-    )
-    child.start()
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(workdir)]
+
+
+def start_redis_server(workdir: Path, start: Callable[[list[str], Path], P],
+                       port: int | None = None) -> tuple[str, P]:
+    """A private redis-server on a loopback port (default: a free one), started by
+    `start(argv, log_path)` as the caller's kind of process; its URL once it answers.
+
+    `run` supervises it as a `Child`; the benchmark and chaos harnesses as their own
+    processes (`bench.procs.start_redis`), the tests through `start_private_redis`."""
+    port = port or free_port()
+    log_path = workdir / "redis.log"
+    proc = start(redis_server_argv(port, workdir), log_path)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + REDIS_START_S
     try:
         while not _answers(client):
-            if not child.alive() or time.monotonic() > deadline:
-                child.stop()
-                raise ConfigError(f"private redis-server did not start; see {child.log_path}")
+            if not proc.alive() or time.monotonic() > deadline:
+                proc.stop()
+                raise ConfigError(f"private redis-server did not start; see {log_path}")
             time.sleep(0.05)
     finally:
         client.close()
-    return url, child
+    return url, proc
+
+
+def start_private_redis(workdir: Path) -> tuple[str, Child]:
+    """A redis-server on a free loopback port that keeps nothing on disk, as a `Child`."""
+    return start_redis_server(
+        workdir, lambda argv, log_path: Child("redis-server", argv, dict(os.environ),
+                                              log_path).start())
 
 
 def _answers(client: redis.Redis) -> bool:
@@ -147,3 +181,91 @@ def _answers(client: redis.Redis) -> bool:
 def cli_argv(*args: str) -> list[str]:
     """argv running this same piapi-bulk installation with `args`."""
     return [sys.executable, "-m", "scheduler.cli", *args]
+
+
+class Services:
+    """The children this run started, supervised until the run ends."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def add(self, child: Child) -> Child:
+        """Start a child and supervise it."""
+        child.start()
+        self.children.append(child)
+        return child
+
+    def supervise(self) -> str | None:
+        """Restart dead children; a message when one keeps dying."""
+        for child in self.children:
+            if not child.revive():
+                return f"{child.name} keeps exiting; see {child.log_path}"
+        return None
+
+    def restart_fleet(self) -> list[str]:
+        """Kill and restart every child but Redis (the fleet stalled); their names."""
+        restarted = []
+        for child in self.children:
+            if child.name != "redis-server":
+                child.kill()
+                child.start()
+                restarted.append(child.name)
+        return restarted
+
+    def stop(self) -> None:
+        """Stop every child, newest first (workers and dispatcher before Redis)."""
+        for child in reversed(self.children):
+            child.stop()
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["REDIS_URL"] = settings.require_redis_url()
+    env["DATABASE_URL"] = settings.database_url
+    env["PIAPI_BASE_URL"] = settings.base_url
+    env["PIAPI_RPM"] = str(settings.rpm)
+    env["PIAPI_BULK_ON_AMBIGUOUS"] = settings.on_ambiguous
+    return env
+
+
+def ensure_services(settings: Settings, services: Services, log_dir: Path, *,
+                    worker_threads: int | None, concurrency: int | None) -> None:
+    """Start a dispatcher and a worker unless some are already serving this Redis."""
+    url = settings.require_redis_url()
+    env = _child_env(settings)
+    client = redis.Redis.from_url(url)
+    try:
+        holder = client.get(LOCK_KEY)
+    finally:
+        client.close()
+    # A standing fleet's dispatcher serves every open batch, this one included; another
+    # run's dispatcher serves only the batches claimed, so this run starts its own, which
+    # stands by (and serves this run's claims meanwhile through the leader) and takes over
+    # when that run ends.
+    has_dispatcher = holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
+    app = create_celery(url)
+    try:
+        replies = app.control.ping(timeout=1.0) or []
+    finally:
+        app.close()
+    # Workers another run started stop when that run ends: only a standing fleet's count.
+    workers = [name for reply in replies for name in reply
+               if not name.startswith(RUN_WORKER_PREFIX)]
+    if not workers:
+        argv = cli_argv("worker", "--name-prefix", RUN_WORKER_PREFIX.rstrip("-"))
+        if worker_threads:
+            argv += ["--concurrency", str(worker_threads)]
+        services.add(Child("worker", argv, env, log_dir / "worker.log"))
+    else:
+        logger.info("%d worker(s) already running on %s", len(workers), url)
+    if not has_dispatcher:
+        argv = cli_argv("dispatcher", "--scoped")
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
+        services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log"))
+    else:
+        logger.info("a dispatcher is already running on %s", url)
+
+
+def _decoded(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import free_port, stop_process, wait_until
 
 PG_ADMIN_URL = os.environ.get("PIAPI_BULK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("PIAPI_BULK_REQUIRE_PG") == "1"
@@ -91,26 +87,17 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port (never the shared one on 6379)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (make install-redis, "
-                    "or apt-get install redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    import redis
+    from scheduler.services import start_private_redis
+    from workers.settings import ConfigError
 
-    client = redis.Redis(host="127.0.0.1", port=port)
-    wait_until(lambda: client.ping(), 15, what="redis-server to answer")
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        url, server = start_private_redis(tmp_path_factory.mktemp("redis"))
+    except ConfigError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
     finally:
-        client.close()
-        stop_process(proc)
+        server.stop()
 
 
 @pytest.fixture

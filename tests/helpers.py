@@ -1,10 +1,10 @@
-"""Small helpers shared by the tests: free ports, bounded waits, child processes."""
+"""Small helpers shared by the tests: free ports (`scheduler.services.free_port`), bounded
+waits, child processes."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +14,13 @@ from typing import TypeVar
 
 import httpx
 
+from scheduler.services import free_port
+
+__all__ = ["REPO", "free_port", "start_emulator", "stop_process", "wait_until"]
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(

@@ -8,7 +8,7 @@
   tasks only for claimed batches (a standing fleet serves every open batch).
 
 Everything here is advisory and rebuilt from scratch if Redis is flushed: the database is
-the record.
+the record. The keys, with who writes and reads each, are in `workers/keys.py`.
 """
 
 from __future__ import annotations
@@ -20,18 +20,11 @@ from dataclasses import dataclass
 
 import redis
 
+from workers.keys import CONC_429_KEY, MODE_KEY, RATE_KEY, RUNS_KEY, STATS_PREFIX, WAKE_KEY
 from workers.polling import PollMode
 
 logger = logging.getLogger(__name__)
 
-WAKE_KEY = "piapi-bulk:wake"
-STATS_PREFIX = "piapi-bulk:stats:"
-MODE_KEY = "piapi-bulk:poll-mode"
-CONC_429_KEY = "piapi-bulk:conc-429-total"
-RATE_KEY = "piapi-bulk:rate-eff"
-"""Requests per second the token bucket grants fleet-wide right now (AIMD-adjusted)."""
-RUNS_KEY = "piapi-bulk:runs"
-"""Hash: batch id -> Unix time until which a `run` claims it (renewed while it runs)."""
 CLAIM_TTL_S = 30.0
 """A claim lapses this long after its `run` stopped renewing it (killed without cleanup)."""
 SHORT_WAIT_S = 0.25

@@ -11,12 +11,11 @@ import redis
 from workers.db import create_tables, make_engine
 from workers.durations import DurationCache
 from workers.fleet import Fleet
+from workers.keys import RATE_BUCKET_KEY
 from workers.piapi import PiAPIClient, Timeouts
 from workers.ratelimit import Budget
 from workers.settings import Settings
 from workers.work import WorkerContext
-
-RATE_BUCKET_KEY = "piapi-bulk:rate"
 
 
 def build_client(settings: Settings) -> PiAPIClient:

@@ -10,7 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.states import AmbiguousPolicy
-from workers.webhooks import WebhookSigner
+from workers.webhook_signing import WebhookSigner
 
 
 def _env(*names: str) -> AliasChoices:

@@ -1,6 +1,8 @@
 """The Celery tasks: thin wrappers that take job ids only and call one plain function each.
 
 Arguments are job ids, never inputs, payloads or secrets: Flower and the broker show them.
+Acknowledgement after the task ran and no stored result are the app's settings
+(`workers/app.py`), which every task here takes.
 """
 
 from __future__ import annotations
@@ -21,22 +23,22 @@ def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
     """Register `submit`, `poll`, `reconcile` and `watch` on `app`; `context()` gives this
     process's context."""
 
-    @app.task(name=SUBMIT_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=SUBMIT_TASK)  # type: ignore[untyped-decorator]
     def submit(job_ids: list[int]) -> None:
         """Create PiAPI tasks for these jobs (each only if still due)."""
         submit_jobs(context(), [int(i) for i in job_ids])
 
-    @app.task(name=POLL_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=POLL_TASK)  # type: ignore[untyped-decorator]
     def poll(job_ids: list[int]) -> None:
         """Read these jobs' PiAPI tasks and record what changed."""
         poll_jobs(context(), [int(i) for i in job_ids])
 
-    @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
     def reconcile(job_ids: list[int]) -> None:
         """Look for the tasks of these jobs' lost creates and settle them."""
         reconcile_jobs(context(), [int(i) for i in job_ids])
 
-    @app.task(name=WATCH_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=WATCH_TASK)  # type: ignore[untyped-decorator]
     def watch(attempt_ids: list[int]) -> None:
         """Look at these abandoned stuck tasks (attempt ids) and collect late results."""
         watch_tasks(context(), [int(i) for i in attempt_ids])

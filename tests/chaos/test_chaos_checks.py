@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from chaos import checks, report
-from chaos.watch import LocalProgressWatch, Progress
 from emulator.parsing import input_key
 
 MODEL, TASK = "Qubico/joycaption", "joycaption-beta-one"
@@ -94,32 +93,3 @@ def test_recovery_figures_from_the_timeline() -> None:
     assert pg["db_back_s"] == 3.5  # down at 20, 21 and 22 s
     summary = report.disruption_summary([{**event, "recovery": rec}])
     assert summary["done"] == {"dispatcher_sigkill": 1}
-
-
-class _FakeDb:
-    def __init__(self) -> None:
-        self.sig = (0, 0, 0)
-        self.due = True
-
-    def progress(self, _batch: str) -> Progress:
-        return Progress({"completed": self.sig[0]}, self.sig[1], self.sig[2])
-
-    def work_due(self, _batch: str, _overdue: float) -> bool:
-        return self.due
-
-
-def test_stall_watch_fires_only_without_progress_while_work_is_due() -> None:
-    now = [0.0]
-    db = _FakeDb()
-    watch = LocalProgressWatch(db, "b", 30.0, clock=lambda: now[0])  # type: ignore[arg-type]
-    assert not watch.check()
-    now[0] = 29.0
-    assert not watch.check()
-    now[0] = 31.0
-    assert watch.check()
-    db.sig = (1, 0, 0)
-    now[0] = 70.0
-    assert not watch.check()
-    db.due = False
-    now[0] = 120.0
-    assert not watch.check()

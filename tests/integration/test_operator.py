@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from scheduler import controls
+import scheduler.operator
 from scheduler.admission import Admission
 from scheduler.status import batch_status
 from tests.helpers import REPO, wait_until
@@ -128,7 +128,7 @@ def test_an_older_database_gains_the_new_columns(database_url: str) -> None:
             assert (old.retry_base, old.reconcile_from) == (0, None)
         st = batch_status(eng, "old")
         assert st is not None and st.budget_usd is None and st.controls() == []
-        assert controls.retry(eng, "old", failed_only=True, keys=None).requeued == 1
+        assert scheduler.operator.retry(eng, "old", failed_only=True, keys=None).requeued == 1
     finally:
         eng.dispose()
 
@@ -142,7 +142,7 @@ def test_cancel_moves_waiting_rows_and_a_late_claim_loses(engine: Engine) -> Non
     put(engine, lost, state=JobState.AMBIGUOUS.value, next_at=NOW + 5)
     put(engine, leased, lease_until=NOW + 60, lease_epoch="e")  # a submit message is out
 
-    report = controls.cancel(engine, "b1", now_mode=False, now=NOW)
+    report = scheduler.operator.cancel(engine, "b1", now_mode=False, now=NOW)
 
     assert (report.cancelled_now, report.running, report.reconciling) == (3, 1, 1)
     for j in (queued, waiting, leased):
@@ -159,14 +159,14 @@ def test_cancel_moves_waiting_rows_and_a_late_claim_loses(engine: Engine) -> Non
     b = batch_row(engine)
     assert (b.cancel_mode, b.cancelled_at) == ("finish", NOW)
 
-    again = controls.cancel(engine, "b1", now_mode=True, now=NOW + 10)
+    again = scheduler.operator.cancel(engine, "b1", now_mode=True, now=NOW + 10)
     assert again.cancelled_now == 1 and again.reconciling == 0
     row = job(engine, lost)
     assert row.state == "cancelled" and "a task may exist at PiAPI" in (row.error_message or "")
     b = batch_row(engine)
     assert (b.cancel_mode, b.cancelled_at) == ("now", NOW)  # first cancel's time kept
-    with pytest.raises(controls.ConfigError, match="no batch nope"):
-        controls.cancel(engine, "nope", now_mode=False)
+    with pytest.raises(scheduler.operator.ConfigError, match="no batch nope"):
+        scheduler.operator.cancel(engine, "nope", now_mode=False)
 
 
 def test_the_dispatcher_sweeps_cancelled_and_expired_batches(engine: Engine) -> None:
@@ -174,7 +174,7 @@ def test_the_dispatcher_sweeps_cancelled_and_expired_batches(engine: Engine) -> 
     d1, d2, d3 = add_batch(engine, "b2", rows=3, deadline_at=NOW - 1)
     add_batch(engine, "b3", rows=1)
     running(engine, a3, "t-a3")
-    controls.cancel(engine, "b1", now_mode=False, now=NOW)
+    scheduler.operator.cancel(engine, "b1", now_mode=False, now=NOW)
     # After the cancel, a create comes back refused (retryable): the row waits again.
     put(engine, a1, state=JobState.RETRY_WAIT.value, next_at=NOW + 5, error_kind=None)
     running(engine, d3, "t-d3")
@@ -194,7 +194,7 @@ def test_the_dispatcher_sweeps_cancelled_and_expired_batches(engine: Engine) -> 
     assert admission.room(batches["b2"], 5, NOW + 1) == 0
     assert admission.room(batches["b3"], 5, NOW + 1) == 5
     # A retry lifts the cancel; a sweep that looked before it must not take the rows back.
-    assert controls.retry(engine, "b1", failed_only=False, keys=None).requeued == 2
+    assert scheduler.operator.retry(engine, "b1", failed_only=False, keys=None).requeued == 2
     assert operator.sweep_cancelled(engine, "b1", NOW + 2, "finish") == 0
     assert {job(engine, j).state for j in (a1, a2)} == {"queued"}
 
@@ -215,7 +215,7 @@ def test_retry_requeues_and_sends_unknown_creates_to_reconciliation(engine: Engi
     with session(engine) as s:
         s.get_one(Batch, "b1").paused = "budget: ..."
 
-    only_failed = controls.retry(engine, "b1", failed_only=True, keys=None, now=NOW + 100)
+    only_failed = scheduler.operator.retry(engine, "b1", failed_only=True, keys=None, now=NOW + 100)
     assert (only_failed.requeued, only_failed.reconciling) == (1, 1)
     assert only_failed.skipped == Counter({"cancelled (not selected)": 2, "still active": 1,
                                            "completed (never re-run)": 1,
@@ -230,7 +230,7 @@ def test_retry_requeues_and_sends_unknown_creates_to_reconciliation(engine: Engi
     assert target.lost_at < NOW + 10 and target.undecided_since == NOW + 100  # fresh period
     assert batch_row(engine).paused is None and not batch_row(engine).done
 
-    rest = controls.retry(engine, "b1", failed_only=False, keys=None, now=NOW + 200)
+    rest = scheduler.operator.retry(engine, "b1", failed_only=False, keys=None, now=NOW + 200)
     assert (rest.requeued, rest.reconciling) == (1, 1)
     assert job(engine, lost_cancelled).state == "ambiguous"
     assert job(engine, cancelled).state == "queued"
@@ -240,7 +240,7 @@ def test_retry_requeues_and_sends_unknown_creates_to_reconciliation(engine: Engi
     # By row id: only those named; completed ones are reported, never re-run.
     put(engine, provider, state=JobState.FAILED.value, error_kind="provider")
     put(engine, cancelled, state=JobState.FAILED.value, error_kind="provider")
-    keyed = controls.retry(engine, "b1", failed_only=True,
+    keyed = scheduler.operator.retry(engine, "b1", failed_only=True,
                            keys=[str(1), str(5), "nope"], now=NOW + 300)
     assert (keyed.requeued, keyed.reconciling, keyed.unknown_ids) == (1, 0, ["nope"])
     assert keyed.skipped == Counter({"completed (never re-run)": 1})
@@ -277,7 +277,7 @@ def test_budget_allowance_pause_and_resume(engine: Engine) -> None:
     assert st is not None and st.to_json()["paused"] == paused
     assert st.to_json()["budget_usd"] == 0.05 and f"paused: {paused}" in st.controls()
 
-    controls.set_limits(engine, "b1", budget_usd=1.0)  # a higher budget lifts the pause
+    scheduler.operator.set_limits(engine, "b1", budget_usd=1.0)  # a higher budget lifts the pause
     assert batch_row(engine).paused is None
     resumed = Admission(engine)
     resumed.refresh(leases.open_batches(engine), NOW + 2, "e")

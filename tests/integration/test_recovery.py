@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import redis
 
-from scheduler.dispatcher import LOCK_KEY
 from tests.helpers import stop_process, wait_until
 from tests.integration.e2e import (
     Emulator,
@@ -32,6 +31,7 @@ from tests.integration.e2e import (
     wait_group_gone,
     write_jsonl,
 )
+from workers.keys import LOCK_KEY
 
 
 def _check_all_completed_once(results: list[dict[str, Any]], rows: list[dict[str, Any]],

@@ -15,8 +15,8 @@ from sqlmodel import Session, select
 from tests.unit.test_states import WRITERS, declared
 from workers import leases
 from workers import transitions as tr
-from workers.control import clear_halt, get_halt
 from workers.db import create_tables, make_engine, session, transaction
+from workers.halt import clear_halt, get_halt
 from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
 from workers.states import ALLOWED, AttemptState, ErrorKind, JobState

@@ -29,7 +29,7 @@ from workers import transitions as tr
 from workers.db import create_tables, make_engine, session
 from workers.models import Batch, Job
 from workers.piapi import TaskView, Usage
-from workers.webhooks import WebhookSigner
+from workers.webhook_signing import WebhookSigner
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.controls import CancelReport, RetryReport, parse_budget, parse_deadline, read_ids
+from scheduler.operator import CancelReport, RetryReport, parse_budget, parse_deadline, read_ids
 from workers.catalog import SPECS, UNKNOWN_PRICE_USD, prior_cost_usd
 from workers.settings import ConfigError
 from workers.spending import Spend, allowance, money, pause_message

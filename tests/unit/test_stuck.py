@@ -165,7 +165,7 @@ def test_out_of_attempts_the_row_says_so() -> None:
 
 
 def test_the_on_stuck_option_is_checked() -> None:
-    from scheduler.controls import parse_on_stuck
+    from scheduler.operator import parse_on_stuck
     from workers.settings import ConfigError
 
     assert [parse_on_stuck(v) for v in ("retry", "fail", "wait", None)] == [

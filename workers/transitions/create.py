@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, select
 from sqlalchemy.engine import Engine
 
-from workers.control import set_halt
 from workers.db import transaction
+from workers.halt import set_halt
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState

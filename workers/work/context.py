@@ -21,7 +21,7 @@ from workers.piapi import LimitScope, PiAPIClient, PiAPIError
 from workers.polling import PollMode, next_poll_age, stuck_after_s
 from workers.ratelimit import Budget
 from workers.retry import backoff_s
-from workers.webhooks import WebhookSigner
+from workers.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,8 +18,8 @@ from typing import Any
 
 from workers import stuck
 from workers import transitions as tr
-from workers.control import set_halt
 from workers.durations import task_duration_s
+from workers.halt import set_halt
 from workers.piapi import (
     AccountError,
     InvalidRequest,

@@ -30,7 +30,7 @@ from workers.db import transaction
 from workers.fleet import Fleet
 from workers.models import JOBS
 from workers.transitions import ambiguous
-from workers.webhooks import WebhookSigner
+from workers.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Fleet-wide switches kept in the database: the halt after PiAPI refuses the account."""
+"""The fleet-wide halt after PiAPI refuses the account, kept in the database's `control` table."""
 
 from __future__ import annotations
 

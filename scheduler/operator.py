@@ -1,4 +1,4 @@
-"""Operator controls behind the CLI: cancel, retry, a budget, a deadline and the stuck
+"""Operator commands behind the CLI: cancel, retry, a budget, a deadline and the stuck
 policy for a batch.
 
 These write the batch's settings and move rows through `workers.transitions.operator`;
@@ -22,9 +22,9 @@ import redis
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 
-from scheduler.dispatcher import LOCK_KEY
 from scheduler.status import BatchStatus
 from workers.db import transaction
+from workers.keys import LOCK_KEY
 from workers.models import BATCHES, JOBS
 from workers.settings import ConfigError
 from workers.states import ACTIVE, JobState
