@@ -57,8 +57,9 @@ from workers.halt import get_halt
 from workers.keys import EPOCH_KEY, LOCK_KEY, SCOPED_SUFFIX
 from workers.polling import PollMode
 from workers.ratelimit import Budget
+from workers.reconcile import records as ambiguous
 from workers.states import AmbiguousPolicy
-from workers.transitions import ambiguous, reuse
+from workers.transitions import reuse
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from workers import transitions as tr
 from workers.db import transaction
 from workers.fleet import Fleet
 from workers.models import JOBS
-from workers.transitions import ambiguous
+from workers.reconcile import records as ambiguous
 from workers.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)

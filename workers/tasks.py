@@ -12,7 +12,7 @@ from collections.abc import Callable
 from celery import Celery
 
 from workers.app import POLL_TASK, RECONCILE_TASK, SUBMIT_TASK, WATCH_TASK
-from workers.settle import reconcile_jobs
+from workers.reconcile.settle import reconcile_jobs
 from workers.watch import watch_tasks
 from workers.work import WorkerContext
 from workers.work.create import submit_jobs

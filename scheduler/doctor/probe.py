@@ -16,7 +16,7 @@ from typing import Any
 
 from workers.catalog import active_family, prior_cost_usd
 from workers.piapi import AmbiguousError, HistoryRow, PiAPIClient, PiAPIError, status_outcome
-from workers.reconcile import input_matches
+from workers.reconcile.decide import input_matches
 
 logger = logging.getLogger(__name__)
 

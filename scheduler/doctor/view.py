@@ -16,7 +16,7 @@ from scheduler.doctor.checks import WINDOW_S, Listing, Observed
 from scheduler.doctor.probe import PROBE_MODEL, PROBE_TASK_TYPE, PROBE_USD, ProbeResult
 from workers.catalog import ACTIVE_FAMILIES, active_family
 from workers.findings import Findings
-from workers.settle import settle_s
+from workers.reconcile.settle import settle_s
 from workers.states import AmbiguousPolicy
 
 

@@ -45,8 +45,8 @@ from workers.catalog import UNKNOWN_PRICE_USD
 from workers.db import create_tables, make_engine, session
 from workers.models import Batch, Job
 from workers.piapi import TaskView, Usage
+from workers.reconcile import records as amb
 from workers.states import ErrorKind, JobState
-from workers.transitions import ambiguous as amb
 from workers.transitions import operator
 
 pytestmark = pytest.mark.integration

@@ -121,7 +121,7 @@ def test_a_lost_create_never_adopts_an_earlier_attempts_task(engine: Engine) -> 
     # Found by the chaos run: attempt 1's task failed; attempt 2's create lost its answer.
     # The history lists both tasks (same input, same window); attempt 1's is not the one
     # to adopt, or attempt 2's real task runs unrecorded and the row is paid twice.
-    from workers.transitions import ambiguous as amb
+    from workers.reconcile import records as amb
 
     [j, *_] = add_batch(engine)
     claim = tr.claim_for_submit(engine, j, NOW, LEASE)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from workers.piapi import HistoryRow, parse_history_row
-from workers.reconcile import (
+from workers.reconcile.decide import (
     MAX_CHECKS,
     SETTLE_S,
     WINDOW_SLACK_S,
@@ -171,7 +171,7 @@ class _FlakyHistory:
 def test_history_is_read_over_the_judged_window_and_a_failed_page_asked_again() -> None:
     # Found by the chaos run: at a high create rate the window read (up to lost_at + 120 s)
     # needed so many pages that, with one request in ten failing, no look ever completed.
-    from workers.settle import _history
+    from workers.reconcile.settle import _history
     from workers.work import Tally, WorkerContext
 
     client = _FlakyHistory()
@@ -184,7 +184,7 @@ def test_history_is_read_over_the_judged_window_and_a_failed_page_asked_again() 
 
 def test_filters_follow_the_family_and_the_doctor() -> None:
     from workers.findings import Findings
-    from workers.settle import filters_for, settle_s
+    from workers.reconcile.settle import filters_for, settle_s
 
     assert filters_for("Qubico/joycaption", None) == [None]
     assert filters_for("Wan", None) == ["wan", None]

@@ -7,10 +7,11 @@ is the only code that writes `jobs.state`: `create` for the create side, `poll` 
 running tasks, `watch` for late results of abandoned stuck tasks and `reuse` for rows
 that take a completed twin's task instead of paying again (imported as modules:
 `from workers.transitions import watch`). Each statement that changes `jobs.state` is
-built by `common.move` from the table in `workers.states`, which it must agree with.
+built by `common.move` from the table in `workers.states`, which it must agree with. The
+moves of ambiguous rows (lost creates) live with the rest of reconciliation, in
+`workers.reconcile.records`, built the same way.
 """
 
-from workers.transitions.ambiguous import AmbiguousTarget
 from workers.transitions.common import Claim, PollTarget
 from workers.transitions.create import (
     claim_for_submit,
@@ -34,7 +35,6 @@ from workers.transitions.poll import (
 )
 
 __all__ = [
-    "AmbiguousTarget",
     "Claim",
     "PollOutcome",
     "PollTarget",

@@ -1,7 +1,7 @@
 """What a worker does to settle ambiguous creates: look for their task, then decide.
 
 A webhook that named the job points straight at the task (confirmed by a GET). Otherwise
-PiAPI's task history around the attempt is read and judged by `workers.reconcile`: first
+PiAPI's task history around the attempt is read and judged by `workers.reconcile.decide`: first
 with the model's documented family as the filter (or what `piapi-bulk doctor` found to
 work), then unfiltered when that listing cannot decide. Candidates whose input the
 listing does not carry are read one by one (GET, bounded per look). An adopted task is
@@ -19,7 +19,8 @@ from collections import OrderedDict
 from workers import findings as account_findings
 from workers.catalog import history_family
 from workers.piapi import HistoryPage, HistoryRow, PiAPIError, RetryableError, TaskView
-from workers.reconcile import (
+from workers.reconcile import records as amb
+from workers.reconcile.decide import (
     SETTLE_S,
     WINDOW_SLACK_S,
     Decision,
@@ -28,7 +29,6 @@ from workers.reconcile import (
     input_matches,
     model_matches,
 )
-from workers.transitions import ambiguous as amb
 from workers.work import Tally, WorkerContext
 
 logger = logging.getLogger(__name__)
