@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from workers import leases
 from workers import transitions as tr
 from workers.control import clear_halt, get_halt
-from workers.db import create_tables, make_engine, session
+from workers.db import session
 from workers.models import Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
 from workers.states import ErrorKind, JobState
 
 NOW = 1_000_000.0
 LEASE = 30.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    yield eng
-    eng.dispose()
 
 
 def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3, concurrency: int | None = None,
