@@ -38,8 +38,8 @@ TEST_WORKERS ?= 4
 test: install  ## All tests (SQLite always; PostgreSQL too when one is reachable)
 	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
-test-fast: install  ## Unit tests only
-	$(BIN)/pytest -q tests/unit
+test-fast: install  ## The quick check, under a minute: every test that starts no process or service
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not integration"
 
 lint: install  ## ruff and mypy --strict
 	$(BIN)/ruff check .
