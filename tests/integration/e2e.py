@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
-from sqlalchemy import func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
 from tests.helpers import EMULATOR_KEY, REPO, Emulator, Spawn, wait_until
@@ -206,6 +206,22 @@ def run_manifest(emu: Emulator, tmp_path: Path, database_url: str, rows: list[An
 JOY_KIND = ("Qubico/joycaption", "joycaption-beta-one")
 RECORD_T0 = 1_000_000.0
 """When batches made directly in the database (`add_batch`) were created."""
+
+
+def add_old_batch(conn: Connection, job_state: str | None = None, attempts: int = 0) -> None:
+    """Batch `old` (and, given `job_state`, one job in that state after `attempts` creates),
+    written with only the columns the first schema had: a schema-upgrade test drops the
+    newer columns first, then checks what `create_tables` makes of the rows."""
+    conn.execute(text(
+        "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, invalid, "
+        "max_attempts, done) VALUES ('old', 'h', 's', 1, true, :total, 0, 3, false)"),
+        {"total": 0 if job_state is None else 1})
+    if job_state is not None:
+        conn.execute(text(
+            "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
+            "polls, poll_errors, created_at) "
+            "VALUES ('old', 1, 1, '1', :state, :attempts, :attempts, 0, 0, 0, 1)"),
+            {"state": job_state, "attempts": attempts})
 
 
 def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3,

@@ -16,6 +16,7 @@ from scheduler.ingest import BATCHES, JOBS, ingest
 from scheduler.manifest import ManifestError
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.status import batch_status
+from tests.integration.e2e import add_old_batch
 from workers.db import create_tables
 
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
@@ -340,13 +341,7 @@ def test_an_older_database_gains_the_unchecked_and_service_mode_columns(
         for column in ("unchecked", "service_mode"):
             conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
         conn.execute(text("ALTER TABLE batches DROP COLUMN service_mode"))
-        conn.execute(text(
-            "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, "
-            "invalid, max_attempts, done) VALUES ('old', 'h', 's', 1, true, 1, 0, 3, false)"))
-        conn.execute(text(
-            "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
-            "polls, poll_errors, created_at) "
-            "VALUES ('old', 1, 1, '1', 'queued', 0, 0, 0, 0, 0, 1)"))
+        add_old_batch(conn, "queued")
     create_tables(engine)
     st = batch_status(engine, "old")
     assert st is not None and st.unchecked == 0

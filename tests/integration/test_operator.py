@@ -26,6 +26,7 @@ from tests.helpers import Emulator, MakeEmulator, wait_until
 from tests.integration.e2e import (
     NO_PIAPI,
     add_batch,
+    add_old_batch,
     caption_rows,
     count_state,
     finish,
@@ -92,13 +93,7 @@ def test_an_older_database_gains_the_new_columns(engine: Engine) -> None:
             conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
         for column in ("budget_usd", "deadline_at", "cancel_mode", "cancelled_at", "paused"):
             conn.execute(text(f"ALTER TABLE batches DROP COLUMN {column}"))
-        conn.execute(text(
-            "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, "
-            "invalid, max_attempts, done) VALUES ('old', 'h', 's', 1, true, 1, 0, 3, false)"))
-        conn.execute(text(
-            "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
-            "polls, poll_errors, created_at) "
-            "VALUES ('old', 1, 1, '1', 'failed', 3, 3, 0, 0, 0, 1)"))
+        add_old_batch(conn, "failed", attempts=3)
     create_tables(engine)
     create_tables(engine)  # idempotent
     with Session(engine) as s:

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from scheduler.export import iter_results
 from scheduler.ingest import canonical_json, fingerprint, ingest
 from scheduler.status import batch_status
-from tests.integration.e2e import job, set_jobs
+from tests.integration.e2e import add_old_batch, job, set_jobs
 from workers.db import create_tables, session, transaction
 from workers.models import Batch, Job
 from workers.states import JobState
@@ -273,9 +273,7 @@ def test_an_older_database_gets_the_columns(engine: Engine) -> None:
         for table, column in (("jobs", "fingerprint"), ("jobs", "reused_from"),
                               ("batches", "reuse")):
             conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.exec_driver_sql("INSERT INTO batches (id, content_hash, source, created_at, "
-                             "ingested, total, invalid, max_attempts, done) VALUES "
-                             "('old', 'h', 's', 1.0, true, 0, 0, 3, false)")
+        add_old_batch(conn)
     create_tables(engine)
     with Session(engine) as s:
         assert s.get_one(Batch, "old").reuse is True
