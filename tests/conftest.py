@@ -53,13 +53,31 @@ INTEGRATION_FIXTURES = frozenset({"redis_server", "make_emulator", "spawn", "pri
 """Fixtures that start processes or services: a test using one is an integration test."""
 
 
+RUN_FIXTURES = frozenset({"make_emulator", "spawn", "private_pg"})
+"""Fixtures of the tests that run piapi-bulk end to end: the longest, tens of seconds each."""
+
+
+def _is_postgresql(item: pytest.Item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool(params.get("database_url") == "postgresql")
+
+
+def _longest_first(item: pytest.Item) -> tuple[int, int]:
+    """End-to-end runs first (PostgreSQL's before SQLite's), then the other integration tests,
+    then the quick ones, so that the pytest-xdist workers, given one test at a time
+    (`make test`: --maxschedchunk 1), all end on short tests. Only the order changes."""
+    uses = set(getattr(item, "fixturenames", ()))
+    group = 0 if uses & RUN_FIXTURES else 1 if item.get_closest_marker("integration") else 2
+    return group, 0 if _is_postgresql(item) else 1
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
         uses = set(getattr(item, "fixturenames", ()))
-        if uses & INTEGRATION_FIXTURES or params.get("database_url") == "postgresql":
+        if uses & INTEGRATION_FIXTURES or _is_postgresql(item):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=_longest_first)  # stable: collection order within a group
 
 
 @pytest.fixture(autouse=True)
