@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -15,9 +14,9 @@ from tests.helpers import MakeEmulator, wait_until
 from tests.integration.e2e import (
     caption_rows,
     children,
-    cli,
     count_state,
     finish,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
@@ -211,17 +210,15 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path, sq
     assert task["config"]["service_mode"] == "public"
     assert {t["model"] for t in ledger} == {"Qubico/joycaption"}  # refused: no task
 
-    status = subprocess.run(cli("status", "--json"), env=env, cwd=tmp_path,
-                            capture_output=True, text=True, check=True)
+    status = piapi_bulk(tmp_path, env, "status", "--json")
+    assert status.returncode == 0, status.stderr
     [batch] = json.loads(status.stdout)["batches"]
     assert batch["unchecked"] == 1
-    again = subprocess.run(cli("submit", str(manifest), "--service-mode", "private"), env=env,
-                           cwd=tmp_path, capture_output=True, text=True)
+    again = piapi_bulk(tmp_path, env, "submit", str(manifest), "--service-mode", "private")
     assert again.returncode == 2 and "--service-mode public" in again.stderr
 
     strict = write_jsonl(tmp_path / "strict.jsonl", [song, *caption_rows(1, "s")])
-    sub = subprocess.run(cli("submit", str(strict)), cwd=tmp_path, capture_output=True,
-                         text=True, env={**env, "PIAPI_BULK_STRICT": "1"})
+    sub = piapi_bulk(tmp_path, {**env, "PIAPI_BULK_STRICT": "1"}, "submit", str(strict))
     assert sub.returncode == 0, sub.stderr
     assert "1 invalid" in sub.stderr and "unknown model 'Qubico/not-a-model'" in sub.stderr
     assert "unchecked" not in sub.stderr

@@ -35,17 +35,15 @@ def test_flower_lists_the_running_worker(tmp_path: Path, worker: dict[str, str],
     port = free_port()
     proc = _flower(spawn, worker, port)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
-                   what="Flower's page")
+    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+               what="Flower's page")
 
-        def listed() -> bool:
-            workers = httpx.get(base + "/api/workers", timeout=5).json()
-            return any(name.startswith("piapi-bulk-") for name in workers)
+    def listed() -> bool:
+        workers = httpx.get(base + "/api/workers", timeout=5).json()
+        return any(name.startswith("piapi-bulk-") for name in workers)
 
-        wait_until(listed, 60, interval_s=0.5, what="the worker in /api/workers")
-    finally:
-        stop_process(proc)
+    wait_until(listed, 60, interval_s=0.5, what="the worker in /api/workers")
+    stop_process(proc)  # now, so that its log is complete
     log = (tmp_path / "flower.log").read_text()
     assert "127.0.0.1" in log or "Visit me" in log
 

@@ -18,13 +18,14 @@ from tests.integration.e2e import (
     caption_rows,
     children,
     finish,
+    opened,
     piapi_bulk,
     read_results,
     run_env,
     start_run,
     write_jsonl,
 )
-from workers.db import is_sqlite, make_engine
+from workers.db import is_sqlite
 
 pytestmark = pytest.mark.integration  # every test here runs piapi-bulk as a process
 
@@ -86,15 +87,11 @@ def _db_text(database_url: str) -> str:
         path = Path(database_url.split("///", 1)[1])
         return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode(
             "latin-1")
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            dump = []
-            for table in ("batches", "jobs", "attempts", "control"):
-                dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
+    with opened(database_url) as engine, engine.connect() as conn:
+        dump = []
+        for table in ("batches", "jobs", "attempts", "control"):
+            dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
         return "\n".join(dump)
-    finally:
-        engine.dispose()
 
 
 def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
@@ -117,7 +114,6 @@ def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
     finally:
         if monitor:
             monitor.stop.set()
-        emu.stop()
     assert code == 0
     assert monitor is not None and any("piapi_bulk.submit" in c for c in monitor.commands)
     messages = _decoded_messages(monitor.commands)
