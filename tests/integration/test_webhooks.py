@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from tests.helpers import REPO, MakeEmulator, Spawn, free_port
 from tests.integration.e2e import (
+    add_batch,
     caption_rows,
     finish,
     read_results,
@@ -23,8 +24,7 @@ from tests.integration.e2e import (
     write_jsonl,
 )
 from workers import transitions as tr
-from workers.db import session
-from workers.models import Batch, Job
+from workers.models import Job
 from workers.piapi import TaskView, Usage
 from workers.webhooks import WebhookSigner
 
@@ -42,16 +42,8 @@ def receiver(engine: Engine, spawn: Spawn, database_url: str) -> tuple[str, Engi
 
 
 def _running_job(engine: Engine, batch: str = "b1") -> int:
-    with session(engine) as s:
-        s.add(Batch(id=batch, content_hash=batch * 8, source="t", created_at=NOW, ingested=True,
-                    total=1))
-        s.flush()
-        job = Job(batch_id=batch, seq=1, line=1, row_key="1", model="Qubico/joycaption",
-                  task_type="joycaption-beta-one", input_json='{"image":"u"}')
-        s.add(job)
-        s.flush()
-        assert job.id is not None
-        job_id = job.id
+    """A job whose task is running at PiAPI, its next poll an hour away."""
+    [job_id] = add_batch(engine, batch, rows=1)
     claim = tr.claim_for_submit(engine, job_id, NOW, 60)
     assert claim is not None
     view = TaskView("task-1", "Qubico/joycaption", "joycaption-beta-one", "pending", None,
