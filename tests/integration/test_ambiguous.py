@@ -36,7 +36,7 @@ def test_a_task_made_by_a_lost_create_is_found_and_adopted(tmp_path: Path, datab
     assert stats["requests"]["histories"] > 0
 
 
-def test_a_create_that_made_no_task_is_posted_again(tmp_path: Path, sqlite_url: str,
+def test_a_create_that_made_no_task_is_posted_again(sqlite_url: str,
                                                     run_rows: RunRows) -> None:
     # A third of the creates are lost on the way in: nothing is created, no answer comes.
     # "Never created" needs a later create of ours in the listing, so a lost create with
@@ -98,7 +98,7 @@ def test_a_webhook_that_names_the_job_settles_it(tmp_path: Path, sqlite_url: str
     assert stats["max_creates_per_input"] == 1
 
 
-def test_policy_fail_never_looks(tmp_path: Path, sqlite_url: str, run_rows: RunRows) -> None:
+def test_policy_fail_never_looks(sqlite_url: str, run_rows: RunRows) -> None:
     code, results, stats, _ = run_rows(sqlite_url, caption_rows(3),
                                        [*SCALE, "--fault-ambiguous", "1.0"],
                                        run_args=("--on-ambiguous", "fail"))
@@ -107,7 +107,7 @@ def test_policy_fail_never_looks(tmp_path: Path, sqlite_url: str, run_rows: RunR
     assert stats["requests"]["histories"] == 0 and stats["max_creates_per_input"] == 1
 
 
-def test_policy_retry_posts_again_and_may_pay_twice(tmp_path: Path, sqlite_url: str,
+def test_policy_retry_posts_again_and_may_pay_twice(sqlite_url: str,
                                                     run_rows: RunRows) -> None:
     code, results, stats, _ = run_rows(sqlite_url, caption_rows(8),
                                        [*SCALE, "--fault-ambiguous", "0.5"],

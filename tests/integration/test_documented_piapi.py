@@ -17,7 +17,7 @@ def completed_per_input(ledger: list[dict[str, Any]]) -> Counter[str]:
     return Counter(t["input_key"] for t in ledger if t["status"] == "completed")
 
 
-def test_lost_creates_and_stuck_tasks_end_by_themselves(tmp_path: Path, sqlite_url: str,
+def test_lost_creates_and_stuck_tasks_end_by_themselves(sqlite_url: str,
                                                         run_rows: RunRows) -> None:
     rows = caption_rows(1000)
     code, results, stats, ledger = run_rows(
