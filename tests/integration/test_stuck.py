@@ -23,13 +23,13 @@ from tests.integration.e2e import (
     RunRows,
     caption_rows,
     finish,
+    opened,
     piapi_bulk,
     run_env,
     start_run,
     write_jsonl,
 )
 from workers.catalog import prior_duration_s
-from workers.db import make_engine
 from workers.durations import load
 from workers.models import Job
 from workers.polling import stuck_after_s
@@ -167,13 +167,10 @@ def test_on_stuck_wait_keeps_the_row_waiting(tmp_path: Path, sqlite_url: str,
 def long_stuck(database_url: str) -> Job | None:
     """The stuck row, once every other row completed and it has waited three times its
     learned stuck limit (polled all the while) without being given up on."""
-    engine = make_engine(database_url)
-    try:
+    with opened(database_url) as engine:
         with Session(engine) as s:
             jobs = {j.row_key: j for j in s.exec(select(Job))}
         learned = load(engine, *JOY)
-    finally:
-        engine.dispose()
     row = jobs.get("forever")
     assert row is None or (row.state, row.attempts) in (("queued", 0), ("submitting", 0),
                                                         ("running", 1)), row
