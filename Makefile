@@ -33,13 +33,15 @@ run: install  ## Offline demo: examples/demo.jsonl through the emulator, Redis, 
 
 TEST_WORKERS ?= 4
 # Most tests wait on processes, sockets and databases rather than compute, so 4 pytest
-# workers on 2 cores cut `make test` from ~18 to ~10 minutes; each has its own Redis, ports,
-# databases and temporary folders. TEST_WORKERS=0 runs them in one process.
+# workers on 2 cores run them side by side; each has its own Redis, ports, databases and
+# temporary folders. Each worker is given one test at a time (--maxschedchunk 1), longest
+# first (tests/conftest.py orders them), so no worker is left with a queue of long
+# end-to-end runs while the others idle. TEST_WORKERS=0 runs them in one process.
 test: install  ## All tests (SQLite always; PostgreSQL too when one is reachable)
-	$(BIN)/pytest -q -n $(TEST_WORKERS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --maxschedchunk 1
 
-test-fast: install  ## Unit tests only
-	$(BIN)/pytest -q tests/unit
+test-fast: install  ## The quick check, under a minute: every test that starts no process or service
+	$(BIN)/pytest -q -m "not integration"
 
 lint: install  ## ruff and mypy --strict
 	$(BIN)/ruff check .

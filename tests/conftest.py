@@ -1,13 +1,32 @@
-"""Fixtures that own real services: a private redis-server, throwaway databases, the emulator."""
+"""Fixtures that own real services: a private redis-server, throwaway databases, the emulator,
+`piapi-bulk` processes; and the `integration` marker, set from what a test uses.
+
+A test that uses `redis_server` (or `redis_url`), `make_emulator`, `spawn`, `private_pg`, the
+emulator package's `live_process`, or runs on the PostgreSQL case of `database_url`, is
+marked `integration` here. One that starts a process another way (`piapi-bulk` through
+`subprocess`) carries `pytest.mark.integration` itself: a test without the marker that tries
+fails at once, so `pytest -m "not integration"` stays a quick check with no processes.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import Engine
+
+from tests.helpers import (
+    EMULATOR_KEY,
+    Emulator,
+    start_emulator,
+    stop_process,
+)
+from workers.db import create_tables, make_engine
 
 PG_ADMIN_URL = os.environ.get("PIAPI_BULK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("PIAPI_BULK_REQUIRE_PG") == "1"
@@ -24,6 +43,54 @@ def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("XDG_DATA_HOME", None)
     else:
         os.environ["XDG_DATA_HOME"] = saved
+
+
+INTEGRATION_FIXTURES = frozenset({"redis_server", "make_emulator", "spawn", "private_pg",
+                                  "live_process"})
+"""Fixtures that start processes or services: a test using one is an integration test."""
+
+
+RUN_FIXTURES = frozenset({"make_emulator", "spawn", "private_pg"})
+"""Fixtures of the tests that run piapi-bulk end to end: the longest, tens of seconds each."""
+
+
+def _is_postgresql(item: pytest.Item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool(params.get("database_url") == "postgresql")
+
+
+def _longest_first(item: pytest.Item) -> tuple[int, int]:
+    """End-to-end runs first (PostgreSQL's before SQLite's), then the other integration tests,
+    then the quick ones, so that the pytest-xdist workers, given one test at a time
+    (`make test`: --maxschedchunk 1), all end on short tests. Only the order changes."""
+    uses = set(getattr(item, "fixturenames", ()))
+    group = 0 if uses & RUN_FIXTURES else 1 if item.get_closest_marker("integration") else 2
+    return group, 0 if _is_postgresql(item) else 1
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & INTEGRATION_FIXTURES or _is_postgresql(item):
+            item.add_marker(pytest.mark.integration)
+    items.sort(key=_longest_first)  # stable: collection order within a group
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_in_fast_tests(request: pytest.FixtureRequest,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked `integration` may not start a process: it would slow down the quick
+    check (`pytest -m "not integration"`) without saying so."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+        raise RuntimeError(f"{request.node.nodeid} starts a process ({args!r}) but is not "
+                           "marked integration: add pytest.mark.integration, or use a "
+                           "fixture of tests/conftest.py that starts it")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 def _pg_connect(url: str):  # type: ignore[no-untyped-def]
@@ -79,6 +146,21 @@ def database_url(
 
 
 @pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a fresh database with the tables (SQLite file or PostgreSQL, per run).
+
+    `database_url` is parametrized over SQLite and PostgreSQL; it skips PostgreSQL when no
+    server answers, unless PIAPI_BULK_REQUIRE_PG=1 makes that a failure.
+    """
+    eng = make_engine(database_url)
+    create_tables(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file for tests that do not depend on the database kind."""
     return f"sqlite:///{tmp_path / 'piapi-bulk.db'}"
@@ -127,3 +209,43 @@ def private_pg() -> Iterator[object]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def make_emulator(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
+    """Start the emulator: `make_emulator("--time-scale", "0.02", api_key=...)` returns a
+    running `Emulator` (tests/helpers.py; log in tmp_path/emulator.log); each one started is
+    stopped after the test."""
+    started: list[Emulator] = []
+
+    def make(*args: str, api_key: str = EMULATOR_KEY) -> Emulator:
+        emu = start_emulator(tmp_path / "emulator.log", *args, api_key=api_key)
+        started.append(emu)
+        return emu
+
+    yield make
+    for emu in reversed(started):
+        emu.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a long-lived `piapi-bulk` command (worker, dispatcher, webhook, flower):
+    `spawn(env, "worker", "--concurrency", "2", log="worker.log")`, output appended to that
+    file in tmp_path, the current directory tmp_path. Each is stopped (SIGTERM, then
+    SIGKILL after 20 s) after the test, the last started first."""
+    from tests.integration.e2e import cli
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], *args: str,
+              log: str = "process.log") -> subprocess.Popen[bytes]:
+        with open(tmp_path / log, "ab") as out:
+            proc = subprocess.Popen(cli(*args), env=env, cwd=tmp_path, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        stop_process(proc, timeout_s=20)

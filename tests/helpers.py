@@ -1,16 +1,15 @@
-"""Small helpers shared by the tests: free ports (`scheduler.services.free_port`), bounded
-waits, child processes."""
+"""Small helpers shared by the tests: free ports, bounded waits, child processes, the emulator."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -61,19 +60,58 @@ def stop_process(
         proc.wait(timeout=timeout_s)
 
 
-def start_emulator(
-    port: int, args: Sequence[str] = (), env: dict[str, str] | None = None, log: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start `python -m emulator` on 127.0.0.1:`port` and wait until it answers."""
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", str(port), *args],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
-    )
+EMULATOR_KEY = "test-key-0123456789"
+"""The API key emulators started by tests accept, unless a test gives its own."""
+
+
+@dataclass
+class Emulator:
+    """A running emulator process and its control API."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    api_key: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_emulator/stats", timeout=5).json())
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["tasks"])
+
+    def configure(self, **config: Any) -> None:
+        """Change settings of the running emulator (`/_emulator/config`)."""
+        httpx.post(f"{self.url}/_emulator/config", json=config, timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+MakeEmulator = Callable[..., Emulator]
+"""The `make_emulator` fixture (tests/conftest.py): `make_emulator(*args, api_key=...)`."""
+
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+"""The `spawn` fixture (tests/conftest.py): `spawn(env, *command, log="name.log")`."""
+
+
+def start_emulator(log: Path, *args: str, api_key: str = EMULATOR_KEY) -> Emulator:
+    """`python -m emulator` on a free loopback port (seed 7 unless `args` give another), once
+    it answers; its output is appended to `log`. Tests use the `make_emulator` fixture, which
+    stops it afterwards."""
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "emulator", "--port", str(port), "--api-key", api_key,
+             "--seed", "7", *args],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"emulator exited with {proc.returncode}")
+            raise RuntimeError(f"emulator exited with {proc.returncode} (see {log})")
         return httpx.get(f"http://127.0.0.1:{port}/_emulator/stats", timeout=1).status_code == 200
 
     try:
@@ -81,4 +119,4 @@ def start_emulator(
     except BaseException:
         stop_process(proc)
         raise
-    return proc
+    return Emulator(port, proc, api_key)

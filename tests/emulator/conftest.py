@@ -17,7 +17,7 @@ from emulator.config import FAMILIES, EmulatorConfig
 from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
-from tests.helpers import free_port, start_emulator, stop_process
+from tests.helpers import Emulator, start_emulator
 
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
 
@@ -73,9 +73,9 @@ STATIC = {"host", "port", "seed", "api_key"}
 class Live:
     """A running `python -m emulator` and an httpx client for it."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.url = emulator.url
         self.http = httpx.Client(base_url=self.url, headers={"x-api-key": LIVE_KEY}, timeout=10)
         self.baseline = {k: v for k, v in self.config().items() if k not in STATIC}
 
@@ -109,17 +109,14 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    port = free_port()
     log = tmp_path_factory.mktemp("emulator") / "emulator.log"
     # Real-world durations x 0.01: a Joycaption task takes 0.15-0.45 s.
-    proc = start_emulator(port, ["--time-scale", "0.01", "--seed", "7"],
-                          env={"PIAPI_API_KEY": LIVE_KEY}, log=log)
-    live = Live(port)
+    live = Live(start_emulator(log, "--time-scale", "0.01", api_key=LIVE_KEY))
     try:
         yield live
     finally:
         live.http.close()
-        stop_process(proc)
+        live.emulator.stop()
 
 
 @pytest.fixture

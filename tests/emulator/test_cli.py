@@ -15,9 +15,8 @@ from emulator.cli import emulator_command
 from emulator.config import EmulatorConfig
 from tests.helpers import REPO, stop_process
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration  # starts the emulator as a process
 def test_port_zero_announces_the_real_address_and_serves() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "emulator", "--port", "0", "--time-scale", "0.5",
@@ -53,6 +52,7 @@ def test_bad_options_exit_with_usage_error(args: list[str]) -> None:
     assert result.exit_code == 2
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_emulator_imports_nothing_from_the_project() -> None:
     code = (
         "import sys, emulator.cli, emulator.app;"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from emulator.config import DEFAULT_DURATIONS_S, EmulatorConfig, parse_duration_override
+from emulator.config import DEFAULT_DURATIONS_S, FAMILIES, EmulatorConfig, parse_duration_override
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15,7 +15,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "127.0.0.1", 8080, 1.0, 10)
     assert (config.over_limit, config.seed, config.rpm) == ("queue", None, 0.0)
     assert config.api_key.get_secret_value() == "emulator-key"
-    assert config.durations_s == DEFAULT_DURATIONS_S
+    # Real-world seconds (time_scale shortens them), and a copy per config: changing one
+    # emulator's durations changes no other's.
+    assert config.durations_s["joycaption"] == (15.0, 45.0)
+    assert config.durations_s["wan"] == (120.0, 240.0)
+    assert set(config.durations_s) == set(FAMILIES)
+    assert config.durations_s is not DEFAULT_DURATIONS_S
     assert config.public_config()["api_key"] == "**********"
 
 

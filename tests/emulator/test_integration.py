@@ -12,8 +12,6 @@ import pytest
 from tests.emulator.conftest import Live, Receiver, joy, wan
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.integration
-
 RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 ZERO = "0001-01-01T00:00:00Z"
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from tests.emulator.conftest import LIVE_KEY, Live
-
-pytestmark = pytest.mark.integration
 
 THREADS = 4
 PER_THREAD = 500

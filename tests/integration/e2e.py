@@ -1,4 +1,4 @@
-"""Helpers for end-to-end tests: the emulator as a process, `piapi-bulk run` as a process."""
+"""Helpers for end-to-end tests: `piapi-bulk` as a process, manifests, results, the record."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
-from tests.helpers import REPO, free_port, start_emulator, stop_process, wait_until
+from tests.helpers import EMULATOR_KEY, REPO, Emulator, Spawn, wait_until
 from workers.db import make_engine, session
-from workers.models import Batch, Job
+from workers.models import JOBS, Batch, Job
 
 FAST_TIMEOUTS = {
     # Small HTTP timeouts keep the create lease short, so a killed worker's rows are
@@ -31,36 +33,21 @@ FAST_TIMEOUTS = {
 }
 
 
-@dataclass
-class Emulator:
-    """A running emulator process and its control API."""
+@dataclass(frozen=True)
+class NoPiAPI:
+    """For commands that never reach PiAPI: a key, and an address where nothing answers."""
 
-    port: int
-    proc: subprocess.Popen[bytes]
-    api_key: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stats(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/_emulator/stats", timeout=5).json())
-
-    def ledger(self) -> list[dict[str, Any]]:
-        return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["tasks"])
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+    url: str = "http://127.0.0.1:9"
+    api_key: str = EMULATOR_KEY
 
 
-def emulator(tmp_path: Path, *args: str, api_key: str = "test-key-0123456789") -> Emulator:
-    port = free_port()
-    proc = start_emulator(port, ["--api-key", api_key, "--seed", "7", *args],
-                          log=tmp_path / "emulator.log")
-    return Emulator(port, proc, api_key)
+NO_PIAPI = NoPiAPI()
 
 
-def run_env(tmp_path: Path, emu: Emulator, database_url: str, **extra: str) -> dict[str, str]:
+def run_env(tmp_path: Path, emu: Emulator | NoPiAPI, database_url: str,
+            **extra: str) -> dict[str, str]:
+    """The environment of `piapi-bulk` commands against `emu`: FAST_TIMEOUTS, this database,
+    a run folder in tmp_path, and no REDIS_URL or PIAPI_RPM from the caller's environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PIAPI_RPM")}
     env.update(FAST_TIMEOUTS)
     env.update({
@@ -76,6 +63,29 @@ def run_env(tmp_path: Path, emu: Emulator, database_url: str, **extra: str) -> d
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "scheduler.cli", *args]
+
+
+def db_env(tmp_path: Path, database_url: str) -> dict[str, str]:
+    """The environment of a command that needs only the database (no PiAPI, no Redis)."""
+    return {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+            "HOME": str(tmp_path)}
+
+
+def piapi_bulk(cwd: Path, env: dict[str, str], *args: str,
+               timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """`piapi-bulk ARGS...` run to its end in `cwd`: exit code, stdout and stderr as text."""
+    return subprocess.run(cli(*args), env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout_s, stdin=subprocess.DEVNULL, check=False)
+
+
+def webhook_receiver(spawn: Spawn, env: dict[str, str], port: int) -> str:
+    """`piapi-bulk webhook --port PORT` started by the `spawn` fixture (log: webhook.log),
+    once it answers; its base URL."""
+    spawn(env, "webhook", "--port", str(port), log="webhook.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(base + "/healthz", timeout=1).status_code == 200, 30,
+               what="the webhook receiver")
+    return base
 
 
 def start_run(tmp_path: Path, env: dict[str, str], *args: str,
@@ -123,13 +133,19 @@ def wait_group_gone(pgid: int, timeout_s: float = 60) -> None:
     wait_until(lambda: not group_alive(pgid), timeout_s, what=f"process group {pgid} to exit")
 
 
-def count_state(database_url: str, state: str) -> int:
+@contextmanager
+def opened(database_url: str) -> Iterator[Engine]:
+    """An engine on a database some process is using, for a few reads; disposed after."""
     engine = make_engine(database_url)
     try:
-        with Session(engine) as s:
-            return int(s.scalar(select(func.count()).where(col(Job.state) == state)) or 0)
+        yield engine
     finally:
         engine.dispose()
+
+
+def count_state(database_url: str, state: str) -> int:
+    with opened(database_url) as engine, Session(engine) as s:
+        return int(s.scalar(select(func.count()).where(col(Job.state) == state)) or 0)
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -163,8 +179,7 @@ def wan_rows(n: int, prefix: str = "wan") -> list[dict[str, Any]]:
             for i in range(1, n + 1)]
 
 
-@dataclass
-class RunOutcome:
+class RunOutcome(NamedTuple):
     """What a `run` against a fresh emulator left: exit code, results, emulator figures."""
 
     code: int
@@ -173,25 +188,40 @@ class RunOutcome:
     ledger: list[dict[str, Any]]
 
 
-def run_manifest(tmp_path: Path, database_url: str, rows: list[Any], emulator_args: list[str],
+RunRows = Callable[..., RunOutcome]
+"""The `run_rows` fixture (tests/integration/conftest.py)."""
+
+
+def run_manifest(emu: Emulator, tmp_path: Path, database_url: str, rows: list[Any],
                  timeout_s: float = 240, run_args: tuple[str, ...] = (),
                  **env_extra: str) -> RunOutcome:
-    """`run` on these rows against a fresh emulator (with these options), to the end."""
+    """`run` on these rows (m.jsonl, results in out.jsonl) against `emu`, to the end."""
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, *emulator_args)
-    try:
-        env = run_env(tmp_path, emu, database_url, **env_extra)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", *run_args),
-                      timeout_s)
-        stats, ledger = emu.stats(), emu.ledger()
-    finally:
-        emu.stop()
-    return RunOutcome(code, read_results(tmp_path / "out.jsonl"), stats, ledger)
+    env = run_env(tmp_path, emu, database_url, **env_extra)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", *run_args),
+                  timeout_s)
+    return RunOutcome(code, read_results(tmp_path / "out.jsonl"), emu.stats(), emu.ledger())
 
 
 JOY_KIND = ("Qubico/joycaption", "joycaption-beta-one")
 RECORD_T0 = 1_000_000.0
 """When batches made directly in the database (`add_batch`) were created."""
+
+
+def add_old_batch(conn: Connection, job_state: str | None = None, attempts: int = 0) -> None:
+    """Batch `old` (and, given `job_state`, one job in that state after `attempts` creates),
+    written with only the columns the first schema had: a schema-upgrade test drops the
+    newer columns first, then checks what `create_tables` makes of the rows."""
+    conn.execute(text(
+        "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, invalid, "
+        "max_attempts, done) VALUES ('old', 'h', 's', 1, true, :total, 0, 3, false)"),
+        {"total": 0 if job_state is None else 1})
+    if job_state is not None:
+        conn.execute(text(
+            "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
+            "polls, poll_errors, created_at) "
+            "VALUES ('old', 1, 1, '1', :state, :attempts, :attempts, 0, 0, 0, 1)"),
+            {"state": job_state, "attempts": attempts})
 
 
 def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3,
@@ -208,3 +238,15 @@ def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3,
         s.add_all(jobs)
         s.flush()
         return [int(j.id) for j in jobs if j.id is not None]
+
+
+def set_jobs(engine: Engine, *job_ids: int, **values: Any) -> None:
+    """Test set-up: give these jobs these column values, as a test needs them."""
+    with engine.begin() as conn:
+        conn.execute(update(JOBS).where(JOBS.c.id.in_(job_ids)).values(**values))
+
+
+def job(engine: Engine, job_id: int) -> Job:
+    """The job row as it is in the database now."""
+    with Session(engine) as s:
+        return s.get_one(Job, job_id)

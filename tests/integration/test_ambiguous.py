@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.helpers import free_port, stop_process, wait_until
+from tests.helpers import MakeEmulator, Spawn, free_port
 from tests.integration.e2e import (
+    RunRows,
     caption_rows,
-    cli,
-    emulator,
     finish,
     read_results,
     run_env,
-    run_manifest,
     start_run,
+    webhook_receiver,
     write_jsonl,
 )
 
-pytestmark = pytest.mark.integration
 SECRET = "a-master-secret-for-tests-0123456789"
 
 
-def _run(tmp_path: Path, database_url: str, emulator_args: list[str], rows: int = 12,
-         run_args: tuple[str, ...] = (), **env_extra: str) -> tuple[int, list[dict], dict]:
-    out = run_manifest(tmp_path, database_url, caption_rows(rows),
-                       ["--time-scale", "0.02", *emulator_args], 240, run_args, **env_extra)
-    return out.code, out.results, out.stats
+SCALE = ("--time-scale", "0.02")
 
 
-def test_a_task_made_by_a_lost_create_is_found_and_adopted(tmp_path: Path,
-                                                          database_url: str) -> None:
+def test_a_task_made_by_a_lost_create_is_found_and_adopted(tmp_path: Path, database_url: str,
+                                                          run_rows: RunRows) -> None:
     # Every create makes its task, then the connection drops before the answer.
-    code, results, stats = _run(tmp_path, database_url, ["--fault-ambiguous", "1.0"])
+    code, results, stats, _ = run_rows(database_url, caption_rows(12),
+                                       [*SCALE, "--fault-ambiguous", "1.0"])
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
     assert {r["status"] for r in results} == {"completed"}
     assert stats["max_creates_per_input"] == 1 and stats["creates"] == 12  # never twice
@@ -43,12 +36,14 @@ def test_a_task_made_by_a_lost_create_is_found_and_adopted(tmp_path: Path,
     assert stats["requests"]["histories"] > 0
 
 
-def test_a_create_that_made_no_task_is_posted_again(tmp_path: Path, sqlite_url: str) -> None:
+def test_a_create_that_made_no_task_is_posted_again(sqlite_url: str,
+                                                    run_rows: RunRows) -> None:
     # A third of the creates are lost on the way in: nothing is created, no answer comes.
     # "Never created" needs a later create of ours in the listing, so a lost create with
     # none after it (the batch's last) cannot be told apart and fails, never paid twice.
-    code, results, stats = _run(tmp_path, sqlite_url, ["--fault-lost", "0.3"], rows=30,
-                                PIAPI_BULK_RECONCILE_TIMEOUT_S="20")
+    code, results, stats, _ = run_rows(sqlite_url, caption_rows(30),
+                                       [*SCALE, "--fault-lost", "0.3"],
+                                       PIAPI_BULK_RECONCILE_TIMEOUT_S="20")
     assert stats["faults"]["lost"] > 0
     assert stats["max_creates_per_input"] == 1  # each row's one task, however many posts
     failed = [r for r in results if r["status"] != "completed"]
@@ -59,10 +54,11 @@ def test_a_create_that_made_no_task_is_posted_again(tmp_path: Path, sqlite_url: 
 
 
 def test_without_history_a_lost_create_fails_and_is_never_posted_twice(
-        tmp_path: Path, sqlite_url: str) -> None:
-    code, results, stats = _run(
-        tmp_path, sqlite_url, ["--fault-ambiguous", "1.0", "--history-fault-rate", "1.0"],
-        rows=4, PIAPI_BULK_RECONCILE_TIMEOUT_S="4")
+        sqlite_url: str, run_rows: RunRows) -> None:
+    code, results, stats, _ = run_rows(
+        sqlite_url, caption_rows(4), [*SCALE, "--fault-ambiguous", "1.0",
+                                      "--history-fault-rate", "1.0"],
+        PIAPI_BULK_RECONCILE_TIMEOUT_S="4")
     assert code == 1
     for r in results:
         assert r["status"] == "failed" and r["error"]["kind"] == "ambiguous"
@@ -72,53 +68,50 @@ def test_without_history_a_lost_create_fails_and_is_never_posted_twice(
 
 @pytest.mark.parametrize("shape", ["documented", "full"])
 def test_a_lost_create_is_found_whatever_the_history_lists(tmp_path: Path, sqlite_url: str,
-                                                           shape: str) -> None:
+                                                           shape: str, run_rows: RunRows) -> None:
     # Documented rows carry no input: each candidate is confirmed by a GET of the task,
     # whose echoed input must be this row's.
-    code, results, stats = _run(tmp_path, sqlite_url,
-                                ["--fault-ambiguous", "0.5", "--history-shape", shape], rows=16)
+    code, results, stats, _ = run_rows(
+        sqlite_url, caption_rows(16), [*SCALE, "--fault-ambiguous", "0.5", "--history-shape",
+                                       shape])
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
     assert {r["status"] for r in results} == {"completed"}
     assert stats["max_creates_per_input"] == 1 and stats["creates"] == 16
 
 
 def test_a_webhook_that_names_the_job_settles_it(tmp_path: Path, sqlite_url: str,
-                                                 redis_url: str) -> None:
+                                                 redis_url: str, make_emulator: MakeEmulator,
+                                                 spawn: Spawn) -> None:
     # History is down; only the webhook (which names the job in its URL) can tell.
     port = free_port()
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(4))
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--fault-ambiguous", "1.0",
-                   "--history-fault-rate", "1.0")
+    emu = make_emulator("--time-scale", "0.02", "--fault-ambiguous", "1.0",
+                        "--history-fault-rate", "1.0")
     env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url,
                   PIAPI_BULK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks",
                   PIAPI_BULK_WEBHOOK_SECRET=SECRET)
-    hook = subprocess.Popen(cli("webhook", "--port", str(port)), env=env, cwd=tmp_path,
-                            stdout=open(tmp_path / "hook.log", "ab"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                   .status_code == 200, 30, what="the webhook receiver")
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-        stats = emu.stats()
-    finally:
-        stop_process(hook)
-        emu.stop()
+    webhook_receiver(spawn, env, port)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+    stats = emu.stats()
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
     assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
     assert stats["max_creates_per_input"] == 1
 
 
-def test_policy_fail_never_looks(tmp_path: Path, sqlite_url: str) -> None:
-    code, results, stats = _run(tmp_path, sqlite_url, ["--fault-ambiguous", "1.0"], rows=3,
-                                run_args=("--on-ambiguous", "fail"))
+def test_policy_fail_never_looks(sqlite_url: str, run_rows: RunRows) -> None:
+    code, results, stats, _ = run_rows(sqlite_url, caption_rows(3),
+                                       [*SCALE, "--fault-ambiguous", "1.0"],
+                                       run_args=("--on-ambiguous", "fail"))
     assert code == 1
     assert {(r["status"], r["error"]["kind"]) for r in results} == {("failed", "ambiguous")}
     assert stats["requests"]["histories"] == 0 and stats["max_creates_per_input"] == 1
 
 
-def test_policy_retry_posts_again_and_may_pay_twice(tmp_path: Path, sqlite_url: str) -> None:
-    code, results, stats = _run(tmp_path, sqlite_url, ["--fault-ambiguous", "0.5"], rows=8,
-                                run_args=("--on-ambiguous", "retry"))
+def test_policy_retry_posts_again_and_may_pay_twice(sqlite_url: str,
+                                                    run_rows: RunRows) -> None:
+    code, results, stats, _ = run_rows(sqlite_url, caption_rows(8),
+                                       [*SCALE, "--fault-ambiguous", "0.5"],
+                                       run_args=("--on-ambiguous", "retry"))
     assert code == 0
     assert {r["status"] for r in results} == {"completed"}
     assert stats["max_creates_per_input"] >= 2  # the documented price of this policy

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ from sqlalchemy import text
 
 from emulator.config import FAMILIES
 from scheduler.status import masked_url
-from tests.integration.e2e import Emulator, cli, emulator, run_env, write_jsonl
-from workers.db import create_tables, make_engine
+from tests.helpers import Emulator, MakeEmulator
+from tests.integration.e2e import opened, piapi_bulk, run_env, write_jsonl
+from workers.db import create_tables
 from workers.findings import Findings, load
 from workers.piapi import PiAPIClient
-
-pytestmark = pytest.mark.integration
 
 JOY = "Qubico/joycaption"
 JOY_TYPE = "joycaption-beta-one"
@@ -71,22 +69,17 @@ MODES = [
 ]
 
 
-def doctor(tmp_path: Path, env: dict[str, str], *args: str,
-           timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli("doctor", *args), env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+def doctor(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return piapi_bulk(tmp_path, env, "doctor", *args, timeout_s=90)
 
 
 def stored(database_url: str) -> tuple[Findings | None, str]:
     """The stored findings, and the raw control row (to look for the key in)."""
-    engine = make_engine(database_url)
-    try:
+    with opened(database_url) as engine:
         create_tables(engine)
         with engine.connect() as conn:
             raw = conn.execute(text("SELECT value FROM control WHERE key = 'doctor'")).scalar()
         return load(engine), str(raw or "")
-    finally:
-        engine.dispose()
 
 
 def creates(emu: Emulator) -> int:
@@ -99,31 +92,25 @@ def assert_no_key(emu: Emulator, *texts: str) -> None:
 
 
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[Emulator]:
-    emu = emulator(tmp_path, *FULL)
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def started(make_emulator: MakeEmulator) -> Emulator:
+    return make_emulator(*FULL)
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m.name for m in MODES])
 def test_probe_findings_follow_what_the_emulator_does(tmp_path: Path, sqlite_url: str,
-                                                      mode: Mode) -> None:
+                                                      mode: Mode,
+                                                      make_emulator: MakeEmulator) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"model": JOY, "task_type": JOY_TYPE, "image": "https://example.test/1.png"},
         {"model": FLUX, "task_type": "txt2img", "prompt": "a cat"},
     ])
-    emu = emulator(tmp_path, *mode.args)
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        done = doctor(tmp_path, env, str(manifest), "--probe", "--yes", "--json",
-                      "--probe-timeout", "30")
-        assert done.returncode == 0, done.stderr + done.stdout
-        report = json.loads(done.stdout)
-        assert creates(emu) == 1  # the probe's one task, nothing else
-    finally:
-        emu.stop()
+    emu = make_emulator(*mode.args)
+    env = run_env(tmp_path, emu, sqlite_url)
+    done = doctor(tmp_path, env, str(manifest), "--probe", "--yes", "--json",
+                  "--probe-timeout", "30")
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(done.stdout)
+    assert creates(emu) == 1  # the probe's one task, nothing else
     found = report["findings"]
     assert {k: found[k] for k in mode.expect} == mode.expect
     assert mode.lag_s[0] <= found["history_lag_s"] <= mode.lag_s[1]
@@ -180,14 +167,12 @@ def test_read_only_learns_filters_from_tasks_already_there_and_keeps_the_probes_
     found = report["findings"]
     assert found["history_filter"] == "exact" and found["history_has_input"] is True
     assert found["history_lag_s"] == lag and found["probed_at"] is not None
-    status = subprocess.run(cli("status"), env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+    status = piapi_bulk(tmp_path, env, "status")
     database, first = status.stdout.splitlines()[:2]
     assert database == f"database: {masked_url(database_url)}"
     assert first.startswith("doctor: checked ")
     assert first.endswith(f": history filter exact, inputs in rows, lag {lag:.1f} s")
-    status_json = subprocess.run(cli("status", "--json"), env=env, cwd=tmp_path,
-                                 capture_output=True, text=True, timeout=60)
+    status_json = piapi_bulk(tmp_path, env, "status", "--json")
     assert json.loads(status_json.stdout)["doctor"]["history_filter"] == "exact"
 
 

@@ -9,18 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.e2e import caption_rows, flux_rows, run_manifest
-
-pytestmark = pytest.mark.integration
-
-
-def _run(tmp_path: Path, url: str, rows: list[dict[str, Any]], emulator_args: list[str],
-         timeout_s: float) -> tuple[int, list[dict[str, Any]], dict[str, Any],
-                                    list[dict[str, Any]]]:
-    out = run_manifest(tmp_path, url, rows, emulator_args, timeout_s)
-    return out.code, out.results, out.stats, out.ledger
+from tests.integration.e2e import RunRows, caption_rows, flux_rows
 
 
 def completed_per_input(ledger: list[dict[str, Any]]) -> Counter[str]:
@@ -28,10 +17,11 @@ def completed_per_input(ledger: list[dict[str, Any]]) -> Counter[str]:
     return Counter(t["input_key"] for t in ledger if t["status"] == "completed")
 
 
-def test_lost_creates_and_stuck_tasks_end_by_themselves(tmp_path: Path, sqlite_url: str) -> None:
+def test_lost_creates_and_stuck_tasks_end_by_themselves(sqlite_url: str,
+                                                        run_rows: RunRows) -> None:
     rows = caption_rows(1000)
-    code, results, stats, ledger = _run(
-        tmp_path, sqlite_url, rows,
+    code, results, stats, ledger = run_rows(
+        sqlite_url, rows,
         ["--time-scale", "0.005", "--concurrency", "20", "--fault-ambiguous", "0.02",
          "--fault-stuck-processing", "0.01", "--stuck-timeout-factor", "0"], 900)
     assert len(results) == 1000
@@ -48,12 +38,12 @@ def test_lost_creates_and_stuck_tasks_end_by_themselves(tmp_path: Path, sqlite_u
             assert done[r["task_id"]]["output"] == r["output"]
 
 
-def test_a_filter_that_matches_nothing_is_not_taken_for_absence(tmp_path: Path,
-                                                                sqlite_url: str) -> None:
+def test_a_filter_that_matches_nothing_is_not_taken_for_absence(
+        tmp_path: Path, sqlite_url: str, run_rows: RunRows) -> None:
     # The history takes exact model names only here: the documented family filter (`flux`)
     # lists nothing, so only the unfiltered listing can find the lost creates' tasks.
-    code, results, stats, _ = _run(
-        tmp_path, sqlite_url, flux_rows(150),
+    code, results, stats, _ = run_rows(
+        sqlite_url, flux_rows(150),
         ["--time-scale", "0.01", "--concurrency", "10", "--fault-ambiguous", "0.1",
          "--history-model-filter", "exact"], 300)
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
@@ -62,11 +52,11 @@ def test_a_filter_that_matches_nothing_is_not_taken_for_absence(tmp_path: Path,
     assert stats["max_creates_per_input"] == 1
 
 
-def test_a_listing_30s_late_makes_rows_wait_not_pay_twice(tmp_path: Path,
-                                                         sqlite_url: str) -> None:
+def test_a_listing_30s_late_makes_rows_wait_not_pay_twice(sqlite_url: str,
+                                                         run_rows: RunRows) -> None:
     # 30 real seconds of listing lag (3000 model seconds at time scale 0.01).
-    code, results, stats, _ = _run(
-        tmp_path, sqlite_url, caption_rows(120),
+    code, results, stats, _ = run_rows(
+        sqlite_url, caption_rows(120),
         ["--time-scale", "0.01", "--concurrency", "10", "--fault-ambiguous", "0.05",
          "--fault-lost", "0.03", "--history-lag-s", "3000"], 420)
     assert stats["faults"]["ambiguous"] + stats["faults"]["lost"] > 0
@@ -80,7 +70,7 @@ def test_a_listing_30s_late_makes_rows_wait_not_pay_twice(tmp_path: Path,
 
 
 def test_a_catalogue_model_an_unknown_model_and_a_song_in_one_manifest(
-        tmp_path: Path, sqlite_url: str) -> None:
+        tmp_path: Path, sqlite_url: str, run_rows: RunRows) -> None:
     rows = [
         {"id": "caption", "model": "Qubico/joycaption", "task_type": "joycaption-beta-one",
          "input": {"image": "https://example.test/cat.png"}},
@@ -90,8 +80,8 @@ def test_a_catalogue_model_an_unknown_model_and_a_song_in_one_manifest(
          "input": {"gpt_description_prompt": "a calm piano piece for a rainy morning",
                    "lyrics_type": "instrumental"}},
     ]
-    code, results, _, ledger = _run(tmp_path, sqlite_url, rows,
-                                     ["--time-scale", "0.01", "--concurrency", "5"], 300)
+    code, results, _, ledger = run_rows(sqlite_url, rows,
+                                         ["--time-scale", "0.01", "--concurrency", "5"], 300)
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
     by_id = {r["id"]: r for r in results}
     assert {r["status"] for r in results} == {"completed"}

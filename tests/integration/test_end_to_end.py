@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import MakeEmulator, wait_until
 from tests.integration.e2e import (
     caption_rows,
     children,
-    cli,
     count_state,
-    emulator,
     finish,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
@@ -26,30 +24,26 @@ from tests.integration.e2e import (
     write_jsonl,
 )
 
-pytestmark = pytest.mark.integration
 
-
-def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str) -> None:
+def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str,
+                                           make_emulator: MakeEmulator) -> None:
     rows = caption_rows(30) + [
         {"id": f"vid-{i}", "model": "Wan", "task_type": "wan26-txt2video",
          "input": {"prompt": f"a scene {i}", "duration": 5}} for i in range(1, 3)
     ]
     manifest = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "10")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-        results = read_results(tmp_path / "out.jsonl")
-        stats = emu.stats()
-        ledger = {t["task_id"]: t for t in emu.ledger()}
-        # The same command again: same batch, nothing re-run, same results.
-        again = finish(start_run(tmp_path, env, str(manifest), "-o", "again.jsonl",
-                                 name="again"), 60)
-        assert again == 0
-        assert read_results(tmp_path / "again.jsonl") == results
-        assert emu.stats()["requests"]["create"] == stats["requests"]["create"]
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "10")
+    env = run_env(tmp_path, emu, database_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+    results = read_results(tmp_path / "out.jsonl")
+    stats = emu.stats()
+    ledger = {t["task_id"]: t for t in emu.ledger()}
+    # The same command again: same batch, nothing re-run, same results.
+    again = finish(start_run(tmp_path, env, str(manifest), "-o", "again.jsonl",
+                             name="again"), 60)
+    assert again == 0
+    assert read_results(tmp_path / "again.jsonl") == results
+    assert emu.stats()["requests"]["create"] == stats["requests"]["create"]
     assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     assert [r["line"] for r in results] == list(range(1, len(rows) + 1))
@@ -65,35 +59,32 @@ def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str) ->
 
 
 @pytest.mark.parametrize("policy", ["reconcile", "fail"])
-def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str,
-                                                     policy: str) -> None:
+def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str, policy: str,
+                                                     make_emulator: MakeEmulator) -> None:
     rows = caption_rows(60)
     manifest = write_jsonl(tmp_path / "kill.jsonl", rows)
     # Each create takes 1 s at the emulator, so creates are in flight at any instant.
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8",
-                   "--create-latency-s", "1.0")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8",
-                "--on-ambiguous", policy)
-        first = start_run(tmp_path, env, *args, name="run1")
-        # Kill at an instant when a create is in flight (the case that must not double-post).
-        wait_until(lambda: count_state(database_url, "completed") >= 10
-                   and count_state(database_url, "submitting") >= 1, 120,
-                   what="10 completed rows and a create in flight")
-        workers = [pid for pid, cmd in children(first.pid) if " worker" in cmd]
-        assert len(workers) == 1, children(first.pid)
-        os.kill(workers[0], signal.SIGKILL)  # the worker dies mid-create
-        os.kill(first.pid, signal.SIGKILL)  # and so does the whole run
-        first.wait(timeout=10)
-        wait_group_gone(first.pid)
-        second = start_run(tmp_path, env, *args, name="run2")
-        code = finish(second, 240)
-        results = read_results(tmp_path / "out.jsonl")
-        stats = emu.stats()
-        ledger = {t["task_id"]: t for t in emu.ledger()}
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "8",
+                        "--create-latency-s", "1.0")
+    env = run_env(tmp_path, emu, database_url)
+    args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8",
+            "--on-ambiguous", policy)
+    first = start_run(tmp_path, env, *args, name="run1")
+    # Kill at an instant when a create is in flight (the case that must not double-post).
+    wait_until(lambda: count_state(database_url, "completed") >= 10
+               and count_state(database_url, "submitting") >= 1, 120,
+               what="10 completed rows and a create in flight")
+    workers = [pid for pid, cmd in children(first.pid) if " worker" in cmd]
+    assert len(workers) == 1, children(first.pid)
+    os.kill(workers[0], signal.SIGKILL)  # the worker dies mid-create
+    os.kill(first.pid, signal.SIGKILL)  # and so does the whole run
+    first.wait(timeout=10)
+    wait_group_gone(first.pid)
+    second = start_run(tmp_path, env, *args, name="run2")
+    code = finish(second, 240)
+    results = read_results(tmp_path / "out.jsonl")
+    stats = emu.stats()
+    ledger = {t["task_id"]: t for t in emu.ledger()}
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     # Never posted twice: the emulator saw at most one create per row.
     assert stats["max_creates_per_input"] == 1
@@ -117,18 +108,16 @@ def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_ur
         assert code == 1
 
 
-def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_url: str) -> None:
+def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_url: str,
+                                                     make_emulator: MakeEmulator) -> None:
     rows = caption_rows(40)
     manifest = write_jsonl(tmp_path / "refuse.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "5",
-                   "--over-limit", "refuse")
-    try:
-        env = run_env(tmp_path, emu, database_url)  # no --concurrency: the account's limit
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-        results = read_results(tmp_path / "out.jsonl")
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "5",
+                        "--over-limit", "refuse")
+    env = run_env(tmp_path, emu, database_url)  # no --concurrency: the account's limit
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+    results = read_results(tmp_path / "out.jsonl")
+    stats = emu.stats()
     assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
     assert {r["status"] for r in results} == {"completed"} and len(results) == 40
     assert stats["peak_in_flight"] <= 5
@@ -136,7 +125,8 @@ def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_ur
     assert stats["max_creates_per_input"] == 1
 
 
-def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: str) -> None:
+def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: str,
+                                                 make_emulator: MakeEmulator) -> None:
     good = caption_rows(4)
     lines: list[object] = [
         good[0],                                                        # line 1
@@ -151,14 +141,11 @@ def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: s
         good[3],                                                        # line 8
     ]
     manifest = write_jsonl(tmp_path / "bad.jsonl", lines)
-    emu = emulator(tmp_path, "--time-scale", "0.02")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-        results = read_results(tmp_path / "out.jsonl")
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02")
+    env = run_env(tmp_path, emu, database_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+    results = read_results(tmp_path / "out.jsonl")
+    stats = emu.stats()
     assert code == 1
     by_line = {r["line"]: r for r in results}
     assert sorted(by_line) == [1, 2, 3, 4, 5, 6, 8]
@@ -175,7 +162,8 @@ def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: s
     assert "line 2" in out and "line 4" in out
 
 
-def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str) -> None:
+def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str,
+                                       make_emulator: MakeEmulator) -> None:
     manifest = tmp_path / "videos.csv"
     manifest.write_text(
         "id,prompt,duration,watermark\n"
@@ -183,21 +171,18 @@ def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str) -> None:
         "b,a storm,abc,true\n"
         "c,a forest,5,\n"
     )
-    emu = emulator(tmp_path, "--time-scale", "0.01")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "--model", "Wan", "--task-type",
-                                "wan26-txt2video", "-o", "out.jsonl"), 180)
-        results = read_results(tmp_path / "out.jsonl")
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.01")
+    env = run_env(tmp_path, emu, sqlite_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "--model", "Wan", "--task-type",
+                            "wan26-txt2video", "-o", "out.jsonl"), 180)
+    results = read_results(tmp_path / "out.jsonl")
     assert code == 1
     assert [r["status"] for r in results] == ["completed", "invalid", "completed"]
     assert "duration" in results[1]["error"]["message"]
 
 
-def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
-                                                             sqlite_url: str) -> None:
+def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path, sqlite_url: str,
+                                                              make_emulator: MakeEmulator) -> None:
     """A model the catalogue does not know is sent as given and marked unchecked (this
     one is unknown to the emulator too, so PiAPI's refusal ends the row; a model PiAPI does
     run completes: see test_documented_piapi);
@@ -206,17 +191,14 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
     song = {"id": "song", "model": "Qubico/not-a-model", "task_type": "txt2audio-base",
             "input": {"lyrics": "[00:01.00]la", "style_prompt": "jazz"}}
     manifest = write_jsonl(tmp_path / "m.jsonl", [*caption_rows(2), song])
-    emu = emulator(tmp_path, "--time-scale", "0.02")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
-                                "--service-mode", "public"), 180)
-        results = read_results(tmp_path / "out.jsonl")
-        task = httpx.get(f"{emu.url}/api/v1/task/{results[0]['task_id']}",
-                         headers={"x-api-key": emu.api_key}, timeout=5).json()["data"]
-        ledger = emu.ledger()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02")
+    env = run_env(tmp_path, emu, sqlite_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                            "--service-mode", "public"), 180)
+    results = read_results(tmp_path / "out.jsonl")
+    task = httpx.get(f"{emu.url}/api/v1/task/{results[0]['task_id']}",
+                     headers={"x-api-key": emu.api_key}, timeout=5).json()["data"]
+    ledger = emu.ledger()
     out = (tmp_path / "run.out").read_text()
     assert code == 1, out[-3000:]
     assert ("model Qubico/not-a-model task type txt2audio-base is not in piapi-bulk's "
@@ -228,17 +210,15 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path,
     assert task["config"]["service_mode"] == "public"
     assert {t["model"] for t in ledger} == {"Qubico/joycaption"}  # refused: no task
 
-    status = subprocess.run(cli("status", "--json"), env=env, cwd=tmp_path,
-                            capture_output=True, text=True, check=True)
+    status = piapi_bulk(tmp_path, env, "status", "--json")
+    assert status.returncode == 0, status.stderr
     [batch] = json.loads(status.stdout)["batches"]
     assert batch["unchecked"] == 1
-    again = subprocess.run(cli("submit", str(manifest), "--service-mode", "private"), env=env,
-                           cwd=tmp_path, capture_output=True, text=True)
+    again = piapi_bulk(tmp_path, env, "submit", str(manifest), "--service-mode", "private")
     assert again.returncode == 2 and "--service-mode public" in again.stderr
 
     strict = write_jsonl(tmp_path / "strict.jsonl", [song, *caption_rows(1, "s")])
-    sub = subprocess.run(cli("submit", str(strict)), cwd=tmp_path, capture_output=True,
-                         text=True, env={**env, "PIAPI_BULK_STRICT": "1"})
+    sub = piapi_bulk(tmp_path, {**env, "PIAPI_BULK_STRICT": "1"}, "submit", str(strict))
     assert sub.returncode == 0, sub.stderr
     assert "1 invalid" in sub.stderr and "unknown model 'Qubico/not-a-model'" in sub.stderr
     assert "unchecked" not in sub.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,29 +12,12 @@ from sqlalchemy.engine import Engine
 
 from scheduler.ingest import ingest
 from scheduler.results_csv import CSV_COLUMNS
-from tests.helpers import REPO
-from tests.integration.e2e import cli, write_jsonl
-from workers.db import create_tables, make_engine
+from tests.integration.e2e import db_env, piapi_bulk, write_jsonl
 from workers.models import JOBS
 
+pytestmark = pytest.mark.integration  # `piapi-bulk export` runs as a process
+
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-def piapi_bulk(tmp_path: Path, database_url: str,
-               *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_export_jsonl_and_csv(engine: Engine, tmp_path: Path, database_url: str) -> None:
@@ -59,7 +40,8 @@ def test_export_jsonl_and_csv(engine: Engine, tmp_path: Path, database_url: str)
             output_json=json.dumps({"video_url": "https://v/1.mp4",
                                     "cover_url": "https://v/1.jpg"})))
 
-    done = piapi_bulk(tmp_path, database_url, "export", batch, "-o", "out.jsonl")
+    env = db_env(tmp_path, database_url)
+    done = piapi_bulk(tmp_path, env, "export", batch, "-o", "out.jsonl")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [x["input"] for x in lines] == [
@@ -71,7 +53,7 @@ def test_export_jsonl_and_csv(engine: Engine, tmp_path: Path, database_url: str)
     assert lines[2]["error"]["message"].startswith("field 'image': local files are not "
                                                    "uploaded yet")
 
-    done = piapi_bulk(tmp_path, database_url, "export", batch, "-o", "out.csv",
+    done = piapi_bulk(tmp_path, env, "export", batch, "-o", "out.csv",
                       "--format", "csv")
     assert done.returncode == 0, done.stderr
     assert done.stderr == "4 rows written to out.csv\n"
@@ -91,7 +73,7 @@ def test_export_jsonl_and_csv(engine: Engine, tmp_path: Path, database_url: str)
     assert (by_id["clip"]["output"], by_id["clip"]["urls"], by_id["clip"]["usd"]) == (
         "https://v/1.mp4", "https://v/1.mp4 https://v/1.jpg", "0.4")
 
-    bad = piapi_bulk(tmp_path, database_url, "export", batch, "-o", "x", "--format", "xlsx")
+    bad = piapi_bulk(tmp_path, env, "export", batch, "-o", "x", "--format", "xlsx")
     assert (bad.returncode, bad.stderr) == (
         2, "piapi-bulk: --format must be jsonl or csv, got 'xlsx'\n")
     assert not (tmp_path / "x").exists()

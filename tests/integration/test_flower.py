@@ -4,129 +4,106 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import REPO, free_port, stop_process, wait_until
-from tests.integration.e2e import caption_rows, cli, emulator, write_jsonl
-
-pytestmark = pytest.mark.integration
+from tests.helpers import REPO, MakeEmulator, Spawn, free_port, stop_process, wait_until
+from tests.integration.e2e import caption_rows, piapi_bulk, write_jsonl
 
 
 @pytest.fixture
-def worker(tmp_path: Path, redis_url: str, sqlite_url: str) -> Iterator[dict[str, str]]:
-    emu = emulator(tmp_path, "--time-scale", "0.05")
+def worker(redis_url: str, sqlite_url: str, make_emulator: MakeEmulator,
+           spawn: Spawn) -> dict[str, str]:
+    """A worker on the private Redis (and its environment, for Flower)."""
+    emu = make_emulator("--time-scale", "0.05")
     env = {**os.environ, "PIAPI_API_KEY": emu.api_key, "PIAPI_BASE_URL": emu.url,
            "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
-    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cli("worker", "--concurrency", "2"), env=env, cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield env
-    finally:
-        stop_process(proc)
-        emu.stop()
+    spawn(env, "worker", "--concurrency", "2", log="worker.log")
+    return env
 
 
-def _flower(env: dict[str, str], port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
-    log = open(tmp_path / "flower.log", "ab")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "flower", "--port", str(port)],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+def _flower(spawn: Spawn, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return spawn(env, "flower", "--port", str(port), log="flower.log")
 
 
-def test_flower_lists_the_running_worker(tmp_path: Path, worker: dict[str, str]) -> None:
+def test_flower_lists_the_running_worker(tmp_path: Path, worker: dict[str, str],
+                                         spawn: Spawn) -> None:
     port = free_port()
-    proc = _flower(worker, port, tmp_path)
+    proc = _flower(spawn, worker, port)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
-                   what="Flower's page")
+    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+               what="Flower's page")
 
-        def listed() -> bool:
-            workers = httpx.get(base + "/api/workers", timeout=5).json()
-            return any(name.startswith("piapi-bulk-") for name in workers)
+    def listed() -> bool:
+        workers = httpx.get(base + "/api/workers", timeout=5).json()
+        return any(name.startswith("piapi-bulk-") for name in workers)
 
-        wait_until(listed, 60, interval_s=0.5, what="the worker in /api/workers")
-    finally:
-        stop_process(proc)
+    wait_until(listed, 60, interval_s=0.5, what="the worker in /api/workers")
+    stop_process(proc)  # now, so that its log is complete
     log = (tmp_path / "flower.log").read_text()
     assert "127.0.0.1" in log or "Visit me" in log
 
 
-def test_flower_with_basic_auth_refuses_anonymous(tmp_path: Path, worker: dict[str, str]) -> None:
+def test_flower_with_basic_auth_refuses_anonymous(worker: dict[str, str], spawn: Spawn) -> None:
     port = free_port()
     env = {**worker, "FLOWER_BASIC_AUTH": "operator:s3cret-pass"}
-    proc = _flower(env, port, tmp_path)
+    _flower(spawn, env, port)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(base + "/api/workers", timeout=2,
-                                     auth=("operator", "s3cret-pass")).status_code == 200,
-                   60, what="Flower with auth")
-        assert httpx.get(base + "/api/workers", timeout=2).status_code == 401
-        assert httpx.get(base + "/", timeout=2).status_code == 401
-    finally:
-        stop_process(proc)
+    wait_until(lambda: httpx.get(base + "/api/workers", timeout=2,
+                                 auth=("operator", "s3cret-pass")).status_code == 200,
+               60, what="Flower with auth")
+    assert httpx.get(base + "/api/workers", timeout=2).status_code == 401
+    assert httpx.get(base + "/", timeout=2).status_code == 401
 
 
 def test_flower_refuses_a_public_address_without_auth(tmp_path: Path, redis_url: str) -> None:
     write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
-    done = subprocess.run(cli("flower", "--address", "0.0.0.0"), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = piapi_bulk(tmp_path, env, "flower", "--address", "0.0.0.0", timeout_s=30)
     assert done.returncode == 2 and "FLOWER_BASIC_AUTH" in done.stderr
 
 
 def test_flower_require_auth_refuses_to_start_without_it(tmp_path: Path, redis_url: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
-    done = subprocess.run(cli("flower", "--require-auth"), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = piapi_bulk(tmp_path, env, "flower", "--require-auth", timeout_s=30)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "FLOWER_BASIC_AUTH" in done.stderr
 
 
-def test_flower_task_view_never_shows_the_api_key(tmp_path: Path, redis_url: str,
-                                                  sqlite_url: str) -> None:
+def test_flower_task_view_never_shows_the_api_key(tmp_path: Path, redis_url: str, sqlite_url: str,
+                                                  make_emulator: MakeEmulator,
+                                                  spawn: Spawn) -> None:
     """Flower shows every task's arguments: they are job ids, never the key or inputs."""
     key = f"sk-live-{uuid.uuid4().hex}"
-    emu = emulator(tmp_path, "--time-scale", "0.02", api_key=key)
+    emu = make_emulator("--time-scale", "0.02", api_key=key)
     env = {**os.environ, "PIAPI_API_KEY": key, "PIAPI_BASE_URL": emu.url,
            "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(10))
-    procs: list[subprocess.Popen[bytes]] = []
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        procs.append(_flower(env, port, tmp_path))
-        wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
-                   what="Flower's page")
-        log = open(tmp_path / "fleet.log", "ab")  # noqa: SIM115
-        for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
-            procs.append(subprocess.Popen(cli(*args), env=env, cwd=tmp_path, stdout=log,
-                                          stderr=subprocess.STDOUT))
-        subprocess.run(cli("submit", str(manifest)), env=env, cwd=tmp_path, check=True,
-                       capture_output=True, timeout=60)
+    _flower(spawn, env, port)
+    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+               what="Flower's page")
+    for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
+        spawn(env, *args, log="fleet.log")
+    submitted = piapi_bulk(tmp_path, env, "submit", str(manifest))
+    assert submitted.returncode == 0, submitted.stderr
 
-        def succeeded_tasks() -> dict[str, Any]:
-            tasks: dict[str, Any] = httpx.get(base + "/api/tasks", timeout=5).json()
-            names = {t.get("name") for t in tasks.values() if t.get("state") == "SUCCESS"}
-            return tasks if {"piapi_bulk.submit", "piapi_bulk.poll"} <= names else {}
+    def succeeded_tasks() -> dict[str, Any]:
+        tasks: dict[str, Any] = httpx.get(base + "/api/tasks", timeout=5).json()
+        names = {t.get("name") for t in tasks.values() if t.get("state") == "SUCCESS"}
+        return tasks if {"piapi_bulk.submit", "piapi_bulk.poll"} <= names else {}
 
-        tasks = wait_until(succeeded_tasks, 120, interval_s=0.5,
-                           what="Flower to list finished submit and poll tasks")
-        views = [httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).text
-                 for task_id in list(tasks)[:20]]
-        listing = httpx.get(base + "/api/tasks", timeout=5).text
-        pages = [httpx.get(f"{base}/task/{task_id}", timeout=5).text for task_id in list(tasks)[:5]]
-    finally:
-        for proc in reversed(procs):
-            stop_process(proc, timeout_s=20)
-        emu.stop()
+    tasks = wait_until(succeeded_tasks, 120, interval_s=0.5,
+                       what="Flower to list finished submit and poll tasks")
+    views = [httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).text
+             for task_id in list(tasks)[:20]]
+    listing = httpx.get(base + "/api/tasks", timeout=5).text
+    pages = [httpx.get(f"{base}/task/{task_id}", timeout=5).text for task_id in list(tasks)[:5]]
     # The arguments Flower shows are lists of job ids.
     submit = next(t for t in tasks.values() if t.get("name") == "piapi_bulk.submit")
     assert submit["args"].startswith("[[") and submit["args"].replace(" ", "").strip("[]")

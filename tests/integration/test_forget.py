@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from scheduler.forget import forget
-from tests.integration.e2e import add_batch, cli
-from workers.db import create_tables, make_engine
+from tests.integration.e2e import add_batch, db_env, piapi_bulk, set_jobs
 from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.settings import ConfigError
 from workers.states import AttemptState
 
 NOW = 2_000_000.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def add_attempts(engine: Engine, job_ids: list[int], **values: Any) -> None:
@@ -37,11 +24,6 @@ def add_attempts(engine: Engine, job_ids: list[int], **values: Any) -> None:
             conn.execute(ATTEMPTS.insert().values(job_id=job_id, n=1, state=AttemptState.COMPLETED,
                                                   task_id=f"t{job_id}-{n}", started_at=NOW,
                                                   **values))
-
-
-def set_job(engine: Engine, job_id: int, **values: Any) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
 
 
 def counts(engine: Engine) -> tuple[int, int, int]:
@@ -60,15 +42,15 @@ def test_forget_removes_the_batch_its_rows_and_attempts_only(engine: Engine) -> 
     kept_ids = add_batch(engine, "kept", rows=4)
     add_attempts(engine, gone_ids[:5])
     add_attempts(engine, kept_ids[:2])
-    set_job(engine, gone_ids[0], state="completed")
-    set_job(engine, gone_ids[1], state="failed")
-    set_job(engine, gone_ids[2], state="retry_wait")
+    set_jobs(engine, gone_ids[0], state="completed")
+    set_jobs(engine, gone_ids[1], state="failed")
+    set_jobs(engine, gone_ids[2], state="retry_wait")
     # an abandoned task whose watch ended, and a lease that ran out: not in flight
     with engine.begin() as conn:
         conn.execute(ATTEMPTS.insert().values(job_id=gone_ids[3], n=2, state=AttemptState.ABANDONED,
                                               started_at=NOW, watch_until=NOW - 1))
-    set_job(engine, gone_ids[4], lease_until=NOW - 1, lease_epoch="e")
-    set_job(engine, kept_ids[0], state="running")  # another batch's tasks are no obstacle
+    set_jobs(engine, gone_ids[4], lease_until=NOW - 1, lease_epoch="e")
+    set_jobs(engine, kept_ids[0], state="running")  # another batch's tasks are no obstacle
 
     result = forget(engine, "gone", now=NOW, chunk_rows=3)  # four chunks
     assert (result.batch_id, result.rows, result.attempts, result.left) == ("gone", 11, 6, 0)
@@ -87,13 +69,13 @@ def test_forget_refuses_while_a_task_is_in_flight(engine: Engine,
     ids = add_batch(engine, "busy", rows=5)
     add_attempts(engine, ids[:2])
     if in_flight == "watched":
-        set_job(engine, ids[3], state="completed")
+        set_jobs(engine, ids[3], state="completed")
         with engine.begin() as conn:
             conn.execute(ATTEMPTS.insert().values(job_id=ids[3], n=2, state=AttemptState.ABANDONED,
                                                   started_at=NOW, watch_until=NOW + 600))
     else:
         assert isinstance(in_flight, dict)
-        set_job(engine, ids[3], **in_flight)
+        set_jobs(engine, ids[3], **in_flight)
     before = counts(engine)
     with pytest.raises(ConfigError) as refused:
         forget(engine, "busy", now=NOW)
@@ -111,30 +93,18 @@ def test_forget_an_unknown_batch(engine: Engine) -> None:
         forget(engine, "nope")
 
 
-def test_forget_and_delete_on_the_command_line(tmp_path: Path, database_url: str) -> None:
-    engine = make_engine(database_url)
-    try:
-        create_tables(engine)
-        add_attempts(engine, add_batch(engine, "b1", rows=3))
-        add_batch(engine, "b2", rows=2)
-    finally:
-        engine.dispose()
-    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+@pytest.mark.integration  # `piapi-bulk forget` runs as a process
+def test_forget_and_delete_on_the_command_line(engine: Engine, tmp_path: Path,
+                                               database_url: str) -> None:
+    add_attempts(engine, add_batch(engine, "b1", rows=3))
+    add_batch(engine, "b2", rows=2)
+    env = db_env(tmp_path, database_url)
 
-    def piapi_bulk(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=60)
-
-    done = piapi_bulk("forget", "b1")
+    done = piapi_bulk(tmp_path, env, "forget", "b1")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "forgot batch b1 (t.jsonl): 3 row(s), 3 attempt(s) removed\n"
-    again = piapi_bulk("forget", "b1")
+    again = piapi_bulk(tmp_path, env, "forget", "b1")
     assert (again.returncode, again.stderr) == (2, "piapi-bulk: no batch b1\n")
-    alias = piapi_bulk("delete", "b2")
+    alias = piapi_bulk(tmp_path, env, "delete", "b2")
     assert alias.returncode == 0 and "forgot batch b2" in alias.stdout
-    engine = make_engine(database_url)
-    try:
-        assert counts(engine) == (0, 0, 0)
-    finally:
-        engine.dispose()
+    assert counts(engine) == (0, 0, 0)

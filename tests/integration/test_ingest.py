@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +16,11 @@ from scheduler.ingest import BATCHES, JOBS, ingest
 from scheduler.manifest import ManifestError
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.status import batch_status
-from workers.db import create_tables, make_engine
+from tests.integration.e2e import add_old_batch
+from workers.db import create_tables
 
 JOY = {"model": "Qubico/joycaption", "task_type": "joycaption-beta-one"}
 U = "https://e.test/u"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on a fresh database with the tables (SQLite file or PostgreSQL, per run).
-
-    `database_url` (tests/conftest.py) is parametrized over SQLite and PostgreSQL; it skips
-    PostgreSQL when no server answers, unless PIAPI_BULK_REQUIRE_PG=1 makes that a failure.
-    """
-    eng = make_engine(database_url)
-    create_tables(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def jsonl(path: Path, lines: list[Any]) -> Path:
@@ -351,27 +336,16 @@ def test_options_that_cannot_apply_to_an_existing_batch(engine: Engine, tmp_path
 
 
 def test_an_older_database_gains_the_unchecked_and_service_mode_columns(
-        database_url: str, tmp_path: Path) -> None:
-    eng = make_engine(database_url)
-    try:
-        create_tables(eng)
-        with eng.begin() as conn:  # the schema as the previous version made it
-            for column in ("unchecked", "service_mode"):
-                conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
-            conn.execute(text("ALTER TABLE batches DROP COLUMN service_mode"))
-            conn.execute(text(
-                "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, "
-                "invalid, max_attempts, done) VALUES ('old', 'h', 's', 1, true, 1, 0, 3, false)"))
-            conn.execute(text(
-                "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
-                "polls, poll_errors, created_at) "
-                "VALUES ('old', 1, 1, '1', 'queued', 0, 0, 0, 0, 0, 1)"))
-        create_tables(eng)
-        st = batch_status(eng, "old")
-        assert st is not None and st.unchecked == 0
-        [line] = list(iter_results(eng, "old"))
-        assert "unchecked" not in line
-        result = ingest(eng, mixed(tmp_path))  # a new batch on the upgraded schema
-        assert result.unchecked == [("Qubico/diffrhythm", "txt2audio-base", 2)]
-    finally:
-        eng.dispose()
+        engine: Engine, tmp_path: Path) -> None:
+    with engine.begin() as conn:  # the schema as the previous version made it
+        for column in ("unchecked", "service_mode"):
+            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        conn.execute(text("ALTER TABLE batches DROP COLUMN service_mode"))
+        add_old_batch(conn, "queued")
+    create_tables(engine)
+    st = batch_status(engine, "old")
+    assert st is not None and st.unchecked == 0
+    [line] = list(iter_results(engine, "old"))
+    assert "unchecked" not in line
+    result = ingest(engine, mixed(tmp_path))  # a new batch on the upgraded schema
+    assert result.unchecked == [("Qubico/diffrhythm", "txt2audio-base", 2)]

@@ -8,49 +8,42 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import MakeEmulator
 from tests.integration.e2e import (
+    RunRows,
     caption_rows,
-    emulator,
     finish,
     flux_rows,
     read_results,
     run_env,
-    run_manifest,
     start_run,
     wan_rows,
     write_jsonl,
 )
 
-pytestmark = pytest.mark.integration
 
-
-def test_a_correct_rpm_causes_no_429(tmp_path: Path, sqlite_url: str) -> None:
+def test_a_correct_rpm_causes_no_429(tmp_path: Path, sqlite_url: str,
+                                     make_emulator: MakeEmulator) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(30))
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "10", "--rpm", "600")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
-                                "--rpm", "600"), 180)
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "10", "--rpm", "600")
+    env = run_env(tmp_path, emu, sqlite_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                            "--rpm", "600"), 180)
+    stats = emu.stats()
     assert code == 0
     assert stats["rate_limited"] == 0
     assert stats["requests"]["total"] > 60  # creates, polls and account reads all counted
 
 
-def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path,
-                                                          sqlite_url: str) -> None:
+def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite_url: str,
+                                                          make_emulator: MakeEmulator) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(60))
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "4",
-                   "--over-limit", "refuse", "--no-active-tasks")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
-                                "--concurrency", "8"), 240)
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "4",
+                        "--over-limit", "refuse", "--no-active-tasks")
+    env = run_env(tmp_path, emu, sqlite_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                            "--concurrency", "8"), 240)
+    stats = emu.stats()
     assert code == 0
     assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
     assert stats["peak_in_flight"] <= 4
@@ -66,18 +59,16 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path,
 
 @pytest.mark.parametrize("active_tasks", [True, False])
 def test_slots_from_piapi_count_or_from_the_database(tmp_path: Path, sqlite_url: str,
-                                                      active_tasks: bool) -> None:
+                                                     active_tasks: bool,
+                                                     make_emulator: MakeEmulator) -> None:
     # Flux is one of the families /account/active_tasks documents.
     manifest = write_jsonl(tmp_path / "m.jsonl", flux_rows(40))
     flag = "--active-tasks" if active_tasks else "--no-active-tasks"
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "5",
-                   "--over-limit", "refuse", flag)
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "5",
+                        "--over-limit", "refuse", flag)
+    env = run_env(tmp_path, emu, sqlite_url)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+    stats = emu.stats()
     assert code == 0
     assert stats["peak_in_flight"] <= 5 and stats["creates_refused"] == 0
     if active_tasks:
@@ -87,13 +78,12 @@ def test_slots_from_piapi_count_or_from_the_database(tmp_path: Path, sqlite_url:
 
 
 def test_models_the_in_flight_count_does_not_cover_are_counted_from_the_database(
-        tmp_path: Path, sqlite_url: str) -> None:
+        sqlite_url: str, run_rows: RunRows) -> None:
     """Joycaption and Wan are not counted by /account/active_tasks (as documented): a run
     mixing them with Flux, whose family it reports, keeps the account's limit all the same
     (an earlier client read "0 in flight" for them and refilled up to 4.5x the limit)."""
-    out = run_manifest(tmp_path, sqlite_url, caption_rows(40) + wan_rows(10) + flux_rows(30),
-                       ["--time-scale", "0.005", "--concurrency", "6", "--over-limit",
-                        "refuse"], 240)
+    out = run_rows(sqlite_url, caption_rows(40) + wan_rows(10) + flux_rows(30),
+                   ["--time-scale", "0.005", "--concurrency", "6", "--over-limit", "refuse"])
     assert out.code == 0
     assert {r["status"] for r in out.results} == {"completed"}
     assert out.stats["peak_in_flight"] <= 6

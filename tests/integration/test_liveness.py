@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 
 from scheduler.liveness import ProgressWatch, signature
-from workers.db import create_tables, make_engine, session, transaction
+from workers.db import session, transaction
 from workers.models import JOBS, Batch, Job
 
 
@@ -19,16 +20,14 @@ class Clock:
         return self.t
 
 
-def _setup(url: str, n: int = 3) -> object:
-    engine = make_engine(url)
-    create_tables(engine)
+def _setup(engine: Engine, n: int = 3) -> None:
+    """Batch b1 of `n` queued rows."""
     with session(engine) as s:
         s.add(Batch(id="b1", content_hash="h", source="m.jsonl", created_at=0.0, ingested=True,
                     total=n))
         for i in range(1, n + 1):
             s.add(Job(batch_id="b1", seq=i, line=i, row_key=str(i), model="m", task_type="t",
                       input_json="{}", created_at=0.0))
-    return engine
 
 
 def _set(engine: object, **values: object) -> None:
@@ -36,8 +35,8 @@ def _set(engine: object, **values: object) -> None:
         conn.execute(update(JOBS).values(**values))
 
 
-def test_quiet_is_not_stalled_until_work_is_due(database_url: str) -> None:
-    engine = _setup(database_url)
+def test_quiet_is_not_stalled_until_work_is_due(engine: Engine) -> None:
+    _setup(engine)
     now = time.time()
     # Running tasks whose next poll is far ahead (a long video): nothing is due, so a
     # fleet that does nothing for a long time is quiet, not stalled.
@@ -57,8 +56,8 @@ def test_quiet_is_not_stalled_until_work_is_due(database_url: str) -> None:
     assert not watch.check()
 
 
-def test_progress_resets_the_clock(database_url: str) -> None:
-    engine = _setup(database_url)
+def test_progress_resets_the_clock(engine: Engine) -> None:
+    _setup(engine)
     _set(engine, state="running", task_id="t", next_at=time.time() - 600)
     clock = Clock()
     watch = ProgressWatch(engine, stall_s=60, clock=clock)  # type: ignore[arg-type]
@@ -72,8 +71,8 @@ def test_progress_resets_the_clock(database_url: str) -> None:
     assert signature(engine) != before  # type: ignore[arg-type]
 
 
-def test_a_leased_row_never_claimed_is_work_waiting(database_url: str) -> None:
-    engine = _setup(database_url)
+def test_a_leased_row_never_claimed_is_work_waiting(engine: Engine) -> None:
+    _setup(engine)
     clock = Clock()
     watch = ProgressWatch(engine, stall_s=30, clock=clock)  # type: ignore[arg-type]
     assert not watch.check()

@@ -9,15 +9,11 @@ PiAPI made, which it cancelled, and that no row was ever created twice.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -26,14 +22,17 @@ from sqlmodel import Session, col, select
 import scheduler.operator
 from scheduler.admission import Admission
 from scheduler.status import batch_status
-from tests.helpers import REPO, wait_until
+from tests.helpers import Emulator, MakeEmulator, wait_until
 from tests.integration.e2e import (
-    Emulator,
+    NO_PIAPI,
     add_batch,
+    add_old_batch,
     caption_rows,
-    cli,
-    emulator,
+    count_state,
     finish,
+    job,
+    opened,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
@@ -42,14 +41,12 @@ from tests.integration.e2e import (
 from workers import leases, spending
 from workers import transitions as tr
 from workers.catalog import UNKNOWN_PRICE_USD
-from workers.db import create_tables, make_engine, session
+from workers.db import create_tables, session
 from workers.models import Batch, Job
 from workers.piapi import TaskView, Usage
 from workers.reconcile import records as amb
 from workers.states import ErrorKind, JobState
 from workers.transitions import operator
-
-pytestmark = pytest.mark.integration
 
 NOW = 1_000_000.0
 LEASE = 30.0
@@ -57,27 +54,12 @@ JOY = ("Qubico/joycaption", "joycaption-beta-one")
 
 
 # --- the record ----------------------------------------------------------------------------
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    yield eng
-    eng.dispose()
-
-
-
-
 def put(engine: Engine, job_id: int, **values: Any) -> None:
     """Test setup: place a row where a test needs it."""
     with session(engine) as s:
         row = s.get_one(Job, job_id)
         for name, value in values.items():
             setattr(row, name, value)
-
-
-def job(engine: Engine, job_id: int) -> Job:
-    with Session(engine) as s:
-        return s.get_one(Job, job_id)
 
 
 def batch_row(engine: Engine, batch_id: str = "b1") -> Batch:
@@ -105,32 +87,21 @@ def failed_ambiguous(engine: Engine, job_id: int) -> None:
     assert tr.resolve_ambiguous_as_failed(engine, NOW + 2) >= 1
 
 
-def test_an_older_database_gains_the_new_columns(database_url: str) -> None:
-    eng = make_engine(database_url)
-    try:
-        create_tables(eng)
-        with eng.begin() as conn:  # the schema as the previous version made it
-            for column in ("retry_base", "reconcile_from"):
-                conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
-            for column in ("budget_usd", "deadline_at", "cancel_mode", "cancelled_at", "paused"):
-                conn.execute(text(f"ALTER TABLE batches DROP COLUMN {column}"))
-            conn.execute(text(
-                "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, "
-                "invalid, max_attempts, done) VALUES ('old', 'h', 's', 1, true, 1, 0, 3, false)"))
-            conn.execute(text(
-                "INSERT INTO jobs (batch_id, seq, line, row_key, state, attempts, posts, tries, "
-                "polls, poll_errors, created_at) "
-                "VALUES ('old', 1, 1, '1', 'failed', 3, 3, 0, 0, 0, 1)"))
-        create_tables(eng)
-        create_tables(eng)  # idempotent
-        with Session(eng) as s:
-            old = s.exec(select(Job)).one()
-            assert (old.retry_base, old.reconcile_from) == (0, None)
-        st = batch_status(eng, "old")
-        assert st is not None and st.budget_usd is None and st.controls() == []
-        assert scheduler.operator.retry(eng, "old", failed_only=True, keys=None).requeued == 1
-    finally:
-        eng.dispose()
+def test_an_older_database_gains_the_new_columns(engine: Engine) -> None:
+    with engine.begin() as conn:  # the schema as the previous version made it
+        for column in ("retry_base", "reconcile_from"):
+            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        for column in ("budget_usd", "deadline_at", "cancel_mode", "cancelled_at", "paused"):
+            conn.execute(text(f"ALTER TABLE batches DROP COLUMN {column}"))
+        add_old_batch(conn, "failed", attempts=3)
+    create_tables(engine)
+    create_tables(engine)  # idempotent
+    with Session(engine) as s:
+        old = s.exec(select(Job)).one()
+        assert (old.retry_base, old.reconcile_from) == (0, None)
+    st = batch_status(engine, "old")
+    assert st is not None and st.budget_usd is None and st.controls() == []
+    assert scheduler.operator.retry(engine, "old", failed_only=True, keys=None).requeued == 1
 
 
 def test_cancel_moves_waiting_rows_and_a_late_claim_loses(engine: Engine) -> None:
@@ -297,23 +268,11 @@ def test_budget_allowance_pause_and_resume(engine: Engine) -> None:
 
 
 # --- the commands ----------------------------------------------------------------------------
-def piapi_bulk(tmp_path: Path, env: dict[str, str], *args: str,
-               timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=timeout_s)
-
-
-def test_commands_report_and_refuse_bad_input(tmp_path: Path, database_url: str,
+def test_commands_report_and_refuse_bad_input(engine: Engine, tmp_path: Path, database_url: str,
                                               redis_url: str) -> None:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    ids = add_batch(eng, "b1", rows=3)
-    running(eng, ids[0], "t-1")
-    eng.dispose()
-    env = {k: v for k, v in os.environ.items() if k != "PIAPI_RPM"}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONPATH=str(REPO),
-               PIAPI_API_KEY="test-key-0123456789", PIAPI_BASE_URL="http://127.0.0.1:9",
-               PIAPI_BULK_RUN_DIR=str(tmp_path / "run"))
+    ids = add_batch(engine, "b1", rows=3)
+    running(engine, ids[0], "t-1")
+    env = run_env(tmp_path, NO_PIAPI, database_url, REDIS_URL=redis_url)
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(2))
 
     out = piapi_bulk(tmp_path, env, "cancel", "nope")
@@ -355,31 +314,14 @@ def test_commands_report_and_refuse_bad_input(tmp_path: Path, database_url: str,
 
 # --- end to end --------------------------------------------------------------------------------
 def only_batch(database_url: str) -> str:
-    eng = make_engine(database_url)
-    try:
-        with Session(eng) as s:
-            return str(s.exec(select(Batch.id)).one())
-    finally:
-        eng.dispose()
+    with opened(database_url) as eng, Session(eng) as s:
+        return str(s.exec(select(Batch.id)).one())
 
 
 def remote_status(database_url: str, keys: list[str]) -> list[str | None]:
-    eng = make_engine(database_url)
-    try:
-        with Session(eng) as s:
-            rows = s.exec(select(Job).where(col(Job.row_key).in_(keys))).all()
-            return [r.remote_status if r.state == "running" else None for r in rows]
-    finally:
-        eng.dispose()
-
-
-def count_running(database_url: str) -> int:
-    eng = make_engine(database_url)
-    try:
-        with Session(eng) as s:
-            return len(s.exec(select(Job.id).where(Job.state == "running")).all())
-    finally:
-        eng.dispose()
+    with opened(database_url) as eng, Session(eng) as s:
+        rows = s.exec(select(Job).where(col(Job.row_key).in_(keys))).all()
+        return [r.remote_status if r.state == "running" else None for r in rows]
 
 
 def stuck_rows(n: int) -> list[dict[str, Any]]:
@@ -392,31 +334,25 @@ def ledger_by_task(emu: Emulator) -> dict[str, dict[str, Any]]:
     return {t["task_id"]: t for t in emu.ledger()}
 
 
-def set_emulator(emu: Emulator, **config: Any) -> None:
-    httpx.post(f"{emu.url}/_emulator/config", json=config, timeout=5).raise_for_status()
-
-
 @pytest.mark.parametrize("mode", ["finish", "now"])
-def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str) -> None:
+def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
+                                make_emulator: MakeEmulator) -> None:
     # Two tasks that take 12-14 s, two that stay pending at PiAPI, ten never started.
     rows = caption_rows(2, "long") + stuck_rows(2) + caption_rows(10, "later")
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, "--duration", "joycaption=12:14")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "4")
-        wait_until(lambda: remote_status(database_url, ["long-1", "long-2"])
-                   == ["processing", "processing"], 90, what="both long tasks processing")
-        assert count_running(database_url) == 4
-        args = ["cancel", only_batch(database_url)] + (["--now"] if mode == "now" else [])
-        out = piapi_bulk(tmp_path, env, *args)
-        assert out.returncode == 0, out.stderr
-        assert "10 row(s) cancelled now; 4 running task(s)" in out.stdout
-        code = finish(proc, 120)
-        ledger = ledger_by_task(emu)
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--duration", "joycaption=12:14")
+    env = run_env(tmp_path, emu, database_url)
+    proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "4")
+    wait_until(lambda: remote_status(database_url, ["long-1", "long-2"])
+               == ["processing", "processing"], 90, what="both long tasks processing")
+    assert count_state(database_url, "running") == 4
+    args = ["cancel", only_batch(database_url)] + (["--now"] if mode == "now" else [])
+    out = piapi_bulk(tmp_path, env, *args)
+    assert out.returncode == 0, out.stderr
+    assert "10 row(s) cancelled now; 4 running task(s)" in out.stdout
+    code = finish(proc, 120)
+    ledger = ledger_by_task(emu)
+    stats = emu.stats()
     assert code == 1, (tmp_path / "run.out").read_text()[-3000:]
     results = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
     assert stats["creates"] == 4 and stats["max_creates_per_input"] == 1  # none after the cancel
@@ -440,49 +376,47 @@ def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str) ->
             assert ledger[r["task_id"]]["status"] in ("processing", "completed")
 
 
-def test_retry_by_id_then_every_failed_row(tmp_path: Path, database_url: str) -> None:
+def test_retry_by_id_then_every_failed_row(tmp_path: Path, database_url: str,
+                                           make_emulator: MakeEmulator) -> None:
     rows = caption_rows(12)
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--fault-fail", "0.5")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        args = (str(manifest), "-o", "out.jsonl", "--max-attempts", "1")
-        assert finish(start_run(tmp_path, env, *args), 120) == 1
-        first = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
-        failed = sorted(k for k, r in first.items() if r["status"] == "failed")
-        completed = sorted(k for k, r in first.items() if r["status"] == "completed")
-        assert failed and completed and len(failed) + len(completed) == 12
-        assert all(first[k]["error"]["message"].startswith("failed 1 of 1") for k in failed)
-        set_emulator(emu, fault_fail=0.0)
-        batch = only_batch(database_url)
-        # The run ended by saying what failed, by kind, and the exact commands to retry.
-        said = (tmp_path / "run.out").read_text()
-        assert f"{len(failed)} row{'s' if len(failed) > 1 else ''} failed (" in said
-        assert (f"to try them again: piapi-bulk retry {batch} --failed && piapi-bulk run "
-                f"{manifest} -o out.jsonl --max-attempts 1") in said
+    emu = make_emulator("--time-scale", "0.02", "--fault-fail", "0.5")
+    env = run_env(tmp_path, emu, database_url)
+    args = (str(manifest), "-o", "out.jsonl", "--max-attempts", "1")
+    assert finish(start_run(tmp_path, env, *args), 120) == 1
+    first = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+    failed = sorted(k for k, r in first.items() if r["status"] == "failed")
+    completed = sorted(k for k, r in first.items() if r["status"] == "completed")
+    assert failed and completed and len(failed) + len(completed) == 12
+    assert all(first[k]["error"]["message"].startswith("failed 1 of 1") for k in failed)
+    emu.configure(fault_fail=0.0)
+    batch = only_batch(database_url)
+    # The run ended by saying what failed, by kind, and the exact commands to retry.
+    said = (tmp_path / "run.out").read_text()
+    assert f"{len(failed)} row{'s' if len(failed) > 1 else ''} failed (" in said
+    assert (f"to try them again: piapi-bulk retry {batch} --failed && piapi-bulk run "
+            f"{manifest} -o out.jsonl --max-attempts 1") in said
 
-        ids = tmp_path / "ids.txt"
-        ids.write_text(f"# one failed row, one completed row, one unknown\n{failed[0]}\n\n"
-                       f"{completed[0]}\nno-such-row\n")
-        out = piapi_bulk(tmp_path, env, "retry", batch, "--ids", str(ids))
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.startswith(f"batch {batch}: 1 row(s) requeued, 0 sent")
-        assert "1 completed (never re-run)" in out.stdout and "no-such-row" in out.stdout
-        code = finish(start_run(tmp_path, env, *args, name="run2"), 120)
-        second = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
-        assert code == (1 if len(failed) > 1 else 0)
-        assert second[failed[0]]["status"] == "completed"
-        assert all(second[k]["status"] == "failed" for k in failed[1:])
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"# one failed row, one completed row, one unknown\n{failed[0]}\n\n"
+                   f"{completed[0]}\nno-such-row\n")
+    out = piapi_bulk(tmp_path, env, "retry", batch, "--ids", str(ids))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"batch {batch}: 1 row(s) requeued, 0 sent")
+    assert "1 completed (never re-run)" in out.stdout and "no-such-row" in out.stdout
+    code = finish(start_run(tmp_path, env, *args, name="run2"), 120)
+    second = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+    assert code == (1 if len(failed) > 1 else 0)
+    assert second[failed[0]]["status"] == "completed"
+    assert all(second[k]["status"] == "failed" for k in failed[1:])
 
-        out = piapi_bulk(tmp_path, env, "retry", batch, "--failed")
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.startswith(f"batch {batch}: {len(failed) - 1} row(s) requeued")
-        assert finish(start_run(tmp_path, env, *args, name="run3"), 120) == 0
-        third = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
-        ledger = emu.ledger()
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    out = piapi_bulk(tmp_path, env, "retry", batch, "--failed")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"batch {batch}: {len(failed) - 1} row(s) requeued")
+    assert finish(start_run(tmp_path, env, *args, name="run3"), 120) == 0
+    third = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+    ledger = emu.ledger()
+    stats = emu.stats()
     assert {r["status"] for r in third.values()} == {"completed"}
     per_input = Counter(t["input_key"] for t in ledger)
     key_of = {t["task_id"]: t["input_key"] for t in ledger}
@@ -495,29 +429,27 @@ def test_retry_by_id_then_every_failed_row(tmp_path: Path, database_url: str) ->
     assert stats["creates"] == 12 + len(failed)
 
 
-def test_retry_of_a_lost_create_adopts_its_task(tmp_path: Path, database_url: str) -> None:
+def test_retry_of_a_lost_create_adopts_its_task(tmp_path: Path, database_url: str,
+                                                make_emulator: MakeEmulator) -> None:
     # The answers are lost and the history is down: the rows fail (kind ambiguous) although
     # PiAPI made their tasks. A retry must find those tasks, not pay for new ones.
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(3))
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--fault-ambiguous", "1.0",
-                   "--history-fault-rate", "1.0")
-    try:
-        env = run_env(tmp_path, emu, database_url, PIAPI_BULK_RECONCILE_TIMEOUT_S="3")
-        assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 1
-        first = read_results(tmp_path / "out.jsonl")
-        assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "ambiguous")}
-        assert emu.stats()["creates"] == 3
-        set_emulator(emu, fault_ambiguous=0.0, history_fault_rate=0.0)
-        out = piapi_bulk(tmp_path, env, "retry", only_batch(database_url))
-        assert out.returncode == 0, out.stderr
-        assert "0 row(s) requeued, 3 sent to reconciliation first" in out.stdout
-        # Older than the reconcile timeout, but the retry gives each a fresh period.
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", name="run2"),
-                      120)
-        stats = emu.stats()
-        ledger = ledger_by_task(emu)
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.02", "--fault-ambiguous", "1.0",
+                        "--history-fault-rate", "1.0")
+    env = run_env(tmp_path, emu, database_url, PIAPI_BULK_RECONCILE_TIMEOUT_S="3")
+    assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 1
+    first = read_results(tmp_path / "out.jsonl")
+    assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "ambiguous")}
+    assert emu.stats()["creates"] == 3
+    emu.configure(fault_ambiguous=0.0, history_fault_rate=0.0)
+    out = piapi_bulk(tmp_path, env, "retry", only_batch(database_url))
+    assert out.returncode == 0, out.stderr
+    assert "0 row(s) requeued, 3 sent to reconciliation first" in out.stdout
+    # Older than the reconcile timeout, but the retry gives each a fresh period.
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", name="run2"),
+                  120)
+    stats = emu.stats()
+    ledger = ledger_by_task(emu)
     assert code == 0, (tmp_path / "run2.out").read_text()[-3000:]
     results = read_results(tmp_path / "out.jsonl")
     assert {r["status"] for r in results} == {"completed"}
@@ -525,32 +457,29 @@ def test_retry_of_a_lost_create_adopts_its_task(tmp_path: Path, database_url: st
     assert all(r["task_id"] in ledger and r["attempts"] == 1 for r in results)
 
 
-def test_budget_stops_admission_and_a_higher_budget_resumes(tmp_path: Path,
-                                                            database_url: str) -> None:
+def test_budget_stops_admission_and_a_higher_budget_resumes(
+        tmp_path: Path, database_url: str, make_emulator: MakeEmulator) -> None:
     rows = caption_rows(20)  # $0.01 a task at the emulator
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        args = (str(manifest), "-o", "out.jsonl", "--concurrency", "3")
-        code = finish(start_run(tmp_path, env, *args, "--budget-usd", "0.05"), 120)
-        out = (tmp_path / "run.out").read_text()
-        assert code == 3, out[-3000:]
-        assert "re-run with a higher --budget-usd to continue" in out
-        first = read_results(tmp_path / "out.jsonl")
-        created = emu.stats()["creates"]
-        assert 0 < created <= 5  # never past $0.05
-        statuses = Counter(r["status"] for r in first)
-        assert statuses == Counter({"completed": created, "pending": 20 - created})
-        status = piapi_bulk(tmp_path, env, "status", only_batch(database_url), "--json")
-        [st] = json.loads(status.stdout)["batches"]
-        assert st["budget_usd"] == 0.05 and st["paused"].startswith("budget: spent $0.05")
-        assert st["spent_usd"] == pytest.approx(0.01 * created)
+    emu = make_emulator("--time-scale", "0.02")
+    env = run_env(tmp_path, emu, database_url)
+    args = (str(manifest), "-o", "out.jsonl", "--concurrency", "3")
+    code = finish(start_run(tmp_path, env, *args, "--budget-usd", "0.05"), 120)
+    out = (tmp_path / "run.out").read_text()
+    assert code == 3, out[-3000:]
+    assert "re-run with a higher --budget-usd to continue" in out
+    first = read_results(tmp_path / "out.jsonl")
+    created = emu.stats()["creates"]
+    assert 0 < created <= 5  # never past $0.05
+    statuses = Counter(r["status"] for r in first)
+    assert statuses == Counter({"completed": created, "pending": 20 - created})
+    status = piapi_bulk(tmp_path, env, "status", only_batch(database_url), "--json")
+    [st] = json.loads(status.stdout)["batches"]
+    assert st["budget_usd"] == 0.05 and st["paused"].startswith("budget: spent $0.05")
+    assert st["spent_usd"] == pytest.approx(0.01 * created)
 
-        code = finish(start_run(tmp_path, env, *args, "--budget-usd", "1", name="run2"), 120)
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    code = finish(start_run(tmp_path, env, *args, "--budget-usd", "1", name="run2"), 120)
+    stats = emu.stats()
     assert code == 0, (tmp_path / "run2.out").read_text()[-3000:]
     second = read_results(tmp_path / "out.jsonl")
     assert {r["status"] for r in second} == {"completed"}
@@ -559,20 +488,18 @@ def test_budget_stops_admission_and_a_higher_budget_resumes(tmp_path: Path,
     assert all(r["task_id"] == done_first[r["id"]] for r in second if r["id"] in done_first)
 
 
-def test_nothing_starts_after_the_deadline(tmp_path: Path, database_url: str) -> None:
+def test_nothing_starts_after_the_deadline(tmp_path: Path, database_url: str,
+                                           make_emulator: MakeEmulator) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(8))
-    emu = emulator(tmp_path, "--duration", "joycaption=12:14")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "2")
-        wait_until(lambda: count_running(database_url) == 2, 90, what="two tasks running")
-        # The deadline, given again for the same manifest, applies to the running batch.
-        out = piapi_bulk(tmp_path, env, "submit", str(manifest), "--deadline", "1s")
-        assert out.returncode == 0, out.stderr
-        code = finish(proc, 120)
-        stats = emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator("--duration", "joycaption=12:14")
+    env = run_env(tmp_path, emu, database_url)
+    proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "2")
+    wait_until(lambda: count_state(database_url, "running") == 2, 90, what="two tasks running")
+    # The deadline, given again for the same manifest, applies to the running batch.
+    out = piapi_bulk(tmp_path, env, "submit", str(manifest), "--deadline", "1s")
+    assert out.returncode == 0, out.stderr
+    code = finish(proc, 120)
+    stats = emu.stats()
     assert code == 1, (tmp_path / "run.out").read_text()[-3000:]
     results = read_results(tmp_path / "out.jsonl")
     done = [r for r in results if r["status"] == "completed"]

@@ -12,8 +12,6 @@ import redis
 
 from workers.ratelimit import TokenBucket
 
-pytestmark = pytest.mark.integration
-
 GRABBER = """
 import json, sys, time
 import redis

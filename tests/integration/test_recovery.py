@@ -16,15 +16,13 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import stop_process, wait_until
+from tests.helpers import Emulator, MakeEmulator, Spawn, wait_until
 from tests.integration.e2e import (
-    Emulator,
     caption_rows,
     children,
-    cli,
     count_state,
-    emulator,
     finish,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
@@ -32,6 +30,12 @@ from tests.integration.e2e import (
     write_jsonl,
 )
 from workers.keys import LOCK_KEY
+
+
+@pytest.fixture
+def emu(make_emulator: MakeEmulator) -> Emulator:
+    """The emulator every test here runs against: an account limit of 8."""
+    return make_emulator("--time-scale", "0.02", "--concurrency", "8")
 
 
 def _check_all_completed_once(results: list[dict[str, Any]], rows: list[dict[str, Any]],
@@ -52,35 +56,32 @@ def _child(run: subprocess.Popen[bytes], needle: str) -> int:
     return found[0]
 
 
-def _run_disrupted(tmp_path: Path, database_url: str, n_rows: int, done_before: int,
-                   disrupt: Callable[[subprocess.Popen[bytes]], None], stall_s: str,
-                   timeout_s: float) -> int:
+def _run_disrupted(emu: Emulator, tmp_path: Path, database_url: str, n_rows: int,
+                   done_before: int, disrupt: Callable[[subprocess.Popen[bytes]], None],
+                   stall_s: str, timeout_s: float) -> int:
     """`run` a batch, `disrupt` it once `done_before` rows have completed, and check every
     row completed exactly once; returns run's exit code."""
     rows = caption_rows(n_rows)
     manifest = write_jsonl(tmp_path / "rows.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8")
+    env = run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S=stall_s)
+    run = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
     try:
-        env = run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S=stall_s)
-        run = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
-        try:
-            wait_until(lambda: count_state(database_url, "completed") >= done_before, 120,
-                       what=f"{done_before} completed rows")
-            disrupt(run)
-            code = finish(run, timeout_s)
-        finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-        wait_group_gone(run.pid)
-        results = read_results(tmp_path / "out.jsonl")
-        _check_all_completed_once(results, rows, emu)
+        wait_until(lambda: count_state(database_url, "completed") >= done_before, 120,
+                   what=f"{done_before} completed rows")
+        disrupt(run)
+        code = finish(run, timeout_s)
     finally:
-        emu.stop()
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    wait_group_gone(run.pid)
+    results = read_results(tmp_path / "out.jsonl")
+    _check_all_completed_once(results, rows, emu)
     return code
 
 
 def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
-                                                                 sqlite_url: str) -> None:
+                                                                 sqlite_url: str,
+                                                                 emu: Emulator) -> None:
     stopped: list[int] = []
 
     def freeze_worker(run: subprocess.Popen[bytes]) -> None:
@@ -88,7 +89,7 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
         stopped.append(_child(run, " worker"))
         os.kill(stopped[0], signal.SIGSTOP)
 
-    code = _run_disrupted(tmp_path, sqlite_url, 60, 10, freeze_worker, "4", 180)
+    code = _run_disrupted(emu, tmp_path, sqlite_url, 60, 10, freeze_worker, "4", 180)
     assert code == 0
     out = (tmp_path / "run.out").read_text()
     assert "no row moved for 4s although work was due: restarted worker" in out, out
@@ -97,33 +98,25 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
         f"/proc/{worker}/status").read_text()
 
 
-def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str) -> None:
+def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str,
+                                       emu: Emulator) -> None:
     def kill_redis(run: subprocess.Popen[bytes]) -> None:
         # Redis dies with every queued message and lease; `run` starts it again on the
         # same port, empty (it keeps nothing on disk).
         os.kill(_child(run, "redis-server"), signal.SIGKILL)
 
-    code = _run_disrupted(tmp_path, database_url, 80, 15, kill_redis, "10", 240)
+    code = _run_disrupted(emu, tmp_path, database_url, 80, 15, kill_redis, "10", 240)
     assert code == 0
     dispatcher_log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
     assert dispatcher_log.count("new Redis epoch") >= 2, dispatcher_log[-3000:]
 
 
-def test_database_restarted_mid_run(tmp_path: Path, private_pg: Any) -> None:
+def test_database_restarted_mid_run(tmp_path: Path, private_pg: Any, emu: Emulator) -> None:
     url = private_pg.create_database("piapi_bulk_restart")
     # Every connection is cut; the server is back in a second.
-    code = _run_disrupted(tmp_path, url, 80, 15, lambda _run: private_pg.restart(), "15", 240)
+    code = _run_disrupted(emu, tmp_path, url, 80, 15, lambda _run: private_pg.restart(), "15",
+                          240)
     assert code == 0
-
-
-def _fleet_env(env: dict[str, str], redis_url: str) -> dict[str, str]:
-    return {**env, "REDIS_URL": redis_url}
-
-
-def _start(tmp_path: Path, env: dict[str, str], name: str, *args: str) -> subprocess.Popen[bytes]:
-    out = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(cli(*args), env=env, cwd=tmp_path, stdout=out,
-                            stderr=subprocess.STDOUT)
 
 
 def _lock_pid(client: redis.Redis) -> int | None:
@@ -132,25 +125,21 @@ def _lock_pid(client: redis.Redis) -> int | None:
 
 
 @pytest.mark.parametrize("disruption", ["kill-dispatcher", "flush-redis"])
-def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str,
-                        disruption: str) -> None:
+def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str, disruption: str,
+                        emu: Emulator, spawn: Spawn) -> None:
     """A fleet of a worker and two dispatchers: the active dispatcher SIGKILLed (the
     standby takes the lock over), or Redis flushed (the dispatcher rebuilds the runnable
     work from the database)."""
     rows = caption_rows(80)
     manifest = write_jsonl(tmp_path / "fleet.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", "8")
-    procs: list[subprocess.Popen[bytes]] = []
     client = redis.Redis.from_url(redis_url)
     try:
-        env = _fleet_env(run_env(tmp_path, emu, database_url), redis_url)
-        subprocess.run(cli("submit", str(manifest)), env=env, cwd=tmp_path, check=True,
-                       capture_output=True, timeout=60)
-        procs.append(_start(tmp_path, env, "worker", "worker"))
+        env = run_env(tmp_path, emu, database_url, REDIS_URL=redis_url)
+        batch = _submit(tmp_path, env, manifest)
+        spawn(env, "worker", log="worker.log")
         dispatchers = {}
         for name in ("d1", "d2"):
-            proc = _start(tmp_path, env, name, "dispatcher", "--concurrency", "8")
-            procs.append(proc)
+            proc = spawn(env, "dispatcher", "--concurrency", "8", log=f"{name}.log")
             dispatchers[proc.pid] = proc
         wait_until(lambda: count_state(database_url, "completed") >= 15, 120,
                    what="15 completed rows")
@@ -166,19 +155,18 @@ def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str,
             client.flushall()
         wait_until(lambda: count_state(database_url, "completed") == len(rows), 180,
                    what="every row completed")
-        subprocess.run(cli("export", _batch_id(tmp_path, env, manifest), "-o", "out.jsonl"),
-                       env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+        assert _submit(tmp_path, env, manifest) == batch  # the same manifest: the same batch
+        exported = piapi_bulk(tmp_path, env, "export", batch, "-o", "out.jsonl")
+        assert exported.returncode == 0, exported.stderr
         results = read_results(tmp_path / "out.jsonl")
         _check_all_completed_once(results, rows, emu)
     finally:
-        for proc in procs:
-            stop_process(proc, timeout_s=20)
         client.close()
-        emu.stop()
 
 
-def _batch_id(tmp_path: Path, env: dict[str, str], manifest: Path) -> str:
-    # Submitting the same manifest again names the same batch (and changes nothing).
-    done = subprocess.run(cli("submit", str(manifest)), env=env, cwd=tmp_path, check=True,
-                          capture_output=True, text=True, timeout=60)
+def _submit(tmp_path: Path, env: dict[str, str], manifest: Path) -> str:
+    """`piapi-bulk submit MANIFEST`: the batch id (the same manifest again names the same
+    batch, and changes nothing)."""
+    done = piapi_bulk(tmp_path, env, "submit", str(manifest))
+    assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]

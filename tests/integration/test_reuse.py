@@ -5,34 +5,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, update
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from scheduler.export import iter_results
 from scheduler.ingest import canonical_json, fingerprint, ingest
 from scheduler.status import batch_status
-from workers.db import create_tables, make_engine, session, transaction
-from workers.models import JOBS, Batch, Job
+from tests.integration.e2e import add_old_batch, job, set_jobs
+from workers.db import create_tables, session, transaction
+from workers.models import Batch, Job
 from workers.states import JobState
 from workers.transitions.reuse import TWIN_WAIT_S, resolve_twins, reuse_completed
 
 NOW = 2_000_000.0
 WINDOW = 3600.0
 JOY = ("Qubico/joycaption", "joycaption-beta-one")
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    yield eng
-    eng.dispose()
 
 
 def add(engine: Engine, batch_id: str, rows: list[tuple[str, dict[str, Any]]],
@@ -57,26 +49,16 @@ def rows(n: int) -> list[tuple[str, dict[str, Any]]]:
     return [(f"img-{i}", {"image": f"https://example.test/{i}.png"}) for i in range(1, n + 1)]
 
 
-def set_job(engine: Engine, job_id: int, **values: Any) -> None:
-    with transaction(engine) as conn:
-        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
-
-
 def complete(engine: Engine, job_id: int, finished_at: float = NOW - 60) -> None:
-    set_job(engine, job_id, state=JobState.COMPLETED.value, task_id=f"task-{job_id}",
+    set_jobs(engine, job_id, state=JobState.COMPLETED.value, task_id=f"task-{job_id}",
             output_json=json.dumps({"text": f"caption {job_id}"}), remote_status="completed",
             usage_consume=100_000, usage_type="llm", attempts=1, posts=1,
             submitted_at=finished_at - 10, finished_at=finished_at)
 
 
-def job(engine: Engine, job_id: int) -> Job:
-    with Session(engine) as s:
-        return s.get_one(Job, job_id)
-
-
 def lease(engine: Engine, job_ids: list[int], epoch: str = "e1") -> None:
     for job_id in job_ids:
-        set_job(engine, job_id, lease_until=NOW + 30, lease_epoch=epoch)
+        set_jobs(engine, job_id, lease_until=NOW + 30, lease_epoch=epoch)
 
 
 def test_a_completed_twin_is_reused_without_paying(engine: Engine) -> None:
@@ -194,7 +176,7 @@ def test_resolve_twins_reuses_a_completed_twin(engine: Engine) -> None:
                                    JobState.AMBIGUOUS])
 def test_a_twin_in_flight_is_waited_for_then_reused(engine: Engine, state: JobState) -> None:
     [a] = add(engine, "ba", rows(1))
-    set_job(engine, a, state=state.value, task_id="task-a" if state == JobState.RUNNING
+    set_jobs(engine, a, state=state.value, task_id="task-a" if state == JobState.RUNNING
             else None)
     [b] = add(engine, "bb", rows(1))
     lease(engine, [b])
@@ -219,12 +201,12 @@ def test_a_twin_in_flight_is_waited_for_then_reused(engine: Engine, state: JobSt
 
 def test_a_twin_that_failed_lets_the_row_be_created(engine: Engine) -> None:
     [a] = add(engine, "ba", rows(1))
-    set_job(engine, a, state=JobState.RUNNING.value, task_id="task-a")
+    set_jobs(engine, a, state=JobState.RUNNING.value, task_id="task-a")
     [b] = add(engine, "bb", rows(1))
     lease(engine, [b])
     assert resolve_twins(engine, [b], NOW, WINDOW) == []
-    set_job(engine, a, state=JobState.FAILED.value, finished_at=NOW + 2)
-    set_job(engine, b, lease_until=NOW + 40, lease_epoch="e1")  # leased again, from retry_wait
+    set_jobs(engine, a, state=JobState.FAILED.value, finished_at=NOW + 2)
+    set_jobs(engine, b, lease_until=NOW + 40, lease_epoch="e1")  # leased again, from retry_wait
     assert resolve_twins(engine, [b], NOW + 6, WINDOW) == [b]
     assert job(engine, b).state == JobState.RETRY_WAIT  # left as leased, for its create
 
@@ -249,7 +231,7 @@ def test_two_twins_in_one_call_only_the_first_is_created(engine: Engine) -> None
     assert job(engine, b[0]).next_at == NOW + TWIN_WAIT_S
     # Later, with a's rows in flight, b's rows wait again; once they completed, reused.
     for job_id in a:
-        set_job(engine, job_id, state=JobState.RUNNING.value, lease_until=None)
+        set_jobs(engine, job_id, state=JobState.RUNNING.value, lease_until=None)
     lease(engine, b)
     assert resolve_twins(engine, b, NOW + 6, WINDOW) == []
     for job_id in a:
@@ -263,7 +245,7 @@ def test_rows_without_a_fingerprint_are_created(engine: Engine) -> None:
     [a] = add(engine, "ba", rows(1))
     complete(engine, a)
     [b] = add(engine, "bb", rows(1))
-    set_job(engine, b, fingerprint=None)  # ingested by an earlier version
+    set_jobs(engine, b, fingerprint=None)  # ingested by an earlier version
     assert resolve_twins(engine, [b], NOW, WINDOW) == [b]
     assert reuse_completed(engine, "bb", NOW, WINDOW) == 0
 
@@ -291,9 +273,7 @@ def test_an_older_database_gets_the_columns(engine: Engine) -> None:
         for table, column in (("jobs", "fingerprint"), ("jobs", "reused_from"),
                               ("batches", "reuse")):
             conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.exec_driver_sql("INSERT INTO batches (id, content_hash, source, created_at, "
-                             "ingested, total, invalid, max_attempts, done) VALUES "
-                             "('old', 'h', 's', 1.0, true, 0, 0, 3, false)")
+        add_old_batch(conn)
     create_tables(engine)
     with Session(engine) as s:
         assert s.get_one(Batch, "old").reuse is True

@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import wait_until
+from tests.helpers import MakeEmulator, wait_until
 from tests.integration.e2e import (
     caption_rows,
-    cli,
     count_state,
-    emulator,
     finish,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
@@ -31,104 +27,92 @@ from tests.integration.e2e import (
     write_jsonl,
 )
 
-pytestmark = pytest.mark.integration
-
-
-def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, check=False)
-
 
 def test_run_creates_only_its_own_rows_and_all_runs_the_others(
-        tmp_path: Path, database_url: str) -> None:
+        tmp_path: Path, database_url: str, make_emulator: MakeEmulator) -> None:
     video = write_jsonl(tmp_path / "video.jsonl", wan_rows(2))
     tiny = write_jsonl(tmp_path / "tiny.jsonl", caption_rows(5))
-    emu = emulator(tmp_path, "--time-scale", "0.01", "--concurrency", "10")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        submitted = _cli(tmp_path, env, "submit", str(video))
-        assert submitted.returncode == 0, submitted.stderr
-        video_batch = submitted.stdout.strip().splitlines()[-1]
+    emu = make_emulator("--time-scale", "0.01", "--concurrency", "10")
+    env = run_env(tmp_path, emu, database_url)
+    submitted = piapi_bulk(tmp_path, env, "submit", str(video))
+    assert submitted.returncode == 0, submitted.stderr
+    video_batch = submitted.stdout.strip().splitlines()[-1]
 
-        code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl"), 120)
-        out = (tmp_path / "run.out").read_text()
-        assert code == 0, out
-        ledger = emu.ledger()
-        assert len(ledger) == 5, ledger
-        assert {t["model"] for t in ledger} == {"Qubico/joycaption"}
-        assert "1 other open batch (2 rows to run) in this database left alone" in out
-        assert count_state(database_url, "queued") == 2  # the submitted batch, untouched
+    code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl"), 120)
+    out = (tmp_path / "run.out").read_text()
+    assert code == 0, out
+    ledger = emu.ledger()
+    assert len(ledger) == 5, ledger
+    assert {t["model"] for t in ledger} == {"Qubico/joycaption"}
+    assert "1 other open batch (2 rows to run) in this database left alone" in out
+    assert count_state(database_url, "queued") == 2  # the submitted batch, untouched
 
-        # --all: the same command also runs the submitted batch, and waits for it.
-        code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl", "--all",
-                                name="run-all"), 180)
-        out = (tmp_path / "run-all.out").read_text()
-        assert code == 0, out
-        assert "--all: also running 1 other open batch (2 rows to run)" in out
-        ledger = emu.ledger()
-        assert len(ledger) == 7
-        assert sorted(t["model"] for t in ledger).count("Wan") == 2
-        status = json.loads(_cli(tmp_path, env, "status", video_batch, "--json").stdout)
-        assert status["batches"][0]["counts"]["completed"] == 2
-    finally:
-        emu.stop()
+    # --all: the same command also runs the submitted batch, and waits for it.
+    code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl", "--all",
+                            name="run-all"), 180)
+    out = (tmp_path / "run-all.out").read_text()
+    assert code == 0, out
+    assert "--all: also running 1 other open batch (2 rows to run)" in out
+    ledger = emu.ledger()
+    assert len(ledger) == 7
+    assert sorted(t["model"] for t in ledger).count("Wan") == 2
+    status = json.loads(piapi_bulk(tmp_path, env, "status", video_batch, "--json").stdout)
+    assert status["batches"][0]["counts"]["completed"] == 2
 
 
-def _interrupt_mid_run(tmp_path: Path, database_url: str, send: str) -> None:
+def _interrupt_mid_run(make_emulator: MakeEmulator, tmp_path: Path, database_url: str,
+                       send: str) -> None:
     rows = wan_rows(12)
     manifest = write_jsonl(tmp_path / "long.jsonl", rows)
     # Wan takes minutes at PiAPI; at this scale about 20 s, so the run is surely mid-way.
-    emu = emulator(tmp_path, "--time-scale", "0.1", "--concurrency", "4")
-    try:
-        env = run_env(tmp_path, emu, database_url)
-        proc = start_run(tmp_path, env, str(manifest), "-o", "long.results.jsonl")
-        wait_until(lambda: count_state(database_url, "running") >= 1, 60,
-                   what="a task to be running")
-        if send == "group":
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        else:
-            proc.send_signal(signal.SIGTERM)  # what a scheduler or `timeout` does
-        code = finish(proc, 90)
-        out = (tmp_path / "run.out").read_text()
-        assert code == 130, out
-        wait_group_gone(proc.pid)
-        results = read_results(tmp_path / "long.results.jsonl")
-        assert [r["id"] for r in results] == [r["id"] for r in rows]
-        statuses = {r["status"] for r in results}
-        assert "pending" in statuses, statuses
-        assert statuses <= {"pending", "completed"}
-        assert "interrupted; 12 rows written to long.results.jsonl" in out
-        assert out.count("Traceback") == 0
-        assert len(emu.ledger()) <= 12
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.1", "--concurrency", "4")
+    env = run_env(tmp_path, emu, database_url)
+    proc = start_run(tmp_path, env, str(manifest), "-o", "long.results.jsonl")
+    wait_until(lambda: count_state(database_url, "running") >= 1, 60,
+               what="a task to be running")
+    if send == "group":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    else:
+        proc.send_signal(signal.SIGTERM)  # what a scheduler or `timeout` does
+    code = finish(proc, 90)
+    out = (tmp_path / "run.out").read_text()
+    assert code == 130, out
+    wait_group_gone(proc.pid)
+    results = read_results(tmp_path / "long.results.jsonl")
+    assert [r["id"] for r in results] == [r["id"] for r in rows]
+    statuses = {r["status"] for r in results}
+    assert "pending" in statuses, statuses
+    assert statuses <= {"pending", "completed"}
+    assert "interrupted; 12 rows written to long.results.jsonl" in out
+    assert out.count("Traceback") == 0
+    assert len(emu.ledger()) <= 12
 
 
 def test_sigint_to_the_process_group_writes_results_and_exits_130(
-        tmp_path: Path, database_url: str) -> None:
-    _interrupt_mid_run(tmp_path, database_url, "group")
+        tmp_path: Path, database_url: str, make_emulator: MakeEmulator) -> None:
+    _interrupt_mid_run(make_emulator, tmp_path, database_url, "group")
 
 
-def test_sigterm_to_run_writes_results_and_exits_130(tmp_path: Path, sqlite_url: str) -> None:
-    _interrupt_mid_run(tmp_path, sqlite_url, "run")
+def test_sigterm_to_run_writes_results_and_exits_130(tmp_path: Path, sqlite_url: str,
+                                                     make_emulator: MakeEmulator) -> None:
+    _interrupt_mid_run(make_emulator, tmp_path, sqlite_url, "run")
 
 
-def test_status_json_says_done_after_a_completed_run(tmp_path: Path, sqlite_url: str) -> None:
+def test_status_json_says_done_after_a_completed_run(tmp_path: Path, sqlite_url: str,
+                                                     make_emulator: MakeEmulator) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(20))
-    emu = emulator(tmp_path, "--time-scale", "0.01")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 0
-        status = json.loads(_cli(tmp_path, env, "status", "--json").stdout)
-        (batch,) = status["batches"]
-        assert batch["finished"] == batch["total"] == 20
-        assert batch["done"] is True
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.01")
+    env = run_env(tmp_path, emu, sqlite_url)
+    assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 0
+    status = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)
+    (batch,) = status["batches"]
+    assert batch["finished"] == batch["total"] == 20
+    assert batch["done"] is True
 
 
-def test_two_runs_on_one_redis_each_run_their_own_batch(
-        tmp_path: Path, sqlite_url: str, redis_url: str) -> None:
+def test_two_runs_on_one_redis_each_run_their_own_batch(tmp_path: Path, sqlite_url: str,
+                                                        redis_url: str,
+                                                        make_emulator: MakeEmulator) -> None:
     """Two `run`s sharing REDIS_URL: the second finds the first's scoped dispatcher and
     workers, starts its own (they would stop with the first run), and each run creates
     exactly its own rows."""
@@ -136,19 +120,16 @@ def test_two_runs_on_one_redis_each_run_their_own_batch(
     captions = caption_rows(10)
     long_manifest = write_jsonl(tmp_path / "videos.jsonl", videos)
     short_manifest = write_jsonl(tmp_path / "captions.jsonl", captions)
-    emu = emulator(tmp_path, "--time-scale", "0.05", "--concurrency", "10")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url)
-        first = start_run(tmp_path, env, str(long_manifest), "-o", "videos.out", name="first")
-        wait_until(lambda: count_state(sqlite_url, "running") >= 1, 60,
-                   what="the first run's tasks to be running")
-        second = start_run(tmp_path, env, str(short_manifest), "-o", "captions.out",
-                           name="second")
-        assert finish(second, 120) == 0, (tmp_path / "second.out").read_text()
-        assert finish(first, 180) == 0, (tmp_path / "first.out").read_text()
-        ledger = emu.ledger()
-    finally:
-        emu.stop()
+    emu = make_emulator("--time-scale", "0.05", "--concurrency", "10")
+    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url)
+    first = start_run(tmp_path, env, str(long_manifest), "-o", "videos.out", name="first")
+    wait_until(lambda: count_state(sqlite_url, "running") >= 1, 60,
+               what="the first run's tasks to be running")
+    second = start_run(tmp_path, env, str(short_manifest), "-o", "captions.out",
+                       name="second")
+    assert finish(second, 120) == 0, (tmp_path / "second.out").read_text()
+    assert finish(first, 180) == 0, (tmp_path / "first.out").read_text()
+    ledger = emu.ledger()
     assert sorted(t["model"] for t in ledger) == ["Qubico/joycaption"] * 10 + ["Wan"] * 6
     assert {r["status"] for r in read_results(tmp_path / "videos.out")} == {"completed"}
     assert {r["status"] for r in read_results(tmp_path / "captions.out")} == {"completed"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -14,21 +13,21 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.helpers import wait_until
+from tests.helpers import MakeEmulator, wait_until
 from tests.integration.e2e import (
     caption_rows,
     children,
-    cli,
-    emulator,
     finish,
+    opened,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
     write_jsonl,
 )
-from workers.db import is_sqlite, make_engine
+from workers.db import is_sqlite
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.integration  # every test here runs piapi-bulk as a process
 
 
 def _base64_forms(secret: str) -> list[str]:
@@ -88,21 +87,18 @@ def _db_text(database_url: str) -> str:
         path = Path(database_url.split("///", 1)[1])
         return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode(
             "latin-1")
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            dump = []
-            for table in ("batches", "jobs", "attempts", "control"):
-                dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
+    with opened(database_url) as engine, engine.connect() as conn:
+        dump = []
+        for table in ("batches", "jobs", "attempts", "control"):
+            dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
         return "\n".join(dump)
-    finally:
-        engine.dispose()
 
 
-def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str) -> None:
+def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
+                                make_emulator: MakeEmulator) -> None:
     key = f"sk-live-{uuid.uuid4().hex}"
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(12))
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--create-latency-s", "0.2", api_key=key)
+    emu = make_emulator("--time-scale", "0.02", "--create-latency-s", "0.2", api_key=key)
     monitor: Monitor | None = None
     argvs: list[str] = []
     try:
@@ -118,7 +114,6 @@ def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str) -> None:
     finally:
         if monitor:
             monitor.stop.set()
-        emu.stop()
     assert code == 0
     assert monitor is not None and any("piapi_bulk.submit" in c for c in monitor.commands)
     messages = _decoded_messages(monitor.commands)
@@ -141,11 +136,6 @@ def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str) -> None:
     assert len(read_results(tmp_path / "out.jsonl")) == 12
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli(*args), env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
 @pytest.mark.parametrize(
     ("args", "env_patch", "needle"),
     [
@@ -163,7 +153,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, sqlite_url: str, args:
     env = {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
            "PIAPI_BASE_URL": "http://127.0.0.1:9", "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
            **env_patch}
-    done = _cli(args, env, tmp_path)
+    done = piapi_bulk(tmp_path, env, *args)
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], done.stderr
@@ -175,18 +165,16 @@ def test_unreachable_piapi_is_a_clear_configuration_error(tmp_path: Path, sqlite
     env = {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
            "PIAPI_BASE_URL": "http://127.0.0.1:9", "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
            "PIAPI_CONNECT_TIMEOUT_S": "1"}
-    done = _cli(["run", "m.jsonl"], env, tmp_path)
+    done = piapi_bulk(tmp_path, env, "run", "m.jsonl")
     assert done.returncode == 2
     assert "cannot reach PiAPI" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_refused_key_is_a_clear_configuration_error(tmp_path: Path, sqlite_url: str) -> None:
+def test_a_refused_key_is_a_clear_configuration_error(tmp_path: Path, sqlite_url: str,
+                                                      make_emulator: MakeEmulator) -> None:
     write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
-    emu = emulator(tmp_path, api_key="the-right-key-0000")
-    try:
-        env = run_env(tmp_path, emu, sqlite_url, PIAPI_API_KEY="a-wrong-key-1111")
-        done = _cli(["run", "m.jsonl"], env, tmp_path)
-    finally:
-        emu.stop()
+    emu = make_emulator(api_key="the-right-key-0000")
+    env = run_env(tmp_path, emu, sqlite_url, PIAPI_API_KEY="a-wrong-key-1111")
+    done = piapi_bulk(tmp_path, env, "run", "m.jsonl")
     assert done.returncode == 2
     assert "refused the API key" in done.stderr and "a-wrong-key-1111" not in done.stderr

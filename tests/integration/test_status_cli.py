@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +11,10 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from scheduler.status import masked_url
-from tests.helpers import REPO
-from tests.integration.e2e import RECORD_T0, add_batch, cli
-from workers.db import create_tables, make_engine
-from workers.models import BATCHES, JOBS
+from tests.integration.e2e import RECORD_T0, add_batch, db_env, piapi_bulk, set_jobs
+from workers.models import BATCHES
 
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-def set_rows(engine: Engine, ids: list[int], **values: Any) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(JOBS).where(JOBS.c.id.in_(ids)).values(**values))
+pytestmark = pytest.mark.integration  # `piapi-bulk status` runs as a process
 
 
 def set_batch(engine: Engine, batch_id: str, **values: Any) -> None:
@@ -39,27 +22,25 @@ def set_batch(engine: Engine, batch_id: str, **values: Any) -> None:
         conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(**values))
 
 
-def piapi_bulk(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
-           "HOME": str(tmp_path)}
-    done = subprocess.run(cli(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+def status(tmp_path: Path, database_url: str, *args: str) -> str:
+    """What `piapi-bulk status ARGS` prints for this database (it must succeed)."""
+    done = piapi_bulk(tmp_path, db_env(tmp_path, database_url), "status", *args)
     assert done.returncode == 0, done.stderr
-    return done
+    return done.stdout
 
 
 def fill(engine: Engine) -> None:
     """Four batches: one whose rows all ended (the dispatcher never marked it done), one
     running, one waiting for a fleet, and one whose ingest stopped part-way."""
     old = add_batch(engine, "old", rows=3)
-    set_rows(engine, old, state="completed", usage_consume=100_000)
-    set_rows(engine, old[2:], model="Wan", task_type="wan26-txt2video", state="failed",
+    set_jobs(engine, *old, state="completed", usage_consume=100_000)
+    set_jobs(engine, *old[2:], model="Wan", task_type="wan26-txt2video", state="failed",
              error_kind="provider", usage_consume=None)
     run = add_batch(engine, "running", rows=2)
-    set_rows(engine, run[:1], state="running")
+    set_jobs(engine, *run[:1], state="running")
     add_batch(engine, "waiting", rows=2)
     part = add_batch(engine, "partial", rows=1)
-    set_rows(engine, part, state="completed")
+    set_jobs(engine, *part, state="completed")
     for n, (batch_id, source) in enumerate([
             ("old", "/data/captions.csv"), ("running", "/data/more.csv"),
             ("waiting", "/data/" + "deep/" * 30 + "video.jsonl"),
@@ -71,7 +52,7 @@ def fill(engine: Engine) -> None:
 def test_status_json_done_is_read_from_the_rows(engine: Engine, tmp_path: Path,
                                                database_url: str) -> None:
     fill(engine)
-    out = json.loads(piapi_bulk(tmp_path, database_url, "status", "--json").stdout)
+    out = json.loads(status(tmp_path, database_url, "--json"))
     assert out["database"] == masked_url(database_url)
     by_id = {b["id"]: b for b in out["batches"]}
     assert [b["id"] for b in out["batches"]] == ["partial", "waiting", "running", "old"]
@@ -88,13 +69,13 @@ def test_status_json_done_is_read_from_the_rows(engine: Engine, tmp_path: Path,
         assert key in old, key  # other tools read these
     assert (old["finished"], old["usd"], old["failures"]) == (3, 0.02, {"provider": 1})
     assert "doctor" in out
-    one = json.loads(piapi_bulk(tmp_path, database_url, "status", "old", "--json").stdout)
+    one = json.loads(status(tmp_path, database_url, "old", "--json"))
     assert [b["id"] for b in one["batches"]] == ["old"] and one["batches"][0]["done"] is True
 
 
 def test_status_for_people(engine: Engine, tmp_path: Path, database_url: str) -> None:
     fill(engine)
-    lines = piapi_bulk(tmp_path, database_url, "status").stdout.splitlines()
+    lines = status(tmp_path, database_url).splitlines()
     assert lines[0] == f"database: {masked_url(database_url)}"
     # Every line but the database's (a path as long as the file system makes it) fits 100
     # columns.
@@ -112,4 +93,4 @@ def test_status_for_people(engine: Engine, tmp_path: Path, database_url: str) ->
 
 
 def test_status_of_an_empty_database(tmp_path: Path, database_url: str) -> None:
-    assert piapi_bulk(tmp_path, database_url, "status").stdout.splitlines()[1:] == ["no batches"]
+    assert status(tmp_path, database_url).splitlines()[1:] == ["no batches"]

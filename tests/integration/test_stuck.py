@@ -11,33 +11,28 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlmodel import Session, select
 
-from tests.helpers import wait_until
+from tests.helpers import MakeEmulator, wait_until
 from tests.integration.e2e import (
+    RunRows,
     caption_rows,
-    cli,
-    emulator,
     finish,
-    read_results,
+    opened,
+    piapi_bulk,
     run_env,
     start_run,
     write_jsonl,
 )
 from workers.catalog import prior_duration_s
-from workers.db import make_engine
 from workers.durations import load
 from workers.models import Job
 from workers.polling import stuck_after_s
-
-pytestmark = pytest.mark.integration
 
 JOY = ("Qubico/joycaption", "joycaption-beta-one")
 NEVER_ENDS = ("--stuck-timeout-factor", "1000")
@@ -50,23 +45,15 @@ def marked(row_id: str, marker: str) -> dict[str, Any]:
             "input": {"image": f"https://example.test/{marker}/{row_id}.png"}}
 
 
-def run_batch(tmp_path: Path, database_url: str, rows: list[dict[str, Any]], *args: str,
+def run_batch(run_rows: RunRows, database_url: str, rows: list[dict[str, Any]], *args: str,
               emulator_args: tuple[str, ...] = (), limit: int = LIMIT, **env_extra: str,
               ) -> tuple[int, dict[str, Any], list[Any], dict[str, Any]]:
     """Run a manifest to the end with `limit` tasks in flight at most (the emulator's
     account limit too): (exit code, results by id, ledger, emulator stats)."""
-    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", str(limit),
-                   *emulator_args)
-    try:
-        env = run_env(tmp_path, emu, database_url, **env_extra)
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
-                                "--concurrency", str(limit), *args), 240)
-        ledger, stats = emu.ledger(), emu.stats()
-    finally:
-        emu.stop()
-    results = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
-    return code, results, ledger, stats
+    out = run_rows(database_url, rows,
+                   ["--time-scale", "0.02", "--concurrency", str(limit), *emulator_args], 240,
+                   ("--concurrency", str(limit), *args), **env_extra)
+    return out.code, {r["id"]: r for r in out.results}, out.ledger, out.stats
 
 
 def check_paid_once(results: dict[str, Any], ledger: list[Any], stats: dict[str, Any],
@@ -84,9 +71,9 @@ def check_paid_once(results: dict[str, Any], ledger: list[Any], stats: dict[str,
 
 
 def test_a_stuck_pending_task_is_cancelled_and_retried_within_the_limit(
-        tmp_path: Path, sqlite_url: str) -> None:
+        sqlite_url: str, run_rows: RunRows) -> None:
     rows = caption_rows(30)
-    code, results, ledger, stats = run_batch(tmp_path, sqlite_url,
+    code, results, ledger, stats = run_batch(run_rows, sqlite_url,
                                              [*rows, marked("stuck", "[[stuck]]")],
                                              "--max-attempts", "2")
     assert code == 1
@@ -104,7 +91,7 @@ def test_a_stuck_pending_task_is_cancelled_and_retried_within_the_limit(
 
 
 def test_stuck_processing_tasks_are_replaced_and_the_run_still_ends(
-        tmp_path: Path, database_url: str) -> None:
+        tmp_path: Path, database_url: str, run_rows: RunRows) -> None:
     # Three rows whose tasks always get stuck processing come first, so their abandoned
     # tasks hold slots while the rest of the batch runs; one task in thirty of the others
     # gets stuck too (half pending, half processing). None of them ever ends, so each
@@ -114,7 +101,7 @@ def test_stuck_processing_tasks_are_replaced_and_the_run_still_ends(
     forever = [marked(f"forever-{i}", "[[stuck-processing]]") for i in (1, 2, 3)]
     rows = caption_rows(150)
     code, results, ledger, stats = run_batch(
-        tmp_path, database_url, [*forever, *rows], "--max-attempts", "2", limit=20,
+        run_rows, database_url, [*forever, *rows], "--max-attempts", "2", limit=20,
         emulator_args=("--fault-stuck", "0.03", *NEVER_ENDS), PIAPI_BULK_ACTIVE_TASKS="off")
     assert code == 1, (tmp_path / "run.out").read_text()[-3000:]
     # Every row completes, replacing its stuck tasks, unless both its tasks got stuck.
@@ -142,10 +129,11 @@ def test_stuck_processing_tasks_are_replaced_and_the_run_still_ends(
     check_paid_once(results, ledger, stats, limit=20)
 
 
-def test_on_stuck_fail_fails_the_row_at_once(tmp_path: Path, sqlite_url: str) -> None:
+def test_on_stuck_fail_fails_the_row_at_once(tmp_path: Path, sqlite_url: str,
+                                             run_rows: RunRows) -> None:
     rows = caption_rows(25)
     code, results, ledger, stats = run_batch(
-        tmp_path, sqlite_url, [*rows, marked("forever", "[[stuck-processing]]")],
+        run_rows, sqlite_url, [*rows, marked("forever", "[[stuck-processing]]")],
         "--on-stuck", "fail", emulator_args=NEVER_ENDS)
     assert code == 1
     assert all(results[r["id"]]["status"] == "completed" for r in rows)
@@ -155,40 +143,34 @@ def test_on_stuck_fail_fails_the_row_at_once(tmp_path: Path, sqlite_url: str) ->
     assert len(ledger) == 26  # never replaced
     check_paid_once(results, ledger, stats)
     env = {**os.environ, "DATABASE_URL": sqlite_url}
-    out = subprocess.run(cli("status"), env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+    out = piapi_bulk(tmp_path, env, "status")
     assert "failed: stuck 1" in out.stdout, out.stderr
     assert "abandoned tasks: 1 (1 still watched; --on-stuck fail)" in out.stdout
 
 
-def test_on_stuck_wait_keeps_the_row_waiting(tmp_path: Path, sqlite_url: str) -> None:
+def test_on_stuck_wait_keeps_the_row_waiting(tmp_path: Path, sqlite_url: str,
+                                             make_emulator: MakeEmulator) -> None:
     rows = caption_rows(25)
     manifest = write_jsonl(tmp_path / "m.jsonl", [*rows, marked("forever", "[[stuck-processing]]")])
-    emu = emulator(tmp_path, "--time-scale", "0.02", "--concurrency", str(LIMIT), *NEVER_ENDS)
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", str(LIMIT), *NEVER_ENDS)
+    env = run_env(tmp_path, emu, sqlite_url)
+    proc = start_run(tmp_path, env, str(manifest), "--on-stuck", "wait")
     try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        proc = start_run(tmp_path, env, str(manifest), "--on-stuck", "wait")
-        try:
-            row = wait_until(lambda: long_stuck(sqlite_url), 120,
-                             what="the stuck row to wait 3x past its stuck limit")
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)
-        assert finish(proc, 60) == 130
+        row = wait_until(lambda: long_stuck(sqlite_url), 120,
+                         what="the stuck row to wait 3x past its stuck limit")
     finally:
-        emu.stop()
+        os.killpg(proc.pid, signal.SIGINT)
+    assert finish(proc, 60) == 130
     assert (row.state, row.attempts) == ("running", 1)
 
 
 def long_stuck(database_url: str) -> Job | None:
     """The stuck row, once every other row completed and it has waited three times its
     learned stuck limit (polled all the while) without being given up on."""
-    engine = make_engine(database_url)
-    try:
+    with opened(database_url) as engine:
         with Session(engine) as s:
             jobs = {j.row_key: j for j in s.exec(select(Job))}
         learned = load(engine, *JOY)
-    finally:
-        engine.dispose()
     row = jobs.get("forever")
     assert row is None or (row.state, row.attempts) in (("queued", 0), ("submitting", 0),
                                                         ("running", 1)), row

@@ -7,7 +7,6 @@ task it let get stuck. The run-level behaviour is in test_stuck.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from scheduler.status import batch_status
 from tests.integration.e2e import add_batch
 from workers import leases, spending
 from workers import transitions as tr
-from workers.db import create_tables, make_engine
+from workers.db import create_tables
 from workers.models import Attempt, Job
 from workers.piapi import NotFound, TaskError, TaskView, Usage
 from workers.states import AttemptState, ErrorKind, JobState
@@ -109,11 +108,8 @@ class World:
 
 
 @pytest.fixture
-def world(database_url: str) -> Iterator[World]:
-    engine = make_engine(database_url)
-    create_tables(engine)
-    yield World(engine)
-    engine.dispose()
+def world(engine: Engine) -> World:
+    return World(engine)
 
 
 def stuck_and_replaced(w: World, job: int) -> None:
@@ -353,24 +349,19 @@ def test_abandoning_a_task_and_counting_it_are_one_change(world: World) -> None:
     assert leases.occupancy(w.engine, STUCK_AT + 11, "e1").total == 0
 
 
-def test_an_older_database_gains_the_stuck_columns_and_indexes(database_url: str) -> None:
-    eng = make_engine(database_url)
-    try:
-        create_tables(eng)
-        with eng.begin() as conn:  # the schema as the previous version made it
-            for index in ("ix_attempts_watched", "ix_attempts_abandoned"):
-                conn.execute(text(f"DROP INDEX {index}"))
-            for column in ("watch_until", "next_at"):
-                conn.execute(text(f"ALTER TABLE attempts DROP COLUMN {column}"))
-            conn.execute(text("ALTER TABLE batches DROP COLUMN on_stuck"))
-        create_tables(eng)
-        assert {i["name"] for i in inspect(eng).get_indexes("attempts")} >= {
-            "ix_attempts_watched", "ix_attempts_abandoned"}
-        w = World(eng)
-        [job] = w.add(on_stuck="fail")
-        w.create(job, "t1")
-        w.now = STUCK_AT
-        w.poll(job)
-        assert (w.job(job).error_kind, w.occupancy().abandoned) == ("stuck", 1)
-    finally:
-        eng.dispose()
+def test_an_older_database_gains_the_stuck_columns_and_indexes(engine: Engine) -> None:
+    with engine.begin() as conn:  # the schema as the previous version made it
+        for index in ("ix_attempts_watched", "ix_attempts_abandoned"):
+            conn.execute(text(f"DROP INDEX {index}"))
+        for column in ("watch_until", "next_at"):
+            conn.execute(text(f"ALTER TABLE attempts DROP COLUMN {column}"))
+        conn.execute(text("ALTER TABLE batches DROP COLUMN on_stuck"))
+    create_tables(engine)
+    assert {i["name"] for i in inspect(engine).get_indexes("attempts")} >= {
+        "ix_attempts_watched", "ix_attempts_abandoned"}
+    w = World(engine)
+    [job] = w.add(on_stuck="fail")
+    w.create(job, "t1")
+    w.now = STUCK_AT
+    w.poll(job)
+    assert (w.job(job).error_kind, w.occupancy().abandoned) == ("stuck", 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from sqlmodel import Session, select
 from tests.unit.test_states import WRITERS, declared
 from workers import leases
 from workers import transitions as tr
-from workers.db import create_tables, make_engine, session, transaction
+from workers.db import session, transaction
 from workers.halt import clear_halt, get_halt
 from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt, Batch, Job
 from workers.piapi import TaskError, TaskView, Usage
@@ -23,14 +22,6 @@ from workers.states import ALLOWED, AttemptState, ErrorKind, JobState
 
 NOW = 1_000_000.0
 LEASE = 30.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url)
-    create_tables(eng)
-    yield eng
-    eng.dispose()
 
 
 def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3, concurrency: int | None = None,

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.integration.e2e import caption_rows, cli, emulator, run_env, write_jsonl
-from workers.db import create_tables, make_engine
+from tests.helpers import MakeEmulator
+from tests.integration.e2e import NO_PIAPI, caption_rows, opened, piapi_bulk, run_env, write_jsonl
+from workers.db import create_tables
 from workers.models import BATCHES, JOBS
+
+pytestmark = pytest.mark.integration  # every test here runs piapi-bulk as a process
 
 JOY_T = "joycaption-beta-one"
 
 
 def batches_and_jobs(database_url: str) -> tuple[int, int]:
-    engine = make_engine(database_url)
-    try:
+    with opened(database_url) as engine:
         create_tables(engine)
         with engine.connect() as conn:
             return (int(conn.execute(select(func.count()).select_from(BATCHES)).scalar_one()),
                     int(conn.execute(select(func.count()).select_from(JOBS)).scalar_one()))
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -38,25 +38,20 @@ def batches_and_jobs(database_url: str) -> tuple[int, int]:
      "piapi-bulk's catalogue ("),
 ])
 def test_usage_errors_create_no_batch_and_send_nothing(tmp_path: Path, sqlite_url: str,
-                                                       args: tuple[str, ...],
-                                                       message: str) -> None:
+                                                       args: tuple[str, ...], message: str,
+                                                       make_emulator: MakeEmulator) -> None:
     rows = [{k: v for k, v in r.items() if k not in ("model", "task_type")}
             for r in caption_rows(30)]
     manifest = write_jsonl(tmp_path / "captions.jsonl", rows)
-    emu = emulator(tmp_path)
-    try:
-        env = run_env(tmp_path, emu, sqlite_url)
-        for command in ("run", "submit"):
-            done = subprocess.run(cli(command, str(manifest), *args, "-o", "out.jsonl")
-                                  if command == "run" else cli(command, str(manifest), *args),
-                                  env=env, cwd=tmp_path, capture_output=True, text=True,
-                                  timeout=60)
-            assert done.returncode == 2, (command, done.stdout, done.stderr)
-            assert done.stderr.count("\n") == 1 and done.stderr.startswith(message), done.stderr
-            assert done.stdout == ""
-        ledger, stats = emu.ledger(), emu.stats()
-    finally:
-        emu.stop()
+    emu = make_emulator()
+    env = run_env(tmp_path, emu, sqlite_url)
+    for command in ("run", "submit"):
+        output = ("-o", "out.jsonl") if command == "run" else ()
+        done = piapi_bulk(tmp_path, env, command, str(manifest), *args, *output)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith(message), done.stderr
+        assert done.stdout == ""
+    ledger, stats = emu.ledger(), emu.stats()
     assert ledger == [] and stats["creates"] == 0
     assert batches_and_jobs(sqlite_url) == (0, 0)
     assert not (tmp_path / "out.jsonl").exists()
@@ -66,10 +61,9 @@ def test_a_misnamed_column_is_a_usage_error(tmp_path: Path, sqlite_url: str) -> 
     manifest = tmp_path / "captions.csv"
     manifest.write_text("url,style\n" + "".join(
         f"https://example.test/{i}.png,Descriptive\n" for i in range(40)))
-    env = {**run_env(tmp_path, emulator_stub(), sqlite_url)}
-    done = subprocess.run(cli("submit", str(manifest), "--model", "Qubico/joycaption",
-                              "--task-type", JOY_T), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    env = run_env(tmp_path, NO_PIAPI, sqlite_url)
+    done = piapi_bulk(tmp_path, env, "submit", str(manifest), "--model", "Qubico/joycaption",
+                      "--task-type", JOY_T)
     assert done.returncode == 2
     assert done.stderr == (
         "piapi-bulk: no column is an input field of Qubico/joycaption joycaption-beta-one: "
@@ -81,31 +75,18 @@ def test_a_misnamed_column_is_a_usage_error(tmp_path: Path, sqlite_url: str) -> 
 def test_a_model_piapi_bulk_does_not_know_is_still_passed_through(tmp_path: Path,
                                                                   sqlite_url: str) -> None:
     manifest = write_jsonl(tmp_path / "songs.jsonl", [{"lyrics": "[00:01.00]la"}])
-    env = run_env(tmp_path, emulator_stub(), sqlite_url)
-    done = subprocess.run(cli("submit", str(manifest), "--model", "Qubico/diffrhythm",
-                              "--task-type", "txt2audio-base"), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    env = run_env(tmp_path, NO_PIAPI, sqlite_url)
+    done = piapi_bulk(tmp_path, env, "submit", str(manifest), "--model", "Qubico/diffrhythm",
+                      "--task-type", "txt2audio-base")
     assert done.returncode == 0, done.stderr
     assert "will be sent unchecked" in done.stderr
     assert batches_and_jobs(sqlite_url) == (1, 1)
 
 
-class _Stub:
-    """What run_env needs of an emulator, for commands that never reach PiAPI."""
-
-    url = "http://127.0.0.1:9"
-    api_key = "test-key-0123456789"
-
-
-def emulator_stub() -> _Stub:
-    return _Stub()
-
-
 def test_version(tmp_path: Path) -> None:
     from importlib.metadata import version
 
-    done = subprocess.run(cli("--version"), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    done = piapi_bulk(tmp_path, dict(os.environ), "--version")
     assert (done.returncode, done.stdout, done.stderr) == (
         0, f"piapi-bulk {version('piapi-bulk')}\n", "")
     assert version("piapi-bulk").count(".") >= 1

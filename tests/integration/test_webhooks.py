@@ -4,9 +4,7 @@ emulator completes a job with exactly one GET."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,62 +12,38 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tests.helpers import REPO, free_port, stop_process, wait_until
+from tests.helpers import REPO, MakeEmulator, Spawn, free_port
 from tests.integration.e2e import (
+    add_batch,
     caption_rows,
-    cli,
-    emulator,
     finish,
     read_results,
     run_env,
     start_run,
+    webhook_receiver,
     write_jsonl,
 )
 from workers import transitions as tr
-from workers.db import create_tables, make_engine, session
-from workers.models import Batch, Job
+from workers.models import Job
 from workers.piapi import TaskView, Usage
 from workers.webhook_signing import WebhookSigner
-
-pytestmark = pytest.mark.integration
 
 SECRET = "a-master-secret-for-tests-0123456789"
 NOW = time.time()
 
 
 @pytest.fixture
-def receiver(tmp_path: Path, database_url: str) -> Iterator[tuple[str, Engine]]:
-    """`piapi-bulk webhook` as a process, and a running job it may be told about."""
-    engine = make_engine(database_url)
-    create_tables(engine)
-    port = free_port()
+def receiver(engine: Engine, spawn: Spawn, database_url: str) -> tuple[str, Engine]:
+    """`piapi-bulk webhook` as a process (its base URL), and the database it records in."""
     env = {**os.environ, "DATABASE_URL": database_url, "PIAPI_BULK_WEBHOOK_SECRET": SECRET,
            "PYTHONPATH": str(REPO)}
     env.pop("REDIS_URL", None)
-    log = open(tmp_path / "webhook.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cli("webhook", "--port", str(port)), env=env, cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(base + "/healthz", timeout=1).status_code == 200, 30,
-                   what="the webhook receiver")
-        yield base, engine
-    finally:
-        stop_process(proc)
-        engine.dispose()
+    return webhook_receiver(spawn, env, free_port()), engine
 
 
 def _running_job(engine: Engine, batch: str = "b1") -> int:
-    with session(engine) as s:
-        s.add(Batch(id=batch, content_hash=batch * 8, source="t", created_at=NOW, ingested=True,
-                    total=1))
-        s.flush()
-        job = Job(batch_id=batch, seq=1, line=1, row_key="1", model="Qubico/joycaption",
-                  task_type="joycaption-beta-one", input_json='{"image":"u"}')
-        s.add(job)
-        s.flush()
-        assert job.id is not None
-        job_id = job.id
+    """A job whose task is running at PiAPI, its next poll an hour away."""
+    [job_id] = add_batch(engine, batch, rows=1)
     claim = tr.claim_for_submit(engine, job_id, NOW, 60)
     assert claim is not None
     view = TaskView("task-1", "Qubico/joycaption", "joycaption-beta-one", "pending", None,
@@ -121,25 +95,18 @@ def test_only_a_genuine_call_makes_the_job_due(receiver: tuple[str, Engine]) -> 
 
 
 def test_a_real_webhook_completes_a_job_with_exactly_one_get(
-        tmp_path: Path, sqlite_url: str, redis_url: str) -> None:
+        tmp_path: Path, sqlite_url: str, redis_url: str, make_emulator: MakeEmulator,
+        spawn: Spawn) -> None:
     port = free_port()
-    emu = emulator(tmp_path, "--time-scale", "0.02")
+    emu = make_emulator("--time-scale", "0.02")
     env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url,
                   PIAPI_BULK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks",
                   PIAPI_BULK_WEBHOOK_SECRET=SECRET)
-    log = open(tmp_path / "webhook.log", "ab")  # noqa: SIM115
-    hook = subprocess.Popen(cli("webhook", "--port", str(port)), env=env, cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                   .status_code == 200, 30, what="the webhook receiver")
-        manifest = write_jsonl(tmp_path / "one.jsonl", caption_rows(3))
-        code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120)
-        stats = emu.stats()
-        hook_stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
-    finally:
-        stop_process(hook)
-        emu.stop()
+    hook = webhook_receiver(spawn, env, port)
+    manifest = write_jsonl(tmp_path / "one.jsonl", caption_rows(3))
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120)
+    stats = emu.stats()
+    hook_stats = httpx.get(f"{hook}/stats", timeout=5).json()
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
     assert [r["status"] for r in read_results(tmp_path / "out.jsonl")] == ["completed"] * 3
     assert stats["webhooks"]["sent"] >= 3

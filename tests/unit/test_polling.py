@@ -51,8 +51,15 @@ def test_prior_schedule_starts_early_and_backs_off_within_bounds() -> None:
 
 
 def test_unlearned_kind_uses_the_prior() -> None:
+    # Three samples of 0.4 s are too few to learn from: a kind whose prior is 30 s is first
+    # looked at after 1 s (5% of it, at most 1 s), then 1.5x further apart each time; in
+    # webhook mode, once past the prior's tail (x1.5).
     few = Durations.of([0.4] * 3)
-    assert next_poll_age(0.0, 0, few, 30.0, PollMode.LAZY) == prior_delay_s(0, 30.0)
+    ages = [0.0]
+    for polls in range(4):
+        ages.append(next_poll_age(ages[-1], polls, few, 30.0, PollMode.LAZY))
+    assert ages[1:] == pytest.approx([1.0, 2.5, 4.75, 8.125])
+    assert next_poll_age(0.0, 0, few, 30.0, PollMode.WEBHOOK) == pytest.approx(45.0)
 
 
 @pytest.mark.parametrize("mode", list(PollMode))

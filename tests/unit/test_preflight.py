@@ -63,7 +63,7 @@ CAPTIONS = csv_sample(("image", "prompt_style"), (IMG, "Descriptive"), (IMG, "")
 def test_model_typos_are_usage_errors_other_unknown_models_pass(model: str,
                                                                  expected: str | None) -> None:
     assert model_problem(model) == expected
-    assert problem(CAPTIONS, model, JOY_T) == expected or expected is None
+    assert problem(CAPTIONS, model, JOY_T) == expected
 
 
 @pytest.mark.parametrize("model", ["Qubico/diffrhythm", "Qubico/not-a-model", "music-s"])
