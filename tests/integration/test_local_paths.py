@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.e2e import caption_rows, run_manifest
+from tests.integration.e2e import RunRows, caption_rows
 
 pytestmark = pytest.mark.integration
 
 
-def test_local_paths_are_invalid_and_never_sent(tmp_path: Path, database_url: str) -> None:
+def test_local_paths_are_invalid_and_never_sent(tmp_path: Path, database_url: str,
+                                                run_rows: RunRows) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "cat.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     rows = caption_rows(4)
@@ -21,7 +22,7 @@ def test_local_paths_are_invalid_and_never_sent(tmp_path: Path, database_url: st
     for row in rows:
         if row["id"] in local:
             row["input"]["image"] = local[row["id"]]
-    outcome = run_manifest(tmp_path, database_url, rows, ["--time-scale", "0.01"], 120)
+    outcome = run_rows(database_url, rows, ["--time-scale", "0.01"], 120)
     assert outcome.code == 1  # some rows invalid
     by_id = {r["id"]: r for r in outcome.results}
     assert by_id["img-1"]["status"] == "completed"
