@@ -162,7 +162,7 @@ class Claims:
     """The batches this run serves, claimed in Redis for the dispatcher it started (see
     `Fleet.claim`) and renewed while the run watches them."""
 
-    def __init__(self, fleet: Fleet | None, batch_ids: list[str],
+    def __init__(self, fleet: Fleet, batch_ids: list[str],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.fleet = fleet
         self.batch_ids = batch_ids
@@ -172,7 +172,7 @@ class Claims:
     def renew(self) -> None:
         """Claim the batches again when a renewal is due (best effort: Redis may be
         restarting, and a lost claim only pauses creates until the next renewal)."""
-        if self.fleet is None or self.clock() - self._renewed < CLAIM_RENEW_S:
+        if self.clock() - self._renewed < CLAIM_RENEW_S:
             return
         try:
             self.fleet.claim(self.batch_ids)
@@ -182,11 +182,10 @@ class Claims:
 
     def release(self) -> None:
         """Drop the claims (the run ends)."""
-        if self.fleet is not None:
-            self.fleet.release(self.batch_ids)
+        self.fleet.release(self.batch_ids)
 
 
-def watch(engine: Engine, batch_ids: str | list[str], services: Services, console: Console,
+def watch(engine: Engine, batch_ids: list[str], services: Services, console: Console,
           liveness: ProgressWatch | None = None, claims: Claims | None = None) -> str | None:
     """Show progress until the batches have no active row (or their budget stopped them
     with nothing left in flight); a reason when they cannot finish.
@@ -195,13 +194,12 @@ def watch(engine: Engine, batch_ids: str | list[str], services: Services, consol
     fleet stops making progress although work is due (for example a worker wedged after
     Redis restarted). `claims` are renewed as the run goes.
     """
-    ids = [batch_ids] if isinstance(batch_ids, str) else list(batch_ids)
     last_plain = 0.0
     last_liveness = time.monotonic()
-    budget_stops = {batch_id: PauseWatch(engine, batch_id) for batch_id in ids}
+    budget_stops = {batch_id: PauseWatch(engine, batch_id) for batch_id in batch_ids}
 
     def statuses() -> list[BatchStatus]:
-        found = [batch_status(engine, batch_id) for batch_id in ids]
+        found = [batch_status(engine, batch_id) for batch_id in batch_ids]
         return [st for st in found if st is not None]
 
     st = combined(statuses())
@@ -325,8 +323,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         statuses = [batch_status(engine, b) for b in served]
         if any(st is not None and st.active for st in statuses):
             ensure_services(settings, services, run_dir / "logs",
-                                worker_threads=opts.worker_threads,
-                                concurrency=opts.concurrency)
+                            worker_threads=opts.worker_threads, concurrency=opts.concurrency)
         problem = watch(engine, served, services, console,
                         ProgressWatch(engine, settings.stall_s, batches=served), claims)
         return _finish(engine, result.batch_id, output, problem, console, opts.command)
