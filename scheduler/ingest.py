@@ -89,6 +89,16 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """For metadata: compact, but key order kept (it is passed through, never compared)."""
 
 
+def batch_id_for(path: str | os.PathLike[str], default_model: str | None,
+                 default_task_type: str | None) -> str:
+    """The id `ingest` gives (or gave) the batch of this manifest with these defaults."""
+    return _batch_id(batch_hash(content_hash(path), default_model, default_task_type))
+
+
+def _batch_id(digest: str) -> str:
+    return "b" + digest[:12]
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys, so equal inputs are equal text."""
     return _CANONICAL.encode(value)
@@ -181,7 +191,7 @@ def _batch(engine: Engine, manifest: Manifest, digest: str,
         row = conn.execute(select(BATCHES).where(BATCHES.c.content_hash == digest)).first()
         if row is not None:
             return Batch.model_validate(row._mapping), False
-        batch = Batch(id="b" + digest[:12], content_hash=digest,
+        batch = Batch(id=_batch_id(digest), content_hash=digest,
                       source=str(manifest.path.resolve()), default_model=defaults.model,
                       default_task_type=defaults.task_type,
                       service_mode=defaults.service_mode, created_at=time.time())

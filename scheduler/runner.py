@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scheduler.export import export
-from scheduler.ingest import IngestResult, ingest
+from scheduler.ingest import IngestResult, batch_id_for, ingest
+from scheduler.interrupt import Interrupted, StopRequest
 from scheduler.liveness import ProgressWatch
 from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
@@ -186,13 +186,15 @@ class Claims:
 
 
 def watch(engine: Engine, batch_ids: list[str], services: Services, console: Console,
-          liveness: ProgressWatch | None = None, claims: Claims | None = None) -> str | None:
+          liveness: ProgressWatch | None = None, claims: Claims | None = None,
+          stop: StopRequest | None = None) -> str | None:
     """Show progress until the batches have no active row (or their budget stopped them
     with nothing left in flight); a reason when they cannot finish.
 
     With `liveness`, the workers and dispatcher this run started are restarted when the
     fleet stops making progress although work is due (for example a worker wedged after
-    Redis restarted). `claims` are renewed as the run goes.
+    Redis restarted). `claims` are renewed as the run goes. A `stop` request raises
+    `Interrupted` between passes.
     """
     last_plain = 0.0
     last_liveness = time.monotonic()
@@ -206,6 +208,8 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
     with _progress(console, st.total) as progress:
         task = progress.add_task("piapi-bulk", total=st.total, detail="")
         while True:
+            if stop is not None:
+                stop.check()
             if claims is not None:
                 claims.renew()
             # The database may be restarting: wait for it rather than end the run.
@@ -269,10 +273,6 @@ def _report_failures(console: Console, final: BatchStatus, command: str | None) 
                   highlight=False, markup=False, soft_wrap=True)
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _report_invalid(console: Console, result: IngestResult) -> None:
     if not result.invalid:
         return
@@ -287,8 +287,9 @@ def _report_invalid(console: Console, result: IngestResult) -> None:
 def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     """The whole `run` command; returns the exit code.
 
-    SIGTERM is taken as Ctrl-C: either way the results file is written (rows still to run
-    are `pending`) before the run exits 130.
+    SIGTERM is taken as Ctrl-C: either way the run stops at its next safe point
+    (`StopRequest`), the results file is written (rows still to run are `pending`) and the
+    run exits 130.
     """
     settings.require_api_key()
     if not opts.manifest.is_file():
@@ -301,52 +302,58 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     claims: Claims | None = None
     engine: Engine | None = None
     batch_id: str | None = None
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        if not settings.redis_url:
-            url, redis_child = start_private_redis(run_dir)
-            services.children.append(redis_child)
-            settings = settings.model_copy(update={"redis_url": url})
-            # So `piapi-bulk flower` (and `make flower`) find this run's private Redis.
-            (run_dir / REDIS_URL_FILE).write_text(url + "\n")
-        limit = check_account(settings)
-        engine = make_engine(settings.database_url)
-        create_tables(engine)
-        result = _ingest(settings, opts, engine, console, limit)
-        batch_id = result.batch_id
-        others = other_open_batches(engine, result.batch_id)
-        _report_others(console, others, opts.all_batches)
-        served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
-        clear_halt(engine)  # the key was just accepted
-        claims = Claims(Fleet(redis.Redis.from_url(settings.require_redis_url())), served)
-        claims.renew()
-        statuses = [batch_status(engine, b) for b in served]
-        if any(st is not None and st.active for st in statuses):
-            ensure_services(settings, services, run_dir / "logs",
-                            worker_threads=opts.worker_threads, concurrency=opts.concurrency)
-        problem = watch(engine, served, services, console,
-                        ProgressWatch(engine, settings.stall_s, batches=served), claims)
-        return _finish(engine, result.batch_id, output, problem, console, opts.command)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption is enough
-        return _interrupted(console, engine, batch_id, output)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if claims is not None:
-            claims.release()
-        services.stop()
-        (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)
+    stop = StopRequest()
+    with stop.installed():
+        try:
+            if not settings.redis_url:
+                url, redis_child = start_private_redis(run_dir)
+                services.children.append(redis_child)
+                settings = settings.model_copy(update={"redis_url": url})
+                # So `piapi-bulk flower` (and `make flower`) find this run's private Redis.
+                (run_dir / REDIS_URL_FILE).write_text(url + "\n")
+            limit = check_account(settings)
+            engine = make_engine(settings.database_url)
+            create_tables(engine)
+            stop.check()
+            result = _ingest(settings, opts, engine, console, limit, stop)
+            batch_id = result.batch_id
+            others = other_open_batches(engine, result.batch_id)
+            _report_others(console, others, opts.all_batches)
+            served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
+            clear_halt(engine)  # the key was just accepted
+            claims = Claims(Fleet(redis.Redis.from_url(settings.require_redis_url())), served)
+            claims.renew()
+            statuses = [batch_status(engine, b) for b in served]
+            stop.check()
+            if any(st is not None and st.active for st in statuses):
+                ensure_services(settings, services, run_dir / "logs",
+                                worker_threads=opts.worker_threads,
+                                concurrency=opts.concurrency)
+            problem = watch(engine, served, services, console,
+                            ProgressWatch(engine, settings.stall_s, batches=served), claims,
+                            stop)
+            return _finish(engine, result.batch_id, output, problem, console, opts.command)
+        except Interrupted:
+            if batch_id is None and engine is not None:  # stopped during the ingest
+                stored = batch_id_for(opts.manifest, opts.model, opts.task_type)
+                batch_id = stored if batch_status(engine, stored) is not None else None
+            return _interrupted(console, engine, batch_id, output)
+        finally:
+            if claims is not None:
+                claims.release()
+            services.stop()
+            (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)
 
 
 def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Console,
-            limit: int | None) -> IngestResult:
+            limit: int | None, stop: StopRequest) -> IngestResult:
     """The manifest as a batch (new or resumed), its options stored, rows with a completed
     twin reused; says what it found."""
     result = ingest(engine, opts.manifest, default_model=opts.model,
                     default_task_type=opts.task_type,
                     default_service_mode=opts.service_mode, strict=opts.strict,
                     max_attempts=opts.max_attempts or settings.max_attempts,
-                    concurrency=opts.concurrency)
+                    concurrency=opts.concurrency, progress=stop.check)
     conflict = option_conflict(engine, result, strict=opts.strict,
                                service_mode=opts.service_mode)
     if conflict:

@@ -133,3 +133,27 @@ def test_two_runs_on_one_redis_each_run_their_own_batch(tmp_path: Path, sqlite_u
     assert sorted(t["model"] for t in ledger) == ["Qubico/joycaption"] * 10 + ["Wan"] * 6
     assert {r["status"] for r in read_results(tmp_path / "videos.out")} == {"completed"}
     assert {r["status"] for r in read_results(tmp_path / "captions.out")} == {"completed"}
+
+
+def test_sigterm_during_ingest_stops_between_chunks(tmp_path: Path, sqlite_url: str,
+                                                    make_emulator: MakeEmulator) -> None:
+    """A stop asked for while a large manifest is being stored ends the run at the next
+    chunk boundary: exit 130, the rows stored so far written as `pending`, no traceback,
+    nothing created."""
+    rows = caption_rows(300_000)  # ingest takes several seconds: the signal lands in it
+    manifest = write_jsonl(tmp_path / "big.jsonl", rows)
+    emu = make_emulator("--time-scale", "0.01")
+    env = run_env(tmp_path, emu, sqlite_url)
+    proc = start_run(tmp_path, env, str(manifest), "-o", "big.results.jsonl")
+    wait_until(lambda: count_state(sqlite_url, "queued") >= 5000, 120,
+               what="the first chunk of the ingest")
+    proc.send_signal(signal.SIGTERM)
+    code = finish(proc, 60)
+    out = (tmp_path / "run.out").read_text()
+    assert code == 130, out
+    assert "interrupted; " in out and out.count("Traceback") == 0, out
+    results = read_results(tmp_path / "big.results.jsonl")
+    assert 0 < len(results) < len(rows), "the ingest was not interrupted part-way"
+    assert [r["id"] for r in results] == [r["id"] for r in rows[:len(results)]]
+    assert {r["status"] for r in results} == {"pending"}
+    assert emu.ledger() == []
