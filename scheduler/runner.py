@@ -7,17 +7,15 @@ again after any interruption resumes the same batch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -25,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from scheduler.export import export
 from scheduler.ingest import IngestResult, batch_id_for, ingest
 from scheduler.interrupt import Interrupted, StopRequest
+from scheduler.live import RateMeter, combined, describe, progress_bar, summary_lines
 from scheduler.liveness import ProgressWatch
 from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
@@ -109,25 +108,6 @@ def check_account(settings: Settings) -> int | None:
         client.close()
 
 
-def _describe(st: BatchStatus) -> str:
-    c = st.counts
-    in_flight = c[JobState.SUBMITTING] + c[JobState.RUNNING]
-    waiting = c[JobState.QUEUED] + c[JobState.RETRY_WAIT] + c[JobState.AMBIGUOUS]
-    return (f"running {in_flight} · waiting {waiting} · done {c[JobState.COMPLETED]} · "
-            f"failed {c[JobState.FAILED]} · invalid {c[JobState.INVALID]} · ${st.usd:.2f}")
-
-
-@contextlib.contextmanager
-def _progress(console: Console, total: int) -> Iterator[Progress]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
-        console=console, transient=False, disable=not console.is_terminal,
-    )
-    with progress:
-        yield progress
-
-
 def _check_liveness(liveness: ProgressWatch, services: Services, console: Console) -> None:
     try:
         if not liveness.check():
@@ -142,20 +122,6 @@ def _check_liveness(liveness: ProgressWatch, services: Services, console: Consol
                   else "the fleet serving this Redis is not ours to restart; check it"))
     logger.warning("%s", message)
     console.print(f"[yellow]{message}[/]", highlight=False)
-
-
-def combined(statuses: list[BatchStatus]) -> BatchStatus:
-    """The sum of several batches' statuses (what `run --all` shows); the first's alone
-    when there is one."""
-    if len(statuses) == 1:
-        return statuses[0]
-    first = statuses[0]
-    counts = {state.value: sum(st.counts.get(state.value, 0) for st in statuses)
-              for state in JobState}
-    return BatchStatus(id=first.id, source=first.source,
-                       total=sum(st.total for st in statuses), counts=counts,
-                       consumed_units=sum(st.consumed_units for st in statuses),
-                       created_at=first.created_at)
 
 
 class Claims:
@@ -187,14 +153,15 @@ class Claims:
 
 def watch(engine: Engine, batch_ids: list[str], services: Services, console: Console,
           liveness: ProgressWatch | None = None, claims: Claims | None = None,
-          stop: StopRequest | None = None) -> str | None:
+          stop: StopRequest | None = None, limit: int | None = None) -> str | None:
     """Show progress until the batches have no active row (or their budget stopped them
     with nothing left in flight); a reason when they cannot finish.
 
     With `liveness`, the workers and dispatcher this run started are restarted when the
     fleet stops making progress although work is due (for example a worker wedged after
     Redis restarted). `claims` are renewed as the run goes. A `stop` request raises
-    `Interrupted` between passes.
+    `Interrupted` between passes. `limit` is the concurrency shown beside the tasks in
+    flight.
     """
     last_plain = 0.0
     last_liveness = time.monotonic()
@@ -205,7 +172,8 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
         return [st for st in found if st is not None]
 
     st = combined(statuses())
-    with _progress(console, st.total) as progress:
+    meter = RateMeter()
+    with progress_bar(console, st.total) as progress:
         task = progress.add_task("piapi-bulk", total=st.total, detail="")
         while True:
             if stop is not None:
@@ -215,11 +183,13 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
             # The database may be restarting: wait for it rather than end the run.
             each = retry_transient(statuses, wait_s=DB_WAIT_S)
             st = combined(each)
-            progress.update(task, completed=st.finished, total=st.total, detail=_describe(st))
+            meter.add(time.monotonic(), st.finished)
+            line = describe(st, limit, meter)
+            progress.update(task, completed=st.finished, total=st.total, detail=line)
             if not console.is_terminal and time.monotonic() - last_plain >= PLAIN_REPORT_EVERY_S:
                 last_plain = time.monotonic()
-                console.print(f"{st.finished}/{st.total} finished · {_describe(st)}",
-                              soft_wrap=True)
+                console.print(f"{st.finished}/{st.total} finished · {line}", soft_wrap=True,
+                              highlight=False)
             if all(one.active == 0 or budget_stops[one.id].stopped(one) for one in each):
                 return None
             halt = retry_transient(lambda: get_halt(engine), wait_s=DB_WAIT_S)
@@ -291,6 +261,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     (`StopRequest`), the results file is written (rows still to run are `pending`) and the
     run exits 130.
     """
+    started = time.monotonic()
     settings.require_api_key()
     if not opts.manifest.is_file():
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
@@ -331,8 +302,9 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                                 concurrency=opts.concurrency)
             problem = watch(engine, served, services, console,
                             ProgressWatch(engine, settings.stall_s, batches=served), claims,
-                            stop)
-            return _finish(engine, result.batch_id, output, problem, console, opts.command)
+                            stop, opts.concurrency or limit)
+            return _finish(engine, result.batch_id, output, problem, console, opts.command,
+                           started)
         except Interrupted:
             if batch_id is None and engine is not None:  # stopped during the ingest
                 stored = batch_id_for(opts.manifest, opts.model, opts.task_type)
@@ -374,12 +346,13 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
 
 
 def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
-            console: Console, command: str | None) -> int:
+            console: Console, command: str | None, started: float) -> int:
     """Write the results file, say how the batch ended; the exit code."""
     rows = _export(engine, batch_id, output)
     final = batch_status(engine, batch_id)
     assert final is not None
-    console.print(f"{rows} rows · {_describe(final)} · results: {output}", soft_wrap=True)
+    for line in summary_lines(final, time.monotonic() - started, str(output), rows):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"{final.reused} rows reused, {tasks_created(engine, batch_id)} created",
                   highlight=False)
     if problem:
