@@ -2,10 +2,10 @@
 
 Used to validate every manifest row before anything is paid for, to convert flat CSV
 cells into the JSON types PiAPI expects, and to give the poll scheduler a prior duration
-(and budgets a prior price, from `workers/prices.py`). A row whose model is listed here but whose task type or fields are not
-is invalid: a malformed task for a known model never reaches the paid API. A model that is
-not listed at all is passed through unchecked (see `scheduler/validate.py`), unless the
-batch is strict.
+(and budgets a prior price, from `workers/prices.py`). A row whose model is listed here
+but whose task type or fields are not is invalid: a malformed task for a known model never
+reaches the paid API. A model that is not listed at all is passed through unchecked (see
+`scheduler/validate.py`), unless the batch is strict.
 """
 
 from __future__ import annotations
