@@ -66,9 +66,10 @@ class Tariff:
     amount: str | None = None
     """The input field giving the number of units (seconds, images, the text)."""
     default_amount: float = 1.0
-    """Units when the input leaves `amount` out (PiAPI's default)."""
+    """The amount when the input leaves it out (PiAPI's default), in the input's terms
+    (seconds, images, characters)."""
     max_amount: float = 1.0
-    """The most units a task may have (for the upper bound)."""
+    """The largest amount a task may have (for the upper bound), likewise."""
     variant_by: str | None = None
     variants: Mapping[str, Tariff] = field(default_factory=dict)
     """Value of `variant_by` -> the tariff that applies instead."""
@@ -115,7 +116,7 @@ TARIFFS: Mapping[tuple[str, str], Tariff] = {
         0.20, _DOCS + ": i2v-01, frozen 2,000,000 units; other Hailuo models assumed alike"),
     ("Qubico/tts", "zero-shot"): Tariff(0.025, "PiAPI docs: $0.025 per 1,000 characters",
                                         Unit.THOUSAND_CHARS, amount="gen_text",
-                                        default_amount=0, max_amount=10),
+                                        default_amount=0, max_amount=10_000),
     ("music-u", "generate_music"): Tariff(0.05, "piapi-bulk's earlier catalogue (unverified)"),
     ("midjourney", "imagine"): Tariff(
         0.07, _DOCS + ": fast imagine $0.07; relax $0.04, turbo $0.14 (unverified)",
@@ -134,22 +135,31 @@ TARIFFS: Mapping[tuple[str, str], Tariff] = {
 up to 67 MP ($0.70)."""
 
 
+def _in_units(tariff: Tariff, amount: float) -> float:
+    """`amount` (as the input gives it: seconds, images, characters) in the tariff's units."""
+    if tariff.unit is Unit.THOUSAND_CHARS:
+        return amount / 1000
+    return amount / 5 if tariff.unit is Unit.FIVE_SECONDS else amount
+
+
 def _units(tariff: Tariff, data: Mapping[str, Any]) -> float:
-    """How many of the tariff's units the task is."""
+    """How many of the tariff's units the task is (an amount that is not a number: the
+    most)."""
     if tariff.amount is None:
         return 1.0
     value = data.get(tariff.amount)
     if value is None:
-        return tariff.default_amount
-    if tariff.unit is Unit.THOUSAND_CHARS:
-        return len(str(value)) / 1000
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return tariff.max_amount
-    if not math.isfinite(number) or number < 0:
-        return tariff.max_amount
-    return number / 5 if tariff.unit is Unit.FIVE_SECONDS else number
+        amount = tariff.default_amount
+    elif tariff.unit is Unit.THOUSAND_CHARS:
+        amount = len(str(value))
+    else:
+        try:
+            amount = float(value)
+        except (TypeError, ValueError):
+            amount = tariff.max_amount
+        if not math.isfinite(amount) or amount < 0:
+            amount = tariff.max_amount
+    return _in_units(tariff, amount)
 
 
 def _option(data: Mapping[str, Any], name: str) -> str:
@@ -187,7 +197,7 @@ def _upper(tariff: Tariff) -> float:
     rate = max([tariff.usd, *tariff.rates.values()])
     for table in tariff.factors.values():
         rate *= max([1.0, *table.values()])
-    units = tariff.max_amount / 5 if tariff.unit is Unit.FIVE_SECONDS else tariff.max_amount
+    units = _in_units(tariff, tariff.max_amount) if tariff.amount else 1.0
     return max([rate * units, *map(_upper, tariff.variants.values())])
 
 

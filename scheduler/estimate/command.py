@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -24,6 +25,7 @@ from scheduler.validate import Defaults
 from workers import durations
 from workers.catalog import prior_duration_s
 from workers.db import is_sqlite, make_engine, normalise_url
+from workers.models import DurationSample
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
@@ -143,6 +145,8 @@ def learned_durations(database_url: str,
         return found, "no database yet: every duration is a prior"
     engine = make_engine(database_url)
     try:
+        if not inspect(engine).has_table(DurationSample.__tablename__):
+            return found, "no durations in the database yet: every duration is a prior"
         for kind in wanted:
             learned = durations.load(engine, *kind)
             if learned.learned:
