@@ -11,11 +11,17 @@ from rich.table import Table
 from scheduler.estimate.command import Estimate
 from scheduler.estimate.tally import KindTally
 from workers.prices import UNKNOWN_PRICE_USD, Basis
-from workers.spending import money
+from workers.spending import money as _money
 
 NOTHING = "nothing was created: no batch, no task"
 MODEL_NOTE = ("wall time: total task-seconds / concurrency, never less than the longest "
               "task (retries and polling delays not counted)")
+
+
+def money(usd: float) -> str:
+    """Dollars for people; a sum of a million prices is rounded to a micro-dollar first, so
+    float error does not show as extra digits."""
+    return _money(round(usd, 6))
 
 
 def clock(seconds: float) -> str:
