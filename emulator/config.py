@@ -76,6 +76,10 @@ class EmulatorConfig(BaseModel):
     )
     refuse_retry_after_s: int = Field(1, ge=0, description="Retry-After sent with refuse 429s.")
     balance_points: int = Field(10**12, ge=0, description="Starting wallet (1e7 points = $1).")
+    account_balance: bool = Field(
+        True, description="False: /account/info leaves the balance out (equivalent_in_usd "
+        "and wallet), as a PiAPI that does not report it would.",
+    )
 
     # request rate
     rpm: float = Field(0.0, ge=0.0, description="Requests per minute over all API calls; 0 = off.")

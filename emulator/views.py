@@ -17,17 +17,19 @@ def account_info(engine: Engine) -> dict[str, Any]:
     """`data` of GET /account/info: balance and the concurrency limit."""
     m = engine.metrics
     remain = engine.config.balance_points - m.consumed_units - m.frozen_units
-    return {
+    info: dict[str, Any] = {
         "account_name": "emulator",
         "account_id": ACCOUNT_ID,
-        "equivalent_in_usd": remain / UNITS_PER_USD,
         "max_concurrent_task_count": engine.config.concurrency,
-        "wallet": {
+    }
+    if engine.config.account_balance:
+        info["equivalent_in_usd"] = remain / UNITS_PER_USD
+        info["wallet"] = {
             "point_remain": remain,
             "point_frozen": m.frozen_units,
             "point_used": m.consumed_units,
-        },
-    }
+        }
+    return info
 
 
 def _family_counts(tasks: list[Task]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, forget, export,
-worker, dispatcher, webhook, flower, emulator."""
+"""The `piapi-bulk` command line: run, estimate, submit, doctor, status, cancel, retry, forget,
+export, worker, dispatcher, webhook, flower, emulator."""
 
 from __future__ import annotations
 
@@ -164,9 +164,16 @@ def run(
         "--all", help="Also run the other open batches in the database (by default run "
         "creates tasks only for this manifest's rows).")] = False,
     reuse: ReuseOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the estimate (see estimate) and exit: nothing is created, "
+        "nothing started.")] = False,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
+
+    if dry_run:
+        _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json=False)
+        return
 
     from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck
     from scheduler.runner import RunOptions
@@ -189,6 +196,39 @@ def run(
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
                       command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
+
+
+def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: bool,
+              service_mode: str | None, concurrency: int | None, as_json: bool) -> None:
+    from scheduler.estimate.command import EstimateOptions, estimate
+    from scheduler.estimate.view import show, to_json
+    from workers.logs import setup_logging
+
+    settings = _settings()
+    setup_logging("WARNING", _secrets(settings))
+    opts = EstimateOptions(manifest, model, task_type, strict or settings.strict,
+                           _service_mode(service_mode), concurrency)
+    found = estimate(settings, opts)
+    if as_json:
+        typer.echo(json.dumps(to_json(found), indent=2))
+    else:
+        console = Console()
+        show(found, console if console.is_terminal else Console(width=120))
+
+
+@app.command("estimate")
+def estimate_cmd(
+    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped).")],
+    model: ModelOpt = None,
+    task_type: TaskTypeOpt = None,
+    strict: StrictOpt = False,
+    service_mode: ServiceModeOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validate every row and print, per model and task type, the rows, invalid rows, the
+    cost and the wall time, with the account's balance; creates nothing."""
+    _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json)
 
 
 @app.command()

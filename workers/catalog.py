@@ -1,11 +1,11 @@
 """What piapi-bulk knows about PiAPI's models: task types, input fields and their types.
 
 Used to validate every manifest row before anything is paid for, to convert flat CSV
-cells into the JSON types PiAPI expects, and to give the poll scheduler and budgets a prior
-duration and price. A row whose model is listed here but whose task type or fields are not
-is invalid: a malformed task for a known model never reaches the paid API. A model that is
-not listed at all is passed through unchecked (see `scheduler/validate.py`), unless the
-batch is strict.
+cells into the JSON types PiAPI expects, and to give the poll scheduler a prior duration
+(and budgets a prior price, from `workers/prices.py`). A row whose model is listed here
+but whose task type or fields are not is invalid: a malformed task for a known model never
+reaches the paid API. A model that is not listed at all is passed through unchecked (see
+`scheduler/validate.py`), unless the batch is strict.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from workers.prices import UNKNOWN_PRICE_USD as UNKNOWN_PRICE_USD  # re-exported
+from workers.prices import upper_usd
 
 
 class Kind(StrEnum):
@@ -67,9 +70,6 @@ class TaskSpec:
     """True when PiAPI accepts fields beyond those listed (passed through unchecked)."""
     max_pixels: int | None = None
     """Upper bound on width*height, when the model has one."""
-    prior_usd: float | None = None
-    """What one task may cost at most (its dearest options), before costs are learned;
-    None when the price is not known (a high default is used instead)."""
     one_of: tuple[str, ...] = ()
     """At least one of these fields must be given (beyond `required`)."""
     check: Check | None = None
@@ -153,64 +153,52 @@ _SEEDANCE = {"prompt": S, "image_url": URL, "duration": FieldSpec(Kind.INT, choi
              "aspect_ratio": S}
 
 SPECS: tuple[TaskSpec, ...] = (
-    # prior_usd, an upper bound per task: Joycaption $0.01; Wan $0.08 a second, x1.5 at 1080P
-    # (15 s: $1.80); Flux $0.002 (schnell), $0.015 (dev), $0.02 (dev-advanced) an image;
-    # Kling 2.x $0.26 (std) or $0.46 (pro) per 5 s, Kling 3.0 $0.10 or $0.14 a second at
-    # 720p (15 s pro: $2.10); Hailuo $0.20; F5-TTS $0.025 per 1,000 characters (10,000:
-    # $0.25); Midjourney $0.04 relax, $0.07 fast, $0.14 turbo; Hunyuan $0.09; Seedance
-    # $0.30 per 5 s; Trellis $0.04; Udio $0.05; the image toolkit $0.01 per million pixels
-    # (a 2048x2048 image: $0.05; upscaled x4: up to 67 MP, $0.70).
-    TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30,
-             prior_usd=0.01),
-    TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180,
-             prior_usd=1.80),
-    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": URL}, prior_s=180,
-             prior_usd=1.80),
+    # Prices (per row, from its options, and their upper bounds): workers/prices.py.
+    TaskSpec("Qubico/joycaption", "joycaption-beta-one", ("image",), _JOYCAPTION, prior_s=30),
+    TaskSpec("Wan", "wan26-txt2video", ("prompt",), {**_WAN, "aspect_ratio": S}, prior_s=180),
+    TaskSpec("Wan", "wan26-img2video", ("prompt", "image"), {**_WAN, "image": URL}, prior_s=180),
     TaskSpec("Qubico/flux1-schnell", "txt2img", ("prompt",), _FLUX, prior_s=10,
-             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.002),
+             max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("Qubico/flux1-dev", "txt2img", ("prompt",), _FLUX, prior_s=20,
-             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.015),
+             max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("Qubico/flux1-schnell", "img2img", ("prompt", "image"), _FLUX_IMG2IMG,
-             prior_s=10, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.002),
+             prior_s=10, max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("Qubico/flux1-dev", "img2img", ("prompt", "image"), _FLUX_IMG2IMG, prior_s=20,
-             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.015),
+             max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("Qubico/flux1-dev-advanced", "txt2img-lora", ("prompt",), _FLUX_ADVANCED,
-             prior_s=30, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
+             prior_s=30, max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("Qubico/flux1-dev-advanced", "img2img-lora", ("prompt", "image"),
              {**_FLUX_ADVANCED, "image": URL, "denoise": NUM}, prior_s=30,
-             max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
+             max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("Qubico/flux1-dev-advanced", "controlnet-lora", ("prompt", "control_net_settings"),
-             _FLUX_ADVANCED, prior_s=30, max_pixels=FLUX_MAX_PIXELS, prior_usd=0.02),
+             _FLUX_ADVANCED, prior_s=30, max_pixels=FLUX_MAX_PIXELS),
     TaskSpec("kling", "video_generation", ("prompt",), _KLING, prior_s=240, open_fields=True,
-             prior_usd=2.10, check=_kling_duration),
+             check=_kling_duration),
     TaskSpec(
         "hailuo", "video_generation", (),
         {"prompt": FieldSpec(max_len=2000), "model": S, "image_url": URL, "expand_prompt": BOOL},
-        prior_s=120, open_fields=True, prior_usd=0.20, one_of=("prompt", "image_url"),
+        prior_s=120, open_fields=True, one_of=("prompt", "image_url"),
         service_modes=("public",),
     ),
     TaskSpec(
         "Qubico/tts", "zero-shot", ("gen_text", "ref_audio"),
         {"gen_text": FieldSpec(max_len=10_000), "ref_audio": URL, "ref_text": S}, prior_s=30,
-        prior_usd=0.25, service_modes=("public",),
+        service_modes=("public",),
     ),
-    TaskSpec("music-u", "generate_music", (), _UDIO, prior_s=120, prior_usd=0.05,
+    TaskSpec("music-u", "generate_music", (), _UDIO, prior_s=120,
              one_of=("gpt_description_prompt", "lyrics")),
-    TaskSpec("midjourney", "imagine", ("prompt",), _MIDJOURNEY, prior_s=90, prior_usd=0.14),
+    TaskSpec("midjourney", "imagine", ("prompt",), _MIDJOURNEY, prior_s=90),
     TaskSpec("Qubico/hunyuan", "txt2video", ("prompt",),
-             {"prompt": S, "negative_prompt": S, "aspect_ratio": S}, prior_s=300,
-             prior_usd=0.09),
-    TaskSpec("seedance", "seedance-2-preview", ("prompt",), _SEEDANCE, prior_s=180,
-             prior_usd=0.60),
+             {"prompt": S, "negative_prompt": S, "aspect_ratio": S}, prior_s=300),
+    TaskSpec("seedance", "seedance-2-preview", ("prompt",), _SEEDANCE, prior_s=180),
     TaskSpec("Qubico/trellis", "image-to-3d", ("image",), {"image": URL, "seed": INT},
-             prior_s=90, prior_usd=0.04),
+             prior_s=90),
     TaskSpec("Qubico/image-toolkit", "face-swap", ("target_image", "swap_image"),
-             {"target_image": URL, "swap_image": URL}, prior_s=20, prior_usd=0.05),
+             {"target_image": URL, "swap_image": URL}, prior_s=20),
     TaskSpec("Qubico/image-toolkit", "background-remove", ("image",), {"image": URL},
-             prior_s=20, prior_usd=0.05),
+             prior_s=20),
     TaskSpec("Qubico/image-toolkit", "upscale", ("image",),
-             {"image": URL, "scale": FieldSpec(Kind.INT, choices=(2, 4))}, prior_s=30,
-             prior_usd=0.70),
+             {"image": URL, "scale": FieldSpec(Kind.INT, choices=(2, 4))}, prior_s=30),
 )
 
 _BY_KEY: dict[tuple[str, str], TaskSpec] = {(s.model, s.task_type): s for s in SPECS}
@@ -233,15 +221,10 @@ def prior_duration_s(model: str, task_type: str) -> float:
     return spec.prior_s if spec else 60.0
 
 
-UNKNOWN_PRICE_USD = 2.5
-"""The cost assumed for a task whose price is not known (a model passed through unchecked,
-before any of its tasks completed): above the dearest known task."""
-
-
 def prior_cost_usd(model: str, task_type: str) -> float:
-    """What one task may cost before anything is learned (errs on the high side)."""
-    spec = lookup(model, task_type)
-    return spec.prior_usd if spec and spec.prior_usd is not None else UNKNOWN_PRICE_USD
+    """What one task may cost before anything is learned (errs on the high side): its
+    dearest options' price (`workers.prices`), or `UNKNOWN_PRICE_USD` when none is known."""
+    return upper_usd(model, task_type)
 
 
 # --- families: how PiAPI groups models in its history filter and in-flight counts -------

@@ -299,6 +299,24 @@ class AccountInfo:
 
     max_concurrent_tasks: int | None
     usd: float | None
+    """The balance in US$ (`balance_usd`); None when PiAPI does not report it."""
+
+
+UNITS_PER_USD = 10_000_000
+"""PiAPI's points (wallet, usage): 10,000,000 = US$1."""
+
+
+def balance_usd(data: Mapping[str, Any]) -> float | None:
+    """The balance in US$ from /account/info's `data`: `equivalent_in_usd`, else the
+    wallet's `point_remain` in dollars; None when neither is given."""
+    usd = data.get("equivalent_in_usd")
+    if isinstance(usd, int | float) and not isinstance(usd, bool):
+        return float(usd)
+    wallet = data.get("wallet")
+    points = wallet.get("point_remain") if isinstance(wallet, Mapping) else None
+    if isinstance(points, int | float) and not isinstance(points, bool):
+        return points / UNITS_PER_USD
+    return None
 
 
 def has_content(output: Any) -> bool:
@@ -709,8 +727,7 @@ class PiAPIClient:
         data = read_envelope(response).get("data")
         data = data if isinstance(data, Mapping) else {}
         limit = data.get("max_concurrent_task_count")
-        usd = data.get("equivalent_in_usd")
         return AccountInfo(
             max_concurrent_tasks=_int(limit) or None if limit is not None else None,
-            usd=float(usd) if isinstance(usd, int | float) else None,
+            usd=balance_usd(data),
         )

@@ -6,7 +6,8 @@ stuck and no longer watched (`workers.stuck`; a row's own task is counted once, 
 row). frozen: every row in flight (a create dispatched or under way, a task running, a lost
 create being reconciled) and every abandoned task still watched, at the estimated cost of
 one task of its kind: the mean usage of completed tasks of that kind (this batch's, else
-any batch's in the database), else the catalog's prior, which errs on the high side.
+any batch's in the database), else the price of its dearest options from the price table
+`estimate` uses (`workers.prices.upper_usd`), which errs on the high side.
 A create is admitted only while spent + frozen + the next task's estimate stays within the
 budget.
 """
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.engine import Engine
 
-from workers.catalog import prior_cost_usd
 from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, JOBS
+from workers.prices import upper_usd
 from workers.states import AttemptState, JobState
 
 USD_PER_UNIT = 1e-7
@@ -106,7 +107,7 @@ def pause_message(spend: Spend, budget_usd: float) -> str:
 
 class CostEstimates:
     """The mean cost of one task per kind over the database's completed rows (a sample),
-    cached; the catalog's prior for a kind with none."""
+    cached; the price table's upper bound for a kind with none."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -120,7 +121,7 @@ class CostEstimates:
             return cached[0]
         with transaction(engine) as conn:
             mean, n = conn.execute(_MEAN, {"p_model": kind[0], "p_task_type": kind[1]}).one()
-        usd = float(mean) * USD_PER_UNIT if n and mean is not None else prior_cost_usd(*kind)
+        usd = float(mean) * USD_PER_UNIT if n and mean is not None else upper_usd(*kind)
         self._cache[kind] = (usd, now)
         return usd
 

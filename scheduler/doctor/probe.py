@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workers.catalog import active_family, prior_cost_usd
+from workers.catalog import active_family
 from workers.piapi import AmbiguousError, HistoryRow, PiAPIClient, PiAPIError, status_outcome
+from workers.prices import price_usd
 from workers.reconcile.decide import input_matches
 
 logger = logging.getLogger(__name__)
@@ -23,8 +24,8 @@ logger = logging.getLogger(__name__)
 PROBE_MODEL = "Qubico/flux1-schnell"
 PROBE_TASK_TYPE = "txt2img"
 PROBE_INPUT: Mapping[str, Any] = {"prompt": "a small red dot on white"}
-PROBE_USD = prior_cost_usd(PROBE_MODEL, PROBE_TASK_TYPE)
-"""What the probe costs (the docs' $0.002 for a Flux schnell image)."""
+PROBE_USD = price_usd(PROBE_MODEL, PROBE_TASK_TYPE, PROBE_INPUT).usd
+"""What the probe costs (one Flux schnell image)."""
 FIRST_POLL_S = 0.5
 POLL_GROWTH = 1.5
 MAX_POLL_S = 5.0

@@ -10,6 +10,7 @@ import pytest
 
 from scheduler.operator import CancelReport, RetryReport, parse_budget, parse_deadline, read_ids
 from workers.catalog import SPECS, UNKNOWN_PRICE_USD, prior_cost_usd
+from workers.prices import TARIFFS
 from workers.settings import ConfigError
 from workers.spending import Spend, allowance, money, pause_message
 from workers.transitions.common import PollTarget
@@ -86,13 +87,13 @@ def test_the_pause_message_says_what_to_do() -> None:
 def test_priors_are_plausible_and_an_unknown_price_errs_high() -> None:
     assert prior_cost_usd("Qubico/joycaption", "joycaption-beta-one") == pytest.approx(0.01)
     assert prior_cost_usd("Wan", "wan26-txt2video") == pytest.approx(1.80)  # 15 s at 1080P
-    known = [s.prior_usd for s in SPECS if s.prior_usd is not None]
+    known = [prior_cost_usd(s.model, s.task_type) for s in SPECS]
     assert max(known) <= UNKNOWN_PRICE_USD
     assert prior_cost_usd("no-such-model", "x") == UNKNOWN_PRICE_USD
     assert prior_cost_usd("Qubico/diffrhythm", "txt2audio-base") == UNKNOWN_PRICE_USD
     assert prior_cost_usd("kling", "video_generation") == pytest.approx(2.10)  # 3.0, 15 s pro
     assert prior_cost_usd("Qubico/tts", "zero-shot") == pytest.approx(0.25)  # 10,000 chars
-    assert all(s.prior_usd is not None for s in SPECS)  # every catalogue entry has a price
+    assert all((s.model, s.task_type) in TARIFFS for s in SPECS)  # every entry has a price
 
 
 def test_attempts_before_an_operator_retry_do_not_count() -> None:
