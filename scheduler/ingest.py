@@ -43,7 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from scheduler.folder import FolderManifest, image_field
 from scheduler.local_files import LocalFiles
-from scheduler.manifest import BadRow, Item, Manifest, open_manifest
+from scheduler.manifest import BadRow, Item, Manifest, ManifestError, open_manifest
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from workers.models import BATCHES, JOBS, Batch
 from workers.states import ErrorKind, JobState
@@ -104,7 +104,12 @@ def open_source(path: str | os.PathLike[str], model: str | None,
                 task_type: str | None) -> Source:
     """The manifest at `path`: a file, or a folder of images (a row per image)."""
     if Path(path).is_dir():
-        return FolderManifest(path, image_field(model, task_type))
+        folder = FolderManifest(path, image_field(model, task_type))
+        if not folder.files:
+            raise ManifestError(f"no image files in {folder.path}"
+                                + (f" ({folder.skipped} other files skipped)"
+                                   if folder.skipped else ""))
+        return folder
     return open_manifest(path)
 
 

@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.folder import FolderManifest, image_field, scan
+from scheduler.ingest import open_source
 from scheduler.local_files import LocalFileProblem, LocalFiles, check_file, media_kind, to_path
-from scheduler.manifest import RawRow
+from scheduler.manifest import ManifestError, RawRow
 from scheduler.options import parse_set
+from scheduler.sidecars import caption, sidecar_path, write_text_atomic
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from tests.helpers import png_bytes
 from workers.piapi import MAX_UPLOAD_BYTES
@@ -211,3 +213,21 @@ def test_scan_keeps_exactly_the_visible_images_sorted(
         assert [rel for rel, _ in found] == sorted(r for r in visible if written[r])
         # Files under hidden folders are never looked at; the rest not taken are counted.
         assert skipped == len(written) - len(found) - len(hidden_dirs)
+
+
+def test_a_folder_without_images_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("text")
+    with pytest.raises(ManifestError, match=r"no image files in .* \(1 other files skipped\)"):
+        open_source(tmp_path, "Qubico/joycaption", "joycaption-beta-one")
+
+
+def test_sidecars(tmp_path: Path) -> None:
+    assert caption({"text": "a cat"}) == "a cat"
+    assert caption({"image_url": "https://x"}) is None and caption(None) is None
+    image = tmp_path / "cat.photo.png"
+    assert sidecar_path(str(image)) == tmp_path / "cat.photo.txt"
+    assert write_text_atomic(tmp_path / "cat.txt", "a cat")
+    assert not write_text_atomic(tmp_path / "cat.txt", "a cat")  # already right
+    assert write_text_atomic(tmp_path / "cat.txt", "a black cat")
+    assert (tmp_path / "cat.txt").read_text() == "a black cat"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.txt"]  # no temp files left
