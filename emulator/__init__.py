@@ -14,6 +14,7 @@ order a request flows through them:
 - `engine`: the simulated account (task lifecycle on a timer heap, concurrency, cancel).
 - `outputs`: each model's `output` shape, with ids and URLs derived from the task id.
 - `tasks`, `metrics`, `history`, `views`: task state and JSON, counters, history index, views.
+- `uploads`: the upload endpoint's store (files in memory, served back, in the ledger).
 - `webhooks`: delivery to loopback receivers; `counters`, `clock`, `responses`: small helpers.
 
 By default it answers the least generous way PiAPI's docs allow (REFERENCE.md): history rows

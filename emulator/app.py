@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import mimetypes
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -31,7 +32,8 @@ from emulator.responses import (
     rate_limited,
     refusal,
 )
-from emulator.runtime import Runtime
+from emulator.runtime import Runtime, base_url_for
+from emulator.uploads import BAD_INPUT, PLAN_REFUSED, UPLOAD_PATH, decode_body
 from emulator.validation import InvalidRequest
 from emulator.views import account_info, active_tasks, history_page
 
@@ -181,6 +183,29 @@ class Api:
         media_type, body = FILE_BODIES[match.group(1)]
         return Response(body, media_type=media_type)
 
+    async def upload(self, request: Request) -> Response:
+        """POST /api/ephemeral_resource: store the file, answer the URL it is served at."""
+        rt = self.rt
+        store = rt.uploads
+        store.seen += 1
+        if store.seen <= rt.config.upload_fail_first:
+            return error(503, "service unavailable")
+        if rt.config.upload_plan == "free":
+            return error(403, PLAN_REFUSED)
+        decoded = decode_body(await request.body())
+        if decoded is None:
+            return error(400, BAD_INPUT)
+        stored = store.add(*decoded, base_url_for(rt.config), rt.clock.now())
+        return _success({"url": stored.url})
+
+    async def uploaded(self, request: Request) -> Response:
+        """GET /uploads/{file_id}/{name}: an uploaded file's bytes (no auth)."""
+        found = self.rt.uploads.files.get(request.path_params["file_id"])
+        if found is None or found.file_name != request.path_params["name"]:
+            return error(404, "file not found")
+        media_type = mimetypes.guess_type(found.file_name)[0] or "application/octet-stream"
+        return Response(found.data, media_type=media_type)
+
     def routes(self) -> list[Route]:
         """The PiAPI routes."""
         g = self.guarded
@@ -194,6 +219,8 @@ class Api:
             Route("/api/open/tasks/histories", g("histories", self.histories),
                   methods=["GET"]),
             Route("/ephemeral/{name}", self.files, methods=["GET"]),
+            Route(UPLOAD_PATH, g("upload", self.upload), methods=["POST"]),
+            Route("/uploads/{file_id}/{name}", self.uploaded, methods=["GET"]),
         ]
 
 

@@ -84,6 +84,9 @@ def emulator_command(
     unknown_task_status: int = typer.Option(404, help="HTTP status for unknown task ids."),
     cancel_status: str = typer.Option("failed", help="Status after cancel: failed|cancelled."),
     balance_points: int = typer.Option(10**12, help="Starting wallet (1e7 points = $1)."),
+    upload_plan: str = typer.Option(
+        "creator", help="Plan for uploads: creator, or free (403 Insufficient plan level)."),
+    upload_fail_first: int = typer.Option(0, help="Answer the first N uploads 503."),
     log_level: str = typer.Option("warning", help="Log level (debug, info, warning...)."),
 ) -> None:
     """Run the PiAPI emulator on loopback until interrupted."""
@@ -103,7 +106,8 @@ def emulator_command(
             history_fault_rate=history_fault_rate, active_tasks_enabled=active_tasks,
             active_tasks_families=active_tasks_families,
             unknown_task_status=unknown_task_status, cancel_status=cancel_status,
-            balance_points=balance_points, log_level=log_level,
+            balance_points=balance_points, upload_plan=upload_plan,
+            upload_fail_first=upload_fail_first, log_level=log_level,
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -107,6 +107,17 @@ class EmulatorConfig(BaseModel):
         "Task ends failed: the provider pool \"doesn't have enough credits\" (error and logs)."
     )
     create_latency_s: float = Field(0.0, ge=0.0, description="Real seconds before create answers.")
+    upload_fail_first: int = Field(
+        0, ge=0, description="Answer the first N uploads (/api/ephemeral_resource) 503."
+    )
+
+    # uploads
+    upload_plan: Literal["creator", "free"] = Field(
+        "creator", description=(
+            "The account's plan for uploads: creator (allowed) or free (403 \"Insufficient "
+            "plan level\", as for plans below Creator)."
+        ),
+    )
 
     # history, account, cancel
     history_shape: Literal["documented", "full"] = Field(

@@ -22,7 +22,8 @@ def control_routes(rt: Runtime) -> list[Route]:
         return json_response(body)
 
     async def get_ledger(request: Request) -> Response:
-        body = ledger(rt.engine, request.query_params.get("input_key"))
+        body = {**ledger(rt.engine, request.query_params.get("input_key")),
+                "uploads": rt.uploads.ledger()}
         rt.poke()
         return json_response(body)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 REQUEST_NAMES = (
     "create", "get", "delete", "account_info", "active_tasks", "histories", "files",
+    "upload",
 )
 FAULT_KINDS = (
     "5xx", "429", "ambiguous", "lost", "hang", "stuck", "stuck_processing", "fail",

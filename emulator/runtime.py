@@ -12,6 +12,7 @@ from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
 from emulator.ratelimit import RateLimiter
+from emulator.uploads import UploadStore
 from emulator.webhooks import WebhookSender
 
 _TIMER_SLACK_S = 0.0005
@@ -46,6 +47,7 @@ class Runtime:
         self.engine = Engine(config, self.clock, self.faults, self.task_rng, base_url_for(config))
         self.limiter = RateLimiter(config, self.clock)
         self.webhooks = WebhookSender(config, self.counters, self.faults)
+        self.uploads = UploadStore()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -82,6 +84,7 @@ class Runtime:
         self._cancel_timer()
         self._seed()
         self.counters.reset()
+        self.uploads.reset()
         self.limiter.reset()
         self.engine.reset()
 

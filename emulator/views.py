@@ -83,6 +83,7 @@ def ledger_row(task: Task) -> dict[str, Any]:
         "model": task.model,
         "task_type": task.task_type,
         "input_key": task.input_key,
+        "input": task.input,
         "status": task.status,
         "created_at": format_time(task.created_at),
         "ended_at": format_time(task.ended_at),

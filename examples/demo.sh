@@ -26,6 +26,7 @@ done
 # A fresh emulator knows none of an earlier demo's tasks, so the demo starts a fresh database.
 rm -f "$RUN_DIR"/demo.db "$RUN_DIR"/demo.db-wal "$RUN_DIR"/demo.db-shm
 export PIAPI_BASE_URL="http://127.0.0.1:$port"
+export PIAPI_UPLOAD_URL="$PIAPI_BASE_URL"  # the emulator serves the upload endpoint too
 export DATABASE_URL="sqlite:///$RUN_DIR/demo.db"
 unset REDIS_URL
 echo "emulator on $PIAPI_BASE_URL (time scale $TIME_SCALE, concurrency $CONCURRENCY)"

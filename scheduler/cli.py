@@ -109,6 +109,25 @@ ReuseOpt = Annotated[
                  "and input, in any batch) completed within PIAPI_BULK_REUSE_WINDOW_S takes "
                  "its task instead of paying again (default: on). Kept with the batch."),
 ]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="An input field for every row "
+                 "(repeatable; a row's own value wins; for a folder the only source)."),
+]
+SidecarOpt = Annotated[
+    bool,
+    typer.Option("--captions-as-sidecar", help="Write each completed caption of a local "
+                 "image next to it as <image name>.txt (with the results file)."),
+]
+
+
+def _fields(values: list[str] | None) -> dict[str, str]:
+    from scheduler.options import parse_set
+
+    try:
+        return parse_set(values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -140,7 +159,8 @@ def _secrets(settings: Settings) -> list[str]:
 
 @app.command()
 def run(
-    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped).")],
+    manifest: Annotated[Path, typer.Argument(
+        help="CSV or JSONL manifest (may be gzipped), or a folder of images.")],
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
     output: Annotated[Path | None, typer.Option("-o", "--output",
@@ -164,6 +184,8 @@ def run(
         "--all", help="Also run the other open batches in the database (by default run "
         "creates tasks only for this manifest's rows).")] = False,
     reuse: ReuseOpt = None,
+    set_fields: SetOpt = None,
+    captions_as_sidecar: SidecarOpt = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the estimate (see estimate) and exit: nothing is created, "
         "nothing started.")] = False,
@@ -172,7 +194,8 @@ def run(
     import time
 
     if dry_run:
-        _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json=False)
+        _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json=False,
+                  set_fields=set_fields)
         return
 
     from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck
@@ -194,12 +217,14 @@ def run(
                       budget_usd=budget, deadline_at=deadline_at,
                       strict=strict or settings.strict, service_mode=mode,
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
-                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse)
+                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse,
+                      fields=_fields(set_fields), captions_as_sidecar=captions_as_sidecar)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
 def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: bool,
-              service_mode: str | None, concurrency: int | None, as_json: bool) -> None:
+              service_mode: str | None, concurrency: int | None, as_json: bool,
+              set_fields: list[str] | None) -> None:
     from scheduler.estimate.command import EstimateOptions, estimate
     from scheduler.estimate.view import show, to_json
     from workers.logs import setup_logging
@@ -207,7 +232,7 @@ def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: 
     settings = _settings()
     setup_logging("WARNING", _secrets(settings))
     opts = EstimateOptions(manifest, model, task_type, strict or settings.strict,
-                           _service_mode(service_mode), concurrency)
+                           _service_mode(service_mode), concurrency, _fields(set_fields))
     found = estimate(settings, opts)
     if as_json:
         typer.echo(json.dumps(to_json(found), indent=2))
@@ -218,22 +243,26 @@ def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: 
 
 @app.command("estimate")
 def estimate_cmd(
-    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped).")],
+    manifest: Annotated[Path, typer.Argument(
+        help="CSV or JSONL manifest (may be gzipped), or a folder of images.")],
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
     strict: StrictOpt = False,
     service_mode: ServiceModeOpt = None,
     concurrency: ConcurrencyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    set_fields: SetOpt = None,
 ) -> None:
     """Validate every row and print, per model and task type, the rows, invalid rows, the
     cost and the wall time, with the account's balance; creates nothing."""
-    _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json)
+    _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json,
+              set_fields)
 
 
 @app.command()
 def submit(
-    manifest: Annotated[Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped).")],
+    manifest: Annotated[Path, typer.Argument(
+        help="CSV or JSONL manifest (may be gzipped), or a folder of images.")],
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
     concurrency: ConcurrencyOpt = None,
@@ -244,6 +273,7 @@ def submit(
     service_mode: ServiceModeOpt = None,
     on_stuck: OnStuckOpt = None,
     reuse: ReuseOpt = None,
+    set_fields: SetOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time
@@ -261,13 +291,14 @@ def submit(
     stuck_policy = parse_on_stuck(on_stuck)
     settings = _settings()
     strict = strict or settings.strict
-    if not manifest.is_file():
+    fields = _fields(set_fields)
+    if not (manifest.is_file() or manifest.is_dir()):
         raise ConfigError(f"cannot read manifest {manifest}: no such file")
-    preflight(manifest, model, task_type, strict)  # before any batch exists
+    preflight(manifest, model, task_type, strict, tuple(fields))  # before any batch exists
     engine = make_engine(settings.database_url)
     create_tables(engine)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
-                    default_service_mode=mode, strict=strict,
+                    default_service_mode=mode, strict=strict, fields=fields,
                     max_attempts=max_attempts or settings.max_attempts, concurrency=concurrency)
     problem = option_conflict(engine, result, strict=strict, service_mode=mode)
     if problem:
@@ -280,7 +311,7 @@ def submit(
               f"{result.invalid} invalid", highlight=False)
     if reused:
         err.print(f"{reused} rows reused (a twin in another batch completed)", highlight=False)
-    for text in unchecked_lines(result):
+    for text in (*result.notes, *unchecked_lines(result)):
         err.print(text, highlight=False, markup=False, soft_wrap=True)
     for line, key, reason in result.invalid_rows[:20]:
         err.print(f"  line {line} (id {key}): {reason}", highlight=False, markup=False,
@@ -447,6 +478,7 @@ def export_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Results file.")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl (the results lines) or csv "
                                      "(a row per manifest row, for spreadsheets).")] = "jsonl",
+    captions_as_sidecar: SidecarOpt = False,
 ) -> None:
     """Write a batch's results file (one line per manifest row, in input order)."""
     from scheduler.export import export
@@ -461,6 +493,12 @@ def export_cmd(
         raise ConfigError(f"no batch {batch}")
     rows = export(engine, batch, output, fmt)
     typer.echo(f"{rows} rows written to {output}", err=True)
+    if captions_as_sidecar:
+        from scheduler.sidecars import write_sidecars
+
+        written, same = write_sidecars(engine, batch)
+        typer.echo(f"captions: {written} sidecar .txt files written, {same} already up to "
+                   "date", err=True)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Manifest to database: one batch row and one job row per manifest row, idempotent, resumable.
 
-The batch id comes from the content: the file's bytes and the default model and task type.
+The batch id comes from the content: the file's bytes (a folder's: its path and listing,
+see `scheduler/folder.py`), the default model and task type, and the `--set` fields.
 Ingesting the same manifest again finds the same batch and adds nothing; an ingest that
 crashed part-way is resumed (rows are committed in order, a chunk per transaction, so what
 is stored is always a clean prefix 1..N of the data rows).
@@ -20,6 +21,8 @@ Rows go in with executemany (SQLite) or COPY (PostgreSQL).
 Two ingests of the same new manifest at the same moment are not supported: the second fails
 on the batch's unique content hash or on a job's (batch_id, seq) and leaves the first intact.
 The file is read twice (hash, then rows): it must not change while it is being ingested.
+Local files named in URL fields are checked as rows are read (`scheduler/local_files.py`),
+relative to the manifest's folder.
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from scheduler.manifest import BadRow, Item, Manifest, content_hash, open_manifest
+from scheduler.folder import FolderManifest, image_field
+from scheduler.local_files import LocalFiles
+from scheduler.manifest import BadRow, Item, Manifest, ManifestError, open_manifest
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from workers.models import BATCHES, JOBS, Batch
 from workers.states import ErrorKind, JobState
@@ -76,12 +82,41 @@ class IngestResult:
     """(model, task_type, rows) for each kind of row sent unchecked (not in the catalogue)."""
     service_mode: str | None = None
     """The batch's default service mode (the `--service-mode` it was first ingested with)."""
+    notes: tuple[str, ...] = ()
+    """Lines to show about the source (a folder's skipped files)."""
 
 
-def batch_hash(file_hash: str, default_model: str | None, default_task_type: str | None) -> str:
-    """The batch's content hash: the manifest's bytes and the defaults that apply to it."""
-    payload = json.dumps([file_hash, default_model, default_task_type])
+def batch_hash(file_hash: str, default_model: str | None, default_task_type: str | None,
+               fields: Mapping[str, str] | None = None) -> str:
+    """The batch's content hash: the manifest's bytes and the defaults that apply to it
+    (the `--set` fields only when there are some, so older batches keep their hash)."""
+    parts: list[Any] = [file_hash, default_model, default_task_type]
+    if fields:
+        parts.append(sorted(fields.items()))
+    payload = json.dumps(parts)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+Source = Manifest | FolderManifest
+
+
+def open_source(path: str | os.PathLike[str], model: str | None,
+                task_type: str | None) -> Source:
+    """The manifest at `path`: a file, or a folder of images (a row per image)."""
+    if Path(path).is_dir():
+        folder = FolderManifest(path, image_field(model, task_type))
+        if not folder.files:
+            raise ManifestError(f"no image files in {folder.path}"
+                                + (f" ({folder.skipped} other files skipped)"
+                                   if folder.skipped else ""))
+        return folder
+    return open_manifest(path)
+
+
+def source_folder(source: Source) -> Path:
+    """The folder a source's relative local paths start from: the folder itself, or the
+    manifest file's folder."""
+    return source.path if isinstance(source, FolderManifest) else source.path.parent
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -90,9 +125,13 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def batch_id_for(path: str | os.PathLike[str], default_model: str | None,
-                 default_task_type: str | None) -> str:
-    """The id `ingest` gives (or gave) the batch of this manifest with these defaults."""
-    return _batch_id(batch_hash(content_hash(path), default_model, default_task_type))
+                 default_task_type: str | None,
+                 fields: Mapping[str, str] | None = None) -> str:
+    """The id `ingest` gives (or gave) the batch of this manifest (a file or a folder) with
+    these defaults and `--set` fields."""
+    with open_source(path, default_model, default_task_type) as manifest:
+        return _batch_id(batch_hash(manifest.content_hash(), default_model, default_task_type,
+                                    fields))
 
 
 def _batch_id(digest: str) -> str:
@@ -135,6 +174,7 @@ def ingest(
     default_task_type: str | None = None,
     default_service_mode: str | None = None,
     strict: bool = False,
+    fields: Mapping[str, str] | None = None,
     max_attempts: int = 3,
     concurrency: int | None = None,
     chunk_size: int = 5000,
@@ -144,25 +184,31 @@ def ingest(
 
     `max_attempts` is always written to the batch; `concurrency` only when given (not None).
     `default_service_mode` is stored with a new batch and applies to its rows without their
-    own; `strict` makes rows for models the catalogue does not know invalid.
+    own; `strict` makes rows for models the catalogue does not know invalid; `fields` (the
+    `--set` fields) fill every row's input where the row gives no value (part of the
+    batch's identity).
     `progress` is called after each committed chunk with the number of rows stored so far.
     Raises `ManifestError` (before writing anything) when the file cannot be read at all.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    digest = batch_hash(content_hash(path), default_model, default_task_type)
-    with open_manifest(path) as manifest:
+    with open_source(path, default_model, default_task_type) as manifest:
+        digest = batch_hash(manifest.content_hash(), default_model, default_task_type, fields)
+        notes = (manifest.note,) if isinstance(manifest, FolderManifest) and manifest.note \
+            else ()
         batch, created = _batch(engine, manifest, digest, Defaults(
             default_model, default_task_type, default_service_mode or None))
         _settings(engine, batch, max_attempts, concurrency)
         if batch.ingested:
             logger.info("manifest %s is batch %s, already ingested", path, batch.id)
-            return _result(engine, batch)
+            return replace(_result(engine, batch), notes=notes)
         tally = _tally(engine, batch.id) if not created else _Tally()
         if tally.stored_seq:
             logger.info("resuming ingest of batch %s after row %d", batch.id, tally.stored_seq)
         started = time.monotonic()
-        _load(engine, batch, manifest, tally, chunk_size, progress, strict)
+        defaults = Defaults(batch.default_model, batch.default_task_type, batch.service_mode,
+                            dict(fields or {}), LocalFiles(source_folder(manifest)))
+        _load(engine, batch.id, defaults, manifest, tally, chunk_size, progress, strict)
     _analyze(engine)
     logger.info("ingested batch %s: %d rows, %d invalid, in %.1f s", batch.id, tally.total,
                 tally.invalid, time.monotonic() - started)
@@ -173,7 +219,7 @@ def ingest(
             unchecked = _unchecked(conn, batch.id)
     return IngestResult(batch.id, tally.total, tally.invalid, created, tally.sample,
                         resumed=not created, unchecked=unchecked,
-                        service_mode=batch.service_mode)
+                        service_mode=batch.service_mode, notes=notes)
 
 
 def _analyze(engine: Engine) -> None:
@@ -184,7 +230,7 @@ def _analyze(engine: Engine) -> None:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE jobs")
 
 
-def _batch(engine: Engine, manifest: Manifest, digest: str,
+def _batch(engine: Engine, manifest: Source, digest: str,
            defaults: Defaults) -> tuple[Batch, bool]:
     """The batch with this content hash, created (not yet ingested) when there is none."""
     with engine.begin() as conn:
@@ -258,15 +304,14 @@ def _invalid_sample(conn: Connection, batch_id: str) -> list[tuple[int, str, str
     return [(int(line), str(key), str(reason or "")) for line, key, reason in rows]
 
 
-def _load(engine: Engine, batch: Batch, items: Iterable[Item], tally: _Tally,
-          chunk_size: int, progress: Callable[[int], None] | None, strict: bool) -> None:
+def _load(engine: Engine, batch_id: str, defaults: Defaults, items: Iterable[Item],
+          tally: _Tally, chunk_size: int, progress: Callable[[int], None] | None,
+          strict: bool) -> None:
     """Store every row after the stored prefix, a chunk per transaction; then mark done.
 
     Rows stream into the open INSERT or COPY as they are validated, so on PostgreSQL the
     server indexes one row while Python reads and checks the next.
     """
-    batch_id = batch.id
-    defaults = Defaults(batch.default_model, batch.default_task_type, batch.service_mode)
     rows = (_row(batch_id, item, defaults, tally, time.time(), strict)
             for item in items if item.seq > tally.stored_seq)
     with engine.connect() as conn:

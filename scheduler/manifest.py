@@ -170,6 +170,10 @@ class Manifest:
             raise
         self._line = 0
 
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the file's raw bytes (the batch's identity starts here)."""
+        return content_hash(self.path)
+
     def _start(self) -> Iterator[Item]:
         if self.format == "jsonl":
             return _jsonl_items(self._stream)

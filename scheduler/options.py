@@ -1,4 +1,5 @@
-"""Ingest options that are not part of a batch's identity: `--strict`, `--service-mode`.
+"""Ingest options that are not part of a batch's identity: `--strict`, `--service-mode`
+(and the parsing of `--set`, which is).
 
 The same manifest is the same batch whatever these say (its rows are never sent twice), so
 `submit` and `run` check here that the options given can apply to a batch that existed
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from scheduler.ingest import IngestResult
+from scheduler.validate import RESERVED
 from workers.catalog import SERVICE_MODES
 from workers.models import JOBS
 from workers.states import ACTIVE
@@ -25,6 +27,25 @@ def parse_service_mode(value: str | None) -> str | None:
     if mode not in ("", *SERVICE_MODES):
         raise ValueError(f"--service-mode must be public, private or empty, got {value!r}")
     return mode
+
+
+def parse_set(values: list[str] | None) -> dict[str, str]:
+    """`--set KEY=VALUE` (repeatable) as input fields; ValueError for a malformed one, a
+    reserved field (`id`, `model`, ...) or a key given twice."""
+    fields: dict[str, str] = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
+        if key in RESERVED:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"--set {key}: not an input field (give it as {flag} or in "
+                             "the manifest)")
+        if key in fields:
+            raise ValueError(f"--set {key} given twice")
+        fields[key] = value
+    return fields
 
 
 def unchecked_lines(result: IngestResult) -> list[str]:

@@ -12,7 +12,11 @@ What is a usage error (`problem` says which, in one line):
   model's task types).
 - no model (no `--model`, and the sampled rows have no `model`), and likewise no task type.
 - columns of which none is an input field of the model or a reserved field (`id`, `model`,
-  `input`...), or that lack a field the model requires with no `input` to give it.
+  `input`...), or that lack a field the model requires with no `input` to give it (a
+  `--set` field counts as a column).
+- a `--set` field that `--model` with `--task-type` (known models) does not take.
+- a folder as the manifest without `--model` and `--task-type`, or for a model with no
+  single required image field (`scheduler/folder.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import itertools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from scheduler.folder import image_field
 from scheduler.manifest import RawRow, open_manifest
 from scheduler.validate import RESERVED
 from workers.catalog import ACTIVE_FAMILIES, HISTORY_FAMILIES, MODELS, TaskSpec, lookup, task_types
@@ -60,12 +66,34 @@ def read_sample(path: str | os.PathLike[str], rows: int = SAMPLE_ROWS) -> Sample
 
 
 def preflight(path: str | os.PathLike[str], model: str | None, task_type: str | None,
-              strict: bool = False) -> None:
-    """Raise `ConfigError` (exit 2, one line) when the manifest with these command-line
-    options would make a batch of which no row can be sent."""
-    found = problem(read_sample(path), model or None, task_type or None, strict)
+              strict: bool = False, fields: Sequence[str] = ()) -> None:
+    """Raise `ConfigError` (exit 2, one line) when the manifest (or folder) with these
+    command-line options (`fields`: the `--set` names) would make a batch of which no row
+    can be sent."""
+    found = model_problem(model, strict) if model else None
+    found = found or set_problem(model, task_type, fields)
+    if found is None and Path(path).is_dir():
+        image_field(model, task_type)  # raises the folder's usage error
+        return
+    if found is None:
+        sample = read_sample(path)
+        if fields:
+            sample = Sample(tuple(dict.fromkeys((*sample.columns, *fields))), sample.rows)
+        found = problem(sample, model or None, task_type or None, strict)
     if found is not None:
         raise ConfigError(found)
+
+
+def set_problem(model: str | None, task_type: str | None, fields: Sequence[str]) -> str | None:
+    """A `--set` field that the model and task type given (when known) do not take."""
+    spec = lookup(model, task_type) if model and task_type else None
+    if spec is None or spec.open_fields:
+        return None
+    unknown = [f for f in fields if f not in spec.fields]
+    if not unknown:
+        return None
+    return (f"--set {unknown[0]}: not an input field of {spec.model} {spec.task_type} "
+            f"(known: {', '.join(spec.fields)})")
 
 
 def problem(sample: Sample, model: str | None, task_type: str | None,

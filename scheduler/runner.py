@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -29,6 +29,7 @@ from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
 from scheduler.services import Services, ensure_services, start_private_redis
+from scheduler.sidecars import write_sidecars
 from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
 from workers.fleet import Fleet
@@ -84,6 +85,10 @@ class RunOptions:
     """This command line as typed, for the retry hint after failed rows."""
     reuse: bool | None = None
     """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """`--set KEY=VALUE`: input fields for every row (part of the batch's identity)."""
+    captions_as_sidecar: bool = False
+    """Write each local image's caption next to it as `<name>.txt` with the results."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -263,9 +268,10 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     """
     started = time.monotonic()
     settings.require_api_key()
-    if not opts.manifest.is_file():
+    if not (opts.manifest.is_file() or opts.manifest.is_dir()):
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
-    preflight(opts.manifest, opts.model, opts.task_type, opts.strict)  # nothing started yet
+    preflight(opts.manifest, opts.model, opts.task_type, opts.strict,  # nothing started yet
+              tuple(opts.fields))
     output = opts.output or default_output(opts.manifest)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,12 +310,12 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                             ProgressWatch(engine, settings.stall_s, batches=served), claims,
                             stop, opts.concurrency or limit)
             return _finish(engine, result.batch_id, output, problem, console, opts.command,
-                           started)
+                           started, opts.captions_as_sidecar)
         except Interrupted:
             if batch_id is None and engine is not None:  # stopped during the ingest
-                stored = batch_id_for(opts.manifest, opts.model, opts.task_type)
+                stored = batch_id_for(opts.manifest, opts.model, opts.task_type, opts.fields)
                 batch_id = stored if batch_status(engine, stored) is not None else None
-            return _interrupted(console, engine, batch_id, output)
+            return _interrupted(console, engine, batch_id, output, opts.captions_as_sidecar)
         finally:
             if claims is not None:
                 claims.release()
@@ -324,7 +330,7 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
     result = ingest(engine, opts.manifest, default_model=opts.model,
                     default_task_type=opts.task_type,
                     default_service_mode=opts.service_mode, strict=opts.strict,
-                    max_attempts=opts.max_attempts or settings.max_attempts,
+                    fields=opts.fields, max_attempts=opts.max_attempts or settings.max_attempts,
                     concurrency=opts.concurrency, progress=stop.check)
     conflict = option_conflict(engine, result, strict=opts.strict,
                                service_mode=opts.service_mode)
@@ -336,7 +342,7 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
     verb = "new batch" if result.created else "resuming batch"
     console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
                   f" (account limit {opts.concurrency or limit or '?'} in flight)")
-    for line in unchecked_lines(result):
+    for line in (*result.notes, *unchecked_lines(result)):
         console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
     _report_invalid(console, result)
     if reused:
@@ -346,9 +352,10 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
 
 
 def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
-            console: Console, command: str | None, started: float) -> int:
+            console: Console, command: str | None, started: float,
+            sidecars: bool = False) -> int:
     """Write the results file, say how the batch ended; the exit code."""
-    rows = _export(engine, batch_id, output)
+    rows = _export(engine, batch_id, output, sidecars, console)
     final = batch_status(engine, batch_id)
     assert final is not None
     for line in summary_lines(final, time.monotonic() - started, str(output), rows):
@@ -367,17 +374,25 @@ def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
     return EXIT_OK if ok else EXIT_ROWS_FAILED
 
 
-def _export(engine: Engine, batch_id: str, output: Path) -> int:
-    return retry_transient(lambda: export(engine, batch_id, output), wait_s=DB_WAIT_S)
+def _export(engine: Engine, batch_id: str, output: Path, sidecars: bool = False,
+            console: Console | None = None) -> int:
+    rows = retry_transient(lambda: export(engine, batch_id, output), wait_s=DB_WAIT_S)
+    if sidecars:
+        written, same = retry_transient(lambda: write_sidecars(engine, batch_id),
+                                        wait_s=DB_WAIT_S)
+        if console is not None:
+            console.print(f"captions: {written} sidecar .txt files written, {same} already "
+                          "up to date", highlight=False)
+    return rows
 
 
 def _interrupted(console: Console, engine: Engine | None, batch_id: str | None,
-                 output: Path) -> int:
+                 output: Path, sidecars: bool = False) -> int:
     """Write what is known so far (rows still to run are `pending`) and say how to go on."""
     written = ""
     if engine is not None and batch_id is not None:
         try:
-            rows = _export(engine, batch_id, output)
+            rows = _export(engine, batch_id, output, sidecars)
             written = f"; {rows} rows written to {output} (unfinished ones pending)"
         except (DBAPIError, OSError) as exc:
             written = f"; could not write {output}: {exc}"

@@ -223,6 +223,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
     env["REDIS_URL"] = settings.require_redis_url()
     env["DATABASE_URL"] = settings.database_url
     env["PIAPI_BASE_URL"] = settings.base_url
+    env["PIAPI_UPLOAD_URL"] = settings.upload_url
     env["PIAPI_RPM"] = str(settings.rpm)
     env["PIAPI_BULK_ON_AMBIGUOUS"] = settings.on_ambiguous
     return env

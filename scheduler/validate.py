@@ -17,8 +17,10 @@ booleans true/false/1/0/yes/no in any case, arrays a JSON array or a string hold
 (each item an object with the item keys the spec requires). String fields take strings,
 and numbers as their decimal form; objects, arrays and booleans are refused. A field the
 catalogue types as a URL (a file PiAPI fetches: Joycaption's `image`, Kling's `image_url`,
-F5-TTS's `ref_audio`...) must be an absolute http(s) URL with a host: a local path or
-`file:` URL is refused ("local files are not uploaded yet"), as is any other scheme. `choices`,
+F5-TTS's `ref_audio`...) must be an absolute http(s) URL with a host, or a local file
+(a path or `file:` URL) when the caller gives a resolver (`Defaults.local`, which ingest
+does: the file is checked and stored as its absolute path, and uploaded by the worker;
+without one a local file is refused); any other scheme is refused. `choices`,
 `min`, `max` and `max_len` apply after conversion; Flux models also need width*height <=
 1,048,576 when both are given; a spec's `one_of` and cross-field `check` come last.
 
@@ -36,11 +38,11 @@ Duplicate ids are not checked here: that needs every id seen so far (see `ingest
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.fieldtypes import CONVERTERS, KIND_WORDS, url_problem
+from scheduler.fieldtypes import CONVERTERS, KIND_WORDS, LOCAL_FILE, url_problem
 from scheduler.manifest import RawRow, parse_json
 from workers.catalog import MODELS, SERVICE_MODES, FieldSpec, Kind, TaskSpec, lookup, task_types
 
@@ -61,6 +63,11 @@ class Defaults:
     model: str | None = None
     task_type: str | None = None
     service_mode: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    """Input fields for every row (`--set KEY=VALUE`); a row's own non-empty value wins."""
+    local: Callable[[str], str] | None = None
+    """Resolves a local file named in a URL field to its checked absolute path (raising
+    ValueError with the reason); None: local files are refused."""
 
 
 @dataclass(slots=True)
@@ -116,10 +123,10 @@ def validate_row(raw: RawRow, defaults: Defaults, *, strict: bool = False) -> Jo
         mode = _service_mode(fields.get("service_mode"), defaults.service_mode, spec)
         if spec is None:
             assert model is not None and task_type is not None
-            data = _passthrough_input(fields, raw.from_csv)
+            data = _with_set(_passthrough_input(fields, raw.from_csv), defaults.fields)
             return JobSpec(raw.seq, raw.line, row_key, model, task_type, data, metadata,
                            unchecked=True, service_mode=mode)
-        data = _input(fields, spec, raw.from_csv)
+        data = _input(fields, spec, raw.from_csv, defaults)
     except _Reject as exc:
         return Invalid(raw.seq, raw.line, row_key, model, task_type, exc.reason, metadata)
     return JobSpec(raw.seq, raw.line, row_key, spec.model, spec.task_type, data, metadata,
@@ -241,12 +248,24 @@ def _json_cell(value: Any) -> Any:
     return parsed if isinstance(parsed, dict | list) else value
 
 
-def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[str, Any]:
+def _with_set(data: dict[str, Any], given: Mapping[str, str]) -> dict[str, Any]:
+    """`data` with the `--set` fields it does not fill itself."""
+    for name, value in given.items():
+        if _empty(data.get(name)):
+            data[name] = value
+    return data
+
+
+def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool,
+           defaults: Defaults) -> dict[str, Any]:
     """The merged, checked and typed input object."""
     data = {k: v for k, v in fields.items() if k not in RESERVED}
     explicit = fields.get("input")
     if explicit is not None:
         data = _merge(_explicit_input(explicit, from_csv), data, spec)
+    if defaults.fields:
+        data = _with_set(data, defaults.fields)
+    local = defaults.local
     if None in data.values():
         data = {k: v for k, v in data.items() if v is not None}
     if not spec.open_fields and not data.keys() <= spec.fields.keys():
@@ -255,9 +274,9 @@ def _input(fields: Mapping[str, Any], spec: TaskSpec, from_csv: bool) -> dict[st
     if data.keys() <= _plain_strings(spec) and all(type(v) is str for v in data.values()):
         typed = data  # the common CSV row: strings for string fields, nothing to convert
         for name in data.keys() & _url_fields(spec):
-            _check_url(name, data[name])
+            typed[name] = _check_url(name, data[name], local)
     else:
-        typed = {k: _typed(k, v, spec.fields.get(k)) for k, v in data.items()}
+        typed = {k: _typed(k, v, spec.fields.get(k), local) for k, v in data.items()}
         _check_area(typed, spec)
     if spec.check is not None and (reason := spec.check(typed)) is not None:
         raise _Reject(reason)
@@ -297,9 +316,17 @@ def _url_fields(spec: TaskSpec) -> frozenset[str]:
     return urls
 
 
-def _check_url(name: str, value: str) -> None:
-    if (problem := url_problem(value)) is not None:
-        raise _Reject(f"field {name!r}: {problem}, got {_show(value)}")
+def _check_url(name: str, value: str, local: Callable[[str], str] | None) -> str:
+    """The URL as given, or a local file's checked absolute path (with a resolver)."""
+    problem = url_problem(value)
+    if problem is None:
+        return value
+    if problem == LOCAL_FILE and local is not None:
+        try:
+            return local(value)
+        except ValueError as exc:
+            raise _Reject(f"field {name!r}: {exc}") from None
+    raise _Reject(f"field {name!r}: {problem}, got {_show(value)}")
 
 
 def _explicit_input(value: Any, from_csv: bool) -> dict[str, Any]:
@@ -364,15 +391,17 @@ def _reject_unknown(data: Mapping[str, Any], spec: TaskSpec) -> None:
                   f" (known: {', '.join(sorted(spec.fields))})")
 
 
-def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
-    """The value converted to the field's JSON type and checked; unlisted fields unchanged."""
+def _typed(name: str, value: Any, field: FieldSpec | None,
+           local: Callable[[str], str] | None = None) -> Any:
+    """The value converted to the field's JSON type and checked; unlisted fields unchanged
+    (`local` resolves local files in URL fields, see `Defaults.local`)."""
     if field is None or (type(value) is str and _plain(field)):
         return value  # the common case, kept fast: min and max apply to numbers only
     converted = CONVERTERS[field.kind](value)
     if converted is None:
         raise _Reject(f"field {name!r} must be {KIND_WORDS[field.kind]}, got {_show(value)}")
     if field.kind is Kind.URL:
-        _check_url(name, converted)
+        converted = _check_url(name, converted, local)
     if field.choices and converted not in field.choices:
         choices = ", ".join(_show(c) for c in field.choices)
         raise _Reject(f"field {name!r} must be one of {choices}, got {_show(converted)}")
@@ -382,11 +411,12 @@ def _typed(name: str, value: Any, field: FieldSpec | None) -> Any:
         raise _Reject(f"field {name!r} must be at most {field.max_len} characters, "
                       f"got {len(converted)}")
     if field.items is not None:
-        converted = [_item(name, i, item, field) for i, item in enumerate(converted)]
+        converted = [_item(name, i, item, field, local) for i, item in enumerate(converted)]
     return converted
 
 
-def _item(name: str, i: int, item: Any, field: FieldSpec) -> dict[str, Any]:
+def _item(name: str, i: int, item: Any, field: FieldSpec,
+          local: Callable[[str], str] | None) -> dict[str, Any]:
     """One object of an array field: required keys present, listed keys typed."""
     where = f"{name}[{i}]"
     if not isinstance(item, dict):
@@ -395,7 +425,7 @@ def _item(name: str, i: int, item: Any, field: FieldSpec) -> dict[str, Any]:
         if _empty(item.get(key)):
             raise _Reject(f"field {where!r} needs {key!r}")
     specs = field.items or {}
-    return {k: _typed(f"{where}.{k}", v, specs.get(k)) if v is not None else v
+    return {k: _typed(f"{where}.{k}", v, specs.get(k), local) if v is not None else v
             for k, v in item.items()}
 
 

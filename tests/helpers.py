@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,23 @@ import httpx
 
 from scheduler.services import free_port
 
-__all__ = ["REPO", "free_port", "start_emulator", "stop_process", "wait_until"]
+__all__ = ["REPO", "free_port", "png_bytes", "start_emulator", "stop_process", "wait_until"]
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def png_bytes(width: int = 2, height: int = 2, shade: int = 0) -> bytes:
+    """A valid grey PNG (zlib and struct only; Pillow is no dependency), `shade` 0-255."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\0" + bytes([shade % 256]) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                                  0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 def wait_until(
@@ -81,6 +95,10 @@ class Emulator:
 
     def ledger(self) -> list[dict[str, Any]]:
         return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["tasks"])
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """Every file uploaded to the emulator, oldest first (url, file_name, size, time)."""
+        return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["uploads"])
 
     def configure(self, **config: Any) -> None:
         """Change settings of the running emulator (`/_emulator/config`)."""

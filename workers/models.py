@@ -164,6 +164,10 @@ class Attempt(SQLModel, table=True):
     then it counts as in flight (it holds a slot at PiAPI). None: not watched."""
     next_at: float | None = None
     """When a watched task is next looked at (also pushed past a dispatched look's lease)."""
+    upload_urls: str | None = Field(default=None, sa_column=Column(Text))
+    """The URLs this create sent for the row's local files, as a JSON object (input field
+    -> URL; an array item's field as `field[i].key`), written just before the POST; None
+    when the row has no local file."""
 
 
 class Control(SQLModel, table=True):

@@ -1,7 +1,8 @@
-"""A small PiAPI client on httpx: create, get and cancel tasks, read the account.
+"""A small PiAPI client on httpx: create, get and cancel tasks, read the account, upload files.
 
-It imports nothing from the rest of the project: base URL, key, timeouts and an optional
-`before_request` hook (the fleet-wide rate limiter) come in as arguments.
+It imports nothing from the rest of the project: base URLs (the API's and the upload
+endpoint's), key, timeouts and an optional `before_request` hook (the fleet-wide rate
+limiter) come in as arguments.
 
 Every failure is one of three kinds, so callers decide by type, never by message:
 
@@ -17,6 +18,7 @@ Every failure is one of three kinds, so callers decide by type, never by message
     ├── PermanentError          trying again cannot help
     │   ├── InvalidRequest      400, or a non-success `code` in the envelope
     │   ├── NotFound            404: PiAPI does not know the task
+    │   ├── PlanRequired        403 to an upload: the plan has no uploads (Creator or higher)
     │   └── AccountError        401, 402, 403 (the key refused), or a create refused for
     │                           the account's balance or credit: stop the fleet
     └── AmbiguousError          a create whose outcome is unknown (sent, no answer):
@@ -33,6 +35,7 @@ its `LimitScope`, and `has_content` tells a real output from PiAPI's empty place
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import math
 import time
@@ -177,6 +180,15 @@ class InvalidRequest(PermanentError):
 
 class NotFound(PermanentError):
     """PiAPI does not know this task id."""
+
+
+class PlanRequired(PermanentError):
+    """An upload refused for the account's plan (403 "Insufficient plan level"): uploads
+    need PiAPI's Creator plan or higher. `reason` is PiAPI's own words."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message, status=status)
+        self.reason = reason
 
 
 class AccountError(PermanentError):
@@ -568,6 +580,12 @@ def read_envelope(response: httpx.Response, *, create: bool = False) -> Mapping[
     return body
 
 
+UPLOAD_PATH = "/api/ephemeral_resource"
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+"""The largest file PiAPI's upload endpoint takes (10 MB; it deletes files after 24 h)."""
+DEFAULT_UPLOAD_URL = "https://upload.theapi.app"
+
+
 TRANSPORT_NOT_SENT: tuple[type[Exception], ...] = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -588,8 +606,10 @@ class PiAPIClient:
         before_request: Callable[[str], None] | None = None,
         max_connections: int = 100,
         transport: httpx.BaseTransport | None = None,
+        upload_url: str = DEFAULT_UPLOAD_URL,
     ) -> None:
         self._before_request = before_request
+        self._upload_url = upload_url.rstrip("/")
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"x-api-key": api_key, "accept": "application/json"},
@@ -658,6 +678,27 @@ class PiAPIClient:
         except ServerError as exc:
             # A 2xx we cannot read may still have created a task.
             raise AmbiguousError(f"unreadable answer to create: {exc}") from exc
+
+    def upload_file(self, file_name: str, data: bytes) -> str:
+        """POST {upload_url}/api/ephemeral_resource with the file (base64): the URL PiAPI
+        serves it at for 24 hours. An upload creates no task and costs nothing, so an answer
+        lost after sending is a ServerError (retryable), never ambiguous; a 403 is
+        PlanRequired."""
+        body = {"file_name": file_name, "file_data": base64.b64encode(data).decode("ascii")}
+        try:
+            response = self._send("POST", self._upload_url + UPLOAD_PATH, kind="upload",
+                                  json=body)
+            envelope = read_envelope(response)
+        except AccountError as exc:
+            if exc.status != 403:
+                raise
+            raise PlanRequired(str(exc), status=403,
+                               reason=str(exc).removeprefix("HTTP 403: ")) from exc
+        answer = envelope.get("data")
+        url = answer.get("url") if isinstance(answer, Mapping) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ServerError("upload answer without a URL")
+        return url
 
     def get_task(self, task_id: str) -> TaskView:
         """GET /api/v1/task/{task_id}."""

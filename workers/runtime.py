@@ -25,6 +25,7 @@ def build_client(settings: Settings) -> PiAPIClient:
         settings.require_api_key(),
         timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s,
                           write_s=settings.write_timeout_s, pool_s=settings.pool_timeout_s),
+        upload_url=settings.upload_url,
     )
 
 

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # --- the user-facing contract -------------------------------------------------------
     api_key: SecretStr | None = Field(None, validation_alias=_env("PIAPI_API_KEY"))
     base_url: str = Field("https://api.piapi.ai", validation_alias=_env("PIAPI_BASE_URL"))
+    upload_url: str = Field("https://upload.theapi.app",
+                            validation_alias=_env("PIAPI_UPLOAD_URL"))
+    """Where local files are uploaded (`POST {upload_url}/api/ephemeral_resource`); the
+    emulator serves the endpoint at its own base URL."""
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     database_url: str = Field(default_factory=default_database_url,
                               validation_alias=_env("DATABASE_URL"))

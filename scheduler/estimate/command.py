@@ -10,8 +10,8 @@ comes, with the concurrency `DEFAULT_CONCURRENCY` (stated) and no balance.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import inspect
@@ -19,7 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.estimate.tally import Duration, Kind, KindTally, Tally, kind_wall_times, wall_time_s
-from scheduler.manifest import Item, read_manifest
+from scheduler.ingest import open_source, source_folder
+from scheduler.local_files import LocalFiles
 from scheduler.preflight import preflight
 from scheduler.validate import Defaults
 from workers import durations
@@ -34,8 +35,6 @@ DEFAULT_CONCURRENCY = 10
 """Tasks in flight assumed when neither --concurrency, PIAPI_CONCURRENCY nor the account
 says (the emulator's default limit; PiAPI publishes none per plan)."""
 
-RowSource = Callable[[Path], Iterable[Item]]
-"""Where rows come from: a manifest file by default (`read_manifest`)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,8 @@ class EstimateOptions:
     strict: bool = False
     service_mode: str | None = None
     concurrency: int | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    """`--set KEY=VALUE` fields for every row."""
 
 
 @dataclass(frozen=True)
@@ -158,16 +159,18 @@ def learned_durations(database_url: str,
     return found, None
 
 
-def estimate(settings: Settings, opts: EstimateOptions,
-             rows: RowSource = read_manifest) -> Estimate:
-    """The estimate for `opts.manifest`; raises ConfigError or ManifestError (exit 2) for
+def estimate(settings: Settings, opts: EstimateOptions) -> Estimate:
+    """The estimate for `opts.manifest` (a file or a folder, read as ingest reads it, local
+    files checked as ingest checks them); raises ConfigError or ManifestError (exit 2) for
     the usage errors `run` refuses."""
-    if not opts.manifest.is_file():
+    if not (opts.manifest.is_file() or opts.manifest.is_dir()):
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
-    preflight(opts.manifest, opts.model, opts.task_type, opts.strict)
+    preflight(opts.manifest, opts.model, opts.task_type, opts.strict, tuple(opts.fields))
     account = read_account(settings, opts.concurrency)
-    defaults = Defaults(opts.model, opts.task_type, opts.service_mode or None)
-    tally = Tally(defaults, opts.strict).add_all(rows(opts.manifest))
+    with open_source(opts.manifest, opts.model, opts.task_type) as source:
+        defaults = Defaults(opts.model, opts.task_type, opts.service_mode or None,
+                            dict(opts.fields), LocalFiles(source_folder(source)))
+        tally = Tally(defaults, opts.strict).add_all(source)
     kinds = tally.sorted_kinds()
     sent = [k for k in kinds if k.rows]
     found, note = learned_durations(settings.database_url, [(k.model, k.task_type) for k in sent])

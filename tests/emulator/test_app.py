@@ -235,7 +235,7 @@ def test_reset_clears_tasks_and_counters(client: Client) -> None:
     assert client.http.post("/_emulator/reset").status_code == 200
     stats = client.http.get("/_emulator/stats").json()
     assert stats["creates"] == 0 and stats["requests"]["total"] == 0
-    assert client.http.get("/_emulator/ledger").json() == {"tasks": []}
+    assert client.http.get("/_emulator/ledger").json() == {"tasks": [], "uploads": []}
 
 
 def test_stats_and_ledger_keys(client: Client) -> None:
@@ -253,12 +253,12 @@ def test_stats_and_ledger_keys(client: Client) -> None:
         "2": 1}
     ledger = client.http.get("/_emulator/ledger").json()["tasks"]
     assert ledger[0]["task_id"] == task_id
-    assert set(ledger[0]) == {"task_id", "model", "task_type", "input_key", "status",
+    assert set(ledger[0]) == {"task_id", "model", "task_type", "input_key", "input", "status",
                               "created_at", "ended_at", "consume", "output", "error", "charged",
                               "webhook_endpoint"}
     key = ledger[0]["input_key"]
     assert len(client.http.get(f"/_emulator/ledger?input_key={key}").json()["tasks"]) == 2
-    assert client.http.get("/_emulator/ledger?input_key=zzz").json() == {"tasks": []}
+    assert client.http.get("/_emulator/ledger?input_key=zzz").json()["tasks"] == []
 
 
 def test_duration_patches_merge_per_family(client: Client) -> None:

@@ -53,6 +53,7 @@ def run_env(tmp_path: Path, emu: Emulator | NoPiAPI, database_url: str,
     env.update({
         "PIAPI_API_KEY": emu.api_key,
         "PIAPI_BASE_URL": emu.url,
+        "PIAPI_UPLOAD_URL": emu.url,  # the emulator serves the upload endpoint too
         "DATABASE_URL": database_url,
         "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
         "PYTHONPATH": str(REPO),

@@ -14,11 +14,20 @@ from workers.piapi import (
     PermanentError,
     PiAPIClient,
     PiAPIError,
+    PlanRequired,
     RetryableError,
+    ServerError,
     parse_task,
 )
+from workers.uploads import LocalFileGone
 from workers.work import Tally
-from workers.work.create import CreateAnswer, CreateVerdict, decide_create
+from workers.work.create import (
+    CreateAnswer,
+    CreateVerdict,
+    UploadFailure,
+    decide_create,
+    decide_upload,
+)
 
 TASK: dict[str, Any] = {"task_id": "t1", "model": "Qubico/joycaption",
                         "task_type": "joycaption-beta-one", "status": "pending"}
@@ -90,6 +99,10 @@ CREATES: list[tuple[str, Any, CreateVerdict, str, float | None, LimitScope | Non
      "HTTP 400: field image is required", None, None),
     ("unknown model", _refused(404, "model not found"), CreateVerdict.REJECTED,
      "HTTP 404: model not found", None, None),
+    ("upload refused for the plan", PlanRequired("HTTP 403: Insufficient plan level",
+                                                 status=403, reason="Insufficient plan level"),
+     CreateVerdict.PLAN, "uploads need the Creator plan or higher (PiAPI said: Insufficient "
+     "plan level)", None, None),
 ]
 
 
@@ -114,3 +127,31 @@ def test_a_message_reports_its_429s_by_scope() -> None:
                    _refused(429, "too many requests"), _refused(503), parse_task(TASK)):
         tally.limited(decide_create(answer).limit)
     assert (tally.conc_429, tally.rate_429) == (2, 1)
+
+
+# (name, how uploading the row's files failed, verdict, message): the create was not sent,
+# so every failure reads as a refused create would; never ambiguous.
+UPLOADS: list[tuple[str, UploadFailure, CreateVerdict, str]] = [
+    ("5xx", ServerError("HTTP 503: busy", status=503), CreateVerdict.RETRY,
+     "upload failed: HTTP 503: busy"),
+    ("answer lost after sending", ServerError("ReadTimeout: no answer"), CreateVerdict.RETRY,
+     "upload failed: ReadTimeout: no answer"),
+    ("plan below Creator", PlanRequired("HTTP 403: Insufficient plan level", status=403,
+                                        reason="Insufficient plan level"),
+     CreateVerdict.PLAN,
+     "uploads need the Creator plan or higher (PiAPI said: Insufficient plan level)"),
+    ("key refused", _refused(401, "Unauthorized"), CreateVerdict.ACCOUNT,
+     "upload failed: PiAPI refused the account: HTTP 401: Unauthorized"),
+    ("bad input", _refused(400, "Invalid request parameters"), CreateVerdict.REJECTED,
+     "upload failed: HTTP 400: Invalid request parameters"),
+    ("file gone", LocalFileGone("cannot read local file /p/cat.png: No such file or directory"),
+     CreateVerdict.REJECTED, "cannot read local file /p/cat.png: No such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("failure", "verdict", "message"), [u[1:] for u in UPLOADS],
+                         ids=[u[0] for u in UPLOADS])
+def test_decide_upload(failure: UploadFailure, verdict: CreateVerdict, message: str) -> None:
+    d = decide_upload(failure)
+    assert (d.verdict, d.message) == (verdict, message)
+    assert d.verdict is not CreateVerdict.AMBIGUOUS and d.frees_slot

@@ -22,6 +22,7 @@ from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
 from workers.transitions.common import THIS_JOB, move, usage_params
+from workers.uploads import as_sent
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ _TARGETS = (
     select(JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json,
            ATTEMPTS.c.n, ATTEMPTS.c.started_at,
            func.coalesce(ATTEMPTS.c.ended_at, ATTEMPTS.c.started_at), JOBS.c.task_id,
-           JOBS.c.tries, JOBS.c.reconcile_from)
+           JOBS.c.tries, JOBS.c.reconcile_from, ATTEMPTS.c.upload_urls)
     .join(ATTEMPTS, and_(ATTEMPTS.c.job_id == JOBS.c.id, ATTEMPTS.c.n == JOBS.c.posts))
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.AMBIGUOUS.value)
@@ -124,9 +125,10 @@ def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarg
         return []
     with transaction(engine) as conn:
         rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
+    # The input compared with PiAPI's echo is the one sent: local files as uploaded URLs.
     return [AmbiguousTarget(int(r[0]), str(r[1]), str(r[2]), str(r[3]),
-                            json.loads(r[4] or "{}"), int(r[5]), float(r[6]), float(r[7]),
-                            r[8], int(r[9]), r[10]) for r in rows]
+                            as_sent(json.loads(r[4] or "{}"), r[11]), int(r[5]), float(r[6]),
+                            float(r[7]), r[8], int(r[9]), r[10]) for r in rows]
 
 
 def owned_elsewhere(engine: Engine, job_id: int, attempt_n: int,

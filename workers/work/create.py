@@ -1,17 +1,22 @@
-"""The create half: claim due jobs, POST each, and record what PiAPI answered.
+"""The create half: claim due jobs, upload their local files, POST each, and record what
+PiAPI answered.
 
 What an answer means for the row is `decide_create`, a pure function of the answer (a
 task, or the client's exception); `submit_jobs` only claims, sends and records. Creates
 are recorded one by one: a task id must be saved the moment it is known. One row's
-trouble never stops the others in the same message.
+trouble never stops the others in the same message. A row's local files are uploaded
+after its claim and before its POST (`workers.uploads`): an upload that fails leaves the
+create provably unsent, so it is read like a refused create (`decide_upload`), never as
+an ambiguous one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from workers import transitions as tr
 from workers.piapi import (
@@ -19,11 +24,13 @@ from workers.piapi import (
     AmbiguousError,
     LimitScope,
     PermanentError,
+    PlanRequired,
     RateLimited,
     RetryableError,
     TaskView,
 )
 from workers.states import ErrorKind
+from workers.uploads import LocalFileGone, local_files, record_uploads, upload_all, with_urls
 from workers.work.context import Tally, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -45,7 +52,14 @@ class CreateVerdict(StrEnum):
     """The account was refused (key, balance): the row goes back to the queue and the
     fleet halts until a human acts."""
     REJECTED = "create_rejected"
-    """PiAPI refused the input: the row fails, kind `input`."""
+    """PiAPI refused the input (or a local file cannot be read any more): the row fails,
+    kind `input`."""
+    PLAN = "upload_plan_refused"
+    """An upload refused for the account's plan: final for every row with a local file,
+    which fails (kind `account`); rows without one go on."""
+
+
+PLAN_MESSAGE = "uploads need the Creator plan or higher (PiAPI said: {})"
 
 
 @dataclass(frozen=True)
@@ -78,10 +92,27 @@ def decide_create(answer: CreateAnswer) -> CreateDecision:
         limit = answer.scope if isinstance(answer, RateLimited) else None
         return CreateDecision(CreateVerdict.RETRY, message=str(answer),
                               retry_after_s=answer.retry_after_s, limit=limit)
+    if isinstance(answer, PlanRequired):
+        return CreateDecision(CreateVerdict.PLAN, message=PLAN_MESSAGE.format(answer.reason))
     if isinstance(answer, AccountError):
         return CreateDecision(CreateVerdict.ACCOUNT,
                               message=f"PiAPI refused the account: {answer}")
     return CreateDecision(CreateVerdict.REJECTED, message=str(answer))
+
+
+UploadFailure = RetryableError | PermanentError | LocalFileGone
+"""What uploading a row's files can fail with (an upload is never ambiguous)."""
+
+
+def decide_upload(failure: UploadFailure) -> CreateDecision:
+    """What a failed upload means for the row: read as the same refusal of a create (the
+    create was not sent), except a file that cannot be read any more (REJECTED)."""
+    if isinstance(failure, LocalFileGone):
+        return CreateDecision(CreateVerdict.REJECTED, message=str(failure))
+    decision = decide_create(failure)
+    if decision.verdict is CreateVerdict.PLAN:
+        return decision
+    return replace(decision, message=f"upload failed: {decision.message}")
 
 
 def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
@@ -107,17 +138,37 @@ def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
     hook: dict[str, str] = {}
     if ctx.webhooks is not None:
         hook = ctx.webhooks.config_for(claim.batch_id, claim.job_id)
-    answer: CreateAnswer
     try:
-        answer = ctx.client.create_task(claim.model, claim.task_type, claim.input,
-                                        service_mode=claim.service_mode, **hook)
-    except (AmbiguousError, RetryableError, PermanentError) as exc:
-        answer = exc
-    decision = decide_create(answer)
+        sent = _upload(ctx, claim)
+    except (RetryableError, PermanentError, LocalFileGone) as exc:
+        decision = decide_upload(exc)
+    else:
+        if sent is None:
+            return False  # taken back while uploading: not sent, and not ours to record
+        answer: CreateAnswer
+        try:
+            answer = ctx.client.create_task(claim.model, claim.task_type, sent,
+                                            service_mode=claim.service_mode, **hook)
+        except (AmbiguousError, RetryableError, PermanentError) as exc:
+            answer = exc
+        decision = decide_create(answer)
     ctx.count(decision.verdict.value)
     tally.limited(decision.limit)
     _record(ctx, claim, decision)
     return decision.frees_slot
+
+
+def _upload(ctx: WorkerContext, claim: tr.Claim) -> dict[str, Any] | None:
+    """The input to send: the row's local files uploaded and the URLs recorded with the
+    attempt (None when the row was taken back meanwhile: the create must not be sent)."""
+    files = local_files(claim.model, claim.task_type, claim.input)
+    if not files:
+        return claim.input
+    urls = upload_all(ctx.client, files, ctx.spend)
+    if not ctx.record(lambda: record_uploads(ctx.engine, claim.job_id, claim.attempt_n, urls,
+                                             ctx.clock(), ctx.lease_s)):
+        return None
+    return with_urls(claim.input, urls)
 
 
 def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> None:
@@ -143,6 +194,10 @@ def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> None:
     elif d.verdict is CreateVerdict.ACCOUNT:
         ctx.record(lambda: tr.record_create_requeued(ctx.engine, claim, ctx.clock(),
                                                      d.message))
+    elif d.verdict is CreateVerdict.PLAN:
+        logger.warning("job %s: %s", claim.job_id, d.message)
+        ctx.record(lambda: tr.record_create_rejected(ctx.engine, claim, ctx.clock(),
+                                                     ErrorKind.ACCOUNT, d.message))
     else:
         logger.info("job %s: create rejected: %s", claim.job_id, d.message)
         ctx.record(lambda: tr.record_create_rejected(ctx.engine, claim, ctx.clock(),
