@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from scheduler import notify
 from scheduler.export import export
 from scheduler.ingest import IngestResult, batch_id_for, ingest
 from scheduler.interrupt import Interrupted, StopRequest
@@ -85,6 +86,8 @@ class RunOptions:
     """This command line as typed, for the retry hint after failed rows."""
     reuse: bool | None = None
     """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
+    notify: str | None = None
+    """`--notify URL`: where to POST a summary when the batch ends or pauses (`notify`)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -303,6 +306,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     engine: Engine | None = None
     batch_id: str | None = None
     stop = StopRequest()
+    started = time.monotonic()
     with stop.installed():
         try:
             if not settings.redis_url:
@@ -332,7 +336,10 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             problem = watch(engine, served, services, console,
                             ProgressWatch(engine, settings.stall_s, batches=served), claims,
                             stop)
-            return _finish(engine, result.batch_id, output, problem, console, opts.command)
+            code = _finish(engine, result.batch_id, output, problem, console, opts.command)
+            notify.after_run(opts.notify, batch_status(engine, result.batch_id), code,
+                             time.monotonic() - started, output)
+            return code
         except Interrupted:
             if batch_id is None and engine is not None:  # stopped during the ingest
                 stored = batch_id_for(opts.manifest, opts.model, opts.task_type)
