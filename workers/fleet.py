@@ -154,8 +154,9 @@ class Fleet:
 
     def request_totals(self) -> RequestTotals:
         """The fleet's PiAPI requests by endpoint and status, latency buckets and 429s by
-        scope, since this Redis started."""
-        pipe = self.redis.pipeline(transaction=False)
+        scope, since this Redis started (read in one MULTI: a message's report changes the
+        three together)."""
+        pipe = self.redis.pipeline(transaction=True)
         for name in (REQUESTS_KEY, LATENCY_KEY, LIMITED_KEY):
             pipe.hgetall(name)
         decoded = [{k.decode(): int(v) for k, v in found.items()} for found in pipe.execute()]

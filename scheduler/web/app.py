@@ -63,10 +63,12 @@ def _limit(request: Request) -> int:
 
 def web_routes(cfg: WebConfig) -> list[BaseRoute]:
     """The page, its JSON, the results files and /metrics."""
-    scrape = registry(cfg.reader, cfg.fleet)
+    models = data.ModelCache()
+    scrape = registry(cfg.reader, cfg.fleet, models)
 
     def model(request: Request) -> dict[str, object]:
-        return data.dashboard(cfg.reader, cfg.clock(), cfg.flower_url, _limit(request))
+        return data.dashboard(cfg.reader, cfg.clock(), cfg.flower_url, _limit(request),
+                              models)
 
     async def index(request: Request) -> Response:
         found = await run_in_threadpool(model, request)

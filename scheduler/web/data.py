@@ -54,6 +54,27 @@ def newest_batches(engine: Engine, limit: int = MAX_BATCHES) -> list[BatchStatus
     return [st for st in (batch_status(engine, b) for b in ids) if st is not None]
 
 
+class ModelCache:
+    """(model, task type, rows) of each batch (`status.batch_models`), kept once its ingest
+    is over: a row's model never changes, and reading them scans the whole batch."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, float], list[tuple[str, str, int]]] = {}
+
+    def get(self, engine: Engine, st: BatchStatus) -> list[tuple[str, str, int]]:
+        key = (st.id, st.created_at)
+        found = self._known.get(key)
+        if found is None:
+            found = batch_models(engine, st.id)
+            if st.ingested:
+                if len(self._known) >= self.LIMIT:
+                    self._known.clear()
+                self._known[key] = found
+        return found
+
+
 def _minute(conn: Connection) -> ColumnElement[int]:
     """floor(finished_at / 60) on this database (SQLite's CAST truncates, which is the
     floor for the positive times here; PostgreSQL's rounds, hence floor there)."""
@@ -82,7 +103,8 @@ def activity(engine: Engine, st: BatchStatus, now: float) -> Activity:
     """The bounded queries behind one batch's panel."""
     with transaction(engine) as conn:
         minute = _minute(conn)
-        since = (rates.minute_of(now) - rates.CHART_MINUTES + 1) * 60.0
+        minutes = rates.chart_minutes(st.created_at, now)
+        since = (rates.minute_of(now) - minutes + 1) * 60.0
         counts = {int(m): int(n) for m, n in conn.execute(
             select(minute, func.count()).where(_finished_since(st.id, since))
             .group_by(minute)).all()}
@@ -93,7 +115,7 @@ def activity(engine: Engine, st: BatchStatus, now: float) -> Activity:
         in_flight = _in_flight(conn, st.id, now)
         slowest = _slowest_finished(conn, st.id, now)
     rate = rates.recent_rate(int(recent), first, now)
-    return Activity(rates.per_minute(counts, now), rate, samples, in_flight, slowest)
+    return Activity(rates.per_minute(counts, now, minutes), rate, samples, in_flight, slowest)
 
 
 def _failure_samples(conn: Connection, st: BatchStatus) -> dict[str, list[dict[str, Any]]]:
@@ -133,14 +155,14 @@ def _slowest_finished(conn: Connection, batch_id: str, now: float) -> list[dict[
              "took_s": round(float(t), 1)} for key, line, model, task_type, t in rows]
 
 
-def batch_json(engine: Engine, st: BatchStatus, now: float) -> dict[str, Any]:
+def batch_json(engine: Engine, st: BatchStatus, now: float,
+               models: ModelCache) -> dict[str, Any]:
     """One batch's object in `/api/batches`: `status --json`'s fields, then the page's."""
     act = activity(engine, st, now)
-    models = batch_models(engine, st.id)
     return {
         **st.to_json(),
         "phase": st.phase,
-        "models": [{"model": m, "task_type": t, "rows": n} for m, t, n in models],
+        "models": [{"model": m, "task_type": t, "rows": n} for m, t, n in models.get(engine, st)],
         "in_flight": sum(st.counts.get(s, 0) for s in IN_FLIGHT),
         "rows_left": st.active,
         "rate": {
@@ -154,10 +176,11 @@ def batch_json(engine: Engine, st: BatchStatus, now: float) -> dict[str, Any]:
     }
 
 
-def dashboard(engine: Engine, now: float, flower_url: str,
-              limit: int = MAX_BATCHES) -> dict[str, Any]:
+def dashboard(engine: Engine, now: float, flower_url: str, limit: int = MAX_BATCHES,
+              models: ModelCache | None = None) -> dict[str, Any]:
     """The whole `/api/batches` object."""
-    batches = [batch_json(engine, st, now) for st in newest_batches(engine, limit)]
+    known = models or ModelCache()
+    batches = [batch_json(engine, st, now, known) for st in newest_batches(engine, limit)]
     return {
         "generated_at": now,
         "flower_url": flower_url,

@@ -2,7 +2,9 @@
 fleet's Redis at scrape time (nothing is kept in this process).
 
 From the database, for the newest `data.MAX_BATCHES` batches: `piapi_bulk_rows{batch,model,
-state}` (the same counts as `status --json`) and `piapi_bulk_usd_spent{batch}`; fleet-wide,
+state}` (the same counts as `status --json`: for a batch of one model, they are its status's;
+only a batch of several models is grouped by model too) and `piapi_bulk_usd_spent{batch}`;
+fleet-wide,
 `piapi_bulk_in_flight`. From Redis (what every worker process added once per message, see
 `workers/metering.py`): `piapi_bulk_requests_total{endpoint,status}`,
 `piapi_bulk_429_total{scope}` and the `piapi_bulk_request_seconds{endpoint}` histogram. With
@@ -25,7 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from scheduler.web.data import IN_FLIGHT, newest_batches
+from scheduler.web.data import IN_FLIGHT, ModelCache, newest_batches
 from workers.db import transaction
 from workers.fleet import Fleet
 from workers.models import JOBS
@@ -37,8 +39,9 @@ j = JOBS.c
 class RunCollector(Collector):
     """Everything /metrics shows, read when scraped."""
 
-    def __init__(self, engine: Engine, fleet: Callable[[], Fleet | None]) -> None:
-        self.engine, self.fleet = engine, fleet
+    def __init__(self, engine: Engine, fleet: Callable[[], Fleet | None],
+                 models: ModelCache) -> None:
+        self.engine, self.fleet, self.models = engine, fleet, models
 
     def collect(self) -> Iterator[Metric]:
         yield from self._database()
@@ -50,13 +53,22 @@ class RunCollector(Collector):
         usd = GaugeMetricFamily("piapi_bulk_usd_spent",
                                 "US dollars PiAPI charged for a batch so far.", labels=["batch"])
         statuses = newest_batches(self.engine)
+        mixed = []
         for st in statuses:
             usd.add_metric([st.id], st.usd)
+            models = {m for m, _, _ in self.models.get(self.engine, st)}
+            if len(models) == 1:  # the usual case: the status's counts are the model's
+                (model,) = models
+                for state, n in st.counts.items():
+                    if n:
+                        rows.add_metric([st.id, model, state], n)
+            else:
+                mixed.append(st.id)
         with transaction(self.engine) as conn:
-            if statuses:
+            if mixed:
                 for batch, model, state, n in conn.execute(
                         select(j.batch_id, j.model, j.state, func.count())
-                        .where(j.batch_id.in_([st.id for st in statuses]))
+                        .where(j.batch_id.in_(mixed))
                         .group_by(j.batch_id, j.model, j.state)).all():
                     rows.add_metric([str(batch), str(model or "?"), str(state)], int(n))
             flying = conn.execute(select(func.count()).where(j.state.in_(IN_FLIGHT))).scalar_one()
@@ -91,8 +103,9 @@ class RunCollector(Collector):
         yield from (requests, limited, latency)
 
 
-def registry(engine: Engine, fleet: Callable[[], Fleet | None]) -> CollectorRegistry:
+def registry(engine: Engine, fleet: Callable[[], Fleet | None],
+             models: ModelCache) -> CollectorRegistry:
     """A registry holding only the run's collector (no process metrics of this server)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(RunCollector(engine, fleet))
+    reg.register(RunCollector(engine, fleet, models))
     return reg

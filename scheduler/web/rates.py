@@ -6,7 +6,9 @@ import math
 from collections.abc import Mapping
 
 CHART_MINUTES = 60
-"""Minutes of history the rows-per-minute chart shows."""
+"""Minutes of history the rows-per-minute chart shows at most..."""
+CHART_MIN_MINUTES = 10
+"""...and at least (a batch younger than that is not drawn as one wide bar)."""
 RATE_WINDOW_S = 300.0
 """The recent rate is over this many seconds (or since the first row finished, if later)."""
 MIN_SPAN_S = 30.0
@@ -24,6 +26,12 @@ def per_minute(counts: Mapping[int, int], now: float,
     current (partial) minute last; minutes without rows are 0."""
     last = minute_of(now)
     return [(m, int(counts.get(m, 0))) for m in range(last - minutes + 1, last + 1)]
+
+
+def chart_minutes(created_at: float, now: float) -> int:
+    """Minutes the chart covers: since the batch was created, within the bounds above."""
+    since = minute_of(now) - minute_of(created_at) + 1
+    return max(CHART_MIN_MINUTES, min(CHART_MINUTES, since))
 
 
 def recent_rate(finished: int, first_at: float | None, now: float,
