@@ -199,3 +199,32 @@ def test_web_off_loopback_needs_credentials(tmp_path: Path, sqlite_url: str) -> 
                       "--notify", "chat.example/hook")
     assert hook.returncode == 2 and hook.stderr.strip().splitlines() == [
         "piapi-bulk: --notify needs an http(s) URL"]
+
+
+def test_fleet_report_adds_metered_requests_and_429s(redis_url: str) -> None:
+    import redis
+
+    from workers.fleet import Fleet
+    from workers.metering import RequestMeter
+
+    fleet = Fleet(redis.Redis.from_url(redis_url), clock=lambda: 1_000_000.0)
+    meter = RequestMeter()
+    for status, seconds in (("200", 0.01), ("200", 0.2), ("429", 0.03)):
+        meter.observe("create", status, seconds)
+    meter.observe("get", "error", 3.0)
+    fleet.report(4, rate_429=1, conc_429=2, metered=meter.drain())
+    meter.observe("get", "200", 0.04)
+    fleet.report(1, metered=meter.drain())
+    fleet.report(0, wake=True)  # a wake-up alone adds nothing
+    totals = fleet.request_totals()
+    assert totals.requests == {("create", "200"): 2, ("create", "429"): 1,
+                               ("get", "error"): 1, ("get", "200"): 1}
+    assert dict(totals.buckets["create"])["+Inf"] == 3
+    assert dict(totals.buckets["get"])["0.05"] == 1 and dict(totals.buckets["get"])["+Inf"] == 2
+    assert totals.sum_s["get"] == pytest.approx(3.04, abs=0.003)
+    assert totals.limited == {"rate": 1, "concurrency": 2}
+    # The dispatcher's own counters are as before.
+    assert fleet.concurrency_refusals() == 2
+    fleet.clock = lambda: 1_000_001.0
+    window = fleet.window(1)
+    assert (window.requests, window.rate_429, window.conc_429) == (5, 1, 2)
