@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 
-.PHONY: help install install-redis run test test-fast lint bench chaos flower emulator clean
+.PHONY: help install install-redis install-chromium run test test-fast lint bench chaos flower emulator clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) install-redis  ## Create the venv and install piapi-bulk (and redis-server)
+install: $(STAMP) install-redis install-chromium  ## Create the venv and install piapi-bulk (and redis-server, chromium)
 
 install-redis:  ## Install redis-server with apt-get when it is missing
 	@if command -v redis-server >/dev/null 2>&1; then exit 0; fi; \
@@ -26,6 +26,15 @@ install-redis:  ## Install redis-server with apt-get when it is missing
 		$(SUDO) apt-get install -y redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y redis-server; }; \
 	else \
 		echo "redis-server is missing: install it (e.g. 'brew install redis' or your distribution's package) and re-run"; exit 1; \
+	fi
+
+install-chromium:  ## Install chromium (the run page's browser test) with apt-get when it is missing
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get"; \
+		$(SUDO) apt-get install -y chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y chromium; }; \
+	else \
+		echo "chromium is missing: the browser test of piapi-bulk web will be skipped (install chromium to run it)"; \
 	fi
 
 run: install  ## Offline demo: examples/demo.jsonl through the emulator, Redis, Celery and SQLite

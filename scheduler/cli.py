@@ -1,5 +1,5 @@
 """The `piapi-bulk` command line: run, estimate, submit, doctor, status, cancel, retry, forget,
-export, worker, dispatcher, webhook, flower, emulator."""
+export, worker, dispatcher, webhook, web, flower, emulator."""
 
 from __future__ import annotations
 
@@ -189,6 +189,9 @@ def run(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the estimate (see estimate) and exit: nothing is created, "
         "nothing started.")] = False,
+    notify: Annotated[str | None, typer.Option(
+        "--notify", help="POST a JSON summary to this URL (a chat webhook, say) when the batch "
+        "finishes, ends with failed rows or pauses on its budget.")] = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -198,6 +201,7 @@ def run(
                   set_fields=set_fields)
         return
 
+    from scheduler.notify import check_url
     from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck
     from scheduler.runner import RunOptions
     from scheduler.runner import run as run_batch
@@ -211,14 +215,17 @@ def run(
         raise ConfigError("--on-ambiguous must be reconcile, retry or fail")
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging("INFO", _secrets(settings), log_file=run_dir / "run.log")
+    notify_url = check_url(notify) if notify is not None else None
+    setup_logging("INFO", [*_secrets(settings), *([notify_url] if notify_url else [])],
+                  log_file=run_dir / "run.log")
     opts = RunOptions(manifest=manifest, output=output, model=model, task_type=task_type,
                       concurrency=concurrency, max_attempts=max_attempts, run_dir=run_dir,
                       budget_usd=budget, deadline_at=deadline_at,
                       strict=strict or settings.strict, service_mode=mode,
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
                       command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse,
-                      fields=_fields(set_fields), captions_as_sidecar=captions_as_sidecar)
+                      fields=_fields(set_fields), captions_as_sidecar=captions_as_sidecar,
+                      notify=notify_url)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -580,27 +587,33 @@ def webhook(
     port: Annotated[int, typer.Option("--port")] = 8787,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
 ) -> None:
-    """Receive PiAPI's webhooks (set PIAPI_BULK_WEBHOOK_URL to reach this at .../hooks)."""
-    import redis
-    import uvicorn
+    """Receive PiAPI's webhooks (set PIAPI_BULK_WEBHOOK_URL to reach this at .../hooks);
+    the same server as `web` (its page too, where allowed)."""
+    _serve_web(host, port, loglevel, hooks=True)
 
-    from scheduler.webhook_server import create_app
-    from workers.db import create_tables, make_engine
-    from workers.fleet import Fleet
+
+@app.command()
+def web(
+    host: Annotated[str, typer.Option("--host", help="Bind address (another than loopback "
+                                      "needs PIAPI_BULK_WEB_TOKEN or "
+                                      "PIAPI_BULK_WEB_BASIC_AUTH).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    """Serve the run page (batches, progress, cost, ETA, failures), its JSON at /api/batches
+    and Prometheus /metrics; also the webhook receiver when webhooks are configured."""
+    _serve_web(host, port, loglevel, hooks=False)
+
+
+def _serve_web(host: str, port: int, loglevel: str, *, hooks: bool) -> None:
+    from scheduler.web.serve import serve, web_secrets
     from workers.logs import setup_logging
-    from workers.webhook_signing import WebhookSigner
 
     settings = _settings()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
-    if len(secret) < 16:
-        raise ConfigError("PIAPI_BULK_WEBHOOK_SECRET must be set (16 characters or more)")
-    setup_logging(loglevel, [secret, *_secrets(settings)])
-    engine = make_engine(settings.database_url)
-    create_tables(engine)
-    fleet = Fleet(redis.Redis.from_url(settings.redis_url)) if settings.redis_url else None
-    signer = WebhookSigner(settings.webhook_url or "http://127.0.0.1/hooks", secret)
-    uvicorn.run(create_app(engine, signer, fleet), host=host, port=port,
-                log_level="warning", access_log=False)
+    setup_logging(loglevel, [s for s in (secret, *web_secrets(settings), *_secrets(settings))
+                             if s])
+    serve(settings, host, port, lambda: _fleet_redis_url(settings), hooks=hooks)
 
 
 @app.command()

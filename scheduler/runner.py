@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from scheduler import notify
 from scheduler.export import export
 from scheduler.ingest import IngestResult, batch_id_for, ingest
 from scheduler.interrupt import Interrupted, StopRequest
@@ -89,6 +90,8 @@ class RunOptions:
     """`--set KEY=VALUE`: input fields for every row (part of the batch's identity)."""
     captions_as_sidecar: bool = False
     """Write each local image's caption next to it as `<name>.txt` with the results."""
+    notify: str | None = None
+    """`--notify URL`: where to POST a summary when the batch ends or pauses (`notify`)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -309,8 +312,11 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             problem = watch(engine, served, services, console,
                             ProgressWatch(engine, settings.stall_s, batches=served), claims,
                             stop, opts.concurrency or limit)
-            return _finish(engine, result.batch_id, output, problem, console, opts.command,
+            code = _finish(engine, result.batch_id, output, problem, console, opts.command,
                            started, opts.captions_as_sidecar)
+            notify.after_run(opts.notify, batch_status(engine, result.batch_id), code,
+                             time.monotonic() - started, output)
+            return code
         except Interrupted:
             if batch_id is None and engine is not None:  # stopped during the ingest
                 stored = batch_id_for(opts.manifest, opts.model, opts.task_type, opts.fields)

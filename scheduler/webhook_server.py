@@ -139,9 +139,10 @@ class Receiver:
         return job_id, current_task, state, body
 
 
-def create_app(engine: Engine, signer: WebhookSigner, fleet: Fleet | None,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    """The receiver: POST /hooks/{job_id}/{token}; GET /healthz; GET /stats."""
+def webhook_routes(engine: Engine, signer: WebhookSigner, fleet: Fleet | None,
+                   clock: Callable[[], float] = time.time) -> list[Route]:
+    """The receiver's routes: POST /hooks/{job_id}/{token}; GET /healthz; GET /stats (also
+    mounted in `piapi-bulk web`'s app, `scheduler.web.app`)."""
     receiver = Receiver(engine, signer, fleet, clock)
 
     async def healthz(_: Request) -> Response:
@@ -150,8 +151,14 @@ def create_app(engine: Engine, signer: WebhookSigner, fleet: Fleet | None,
     async def stats(_: Request) -> Response:
         return JSONResponse(receiver.counters.__dict__)
 
-    return Starlette(routes=[
+    return [
         Route("/hooks/{job_id}/{token}", receiver.hook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
-    ])
+    ]
+
+
+def create_app(engine: Engine, signer: WebhookSigner, fleet: Fleet | None,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    """The receiver alone (`webhook_routes`)."""
+    return Starlette(routes=webhook_routes(engine, signer, fleet, clock))

@@ -108,6 +108,27 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     )
 
 
+def make_read_engine(url: str) -> Engine:
+    """An engine for reading only (the run page, /metrics). On SQLite its reads take no
+    write lock and pass no gate: WAL lets them run beside the fleet's writes, each
+    statement on its own snapshot; `PRAGMA query_only` refuses any write."""
+    url = normalise_url(url)
+    if not is_sqlite(url):
+        return make_engine(url, pool_size=2)
+    engine = create_engine(url, connect_args={"check_same_thread": False,
+                                              "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                           pool_size=4, max_overflow=4)
+    event.listen(engine, "connect", _sqlite_read_only)
+    return engine
+
+
+def _sqlite_read_only(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
 def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_on_begin)
     cur = dbapi_conn.cursor()

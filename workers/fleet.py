@@ -15,12 +15,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis
 
-from workers.keys import CONC_429_KEY, MODE_KEY, RATE_KEY, RUNS_KEY, STATS_PREFIX, WAKE_KEY
+from workers.keys import (
+    CONC_429_KEY,
+    LATENCY_KEY,
+    LIMITED_KEY,
+    MODE_KEY,
+    RATE_KEY,
+    REQUESTS_KEY,
+    RUNS_KEY,
+    STATS_PREFIX,
+    WAKE_KEY,
+)
+from workers.metering import RequestTotals
 from workers.polling import PollMode
 
 logger = logging.getLogger(__name__)
@@ -31,12 +42,17 @@ SHORT_WAIT_S = 0.25
 """Waits shorter than this sleep instead of blocking in Redis (see `Fleet.wait`)."""
 STATS_TTL_S = 300
 MODE_CACHE_S = 2.0
+Metered = tuple[Mapping[str, int], Mapping[str, int]]
+"""A `RequestMeter.drain()`: requests by "endpoint status", latency by "endpoint le"."""
 
 # KEYS[1]: this second's counters hash; KEYS[2]: the wake-up list; KEYS[3]: the running
-# total of concurrency 429s (the dispatcher reacts to those at its next pass).
+# total of concurrency 429s (the dispatcher reacts to those at its next pass); KEYS[4..6]:
+# the request, latency and 429 totals for /metrics (`workers/keys.py`).
 # ARGV[1..3]: requests, rate 429s, concurrency 429s to add; ARGV[4]: 1 to wake the
-# dispatcher; ARGV[5]: the counters' TTL in seconds. One round trip per message (a redis-py
-# pipeline costs more CPU to build than the commands it sends).
+# dispatcher; ARGV[5]: the counters' TTL in seconds; ARGV[6]: how many (field, n) pairs
+# for KEYS[4] follow, then those pairs, then (field, n) pairs for KEYS[5] to the end. One
+# round trip per message (a redis-py pipeline costs more CPU to build than the commands
+# it sends).
 _REPORT = """
 local names = {'req', 'r429', 'c429'}
 local added = false
@@ -48,7 +64,15 @@ for i = 1, 3 do
   end
 end
 if added then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
-if tonumber(ARGV[3]) > 0 then redis.call('INCRBY', KEYS[3], tonumber(ARGV[3])) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('INCRBY', KEYS[3], tonumber(ARGV[3]))
+  redis.call('HINCRBY', KEYS[6], 'concurrency', tonumber(ARGV[3]))
+end
+if tonumber(ARGV[2]) > 0 then redis.call('HINCRBY', KEYS[6], 'rate', tonumber(ARGV[2])) end
+local split = 6 + 2 * tonumber(ARGV[6])
+for i = 7, #ARGV, 2 do
+  redis.call('HINCRBY', i <= split and KEYS[4] or KEYS[5], ARGV[i], ARGV[i + 1])
+end
 if ARGV[4] == '1' then
   redis.call('LPUSH', KEYS[2], 1)
   redis.call('LTRIM', KEYS[2], 0, 0)
@@ -83,15 +107,22 @@ class Fleet:
         self.report(0, wake=True)
 
     def report(self, requests: int, rate_429: int = 0, conc_429: int = 0,
-               wake: bool = False) -> None:
-        """Add this process's recent PiAPI requests and 429s to the fleet's counters, and
-        wake the dispatcher when `wake`. Best effort: losing one only delays a decision."""
-        if not (requests or rate_429 or conc_429 or wake):
+               wake: bool = False, metered: Metered = ({}, {})) -> None:
+        """Add this process's recent PiAPI requests and 429s to the fleet's counters (and
+        `metered`, a `RequestMeter.drain()`, to the totals /metrics shows), and wake the
+        dispatcher when `wake`. Best effort: losing one only delays a decision."""
+        counts, latency = metered
+        if not (requests or rate_429 or conc_429 or wake or counts):
             return
         key = f"{STATS_PREFIX}{int(self.clock())}"
+        args: list[str | int] = [requests, rate_429, conc_429, int(wake), STATS_TTL_S,
+                                 len(counts)]
+        for pairs in (counts, latency):
+            for name, n in pairs.items():
+                args += (name, n)
         try:
-            self._report(keys=[key, WAKE_KEY, CONC_429_KEY],
-                         args=[requests, rate_429, conc_429, int(wake), STATS_TTL_S])
+            self._report(keys=[key, WAKE_KEY, CONC_429_KEY, REQUESTS_KEY, LATENCY_KEY,
+                               LIMITED_KEY], args=args)
         except redis.RedisError as exc:
             logger.debug("could not report to the fleet: %s", exc)
 
@@ -120,6 +151,16 @@ class Fleet:
             for i, v in enumerate(values):
                 totals[i] += int(v or 0)
         return Window(seconds, totals[0], totals[1], totals[2])
+
+    def request_totals(self) -> RequestTotals:
+        """The fleet's PiAPI requests by endpoint and status, latency buckets and 429s by
+        scope, since this Redis started (read in one MULTI: a message's report changes the
+        three together)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for name in (REQUESTS_KEY, LATENCY_KEY, LIMITED_KEY):
+            pipe.hgetall(name)
+        decoded = [{k.decode(): int(v) for k, v in found.items()} for found in pipe.execute()]
+        return RequestTotals.parse(*decoded)
 
     def concurrency_refusals(self) -> int:
         """How many creates PiAPI has refused for too many tasks in flight, ever."""

@@ -37,3 +37,14 @@ workers and the dispatcher's account reads (`workers/runtime.py` builds it)."""
 RUNS_KEY = "piapi-bulk:runs"
 """Hash: batch id -> Unix time until which a `run` claims it (renewed while it runs).
 Written by `scheduler/runner.py`, read by a scoped dispatcher (`workers/fleet.py`)."""
+REQUESTS_KEY = "piapi-bulk:requests"
+"""Hash "endpoint status" -> PiAPI requests ever (status: the HTTP code, or `error` when no
+answer came): added to by workers once per message (`workers/fleet.py`, counted by
+`workers/metering.py`); read by `piapi-bulk web`'s /metrics."""
+LATENCY_KEY = "piapi-bulk:latency"
+"""Hash "endpoint le" -> requests whose latency fell in that histogram bucket (not
+cumulative), and "endpoint sum_ms" -> summed latency in milliseconds: written and read like
+`REQUESTS_KEY`."""
+LIMITED_KEY = "piapi-bulk:429"
+"""Hash scope (`rate`, `concurrency`) -> 429 answers ever: written and read like
+`REQUESTS_KEY`."""

@@ -71,6 +71,11 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_lease_until", "lease_until"),
         # Twins of a row (the same row in another batch), looked up before paying.
         Index("ix_jobs_fingerprint", "fingerprint"),
+        # A batch's recently finished rows (`piapi-bulk web`'s rate, ETA and slowest rows);
+        # partial, so ingest does not pay for it.
+        Index("ix_jobs_batch_finished", "batch_id", "finished_at",
+              postgresql_where=text("finished_at IS NOT NULL"),
+              sqlite_where=text("finished_at IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))

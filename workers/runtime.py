@@ -12,20 +12,23 @@ from workers.db import create_tables, make_engine
 from workers.durations import DurationCache
 from workers.fleet import Fleet
 from workers.keys import RATE_BUCKET_KEY
+from workers.metering import RequestMeter, metered_transport
 from workers.piapi import PiAPIClient, Timeouts
 from workers.ratelimit import Budget
 from workers.settings import Settings
 from workers.work import WorkerContext
 
 
-def build_client(settings: Settings) -> PiAPIClient:
-    """The PiAPI client for this process (one connection pool, shared by its threads)."""
+def build_client(settings: Settings, meter: RequestMeter | None = None) -> PiAPIClient:
+    """The PiAPI client for this process (one connection pool, shared by its threads); its
+    requests counted by `meter` when given."""
     return PiAPIClient(
         settings.base_url,
         settings.require_api_key(),
         timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s,
                           write_s=settings.write_timeout_s, pool_s=settings.pool_timeout_s),
         upload_url=settings.upload_url,
+        transport=metered_transport(meter) if meter is not None else None,
     )
 
 
@@ -40,9 +43,11 @@ def build_context(settings: Settings) -> WorkerContext:
     create_tables(engine)
     redis_client = redis.Redis.from_url(settings.require_redis_url())
     fleet = Fleet(redis_client)
+    meter = RequestMeter()
     return WorkerContext(
         engine=engine,
-        client=build_client(settings),
+        client=build_client(settings, meter),
+        meter=meter,
         lease_s=settings.lease_s,
         max_tries=settings.max_tries,
         budget=build_budget(settings, redis_client, fleet),

@@ -123,6 +123,17 @@ class Settings(BaseSettings):
     )
     """Master secret the per-batch webhook secrets and per-job URL tokens derive from."""
 
+    # --- the run page (`piapi-bulk web`) -------------------------------------------------
+    web_token: SecretStr | None = Field(None, validation_alias=_env("PIAPI_BULK_WEB_TOKEN"))
+    """Bearer token (or `?token=`) the page, its JSON and /metrics ask for; needed (or
+    `web_basic_auth`) to serve them on an address other than loopback."""
+    web_basic_auth: SecretStr | None = Field(
+        None, validation_alias=_env("PIAPI_BULK_WEB_BASIC_AUTH")
+    )
+    """`user:password` for basic auth on the page, instead of or besides the token."""
+    flower_url: str = Field("http://127.0.0.1:5555", validation_alias=_env("PIAPI_BULK_FLOWER_URL"))
+    """Where the page links to Flower."""
+
     # --- worker process -----------------------------------------------------------------
     worker_concurrency: int = Field(
         4, ge=1, validation_alias=_env("PIAPI_BULK_WORKER_CONCURRENCY")

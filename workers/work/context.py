@@ -17,6 +17,7 @@ from workers.catalog import prior_duration_s
 from workers.db import TRANSIENT_WAIT_S, retry_transient
 from workers.durations import DurationCache
 from workers.fleet import Fleet
+from workers.metering import RequestMeter
 from workers.piapi import LimitScope, PiAPIClient, PiAPIError
 from workers.polling import PollMode, next_poll_age, stuck_after_s
 from workers.ratelimit import Budget
@@ -51,6 +52,9 @@ class WorkerContext:
     """How long a record waits for a restarting database."""
     on_stuck: str = stuck.OnStuck.RETRY.value
     """The fleet's policy for stuck tasks PiAPI cannot cancel (a batch may set its own)."""
+    meter: RequestMeter | None = None
+    """Counts the process's PiAPI requests by endpoint, status and latency (`Tally.report`
+    adds them to the fleet's totals)."""
 
     def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`fn` over `items`, concurrently when there is a pool and more than one item."""
@@ -131,6 +135,10 @@ class Tally:
             self.add(rate_429=1)
 
     def report(self, ctx: WorkerContext, freed: bool) -> None:
-        """Tell the fleet, once per message; `freed` wakes the dispatcher for a free slot."""
+        """Tell the fleet, once per message; `freed` wakes the dispatcher for a free slot.
+        The process's metered requests since the last report go along (every request is
+        made inside a message that reports after it, so each is added once)."""
         if ctx.fleet is not None:
-            ctx.fleet.report(self.requests, self.rate_429, self.conc_429, wake=freed)
+            metered = ctx.meter.drain() if ctx.meter is not None else ({}, {})
+            ctx.fleet.report(self.requests, self.rate_429, self.conc_429, wake=freed,
+                             metered=metered)
