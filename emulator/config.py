@@ -104,6 +104,18 @@ class EmulatorConfig(BaseModel):
     )
     create_latency_s: float = Field(0.0, ge=0.0, description="Real seconds before create answers.")
 
+    # output files
+    file_bytes: int = Field(
+        0, ge=0, le=64 * 1024 * 1024,
+        description="Size of each output file served; 0 = a few bytes of the file's type.",
+    )
+    files_gone: Probability = _prob(
+        "Output files that answer 404, as PiAPI's do after a few days (chosen by name)."
+    )
+    files_paused: bool = Field(
+        False, description="Hold every output file request until this is false again."
+    )
+
     # history, account, cancel
     history_shape: Literal["documented", "full"] = Field(
         "documented", description=(

@@ -11,6 +11,7 @@ from emulator.config import STATIC_FIELDS, EmulatorConfig
 from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
+from emulator.files import Files
 from emulator.ratelimit import RateLimiter
 from emulator.webhooks import WebhookSender
 
@@ -46,6 +47,7 @@ class Runtime:
         self.engine = Engine(config, self.clock, self.faults, self.task_rng, base_url_for(config))
         self.limiter = RateLimiter(config, self.clock)
         self.webhooks = WebhookSender(config, self.counters, self.faults)
+        self.files = Files(config)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -82,6 +84,7 @@ class Runtime:
         self._cancel_timer()
         self._seed()
         self.counters.reset()
+        self.files.reset()
         self.limiter.reset()
         self.engine.reset()
 

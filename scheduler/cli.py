@@ -1,5 +1,5 @@
 """The `piapi-bulk` command line: run, submit, doctor, status, cancel, retry, forget, export,
-worker, dispatcher, webhook, flower, emulator."""
+download, worker, dispatcher, webhook, flower, emulator."""
 
 from __future__ import annotations
 
@@ -164,6 +164,10 @@ def run(
         "--all", help="Also run the other open batches in the database (by default run "
         "creates tasks only for this manifest's rows).")] = False,
     reuse: ReuseOpt = None,
+    download: Annotated[str | None, typer.Option(
+        "--download", help="Keep every output file in this folder (or fsspec URL such as "
+        "s3://bucket/prefix) as its row completes, with its size and sha256 in the results "
+        "(files).")] = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -187,7 +191,8 @@ def run(
                       budget_usd=budget, deadline_at=deadline_at,
                       strict=strict or settings.strict, service_mode=mode,
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
-                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse)
+                      command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse,
+                      download=download)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -421,6 +426,31 @@ def export_cmd(
         raise ConfigError(f"no batch {batch}")
     rows = export(engine, batch, output, fmt)
     typer.echo(f"{rows} rows written to {output}", err=True)
+
+
+@app.command()
+def download(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    to: Annotated[str, typer.Option("--to", help="Folder (or fsspec URL such as "
+                                    "s3://bucket/prefix) to keep the files in.")],
+) -> None:
+    """Fetch the output files of a batch's completed rows into a folder (files already
+    there with their recorded size and sha256 are not fetched again)."""
+    from scheduler.downloader import download_batch
+    from scheduler.status import batch_status
+    from workers.db import create_tables, make_engine
+    from workers.logs import setup_logging
+
+    settings = _settings()
+    setup_logging("WARNING", _secrets(settings))
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    if batch_status(engine, batch) is None:
+        raise ConfigError(f"no batch {batch}")
+    err = Console(stderr=True)
+    raise typer.Exit(download_batch(engine, batch, to, settings.download_concurrency,
+                                    lambda line: err.print(line, highlight=False,
+                                                           markup=False, soft_wrap=True)))
 
 
 @app.command()

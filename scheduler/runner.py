@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from scheduler.downloader import Downloader, open_destination, report_downloads, start_pool
 from scheduler.export import export
 from scheduler.ingest import IngestResult, ingest
 from scheduler.liveness import ProgressWatch
@@ -85,6 +86,8 @@ class RunOptions:
     """This command line as typed, for the retry hint after failed rows."""
     reuse: bool | None = None
     """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
+    download: str | None = None
+    """`--download DIR`: completed rows' output files are kept there (an fsspec URL)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -186,13 +189,15 @@ class Claims:
 
 
 def watch(engine: Engine, batch_ids: list[str], services: Services, console: Console,
-          liveness: ProgressWatch | None = None, claims: Claims | None = None) -> str | None:
+          liveness: ProgressWatch | None = None, claims: Claims | None = None,
+          tick: Callable[[], None] | None = None) -> str | None:
     """Show progress until the batches have no active row (or their budget stopped them
     with nothing left in flight); a reason when they cannot finish.
 
     With `liveness`, the workers and dispatcher this run started are restarted when the
     fleet stops making progress although work is due (for example a worker wedged after
-    Redis restarted). `claims` are renewed as the run goes.
+    Redis restarted). `claims` are renewed as the run goes; `tick` (the download pool) is
+    called once a turn.
     """
     last_plain = 0.0
     last_liveness = time.monotonic()
@@ -212,6 +217,8 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
             each = retry_transient(statuses, wait_s=DB_WAIT_S)
             st = combined(each)
             progress.update(task, completed=st.finished, total=st.total, detail=_describe(st))
+            if tick is not None:
+                tick()
             if not console.is_terminal and time.monotonic() - last_plain >= PLAIN_REPORT_EVERY_S:
                 last_plain = time.monotonic()
                 console.print(f"{st.finished}/{st.total} finished · {_describe(st)}",
@@ -294,6 +301,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     if not opts.manifest.is_file():
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
     preflight(opts.manifest, opts.model, opts.task_type, opts.strict)  # nothing started yet
+    dest = open_destination(opts.download) if opts.download else None
     output = opts.output or default_output(opts.manifest)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +309,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     claims: Claims | None = None
     engine: Engine | None = None
     batch_id: str | None = None
+    pool: Downloader | None = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not settings.redis_url:
@@ -324,14 +333,25 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         if any(st is not None and st.active for st in statuses):
             ensure_services(settings, services, run_dir / "logs",
                             worker_threads=opts.worker_threads, concurrency=opts.concurrency)
+        if dest is not None:
+            pool = start_pool(engine, dest, served, settings.download_concurrency,
+                              lambda line: console.print(line, style="yellow", markup=False))
         problem = watch(engine, served, services, console,
-                        ProgressWatch(engine, settings.stall_s, batches=served), claims)
-        return _finish(engine, result.batch_id, output, problem, console, opts.command)
+                        ProgressWatch(engine, settings.stall_s, batches=served), claims,
+                        pool.tick if pool is not None else None)
+        if pool is None:
+            return _finish(engine, result.batch_id, output, problem, console, opts.command)
+        kept = pool.finish()  # before the results are written: they list the files
+        code = _finish(engine, result.batch_id, output, problem, console, opts.command)
+        return report_downloads(kept, pool.dest, result.batch_id, code,
+                                lambda line: console.print(line, highlight=False, markup=False))
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption is enough
         return _interrupted(console, engine, batch_id, output)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if pool is not None:
+            pool.close()
         if claims is not None:
             claims.release()
         services.stop()
