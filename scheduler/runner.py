@@ -335,7 +335,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                             worker_threads=opts.worker_threads, concurrency=opts.concurrency)
         if dest is not None:
             pool = start_pool(engine, dest, served, settings.download_concurrency,
-                              lambda line: console.print(line, style="yellow", markup=False))
+                              lambda line: console.print(line, style="yellow", markup=False,
+                                                         highlight=False, soft_wrap=True))
         problem = watch(engine, served, services, console,
                         ProgressWatch(engine, settings.stall_s, batches=served), claims,
                         pool.tick if pool is not None else None)
@@ -344,7 +345,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         kept = pool.finish()  # before the results are written: they list the files
         code = _finish(engine, result.batch_id, output, problem, console, opts.command)
         return report_downloads(kept, pool.dest, result.batch_id, code,
-                                lambda line: console.print(line, highlight=False, markup=False))
+                                lambda line: console.print(line, highlight=False, markup=False,
+                                                           soft_wrap=True))
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption is enough
         return _interrupted(console, engine, batch_id, output)
