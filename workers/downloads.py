@@ -105,11 +105,12 @@ def add_files(engine: Engine, dest: str, jobs: Iterable[NewJob], now: float) -> 
 
 
 def _insert(conn: Connection, values: dict[str, Any]) -> int:
-    """INSERT unless (dest, name) is taken (then nothing); rows inserted."""
+    """INSERT unless (dest, name) is taken (then nothing); rows inserted (from RETURNING:
+    PostgreSQL's rowcount is -1 here)."""
     build = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = build(DOWNLOADS).values(**values).on_conflict_do_nothing(
-        index_elements=["dest", "name"])
-    return int(conn.execute(stmt).rowcount or 0)
+        index_elements=["dest", "name"]).returning(D.id)
+    return len(conn.execute(stmt).all())
 
 
 def claim(engine: Engine, dest: str, batch_ids: Collection[str], now: float, limit: int,

@@ -9,30 +9,33 @@ import pytest
 from workers.fetch import shown_path
 from workers.output_files import extension, file_name, output_files, safe_stem
 
-V, I, A = "https://img.theapi.app/ephemeral/v.mp4", "https://x.test/i.png", "https://x.test/a.mp3"
+VIDEO = "https://img.theapi.app/ephemeral/v.mp4"
+IMAGE = "https://x.test/i.png"
+AUDIO = "https://x.test/a.mp3"
 
 
 @pytest.mark.parametrize(("output", "files"), [
     (None, []),
-    ({"text": "A cat. See https://x.test/i.png"}, []),  # a caption is text, never a file
+    ({"text": "AUDIO cat. See https://x.test/i.png"}, []),  # a caption is text, never a file
     ({"text": "https://x.test/i.png"}, []),  # even when the text is a bare URL
     ({"video": ""}, []),  # Kling 3.0's placeholder while running
     ({"video_url": "", "cover_url": "", "percent": 0}, []),  # Hailuo's
-    ({"video_url": V}, [V]),  # Wan
-    ({"image_url": I}, [I]),  # Flux
-    ({"image_urls": [I, "https://x.test/j.png"]}, [I, "https://x.test/j.png"]),
-    ({"audio_url": A}, [A]),  # F5-TTS
-    ({"works": [{"video": {"resource": V}}]}, [V]),  # Kling 2.x
-    ({"video_url": V, "download_url": "https://x.test/d.mp4", "cover_url": I}, [V, I]),
+    ({"video_url": VIDEO}, [VIDEO]),  # Wan
+    ({"image_url": IMAGE}, [IMAGE]),  # Flux
+    ({"image_urls": [IMAGE, "https://x.test/j.png"]}, [IMAGE, "https://x.test/j.png"]),
+    ({"audio_url": AUDIO}, [AUDIO]),  # F5-TTS
+    ({"works": [{"video": {"resource": VIDEO}}]}, [VIDEO]),  # Kling 2.x
+    ({"video_url": VIDEO, "download_url": "https://x.test/d.mp4", "cover_url": IMAGE},
+     [VIDEO, IMAGE]),
     ({"download_url": "https://x.test/d.mp4"}, ["https://x.test/d.mp4"]),
-    ({"image_url": I, "image_urls": ["https://x.test/1.png", "https://x.test/2.png"],
+    ({"image_url": IMAGE, "image_urls": ["https://x.test/1.png", "https://x.test/2.png"],
       "temporary_image_urls": ["https://cdn.test/1.png", "https://cdn.test/2.png"]},
-     [I, "https://x.test/1.png", "https://x.test/2.png"]),  # Midjourney: no CDN copies
-    ({"clips": {"e": {}, "c1": {"audio_url": A, "video_url": V, "title": "x",
-                               "metadata": {"prompt": "https://not.a/file"}}}}, [A, V]),
-    ({"image_url": I, "thumb": I}, [I]),  # no repeats
-    ({"model_file": "https://x.test/m.glb", "no_background_image": " " + I}, [
-        "https://x.test/m.glb", I]),
+     [IMAGE, "https://x.test/1.png", "https://x.test/2.png"]),  # Midjourney: no CDN copies
+    ({"clips": {"e": {}, "c1": {"audio_url": AUDIO, "video_url": VIDEO, "title": "x",
+                               "metadata": {"prompt": "https://not.a/file"}}}}, [AUDIO, VIDEO]),
+    ({"image_url": IMAGE, "thumb": IMAGE}, [IMAGE]),  # no repeats
+    ({"model_file": "https://x.test/m.glb", "no_background_image": " " + IMAGE}, [
+        "https://x.test/m.glb", IMAGE]),
 ])
 def test_output_files(output: Any, files: list[str]) -> None:
     assert output_files(output) == files
@@ -53,7 +56,7 @@ def test_safe_stem(row_key: str, stem: str) -> None:
 
 
 def test_sanitised_ids_never_share_a_name() -> None:
-    keys = ["a/b", "a_b", "a b", "a:b", "a\\b", "A/B"]
+    keys = ["a/b", "a_b", "a b", "a:b", "a\\b", "AUDIO/B"]
     assert len({safe_stem(k) for k in keys}) == len(keys)
     assert len(safe_stem("x" * 1000)) <= 130
 
