@@ -41,6 +41,9 @@ FEED_OVERLAP_S = 10.0
 """Rows are looked for from this long before the last one seen: a row whose completion
 committed late is not missed (and `finish` looks at every row once more anyway)."""
 FEED_PAGE = 500
+FEED_PAGES = 4
+"""Pages of rows one look reads at most per batch, so a look never holds up the run's
+watch loop for long (a resumed batch's backlog is read over several looks)."""
 HTTP_TIMEOUT = httpx.Timeout(20.0, connect=10.0)
 """Per read, not per file: a large video streams for as long as bytes keep coming."""
 
@@ -106,7 +109,11 @@ class Downloader:
         self._notices: list[str] = []
         self._lock = threading.Lock()
         self._cursor = {b: (-math.inf, 0) for b in self.batch_ids}
+        self._newest = dict.fromkeys(self.batch_ids, -math.inf)
+        """The latest `finished_at` seen per batch."""
         self._fed_at = -math.inf
+        self._caught_up = False
+        """True once a look read every batch to its end."""
 
     def start(self) -> None:
         """Files that failed before (except those PiAPI no longer has) are tried again."""
@@ -122,19 +129,23 @@ class Downloader:
         self._flush_notices()
 
     def _feed(self) -> None:
+        caught_up = True
         for batch_id in self.batch_ids:
             since, after = self._cursor[batch_id]
-            newest = since
-            while True:
+            for _ in range(FEED_PAGES):
                 jobs = rec.new_completed(self.engine, batch_id, self.dest.key, since, after,
                                          FEED_PAGE)
                 if jobs:
                     rec.add_files(self.engine, self.dest.key, jobs, self.clock())
                     since, after = jobs[-1].finished_at, jobs[-1].id
-                    newest = max(newest, since)
-                if len(jobs) < FEED_PAGE:
+                    self._newest[batch_id] = max(self._newest[batch_id], since)
+                if len(jobs) < FEED_PAGE:  # at the end: next time, from a little before
+                    self._cursor[batch_id] = (self._newest[batch_id] - FEED_OVERLAP_S, 0)
                     break
-            self._cursor[batch_id] = (newest - FEED_OVERLAP_S, 0)
+            else:  # more to read: the next look goes on from here
+                self._cursor[batch_id] = (since, after)
+                caught_up = False
+        self._caught_up = caught_up
 
     def _fill(self) -> None:
         self.running = {f for f in self.running if not f.done()}
@@ -223,22 +234,26 @@ class Downloader:
     def finish(self) -> DownloadReport:
         """Every row has ended: record their files (all of them, once more), fetch until
         each is stored or failed, and report. After a full disk, files not fetched fail
-        with that reason."""
+        with that reason. Setting `stop` (a signal handler may) ends it early."""
         self._cursor = {b: (-math.inf, 0) for b in self.batch_ids}
         self._fed_at = -math.inf
-        while True:
+        self._caught_up = False
+        while not self.stop.is_set():
+            if not self._caught_up:
+                self._fed_at = -math.inf  # nothing else to do: read on at once
             self.tick()
             if self.halted and not self.running:
                 retry_transient(lambda: rec.fail_waiting(
                     self.engine, self.dest.key, self.batch_ids, self.halted_kind,
                     f"not fetched: {self.halted}", self.clock()))
             report = self.report()
-            if not self.running and not report.waiting:
+            if self._caught_up and not self.running and not report.waiting:
                 return report
             if self.running:
                 wait(self.running, timeout=FEED_EVERY_S, return_when=FIRST_COMPLETED)
-            else:
-                self.stop.wait(FEED_EVERY_S / 4)  # a back-off or another fetcher's lease
+            elif self._caught_up:  # a back-off, or another fetcher's lease
+                self.stop.wait(FEED_EVERY_S / 4)
+        return self.report()
 
     def report(self) -> DownloadReport:
         """Counts from the record."""
