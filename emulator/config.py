@@ -112,6 +112,9 @@ class EmulatorConfig(BaseModel):
     files_gone: Probability = _prob(
         "Output files that answer 404, as PiAPI's do after a few days (chosen by name)."
     )
+    files_fail_first: int = Field(
+        0, ge=0, description="Each output file answers 503 to its first this many requests."
+    )
     files_paused: bool = Field(
         False, description="Hold every output file request until this is false again."
     )

@@ -52,6 +52,8 @@ class Files:
         self.served: dict[str, dict[str, Any]] = {}
         self.expired: set[str] = set()
         self.refused = 0
+        self.failed = 0
+        self.asked: dict[str, int] = {}
         self.waiting = 0
 
     def reset(self) -> None:
@@ -59,6 +61,8 @@ class Files:
         self.served = {}
         self.expired = set()
         self.refused = 0
+        self.failed = 0
+        self.asked = {}
 
     def expire(self, names: list[str]) -> None:
         """These files answer 404 from now on."""
@@ -73,6 +77,10 @@ class Files:
         if name in self.expired or is_gone(name, self.config.files_gone):
             self.refused += 1
             return error(404, "file not found")
+        self.asked[name] = self.asked.get(name, 0) + 1
+        if self.asked[name] <= self.config.files_fail_first:
+            self.failed += 1
+            return error(503, "service unavailable")
         if not await self._wait_unpaused(request):
             return Response(status_code=499)  # the client went away: nothing was served
         ext = match.group(1)
@@ -97,9 +105,10 @@ class Files:
             self.waiting -= 1
 
     def snapshot(self) -> dict[str, Any]:
-        """The ledger: per file served, its fetches, size and sha256; 404s; held requests."""
-        return {"files": self.served, "refused": self.refused, "waiting": self.waiting,
-                "expired": sorted(self.expired)}
+        """The ledger: per file served, its fetches, size and sha256; 404s, 503s; held
+        requests."""
+        return {"files": self.served, "refused": self.refused, "failed": self.failed,
+                "waiting": self.waiting, "expired": sorted(self.expired)}
 
 
 def file_routes(files: Files) -> list[Route]:

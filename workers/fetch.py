@@ -53,7 +53,7 @@ class Refused(FetchError):
 class Transient(FetchError):
     """A 5xx, a 429, a network error or a body cut short."""
 
-    kind = "network"
+    kind = "unavailable"
     retryable = True
 
 

@@ -222,7 +222,8 @@ class Download(SQLModel, table=True):
     bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
     sha256: str | None = Field(default=None, max_length=64)
     error_kind: str | None = Field(default=None, max_length=16)
-    """gone (404/410: final), disk_full, destination, http, network."""
+    """gone (404/410: final), http (another 4xx), unavailable (5xx, 429, network errors,
+    after the last try), disk_full, destination."""
     error: str | None = Field(default=None, sa_column=Column(Text))
     tries: int = 0
     """Claims so far: also the token a fetch's records check (a re-claim voids them)."""

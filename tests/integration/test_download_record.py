@@ -73,6 +73,30 @@ def test_download_into_an_fsspec_memory_folder(engine: Engine,
     assert {e["fetches"] for e in _served(emu).values()} == {1}
 
 
+def test_files_answering_503_are_fetched_again_after_a_back_off(
+        engine: Engine, make_emulator: MakeEmulator, tmp_path: Path) -> None:
+    emu = _emulator(make_emulator)
+    emu.configure(files_fail_first=2)
+    urls = _complete(engine, emu, "b1", rows=4)
+    assert download_batch(engine, "b1", str(tmp_path / "kept"), 4, lambda _: None) == 0
+    ledger = httpx.get(f"{emu.url}/_emulator/files", timeout=5).json()
+    assert ledger["failed"] == 8  # two 503s per file, then served
+    assert {e["fetches"] for e in ledger["files"].values()} == {1}
+    for key, (url,) in zip("1234", urls, strict=True):
+        body = (tmp_path / "kept" / f"{key}.png").read_bytes()
+        assert hashlib.sha256(body).hexdigest() == ledger["files"][url.rsplit("/", 1)[1]][
+            "sha256"]
+
+    emu.configure(files_fail_first=100)  # never served: the file fails after its tries
+    ((url,),) = _complete(engine, emu, "b2", rows=1)
+    lines: list[str] = []
+    assert download_batch(engine, "b2", str(tmp_path / "kept2"), 1, lines.append) == 1
+    with engine.connect() as conn:
+        error = conn.execute(select(DOWNLOADS.c.error).where(DOWNLOADS.c.url == url)).scalar()
+    assert error == "HTTP 503 (after 5 tries)"
+    assert "1 not kept (unavailable 1)" in lines[-1]
+
+
 def test_a_fetcher_killed_after_its_record_is_completed_from_the_disk(
         engine: Engine, make_emulator: MakeEmulator, tmp_path: Path) -> None:
     emu = _emulator(make_emulator)
