@@ -238,6 +238,7 @@ class Downloader:
         self._cursor = {b: (-math.inf, 0) for b in self.batch_ids}
         self._fed_at = -math.inf
         self._caught_up = False
+        told = False
         while not self.stop.is_set():
             if not self._caught_up:
                 self._fed_at = -math.inf  # nothing else to do: read on at once
@@ -249,6 +250,10 @@ class Downloader:
             report = self.report()
             if self._caught_up and not self.running and not report.waiting:
                 return report
+            if self._caught_up and not told:
+                told = True
+                self.notify(f"{report.waiting} output file(s) still to fetch into "
+                            f"{self.dest.shown()}")
             if self.running:
                 wait(self.running, timeout=FEED_EVERY_S, return_when=FIRST_COMPLETED)
             elif self._caught_up:  # a back-off, or another fetcher's lease
