@@ -6,7 +6,7 @@ order a request flows through them:
 - `cli` / `__main__`: the `emulator` command; builds an `EmulatorConfig`, serves with uvicorn.
 - `config`: `EmulatorConfig`, every setting with its default.
 - `app`: `create_app(config)`; PiAPI routes behind auth, edge faults and the rate limit.
-- `control_api`: the unauthenticated `/_emulator/` API (stats, ledger, config, reset).
+- `control_api`: the unauthenticated `/_emulator/` API (stats, ledger, files, config, reset).
 - `runtime`: wires the parts together and runs the timer that drives state changes.
 - `ratelimit`, `faults`: the request budget and seeded fault draws.
 - `parsing`, `catalog`, `inputs`, `validation`: create bodies → validated, normalised
@@ -15,6 +15,7 @@ order a request flows through them:
 - `outputs`: each model's `output` shape, with ids and URLs derived from the task id.
 - `tasks`, `metrics`, `history`, `views`: task state and JSON, counters, history index, views.
 - `uploads`: the upload endpoint's store (files in memory, served back, in the ledger).
+- `files`: the fake output files (size, some gone, held while paused) and their ledger.
 - `webhooks`: delivery to loopback receivers; `counters`, `clock`, `responses`: small helpers.
 
 By default it answers the least generous way PiAPI's docs allow (REFERENCE.md): history rows

@@ -7,7 +7,6 @@ import contextlib
 import hmac
 import json
 import mimetypes
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -21,7 +20,6 @@ from emulator.control_api import control_routes
 from emulator.engine import OutOfBalance, OverLimit
 from emulator.history import HistoryQuery
 from emulator.responses import (
-    FILE_BODIES,
     GENERIC_FAILURE,
     JSON,
     DroppedResponse,
@@ -38,7 +36,6 @@ from emulator.validation import InvalidRequest
 from emulator.views import account_info, active_tasks, history_page
 
 Handler = Callable[[Request], Awaitable[Response]]
-_FILE_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(\w+)$")
 MAX_PAGE_SIZE = 100
 
 
@@ -175,13 +172,9 @@ class Api:
         return _success(history_page(self.rt.engine, query))
 
     async def files(self, request: Request) -> Response:
-        """GET /ephemeral/{name}: a few bytes standing in for an output file (no auth)."""
+        """GET /ephemeral/{name}: bytes standing in for an output file (no auth)."""
         self.rt.counters.requests["files"] += 1
-        match = _FILE_NAME.match(request.path_params["name"])
-        if match is None or match.group(1) not in FILE_BODIES:
-            return error(404, "file not found")
-        media_type, body = FILE_BODIES[match.group(1)]
-        return Response(body, media_type=media_type)
+        return await self.rt.files.serve(request)
 
     async def upload(self, request: Request) -> Response:
         """POST /api/ephemeral_resource: store the file, answer the URL it is served at."""

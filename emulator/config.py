@@ -119,6 +119,21 @@ class EmulatorConfig(BaseModel):
         ),
     )
 
+    # output files
+    file_bytes: int = Field(
+        0, ge=0, le=64 * 1024 * 1024,
+        description="Size of each output file served; 0 = a few bytes of the file's type.",
+    )
+    files_gone: Probability = _prob(
+        "Output files that answer 404, as PiAPI's do after a few days (chosen by name)."
+    )
+    files_fail_first: int = Field(
+        0, ge=0, description="Each output file answers 503 to its first this many requests."
+    )
+    files_paused: bool = Field(
+        False, description="Hold every output file request until this is false again."
+    )
+
     # history, account, cancel
     history_shape: Literal["documented", "full"] = Field(
         "documented", description=(

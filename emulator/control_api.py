@@ -1,4 +1,4 @@
-"""The unauthenticated control API under /_emulator/: stats, ledger, config, reset."""
+"""The unauthenticated control API under /_emulator/: stats, ledger, files, config, reset."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emulator.files import file_routes
 from emulator.responses import error, json_response
 from emulator.runtime import ConfigError, Runtime
 from emulator.views import ledger
@@ -50,6 +51,7 @@ def control_routes(rt: Runtime) -> list[Route]:
     return [
         Route("/_emulator/stats", stats, methods=["GET"]),
         Route("/_emulator/ledger", get_ledger, methods=["GET"]),
+        *file_routes(rt.files),
         Route("/_emulator/config", get_config, methods=["GET"]),
         Route("/_emulator/config", patch_config, methods=["POST"]),
         Route("/_emulator/reset", reset, methods=["POST"]),

@@ -11,6 +11,7 @@ from emulator.config import STATIC_FIELDS, EmulatorConfig
 from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
+from emulator.files import Files
 from emulator.ratelimit import RateLimiter
 from emulator.uploads import UploadStore
 from emulator.webhooks import WebhookSender
@@ -48,6 +49,7 @@ class Runtime:
         self.limiter = RateLimiter(config, self.clock)
         self.webhooks = WebhookSender(config, self.counters, self.faults)
         self.uploads = UploadStore()
+        self.files = Files(config)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -85,6 +87,7 @@ class Runtime:
         self._seed()
         self.counters.reset()
         self.uploads.reset()
+        self.files.reset()
         self.limiter.reset()
         self.engine.reset()
 

@@ -1,5 +1,5 @@
 """The `piapi-bulk` command line: run, estimate, submit, doctor, status, cancel, retry, forget,
-export, worker, dispatcher, webhook, web, flower, emulator."""
+export, download, worker, dispatcher, webhook, web, flower, emulator."""
 
 from __future__ import annotations
 
@@ -192,6 +192,10 @@ def run(
     notify: Annotated[str | None, typer.Option(
         "--notify", help="POST a JSON summary to this URL (a chat webhook, say) when the batch "
         "finishes, ends with failed rows or pauses on its budget.")] = None,
+    download: Annotated[str | None, typer.Option(
+        "--download", help="Keep every output file in this folder (or fsspec URL such as "
+        "s3://bucket/prefix) as its row completes, with its size and sha256 in the results "
+        "(files).")] = None,
 ) -> None:
     """Process a manifest end to end and write the results file (resumes when re-run)."""
     import time
@@ -225,7 +229,7 @@ def run(
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
                       command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse,
                       fields=_fields(set_fields), captions_as_sidecar=captions_as_sidecar,
-                      notify=notify_url)
+                      notify=notify_url, download=download)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
@@ -506,6 +510,31 @@ def export_cmd(
         written, same = write_sidecars(engine, batch)
         typer.echo(f"captions: {written} sidecar .txt files written, {same} already up to "
                    "date", err=True)
+
+
+@app.command()
+def download(
+    batch: Annotated[str, typer.Argument(help="Batch id.")],
+    to: Annotated[str, typer.Option("--to", help="Folder (or fsspec URL such as "
+                                    "s3://bucket/prefix) to keep the files in.")],
+) -> None:
+    """Fetch the output files of a batch's completed rows into a folder (files already
+    there with their recorded size and sha256 are not fetched again)."""
+    from scheduler.downloader import download_batch
+    from scheduler.status import batch_status
+    from workers.db import create_tables, make_engine
+    from workers.logs import setup_logging
+
+    settings = _settings()
+    setup_logging("WARNING", _secrets(settings))
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    if batch_status(engine, batch) is None:
+        raise ConfigError(f"no batch {batch}")
+    err = Console(stderr=True)
+    raise typer.Exit(download_batch(engine, batch, to, settings.download_concurrency,
+                                    lambda line: err.print(line, highlight=False,
+                                                           markup=False, soft_wrap=True)))
 
 
 @app.command()

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from scheduler.results_csv import csv_writer
+from workers.downloads import files_of
 from workers.models import Attempt, Job
 from workers.states import JobState
 
@@ -63,12 +64,15 @@ def other_task(attempt: Attempt) -> dict[str, Any]:
 
 
 def result_line(job: Job, others: list[dict[str, Any]] | None = None,
-                origin_batch: str | None = None) -> dict[str, Any]:
+                origin_batch: str | None = None,
+                kept: dict[str, list[Any]] | None = None) -> dict[str, Any]:
     """The results-manifest object for one job (see the README's contract); `others`: its
     tasks other than `task_id`, oldest first (`other_task`). A row sent without catalogue
     checks also carries `"unchecked": true`; a row that took a twin's task instead of
     paying, `"reused_from": {"batch", "task_id"}` (`origin_batch`: the paid-for job's
-    batch) and a usage of 0."""
+    batch) and a usage of 0. A row with output files downloaded (`kept`, from
+    `workers.downloads.files_of`) carries `files` ({url, path, bytes, sha256}) and, for
+    files that could not be kept, `download_errors` ({url, error})."""
     output = _loads(job.output_json)
     status = RESULT_STATUSES.get(job.state, "pending")
     error = None
@@ -99,6 +103,10 @@ def result_line(job: Job, others: list[dict[str, Any]] | None = None,
         line["unchecked"] = True
     if job.reused_from is not None:  # likewise
         line["reused_from"] = {"batch": origin_batch, "task_id": job.task_id}
+    if kept:  # likewise: only rows whose files were downloaded
+        line["files"] = kept["files"]
+        if kept["download_errors"]:
+            line["download_errors"] = kept["download_errors"]
     return line
 
 
@@ -115,9 +123,10 @@ def iter_results(engine: Engine, batch_id: str) -> Iterator[dict[str, Any]]:
                 return
             others = _other_tasks(s, page)
             origins = _origin_batches(s, page)
+            kept = files_of(s.connection(), [int(job.id) for job in page if job.id])
             for job in page:
                 yield result_line(job, others.get(int(job.id or 0)),
-                                  origins.get(job.reused_from or 0))
+                                  origins.get(job.reused_from or 0), kept.get(int(job.id or 0)))
             last = page[-1].seq
             s.expunge_all()
 

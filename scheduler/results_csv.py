@@ -3,7 +3,9 @@
 Made from the results lines (`scheduler.export.result_line`), so both formats say the
 same: `output` is the main output (a caption's text; else the first output URL; else the
 output as compact JSON), `urls` every output URL separated by spaces, `usd` what PiAPI
-charged for the row's task, and `input` and `metadata` compact JSON.
+charged for the row's task, and `input` and `metadata` compact JSON; `files` the paths of
+the row's downloaded output files (separated by spaces) and `download_error` why any could
+not be kept.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Callable
 from typing import IO, Any
 
 CSV_COLUMNS = ("line", "id", "model", "task_type", "status", "output", "urls", "error_kind",
-               "error_message", "usd", "task_id", "input", "metadata")
+               "error_message", "usd", "task_id", "input", "metadata", "files",
+               "download_error")
 TEXT_KEYS = ("text", "caption", "content")
 """Output keys holding the result itself as text (Joycaption's caption is `text`)."""
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -47,6 +50,8 @@ def csv_row(line: dict[str, Any]) -> list[str]:
         " ".join(urls), _text(error.get("kind")), _text(error.get("message")),
         "" if usd is None else _usd(usd), _text(line.get("task_id")),
         _json(line.get("input")), _json(line.get("metadata")),
+        " ".join(f["path"] for f in line.get("files") or []),
+        "; ".join(f"{e['url']}: {e['error']}" for e in line.get("download_errors") or []),
     ]
 
 

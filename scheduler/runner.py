@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scheduler import notify
+from scheduler.downloader import Downloader, open_destination, report_downloads, start_pool
 from scheduler.export import export
 from scheduler.ingest import IngestResult, batch_id_for, ingest
 from scheduler.interrupt import Interrupted, StopRequest
@@ -92,6 +93,8 @@ class RunOptions:
     """Write each local image's caption next to it as `<name>.txt` with the results."""
     notify: str | None = None
     """`--notify URL`: where to POST a summary when the batch ends or pauses (`notify`)."""
+    download: str | None = None
+    """`--download DIR`: completed rows' output files are kept there (an fsspec URL)."""
 
 
 def default_output(manifest: Path) -> Path:
@@ -160,16 +163,16 @@ class Claims:
 
 
 def watch(engine: Engine, batch_ids: list[str], services: Services, console: Console,
-          liveness: ProgressWatch | None = None, claims: Claims | None = None,
-          stop: StopRequest | None = None, limit: int | None = None) -> str | None:
+          liveness: ProgressWatch | None = None, limit: int | None = None,
+          chores: Sequence[Callable[[], None]] = ()) -> str | None:
     """Show progress until the batches have no active row (or their budget stopped them
     with nothing left in flight); a reason when they cannot finish.
 
     With `liveness`, the workers and dispatcher this run started are restarted when the
     fleet stops making progress although work is due (for example a worker wedged after
-    Redis restarted). `claims` are renewed as the run goes. A `stop` request raises
-    `Interrupted` between passes. `limit` is the concurrency shown beside the tasks in
-    flight.
+    Redis restarted). `limit` is the concurrency shown beside the tasks in flight.
+    `chores` run at the start of every turn, in order: a stop request's check (which raises
+    `Interrupted` there, between passes), the claims' renewal, the download pool's tick.
     """
     last_plain = 0.0
     last_liveness = time.monotonic()
@@ -184,10 +187,8 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
     with progress_bar(console, st.total) as progress:
         task = progress.add_task("piapi-bulk", total=st.total, detail="")
         while True:
-            if stop is not None:
-                stop.check()
-            if claims is not None:
-                claims.renew()
+            for chore in chores:
+                chore()
             # The database may be restarting: wait for it rather than end the run.
             each = retry_transient(statuses, wait_s=DB_WAIT_S)
             st = combined(each)
@@ -275,6 +276,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
         raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
     preflight(opts.manifest, opts.model, opts.task_type, opts.strict,  # nothing started yet
               tuple(opts.fields))
+    dest = open_destination(opts.download) if opts.download else None
     output = opts.output or default_output(opts.manifest)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +284,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     claims: Claims | None = None
     engine: Engine | None = None
     batch_id: str | None = None
+    pool: Downloader | None = None
     stop = StopRequest()
     with stop.installed():
         try:
@@ -309,11 +312,21 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                 ensure_services(settings, services, run_dir / "logs",
                                 worker_threads=opts.worker_threads,
                                 concurrency=opts.concurrency)
+            if dest is not None:
+                pool = start_pool(engine, dest, served, settings.download_concurrency,
+                                  lambda line: console.print(line, style="yellow", markup=False,
+                                                             highlight=False, soft_wrap=True))
             problem = watch(engine, served, services, console,
-                            ProgressWatch(engine, settings.stall_s, batches=served), claims,
-                            stop, opts.concurrency or limit)
+                            ProgressWatch(engine, settings.stall_s, batches=served),
+                            opts.concurrency or limit,
+                            [stop.check, claims.renew, *([pool.tick] if pool else [])])
+            kept = pool.finish() if pool is not None else None  # the results list the files
             code = _finish(engine, result.batch_id, output, problem, console, opts.command,
                            started, opts.captions_as_sidecar)
+            if pool is not None and kept is not None:
+                code = report_downloads(kept, pool.dest, result.batch_id, code,
+                                        lambda line: console.print(line, highlight=False,
+                                                                   markup=False, soft_wrap=True))
             notify.after_run(opts.notify, batch_status(engine, result.batch_id), code,
                              time.monotonic() - started, output)
             return code
@@ -323,6 +336,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                 batch_id = stored if batch_status(engine, stored) is not None else None
             return _interrupted(console, engine, batch_id, output, opts.captions_as_sidecar)
         finally:
+            if pool is not None:
+                pool.close()
             if claims is not None:
                 claims.release()
             services.stop()

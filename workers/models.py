@@ -1,4 +1,4 @@
-"""The database tables: batches, jobs (one per manifest row) and attempts (one per create).
+"""The database tables: batches, jobs (one per manifest row), attempts (one per create), downloads.
 
 Times are float Unix seconds. JSON payloads are stored as text so SQLite and PostgreSQL
 behave the same. The API key is never stored anywhere here.
@@ -71,7 +71,8 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_lease_until", "lease_until"),
         # Twins of a row (the same row in another batch), looked up before paying.
         Index("ix_jobs_fingerprint", "fingerprint"),
-        # A batch's recently finished rows (`piapi-bulk web`'s rate, ETA and slowest rows);
+        # A batch's recently finished rows (`piapi-bulk web`'s rate, ETA and slowest rows;
+        # the rows the download pool looks at next);
         # partial, so ingest does not pay for it.
         Index("ix_jobs_batch_finished", "batch_id", "finished_at",
               postgresql_where=text("finished_at IS NOT NULL"),
@@ -198,8 +199,52 @@ class DurationSample(SQLModel, table=True):
     at: float
 
 
+class Download(SQLModel, table=True):
+    """One output file of a completed row, to keep at a destination (`run --download DIR`,
+    `download BATCH --to DIR`); see `workers.downloads` for the moves between states."""
+
+    __tablename__ = "downloads"
+    __table_args__ = (
+        # One file per name and destination: two rows can never write the same path.
+        UniqueConstraint("dest", "name", name="uq_downloads_dest_name"),
+        Index("ix_downloads_job", "job_id"),
+        Index("ix_downloads_batch_state", "batch_id", "state", "next_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    job_id: int = Field(sa_column=Column(ID, nullable=False))
+    batch_id: str = Field(max_length=40)
+    n: int
+    """Place of the URL among the row's output files (0-based)."""
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    dest: str = Field(sa_column=Column(Text, nullable=False))
+    """The destination folder as an fsspec URL (a local folder: its absolute path)."""
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    """The file's name in `dest` without extension (the row id, sanitised, `_n` after)."""
+    state: str = Field(default="pending", max_length=16)
+    """pending, fetching, done or failed."""
+    file: str | None = Field(default=None, sa_column=Column(Text))
+    """The final file's name in `dest` (`name.ext`; the extension known once fetched)."""
+    tmp: str | None = Field(default=None, sa_column=Column(Text))
+    """The temporary file in `dest` the bytes were streamed to, until it is renamed."""
+    bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
+    sha256: str | None = Field(default=None, max_length=64)
+    error_kind: str | None = Field(default=None, max_length=16)
+    """gone (404/410: final), http (another 4xx), unavailable (5xx, 429, network errors,
+    after the last try), disk_full, destination."""
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    tries: int = 0
+    """Claims so far: also the token a fetch's records check (a re-claim voids them)."""
+    next_at: float = 0.0
+    """When a pending file may be fetched (after a back-off)."""
+    lease_until: float | None = None
+    """While fetching: another fetcher may take the file over after this."""
+    updated_at: float = 0.0
+
+
 # Core tables, for the hot paths that run pre-built statements instead of the ORM.
 BATCHES: Table = SQLModel.metadata.tables["batches"]
 JOBS: Table = SQLModel.metadata.tables["jobs"]
 ATTEMPTS: Table = SQLModel.metadata.tables["attempts"]
 DURATION_SAMPLES: Table = SQLModel.metadata.tables["duration_samples"]
+DOWNLOADS: Table = SQLModel.metadata.tables["downloads"]

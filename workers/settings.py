@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     worker_pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", validation_alias=_env("PIAPI_BULK_WORKER_POOL")
     )
+    download_concurrency: int = Field(
+        4, ge=1, validation_alias=_env("PIAPI_BULK_DOWNLOAD_CONCURRENCY")
+    )
+    """Output files `run --download` and `download` fetch side by side (their own threads,
+    apart from the workers: PiAPI work never waits for a download)."""
 
     @property
     def request_timeout_s(self) -> float:

@@ -50,8 +50,8 @@ def test_export_jsonl_and_csv(engine: Engine, tmp_path: Path, database_url: str)
         None,  # invalid: never sent
         {"duration": 5, "prompt": "a lake"},  # as sent: typed
     ]
-    assert lines[2]["error"]["message"].startswith("field 'image': local files are not "
-                                                   "uploaded yet")
+    assert lines[2]["error"]["message"] == ("field 'image': local file ./images/cat.jpg: "
+                                            "no such file")
 
     done = piapi_bulk(tmp_path, env, "export", batch, "-o", "out.csv",
                       "--format", "csv")
@@ -66,7 +66,7 @@ def test_export_jsonl_and_csv(engine: Engine, tmp_path: Path, database_url: str)
         "line": "1", "id": "cat", "model": "Qubico/joycaption",
         "task_type": "joycaption-beta-one", "status": "completed", "output": caption,
         "urls": "", "error_kind": "", "error_message": "", "usd": "0.01", "task_id": "t-cat",
-        "input": "", "metadata": '{"album":"été"}'}
+        "input": "", "metadata": '{"album":"été"}', "files": "", "download_error": ""}
     assert json.loads(by_id["cat"]["input"]) == {"image": "https://e.test/cat.jpg"}
     assert (by_id["dog"]["status"], by_id["dog"]["output"]) == ("pending", "")
     assert (by_id["local"]["status"], by_id["local"]["error_kind"]) == ("invalid", "invalid")

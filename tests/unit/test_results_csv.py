@@ -50,7 +50,8 @@ def test_a_caption_row() -> None:
         "line": "2", "id": "r1", "model": "Qubico/joycaption", "task_type": "joycaption-beta-one",
         "status": "completed", "output": "A cat, \"sleeping\".\nSoftly.", "urls": "",
         "error_kind": "", "error_message": "", "usd": "0.01", "task_id": "t1",
-        "input": '{"image":"https://e.test/1.jpg"}', "metadata": '{"album":"été"}'}
+        "input": '{"image":"https://e.test/1.jpg"}', "metadata": '{"album":"été"}',
+        "files": "", "download_error": ""}
 
 
 def test_failed_invalid_and_media_rows() -> None:
