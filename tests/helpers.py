@@ -6,20 +6,33 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy.engine import Engine
 
 from scheduler.services import free_port
+from workers.db import make_engine
 
-__all__ = ["REPO", "free_port", "start_emulator", "stop_process", "wait_until"]
+__all__ = ["REPO", "free_port", "opened", "start_emulator", "stop_process", "wait_until"]
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def opened(database_url: str) -> Iterator[Engine]:
+    """An engine on this database for as long as it is needed; disposed after."""
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def wait_until(
