@@ -14,60 +14,71 @@ import signal
 from pathlib import Path
 
 from tests.helpers import MakeEmulator, wait_until
-from tests.integration import e2e
+from tests.integration.e2e import (
+    caption_rows,
+    count_state,
+    finish,
+    piapi_bulk,
+    read_results,
+    run_env,
+    start_run,
+    wait_group_gone,
+    wan_rows,
+    write_jsonl,
+)
 
 
 def test_run_creates_only_its_own_rows_and_all_runs_the_others(
         tmp_path: Path, database_url: str, make_emulator: MakeEmulator) -> None:
-    video = e2e.write_jsonl(tmp_path / "video.jsonl", e2e.wan_rows(2))
-    tiny = e2e.write_jsonl(tmp_path / "tiny.jsonl", e2e.caption_rows(5))
+    video = write_jsonl(tmp_path / "video.jsonl", wan_rows(2))
+    tiny = write_jsonl(tmp_path / "tiny.jsonl", caption_rows(5))
     emu = make_emulator("--time-scale", "0.01", "--concurrency", "10")
-    env = e2e.run_env(tmp_path, emu, database_url)
-    submitted = e2e.piapi_bulk(tmp_path, env, "submit", str(video))
+    env = run_env(tmp_path, emu, database_url)
+    submitted = piapi_bulk(tmp_path, env, "submit", str(video))
     assert submitted.returncode == 0, submitted.stderr
     video_batch = submitted.stdout.strip().splitlines()[-1]
 
-    code = e2e.finish(e2e.start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl"), 120)
+    code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl"), 120)
     out = (tmp_path / "run.out").read_text()
     assert code == 0, out
     ledger = emu.ledger()
     assert len(ledger) == 5, ledger
     assert {t["model"] for t in ledger} == {"Qubico/joycaption"}
     assert "1 other open batch (2 rows to run) in this database left alone" in out
-    assert e2e.count_state(database_url, "queued") == 2  # the submitted batch, untouched
+    assert count_state(database_url, "queued") == 2  # the submitted batch, untouched
 
     # --all: the same command also runs the submitted batch, and waits for it.
-    code = e2e.finish(e2e.start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl", "--all",
-                                    name="run-all"), 180)
+    code = finish(start_run(tmp_path, env, str(tiny), "-o", "tiny.results.jsonl", "--all",
+                            name="run-all"), 180)
     out = (tmp_path / "run-all.out").read_text()
     assert code == 0, out
     assert "--all: also running 1 other open batch (2 rows to run)" in out
     ledger = emu.ledger()
     assert len(ledger) == 7
     assert sorted(t["model"] for t in ledger).count("Wan") == 2
-    status = json.loads(e2e.piapi_bulk(tmp_path, env, "status", video_batch, "--json").stdout)
+    status = json.loads(piapi_bulk(tmp_path, env, "status", video_batch, "--json").stdout)
     assert status["batches"][0]["counts"]["completed"] == 2
 
 
 def _interrupt_mid_run(make_emulator: MakeEmulator, tmp_path: Path, database_url: str,
                        send: str) -> None:
-    rows = e2e.wan_rows(12)
-    manifest = e2e.write_jsonl(tmp_path / "long.jsonl", rows)
+    rows = wan_rows(12)
+    manifest = write_jsonl(tmp_path / "long.jsonl", rows)
     # Wan takes minutes at PiAPI; at this scale about 20 s, so the run is surely mid-way.
     emu = make_emulator("--time-scale", "0.1", "--concurrency", "4")
-    env = e2e.run_env(tmp_path, emu, database_url)
-    proc = e2e.start_run(tmp_path, env, str(manifest), "-o", "long.results.jsonl")
-    wait_until(lambda: e2e.count_state(database_url, "running") >= 1, 60,
+    env = run_env(tmp_path, emu, database_url)
+    proc = start_run(tmp_path, env, str(manifest), "-o", "long.results.jsonl")
+    wait_until(lambda: count_state(database_url, "running") >= 1, 60,
                what="a task to be running")
     if send == "group":
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     else:
         proc.send_signal(signal.SIGTERM)  # what a scheduler or `timeout` does
-    code = e2e.finish(proc, 90)
+    code = finish(proc, 90)
     out = (tmp_path / "run.out").read_text()
     assert code == 130, out
-    e2e.wait_group_gone(proc.pid)
-    results = e2e.read_results(tmp_path / "long.results.jsonl")
+    wait_group_gone(proc.pid)
+    results = read_results(tmp_path / "long.results.jsonl")
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     statuses = {r["status"] for r in results}
     assert "pending" in statuses, statuses
@@ -89,11 +100,11 @@ def test_sigterm_to_run_writes_results_and_exits_130(tmp_path: Path, sqlite_url:
 
 def test_status_json_says_done_after_a_completed_run(tmp_path: Path, sqlite_url: str,
                                                      make_emulator: MakeEmulator) -> None:
-    manifest = e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(20))
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(20))
     emu = make_emulator("--time-scale", "0.01")
-    env = e2e.run_env(tmp_path, emu, sqlite_url)
-    assert e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 0
-    status = json.loads(e2e.piapi_bulk(tmp_path, env, "status", "--json").stdout)
+    env = run_env(tmp_path, emu, sqlite_url)
+    assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 0
+    status = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)
     (batch,) = status["batches"]
     assert batch["finished"] == batch["total"] == 20
     assert batch["done"] is True
@@ -105,20 +116,20 @@ def test_two_runs_on_one_redis_each_run_their_own_batch(tmp_path: Path, sqlite_u
     """Two `run`s sharing REDIS_URL: the second finds the first's scoped dispatcher and
     workers, starts its own (they would stop with the first run), and each run creates
     exactly its own rows."""
-    videos = e2e.wan_rows(6)
-    captions = e2e.caption_rows(10)
-    long_manifest = e2e.write_jsonl(tmp_path / "videos.jsonl", videos)
-    short_manifest = e2e.write_jsonl(tmp_path / "captions.jsonl", captions)
+    videos = wan_rows(6)
+    captions = caption_rows(10)
+    long_manifest = write_jsonl(tmp_path / "videos.jsonl", videos)
+    short_manifest = write_jsonl(tmp_path / "captions.jsonl", captions)
     emu = make_emulator("--time-scale", "0.05", "--concurrency", "10")
-    env = e2e.run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url)
-    first = e2e.start_run(tmp_path, env, str(long_manifest), "-o", "videos.out", name="first")
-    wait_until(lambda: e2e.count_state(sqlite_url, "running") >= 1, 60,
+    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url)
+    first = start_run(tmp_path, env, str(long_manifest), "-o", "videos.out", name="first")
+    wait_until(lambda: count_state(sqlite_url, "running") >= 1, 60,
                what="the first run's tasks to be running")
-    second = e2e.start_run(tmp_path, env, str(short_manifest), "-o", "captions.out",
-                           name="second")
-    assert e2e.finish(second, 120) == 0, (tmp_path / "second.out").read_text()
-    assert e2e.finish(first, 180) == 0, (tmp_path / "first.out").read_text()
+    second = start_run(tmp_path, env, str(short_manifest), "-o", "captions.out",
+                       name="second")
+    assert finish(second, 120) == 0, (tmp_path / "second.out").read_text()
+    assert finish(first, 180) == 0, (tmp_path / "first.out").read_text()
     ledger = emu.ledger()
     assert sorted(t["model"] for t in ledger) == ["Qubico/joycaption"] * 10 + ["Wan"] * 6
-    assert {r["status"] for r in e2e.read_results(tmp_path / "videos.out")} == {"completed"}
-    assert {r["status"] for r in e2e.read_results(tmp_path / "captions.out")} == {"completed"}
+    assert {r["status"] for r in read_results(tmp_path / "videos.out")} == {"completed"}
+    assert {r["status"] for r in read_results(tmp_path / "captions.out")} == {"completed"}
