@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 import redis
 from celery import Celery
@@ -39,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scheduler.admission import Admission
+from scheduler.leader import LeaderLock
 from scheduler.slots import Account, RemoteSlots
 from workers import durations, leases
 from workers import transitions as tr
@@ -54,7 +53,7 @@ from workers.app import (
 from workers.db import exclusive
 from workers.fleet import Fleet
 from workers.halt import get_halt
-from workers.keys import EPOCH_KEY, LOCK_KEY, SCOPED_SUFFIX
+from workers.keys import EPOCH_KEY
 from workers.polling import PollMode
 from workers.ratelimit import Budget
 from workers.reconcile import records as ambiguous
@@ -63,9 +62,6 @@ from workers.transitions import reuse
 
 logger = logging.getLogger(__name__)
 
-LOCK_TTL_S = 10.0
-"""A dispatcher that stops renewing its lock loses it after this long to a standby."""
-LOCK_RENEW_S = 1.0
 DEFAULT_CONCURRENCY = 5
 """Used only when neither --concurrency nor the account's own limit is known."""
 ACCOUNT_REFRESH_S = 60.0
@@ -79,22 +75,6 @@ MAX_RECONCILES_PER_PASS = 50
 MAX_LOOKS_PER_PASS = 200
 """Looks at abandoned stuck tasks (`workers.stuck`) sent per pass at most."""
 MAX_SLEEP_S = 1.0
-
-# KEYS[1]: the lock; ARGV[1]: our token; ARGV[2]: TTL in ms.
-# Extends the lock only while we still hold it; returns 1 when extended, 0 when lost.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS[1]: the lock; ARGV[1]: our token. Deletes the lock only if it is ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass
@@ -124,92 +104,92 @@ def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
     return [list(ids[i : i + per]) for i in range(0, len(ids), per)]
 
 
-class Dispatcher:
-    """The loop from DESIGN.md; `tick()` is one pass, `run()` loops while it leads."""
+@dataclass
+class Every:
+    """A chore done every `period_s`: `due(now)` says whether it is time (and, when it is,
+    starts the next period)."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        redis_client: redis.Redis,
-        app: Celery,
-        *,
-        lease_s: float,
-        concurrency: int | None = None,
-        account_limit: Callable[[], int | None] | None = None,
-        account: Account | None = None,
-        rpm: int = 0,
-        account_poll_min_s: float = 0.02,
-        budget: Budget | None = None,
-        interval_s: float = MAX_SLEEP_S,
-        batch_size: int = 16,
-        spread: int = 1,
-        on_ambiguous: AmbiguousPolicy = AmbiguousPolicy.RECONCILE,
-        max_tries: int = 12,
-        scoped: bool = False,
-        reuse_window_s: float = 72 * 3600.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.engine = engine
-        self.redis = redis_client
-        self.app = app
-        self.lease_s = lease_s
-        self.concurrency = concurrency
-        self.account_limit = account_limit
-        self.interval_s = min(interval_s, MAX_SLEEP_S)
-        self.batch_size = batch_size
-        self.spread = spread
-        self.on_ambiguous = on_ambiguous
-        self.max_tries = max_tries
-        self.reuse_window_s = reuse_window_s
-        self.clock = clock
-        self.fleet = Fleet(redis_client, clock)
-        self.budget = budget
-        self.admission = Admission(engine)
-        self.remote = RemoteSlots(engine, account, budget.spend if budget else None, clock,
-                                  min_interval_s=max(
-            account_poll_min_s, 10.0 / (rpm / 60.0) if rpm else 0.0))
-        rate = rpm / 60.0 if rpm else None
-        self.aimd = Aimd(rate, concurrency or DEFAULT_CONCURRENCY, clock())
-        self.scoped = scoped
-        self.token = (f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-                      + (SCOPED_SUFFIX if scoped else ""))
-        self._renew = redis_client.register_script(_RENEW)
-        self._release = redis_client.register_script(_RELEASE)
+    period_s: float
+    last: float = -math.inf
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.period_s:
+            return False
+        self.last = now
+        return True
+
+
+@dataclass(eq=False)
+class Dispatcher:
+    """The loop from DESIGN.md; `tick()` is one pass, `run()` loops while it leads.
+
+    Built from the database, Redis and the Celery app, then its settings by keyword."""
+
+    engine: Engine
+    redis_client: redis.Redis
+    app: Celery
+    _: KW_ONLY
+    lease_s: float
+    concurrency: int | None = None
+    """--concurrency: tasks in flight at most (None: the account's limit)."""
+    account_limit: Callable[[], int | None] | None = None
+    """Reads the account's concurrency limit (once a minute at most)."""
+    account: Account | None = None
+    """PiAPI's in-flight count (/account/active_tasks), or None not to ask for it."""
+    rpm: int = 0
+    """The request rate configured (requests a minute; 0: none)."""
+    account_poll_min_s: float = 0.02
+    budget: Budget | None = None
+    """The fleet's request budget (token bucket), if any."""
+    interval_s: float = MAX_SLEEP_S
+    batch_size: int = 16
+    """Ids per Celery message at most."""
+    spread: int = 1
+    """Consumers a pass's messages are spread over."""
+    on_ambiguous: AmbiguousPolicy = AmbiguousPolicy.RECONCILE
+    max_tries: int = 12
+    scoped: bool = False
+    """Create only for the batches a run claimed (see the module docstring)."""
+    reuse_window_s: float = 72 * 3600.0
+    clock: Callable[[], float] = time.time
+    epoch: str = field(default="", init=False)
+    """The Redis epoch, read at each housekeeping (see `current_epoch`)."""
+
+    def __post_init__(self) -> None:
+        self.interval_s = min(self.interval_s, MAX_SLEEP_S)
+        self.fleet = Fleet(self.redis_client, self.clock)
+        self.admission = Admission(self.engine)
+        rate = self.rpm / 60.0 if self.rpm else None
+        # PiAPI's in-flight count is read at most once per ten requests' worth of the rate.
+        snapshot_min_s = max(self.account_poll_min_s, 10.0 / rate if rate else 0.0)
+        self.remote = RemoteSlots(self.engine, self.account,
+                                  self.budget.spend if self.budget else None, self.clock,
+                                  min_interval_s=snapshot_min_s)
+        self.aimd = Aimd(rate, self.concurrency or DEFAULT_CONCURRENCY, self.clock())
+        self.lock = LeaderLock(self.redis_client, scoped=self.scoped)
+        self._account_reading = Every(ACCOUNT_REFRESH_S)
         self._account_value: int | None = None
-        self._account_checked = -math.inf
-        self._housekept = -math.inf
-        self._pruned = -math.inf
+        self._housekeeping = Every(HOUSEKEEPING_S)
+        self._pruning = Every(PRUNE_EVERY_S)
         self._halt: str | None = None
-        self._renewed = -math.inf
         self._batches: list[leases.OpenBatch] = []
         self._retries = True
         self._backlog = True
         self._refusals = self.fleet.concurrency_refusals()
-        self.epoch = ""
 
-    # --- leadership -------------------------------------------------------------------
-    def try_lead(self) -> bool:
-        """Take the lock if it is free (or keep it if ours)."""
-        ttl_ms = int(LOCK_TTL_S * 1000)
-        if self.redis.set(LOCK_KEY, self.token, nx=True, px=ttl_ms):
-            logger.info("dispatcher %s is now active", self.token)
-            return True
-        return bool(self._renew(keys=[LOCK_KEY], args=[self.token, ttl_ms]))
+    @property
+    def token(self) -> str:
+        """What this dispatcher writes in the lock while it leads."""
+        return self.lock.token
 
-    def release(self) -> None:
-        """Give the lock up (on a clean stop) so a standby takes over at once."""
-        try:
-            self._release(keys=[LOCK_KEY], args=[self.token])
-        except redis.RedisError:
-            logger.warning("could not release the dispatcher lock; it expires by itself")
-
+    # --- the Redis epoch ---------------------------------------------------------------
     def current_epoch(self) -> str:
         """The Redis epoch; a new one is made when Redis lost it (flushed or restarted)."""
         candidate = uuid.uuid4().hex[:16]
-        if self.redis.set(EPOCH_KEY, candidate, nx=True):
+        if self.redis_client.set(EPOCH_KEY, candidate, nx=True):
             logger.info("new Redis epoch %s: leases of earlier epochs are void", candidate)
             return candidate
-        value = self.redis.get(EPOCH_KEY)
+        value = self.redis_client.get(EPOCH_KEY)
         return value.decode() if isinstance(value, bytes) else str(value)
 
     # --- limits -----------------------------------------------------------------------
@@ -217,8 +197,7 @@ class Dispatcher:
         """Tasks allowed in flight: --concurrency, else the account's limit (cached)."""
         if self.concurrency:
             return self.concurrency
-        if self.account_limit and now - self._account_checked >= ACCOUNT_REFRESH_S:
-            self._account_checked = now
+        if self.account_limit and self._account_reading.due(now):
             try:
                 value = self.account_limit()
             except Exception as exc:  # noqa: BLE001  any failure: keep the last known value
@@ -262,8 +241,7 @@ class Dispatcher:
         self.admission.refresh(self._batches, now, self.epoch)
         self._retries = leases.any_retry_wait(self.engine)
         self._backlog = True  # looked at again by the next pass that has free slots
-        if now - self._pruned >= PRUNE_EVERY_S:
-            self._pruned = now
+        if self._pruning.due(now):
             durations.prune(self.engine)
         return expired
 
@@ -273,9 +251,8 @@ class Dispatcher:
         now = self.clock()
         result = PassResult()
         occupancy = leases.occupancy(self.engine, now, self.epoch or self.current_epoch())
-        housekept = now - self._housekept >= HOUSEKEEPING_S
+        housekept = self._housekeeping.due(now)
         if housekept:
-            self._housekept = now
             result.expired = self.housekeep(now)
             occupancy = leases.occupancy(self.engine, now, self.epoch)
         refusals = self.fleet.concurrency_refusals()
@@ -401,16 +378,11 @@ class Dispatcher:
                     stop.wait(1.0)
         finally:
             if leading:
-                self.release()
+                self.lock.release()
 
     def _step(self, leading: bool) -> tuple[bool, float]:
-        now = time.monotonic()
-        if not leading or now - self._renewed >= LOCK_RENEW_S:
-            if not self.try_lead():
-                if leading:
-                    logger.warning("dispatcher lock lost; standing by")
-                return False, 1.0
-            self._renewed = now
+        if not self.lock.keep(leading, time.monotonic()):
+            return False, 1.0
         result = self.tick()
         if result.submits or result.polls or result.expired:
             logger.debug("pass: %s", result)

@@ -29,14 +29,13 @@ from workers import transitions as tr
 from workers.db import transaction
 from workers.fleet import Fleet
 from workers.models import JOBS
+from workers.piapi import Outcome, status_outcome
 from workers.reconcile import records as ambiguous
 from workers.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
-TERMINAL_HINTS = frozenset({"completed", "failed", "success", "succeeded", "cancelled",
-                            "canceled"})
 
 
 @dataclass
@@ -67,8 +66,8 @@ def _job(engine: Engine, job_id: int) -> tuple[str, str | None, str] | None:
     return (str(row[0]), row[1], str(row[2])) if row else None
 
 
-def _hint(body: bytes) -> tuple[str | None, str | None]:
-    """The task id and status the body claims (unverified)."""
+def _hint(body: bytes) -> tuple[str | None, Outcome | None]:
+    """The task id the body claims and what its status word means (unverified)."""
     try:
         payload: Any = json.loads(body)
     except ValueError:
@@ -78,7 +77,7 @@ def _hint(body: bytes) -> tuple[str | None, str | None]:
         return None, None
     task_id, status = data.get("task_id"), data.get("status")
     return (task_id if isinstance(task_id, str) else None,
-            status.strip().lower() if isinstance(status, str) else None)
+            status_outcome(status) if isinstance(status, str) else None)
 
 
 class Receiver:
@@ -96,22 +95,23 @@ class Receiver:
         if isinstance(checked, Response):
             return checked
         job_id, current_task, state, body = checked
-        task_id, status = _hint(body)
+        task_id, outcome = _hint(body)
         if state == "ambiguous" and task_id:
             # The job's create lost its answer; this names the task it made (a GET confirms).
             if await run_in_threadpool(ambiguous.hint, self.engine, job_id, task_id,
                                        self.clock()):
-                self.counters.due += 1
-                if self.fleet is not None:
-                    self.fleet.wake()
-                return JSONResponse({"ok": True, "due": True})
+                return self._made_due()
             return self.counters.ignore("already looking")
-        if status is not None and status not in TERMINAL_HINTS:
+        if outcome is not None and not outcome.ended:
             return self.counters.ignore("not terminal")
         if task_id is None or task_id != current_task or state != "running":
             return self.counters.ignore("not the job's running task")
         if not await run_in_threadpool(tr.mark_due, self.engine, job_id, task_id, self.clock()):
             return self.counters.ignore("already due")
+        return self._made_due()
+
+    def _made_due(self) -> Response:
+        """The job is due for a GET now: wake the dispatcher to send it."""
         self.counters.due += 1
         if self.fleet is not None:
             self.fleet.wake()

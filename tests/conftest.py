@@ -23,10 +23,11 @@ from sqlalchemy.engine import Engine
 from tests.helpers import (
     EMULATOR_KEY,
     Emulator,
+    opened,
     start_emulator,
     stop_process,
 )
-from workers.db import create_tables, make_engine
+from workers.db import create_tables
 
 PG_ADMIN_URL = os.environ.get("PIAPI_BULK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("PIAPI_BULK_REQUIRE_PG") == "1"
@@ -152,12 +153,9 @@ def engine(database_url: str) -> Iterator[Engine]:
     `database_url` is parametrized over SQLite and PostgreSQL; it skips PostgreSQL when no
     server answers, unless PIAPI_BULK_REQUIRE_PG=1 makes that a failure.
     """
-    eng = make_engine(database_url)
-    create_tables(eng)
-    try:
+    with opened(database_url) as eng:
+        create_tables(eng)
         yield eng
-    finally:
-        eng.dispose()
 
 
 @pytest.fixture

@@ -8,16 +8,20 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy.engine import Engine
 
 from scheduler.services import free_port
+from workers.db import make_engine
 
-__all__ = ["REPO", "free_port", "png_bytes", "start_emulator", "stop_process", "wait_until"]
+__all__ = ["REPO", "free_port", "opened", "png_bytes", "start_emulator", "stop_process",
+           "wait_until"]
 
 T = TypeVar("T")
 
@@ -34,6 +38,16 @@ def png_bytes(width: int = 2, height: int = 2, shade: int = 0) -> bytes:
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
                                                                   0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@contextmanager
+def opened(database_url: str) -> Iterator[Engine]:
+    """An engine on this database for as long as it is needed; disposed after."""
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def wait_until(

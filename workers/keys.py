@@ -9,9 +9,9 @@ from __future__ import annotations
 
 LOCK_KEY = "piapi-bulk:dispatcher"
 """String, the dispatcher leader lock: "host:pid:hex" of the leader (plus `SCOPED_SUFFIX`),
-with a TTL. Written by `scheduler/dispatcher.py`; read by `scheduler/services.py` (is a
-standing fleet running?), `scheduler/operator.py` (is any dispatcher running?) and the
-chaos harness (which pid leads)."""
+with a TTL. Written by `scheduler/leader.py` (for the dispatcher); read by
+`scheduler/services.py` (is a standing fleet running?), `scheduler/operator.py` (is any
+dispatcher running?) and the chaos harness (which pid leads)."""
 SCOPED_SUFFIX = ":scoped"
 """Ends the lock token of a scoped dispatcher (one a `run` started), so `run` can tell one
 from a standing fleet's."""

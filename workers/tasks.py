@@ -18,27 +18,29 @@ from workers.work import WorkerContext
 from workers.work.create import submit_jobs
 from workers.work.poll import poll_jobs
 
+Work = Callable[[WorkerContext, list[int]], None]
+"""A plain function a task calls: this process's context and the message's ids."""
+
+WORK: dict[str, Work] = {
+    SUBMIT_TASK: submit_jobs,  # create PiAPI tasks for these jobs (each only if still due)
+    POLL_TASK: poll_jobs,  # read these jobs' PiAPI tasks and record what changed
+    RECONCILE_TASK: reconcile_jobs,  # look for the tasks of lost creates and settle them
+    WATCH_TASK: watch_tasks,  # look at abandoned stuck tasks (attempt ids), collect late results
+}
+"""Every task, by name, and the function it calls."""
+
 
 def register_tasks(app: Celery, context: Callable[[], WorkerContext]) -> None:
-    """Register `submit`, `poll`, `reconcile` and `watch` on `app`; `context()` gives this
-    process's context."""
+    """Register every task of `WORK` on `app`; `context()` gives this process's context."""
+    for name, work in WORK.items():
+        app.task(name=name)(_thin(work, context))
 
-    @app.task(name=SUBMIT_TASK)  # type: ignore[untyped-decorator]
-    def submit(job_ids: list[int]) -> None:
-        """Create PiAPI tasks for these jobs (each only if still due)."""
-        submit_jobs(context(), [int(i) for i in job_ids])
 
-    @app.task(name=POLL_TASK)  # type: ignore[untyped-decorator]
-    def poll(job_ids: list[int]) -> None:
-        """Read these jobs' PiAPI tasks and record what changed."""
-        poll_jobs(context(), [int(i) for i in job_ids])
+def _thin(work: Work, context: Callable[[], WorkerContext]) -> Callable[[list[int]], None]:
+    """The task's body: the ids as integers, handed to `work` with the context."""
 
-    @app.task(name=RECONCILE_TASK)  # type: ignore[untyped-decorator]
-    def reconcile(job_ids: list[int]) -> None:
-        """Look for the tasks of these jobs' lost creates and settle them."""
-        reconcile_jobs(context(), [int(i) for i in job_ids])
+    def task(ids: list[int]) -> None:
+        work(context(), [int(i) for i in ids])
 
-    @app.task(name=WATCH_TASK)  # type: ignore[untyped-decorator]
-    def watch(attempt_ids: list[int]) -> None:
-        """Look at these abandoned stuck tasks (attempt ids) and collect late results."""
-        watch_tasks(context(), [int(i) for i in attempt_ids])
+    task.__doc__ = work.__doc__  # what Flower shows for the task
+    return task

@@ -7,8 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,8 +17,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
-from tests.helpers import EMULATOR_KEY, REPO, Emulator, Spawn, wait_until
-from workers.db import make_engine, session
+from tests.helpers import EMULATOR_KEY, REPO, Emulator, Spawn, free_port, opened, wait_until
+from workers.db import session
 from workers.models import JOBS, Batch, Job
 
 FAST_TIMEOUTS = {
@@ -42,6 +41,9 @@ class NoPiAPI:
 
 
 NO_PIAPI = NoPiAPI()
+
+WEBHOOK_SECRET = "a-master-secret-for-tests-0123456789"
+"""The master secret of the tests' webhook receivers (16 characters or more)."""
 
 
 def run_env(tmp_path: Path, emu: Emulator | NoPiAPI, database_url: str,
@@ -89,6 +91,17 @@ def webhook_receiver(spawn: Spawn, env: dict[str, str], port: int) -> str:
     return base
 
 
+def webhook_run_env(tmp_path: Path, emu: Emulator, database_url: str, redis_url: str,
+                    spawn: Spawn) -> tuple[dict[str, str], str]:
+    """The environment of a run that PiAPI calls back (`run_env` with this Redis and
+    WEBHOOK_SECRET), and the base URL of the `piapi-bulk webhook` started for it."""
+    port = free_port()
+    env = run_env(tmp_path, emu, database_url, REDIS_URL=redis_url,
+                  PIAPI_BULK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks",
+                  PIAPI_BULK_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    return env, webhook_receiver(spawn, env, port)
+
+
 def start_run(tmp_path: Path, env: dict[str, str], *args: str,
               name: str = "run") -> subprocess.Popen[bytes]:
     """`piapi-bulk run ...` in its own session (so its whole tree can be found and killed)."""
@@ -122,6 +135,13 @@ def children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def child(proc: subprocess.Popen[bytes], needle: str) -> int:
+    """The pid of the one direct child of `proc` whose command line holds `needle`."""
+    found = [pid for pid, cmd in children(proc.pid) if needle in cmd]
+    assert len(found) == 1, children(proc.pid)
+    return found[0]
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -132,16 +152,6 @@ def group_alive(pgid: int) -> bool:
 
 def wait_group_gone(pgid: int, timeout_s: float = 60) -> None:
     wait_until(lambda: not group_alive(pgid), timeout_s, what=f"process group {pgid} to exit")
-
-
-@contextmanager
-def opened(database_url: str) -> Iterator[Engine]:
-    """An engine on a database some process is using, for a few reads; disposed after."""
-    engine = make_engine(database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def count_state(database_url: str, state: str) -> int:
@@ -197,8 +207,14 @@ def run_manifest(emu: Emulator, tmp_path: Path, database_url: str, rows: list[An
                  timeout_s: float = 240, run_args: tuple[str, ...] = (),
                  **env_extra: str) -> RunOutcome:
     """`run` on these rows (m.jsonl, results in out.jsonl) against `emu`, to the end."""
-    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     env = run_env(tmp_path, emu, database_url, **env_extra)
+    return run_in(env, emu, tmp_path, rows, timeout_s, run_args)
+
+
+def run_in(env: dict[str, str], emu: Emulator, tmp_path: Path, rows: list[Any],
+           timeout_s: float = 240, run_args: tuple[str, ...] = ()) -> RunOutcome:
+    """`run_manifest` in an environment made already (`run_env`, `webhook_run_env`)."""
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", *run_args),
                   timeout_s)
     return RunOutcome(code, read_results(tmp_path / "out.jsonl"), emu.stats(), emu.ledger())

@@ -6,20 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MakeEmulator, Spawn, free_port
-from tests.integration.e2e import (
-    RunRows,
-    caption_rows,
-    finish,
-    read_results,
-    run_env,
-    start_run,
-    webhook_receiver,
-    write_jsonl,
-)
-
-SECRET = "a-master-secret-for-tests-0123456789"
-
+from tests.helpers import MakeEmulator, Spawn
+from tests.integration.e2e import RunRows, caption_rows, run_in, webhook_run_env
 
 SCALE = ("--time-scale", "0.02")
 
@@ -83,18 +71,11 @@ def test_a_webhook_that_names_the_job_settles_it(tmp_path: Path, sqlite_url: str
                                                  redis_url: str, make_emulator: MakeEmulator,
                                                  spawn: Spawn) -> None:
     # History is down; only the webhook (which names the job in its URL) can tell.
-    port = free_port()
-    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(4))
-    emu = make_emulator("--time-scale", "0.02", "--fault-ambiguous", "1.0",
-                        "--history-fault-rate", "1.0")
-    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url,
-                  PIAPI_BULK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks",
-                  PIAPI_BULK_WEBHOOK_SECRET=SECRET)
-    webhook_receiver(spawn, env, port)
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-    stats = emu.stats()
+    emu = make_emulator(*SCALE, "--fault-ambiguous", "1.0", "--history-fault-rate", "1.0")
+    env, _ = webhook_run_env(tmp_path, emu, sqlite_url, redis_url, spawn)
+    code, results, stats, _ = run_in(env, emu, tmp_path, caption_rows(4), 180)
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
-    assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
+    assert {r["status"] for r in results} == {"completed"}
     assert stats["max_creates_per_input"] == 1
 
 

@@ -11,38 +11,27 @@ import httpx
 import pytest
 
 from tests.helpers import MakeEmulator, wait_until
-from tests.integration.e2e import (
-    caption_rows,
-    children,
-    count_state,
-    finish,
-    piapi_bulk,
-    read_results,
-    run_env,
-    start_run,
-    wait_group_gone,
-    write_jsonl,
-)
+from tests.integration import e2e
 
 
 def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str,
                                            make_emulator: MakeEmulator) -> None:
-    rows = caption_rows(30) + [
+    rows = e2e.caption_rows(30) + [
         {"id": f"vid-{i}", "model": "Wan", "task_type": "wan26-txt2video",
          "input": {"prompt": f"a scene {i}", "duration": 5}} for i in range(1, 3)
     ]
-    manifest = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    manifest = e2e.write_jsonl(tmp_path / "mixed.jsonl", rows)
     emu = make_emulator("--time-scale", "0.02", "--concurrency", "10")
-    env = run_env(tmp_path, emu, database_url)
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-    results = read_results(tmp_path / "out.jsonl")
+    env = e2e.run_env(tmp_path, emu, database_url)
+    code = e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
+    results = e2e.read_results(tmp_path / "out.jsonl")
     stats = emu.stats()
     ledger = {t["task_id"]: t for t in emu.ledger()}
     # The same command again: same batch, nothing re-run, same results.
-    again = finish(start_run(tmp_path, env, str(manifest), "-o", "again.jsonl",
-                             name="again"), 60)
+    again = e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "-o", "again.jsonl",
+                                     name="again"), 60)
     assert again == 0
-    assert read_results(tmp_path / "again.jsonl") == results
+    assert e2e.read_results(tmp_path / "again.jsonl") == results
     assert emu.stats()["requests"]["create"] == stats["requests"]["create"]
     assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
     assert [r["id"] for r in results] == [r["id"] for r in rows]
@@ -61,28 +50,26 @@ def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str,
 @pytest.mark.parametrize("policy", ["reconcile", "fail"])
 def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str, policy: str,
                                                      make_emulator: MakeEmulator) -> None:
-    rows = caption_rows(60)
-    manifest = write_jsonl(tmp_path / "kill.jsonl", rows)
+    rows = e2e.caption_rows(60)
+    manifest = e2e.write_jsonl(tmp_path / "kill.jsonl", rows)
     # Each create takes 1 s at the emulator, so creates are in flight at any instant.
     emu = make_emulator("--time-scale", "0.02", "--concurrency", "8",
                         "--create-latency-s", "1.0")
-    env = run_env(tmp_path, emu, database_url)
+    env = e2e.run_env(tmp_path, emu, database_url)
     args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8",
             "--on-ambiguous", policy)
-    first = start_run(tmp_path, env, *args, name="run1")
+    first = e2e.start_run(tmp_path, env, *args, name="run1")
     # Kill at an instant when a create is in flight (the case that must not double-post).
-    wait_until(lambda: count_state(database_url, "completed") >= 10
-               and count_state(database_url, "submitting") >= 1, 120,
+    wait_until(lambda: e2e.count_state(database_url, "completed") >= 10
+               and e2e.count_state(database_url, "submitting") >= 1, 120,
                what="10 completed rows and a create in flight")
-    workers = [pid for pid, cmd in children(first.pid) if " worker" in cmd]
-    assert len(workers) == 1, children(first.pid)
-    os.kill(workers[0], signal.SIGKILL)  # the worker dies mid-create
+    os.kill(e2e.child(first, " worker"), signal.SIGKILL)  # the worker dies mid-create
     os.kill(first.pid, signal.SIGKILL)  # and so does the whole run
     first.wait(timeout=10)
-    wait_group_gone(first.pid)
-    second = start_run(tmp_path, env, *args, name="run2")
-    code = finish(second, 240)
-    results = read_results(tmp_path / "out.jsonl")
+    e2e.wait_group_gone(first.pid)
+    second = e2e.start_run(tmp_path, env, *args, name="run2")
+    code = e2e.finish(second, 240)
+    results = e2e.read_results(tmp_path / "out.jsonl")
     stats = emu.stats()
     ledger = {t["task_id"]: t for t in emu.ledger()}
     assert [r["id"] for r in results] == [r["id"] for r in rows]
@@ -110,14 +97,11 @@ def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_ur
 
 def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_url: str,
                                                      make_emulator: MakeEmulator) -> None:
-    rows = caption_rows(40)
-    manifest = write_jsonl(tmp_path / "refuse.jsonl", rows)
     emu = make_emulator("--time-scale", "0.02", "--concurrency", "5",
                         "--over-limit", "refuse")
-    env = run_env(tmp_path, emu, database_url)  # no --concurrency: the account's limit
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-    results = read_results(tmp_path / "out.jsonl")
-    stats = emu.stats()
+    # No --concurrency: the account's limit.
+    rows = e2e.caption_rows(40)
+    code, results, stats, _ = e2e.run_manifest(emu, tmp_path, database_url, rows, 180)
     assert code == 0, (tmp_path / "run.out").read_text()[-3000:]
     assert {r["status"] for r in results} == {"completed"} and len(results) == 40
     assert stats["peak_in_flight"] <= 5
@@ -127,7 +111,7 @@ def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_ur
 
 def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: str,
                                                  make_emulator: MakeEmulator) -> None:
-    good = caption_rows(4)
+    good = e2e.caption_rows(4)
     lines: list[object] = [
         good[0],                                                        # line 1
         '{"id": "broken", "model": "Qubico/joycaption", ',               # line 2: malformed
@@ -140,12 +124,8 @@ def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: s
         "",                                                             # line 7: blank
         good[3],                                                        # line 8
     ]
-    manifest = write_jsonl(tmp_path / "bad.jsonl", lines)
     emu = make_emulator("--time-scale", "0.02")
-    env = run_env(tmp_path, emu, database_url)
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
-    results = read_results(tmp_path / "out.jsonl")
-    stats = emu.stats()
+    code, results, stats, _ = e2e.run_manifest(emu, tmp_path, database_url, lines, 180)
     assert code == 1
     by_line = {r["line"]: r for r in results}
     assert sorted(by_line) == [1, 2, 3, 4, 5, 6, 8]
@@ -172,10 +152,10 @@ def test_csv_cells_are_typed_per_model(tmp_path: Path, sqlite_url: str,
         "c,a forest,5,\n"
     )
     emu = make_emulator("--time-scale", "0.01")
-    env = run_env(tmp_path, emu, sqlite_url)
-    code = finish(start_run(tmp_path, env, str(manifest), "--model", "Wan", "--task-type",
-                            "wan26-txt2video", "-o", "out.jsonl"), 180)
-    results = read_results(tmp_path / "out.jsonl")
+    env = e2e.run_env(tmp_path, emu, sqlite_url)
+    code = e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "--model", "Wan", "--task-type",
+                                    "wan26-txt2video", "-o", "out.jsonl"), 180)
+    results = e2e.read_results(tmp_path / "out.jsonl")
     assert code == 1
     assert [r["status"] for r in results] == ["completed", "invalid", "completed"]
     assert "duration" in results[1]["error"]["message"]
@@ -190,12 +170,12 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path, sq
     create; another --service-mode for an existing batch is refused with exit 2."""
     song = {"id": "song", "model": "Qubico/not-a-model", "task_type": "txt2audio-base",
             "input": {"lyrics": "[00:01.00]la", "style_prompt": "jazz"}}
-    manifest = write_jsonl(tmp_path / "m.jsonl", [*caption_rows(2), song])
+    manifest = e2e.write_jsonl(tmp_path / "m.jsonl", [*e2e.caption_rows(2), song])
     emu = make_emulator("--time-scale", "0.02")
-    env = run_env(tmp_path, emu, sqlite_url)
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
-                            "--service-mode", "public"), 180)
-    results = read_results(tmp_path / "out.jsonl")
+    env = e2e.run_env(tmp_path, emu, sqlite_url)
+    code = e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
+                                    "--service-mode", "public"), 180)
+    results = e2e.read_results(tmp_path / "out.jsonl")
     task = httpx.get(f"{emu.url}/api/v1/task/{results[0]['task_id']}",
                      headers={"x-api-key": emu.api_key}, timeout=5).json()["data"]
     ledger = emu.ledger()
@@ -210,15 +190,15 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path, sq
     assert task["config"]["service_mode"] == "public"
     assert {t["model"] for t in ledger} == {"Qubico/joycaption"}  # refused: no task
 
-    status = piapi_bulk(tmp_path, env, "status", "--json")
+    status = e2e.piapi_bulk(tmp_path, env, "status", "--json")
     assert status.returncode == 0, status.stderr
     [batch] = json.loads(status.stdout)["batches"]
     assert batch["unchecked"] == 1
-    again = piapi_bulk(tmp_path, env, "submit", str(manifest), "--service-mode", "private")
+    again = e2e.piapi_bulk(tmp_path, env, "submit", str(manifest), "--service-mode", "private")
     assert again.returncode == 2 and "--service-mode public" in again.stderr
 
-    strict = write_jsonl(tmp_path / "strict.jsonl", [song, *caption_rows(1, "s")])
-    sub = piapi_bulk(tmp_path, {**env, "PIAPI_BULK_STRICT": "1"}, "submit", str(strict))
+    strict = e2e.write_jsonl(tmp_path / "strict.jsonl", [song, *e2e.caption_rows(1, "s")])
+    sub = e2e.piapi_bulk(tmp_path, {**env, "PIAPI_BULK_STRICT": "1"}, "submit", str(strict))
     assert sub.returncode == 0, sub.stderr
     assert "1 invalid" in sub.stderr and "unknown model 'Qubico/not-a-model'" in sub.stderr
     assert "unchecked" not in sub.stderr

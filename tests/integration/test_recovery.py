@@ -17,18 +17,7 @@ import pytest
 import redis
 
 from tests.helpers import Emulator, MakeEmulator, Spawn, wait_until
-from tests.integration.e2e import (
-    caption_rows,
-    children,
-    count_state,
-    finish,
-    piapi_bulk,
-    read_results,
-    run_env,
-    start_run,
-    wait_group_gone,
-    write_jsonl,
-)
+from tests.integration import e2e
 from workers.keys import LOCK_KEY
 
 
@@ -50,31 +39,25 @@ def _check_all_completed_once(results: list[dict[str, Any]], rows: list[dict[str
         assert r["output"] == ledger[r["task_id"]]["output"]
 
 
-def _child(run: subprocess.Popen[bytes], needle: str) -> int:
-    found = [pid for pid, cmd in children(run.pid) if needle in cmd]
-    assert len(found) == 1, children(run.pid)
-    return found[0]
-
-
 def _run_disrupted(emu: Emulator, tmp_path: Path, database_url: str, n_rows: int,
                    done_before: int, disrupt: Callable[[subprocess.Popen[bytes]], None],
                    stall_s: str, timeout_s: float) -> int:
     """`run` a batch, `disrupt` it once `done_before` rows have completed, and check every
     row completed exactly once; returns run's exit code."""
-    rows = caption_rows(n_rows)
-    manifest = write_jsonl(tmp_path / "rows.jsonl", rows)
-    env = run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S=stall_s)
-    run = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
+    rows = e2e.caption_rows(n_rows)
+    manifest = e2e.write_jsonl(tmp_path / "rows.jsonl", rows)
+    env = e2e.run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S=stall_s)
+    run = e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
     try:
-        wait_until(lambda: count_state(database_url, "completed") >= done_before, 120,
+        wait_until(lambda: e2e.count_state(database_url, "completed") >= done_before, 120,
                    what=f"{done_before} completed rows")
         disrupt(run)
-        code = finish(run, timeout_s)
+        code = e2e.finish(run, timeout_s)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    wait_group_gone(run.pid)
-    results = read_results(tmp_path / "out.jsonl")
+    e2e.wait_group_gone(run.pid)
+    results = e2e.read_results(tmp_path / "out.jsonl")
     _check_all_completed_once(results, rows, emu)
     return code
 
@@ -86,7 +69,7 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
 
     def freeze_worker(run: subprocess.Popen[bytes]) -> None:
         # Up, but doing nothing: what a worker wedged on a dead connection looks like.
-        stopped.append(_child(run, " worker"))
+        stopped.append(e2e.child(run, " worker"))
         os.kill(stopped[0], signal.SIGSTOP)
 
     code = _run_disrupted(emu, tmp_path, sqlite_url, 60, 10, freeze_worker, "4", 180)
@@ -103,7 +86,7 @@ def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str,
     def kill_redis(run: subprocess.Popen[bytes]) -> None:
         # Redis dies with every queued message and lease; `run` starts it again on the
         # same port, empty (it keeps nothing on disk).
-        os.kill(_child(run, "redis-server"), signal.SIGKILL)
+        os.kill(e2e.child(run, "redis-server"), signal.SIGKILL)
 
     code = _run_disrupted(emu, tmp_path, database_url, 80, 15, kill_redis, "10", 240)
     assert code == 0
@@ -130,18 +113,18 @@ def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str, disru
     """A fleet of a worker and two dispatchers: the active dispatcher SIGKILLed (the
     standby takes the lock over), or Redis flushed (the dispatcher rebuilds the runnable
     work from the database)."""
-    rows = caption_rows(80)
-    manifest = write_jsonl(tmp_path / "fleet.jsonl", rows)
+    rows = e2e.caption_rows(80)
+    manifest = e2e.write_jsonl(tmp_path / "fleet.jsonl", rows)
     client = redis.Redis.from_url(redis_url)
     try:
-        env = run_env(tmp_path, emu, database_url, REDIS_URL=redis_url)
+        env = e2e.run_env(tmp_path, emu, database_url, REDIS_URL=redis_url)
         batch = _submit(tmp_path, env, manifest)
         spawn(env, "worker", log="worker.log")
         dispatchers = {}
         for name in ("d1", "d2"):
             proc = spawn(env, "dispatcher", "--concurrency", "8", log=f"{name}.log")
             dispatchers[proc.pid] = proc
-        wait_until(lambda: count_state(database_url, "completed") >= 15, 120,
+        wait_until(lambda: e2e.count_state(database_url, "completed") >= 15, 120,
                    what="15 completed rows")
         active = _lock_pid(client)
         assert active in dispatchers
@@ -153,12 +136,12 @@ def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str, disru
                        what="the standby dispatcher to take the lock")
         else:
             client.flushall()
-        wait_until(lambda: count_state(database_url, "completed") == len(rows), 180,
+        wait_until(lambda: e2e.count_state(database_url, "completed") == len(rows), 180,
                    what="every row completed")
         assert _submit(tmp_path, env, manifest) == batch  # the same manifest: the same batch
-        exported = piapi_bulk(tmp_path, env, "export", batch, "-o", "out.jsonl")
+        exported = e2e.piapi_bulk(tmp_path, env, "export", batch, "-o", "out.jsonl")
         assert exported.returncode == 0, exported.stderr
-        results = read_results(tmp_path / "out.jsonl")
+        results = e2e.read_results(tmp_path / "out.jsonl")
         _check_all_completed_once(results, rows, emu)
     finally:
         client.close()
@@ -167,6 +150,6 @@ def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str, disru
 def _submit(tmp_path: Path, env: dict[str, str], manifest: Path) -> str:
     """`piapi-bulk submit MANIFEST`: the batch id (the same manifest again names the same
     batch, and changes nothing)."""
-    done = piapi_bulk(tmp_path, env, "submit", str(manifest))
+    done = e2e.piapi_bulk(tmp_path, env, "submit", str(manifest))
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]

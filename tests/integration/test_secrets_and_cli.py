@@ -14,17 +14,7 @@ import redis
 from sqlalchemy import text
 
 from tests.helpers import MakeEmulator, wait_until
-from tests.integration.e2e import (
-    caption_rows,
-    children,
-    finish,
-    opened,
-    piapi_bulk,
-    read_results,
-    run_env,
-    start_run,
-    write_jsonl,
-)
+from tests.integration import e2e
 from workers.db import is_sqlite
 
 pytestmark = pytest.mark.integration  # every test here runs piapi-bulk as a process
@@ -87,7 +77,7 @@ def _db_text(database_url: str) -> str:
         path = Path(database_url.split("///", 1)[1])
         return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode(
             "latin-1")
-    with opened(database_url) as engine, engine.connect() as conn:
+    with e2e.opened(database_url) as engine, engine.connect() as conn:
         dump = []
         for table in ("batches", "jobs", "attempts", "control"):
             dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
@@ -97,20 +87,20 @@ def _db_text(database_url: str) -> str:
 def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
                                 make_emulator: MakeEmulator) -> None:
     key = f"sk-live-{uuid.uuid4().hex}"
-    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(12))
+    manifest = e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(12))
     emu = make_emulator("--time-scale", "0.02", "--create-latency-s", "0.2", api_key=key)
     monitor: Monitor | None = None
     argvs: list[str] = []
     try:
-        env = run_env(tmp_path, emu, database_url)
-        proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl")
+        env = e2e.run_env(tmp_path, emu, database_url)
+        proc = e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl")
         url_file = tmp_path / "run" / "redis_url"
         wait_until(url_file.exists, 60, what="the run's private Redis")
         monitor = Monitor(url_file.read_text().strip())
         monitor.start()
-        wait_until(lambda: len(children(proc.pid)) >= 3, 60, what="worker and dispatcher")
-        argvs = [cmd for _, cmd in children(proc.pid)]
-        code = finish(proc, 180)
+        wait_until(lambda: len(e2e.children(proc.pid)) >= 3, 60, what="worker and dispatcher")
+        argvs = [cmd for _, cmd in e2e.children(proc.pid)]
+        code = e2e.finish(proc, 180)
     finally:
         if monitor:
             monitor.stop.set()
@@ -133,7 +123,16 @@ def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
         assert key not in content, f"API key found in {where}"
         for form in _base64_forms(key):
             assert form not in content, f"base64 of the API key found in {where}"
-    assert len(read_results(tmp_path / "out.jsonl")) == 12
+    assert len(e2e.read_results(tmp_path / "out.jsonl")) == 12
+
+
+def _bare_env(tmp_path: Path, sqlite_url: str, **extra: str) -> dict[str, str]:
+    """A minimal environment (a key, nothing listening at PiAPI's address) for a `run` of
+    m.jsonl, a one-row manifest written here."""
+    e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(1))
+    return {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
+            "PIAPI_BASE_URL": e2e.NO_PIAPI.url, "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
+            **extra}
 
 
 @pytest.mark.parametrize(
@@ -149,11 +148,7 @@ def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
 )
 def test_usage_errors_are_one_line_exit_2(tmp_path: Path, sqlite_url: str, args: list[str],
                                           env_patch: dict[str, str], needle: str) -> None:
-    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
-    env = {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
-           "PIAPI_BASE_URL": "http://127.0.0.1:9", "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
-           **env_patch}
-    done = piapi_bulk(tmp_path, env, *args)
+    done = e2e.piapi_bulk(tmp_path, _bare_env(tmp_path, sqlite_url, **env_patch), *args)
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], done.stderr
@@ -161,20 +156,17 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, sqlite_url: str, args:
 
 
 def test_unreachable_piapi_is_a_clear_configuration_error(tmp_path: Path, sqlite_url: str) -> None:
-    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
-    env = {"PATH": "/usr/bin:/bin", "PIAPI_API_KEY": "k-123456", "DATABASE_URL": sqlite_url,
-           "PIAPI_BASE_URL": "http://127.0.0.1:9", "PIAPI_BULK_RUN_DIR": str(tmp_path / "run"),
-           "PIAPI_CONNECT_TIMEOUT_S": "1"}
-    done = piapi_bulk(tmp_path, env, "run", "m.jsonl")
+    env = _bare_env(tmp_path, sqlite_url, PIAPI_CONNECT_TIMEOUT_S="1")
+    done = e2e.piapi_bulk(tmp_path, env, "run", "m.jsonl")
     assert done.returncode == 2
     assert "cannot reach PiAPI" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_refused_key_is_a_clear_configuration_error(tmp_path: Path, sqlite_url: str,
                                                       make_emulator: MakeEmulator) -> None:
-    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
+    e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(1))
     emu = make_emulator(api_key="the-right-key-0000")
-    env = run_env(tmp_path, emu, sqlite_url, PIAPI_API_KEY="a-wrong-key-1111")
-    done = piapi_bulk(tmp_path, env, "run", "m.jsonl")
+    env = e2e.run_env(tmp_path, emu, sqlite_url, PIAPI_API_KEY="a-wrong-key-1111")
+    done = e2e.piapi_bulk(tmp_path, env, "run", "m.jsonl")
     assert done.returncode == 2
     assert "refused the API key" in done.stderr and "a-wrong-key-1111" not in done.stderr

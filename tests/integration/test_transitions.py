@@ -11,31 +11,18 @@ from sqlalchemy import Update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from tests.integration.e2e import add_batch, job
 from tests.unit.test_states import WRITERS, declared
 from workers import leases
 from workers import transitions as tr
-from workers.db import session, transaction
+from workers.db import transaction
 from workers.halt import clear_halt, get_halt
-from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt, Batch, Job
+from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt
 from workers.piapi import TaskError, TaskView, Usage
 from workers.states import ALLOWED, AttemptState, ErrorKind, JobState
 
 NOW = 1_000_000.0
 LEASE = 30.0
-
-
-def add_batch(engine: Engine, batch_id: str = "b1", rows: int = 3, concurrency: int | None = None,
-              max_attempts: int = 3) -> list[int]:
-    with session(engine) as s:
-        s.add(Batch(id=batch_id, content_hash=batch_id * 4, source="t.jsonl", created_at=NOW,
-                    ingested=True, total=rows, max_attempts=max_attempts, concurrency=concurrency))
-        s.flush()
-        jobs = [Job(batch_id=batch_id, seq=i, line=i, row_key=str(i), model="Qubico/joycaption",
-                    task_type="joycaption-beta-one", input_json=f'{{"image":"u{i}"}}')
-                for i in range(1, rows + 1)]
-        s.add_all(jobs)
-        s.flush()
-        return [int(j.id) for j in jobs if j.id is not None]
 
 
 def view(task_id: str, status: str = "pending", output: object = None,
@@ -45,20 +32,30 @@ def view(task_id: str, status: str = "pending", output: object = None,
                     created_at=None, started_at=None, ended_at=None)
 
 
-def job(engine: Engine, job_id: int) -> Job:
-    with Session(engine) as s:
-        return s.get_one(Job, job_id)
-
-
 def attempts(engine: Engine, job_id: int) -> list[Attempt]:
     with Session(engine) as s:
         return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.n)))
 
 
+def claimed(engine: Engine, job_id: int, at: float = NOW) -> tr.Claim:
+    """The job claimed for a create at `at`."""
+    claim = tr.claim_for_submit(engine, job_id, at, LEASE)
+    assert claim is not None
+    return claim
+
+
+def running(engine: Engine, job_id: int) -> tr.PollTarget:
+    """The job claimed and created as task t1 at NOW (next poll at NOW + 1), as a poll
+    sees it."""
+    tr.record_created(engine, claimed(engine, job_id), view("t1"), NOW, NOW + 1)
+    [target] = tr.load_poll_targets(engine, [job_id])
+    return target
+
+
 def test_claim_records_the_attempt_first_and_only_once(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
     claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None and claim.input == {"image": "u1"}
+    assert claim is not None and claim.input == {"image": "ub11"}
     assert tr.claim_for_submit(engine, j, NOW, LEASE) is None  # a duplicate message
     [a] = attempts(engine, j)
     assert a.state == AttemptState.POSTING and a.task_id is None
@@ -67,8 +64,7 @@ def test_claim_records_the_attempt_first_and_only_once(engine: Engine) -> None:
 
 def test_created_then_duplicate_answer_changes_nothing(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
+    claim = claimed(engine, j)
     assert tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
     assert not tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
     row = job(engine, j)
@@ -78,10 +74,7 @@ def test_created_then_duplicate_answer_changes_nothing(engine: Engine) -> None:
 
 def test_poll_guard_makes_a_repeated_poll_harmless(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
-    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
-    [target] = tr.load_poll_targets(engine, [j])
+    target = running(engine, j)
     assert tr.record_progress(engine, target, view("t1", "processing"), NOW + 5)
     assert not tr.record_progress(engine, target, view("t1", "processing"), NOW + 5)
     [target] = tr.load_poll_targets(engine, [j])
@@ -94,10 +87,7 @@ def test_poll_guard_makes_a_repeated_poll_harmless(engine: Engine) -> None:
 
 def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
-    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
-    [target] = tr.load_poll_targets(engine, [j])
+    target = running(engine, j)
     err = TaskError(1, "failed", "no available account")
     state = tr.record_task_failed(engine, target, view("t1", "failed", error=err), NOW,
                                   kind=ErrorKind.PROVIDER, message="x", retry_at=NOW + 10)
@@ -115,10 +105,7 @@ def test_a_lost_create_never_adopts_an_earlier_attempts_task(engine: Engine) -> 
     from workers.reconcile import records as amb
 
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
-    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
-    [target] = tr.load_poll_targets(engine, [j])
+    target = running(engine, j)
     err = TaskError(1, "failed", "no available account")
     tr.record_task_failed(engine, target, view("t1", "failed", error=err), NOW,
                           kind=ErrorKind.PROVIDER, message="x", retry_at=NOW + 1)
@@ -136,8 +123,7 @@ def test_a_lost_create_never_adopts_an_earlier_attempts_task(engine: Engine) -> 
 def test_lost_worker_makes_the_create_ambiguous_and_a_late_answer_is_adopted(
         engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
+    claim = claimed(engine, j)
     assert tr.expire_submitting(engine, NOW + LEASE - 1) == []  # lease still valid
     assert tr.expire_submitting(engine, NOW + LEASE + 1) == [j]
     assert job(engine, j).state == JobState.AMBIGUOUS
@@ -154,13 +140,11 @@ def test_retryable_refusals_are_bounded(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
     t = NOW
     for _ in range(2):
-        claim = tr.claim_for_submit(engine, j, t, LEASE)
-        assert claim is not None
+        claim = claimed(engine, j, t)
         assert tr.record_create_retry(engine, claim, t, t + 1, "HTTP 429", max_tries=3) \
             == JobState.RETRY_WAIT
         t += 1
-    claim = tr.claim_for_submit(engine, j, t, LEASE)
-    assert claim is not None
+    claim = claimed(engine, j, t)
     assert tr.record_create_retry(engine, claim, t, t + 1, "HTTP 429", 3) == JobState.FAILED
     row = job(engine, j)
     assert row.error_kind == ErrorKind.RETRIES_EXHAUSTED and row.attempts == 0
@@ -184,10 +168,7 @@ def test_a_row_fails_at_exactly_its_max_tries_th_retryable_refusal(engine: Engin
 
 def test_a_poll_error_keeps_the_task_and_a_stale_one_changes_nothing(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
-    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
-    [target] = tr.load_poll_targets(engine, [j])
+    target = running(engine, j)
     error = tr.PollOutcome(target, "poll_error", next_at=NOW + 7, message="HTTP 502")
     assert tr.record_poll_outcomes(engine, [error], NOW + 1) == 0  # no slot freed
     row = job(engine, j)
@@ -204,10 +185,7 @@ def test_a_poll_error_keeps_the_task_and_a_stale_one_changes_nothing(engine: Eng
 
 def test_a_task_piapi_lost_fails_the_row_and_frees_its_slot(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
-    tr.record_created(engine, claim, view("t1"), NOW, NOW + 1)
-    [target] = tr.load_poll_targets(engine, [j])
+    target = running(engine, j)
     lost = tr.PollOutcome(target, "lost", message="PiAPI does not know the task")
     assert tr.record_poll_outcomes(engine, [lost], NOW + 1) == 1
     row = job(engine, j)
@@ -220,8 +198,7 @@ def test_a_task_piapi_lost_fails_the_row_and_frees_its_slot(engine: Engine) -> N
 
 def test_account_refusal_requeues_and_halts(engine: Engine) -> None:
     [j, *_] = add_batch(engine)
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
+    claim = claimed(engine, j)
     tr.record_create_requeued(engine, claim, NOW, "HTTP 401")
     assert job(engine, j).state == JobState.QUEUED
     assert get_halt(engine) == "HTTP 401"
@@ -247,8 +224,7 @@ def test_leases_fill_only_free_slots_and_a_new_epoch_voids_them(engine: Engine) 
 def test_polls_are_leased_when_due_most_overdue_first(engine: Engine) -> None:
     ids = add_batch(engine, rows=3)
     for k, j in enumerate(ids):
-        claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-        assert claim is not None
+        claim = claimed(engine, j)
         tr.record_created(engine, claim, view(f"t{k}"), NOW, NOW + 10 - k)
     assert leases.lease_polls(engine, 10, NOW + 5, "e", LEASE) == []
     assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == ids[1:]
@@ -259,8 +235,7 @@ def test_polls_are_leased_when_due_most_overdue_first(engine: Engine) -> None:
 def test_done_batches_are_marked(engine: Engine) -> None:
     [j] = add_batch(engine, rows=1)
     assert leases.mark_done_batches(engine) == []
-    claim = tr.claim_for_submit(engine, j, NOW, LEASE)
-    assert claim is not None
+    claim = claimed(engine, j)
     tr.record_create_rejected(engine, claim, NOW, ErrorKind.INPUT, "HTTP 400")
     assert leases.mark_done_batches(engine) == ["b1"]
     assert leases.open_batches(engine) == []

@@ -14,28 +14,25 @@ from sqlmodel import Session
 
 from tests.helpers import REPO, MakeEmulator, Spawn, free_port
 from tests.integration.e2e import (
+    WEBHOOK_SECRET,
     add_batch,
     caption_rows,
-    finish,
-    read_results,
-    run_env,
-    start_run,
+    run_in,
     webhook_receiver,
-    write_jsonl,
+    webhook_run_env,
 )
 from workers import transitions as tr
 from workers.models import Job
 from workers.piapi import TaskView, Usage
 from workers.webhook_signing import WebhookSigner
 
-SECRET = "a-master-secret-for-tests-0123456789"
 NOW = time.time()
 
 
 @pytest.fixture
 def receiver(engine: Engine, spawn: Spawn, database_url: str) -> tuple[str, Engine]:
     """`piapi-bulk webhook` as a process (its base URL), and the database it records in."""
-    env = {**os.environ, "DATABASE_URL": database_url, "PIAPI_BULK_WEBHOOK_SECRET": SECRET,
+    env = {**os.environ, "DATABASE_URL": database_url, "PIAPI_BULK_WEBHOOK_SECRET": WEBHOOK_SECRET,
            "PYTHONPATH": str(REPO)}
     env.pop("REDIS_URL", None)
     return webhook_receiver(spawn, env, free_port()), engine
@@ -64,7 +61,7 @@ def _body(task_id: str = "task-1", status: str = "completed") -> dict[str, objec
 def test_only_a_genuine_call_makes_the_job_due(receiver: tuple[str, Engine]) -> None:
     base, engine = receiver
     job_id = _running_job(engine)
-    signer = WebhookSigner(base + "/hooks", SECRET)
+    signer = WebhookSigner(base + "/hooks", WEBHOOK_SECRET)
     url = signer.endpoint(job_id)
     secret = {"x-webhook-secret": signer.batch_secret("b1")}
     before = _next_at(engine, job_id)
@@ -97,18 +94,12 @@ def test_only_a_genuine_call_makes_the_job_due(receiver: tuple[str, Engine]) -> 
 def test_a_real_webhook_completes_a_job_with_exactly_one_get(
         tmp_path: Path, sqlite_url: str, redis_url: str, make_emulator: MakeEmulator,
         spawn: Spawn) -> None:
-    port = free_port()
     emu = make_emulator("--time-scale", "0.02")
-    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=redis_url,
-                  PIAPI_BULK_WEBHOOK_URL=f"http://127.0.0.1:{port}/hooks",
-                  PIAPI_BULK_WEBHOOK_SECRET=SECRET)
-    hook = webhook_receiver(spawn, env, port)
-    manifest = write_jsonl(tmp_path / "one.jsonl", caption_rows(3))
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120)
-    stats = emu.stats()
+    env, hook = webhook_run_env(tmp_path, emu, sqlite_url, redis_url, spawn)
+    code, results, stats, _ = run_in(env, emu, tmp_path, caption_rows(3), 120)
     hook_stats = httpx.get(f"{hook}/stats", timeout=5).json()
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
-    assert [r["status"] for r in read_results(tmp_path / "out.jsonl")] == ["completed"] * 3
+    assert [r["status"] for r in results] == ["completed"] * 3
     assert stats["webhooks"]["sent"] >= 3
     assert hook_stats["due"] == 3
     assert stats["requests"]["get"] == 3  # one confirming GET per task, no polling

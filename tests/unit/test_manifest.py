@@ -63,13 +63,6 @@ JSONL_CASES: list[tuple[str, bytes, list[Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in JSONL_CASES],
-                         ids=[c[0] for c in JSONL_CASES])
-@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
-def test_jsonl(tmp_path: Path, data: bytes, expected: list[Any], gz: bool) -> None:
-    assert items(tmp_path, "m.jsonl" + (".gz" if gz else ""), data, gz=gz) == expected
-
-
 def test_jsonl_deep_nesting_is_a_bad_row(tmp_path: Path) -> None:
     deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
     [bad] = items(tmp_path, "m.jsonl", deep)
@@ -109,11 +102,17 @@ CSV_CASES: list[tuple[str, bytes, list[Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), [c[1:] for c in CSV_CASES],
-                         ids=[c[0] for c in CSV_CASES])
+def _cases(name: str, cases: list[tuple[str, bytes, list[Any]]]) -> list[Any]:
+    return [pytest.param(name, data, expected, id=f"{name} {label}")
+            for label, data, expected in cases]
+
+
+@pytest.mark.parametrize(("name", "data", "expected"),
+                         [*_cases("m.jsonl", JSONL_CASES), *_cases("m.csv", CSV_CASES)])
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
-def test_csv(tmp_path: Path, data: bytes, expected: list[Any], gz: bool) -> None:
-    assert items(tmp_path, "m.csv" + (".gz" if gz else ""), data, gz=gz) == expected
+def test_cases(tmp_path: Path, name: str, data: bytes, expected: list[Any], gz: bool) -> None:
+    """Every case of both tables, plain and gzipped."""
+    assert items(tmp_path, name + (".gz" if gz else ""), data, gz=gz) == expected
 
 
 def test_tsv(tmp_path: Path) -> None:

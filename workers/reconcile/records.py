@@ -21,28 +21,20 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
-from workers.transitions.common import THIS_JOB, move, usage_params
+from workers.transitions.common import THIS_JOB, Posting, move, rows_among, usage_params
 from workers.uploads import as_sent
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AmbiguousTarget:
+class AmbiguousTarget(Posting):
     """An ambiguous job and the attempt whose outcome is unknown."""
 
-    job_id: int
-    batch_id: str
-    model: str
-    task_type: str
-    input: dict[str, Any]
-    attempt_n: int
     started_at: float
     lost_at: float
     hint_task_id: str | None
     """A task id a webhook named for this job (unverified until a GET confirms it)."""
-    tries: int
-    """Retryable create failures in a row so far (a create that made no task is one)."""
     reconcile_from: float | None = None
     """Set when an operator retried the row: its reconciliation period starts here."""
 
@@ -120,15 +112,14 @@ _OWNED = select(ATTEMPTS.c.task_id).where(
 
 def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarget]:
     """The ambiguous jobs among `job_ids`, with their lost attempt."""
-    ids = list(job_ids)
-    if not ids:
-        return []
-    with transaction(engine) as conn:
-        rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     # The input compared with PiAPI's echo is the one sent: local files as uploaded URLs.
-    return [AmbiguousTarget(int(r[0]), str(r[1]), str(r[2]), str(r[3]),
-                            as_sent(json.loads(r[4] or "{}"), r[11]), int(r[5]), float(r[6]),
-                            float(r[7]), r[8], int(r[9]), r[10]) for r in rows]
+    return [AmbiguousTarget(job_id=int(job), batch_id=str(batch), attempt_n=int(n),
+                            model=str(model), task_type=str(task_type),
+                            input=as_sent(json.loads(data or "{}"), uploads), tries=int(tries),
+                            started_at=float(started), lost_at=float(lost),
+                            hint_task_id=hint, reconcile_from=since)
+            for job, batch, model, task_type, data, n, started, lost, hint, tries, since, uploads
+            in rows_among(engine, _TARGETS, job_ids)]
 
 
 def owned_elsewhere(engine: Engine, job_id: int, attempt_n: int,

@@ -8,23 +8,27 @@ building it is imported (statements are built once, at import).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import Update, and_, bindparam, or_
+from sqlalchemy import Row, Select, Update, and_, bindparam, or_
+from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
+from workers.db import transaction
 from workers.models import JOBS
 from workers.piapi import TaskView
 from workers.states import IllegalMove, JobState, check_moves
 
 logger = logging.getLogger(__name__)
 
+_Columns = TypeVarTuple("_Columns")
+
 
 @dataclass(frozen=True)
-class Claim:
-    """A job a worker now holds for one create, with what the create needs."""
+class Posting:
+    """One create of a job: the job, the create's number, and what it posts."""
 
     job_id: int
     batch_id: str
@@ -34,6 +38,13 @@ class Claim:
     task_type: str
     input: dict[str, Any]
     tries: int
+    """Retryable create failures in a row so far (a create that made no task is one)."""
+
+
+@dataclass(frozen=True)
+class Claim(Posting):
+    """A job a worker now holds for one create, with what the create needs."""
+
     service_mode: str | None = None
     """`config.service_mode` to send (`public`, `private`), or None to send none."""
 
@@ -68,6 +79,17 @@ def moved(what: str, job_id: int) -> None:
     """Log a change skipped because the job is no longer where the caller left it."""
     logger.info("job %s: %s skipped, the job is no longer where this worker left it",
                 job_id, what)
+
+
+def rows_among(engine: Engine, statement: Select[*_Columns],
+               ids: Iterable[int]) -> Sequence[Row[*_Columns]]:
+    """The rows `statement` selects for `ids` (its expanding parameter `p_ids`): how a
+    message's targets are loaded. No ids: no query."""
+    listed = list(ids)
+    if not listed:
+        return []
+    with transaction(engine) as conn:
+        return conn.execute(statement, {"p_ids": listed}).all()
 
 
 def usage_params(view: TaskView | None) -> dict[str, Any]:

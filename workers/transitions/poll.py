@@ -20,7 +20,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
-from workers.transitions.common import THIS_JOB, PollTarget, move, usage_params
+from workers.transitions.common import THIS_JOB, PollTarget, move, rows_among, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +129,10 @@ class PollOutcome:
 
 def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget]:
     """The running jobs among `job_ids`, with what a poll needs."""
-    ids = list(job_ids)
-    if not ids:
-        return []
-    with transaction(engine) as conn:
-        rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
                    str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11])
-        for r in rows if r[1]
+        for r in rows_among(engine, _TARGETS, job_ids) if r[1]
     ]
 
 

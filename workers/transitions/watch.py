@@ -23,7 +23,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, JobState
-from workers.transitions.common import THIS_JOB, move, usage_params
+from workers.transitions.common import THIS_JOB, move, rows_among, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +109,9 @@ class Late(StrEnum):
 
 def load_watch_targets(engine: Engine, attempt_ids: Iterable[int]) -> list[WatchTarget]:
     """The attempts among `attempt_ids` still watched, with their rows."""
-    ids = list(attempt_ids)
-    if not ids:
-        return []
-    with transaction(engine) as conn:
-        rows = conn.execute(_TARGETS, {"p_ids": ids}).all()
     return [WatchTarget(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5]),
-                        str(r[6]), r[7]) for r in rows if r[2]]
+                        str(r[6]), r[7]) for r in rows_among(engine, _TARGETS, attempt_ids)
+            if r[2]]
 
 
 def _params(t: WatchTarget, view: TaskView | None, now: float, note: str) -> dict[str, Any]:
