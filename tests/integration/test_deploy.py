@@ -112,3 +112,28 @@ def test_the_systemd_units_verify_clean(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     problems = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert done.returncode == 0 and not problems, problems
+
+
+def test_every_compose_service_runs_a_command_the_cli_has() -> None:
+    """Each `piapi-bulk …` command in docker-compose.yml names a real subcommand and only
+    options that subcommand accepts; the databases are health-checked before the fleet
+    starts."""
+    import yaml
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"healthcheck"} <= services["postgres"].keys()
+    command_bin = shutil.which("piapi-bulk", path=str(Path(sys.executable).parent))
+    assert command_bin is not None
+    checked = 0
+    for name, service in services.items():
+        command = service.get("command") or []
+        if command[:1] != ["piapi-bulk"]:
+            continue
+        done = subprocess.run([command_bin, command[1], "--help"], capture_output=True,
+                              text=True, timeout=60, check=False,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+        for option in (w for w in command[2:] if w.startswith("--")):
+            assert option in done.stdout, f"{name}: {command[1]} has no {option}"
+        checked += 1
+    assert checked >= 5
