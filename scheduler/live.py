@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scheduler.status import BatchStatus
+from scheduler.status import BatchStatus, duration
 from workers.spending import money
 from workers.states import JobState
 
@@ -49,16 +49,6 @@ class RateMeter:
             return 0.0
         rate = self.per_s()
         return remaining / rate if rate else None
-
-
-def duration(seconds: float) -> str:
-    """Seconds for people: 45s, 3m05s, 2h07m."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def in_flight(st: BatchStatus, limit: int | None) -> str:

@@ -154,6 +154,16 @@ class BatchStatus:
         }
 
 
+def duration(seconds: float) -> str:
+    """Seconds for people: 45s, 3m05s, 2h07m."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def local_iso(ts: float) -> str:
     """A Unix time as local ISO-8601 with its UTC offset, to the second."""
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")

@@ -32,41 +32,34 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 class FetchError(Exception):
     """A file that was not stored; `kind` is what the record says, `retryable` whether
-    trying again later may help."""
+    trying again later may help (both set per subclass: `class X(FetchError, kind=...)`)."""
 
     kind = "http"
     retryable = False
 
+    def __init_subclass__(cls, kind: str = "http", retryable: bool = False) -> None:
+        super().__init_subclass__()
+        cls.kind, cls.retryable = kind, retryable
 
-class Gone(FetchError):
+
+class Gone(FetchError, kind="gone"):
     """The output is no longer on PiAPI's servers."""
 
-    kind = "gone"
 
-
-class Refused(FetchError):
+class Refused(FetchError, kind="http"):
     """Another 4xx answer: asking again changes nothing."""
 
-    kind = "http"
 
-
-class Transient(FetchError):
+class Transient(FetchError, kind="unavailable", retryable=True):
     """A 5xx, a 429, a network error or a body cut short."""
 
-    kind = "unavailable"
-    retryable = True
 
-
-class DestinationError(FetchError):
+class DestinationError(FetchError, kind="destination"):
     """The destination refused the write (permissions, a missing bucket...)."""
 
-    kind = "destination"
 
-
-class DiskFull(DestinationError):
+class DiskFull(DestinationError, kind="disk_full"):
     """No space left at the destination."""
-
-    kind = "disk_full"
 
 
 class Interrupted(Exception):

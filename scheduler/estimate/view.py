@@ -10,6 +10,7 @@ from rich.table import Table
 
 from scheduler.estimate.command import Estimate
 from scheduler.estimate.tally import KindTally
+from scheduler.status import duration
 from workers.prices import UNKNOWN_PRICE_USD, Basis
 from workers.spending import money as _money
 
@@ -22,16 +23,6 @@ def money(usd: float) -> str:
     """Dollars for people; a sum of a million prices is rounded to a micro-dollar first, so
     float error does not show as extra digits."""
     return _money(round(usd, 6))
-
-
-def clock(seconds: float) -> str:
-    """A duration for people: 45s, 3m05s, 2h10m."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _name(k: KindTally) -> tuple[str, str]:
@@ -54,14 +45,14 @@ def table(est: Estimate) -> Table:
     for k in est.kinds:
         key = (k.model, k.task_type)
         d = est.durations.get(key)
-        duration = (f"{clock(d.seconds)} {'learned' if d.learned else 'prior'}"
-                    if d is not None else "-")
+        took = (f"{duration(d.seconds)} {'learned' if d.learned else 'prior'}"
+                if d is not None else "-")
         t.add_row(*_name(k), str(k.rows), str(k.invalid), _cost(k),
-                  money(k.usd / k.rows) if k.rows else "-", duration,
-                  clock(est.wall_s[key]) if key in est.wall_s else "-")
+                  money(k.usd / k.rows) if k.rows else "-", took,
+                  duration(est.wall_s[key]) if key in est.wall_s else "-")
     t.add_section()
     t.add_row("total", "", str(est.rows), str(est.invalid), money(est.usd), "", "",
-              clock(est.total_wall_s), style="bold")
+              duration(est.total_wall_s), style="bold")
     return t
 
 

@@ -23,7 +23,7 @@ from scheduler.estimate.tally import (
     Tally,
     wall_time_s,
 )
-from scheduler.estimate.view import clock, show, to_json, warning
+from scheduler.estimate.view import show, to_json, warning
 from scheduler.ingest import ingest
 from scheduler.manifest import BadRow, Item, RawRow, read_manifest
 from scheduler.validate import Defaults
@@ -193,8 +193,3 @@ def test_balance_not_reported_or_unknown() -> None:
     text = console.export_text()
     assert "account: not read (no PIAPI_API_KEY)" in text and "balance: unknown" in text
 
-
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.4, "59s"), (61, "1m01s"),
-                                               (3600, "1h00m"), (7322, "2h02m")])
-def test_clock(seconds: float, text: str) -> None:
-    assert clock(seconds) == text
