@@ -69,8 +69,13 @@ def test_download_into_an_fsspec_memory_folder(engine: Engine,
             assert (len(body), hashlib.sha256(body).hexdigest()) == (
                 entry["bytes"], entry["sha256"]) and entry["fetches"] == 1
     shown = where.replace("://", ":///")
-    assert lines == [f"6 output file(s) still to fetch into {shown}",
-                     f"6 output files kept in {shown}"]
+    assert lines[-1] == f"6 output files kept in {shown}", lines
+    # How many were still to fetch when the pool had read the record depends on how fast the
+    # first fetches ran meanwhile: at most all six, said at most once.
+    for line in lines[:-1]:
+        waiting = int(line.split()[0])
+        assert 0 < waiting <= 6 and line.endswith(f"still to fetch into {shown}"), lines
+    assert len(lines) <= 2, lines
     assert download_batch(engine, "b1", where, 2, lines.append) == 0  # nothing fetched again
     assert {e["fetches"] for e in _served(emu).values()} == {1}
 
