@@ -100,7 +100,8 @@ def upgrade(engine: Engine) -> Upgrade:
         before = _revision(conn)
         if before == target:  # another process upgraded it while we waited
             return Upgrade(before, target)
-        legacy = before is None and bool(inspect(conn).get_table_names())
+        # Made by create_tables before Alembic; other tables (a shared database) do not count.
+        legacy = before is None and inspect(conn).has_table("batches")
         config = alembic_config(conn)
         if legacy:
             command.stamp(config, BASELINE)
