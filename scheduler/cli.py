@@ -1,5 +1,5 @@
 """The `piapi-bulk` command line: run, estimate, submit, doctor, status, cancel, retry, forget,
-export, download, worker, dispatcher, webhook, web, flower, emulator."""
+db, export, download, worker, dispatcher, webhook, web, flower, emulator."""
 
 from __future__ import annotations
 
@@ -471,6 +471,41 @@ def forget(
 
 app.command("forget")(forget)
 app.command("delete", help="Same as forget.")(forget)
+
+db_app = typer.Typer(help="The database's schema: its migration, and upgrading it.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring DATABASE_URL's schema to the newest migration (once per release, before the
+    fleet; run and the services also do it on start-up). Safe beside other starters."""
+    from workers.db import make_engine
+    from workers.migrate import upgrade
+
+    engine = make_engine(_settings().database_url)
+    try:
+        typer.echo(upgrade(engine).summary())
+    finally:
+        engine.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's migration (revision), and whether it is the newest."""
+    from workers.db import make_engine
+    from workers.migrate import current, head
+
+    engine = make_engine(_settings().database_url)
+    try:
+        revision = current(engine)
+    finally:
+        engine.dispose()
+    if revision is None:
+        typer.echo(f"none (an empty database, or one made before migrations); head is {head()}")
+    else:
+        typer.echo(revision + (" (head)" if revision == head() else f" (head is {head()})"))
 
 
 def _fleet_redis_url(settings: Settings) -> str | None:

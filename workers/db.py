@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.schema import CreateColumn, CreateIndex
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from workers import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -144,58 +143,11 @@ def _sqlite_on_begin(conn: Any) -> None:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create every table that does not exist yet, and add the columns that tables created
-    by an earlier version lack."""
-    SQLModel.metadata.create_all(engine)
-    add_missing_columns(engine)
-    add_missing_indexes(engine)
+    """Bring the database's schema to the newest migration (`workers.migrate.upgrade`):
+    every process calls this on start-up; it is one read when nothing is to be done."""
+    from workers.migrate import upgrade  # migrate needs this module's transactions
 
-
-def add_missing_indexes(engine: Engine) -> list[str]:
-    """`CREATE INDEX IF NOT EXISTS` for every model index a table created by an earlier
-    version lacks; returns their names."""
-    added: list[str] = []
-    with transaction(engine) as conn:
-        inspector = inspect(conn)
-        for table in SQLModel.metadata.sorted_tables:
-            have = {i["name"] for i in inspector.get_indexes(table.name)}
-            for index in table.indexes:
-                if index.name not in have:
-                    conn.execute(CreateIndex(index, if_not_exists=True))
-                    added.append(str(index.name))
-    if added:
-        logger.info("database upgraded: added indexes %s", ", ".join(added))
-    return added
-
-
-def add_missing_columns(engine: Engine) -> list[str]:
-    """`ALTER TABLE ... ADD COLUMN` for every model column a table lacks; returns them
-    as `table.column`.
-
-    New columns must be nullable or have a server default, so existing rows get a value.
-    The check runs inside the write transaction (SQLite) or with `IF NOT EXISTS`
-    (PostgreSQL), so processes starting together do not add a column twice.
-    """
-    added: list[str] = []
-    postgres = engine.dialect.name == "postgresql"
-    with transaction(engine) as conn:
-        inspector = inspect(conn)
-        for table in SQLModel.metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                if not column.nullable and column.server_default is None:
-                    raise RuntimeError(f"column {table.name}.{column.name} cannot be added to "
-                                       "existing rows: give it a server default")
-                spec = str(CreateColumn(column).compile(dialect=engine.dialect))
-                name = engine.dialect.identifier_preparer.format_table(table)
-                exists = "IF NOT EXISTS " if postgres else ""
-                conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {exists}{spec}")
-                added.append(f"{table.name}.{column.name}")
-    if added:
-        logger.info("database upgraded: added %s", ", ".join(added))
-    return added
+    upgrade(engine)
 
 
 class SqliteGate:

@@ -228,7 +228,8 @@ RECORD_T0 = 1_000_000.0
 def add_old_batch(conn: Connection, job_state: str | None = None, attempts: int = 0) -> None:
     """Batch `old` (and, given `job_state`, one job in that state after `attempts` creates),
     written with only the columns the first schema had: a schema-upgrade test drops the
-    newer columns first, then checks what `create_tables` makes of the rows."""
+    newer columns (and `alembic_version`) first, then checks what `create_tables` (the
+    migrations) makes of the rows."""
     conn.execute(text(
         "INSERT INTO batches (id, content_hash, source, created_at, ingested, total, invalid, "
         "max_attempts, done) VALUES ('old', 'h', 's', 1, true, :total, 0, 3, false)"),

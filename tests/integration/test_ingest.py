@@ -337,7 +337,8 @@ def test_options_that_cannot_apply_to_an_existing_batch(engine: Engine, tmp_path
 
 def test_an_older_database_gains_the_unchecked_and_service_mode_columns(
         engine: Engine, tmp_path: Path) -> None:
-    with engine.begin() as conn:  # the schema as the previous version made it
+    with engine.begin() as conn:  # the schema as the previous version made it, before Alembic
+        conn.execute(text("DROP TABLE alembic_version"))
         for column in ("unchecked", "service_mode"):
             conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
         conn.execute(text("ALTER TABLE batches DROP COLUMN service_mode"))

@@ -350,7 +350,8 @@ def test_abandoning_a_task_and_counting_it_are_one_change(world: World) -> None:
 
 
 def test_an_older_database_gains_the_stuck_columns_and_indexes(engine: Engine) -> None:
-    with engine.begin() as conn:  # the schema as the previous version made it
+    with engine.begin() as conn:  # the schema as the previous version made it, before Alembic
+        conn.execute(text("DROP TABLE alembic_version"))
         for index in ("ix_attempts_watched", "ix_attempts_abandoned"):
             conn.execute(text(f"DROP INDEX {index}"))
         for column in ("watch_until", "next_at"):

@@ -1,0 +1,1 @@
+"""The record's Alembic migrations: `env.py` and `versions/` (run by `workers.migrate`)."""
