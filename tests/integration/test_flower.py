@@ -250,3 +250,32 @@ def _chromium(tmp_path: Path, *args: str) -> str:
                           "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium'}",
                           *args], capture_output=True, text=True, timeout=90, check=True)
     return out.stdout
+
+
+def test_a_message_of_the_old_name_and_shape_still_runs(tmp_path: Path, worker: dict[str, str],
+                                                       sqlite_url: str) -> None:
+    """A message an older dispatcher left in Redis (`piapi_bulk.submit`, `[[ids]]`) is run by
+    the new worker, not dropped: its rows are created once."""
+    from sqlalchemy import select
+
+    from workers.app import OLD_NAMES, SUBMIT_QUEUE, create_celery
+    from workers.db import make_engine
+    from workers.models import JOBS
+
+    assert OLD_NAMES["piapi_bulk.submit"] == SUBMIT_TASK
+    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(3))
+    env = {k: v for k, v in worker.items() if k != "REDIS_URL"}
+    done = piapi_bulk(tmp_path, env, "submit", str(manifest))  # ingested; no dispatcher here
+    assert done.returncode == 0, done.stderr
+    engine = make_engine(sqlite_url)
+
+    def states() -> dict[int, str]:
+        with engine.connect() as conn:
+            return {int(i): str(s) for i, s in conn.execute(select(JOBS.c.id, JOBS.c.state))}
+
+    ids = sorted(states())
+    create_celery(worker["REDIS_URL"]).send_task("piapi_bulk.submit", args=[ids],
+                                                 queue=SUBMIT_QUEUE)
+    wait_until(lambda: set(states().values()) <= {"running", "completed"}, 60, interval_s=0.2,
+               what="the old message's rows created")
+    engine.dispose()
