@@ -689,28 +689,31 @@ def flower(
 ) -> None:
     """Open Flower on the fleet's Redis (basic auth when FLOWER_BASIC_AUTH=user:pass).
 
-    Without REDIS_URL it uses the private Redis of a `run` in progress in this directory.
+    Without REDIS_URL it watches the `run` in progress in this directory, and stops when
+    that run ends. Each task's result is what its message did, in row terms.
     """
+    from scheduler import flower_cmd
     from scheduler.runner import REDIS_URL_FILE
 
-    settings = _settings()
-    run_file = _run_dir() / REDIS_URL_FILE
-    if not settings.redis_url and run_file.is_file():
-        settings = settings.model_copy(update={"redis_url": run_file.read_text().strip()})
-    redis_url = settings.require_redis_url()
-    celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
-    argv = [celery_bin, "--broker", redis_url, "flower", f"--address={address}",
-            f"--port={port}"]
     env = dict(os.environ)
-    if address not in LOOPBACK and not env.get("FLOWER_BASIC_AUTH"):
+    basic_auth = env.get("FLOWER_BASIC_AUTH") or None
+    if address not in LOOPBACK and not basic_auth:
         raise ConfigError(f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH")
-    if require_auth and ":" not in env.get("FLOWER_BASIC_AUTH", ""):
+    if require_auth and ":" not in (basic_auth or ""):
         raise ConfigError("--require-auth: set FLOWER_BASIC_AUTH=user:password")
-    if env.get("FLOWER_BASIC_AUTH"):
-        argv.append(f"--basic_auth={env['FLOWER_BASIC_AUTH']}")
-    else:
+    target = flower_cmd.resolve(_settings().redis_url, _run_dir(), REDIS_URL_FILE)
+    celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
+    argv = flower_cmd.flower_argv(celery_bin, target.redis_url, address, port, basic_auth)
+    if not basic_auth:
         env["FLOWER_UNAUTHENTICATED_API"] = "true"  # bound to loopback; the API lists workers
-    os.execvpe(argv[0], argv, env)  # noqa: S606  (argv is ours; no shell involved)
+    what = "the run in progress here" if target.run_dir else "the fleet on REDIS_URL"
+    host = f"[{address}]" if ":" in address else address
+    print(f"Flower on http://{host}:{port} for {what}", flush=True)
+    raise typer.Exit(flower_cmd.supervise(argv, env, target, _say))
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _register_emulator() -> None:

@@ -96,6 +96,12 @@ class PassResult:
     flight instead (`workers.transitions.reuse`): their slots are still free."""
 
 
+def batch_label(leased: leases.Leased, part: Sequence[int]) -> str | list[str]:
+    """The batch a message's ids belong to, or the list of them when it spans batches."""
+    found = list(dict.fromkeys(leased[i] for i in part))
+    return found[0] if len(found) == 1 else found
+
+
 def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
     """Split ids into messages: spread over `spread` consumers, at most `size` per message."""
     if not ids:
@@ -268,7 +274,7 @@ class Dispatcher:
         if result.halted is None and occupancy.total >= result.limit and self._backlog:
             result.in_flight = self.remote.estimate(now, occupancy, result.limit)
         with exclusive(self.engine):
-            submit_ids: list[int] = []
+            submit_ids: leases.Leased = {}
             free = result.limit - result.in_flight
             if result.halted is None and free > 0:
                 submit_ids, found, granted = self._lease_slots(now, free, occupancy)
@@ -280,12 +286,12 @@ class Dispatcher:
                                           self.lease_s)
             settle_ids = (leases.lease_reconciles(self.engine, MAX_RECONCILES_PER_PASS, now,
                                                   self.epoch, self.lease_s)
-                          if self.on_ambiguous == AmbiguousPolicy.RECONCILE else [])
+                          if self.on_ambiguous == AmbiguousPolicy.RECONCILE else {})
             # Abandoned stuck tasks are looked at while some are watched, and once a second
             # for those whose watch bound just passed (their last look).
             watching = occupancy.abandoned > 0 or housekept
             look_ids = (leases.lease_looks(self.engine, MAX_LOOKS_PER_PASS, now, self.lease_s)
-                        if watching else [])
+                        if watching else {})
             # When the next snapshot is near anyway, skip looking up the next due poll.
             soon = (self._full(result, len(submit_ids))
                     and self.remote.next_snapshot_in(now) < SNAPSHOT_SOON_S)
@@ -319,7 +325,7 @@ class Dispatcher:
                 and result.in_flight + submits >= result.limit)
 
     def _lease_slots(self, now: float, free: int,
-                     occupancy: leases.Occupancy) -> tuple[list[int], int, int]:
+                     occupancy: leases.Occupancy) -> tuple[leases.Leased, int, int]:
         """Lease up to `free` creates, as many as the request budget allows right now;
         also how many rows were leased (twins resolved included) and how many creates the
         budget allowed."""
@@ -330,10 +336,10 @@ class Dispatcher:
         return leased, found, granted
 
     def _lease_for_batches(self, now: float, free: int,
-                           occupancy: leases.Occupancy) -> tuple[list[int], int]:
+                           occupancy: leases.Occupancy) -> tuple[leases.Leased, int]:
         """Creates leased batch by batch (oldest first), and how many rows were leased:
         rows whose twin completed or is in flight are not created (`resolve_twins`)."""
-        leased: list[int] = []
+        leased: leases.Leased = {}
         found = 0
         for batch in self._batches:
             room = free - len(leased)
@@ -350,12 +356,14 @@ class Dispatcher:
             if len(create) < len(got):
                 self._retries = True  # some may now wait for a twin in retry_wait
             self.admission.took(batch.id, len(create))
-            leased += create
+            leased.update(dict.fromkeys(create, batch.id))
         return leased, found
 
-    def _send(self, task: str, queue: str, ids: list[int]) -> None:
-        for part in chunks(ids, self.batch_size, self.spread):
-            self.app.send_task(task, args=[part], queue=queue)
+    def _send(self, task: str, queue: str, leased: leases.Leased) -> None:
+        """The leased ids as messages `[[ids], batch]` (`batch_label`); chunked as before,
+        so naming the batch adds no message."""
+        for part in chunks(list(leased), self.batch_size, self.spread):
+            self.app.send_task(task, args=[part, batch_label(leased, part)], queue=queue)
 
     # --- the loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

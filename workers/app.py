@@ -9,10 +9,17 @@ from workers.broker import TRANSPORT
 
 SUBMIT_QUEUE = "piapi-bulk.submit"
 POLL_QUEUE = "piapi-bulk.poll"
-SUBMIT_TASK = "piapi_bulk.submit"
-POLL_TASK = "piapi_bulk.poll"
-RECONCILE_TASK = "piapi_bulk.reconcile"
-WATCH_TASK = "piapi_bulk.watch"
+SUBMIT_TASK = "piapi_bulk.create_tasks"
+POLL_TASK = "piapi_bulk.poll_tasks"
+RECONCILE_TASK = "piapi_bulk.reconcile_lost_creates"
+WATCH_TASK = "piapi_bulk.watch_abandoned"
+OLD_NAMES = {"piapi_bulk.submit": SUBMIT_TASK, "piapi_bulk.poll": POLL_TASK,
+             "piapi_bulk.reconcile": RECONCILE_TASK, "piapi_bulk.watch": WATCH_TASK}
+"""The names of release 0.x (messages `[[ids]]`), still run by the new tasks for one release:
+messages an older dispatcher left in Redis, or sends during a rolling upgrade, are run,
+not dropped. (An older worker never receives the new `[[ids], batch]` shape under a name it
+knows: it rejects a new name as unregistered, dropping the message, and the rows' leases
+expire and they are dispatched again; nothing was sent for them.)"""
 
 
 def create_celery(broker_url: str) -> Celery:
@@ -45,6 +52,9 @@ def create_celery(broker_url: str) -> Celery:
         task_default_queue=SUBMIT_QUEUE,
         task_routes={SUBMIT_TASK: {"queue": SUBMIT_QUEUE}, POLL_TASK: {"queue": POLL_QUEUE},
                      RECONCILE_TASK: {"queue": POLL_QUEUE}, WATCH_TASK: {"queue": POLL_QUEUE}},
+        # (What a task returns, a one-line summary in row terms from `workers.work.summary`,
+        # is never stored, as above; its repr travels in the `task-succeeded` event, cut at
+        # the task's `resultrepr_maxsize`, and Flower shows it as the task's result.)
         # A restarted Redis is expected (it keeps nothing on disk): keep reconnecting.
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

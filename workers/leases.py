@@ -72,7 +72,8 @@ _LOOKS_DUE = (
                              .scalar_subquery()),
            _WATCHED, ATTEMPTS.c.next_at <= bindparam("p_now"))
     .values(next_at=bindparam("p_lease_until"))
-    .returning(ATTEMPTS.c.id)
+    .returning(ATTEMPTS.c.id, select(JOBS.c.batch_id).where(JOBS.c.id == ATTEMPTS.c.job_id)
+               .correlate(ATTEMPTS).scalar_subquery())
 )
 
 
@@ -93,7 +94,7 @@ def _leaser(state: JobState, order: Any, *, batch: bool = False,
     still_due = and_(func.coalesce(JOBS.c.state, "") == state.value, *timely, _FREE)
     return (JOBS.update().where(JOBS.c.id.in_(pick.scalar_subquery()), still_due)
             .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
-            .returning(JOBS.c.id))
+            .returning(JOBS.c.id, JOBS.c.batch_id))
 
 
 _RETRY_DUE = _leaser(JobState.RETRY_WAIT, JOBS.c.seq, batch=True, due_by_time=True)
@@ -169,12 +170,17 @@ def open_batches(engine: Engine) -> list[OpenBatch]:
     return [OpenBatch(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
-def _lease(engine: Engine, leaser: Any, params: dict[str, Any], limit: int) -> list[int]:
+Leased = dict[int, str]
+"""Ids leased (in order) and each one's batch id: the dispatcher names the batch in the
+message beside the ids, so Flower's `args:<batch>` search finds a batch's messages."""
+
+
+def _lease(engine: Engine, leaser: Any, params: dict[str, Any], limit: int) -> Leased:
     if limit <= 0:
-        return []
+        return {}
     with transaction(engine) as conn:
         leased = conn.execute(leaser, {**params, "p_limit": limit}).all()
-    return sorted(int(i) for (i,) in leased)
+    return {int(i): str(batch) for i, batch in sorted(leased)}
 
 
 def lease_submits(engine: Engine, batch_id: str, limit: int, now: float, epoch: str,
@@ -183,26 +189,27 @@ def lease_submits(engine: Engine, batch_id: str, limit: int, now: float, epoch: 
     (rows waiting to be created again first, unless `retries` says there are none)."""
     params = {"p_batch": batch_id, "p_now": now, "p_epoch": epoch,
               "p_lease_until": now + lease_s}
-    retry_due = _lease(engine, _RETRY_DUE, params, limit) if retries else []
-    return retry_due + _lease(engine, _QUEUED, params, limit - len(retry_due))
+    retry_due = list(_lease(engine, _RETRY_DUE, params, limit)) if retries else []
+    return retry_due + list(_lease(engine, _QUEUED, params, limit - len(retry_due)))
 
 
-def lease_polls(engine: Engine, limit: int, now: float, epoch: str, lease_s: float) -> list[int]:
+def lease_polls(engine: Engine, limit: int, now: float, epoch: str, lease_s: float) -> Leased:
     """Reserve up to `limit` running jobs whose next poll is due, most overdue first."""
     return _lease(engine, _POLLS_DUE,
                   {"p_now": now, "p_epoch": epoch, "p_lease_until": now + lease_s}, limit)
 
 
 def lease_reconciles(engine: Engine, limit: int, now: float, epoch: str,
-                     lease_s: float) -> list[int]:
+                     lease_s: float) -> Leased:
     """Reserve up to `limit` ambiguous jobs due to be looked for in PiAPI's history."""
     return _lease(engine, _RECONCILES_DUE,
                   {"p_now": now, "p_epoch": epoch, "p_lease_until": now + lease_s}, limit)
 
 
-def lease_looks(engine: Engine, limit: int, now: float, lease_s: float) -> list[int]:
-    """Reserve up to `limit` watched abandoned tasks due for a look (their attempt ids),
-    most overdue first: their next look moves past the lease until a worker records one."""
+def lease_looks(engine: Engine, limit: int, now: float, lease_s: float) -> Leased:
+    """Reserve up to `limit` watched abandoned tasks due for a look (attempt ids, each with
+    its row's batch), most overdue first: their next look moves past the lease until a
+    worker records one."""
     return _lease(engine, _LOOKS_DUE, {"p_now": now, "p_lease_until": now + lease_s}, limit)
 
 

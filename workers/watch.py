@@ -16,6 +16,7 @@ from workers import stuck
 from workers.piapi import InvalidRequest, NotFound, Outcome, PiAPIError, RateLimited, TaskView
 from workers.transitions import watch as tw
 from workers.work import Tally, WorkerContext
+from workers.work.summary import MessageSummary, RowOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +25,23 @@ BUSY_RETRY_S = 1.0
 (or one watch interval on, if that is longer)."""
 
 
-def watch_tasks(ctx: WorkerContext, attempt_ids: Iterable[int]) -> None:
-    """Look at each watched task once and record what became of it."""
+def watch_tasks(ctx: WorkerContext, attempt_ids: Iterable[int]) -> MessageSummary:
+    """Look at each watched task once and record what became of it (and say so)."""
     tally = Tally()
     freed = False
+    summary = MessageSummary()
+    ids = set(attempt_ids)
     try:
-        targets = tw.load_watch_targets(ctx.engine, attempt_ids)
-        freed = any(ctx.each(lambda target: look(ctx, target, tally), targets))
+        targets = tw.load_watch_targets(ctx.engine, ids)
+        ended = ctx.each(lambda target: look(ctx, target, tally), targets)
+        freed = any(ended)
+        for target, stopped in zip(targets, ended, strict=True):
+            summary.row(target.job_id, target.row_key)
+            summary.add(RowOutcome("watch ended" if stopped else "still watched"))
+        summary.add(RowOutcome("skipped (not watched)"), len(ids) - len(targets))
     finally:
         tally.report(ctx, freed)
+    return summary
 
 
 def look(ctx: WorkerContext, t: tw.WatchTarget, tally: Tally) -> bool:

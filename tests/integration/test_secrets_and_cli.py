@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from tests.helpers import MakeEmulator, wait_until
 from tests.integration import e2e
+from workers.app import SUBMIT_TASK
 from workers.db import is_sqlite
 
 pytestmark = pytest.mark.integration  # every test here runs piapi-bulk as a process
@@ -105,9 +106,9 @@ def test_the_api_key_is_nowhere(tmp_path: Path, database_url: str,
         if monitor:
             monitor.stop.set()
     assert code == 0
-    assert monitor is not None and any("piapi_bulk.submit" in c for c in monitor.commands)
+    assert monitor is not None and any(SUBMIT_TASK in c for c in monitor.commands)
     messages = _decoded_messages(monitor.commands)
-    assert any('"piapi_bulk.submit"' in m or "[[" in m for m in messages)
+    assert any(f'"{SUBMIT_TASK}"' in m or "[[" in m for m in messages)
     places = {
         "child argv": "\n".join(argvs),
         "redis traffic": "\n".join(monitor.commands),

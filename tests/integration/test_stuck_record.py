@@ -90,7 +90,7 @@ class World:
 
     def look(self) -> list[int]:
         """Lease the looks due now and run them, as the dispatcher and a worker would."""
-        ids = leases.lease_looks(self.engine, 100, self.now, LEASE)
+        ids = list(leases.lease_looks(self.engine, 100, self.now, LEASE))
         watch_tasks(self.ctx, ids)
         return ids
 
@@ -139,10 +139,10 @@ def test_an_abandoned_task_still_counts_in_flight_until_its_watch_ends(world: Wo
     w.create(job, "t2")
     assert w.occupancy().total == 2  # the replacement and the abandoned task it replaced
     # Looks are leased like polls: due ones once, then not again until recorded or lost.
-    assert leases.lease_looks(w.engine, 10, FIRST_LOOK - 1, LEASE) == []
+    assert leases.lease_looks(w.engine, 10, FIRST_LOOK - 1, LEASE) == {}
     [a1, _] = w.attempts(job)
-    assert leases.lease_looks(w.engine, 10, FIRST_LOOK, LEASE) == [a1.id]
-    assert leases.lease_looks(w.engine, 10, FIRST_LOOK, LEASE) == []
+    assert leases.lease_looks(w.engine, 10, FIRST_LOOK, LEASE) == {a1.id: "b1"}
+    assert leases.lease_looks(w.engine, 10, FIRST_LOOK, LEASE) == {}
     w.now = FIRST_LOOK + LEASE
     assert w.look() == [a1.id]  # the lost look came due again; still processing
     assert w.attempts(job)[0].next_at == FIRST_LOOK + LEASE + LIMIT / 2

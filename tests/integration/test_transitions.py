@@ -226,9 +226,9 @@ def test_polls_are_leased_when_due_most_overdue_first(engine: Engine) -> None:
     for k, j in enumerate(ids):
         claim = claimed(engine, j)
         tr.record_created(engine, claim, view(f"t{k}"), NOW, NOW + 10 - k)
-    assert leases.lease_polls(engine, 10, NOW + 5, "e", LEASE) == []
-    assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == ids[1:]
-    assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == []
+    assert leases.lease_polls(engine, 10, NOW + 5, "e", LEASE) == {}
+    assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == dict.fromkeys(ids[1:], "b1")
+    assert leases.lease_polls(engine, 10, NOW + 9, "e", LEASE) == {}
     assert leases.next_due_at(engine, NOW + 9) == NOW + 10
 
 

@@ -37,6 +37,8 @@ class AmbiguousTarget(Posting):
     """A task id a webhook named for this job (unverified until a GET confirms it)."""
     reconcile_from: float | None = None
     """Set when an operator retried the row: its reconciliation period starts here."""
+    row_key: str = ""
+    """The user's row id (for the message's summary in Flower)."""
 
     @property
     def undecided_since(self) -> float:
@@ -48,7 +50,7 @@ _TARGETS = (
     select(JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json,
            ATTEMPTS.c.n, ATTEMPTS.c.started_at,
            func.coalesce(ATTEMPTS.c.ended_at, ATTEMPTS.c.started_at), JOBS.c.task_id,
-           JOBS.c.tries, JOBS.c.reconcile_from, ATTEMPTS.c.upload_urls)
+           JOBS.c.tries, JOBS.c.reconcile_from, ATTEMPTS.c.upload_urls, JOBS.c.row_key)
     .join(ATTEMPTS, and_(ATTEMPTS.c.job_id == JOBS.c.id, ATTEMPTS.c.n == JOBS.c.posts))
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.AMBIGUOUS.value)
@@ -117,9 +119,9 @@ def load_ambiguous(engine: Engine, job_ids: Iterable[int]) -> list[AmbiguousTarg
                             model=str(model), task_type=str(task_type),
                             input=as_sent(json.loads(data or "{}"), uploads), tries=int(tries),
                             started_at=float(started), lost_at=float(lost),
-                            hint_task_id=hint, reconcile_from=since)
-            for job, batch, model, task_type, data, n, started, lost, hint, tries, since, uploads
-            in rows_among(engine, _TARGETS, job_ids)]
+                            hint_task_id=hint, reconcile_from=since, row_key=str(key))
+            for job, batch, model, task_type, data, n, started, lost, hint, tries, since, uploads,
+            key in rows_among(engine, _TARGETS, job_ids)]
 
 
 def owned_elsewhere(engine: Engine, job_id: int, attempt_n: int,

@@ -47,6 +47,8 @@ class Claim(Posting):
 
     service_mode: str | None = None
     """`config.service_mode` to send (`public`, `private`), or None to send none."""
+    row_key: str = ""
+    """The user's row id (for the message's summary in Flower)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class PollTarget:
     """The batch was cancelled: `finish` (running tasks finish) or `now` (abandoned)."""
     on_stuck: str | None = None
     """The batch's `--on-stuck` (None: the fleet's default)."""
+    row_key: str = ""
+    """The user's row id (for the message's summary in Flower)."""
 
     @property
     def counted_attempts(self) -> int:

@@ -32,7 +32,7 @@ _CLAIM = (
     .values(lease_until=bindparam("p_lease_until"), lease_epoch=None, next_at=None,
             posts=JOBS.c.posts + 1)
     .returning(JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json,
-               JOBS.c.tries, JOBS.c.posts, JOBS.c.service_mode)
+               JOBS.c.tries, JOBS.c.posts, JOBS.c.service_mode, JOBS.c.row_key)
 )
 _NEW_ATTEMPT = ATTEMPTS.insert()
 _THIS_ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.n == bindparam("p_n"))
@@ -106,8 +106,8 @@ def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: floa
     return [
         Claim(job_id=int(job), batch_id=str(b), attempt_n=int(n), model=str(m),
               task_type=str(t), input=json.loads(i or "{}"), tries=int(tries),
-              service_mode=mode or None)
-        for job, b, m, t, i, tries, n, mode in sorted(rows)
+              service_mode=mode or None, row_key=str(key))
+        for job, b, m, t, i, tries, n, mode, key in sorted(rows)
     ]
 
 

@@ -30,7 +30,7 @@ OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", 
 _TARGETS = (
     select(JOBS.c.id, JOBS.c.task_id, JOBS.c.polls, JOBS.c.poll_errors, JOBS.c.attempts,
            BATCHES.c.max_attempts, JOBS.c.model, JOBS.c.task_type, JOBS.c.submitted_at,
-           JOBS.c.retry_base, BATCHES.c.cancel_mode, BATCHES.c.on_stuck)
+           JOBS.c.retry_base, BATCHES.c.cancel_mode, BATCHES.c.on_stuck, JOBS.c.row_key)
     .join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.RUNNING.value)
@@ -131,7 +131,7 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
     """The running jobs among `job_ids`, with what a poll needs."""
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11])
+                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11], str(r[12]))
         for r in rows_among(engine, _TARGETS, job_ids) if r[1]
     ]
 

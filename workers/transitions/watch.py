@@ -32,7 +32,7 @@ NOT_USED_NOTE = "; it completed later (and is charged) but the row already had i
 
 _TARGETS = (
     select(ATTEMPTS.c.id, ATTEMPTS.c.job_id, ATTEMPTS.c.task_id, JOBS.c.model, JOBS.c.task_type,
-           ATTEMPTS.c.watch_until, JOBS.c.state, JOBS.c.task_id)
+           ATTEMPTS.c.watch_until, JOBS.c.state, JOBS.c.task_id, JOBS.c.row_key)
     .join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
     .where(ATTEMPTS.c.id.in_(bindparam("p_ids", expanding=True)),
            ATTEMPTS.c.state == AttemptState.ABANDONED.value, ATTEMPTS.c.watch_until.is_not(None))
@@ -83,6 +83,8 @@ class WatchTarget:
     watch_until: float
     row_state: str
     row_task_id: str | None
+    row_key: str = ""
+    """The user's row id (for the message's summary in Flower)."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,8 @@ class Late(StrEnum):
 def load_watch_targets(engine: Engine, attempt_ids: Iterable[int]) -> list[WatchTarget]:
     """The attempts among `attempt_ids` still watched, with their rows."""
     return [WatchTarget(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5]),
-                        str(r[6]), r[7]) for r in rows_among(engine, _TARGETS, attempt_ids)
-            if r[2]]
+                        str(r[6]), r[7], str(r[8]))
+            for r in rows_among(engine, _TARGETS, attempt_ids) if r[2]]
 
 
 def _params(t: WatchTarget, view: TaskView | None, now: float, note: str) -> dict[str, Any]:

@@ -29,9 +29,10 @@ from workers.piapi import (
     RetryableError,
     TaskView,
 )
-from workers.states import ErrorKind
+from workers.states import ErrorKind, JobState
 from workers.uploads import LocalFileGone, local_files, record_uploads, upload_all, with_urls
 from workers.work.context import Tally, WorkerContext
+from workers.work.summary import SKIPPED, MessageSummary, RowOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -115,25 +116,42 @@ def decide_upload(failure: UploadFailure) -> CreateDecision:
     return replace(decision, message=f"upload failed: {decision.message}")
 
 
-def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
-    """Create a PiAPI task for each job that is still due."""
+VERDICT_LABELS = {
+    CreateVerdict.CREATED: "created", CreateVerdict.AMBIGUOUS: "no answer (to reconcile)",
+    CreateVerdict.RETRY: "retry", CreateVerdict.ACCOUNT: "requeued (account refused)",
+    CreateVerdict.REJECTED: "rejected", CreateVerdict.PLAN: "rejected (plan)",
+}
+"""A verdict in a message's summary (what Flower shows as the task's result)."""
+TAKEN_BACK = RowOutcome("taken back while uploading")
+
+
+def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
+    """Create a PiAPI task for each job that is still due; what became of each row."""
     ids = list(job_ids)
     tally = Tally()
     freed = False
+    summary = MessageSummary()
     # No budget is spent here: the dispatcher took a token for each create it sent, so a
     # create never waits for one while its lease runs.
     try:
         claims = tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s)
-        freed = any(ctx.each(lambda claim: _create_one(ctx, claim, tally), claims))
+        done = ctx.each(lambda claim: _create_one(ctx, claim, tally), claims)
+        freed = any(frees for frees, _ in done)
         skipped = len(ids) - tally.requests
         if skipped > 0:
             ctx.count("submit_skipped", skipped)
+        for claim, (_, outcome) in zip(claims, done, strict=True):
+            summary.row(claim.job_id, claim.row_key, claim.batch_id)
+            summary.add(outcome)
+        summary.add(RowOutcome(SKIPPED), len(set(ids)) - len(claims))
     finally:
         tally.report(ctx, freed)
+    return summary
 
 
-def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
-    """POST one claimed job and record the answer; True when it frees a concurrency slot."""
+def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> tuple[bool, RowOutcome]:
+    """POST one claimed job and record the answer: whether it frees a concurrency slot,
+    and what became of the row."""
     tally.add(requests=1)
     hook: dict[str, str] = {}
     if ctx.webhooks is not None:
@@ -144,7 +162,7 @@ def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
         decision = decide_upload(exc)
     else:
         if sent is None:
-            return False  # taken back while uploading: not sent, and not ours to record
+            return False, TAKEN_BACK  # not sent, and not ours to record
         answer: CreateAnswer
         try:
             answer = ctx.client.create_task(claim.model, claim.task_type, sent,
@@ -154,8 +172,7 @@ def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> bool:
         decision = decide_create(answer)
     ctx.count(decision.verdict.value)
     tally.limited(decision.limit)
-    _record(ctx, claim, decision)
-    return decision.frees_slot
+    return decision.frees_slot, _record(ctx, claim, decision)
 
 
 def _upload(ctx: WorkerContext, claim: tr.Claim) -> dict[str, Any] | None:
@@ -171,8 +188,9 @@ def _upload(ctx: WorkerContext, claim: tr.Claim) -> dict[str, Any] | None:
     return with_urls(claim.input, urls)
 
 
-def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> None:
-    """Write one create's decision (waiting out a database restart: see `ctx.record`)."""
+def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> RowOutcome:
+    """Write one create's decision (waiting out a database restart: see `ctx.record`);
+    what became of the row."""
     if d.verdict is CreateVerdict.CREATED:
         view = d.view
         assert view is not None
@@ -189,8 +207,11 @@ def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> None:
         retry_at = now + ctx.backoff(claim.tries + 1, d.retry_after_s)
         logger.info("job %s: create refused, retry in %.1fs: %s", claim.job_id,
                     retry_at - now, d.message)
-        ctx.record(lambda: tr.record_create_retry(ctx.engine, claim, now, retry_at,
-                                                  d.message, ctx.max_tries))
+        state = ctx.record(lambda: tr.record_create_retry(ctx.engine, claim, now, retry_at,
+                                                          d.message, ctx.max_tries))
+        if state is JobState.FAILED:
+            return RowOutcome("failed (retries used up)")
+        return RowOutcome(VERDICT_LABELS[d.verdict], retry_at - now)
     elif d.verdict is CreateVerdict.ACCOUNT:
         ctx.record(lambda: tr.record_create_requeued(ctx.engine, claim, ctx.clock(),
                                                      d.message))
@@ -202,3 +223,4 @@ def _record(ctx: WorkerContext, claim: tr.Claim, d: CreateDecision) -> None:
         logger.info("job %s: create rejected: %s", claim.job_id, d.message)
         ctx.record(lambda: tr.record_create_rejected(ctx.engine, claim, ctx.clock(),
                                                      ErrorKind.INPUT, d.message))
+    return RowOutcome(VERDICT_LABELS[d.verdict])

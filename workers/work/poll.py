@@ -35,6 +35,7 @@ from workers.piapi import (
 from workers.retry import FailureClass, classify_failure
 from workers.states import AttemptState, ErrorKind
 from workers.work.context import Tally, WorkerContext
+from workers.work.summary import MessageSummary, of_polls
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +93,19 @@ class PollDecision:
 ASK_CANCEL = PollDecision(None)
 
 
-def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> None:
-    """GET each running job's task, then record every outcome in one transaction."""
+def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
+    """GET each running job's task, then record every outcome in one transaction; what
+    became of each row."""
     tally = Tally()
     freed = 0
+    ids = set(job_ids)
     try:
-        targets = tr.load_poll_targets(ctx.engine, job_ids)
+        targets = tr.load_poll_targets(ctx.engine, ids)
         outcomes = ctx.each(lambda target: _poll_one(ctx, target, tally), targets)
         freed = ctx.record(lambda: tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock()))
     finally:
         tally.report(ctx, freed > 0)
+    return of_polls(targets, outcomes, len(ids), ctx.clock())
 
 
 def _poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: Tally) -> tr.PollOutcome:
