@@ -96,10 +96,12 @@ class PassResult:
     flight instead (`workers.transitions.reuse`): their slots are still free."""
 
 
-def batch_label(leased: leases.Leased, part: Sequence[int]) -> str | list[str]:
-    """The batch a message's ids belong to, or the list of them when it spans batches."""
-    found = list(dict.fromkeys(leased[i] for i in part))
-    return found[0] if len(found) == 1 else found
+def by_batch(leased: leases.Leased) -> dict[str, list[int]]:
+    """The leased ids grouped by their batch, in lease order."""
+    groups: dict[str, list[int]] = {}
+    for job_id, batch in leased.items():
+        groups.setdefault(batch, []).append(job_id)
+    return groups
 
 
 def chunks(ids: Sequence[int], size: int, spread: int) -> list[list[int]]:
@@ -360,10 +362,12 @@ class Dispatcher:
         return leased, found
 
     def _send(self, task: str, queue: str, leased: leases.Leased) -> None:
-        """The leased ids as messages `[[ids], batch]` (`batch_label`); chunked as before,
-        so naming the batch adds no message."""
-        for part in chunks(list(leased), self.batch_size, self.spread):
-            self.app.send_task(task, args=[part, batch_label(leased, part)], queue=queue)
+        """The leased ids as messages `[[ids], batch]`, one batch per message so that
+        Flower's `args:<batch>` search and the message's summary speak of one batch (a pass
+        that leases rows of several batches sends at most one more message per batch)."""
+        for batch, ids in by_batch(leased).items():
+            for part in chunks(ids, self.batch_size, self.spread):
+                self.app.send_task(task, args=[part, batch], queue=queue)
 
     # --- the loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
