@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from workers import stuck
 from workers.piapi import InvalidRequest, NotFound, Outcome, PiAPIError, RateLimited, TaskView
 from workers.transitions import watch as tw
-from workers.work import Tally, WorkerContext
+from workers.work import Tally, WorkerContext, reported
 from workers.work.summary import MessageSummary, RowOutcome
 
 logger = logging.getLogger(__name__)
@@ -27,20 +27,16 @@ BUSY_RETRY_S = 1.0
 
 def watch_tasks(ctx: WorkerContext, attempt_ids: Iterable[int]) -> MessageSummary:
     """Look at each watched task once and record what became of it (and say so)."""
-    tally = Tally()
-    freed = False
     summary = MessageSummary()
     ids = set(attempt_ids)
-    try:
+    with reported(ctx) as tally:
         targets = tw.load_watch_targets(ctx.engine, ids)
         ended = ctx.each(lambda target: look(ctx, target, tally), targets)
-        freed = any(ended)
+        tally.freed = any(ended)
         for target, stopped in zip(targets, ended, strict=True):
-            summary.row(target.job_id, target.row_key)
-            summary.add(RowOutcome("watch ended" if stopped else "still watched"))
+            summary.row(target.job_id, target.row_key, None,
+                        RowOutcome("watch ended" if stopped else "still watched"))
         summary.add(RowOutcome("skipped (not watched)"), len(ids) - len(targets))
-    finally:
-        tally.report(ctx, freed)
     return summary
 
 

@@ -17,14 +17,7 @@ import redis
 
 from scheduler.flower_cmd import NO_RUN
 from tests.helpers import REPO, MakeEmulator, Spawn, free_port, stop_process, wait_until
-from tests.integration.e2e import (
-    caption_rows,
-    finish,
-    piapi_bulk,
-    run_env,
-    start_run,
-    write_jsonl,
-)
+from tests.integration import e2e
 from workers.app import POLL_TASK, SUBMIT_TASK
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,6 +34,19 @@ def worker(redis_url: str, sqlite_url: str, make_emulator: MakeEmulator,
            "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
     spawn(env, "worker", "--concurrency", "2", log="worker.log")
     return env
+
+
+def _flower_and_fleet(spawn: Spawn, env: dict[str, str]) -> str:
+    """Flower on a free port, then a worker and a dispatcher on the same Redis; Flower's
+    base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    _flower(spawn, env, port)
+    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+               what="Flower's page")
+    for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
+        spawn(env, *args, log="fleet.log")
+    return base
 
 
 def _flower(spawn: Spawn, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -78,15 +84,15 @@ def test_flower_with_basic_auth_refuses_anonymous(worker: dict[str, str], spawn:
 
 
 def test_flower_refuses_a_public_address_without_auth(tmp_path: Path, redis_url: str) -> None:
-    write_jsonl(tmp_path / "m.jsonl", caption_rows(1))
+    e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(1))
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
-    done = piapi_bulk(tmp_path, env, "flower", "--address", "0.0.0.0", timeout_s=30)
+    done = e2e.piapi_bulk(tmp_path, env, "flower", "--address", "0.0.0.0", timeout_s=30)
     assert done.returncode == 2 and "FLOWER_BASIC_AUTH" in done.stderr
 
 
 def test_flower_require_auth_refuses_to_start_without_it(tmp_path: Path, redis_url: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url}
-    done = piapi_bulk(tmp_path, env, "flower", "--require-auth", timeout_s=30)
+    done = e2e.piapi_bulk(tmp_path, env, "flower", "--require-auth", timeout_s=30)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "FLOWER_BASIC_AUTH" in done.stderr
 
@@ -99,15 +105,9 @@ def test_flower_task_view_never_shows_the_api_key(tmp_path: Path, redis_url: str
     emu = make_emulator("--time-scale", "0.02", api_key=key)
     env = {**os.environ, "PIAPI_API_KEY": key, "PIAPI_BASE_URL": emu.url,
            "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
-    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(10))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    _flower(spawn, env, port)
-    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
-               what="Flower's page")
-    for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
-        spawn(env, *args, log="fleet.log")
-    submitted = piapi_bulk(tmp_path, env, "submit", str(manifest))
+    manifest = e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(10))
+    base = _flower_and_fleet(spawn, env)
+    submitted = e2e.piapi_bulk(tmp_path, env, "submit", str(manifest))
     assert submitted.returncode == 0, submitted.stderr
 
     def succeeded_tasks() -> dict[str, Any]:
@@ -136,17 +136,11 @@ def test_flower_search_finds_one_batch_by_its_id(tmp_path: Path, redis_url: str,
     emu = make_emulator("--time-scale", "0.02")
     env = {**os.environ, "PIAPI_API_KEY": emu.api_key, "PIAPI_BASE_URL": emu.url,
            "REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "PYTHONPATH": str(REPO)}
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    _flower(spawn, env, port)
-    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
-               what="Flower's page")
-    for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
-        spawn(env, *args, log="fleet.log")
+    base = _flower_and_fleet(spawn, env)
     batches = []
     for prefix in ("cat", "dog"):
-        manifest = write_jsonl(tmp_path / f"{prefix}.jsonl", caption_rows(6, prefix=prefix))
-        done = piapi_bulk(tmp_path, env, "submit", str(manifest))
+        manifest = e2e.write_jsonl(tmp_path / f"{prefix}.jsonl", e2e.caption_rows(6, prefix=prefix))
+        done = e2e.piapi_bulk(tmp_path, env, "submit", str(manifest))
         assert done.returncode == 0, done.stderr
         batches.append(done.stdout.split()[-1])  # `submit` prints the batch id last
 
@@ -172,11 +166,11 @@ def test_flower_on_a_run_speaks_rows_and_ends_with_it(tmp_path: Path, sqlite_url
                                                       make_emulator: MakeEmulator,
                                                       spawn: Spawn) -> None:
     key = f"sk-live-{uuid.uuid4().hex}"
-    rows = caption_rows(50)
-    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    rows = e2e.caption_rows(50)
+    manifest = e2e.write_jsonl(tmp_path / "m.jsonl", rows)
     emu = make_emulator("--time-scale", "0.1", "--concurrency", "5", api_key=key)
-    env = run_env(tmp_path, emu, sqlite_url)
-    proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl")
+    env = e2e.run_env(tmp_path, emu, sqlite_url)
+    proc = e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl")
     url_file = tmp_path / "run" / "redis_url"
     wait_until(url_file.exists, 60, what="the run's private Redis")
     port = free_port()
@@ -220,7 +214,7 @@ def test_flower_on_a_run_speaks_rows_and_ends_with_it(tmp_path: Path, sqlite_url
         assert not [value for value in inputs if value in text]
 
     # The run ends, its Redis goes: Flower stops within seconds, one line, exit 0.
-    assert finish(proc, 240) == 0
+    assert e2e.finish(proc, 240) == 0
     assert wait_until(lambda: watcher.poll() is not None, 20, interval_s=0.2,
                       what="piapi-bulk flower to stop") is True
     assert watcher.returncode == 0
@@ -233,13 +227,13 @@ def test_flower_on_a_run_speaks_rows_and_ends_with_it(tmp_path: Path, sqlite_url
 def test_flower_without_a_run_says_so_in_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"PIAPI_BULK_RUN_DIR": str(tmp_path / "run"), "PYTHONPATH": str(REPO)})
-    done = piapi_bulk(tmp_path, env, "flower", timeout_s=30)
+    done = e2e.piapi_bulk(tmp_path, env, "flower", timeout_s=30)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"piapi-bulk: {NO_RUN}\n"
     # A run killed without cleaning up leaves its Redis URL behind: still no run here.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "redis_url").write_text(f"redis://127.0.0.1:{free_port()}/0\n")
-    done = piapi_bulk(tmp_path, env, "flower", timeout_s=30)
+    done = e2e.piapi_bulk(tmp_path, env, "flower", timeout_s=30)
     assert done.returncode == 2 and done.stderr == f"piapi-bulk: {NO_RUN}\n"
 
 
@@ -263,9 +257,9 @@ def test_a_message_of_the_old_name_and_shape_still_runs(tmp_path: Path, worker: 
     from workers.models import JOBS
 
     assert OLD_NAMES["piapi_bulk.submit"] == SUBMIT_TASK
-    manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(3))
+    manifest = e2e.write_jsonl(tmp_path / "m.jsonl", e2e.caption_rows(3))
     env = {k: v for k, v in worker.items() if k != "REDIS_URL"}
-    done = piapi_bulk(tmp_path, env, "submit", str(manifest))  # ingested; no dispatcher here
+    done = e2e.piapi_bulk(tmp_path, env, "submit", str(manifest))  # ingested; no dispatcher here
     assert done.returncode == 0, done.stderr
     engine = make_engine(sqlite_url)
 

@@ -29,7 +29,7 @@ from workers.reconcile.decide import (
     input_matches,
     model_matches,
 )
-from workers.work import Tally, WorkerContext
+from workers.work import Tally, WorkerContext, reported
 from workers.work.summary import MessageSummary, RowOutcome
 
 logger = logging.getLogger(__name__)
@@ -58,20 +58,16 @@ _findings_cache: tuple[float, account_findings.Findings | None] = (-1e18, None)
 
 def reconcile_jobs(ctx: WorkerContext, job_ids: list[int]) -> MessageSummary:
     """Settle each of these jobs that is still ambiguous; what became of each row."""
-    tally = Tally()
-    settled = False
     summary = MessageSummary()
     ids = set(job_ids)
-    try:
+    with reported(ctx) as tally:
         targets = amb.load_ambiguous(ctx.engine, ids)
         for target in targets:
             done = reconcile_one(ctx, target, tally)
-            settled |= done
-            summary.row(target.job_id, target.row_key, target.batch_id)
-            summary.add(RowOutcome("settled" if done else "still looked for"))
+            tally.freed |= done
+            summary.row(target.job_id, target.row_key, target.batch_id,
+                        RowOutcome("settled" if done else "still looked for"))
         summary.add(RowOutcome("skipped (not ambiguous)"), len(ids) - len(targets))
-    finally:
-        tally.report(ctx, settled)
     return summary
 
 

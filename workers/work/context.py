@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -118,6 +119,8 @@ class Tally:
     requests: int = 0
     rate_429: int = 0
     conc_429: int = 0
+    freed: bool = False
+    """The message freed a concurrency slot: the report wakes the dispatcher."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, requests: int = 0, rate_429: int = 0, conc_429: int = 0) -> None:
@@ -134,11 +137,22 @@ class Tally:
         elif scope is LimitScope.RATE:
             self.add(rate_429=1)
 
-    def report(self, ctx: WorkerContext, freed: bool) -> None:
+    def report(self, ctx: WorkerContext) -> None:
         """Tell the fleet, once per message; `freed` wakes the dispatcher for a free slot.
         The process's metered requests since the last report go along (every request is
         made inside a message that reports after it, so each is added once)."""
         if ctx.fleet is not None:
             metered = ctx.meter.drain() if ctx.meter is not None else ({}, {})
-            ctx.fleet.report(self.requests, self.rate_429, self.conc_429, wake=freed,
+            ctx.fleet.report(self.requests, self.rate_429, self.conc_429, wake=self.freed,
                              metered=metered)
+
+
+@contextlib.contextmanager
+def reported(ctx: WorkerContext) -> Iterator[Tally]:
+    """A message's `Tally`, reported to the fleet once when the message's work ends, also
+    when it raises (its requests happened either way)."""
+    tally = Tally()
+    try:
+        yield tally
+    finally:
+        tally.report(ctx)

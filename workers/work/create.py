@@ -31,7 +31,7 @@ from workers.piapi import (
 )
 from workers.states import ErrorKind, JobState
 from workers.uploads import LocalFileGone, local_files, record_uploads, upload_all, with_urls
-from workers.work.context import Tally, WorkerContext
+from workers.work.context import Tally, WorkerContext, reported
 from workers.work.summary import SKIPPED, MessageSummary, RowOutcome
 
 logger = logging.getLogger(__name__)
@@ -128,24 +128,19 @@ TAKEN_BACK = RowOutcome("taken back while uploading")
 def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
     """Create a PiAPI task for each job that is still due; what became of each row."""
     ids = list(job_ids)
-    tally = Tally()
-    freed = False
     summary = MessageSummary()
     # No budget is spent here: the dispatcher took a token for each create it sent, so a
     # create never waits for one while its lease runs.
-    try:
+    with reported(ctx) as tally:
         claims = tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s)
         done = ctx.each(lambda claim: _create_one(ctx, claim, tally), claims)
-        freed = any(frees for frees, _ in done)
+        tally.freed = any(frees for frees, _ in done)
         skipped = len(ids) - tally.requests
         if skipped > 0:
             ctx.count("submit_skipped", skipped)
         for claim, (_, outcome) in zip(claims, done, strict=True):
-            summary.row(claim.job_id, claim.row_key, claim.batch_id)
-            summary.add(outcome)
+            summary.row(claim.job_id, claim.row_key, claim.batch_id, outcome)
         summary.add(RowOutcome(SKIPPED), len(set(ids)) - len(claims))
-    finally:
-        tally.report(ctx, freed)
     return summary
 
 

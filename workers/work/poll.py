@@ -34,7 +34,7 @@ from workers.piapi import (
 )
 from workers.retry import FailureClass, classify_failure
 from workers.states import AttemptState, ErrorKind
-from workers.work.context import Tally, WorkerContext
+from workers.work.context import Tally, WorkerContext, reported
 from workers.work.summary import MessageSummary, of_polls
 
 logger = logging.getLogger(__name__)
@@ -96,15 +96,12 @@ ASK_CANCEL = PollDecision(None)
 def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
     """GET each running job's task, then record every outcome in one transaction; what
     became of each row."""
-    tally = Tally()
-    freed = 0
     ids = set(job_ids)
-    try:
+    with reported(ctx) as tally:
         targets = tr.load_poll_targets(ctx.engine, ids)
         outcomes = ctx.each(lambda target: _poll_one(ctx, target, tally), targets)
         freed = ctx.record(lambda: tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock()))
-    finally:
-        tally.report(ctx, freed > 0)
+        tally.freed = freed > 0
     return of_polls(targets, outcomes, len(ids), ctx.clock())
 
 

@@ -52,11 +52,15 @@ class MessageSummary:
     waits_s: dict[str, float] = field(default_factory=dict)
     usd: dict[str, float] = field(default_factory=dict)
 
-    def row(self, job_id: int, row_key: str, batch_id: str | None = None) -> None:
-        """Name one row of the message (and its batch, when known)."""
+    def row(self, job_id: int, row_key: str, batch_id: str | None = None,
+            outcome: RowOutcome | None = None) -> None:
+        """Name one row of the message (and its batch, when known; and what became of it,
+        when given)."""
         self.rows.append((job_id, row_key))
         if batch_id and batch_id not in self.batches:
             self.batches.append(batch_id)
+        if outcome is not None:
+            self.add(outcome)
 
     def add(self, outcome: RowOutcome, n: int = 1) -> None:
         """Count `n` rows with this outcome (`usd` is per row)."""
