@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,10 +88,10 @@ def where(url: str) -> str:
 def supervise(argv: list[str], env: dict[str, str], target: Target,
               say: Callable[[str], None]) -> int:
     """Run Flower until it exits, the run's Redis goes (exit 0) or Ctrl-C/SIGTERM (exit 0)."""
-    stop = threading.Event()
+    stop = Asked()
 
     def asked(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        stop.yes = True  # only a flag: a handler taking a lock could wait on itself
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, asked)
@@ -109,10 +108,20 @@ def supervise(argv: list[str], env: dict[str, str], target: Target,
             log.close()
 
 
-def _watch(child: subprocess.Popen[bytes], target: Target, stop: threading.Event,
+class Asked:
+    """Whether Ctrl-C or SIGTERM asked Flower to stop (set by the signal handler)."""
+
+    def __init__(self) -> None:
+        self.yes = False
+
+
+def _watch(child: subprocess.Popen[bytes], target: Target, stop: Asked,
            say: Callable[[str], None]) -> int:
     gone_since: float | None = None
-    while not stop.wait(PING_EVERY_S):
+    while not stop.yes:
+        time.sleep(PING_EVERY_S)
+        if stop.yes:
+            break
         code = child.poll()
         if code is not None:
             say(f"Flower exited with code {code}" + _log_hint(target))

@@ -62,10 +62,12 @@ def test_flower_lists_the_running_worker(tmp_path: Path, worker: dict[str, str],
                what="Flower's page")
 
     def listed() -> bool:
-        workers = httpx.get(base + "/api/workers", timeout=5).json()
-        return any(name.startswith("piapi-bulk-") for name in workers)
+        # refresh: Flower asks the workers again (its list is otherwise the one it made at
+        # start-up, before a worker slow to boot under load had answered).
+        got = httpx.get(base + "/api/workers", params={"refresh": "1"}, timeout=15)
+        return got.status_code == 200 and any(n.startswith("piapi-bulk-") for n in got.json())
 
-    wait_until(listed, 60, interval_s=0.5, what="the worker in /api/workers")
+    wait_until(listed, 120, interval_s=1.0, what="the worker in /api/workers")
     stop_process(proc)  # now, so that its log is complete
     log = (tmp_path / "flower.log").read_text()
     assert "127.0.0.1" in log or "Visit me" in log
