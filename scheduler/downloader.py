@@ -231,15 +231,18 @@ class Downloader:
         for line in notices:
             self.notify(line)
 
-    def finish(self) -> DownloadReport:
+    def finish(self, check: Callable[[], None] = lambda: None) -> DownloadReport:
         """Every row has ended: record their files (all of them, once more), fetch until
         each is stored or failed, and report. After a full disk, files not fetched fail
-        with that reason. Setting `stop` (a signal handler may) ends it early."""
+        with that reason. Setting `stop` ends it early; `check` is called once a turn and
+        may raise to end it (`run` passes its stop request's check: Ctrl-C while the last
+        files download)."""
         self._cursor = {b: (-math.inf, 0) for b in self.batch_ids}
         self._fed_at = -math.inf
         self._caught_up = False
         told = False
         while not self.stop.is_set():
+            check()
             if not self._caught_up:
                 self._fed_at = -math.inf  # nothing else to do: read on at once
             self.tick()

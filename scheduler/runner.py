@@ -320,7 +320,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                             ProgressWatch(engine, settings.stall_s, batches=served),
                             opts.concurrency or limit,
                             [stop.check, claims.renew, *([pool.tick] if pool else [])])
-            kept = pool.finish() if pool is not None else None  # the results list the files
+            kept = pool.finish(stop.check) if pool is not None else None  # results list files
             code = _finish(engine, result.batch_id, output, problem, console, opts.command,
                            started, opts.captions_as_sidecar)
             if pool is not None and kept is not None:

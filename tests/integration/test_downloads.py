@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from tests.helpers import Emulator, MakeEmulator, wait_until
 from tests.integration.e2e import (
+    count_state,
     finish,
     flux_rows,
     opened,
@@ -224,3 +225,23 @@ def test_download_later_fetches_a_finished_batch_once(
 
     usage = piapi_bulk(tmp_path, env, "download", "nope", "--to", "later")
     assert usage.returncode == 2 and usage.stderr.strip() == "piapi-bulk: no batch nope"
+
+
+def test_sigterm_while_the_last_files_download_ends_the_run(
+        tmp_path: Path, sqlite_url: str, make_emulator: MakeEmulator) -> None:
+    """Every row has ended and `run` waits for its files (the emulator holds them): SIGTERM
+    ends it as during the batch, exit 130 with the results written, not after the files."""
+    emu = _emulator(make_emulator, files_paused=True)
+    rows = flux_rows(6)
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    env = run_env(tmp_path, emu, sqlite_url)
+    proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--download", "kept")
+    wait_until(lambda: count_state(sqlite_url, "completed") == len(rows), 90,
+               what="every row completed")
+    wait_until(lambda: _served(emu)["waiting"] > 0, 30, what="fetches held at the emulator")
+    proc.send_signal(signal.SIGTERM)
+    code = finish(proc, 60)
+    out = (tmp_path / "run.out").read_text()
+    assert code == 130, out
+    assert "interrupted; 6 rows written to out.jsonl" in out and "Traceback" not in out
+    assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
