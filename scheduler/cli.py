@@ -109,6 +109,9 @@ ReuseOpt = Annotated[
                  "and input, in any batch) completed within PIAPI_BULK_REUSE_WINDOW_S takes "
                  "its task instead of paying again (default: on). Kept with the batch."),
 ]
+ManifestArg = Annotated[
+    Path, typer.Argument(help="CSV or JSONL manifest (may be gzipped), or a folder of images.")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", metavar="KEY=VALUE", help="An input field for every row "
@@ -159,8 +162,7 @@ def _secrets(settings: Settings) -> list[str]:
 
 @app.command()
 def run(
-    manifest: Annotated[Path, typer.Argument(
-        help="CSV or JSONL manifest (may be gzipped), or a folder of images.")],
+    manifest: ManifestArg,
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
     output: Annotated[Path | None, typer.Option("-o", "--output",
@@ -254,8 +256,7 @@ def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: 
 
 @app.command("estimate")
 def estimate_cmd(
-    manifest: Annotated[Path, typer.Argument(
-        help="CSV or JSONL manifest (may be gzipped), or a folder of images.")],
+    manifest: ManifestArg,
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
     strict: StrictOpt = False,
@@ -272,8 +273,7 @@ def estimate_cmd(
 
 @app.command()
 def submit(
-    manifest: Annotated[Path, typer.Argument(
-        help="CSV or JSONL manifest (may be gzipped), or a folder of images.")],
+    manifest: ManifestArg,
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
     concurrency: ConcurrencyOpt = None,
