@@ -5,6 +5,8 @@ order a request flows through them:
 
 - `cli` / `__main__`: the `emulator` command; builds an `EmulatorConfig`, serves with uvicorn.
 - `config`: `EmulatorConfig`, every setting with its default.
+- `latency`: the network between client and emulator (an async delay, half before
+  handling, half before the answer), when `--latency-ms` asks for one.
 - `app`: `create_app(config)`; PiAPI routes behind auth, edge faults and the rate limit.
 - `control_api`: the unauthenticated `/_emulator/` API (stats, ledger, files, config, reset).
 - `runtime`: wires the parts together and runs the timer that drives state changes.

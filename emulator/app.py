@@ -10,6 +10,7 @@ import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,6 +20,7 @@ from emulator.config import EmulatorConfig
 from emulator.control_api import control_routes
 from emulator.engine import OutOfBalance, OverLimit
 from emulator.history import HistoryQuery
+from emulator.latency import NetworkLatency
 from emulator.responses import (
     GENERIC_FAILURE,
     JSON,
@@ -227,6 +229,9 @@ def create_app(config: EmulatorConfig | None = None, clock: Clock | None = None)
         yield
         await rt.aclose()
 
-    app = Starlette(routes=[*Api(rt).routes(), *control_routes(rt)], lifespan=lifespan)
+    app = Starlette(
+        routes=[*Api(rt).routes(), *control_routes(rt)], lifespan=lifespan,
+        middleware=[Middleware(NetworkLatency, config=rt.config, rng=rt.latency_rng)],
+    )
     app.state.runtime = rt
     return app

@@ -10,7 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from emulator.app import create_app
-from emulator.config import EmulatorConfig, parse_duration_override
+from emulator.config import EmulatorConfig, parse_duration_override, parse_latency_ms
 
 LISTEN_BACKLOG = 2048
 GRACEFUL_SHUTDOWN_S = 2
@@ -32,6 +32,17 @@ def _durations(overrides: list[str]) -> dict[str, tuple[float, float]]:
         return dict(parse_duration_override(text) for text in overrides)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--duration") from exc
+
+
+def _latency(option: str, text: str | None) -> tuple[float, float] | None:
+    """`MEAN[:JITTER]` ms as seconds; a bad value ends the command with one line, exit 2."""
+    if text is None:
+        return None
+    try:
+        return parse_latency_ms(text)
+    except ValueError as exc:
+        typer.echo(f"emulator: {option}: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def emulator_command(
@@ -64,7 +75,15 @@ def emulator_command(
     fault_fail: float = typer.Option(0.0, help="Probability a task fails transiently."),
     fault_fail_credits: float = typer.Option(
         0.0, help="Probability a task fails \"doesn't have enough credits\" (provider pool)."),
-    create_latency_s: float = typer.Option(0.0, help="Seconds before create answers."),
+    create_latency_s: float = typer.Option(
+        0.0, help="Server seconds between creating a task and answering (not network)."),
+    latency_ms: str = typer.Option(
+        "0", metavar="MEAN[:JITTER]", help="Network delay of every API request in real ms "
+        "(not time-scaled), uniform in [MEAN-JITTER, MEAN+JITTER] clamped at 0, seeded by "
+        "--seed; half before handling, half before the answer. Not the /_emulator/ API."),
+    create_latency_ms: str | None = typer.Option(
+        None, metavar="MEAN[:JITTER]", help="The same for creates (POST /api/v1/task), "
+        "instead of --latency-ms (default: --latency-ms)."),
     webhook_loss: float = typer.Option(0.0, help="Probability a webhook is dropped."),
     webhook_duplicate: float = typer.Option(0.0, help="Probability a webhook is sent twice."),
     history_shape: str = typer.Option(
@@ -90,6 +109,8 @@ def emulator_command(
     log_level: str = typer.Option("warning", help="Log level (debug, info, warning...)."),
 ) -> None:
     """Run the PiAPI emulator on loopback until interrupted."""
+    network_latency_s = _latency("--latency-ms", latency_ms) or (0.0, 0.0)
+    network_create_latency_s = _latency("--create-latency-ms", create_latency_ms)
     try:
         config = EmulatorConfig(
             port=port, host=host, time_scale=time_scale, concurrency=concurrency,
@@ -100,6 +121,8 @@ def emulator_command(
             hang_s=hang_s, fault_stuck=fault_stuck, stuck_timeout_factor=stuck_timeout_factor,
             fault_stuck_processing=fault_stuck_processing, fault_fail=fault_fail,
             fault_fail_credits=fault_fail_credits, create_latency_s=create_latency_s,
+            network_latency_s=network_latency_s,
+            network_create_latency_s=network_create_latency_s,
             webhook_loss=webhook_loss, webhook_duplicate=webhook_duplicate,
             history_shape=history_shape, history_model_filter=history_model_filter,
             history_lag_s=history_lag_s, history_lists_pending=history_lists_pending,

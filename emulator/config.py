@@ -3,6 +3,7 @@ and answer the least generous way its docs allow (more generous answers are opti
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Literal
 
@@ -106,7 +107,25 @@ class EmulatorConfig(BaseModel):
     fault_fail_credits: Probability = _prob(
         "Task ends failed: the provider pool \"doesn't have enough credits\" (error and logs)."
     )
-    create_latency_s: float = Field(0.0, ge=0.0, description="Real seconds before create answers.")
+    create_latency_s: float = Field(
+        0.0, ge=0.0, description=(
+            "Real seconds the server takes between creating a task and answering (server "
+            "time, all of it after the create; network_create_latency_s is the network)."
+        ),
+    )
+
+    # network (emulator.latency): real wall time, not scaled by time_scale
+    network_latency_s: tuple[float, float] = Field(
+        (0.0, 0.0), description=(
+            "(mean, jitter) real seconds of network delay on every API request: uniform in "
+            "[mean - jitter, mean + jitter] clamped at 0, half before handling, half before "
+            "the answer; the control API is not delayed."
+        ),
+    )
+    network_create_latency_s: tuple[float, float] | None = Field(
+        None, description="(mean, jitter) for creates (POST /api/v1/task) instead; None = "
+        "network_latency_s.",
+    )
     upload_fail_first: int = Field(
         0, ge=0, description="Answer the first N uploads (/api/ephemeral_resource) 503."
     )
@@ -210,6 +229,15 @@ class EmulatorConfig(BaseModel):
             merged[family] = (low, high)
         return merged
 
+    @field_validator("network_latency_s", "network_create_latency_s")
+    @classmethod
+    def _check_latency(
+        cls, value: tuple[float, float] | None
+    ) -> tuple[float, float] | None:
+        if value is not None and not all(math.isfinite(v) and v >= 0 for v in value):
+            raise ValueError("latency mean and jitter must be finite numbers >= 0")
+        return value
+
     @field_validator("queue_wait_fraction")
     @classmethod
     def _check_wait(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -237,3 +265,15 @@ def parse_duration_override(text: str) -> tuple[str, tuple[float, float]]:
     if not sep or not sep2:
         raise ValueError(f"expected FAMILY=MIN:MAX, got {text!r}")
     return family.strip().lower(), (float(low), float(high))
+
+
+def parse_latency_ms(text: str) -> tuple[float, float]:
+    """Parse `MEAN[:JITTER]` in milliseconds, e.g. `150:50`, into seconds (0.15, 0.05)."""
+    mean, _, jitter = text.partition(":")
+    try:
+        values = (float(mean), float(jitter or 0))
+    except ValueError:
+        values = (math.nan, math.nan)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"expected MEAN[:JITTER] in ms, numbers >= 0, got {text!r}")
+    return values[0] / 1000, values[1] / 1000

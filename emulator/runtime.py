@@ -35,7 +35,8 @@ def base_url_for(config: EmulatorConfig) -> str:
 
 
 class Runtime:
-    """Owns config, clock, counters, random streams, engine, limiter, webhooks and the timer."""
+    """Owns config, clock, counters, random streams (tasks, faults, network latency), engine,
+    limiter, webhooks and the timer."""
 
     def __init__(self, config: EmulatorConfig, clock: Clock | None = None) -> None:
         self.config = config
@@ -43,6 +44,7 @@ class Runtime:
         self.counters = Counters()
         self.task_rng = random.Random()
         self.fault_rng = random.Random()
+        self.latency_rng = random.Random()
         self._seed()
         self.faults = FaultInjector(config, self.counters, self.fault_rng)
         self.engine = Engine(config, self.clock, self.faults, self.task_rng, base_url_for(config))
@@ -58,6 +60,7 @@ class Runtime:
         self.task_rng.seed(seed)
         # A separate stream for faults, so fault rates do not change task durations.
         self.fault_rng.seed(None if seed is None else f"faults-{seed}")
+        self.latency_rng.seed(None if seed is None else f"latency-{seed}")
 
     def poke(self) -> None:
         """Hand queued webhook events to the sender and arm the timer for the next event."""

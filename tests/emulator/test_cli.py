@@ -108,3 +108,27 @@ def test_bad_issue9_options_exit_with_usage_error(args: list[str]) -> None:
     app = typer.Typer()
     app.command()(emulator_command)
     assert CliRunner().invoke(app, ["--port", "0", *args]).exit_code == 2
+
+
+def test_latency_options_are_ms_on_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config_from(["--latency-ms", "150:50", "--create-latency-ms", "1000:500"],
+                          monkeypatch)
+    assert config.network_latency_s == pytest.approx((0.15, 0.05))
+    assert config.network_create_latency_s == pytest.approx((1.0, 0.5))
+    config = _config_from(["--latency-ms", "80"], monkeypatch)
+    assert config.network_latency_s == pytest.approx((0.08, 0.0))
+    assert config.network_create_latency_s is None  # creates get --latency-ms
+
+
+@pytest.mark.parametrize(
+    "args", [["--latency-ms", "fast"], ["--latency-ms", "-5"], ["--create-latency-ms", "1:2:3"]],
+)
+def test_a_bad_latency_option_is_one_line_and_exit_2(args: list[str]) -> None:
+    import typer
+
+    app = typer.Typer()
+    app.command()(emulator_command)
+    result = CliRunner().invoke(app, ["--port", "0", *args])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"emulator: {args[0]}: expected MEAN[:JITTER] in ms, numbers >= 0, got {args[1]!r}"]
