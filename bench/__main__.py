@@ -1,7 +1,7 @@
 """`python -m bench`: run the scenarios, write bench/results/<UTC stamp>.json and latest.json,
 print a short table.
 
-    python -m bench [--scenarios 1,2,3,4,5,6] [--db sqlite,postgresql] [--quick]
+    python -m bench [--scenarios 1,2,3,4,5,6,8,9] [--db sqlite,postgresql] [--quick]
                     [--out bench/results] [--workers 2] [--worker-threads 16] [--keep-logs]
                     [--at REV]
 
@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import report
 from bench.headroom import s3_headroom
+from bench.latency import latency_scenario
 from bench.procs import REPO, command_exists, command_output, measure_rev, pg_reachable, source
 from bench.ratelimit import s6_rate_limit
 from bench.runs import Ctx
@@ -41,14 +42,14 @@ from bench.scenarios import (
 )
 from bench.services import our_env
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 8, 9)
 DBS = ("sqlite", "postgresql")
 API_KEY = "bench-key-not-a-secret-0123456789"
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated, e.g. 1,5")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,8,9", help="comma-separated, e.g. 1,5")
     p.add_argument("--db", default="sqlite,postgresql", help="sqlite,postgresql")
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -160,6 +161,10 @@ def _plan_steps(env: Env, chosen: set[int]) -> list[tuple[str, Any]]:
         steps.append(("4", lambda: s4_ingest(env)))
     if 6 in chosen:
         steps.append(("6", lambda: s6_rate_limit(env)))
+    if 8 in chosen:
+        steps.append(("8", lambda: latency_scenario(env, 8)))
+    if 9 in chosen:
+        steps.append(("9", lambda: latency_scenario(env, 9)))
     return steps
 
 
@@ -172,7 +177,7 @@ def _env(args: argparse.Namespace, workdir: Path) -> Env:
         if problem:
             skipped["postgresql"] = f"PostgreSQL unreachable ({problem})"
     webhooks = False
-    if 2 in args.scenario_set:
+    if args.scenario_set & {2, 8}:  # the scenarios with webhook variants
         env = our_env(api_key=API_KEY, base_url="http://127.0.0.1:9", database_url="sqlite://",
                       redis_url=None, run_dir=workdir, extra={})
         webhooks = command_exists(env, "webhook")

@@ -118,18 +118,23 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _load_section(runs: list[dict[str, Any]]) -> list[str]:
+LOAD_TITLE = "Scenarios 1, 2 and 5 (✓/✗ vs target; xR = this figure / the baseline's)"
+LATENCY_TITLE = ("Scenarios 8 and 9: 1 with latency, 150 ± 50 ms a request, creates 1 ± 0.5 s "
+                 "(8: webhooks; 9: no completion signal; xR = / the baseline's)")
+
+
+def _load_section(runs: list[dict[str, Any]], scenarios: tuple[str, ...] = (
+        "s1_captions", "s2_video"), title: str = LOAD_TITLE) -> list[str]:
     rows = []
     for run in runs:
-        if run["scenario"] in ("s1_captions", "s2_video"):
+        if run["scenario"] in scenarios:
             rows.append([_name(run), _status(run), *_load_row(run),
                          _fmt((run.get("figures") or {}).get("makespan_s"), "{:.1f}"),
                          _short(run)])
     if not rows:
         return []
     headers = ["run", "verdict", *(h for h, _, _ in LOAD_COLUMNS), "makespan s", "note"]
-    return ["Scenarios 1, 2 and 5 (✓/✗ vs target; xR = this figure / the baseline's)",
-            *_table(headers, rows), ""]
+    return [title, *_table(headers, rows), ""]
 
 
 def _section(runs: list[dict[str, Any]], scenario: str, title: str,
@@ -198,6 +203,7 @@ def table(doc: dict[str, Any]) -> str:
     lines = [head, "", *_load_section(runs)]
     for scenario, title, line in SECTIONS:
         lines += _section(runs, scenario, title, line)
+    lines += _load_section(runs, ("s8_latency_signal", "s9_latency_polling"), LATENCY_TITLE)
     s = doc.get("summary", {})
     lines.append(f"targets: {s.get('checks_passed', 0)} passed, {s.get('checks_failed', 0)} "
                  f"failed, {s.get('checks_unjudged', 0)} not judged · runs not ok: "

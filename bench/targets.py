@@ -59,6 +59,10 @@ S3 = (Target("sustained_rows_per_s", ">=", 300.0),)
 S3_STEP = Target("steady_utilization", ">=", 0.95, "a step counts as kept up with at >= 95%")
 S4_PG = (Target("ingest_s", "<", 60.0), Target("peak_rss_mb", "<", 300.0))
 S4_SQLITE = (Target("peak_rss_mb", "<", 300.0),)
+S8 = (Target("utilization", ">=", 0.95), Target("gets_per_task", "<=", 1.3))
+"""Scenario 8: latency (150 ms, creates 1 s) with a completion signal."""
+S9 = (Target("utilization", ">=", 0.90), Target("gets_per_task", "<=", 3.0))
+"""Scenario 9: the same latency, no completion signal."""
 S6_CORRECT = (Target("http_429", "==", 0.0, "PIAPI_RPM equal to the emulator's --rpm"),)
 S6_WRONG = (Target("settled_by_s", "<=", 60.0,
                    "PIAPI_RPM = 2x the emulator's: every 10 s window from then on < 1% 429s"),)

@@ -44,3 +44,17 @@ def test_table_renders_a_run() -> None:
                     "machine": {"nproc": 2}, "duration_s": 60}, "runs": [run], "summary": {}}
     text = report.table(doc)
     assert "s1 sqlite" in text and "50.0%✗ x2.00" in text
+
+
+def test_latency_scenarios_render_and_the_baseline_outwaits_the_slowest_create() -> None:
+    from bench import baseline, latency
+
+    assert latency.CREATE_LATENCY_MAX_S < baseline.TIMEOUT_S
+    runs = [{"scenario": name, "variant": variant, "db": "sqlite", "status": "ok",
+             "verdict": "pass", "figures": {"utilization": 0.96, "gets_per_task": 1.1},
+             "checks": []} for name, variant in latency.SCENARIOS.values()]
+    doc = {"meta": {"quick": True, "started_at": "now", "version": {"git_commit": "abc"},
+                    "machine": {"nproc": 2}, "duration_s": 60}, "runs": runs, "summary": {}}
+    text = report.table(doc)
+    assert "Scenarios 8 and 9" in text
+    assert "s8 webhooks sqlite" in text and "s9 polling sqlite" in text
