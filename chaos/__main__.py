@@ -3,6 +3,7 @@ stdout and in chaos/results/<UTC stamp>.json (and latest.json).
 
     python -m chaos [--rows 3000] [--duration-limit 600] [--quick] [--seed 7]
                     [--out chaos/results] [--keep-logs] [--at REV]
+                    [--latency-ms MEAN[:JITTER]]
 
 Exit code 0 when every check passed, 1 when one failed (or the run did not finish), 2 when
 the run cannot be made here (one line on stderr), 130 when interrupted.
@@ -31,6 +32,16 @@ from chaos import checks, report
 from chaos.pg import PgUnavailable, preflight
 from chaos.plan import FAULTS, FULL, QUICK, Plan
 from chaos.run import Outcome, run
+from emulator.config import parse_latency_ms
+
+
+def _latency(text: str) -> str:
+    """`MEAN[:JITTER]` in ms, checked as the emulator checks it."""
+    try:
+        parse_latency_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +56,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-logs", action="store_true", help="keep the logs of a passing run")
     p.add_argument("--at", metavar="REV", help="run commit REV (a `git archive` of it) instead "
                    "of the working tree, which others may be editing")
+    p.add_argument("--latency-ms", type=_latency, metavar="MEAN[:JITTER]",
+                   help="network delay of every request to the emulator, in ms, e.g. 100:50 "
+                   "(default: none)")
     args = p.parse_args(argv)
     if (args.rows is not None and args.rows < 1) or args.duration_limit < 60:
         p.error("--rows must be positive and --duration-limit at least 60")
@@ -133,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     """One chaos run; the exit code (see the module docstring)."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else FULL
-    plan = replace(plan, rows=args.rows or plan.rows, duration_limit_s=args.duration_limit)
+    plan = replace(plan, rows=args.rows or plan.rows, duration_limit_s=args.duration_limit,
+                   latency_ms=args.latency_ms)
     if shutil.which("redis-server") is None:
         print("chaos: redis-server is not installed (make install-redis)", file=sys.stderr)
         return 2
@@ -147,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     workdir = Path(tempfile.mkdtemp(prefix="piapi-chaos-"))
     args.at_commit = measure_rev(args.at, workdir, "chaos") if args.at else None
-    print(f"[chaos] {plan.rows} rows, C={plan.concurrency}, limit {plan.duration_limit_s:.0f} s, "
-          f"work dir {workdir}", file=sys.stderr, flush=True)
+    network = f", latency {plan.latency_ms} ms" if plan.latency_ms else ""
+    print(f"[chaos] {plan.rows} rows, C={plan.concurrency}, limit {plan.duration_limit_s:.0f} s"
+          f"{network}, work dir {workdir}", file=sys.stderr, flush=True)
     try:
         out, _ = run(plan, args.seed, workdir, began + plan.duration_limit_s)
     except KeyboardInterrupt:

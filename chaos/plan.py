@@ -68,6 +68,9 @@ class Plan:
     """After every row is terminal, how long to wait for the emulator's in-flight to drain
     (a task we lost track of would still be running there)."""
     fleet_env: dict[str, str] = field(default_factory=lambda: dict(FLEET_ENV))
+    latency_ms: str | None = None
+    """The emulator's --latency-ms MEAN[:JITTER] (a network on every request, creates
+    included); None: loopback as it is."""
 
     def emulator_args(self, seed: int) -> list[str]:
         """The emulator's options: account, time scale, durations and every fault."""
@@ -77,6 +80,8 @@ class Plan:
                 "--stuck-timeout-factor", repr(self.stuck_timeout_factor)]
         for flag, value in FAULTS.items():
             args += [flag, value]
+        if self.latency_ms is not None:
+            args += ["--latency-ms", self.latency_ms]
         return args
 
     def to_json(self) -> dict[str, Any]:
