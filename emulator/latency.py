@@ -11,10 +11,11 @@ stream seeded by `seed` (runs repeat), and spends it in two halves:
 - half before the answer's first byte goes out: the answer travelling. A client that times
   out then has a task created whose answer it never saw: an ambiguous create.
 
-The delay is real wall time, not scaled by `time_scale`: it models the network, not the
-task. Both halves are `asyncio.sleep`s, so any number of requests wait at once without a
-thread each. The control API (`/_emulator/...`) is not delayed: tests and harnesses observe
-the emulator, they are not its clients.
+Webhooks cross the same network: each delivery attempt first waits half a draw of the
+request range (one way). The delay is real wall time, not scaled by `time_scale`: it models
+the network, not the task. Both halves are `asyncio.sleep`s, so any number of requests wait
+at once without a thread each. The control API (`/_emulator/...`) is not delayed: tests and
+harnesses observe the emulator, they are not its clients.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from emulator.counters import Counters
 from emulator.engine import Engine
 from emulator.faults import FaultInjector
 from emulator.files import Files
+from emulator.latency import draw_delay_s
 from emulator.ratelimit import RateLimiter
 from emulator.uploads import UploadStore
 from emulator.webhooks import WebhookSender
@@ -49,7 +50,7 @@ class Runtime:
         self.faults = FaultInjector(config, self.counters, self.fault_rng)
         self.engine = Engine(config, self.clock, self.faults, self.task_rng, base_url_for(config))
         self.limiter = RateLimiter(config, self.clock)
-        self.webhooks = WebhookSender(config, self.counters, self.faults)
+        self.webhooks = WebhookSender(config, self.counters, self.faults, self._one_way_s)
         self.uploads = UploadStore()
         self.files = Files(config)
         self._timer: asyncio.TimerHandle | None = None
@@ -61,6 +62,10 @@ class Runtime:
         # A separate stream for faults, so fault rates do not change task durations.
         self.fault_rng.seed(None if seed is None else f"faults-{seed}")
         self.latency_rng.seed(None if seed is None else f"latency-{seed}")
+
+    def _one_way_s(self) -> float:
+        """Half a network round trip (emulator.latency): how long a webhook travels."""
+        return draw_delay_s(self.config.network_latency_s, self.latency_rng) / 2
 
     def poke(self) -> None:
         """Hand queued webhook events to the sender and arm the timer for the next event."""

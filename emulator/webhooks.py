@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import httpx
 
@@ -31,10 +32,13 @@ def is_loopback_url(url: str) -> bool:
 class WebhookSender:
     """Posts webhook events in background tasks; counts sent, failed, skipped, attempts."""
 
-    def __init__(self, config: EmulatorConfig, counters: Counters, faults: FaultInjector) -> None:
+    def __init__(self, config: EmulatorConfig, counters: Counters, faults: FaultInjector,
+                 network_delay_s: Callable[[], float] = lambda: 0.0) -> None:
         self.config = config
         self.counters = counters
         self.faults = faults
+        self.network_delay_s = network_delay_s
+        """One way across the network (emulator.latency), waited before each attempt."""
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -65,6 +69,9 @@ class WebhookSender:
         for attempt in range(self.config.webhook_retries + 1):
             if attempt:
                 await asyncio.sleep(interval_s)
+            delay_s = self.network_delay_s()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
             self.counters.webhooks["attempts"] += 1
             try:
                 response = await self._client.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -130,6 +131,8 @@ class Receiver:
 
     def __init__(self, statuses: list[int] | None = None) -> None:
         self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.arrived: list[float] = []
+        """The wall time each POST arrived, beside `received`."""
         self.statuses = list(statuses or [])
         self.lock = threading.Lock()
         receiver = self
@@ -140,6 +143,7 @@ class Receiver:
                 with receiver.lock:
                     receiver.received.append((
                         {k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+                    receiver.arrived.append(time.time())
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
                 self.send_header("content-length", "0")

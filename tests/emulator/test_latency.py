@@ -13,7 +13,7 @@ import pytest
 
 from emulator.config import EmulatorConfig, parse_latency_ms
 from emulator.latency import draw_delay_s
-from tests.emulator.conftest import LIVE_KEY, Live, joy
+from tests.emulator.conftest import LIVE_KEY, Live, Receiver, joy
 from tests.helpers import wait_until
 
 
@@ -133,3 +133,13 @@ def test_two_delayed_requests_are_handled_at_the_same_time(live: Live) -> None:
     first_answer = min(ended for _, ended in spans.values())
     assert max(created) < first_answer
     assert all(started < first_answer for started, _ in spans.values())
+
+
+@pytest.mark.integration  # the live emulator
+def test_webhooks_cross_the_network_one_way(live: Live, receiver: Receiver) -> None:
+    live.configure(network_latency_s=[0.8, 0.0], webhook_events=["completed"])
+    hook = {"webhook_config": {"endpoint": receiver.url, "secret": "s"}}
+    live.create({**joy(), "config": hook})
+    wait_until(lambda: len(receiver.events()) == 1, timeout_s=20, what="the completed webhook")
+    (_, event), arrived = receiver.events()[0], receiver.arrived[0]
+    assert arrived - _unix(event["data"]["meta"]["ended_at"]) >= 0.4
