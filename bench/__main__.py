@@ -1,7 +1,7 @@
 """`python -m bench`: run the scenarios, write bench/results/<UTC stamp>.json and latest.json,
 print a short table.
 
-    python -m bench [--scenarios 1,2,3,4,5,6] [--db sqlite,postgresql] [--quick]
+    python -m bench [--scenarios 1,2,3,4,5,6,7] [--db sqlite,postgresql] [--quick]
                     [--out bench/results] [--workers 2] [--worker-threads 16] [--keep-logs]
                     [--at REV]
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.backlog import s7_backlog
 from bench.headroom import s3_headroom
 from bench.procs import REPO, command_exists, command_output, measure_rev, pg_reachable, source
 from bench.ratelimit import s6_rate_limit
@@ -41,14 +42,14 @@ from bench.scenarios import (
 )
 from bench.services import our_env
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
 DBS = ("sqlite", "postgresql")
 API_KEY = "bench-key-not-a-secret-0123456789"
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated, e.g. 1,5")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated, e.g. 1,5")
     p.add_argument("--db", default="sqlite,postgresql", help="sqlite,postgresql")
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -160,6 +161,8 @@ def _plan_steps(env: Env, chosen: set[int]) -> list[tuple[str, Any]]:
         steps.append(("4", lambda: s4_ingest(env)))
     if 6 in chosen:
         steps.append(("6", lambda: s6_rate_limit(env)))
+    if 7 in chosen:
+        steps.append(("7", lambda: s7_backlog(env)))
     return steps
 
 
