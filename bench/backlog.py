@@ -51,7 +51,7 @@ SELECT s.relname, s.indexrelname, pg_relation_size(s.indexrelid), s.idx_scan, s.
 FROM pg_stat_user_indexes s WHERE s.schemaname = 'public'
 """
 _OTHERS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-           "AND pid <> pg_backend_pid()")
+           "AND pid <> pg_backend_pid() AND pid <> ALL(%s)")
 
 
 def _plain(url: str) -> str:
@@ -73,13 +73,14 @@ def pg_snapshot(url: str) -> dict[str, Any]:
     return {"tables": tables, "indexes": indexes}
 
 
-def wait_backends_gone(url: str, timeout_s: float = BACKENDS_GONE_S) -> int:
-    """Wait (bounded) until no other session is connected to the run's database: a backend
-    flushes its counters as it exits. Returns how many were still there at the deadline."""
+def wait_backends_gone(url: str, ours: list[int], timeout_s: float = BACKENDS_GONE_S) -> int:
+    """Wait (bounded) until no session but the harness's (`ours`: backend pids) is connected
+    to the run's database: a backend flushes its counters as it exits. Returns how many were
+    still there at the deadline."""
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(_plain(url), autocommit=True, connect_timeout=5) as conn:
         while True:
-            row = conn.execute(_OTHERS).fetchone()
+            row = conn.execute(_OTHERS, (ours,)).fetchone()
             left = int(row[0]) if row else 0
             if left == 0 or time.monotonic() > deadline:
                 return left
@@ -201,7 +202,8 @@ def _measure(run: BacklogRun, result: dict[str, Any], url: str, backlog: int, db
     run.start_fleet()
     run.window()
     run.stop_fleet()
-    left = wait_backends_gone(url) if pg else 0
+    watcher = run.watch.backend_pid()
+    left = wait_backends_gone(url, [watcher] if watcher else []) if pg else 0
     after = pg_snapshot(url) if pg else None
     run.teardown()
     passes = read_passes(run.logs / STATS_FILE)
