@@ -46,6 +46,9 @@ def test_a_flat_backlog_passes_and_a_scan_per_pass_fails() -> None:
                       "seq_read_share_per_pass"}
     assert flatness.compare(small, _run(1_000_000, 4.0, 9, 700.0, 0.0))[
         "statements_max_diff"] == 3
+    grown = flatness.compare(small, {**_run(1_000_000, 4.0, 6, 700.0, 0.0),
+                                     "redis_used_mb_max": 4.0})
+    assert grown["redis_used_over_allowed"] == round(4.0 / (1.2 * 2.0 + 1.0), 4) > 1
 
 
 def test_sizes_and_scans() -> None:
