@@ -56,7 +56,7 @@ lint: install  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install  ## Benchmarks, about 40 minutes (JSON in bench/results/; BENCH_ARGS=--quick for a short run)
+bench: install  ## Benchmarks, about an hour (JSON in bench/results/; BENCH_ARGS=--quick for a short run)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 chaos: install  ## Chaos run, under 10 minutes: faults, kills, Redis and PostgreSQL restarts (CHAOS_ARGS=--quick: a few minutes)

@@ -1,7 +1,7 @@
 """`python -m bench`: run the scenarios, write bench/results/<UTC stamp>.json and latest.json,
 print a short table.
 
-    python -m bench [--scenarios 1,2,3,4,5,6,8,9] [--db sqlite,postgresql] [--quick]
+    python -m bench [--scenarios 1,2,3,4,5,6,7,8,9] [--db sqlite,postgresql] [--quick]
                     [--out bench/results] [--workers 2] [--worker-threads 16] [--keep-logs]
                     [--at REV]
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.backlog import s7_backlog
 from bench.headroom import s3_headroom
 from bench.latency import latency_scenario
 from bench.procs import REPO, command_exists, command_output, measure_rev, pg_reachable, source
@@ -42,14 +43,14 @@ from bench.scenarios import (
 )
 from bench.services import our_env
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 8, 9)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 DBS = ("sqlite", "postgresql")
 API_KEY = "bench-key-not-a-secret-0123456789"
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--scenarios", default="1,2,3,4,5,6,8,9", help="comma-separated, e.g. 1,5")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9", help="comma-separated, e.g. 1,5")
     p.add_argument("--db", default="sqlite,postgresql", help="sqlite,postgresql")
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -155,16 +156,12 @@ def _plan_steps(env: Env, chosen: set[int]) -> list[tuple[str, Any]]:
         steps.append(("2", lambda: s2_video(env)))
     if 5 in chosen and (2 in chosen or 1 not in chosen):
         steps.append(("5 (on 2)", lambda: s5_baseline(env, {2})))
-    if 3 in chosen:
-        steps.append(("3", lambda: s3_headroom(env)))
-    if 4 in chosen:
-        steps.append(("4", lambda: s4_ingest(env)))
-    if 6 in chosen:
-        steps.append(("6", lambda: s6_rate_limit(env)))
-    if 8 in chosen:
-        steps.append(("8", lambda: latency_scenario(env, 8)))
-    if 9 in chosen:
-        steps.append(("9", lambda: latency_scenario(env, 9)))
+    later: dict[int, Any] = {
+        3: lambda: s3_headroom(env), 4: lambda: s4_ingest(env), 6: lambda: s6_rate_limit(env),
+        7: lambda: s7_backlog(env), 8: lambda: latency_scenario(env, 8),
+        9: lambda: latency_scenario(env, 9),
+    }
+    steps += [(str(n), run) for n, run in later.items() if n in chosen]
     return steps
 
 

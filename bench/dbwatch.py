@@ -60,6 +60,10 @@ class DbWatch:
         """Rows in the jobs table, all batches."""
         return int(self._rows("SELECT COUNT(*) FROM jobs")[0][0])
 
+    def backend_pid(self) -> int | None:
+        """PostgreSQL: the server process of this watcher's connection (None on SQLite)."""
+        return None if self.sqlite else int(self._conn.info.backend_pid)
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

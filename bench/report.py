@@ -177,12 +177,37 @@ def _s6_line(run: dict[str, Any], f: dict[str, Any]) -> str:
             f"{_fmt(f.get('unattributed_cores'), '{:.2f}')}")
 
 
+def _s7_line(run: dict[str, Any], f: dict[str, Any]) -> str:
+    if run.get("variant") == "flatness":
+        checks = " · ".join(f"{c['figure']} {_fmt(c['measured'], '{:g}')}"
+                            f"{PASS if c['pass'] else FAIL if c['pass'] is False else ''}"
+                            for c in run.get("checks", []))
+        return f"  {run['db']:<11} flat, largest vs smallest: {checks}"
+    size = (f"jobs {_fmt(f.get('jobs_mb_after'), '{:.1f}')} MB + indexes "
+            f"{_fmt(f.get('jobs_index_mb_after'), '{:.1f}')} MB · "
+            if "jobs_mb_after" in f else "")
+    return (f"  {run['db']:<11} {f['backlog']:>9,} queued: pass p50/p95 "
+            f"{_fmt(f.get('pass_ms_p50'), '{:.1f}')}/{_fmt(f.get('pass_ms_p95'), '{:.1f}')} ms,"
+            f" housekeeping {_fmt(f.get('housekeeping_pass_ms_p50'), '{:.1f}')}/"
+            f"{_fmt(f.get('housekeeping_pass_ms_p95'), '{:.1f}')} ms · SQL/pass p50/p95 "
+            f"{_fmt(f.get('statements_p50'), '{:g}')}/{_fmt(f.get('statements_p95'), '{:g}')},"
+            f" housekeeping {_fmt(f.get('housekeeping_statements_p50'), '{:g}')}/"
+            f"{_fmt(f.get('housekeeping_statements_p95'), '{:g}')} · seq scans "
+            f"{_fmt(f.get('jobs_seq_scan'), '{:d}')} · Redis "
+            f"{_fmt(f.get('redis_used_mb_max'), '{:.1f}')} MB · {size}"
+            f"{_fmt(f.get('jobs_bytes_per_row_after'), '{:.0f}')} B/row · "
+            f"{_fmt(f.get('rows_per_s'), '{:.0f}')} rows/s @{_fmt(f.get('slot_use'), 'pct')} · "
+            f"other load {_fmt(f.get('unattributed_cores'), '{:.2f}')}")
+
+
 SECTIONS = (
     ("s3_headroom", "Scenario 3 headroom (offered rate → steady rows/s @ steady utilization "
      "(other load in cores))", _s3_line),
     ("s4_ingest", "Scenario 4 ingest (targets: < 60 s on PostgreSQL, RSS < 300 MB)", _s4_line),
     ("s6_rate_limit", "Scenario 6 rate limit (correct: zero 429s; wrong 2x: < 1% per window "
      "by 60 s)", _s6_line),
+    ("s7_backlog", "Scenario 7 backlog (per pass: time and SQL statements; ordinary and "
+     "housekeeping passes)", _s7_line),
 )
 """The scenarios shown as a line per run under a title: (scenario, title, line)."""
 

@@ -1,8 +1,9 @@
-"""The six scenarios of the issue: sizes (full and --quick), the runs each makes, its checks.
+"""The scenarios of the issue: sizes (full and --quick), the runs each makes, its checks.
 
 1 captions at scale · 2 overnight video (polling and webhooks) · 3 headroom sweep ·
-4 ingest of a big CSV · 5 the asyncio baseline on 1 and 2 · 6 rate limit (right and wrong).
-8 and 9 (bench.latency): 1 with network latency, with and without a completion signal.
+4 ingest of a big CSV · 5 the asyncio baseline on 1 and 2 · 6 rate limit (right and wrong) ·
+7 flat cost as the backlog grows (`bench.backlog`) · 8 and 9 (`bench.latency`): 1 with
+network latency, with and without a completion signal.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class Plan:
     s6_rpm: int = 1200
     """20 requests/s: well under what scenario 1's workload asks for, so the budget binds."""
     poll_s: float = 2.0
+    s7_backlogs: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    """Scenario 7: rows queued (ingested) before each window."""
+    s7_window_rows: int = 3_000
+    """Scenario 7: rows run through the dispatcher per backlog size (the rest stays queued)."""
     s89_rows: int = 2_000
     """Scenarios 8 and 9 (bench.latency): rows of each run (3-9 s tasks at C = 50)."""
 
@@ -54,8 +59,8 @@ class Plan:
 FULL = Plan(s1_rows=20_000, s2_rows=500, s3_rates=(25, 50, 100, 200, 300, 400),
             s3_window_s=15, s4_rows=1_000_000, s6_run_s=72, s6_rows=3_000)
 QUICK = Plan(s1_rows=2_000, s2_rows=100, s3_rates=(50, 150, 300), s3_window_s=8,
-             s4_rows=100_000, s6_run_s=25, s6_rows=1_000,
-             s89_rows=200)
+             s4_rows=100_000, s6_run_s=25, s6_rows=1_000, s7_backlogs=(1_000, 10_000),
+             s7_window_rows=500, s89_rows=200)
 
 
 @dataclass

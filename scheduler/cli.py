@@ -641,6 +641,10 @@ def dispatcher(
         on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
         reuse_window_s=settings.reuse_window_s,
     )
+    if settings.dispatcher_stats is not None:
+        from scheduler.passstats import PassStats
+
+        d.on_pass = PassStats(engine, settings.dispatcher_stats).record
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     d.run(stop)
 

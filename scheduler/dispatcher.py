@@ -94,6 +94,8 @@ class PassResult:
     twins: int = 0
     """Rows leased to be created that took a completed twin's task or wait for one in
     flight instead (`workers.transitions.reuse`): their slots are still free."""
+    housekept: bool = False
+    """This pass did the once-a-second housekeeping."""
 
 
 def by_batch(leased: leases.Leased) -> dict[str, list[int]]:
@@ -160,6 +162,8 @@ class Dispatcher:
     """Create only for the batches a run claimed (see the module docstring)."""
     reuse_window_s: float = 72 * 3600.0
     clock: Callable[[], float] = time.time
+    on_pass: Callable[[PassResult], None] | None = None
+    """Called after every pass while leading (`scheduler.passstats`); None: nothing."""
     epoch: str = field(default="", init=False)
     """The Redis epoch, read at each housekeeping (see `current_epoch`)."""
 
@@ -261,6 +265,7 @@ class Dispatcher:
         occupancy = leases.occupancy(self.engine, now, self.epoch or self.current_epoch())
         housekept = self._housekeeping.due(now)
         if housekept:
+            result.housekept = True
             result.expired = self.housekeep(now)
             occupancy = leases.occupancy(self.engine, now, self.epoch)
         refusals = self.fleet.concurrency_refusals()
@@ -396,6 +401,8 @@ class Dispatcher:
         if not self.lock.keep(leading, time.monotonic()):
             return False, 1.0
         result = self.tick()
+        if self.on_pass is not None:
+            self.on_pass(result)
         if result.submits or result.polls or result.expired:
             logger.debug("pass: %s", result)
         return True, result.next_pass_s

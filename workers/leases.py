@@ -62,6 +62,18 @@ _NEXT_DUE = select(func.min(JOBS.c.next_at)).where(
                       JobState.AMBIGUOUS.value]),
     JOBS.c.next_at > bindparam("p_now"))
 _ANY_RETRY = select(JOBS.c.id).where(JOBS.c.state == JobState.RETRY_WAIT.value).limit(1)
+# Is any row of a batch still active? One probe per active state, each down the
+# (batch_id, state, seq) index, not one `state IN (...) LIMIT 1`: for that, PostgreSQL's
+# planner expects an active row within the first few it reads and scans the table in
+# physical order, which late in a big batch means reading every finished row (measured:
+# 167 ms with 100,000 of 1,000,000 rows left), once a second.
+_ANY_ACTIVE = select(union_all(*(
+    select(probe.c.id).select_from(probe)
+    for probe in (select(JOBS.c.id).where(JOBS.c.batch_id == bindparam("p_batch"),
+                                           JOBS.c.state == state.value)
+                  .order_by(JOBS.c.seq).limit(1).subquery()
+                  for state in sorted(ACTIVE))
+)).subquery()).limit(1)
 _NEXT_LOOK = select(func.min(ATTEMPTS.c.next_at)).where(
     _WATCHED, ATTEMPTS.c.next_at > bindparam("p_now"))
 _LOOKS_DUE = (
@@ -232,15 +244,13 @@ def any_retry_wait(engine: Engine) -> bool:
 
 def mark_done_batches(engine: Engine) -> list[str]:
     """Flag ingested batches that have no active row left; returns their ids."""
-    active = [s.value for s in ACTIVE]
     b = BATCHES.c
     finished: list[str] = []
     with transaction(engine) as conn:
         candidates = [str(i) for (i,) in conn.execute(
             select(b.id).where(b.done.is_(False), b.ingested.is_(True))).all()]
         for batch_id in candidates:
-            left = conn.execute(select(JOBS.c.id).where(
-                JOBS.c.batch_id == batch_id, JOBS.c.state.in_(active)).limit(1)).first()
+            left = conn.execute(_ANY_ACTIVE, {"p_batch": batch_id}).first()
             if left is None:
                 conn.execute(BATCHES.update().where(b.id == batch_id).values(done=True))
                 finished.append(batch_id)

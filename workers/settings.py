@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         0.02, gt=0, validation_alias=_env("PIAPI_BULK_ACCOUNT_POLL_MIN_S")
     )
     """Fastest the dispatcher reads PiAPI's in-flight count (when slots may have freed)."""
+    dispatcher_stats: Path | None = Field(
+        None, validation_alias=_env("PIAPI_BULK_DISPATCHER_STATS")
+    )
+    """Opt-in: the dispatcher appends one JSON line per pass here (its timing and SQL
+    statement count, `scheduler.passstats`); unset = nothing recorded."""
 
     # --- webhooks -----------------------------------------------------------------------
     webhook_url: str | None = Field(None, validation_alias=_env("PIAPI_BULK_WEBHOOK_URL"))

@@ -19,7 +19,7 @@ from workers.db import transaction
 from workers.halt import clear_halt, get_halt
 from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt
 from workers.piapi import TaskError, TaskView, Usage
-from workers.states import ALLOWED, AttemptState, ErrorKind, JobState
+from workers.states import ACTIVE, ALLOWED, AttemptState, ErrorKind, JobState
 
 NOW = 1_000_000.0
 LEASE = 30.0
@@ -239,6 +239,20 @@ def test_done_batches_are_marked(engine: Engine) -> None:
     tr.record_create_rejected(engine, claim, NOW, ErrorKind.INPUT, "HTTP 400")
     assert leases.mark_done_batches(engine) == ["b1"]
     assert leases.open_batches(engine) == []
+
+
+@pytest.mark.parametrize("state", sorted(ACTIVE))
+def test_a_batch_with_its_last_row_active_in_any_state_is_not_done(engine: Engine,
+                                                                     state: JobState) -> None:
+    # One probe per active state (workers.leases._ANY_ACTIVE): each state must be seen.
+    ids = add_batch(engine, rows=3)
+    with transaction(engine) as conn:
+        conn.execute(JOBS.update().where(JOBS.c.id.in_(ids[:-1])).values(state="completed"))
+        conn.execute(JOBS.update().where(JOBS.c.id == ids[-1]).values(state=state.value))
+    assert leases.mark_done_batches(engine) == []
+    with transaction(engine) as conn:
+        conn.execute(JOBS.update().where(JOBS.c.id == ids[-1]).values(state="failed"))
+    assert leases.mark_done_batches(engine) == ["b1"]
 
 
 # --- every statement that changes jobs.state, on a real database -----------------------------
