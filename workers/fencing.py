@@ -6,10 +6,13 @@ believing it still leads while a standby does. So the database holds the leader'
 (`leader_term`, one row): a dispatcher that takes the lock raises it by one there
 (`take`) and keeps the number it got. While it works as leader (`fenced(term)`), every
 transaction its thread begins on a `guard`ed engine first reads that row and raises
-`Deposed` unless it still holds its own term: on PostgreSQL with `SELECT ... FOR UPDATE`,
-so a standby's `take` waits for the transaction to end and the term cannot change under
-it; on SQLite `BEGIN IMMEDIATE` (`workers.db`) already holds the database's only write
-lock for the whole transaction. The check is in the transaction's `begin` event, so every
+`Deposed` unless it still holds its own term. The term cannot change under a transaction
+that passed the check: on PostgreSQL the check first takes a shared transaction-level
+advisory lock that `take` needs exclusively, so a standby's `take` waits for the
+transaction to end (an advisory lock, not `SELECT ... FOR UPDATE`: a row lock would give
+every read-only transaction of the dispatcher a transaction id and a WAL flush at commit);
+on SQLite `BEGIN IMMEDIATE` (`workers.db`) already holds the database's only write lock
+for the whole transaction. The check is in the transaction's `begin` event, so every
 statement of the pass is fenced, the leases, the expiry of lost creates, the ambiguous
 resolutions and reposts, the batches marked done, admission and twin resolution alike,
 including ones added later. The term lives in the database, so it survives a Redis
@@ -45,6 +48,9 @@ from workers.db import transaction
 from workers.models import LEADER_TERM
 
 _ROW = 1
+PG_LOCK_KEY = 0x7069617069_0002
+"""The PostgreSQL advisory lock of the term ("piapi" and 2; `workers.migrate` uses 1):
+shared by fenced transactions, exclusive in `take`."""
 _TERM: ContextVar[int | None] = ContextVar("piapi_bulk_leader_term", default=None)
 """The term the current thread works under as leader (None: not fenced)."""
 _CHECK = "SELECT term, holder FROM leader_term WHERE id = 1"
@@ -69,6 +75,8 @@ def take(engine: Engine, holder: str, now: float | None = None) -> int:
     values: dict[str, Any] = {"holder": holder, "taken_at": time.time() if now is None else now}
     insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)
     with transaction(engine) as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_LOCK_KEY})")
         # The row exists from the migration on; only a hand-emptied table lacks it.
         conn.execute(insert(LEADER_TERM).values(id=_ROW, term=0, **values)
                      .on_conflict_do_nothing(index_elements=["id"]))
@@ -104,8 +112,10 @@ def _check(conn: Connection) -> None:
     mine = _TERM.get()
     if mine is None:
         return
-    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
-    row = conn.exec_driver_sql(_CHECK + lock).first()
+    if conn.dialect.name == "postgresql":
+        # A statement of its own: the term is read on a snapshot taken after the lock.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({PG_LOCK_KEY})")
+    row = conn.exec_driver_sql(_CHECK).first()
     term, holder = (int(row[0]), str(row[1])) if row else (0, "")
     if term != mine:
         raise Deposed(mine, term, holder)
