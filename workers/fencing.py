@@ -12,11 +12,14 @@ advisory lock that `take` needs exclusively, so a standby's `take` waits for the
 transaction to end (an advisory lock, not `SELECT ... FOR UPDATE`: a row lock would give
 every read-only transaction of the dispatcher a transaction id and a WAL flush at commit);
 on SQLite `BEGIN IMMEDIATE` (`workers.db`) already holds the database's only write lock
-for the whole transaction. The check is in the transaction's `begin` event, so every
-statement of the pass is fenced, the leases, the expiry of lost creates, the ambiguous
-resolutions and reposts, the batches marked done, admission and twin resolution alike,
-including ones added later. The term lives in the database, so it survives a Redis
-restart and only ever grows.
+for the whole transaction. (So a leader paused *inside* a transaction holds the standby's
+`take` up until it resumes and ends that transaction, which was legitimately its own; on
+SQLite it holds every process up, as any process paused mid-transaction does.)
+
+The check is in the transaction's `begin` event, so every statement of the pass is
+fenced: the leases, the expiry of lost creates, the ambiguous resolutions and reposts, the
+batches marked done, admission and twin resolution alike, and any added later. The term
+lives in the database, so it survives a Redis restart and only ever grows.
 
 Messages are sent only after the transactions that leased their rows committed. A
 dispatcher paused between that commit and its sends delivers them late; they are still
