@@ -640,6 +640,9 @@ def dispatcher(
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
         on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
         reuse_window_s=settings.reuse_window_s,
+        # A test hook only (tests/integration/test_fencing.py): never set in production.
+        pause_file=Path(pause) if (pause := os.environ.get("PIAPI_BULK_TEST_PAUSE_FILE"))
+        else None,
     )
     if settings.dispatcher_stats is not None:
         from scheduler.passstats import PassStats

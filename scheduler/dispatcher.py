@@ -12,7 +12,10 @@ back what dead workers left, adapts the limits to 429s (AIMD) and marks finished
 Free slots are counted from PiAPI's own in-flight count (/account/active_tasks) when the
 account offers a plausible one, so a slot is refilled as soon as its task ends there, not
 when a poll notices; otherwise from the database. One dispatcher is active at a time: it
-holds a Redis lock that it renews every pass; a second one waits as a hot standby.
+holds a Redis lock that it renews every pass; a second one waits as a hot standby. On
+taking the lock it starts a new term in the database, and every pass runs fenced by it
+(`workers.fencing`): a leader paused past its lock's expiry that resumes mid-pass is
+`Deposed` at its first transaction, sends nothing from that pass and stands by.
 
 A *scoped* dispatcher (the one `piapi-bulk run` starts) creates tasks only for the batches
 a run has claimed (`Fleet.claim`), so a run never spends on other batches in the database.
@@ -25,11 +28,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
 
 import redis
 from celery import Celery
@@ -39,7 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from scheduler.admission import Admission
 from scheduler.leader import LeaderLock
 from scheduler.slots import Account, RemoteSlots
-from workers import durations, leases
+from workers import durations, fencing, leases
 from workers import transitions as tr
 from workers.aimd import WINDOW_S, Aimd
 from workers.app import (
@@ -164,8 +170,14 @@ class Dispatcher:
     clock: Callable[[], float] = time.time
     on_pass: Callable[[PassResult], None] | None = None
     """Called after every pass while leading (`scheduler.passstats`); None: nothing."""
+    pause_file: Path | None = None
+    """Test hook: when this file exists at the start of a pass (the lock just checked), the
+    dispatcher removes it and stops itself (SIGSTOP), for the fencing test to resume it
+    after a standby took over."""
     epoch: str = field(default="", init=False)
     """The Redis epoch, read at each housekeeping (see `current_epoch`)."""
+    term: int | None = field(default=None, init=False)
+    """Our leader term in the database while we lead (`workers.fencing`)."""
 
     def __post_init__(self) -> None:
         self.interval_s = min(self.interval_s, MAX_SLEEP_S)
@@ -179,6 +191,7 @@ class Dispatcher:
                                   min_interval_s=snapshot_min_s)
         self.aimd = Aimd(rate, self.concurrency or DEFAULT_CONCURRENCY, self.clock())
         self.lock = LeaderLock(self.redis_client, scoped=self.scoped)
+        fencing.guard(self.engine)
         self._account_reading = Every(ACCOUNT_REFRESH_S)
         self._account_value: int | None = None
         self._housekeeping = Every(HOUSEKEEPING_S)
@@ -399,10 +412,27 @@ class Dispatcher:
 
     def _step(self, leading: bool) -> tuple[bool, float]:
         if not self.lock.keep(leading, time.monotonic()):
+            self.term = None
             return False, 1.0
-        result = self.tick()
+        if not leading or self.term is None:
+            self.term = fencing.take(self.engine, self.token)
+            logger.info("dispatcher %s leads with term %d", self.token, self.term)
+        self._pause_if_asked()
+        try:
+            with fencing.fenced(self.term):
+                result = self.tick()
+        except fencing.Deposed as exc:
+            logger.warning("dispatcher %s deposed by term %d; standing by", self.token,
+                           exc.current)
+            self.term = None
+            return False, 1.0
         if self.on_pass is not None:
             self.on_pass(result)
         if result.submits or result.polls or result.expired:
             logger.debug("pass: %s", result)
         return True, result.next_pass_s
+
+    def _pause_if_asked(self) -> None:
+        if self.pause_file is not None and self.pause_file.exists():
+            self.pause_file.unlink()
+            os.kill(os.getpid(), signal.SIGSTOP)

@@ -242,9 +242,25 @@ class Download(SQLModel, table=True):
     updated_at: float = 0.0
 
 
+class LeaderTerm(SQLModel, table=True):
+    """The dispatcher leader's term: one row (id 1), the fencing token of `workers.fencing`.
+
+    Raised by one each time a dispatcher takes the lead, in the database itself, so it only
+    ever grows (a Redis restart or a clock step cannot take it back)."""
+
+    __tablename__ = "leader_term"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    term: int = Field(sa_column=Column(BigInteger, nullable=False))
+    holder: str = Field(sa_column=Column(Text, nullable=False))
+    """The lock token of the dispatcher that took `term` ("host:pid:hex")."""
+    taken_at: float
+
+
 # Core tables, for the hot paths that run pre-built statements instead of the ORM.
 BATCHES: Table = SQLModel.metadata.tables["batches"]
 JOBS: Table = SQLModel.metadata.tables["jobs"]
 ATTEMPTS: Table = SQLModel.metadata.tables["attempts"]
 DURATION_SAMPLES: Table = SQLModel.metadata.tables["duration_samples"]
 DOWNLOADS: Table = SQLModel.metadata.tables["downloads"]
+LEADER_TERM: Table = SQLModel.metadata.tables["leader_term"]

@@ -1,0 +1,33 @@
+"""The dispatcher leader's term (`workers.fencing`): a one-row table, its row at term 0.
+
+A database from before this revision had no fencing; its first dispatcher to lead takes
+term 1.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_fencing"
+down_revision: str | None = "0002_to_issue_13"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Create `leader_term` with its one row."""
+    table = op.create_table(
+        "leader_term",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("term", sa.BigInteger(), nullable=False),
+        sa.Column("holder", sa.Text(), nullable=False),
+        sa.Column("taken_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.bulk_insert(table, [{"id": 1, "term": 0, "holder": "", "taken_at": 0.0}])
+
+
+def downgrade() -> None:
+    """Not supported: piapi-bulk never downgrades a database."""
+    raise NotImplementedError("piapi-bulk does not downgrade a database: restore a backup")
