@@ -15,7 +15,8 @@ T0 = 1_750_000_000.0
 
 def stamp(t: float) -> str:
     whole = int(t)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((t - whole) * 1e6):06d}Z"
+    frac = int((t - whole) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{frac:06d}Z"
 
 
 def task(tid: str, row: int, by: str, created: float, seen_by: str, seen: float,
