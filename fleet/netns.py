@@ -92,7 +92,8 @@ def entered(name: str) -> Iterator[None]:
 def kill_ns_processes(name: str) -> list[int]:
     """SIGKILL every process still in namespace `name` (all were started by a run of this
     harness: nothing else enters its namespaces); their PIDs."""
-    pids = [int(p) for p in ip("netns", "pids", name, check=False).split() if p.isdigit()]
+    pids = [int(p) for p in ip("netns", "pids", name, check=False).split()
+            if p.isdigit() and int(p) != os.getpid()]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

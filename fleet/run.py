@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ PG_PORT, REDIS_PORT, API_PORT = 5432, 6379, 8080
 WORKERS_PER_HOST = 2
 TICK_S = 0.5
 FINISH_RESERVE_S = 40.0
+CUT_WAIT_S = 60.0
+"""The cut waits (the schedule sliding) at most this long for w1 to have a task in flight."""
 
 
 @dataclass
@@ -167,13 +169,13 @@ class FleetRun:
             for host in WORKER_HOSTS for i in range(1, WORKERS_PER_HOST + 1)]
         wait_workers_ready(ctl_env["REDIS_URL"], workers)
         self.env = ctl_env
-        self.t0 = time.monotonic()
-        self.out.times["setup_s"] = round(self.t0 - began, 1)
         for host in ("ctl1", "ctl2"):
             self._proc(host, "dispatcher", cli_argv(
                 "dispatcher", "--concurrency", str(self.plan.concurrency)), ctl_env)
             if host == "ctl1":
                 wait_for(lambda: self.leader_host() == "ctl1", 60, "ctl1 to lead", 0.2)
+        self.t0 = time.monotonic()  # the schedule starts once a dispatcher leads
+        self.out.times["setup_s"] = round(self.t0 - began, 1)
 
     # --- observing ----------------------------------------------------------------------
     def leader_host(self) -> str | None:
@@ -202,8 +204,11 @@ class FleetRun:
         while True:
             t = self.now()
             progress = self.db.progress(self.batch_id)
-            if steps and t >= steps[0].at and self._step(steps[0]):
-                steps.pop(0)
+            if steps and t >= steps[0].at:
+                if self._step(steps[0]):
+                    steps.pop(0)
+                else:  # waiting for its condition: the rest of the schedule slides along
+                    steps = [replace(s, at=s.at + TICK_S) for s in steps]
             if progress is not None and progress.total and progress.active == 0 and not steps:
                 self.out.times["work_s"] = round(t, 1)
                 self.out.final_counts = progress.counts
@@ -219,6 +224,11 @@ class FleetRun:
     def _step(self, step: Step) -> bool:
         """Do one action; False when it must wait (e.g. the standby does not lead yet)."""
         event: dict[str, Any] = {"kind": step.kind, "what": step.what}
+        if step.kind == "cut":
+            busy = self._busy("w1")
+            if busy == 0 and self.now() < step.at + CUT_WAIT_S:
+                return False  # w1 has no task in flight yet: nothing to take over
+            event["w1_tasks_in_flight"] = busy
         if step.kind in ("cut", "rejoin"):
             self.net.cut("w1", down=step.kind == "cut")
             if step.kind == "cut":
@@ -247,6 +257,13 @@ class FleetRun:
             event["host"] = host
         self._record(event)
         return True
+
+    def _busy(self, host: str) -> int:
+        """Tasks `host` created that no poll has yet seen end (the emulator's ledger)."""
+        assert self.emu is not None
+        addr = self.layout.host(host)
+        return sum(1 for t in self.emu.ledger() if t.get("created_by") == addr
+                   and not t.get("end_seen_at"))
 
     def _impair(self, on: bool) -> None:
         if self.net.netem:
