@@ -39,9 +39,9 @@ from fleet.run import Outcome, run
 
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fleet", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="600 rows, shorter disruptions "
+    p.add_argument("--quick", action="store_true", help="500 rows, shorter disruptions "
                    "(about 4 minutes; what CI runs)")
-    p.add_argument("--rows", type=int, help="manifest rows (default 3000; --quick: 600)")
+    p.add_argument("--rows", type=int, help="manifest rows (default 3000; --quick: 500)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep-logs", action="store_true", help="keep the logs of a passing run")
     p.add_argument("--out", type=Path, default=REPO / "fleet" / "results")

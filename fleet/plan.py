@@ -56,10 +56,10 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = replace(FULL, rows=600, concurrency=25, cut_at=10.0, cut_s=30.0, impair_at=45.0,
+QUICK = replace(FULL, rows=500, concurrency=25, cut_at=10.0, cut_s=30.0, impair_at=45.0,
                 impair_s=25.0, partition_at=75.0, partition_s=20.0, duration_limit_s=270.0,
                 drain_s=30.0)
-"""About 600 rows: the same four disruptions, shorter (a 30 s cut, 25 s of latency and
+"""About 500 rows: the same four disruptions, shorter (a 30 s cut, 25 s of latency and
 loss), in about three minutes; what CI runs."""
 
 
