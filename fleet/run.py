@@ -41,6 +41,8 @@ WORKERS_PER_HOST = 2
 TICK_S = 0.5
 FINISH_RESERVE_S = 40.0
 CUT_WAIT_S = 60.0
+STOP_S = 10.0
+"""How long the fleet's processes have to stop on SIGTERM, all together."""
 """The cut waits (the schedule sliding) at most this long for w1 to have a task in flight."""
 
 
@@ -310,9 +312,7 @@ class FleetRun:
     def finish(self) -> None:
         """Stop the fleet, let the emulator drain, export the results, read the evidence."""
         assert self.db is not None and self.emu is not None
-        for proc in [p for ps in self.procs.values() for p in ps
-                     if p.role in ("dispatcher", "worker")]:
-            proc.stop(10)
+        self._stop_fleet()
         began = time.monotonic()
         stats = self.emu.stats()
         while stats.get("in_flight", 0) and time.monotonic() - began < self.plan.drain_s:
@@ -329,6 +329,19 @@ class FleetRun:
             attempts=self._table(_ATTEMPTS, _ATTEMPT_COLS), results=_jsonl(results),
             ledger=self.emu.ledger(), stats=self.emu.stats(), concurrency=self.plan.concurrency)
 
+    def _stop_fleet(self) -> None:
+        """SIGTERM every dispatcher and worker at once, then wait for them together (a
+        worker cut off may wait on the network: SIGKILL after STOP_S), reaped by PID."""
+        procs = [p for ps in self.procs.values() for p in ps
+                 if p.role in ("dispatcher", "worker") and p.alive()]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_S
+        for proc in procs:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+            proc.stop(0.5)  # SIGKILL if still running, and reap
+
     def _table(self, sql: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
         assert self.db is not None
         rows = self.db.rows(sql, (self.batch_id,))
@@ -339,6 +352,7 @@ class FleetRun:
     def close(self) -> None:
         """Stop every process we started (newest first, by PID) and the database."""
         try:
+            self._stop_fleet()
             if self.link_proc is not None and self.link_proc.alive():
                 self.link_proc.stop(5)
                 self.out.link = _json_lines(self.link_proc.log_path)
