@@ -330,17 +330,9 @@ class FleetRun:
             ledger=self.emu.ledger(), stats=self.emu.stats(), concurrency=self.plan.concurrency)
 
     def _stop_fleet(self) -> None:
-        """SIGTERM every dispatcher and worker at once, then wait for them together (a
-        worker cut off may wait on the network: SIGKILL after STOP_S), reaped by PID."""
-        procs = [p for ps in self.procs.values() for p in ps
-                 if p.role in ("dispatcher", "worker") and p.alive()]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_S
-        for proc in procs:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-            proc.stop(0.5)  # SIGKILL if still running, and reap
+        """Every dispatcher and worker stopped together."""
+        _stop_together([p for ps in self.procs.values() for p in ps
+                        if p.role in ("dispatcher", "worker")])
 
     def _table(self, sql: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
         assert self.db is not None
@@ -350,7 +342,7 @@ class FleetRun:
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def close(self) -> None:
-        """Stop every process we started (newest first, by PID) and the database."""
+        """Stop every process we started (the fleet, the link, PostgreSQL, the rest; by PID)."""
         try:
             self._stop_fleet()
             if self.link_proc is not None and self.link_proc.alive():
@@ -362,8 +354,22 @@ class FleetRun:
                         closer.close()
             if self.pg is not None:
                 self.pg.close()
+            _stop_together(self.stack.procs)
         finally:
             self.stack.close()
+
+
+def _stop_together(procs: list[Proc]) -> None:
+    """SIGTERM every process at once, wait for them together (one cut off may wait on the
+    network), SIGKILL what still runs after STOP_S; all reaped by PID."""
+    live = [p for p in procs if p.alive()]
+    for proc in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_S
+    for proc in live:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+        proc.stop(0.5)  # SIGKILL if still running, and reap
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
