@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 
-.PHONY: help install install-redis install-chromium run test test-fast lint bench chaos flower emulator clean
+.PHONY: help install install-redis install-chromium run test test-fast lint bench chaos fleet flower emulator clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench: install  ## Benchmarks, about an hour (JSON in bench/results/; BENCH_ARGS
 
 chaos: install  ## Chaos run, under 10 minutes: faults, kills, Redis and PostgreSQL restarts (CHAOS_ARGS=--quick: a few minutes)
 	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
+fleet: install  ## Multi-host run on network namespaces (root), under 10 minutes (FLEET_ARGS=--quick: ~4)
+	$(BIN)/python -m fleet $(FLEET_ARGS)
 
 flower: install  ## Flower on 127.0.0.1:5555 for the running fleet (FLOWER_BASIC_AUTH=user:pass for auth)
 	$(BIN)/piapi-bulk flower --port $${FLOWER_PORT:-5555}

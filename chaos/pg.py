@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -71,8 +72,14 @@ def preflight() -> None:
 class PrivatePostgres:
     """One throwaway PostgreSQL cluster; `start()`, `restart()`, `close()`."""
 
-    def __init__(self, stack: Stack, logs: Path) -> None:
+    def __init__(self, stack: Stack, logs: Path, *, host: str = "127.0.0.1",
+                 port: int | None = None, wrap: Sequence[str] = (),
+                 trust: str | None = None) -> None:
+        """`host`/`port`: where it listens (default a free loopback port); `wrap`: an argv
+        prefix for the postmaster (e.g. `ip netns exec NS`, for the fleet harness);
+        `trust`: a network (CIDR) whose clients are trusted too (default: loopback only)."""
         self.stack, self.logs = stack, logs
+        self.host, self.wrap, self.trust = host, list(wrap), trust
         self.prefix, uid, gid = _as_user()
         self.initdb, self.pg_ctl = _binary("initdb"), _binary("pg_ctl")
         self.postgres = _binary("postgres")
@@ -80,19 +87,19 @@ class PrivatePostgres:
         self.data = self.root / "data"
         if uid is not None and gid is not None:
             os.chown(self.root, uid, gid)
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: Proc | None = None
         self.starts = 0
 
     @property
     def admin_url(self) -> str:
         """The cluster's maintenance database."""
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{PG_USER}@{self.host}:{self.port}/postgres"
 
     @property
     def url(self) -> str:
         """The run's database (DATABASE_URL of every piapi-bulk process)."""
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{DB_NAME}"
+        return f"postgresql://{PG_USER}@{self.host}:{self.port}/{DB_NAME}"
 
     def _run(self, *argv: str, timeout_s: float) -> None:
         done = subprocess.run([*self.prefix, *argv], capture_output=True, text=True,
@@ -106,14 +113,18 @@ class PrivatePostgres:
         """initdb (trust auth, no fsync while creating), then start and create the database."""
         self._run(self.initdb, "-D", str(self.data), "-U", PG_USER, "--auth=trust",
                   "-E", "UTF8", "--no-sync", "--locale=C", timeout_s=120)
+        if self.trust:
+            with open(self.data / "pg_hba.conf", "a", encoding="utf-8") as hba:
+                hba.write(f"host all all {self.trust} trust\n")
         self.start()
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{DB_NAME}"')
 
     def start(self) -> None:
         """The postmaster as our direct child, until it accepts connections."""
-        argv = [*self.prefix, self.postgres, "-D", str(self.data), "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+        argv = [*self.wrap, *self.prefix, self.postgres, "-D", str(self.data),
+                "-p", str(self.port), "-c", f"listen_addresses={self.host}",
+                "-c", f"unix_socket_directories={self.root}",
                 "-c", "max_connections=200", "-c", "logging_collector=off"]
         self.starts += 1
         self.proc = self.stack.add(Proc(f"postgres-{self.starts}", "postgres", argv,

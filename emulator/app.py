@@ -74,6 +74,11 @@ def _history_query(request: Request) -> HistoryQuery:
     return query
 
 
+def _client(request: Request) -> str:
+    """The client's address, for the ledger (which host made or polled a task)."""
+    return request.client.host if request.client else ""
+
+
 class Api:
     """Route handlers over one Runtime."""
 
@@ -125,6 +130,7 @@ class Api:
             retry_after = str(rt.config.refuse_retry_after_s)
             return refusal(429, "concurrent task limit exceeded",
                            headers={"Retry-After": retry_after})
+        task.created_by = _client(request)
         envelope = task.envelope()  # the answer as of creation, whatever happens next
         rt.poke()
         fault = rt.faults.create_fault()
@@ -141,6 +147,7 @@ class Api:
         task = self.rt.engine.get(request.path_params["task_id"])
         if task is None:
             return error(self.rt.config.unknown_task_status, "task not found")
+        task.seen_by(_client(request), self.rt.engine.clock.now())
         return Response(task.envelope(), media_type=JSON)
 
     async def delete(self, request: Request) -> Response:

@@ -79,6 +79,13 @@ class Task:
     """`data.logs`: a failed task's reason, as PiAPI shows it there too."""
     workflow_type: str = ""
     """`input.workflow_type` as sent (the normalised input may drop it): history rows show it."""
+    created_by: str = ""
+    """The client address of the create (the ledger's: which host made the task)."""
+    polls_by: dict[str, int] = field(default_factory=dict)
+    """GETs of this task per client address."""
+    end_seen_by: str = ""
+    end_seen_at: float | None = None
+    """The client address and time of the first GET that saw the task ended."""
     _envelope: bytes | None = None
 
     @property
@@ -118,6 +125,12 @@ class Task:
             "logs": list(self.logs),
             "error": self.error,
         }
+
+    def seen_by(self, client: str, now: float) -> None:
+        """Record a GET of this task from `client` at `now` (the ledger's who-saw-what)."""
+        self.polls_by[client] = self.polls_by.get(client, 0) + 1
+        if self.ended_at is not None and self.end_seen_at is None:
+            self.end_seen_by, self.end_seen_at = client, now
 
     def envelope(self) -> bytes:
         """The full HTTP 200 body for a create or get, serialised once per state.

@@ -92,6 +92,10 @@ def ledger_row(task: Task) -> dict[str, Any]:
         "error": task.error,
         "charged": task.consume > 0 and task.ended_at is not None,
         "webhook_endpoint": task.webhook_endpoint,
+        "created_by": task.created_by,
+        "polls_by": dict(task.polls_by),
+        "end_seen_by": task.end_seen_by,
+        "end_seen_at": None if task.end_seen_at is None else format_time(task.end_seen_at),
     }
 
 

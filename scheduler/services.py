@@ -127,16 +127,17 @@ class Child:
             self.proc.wait(timeout=timeout_s)
 
 
-def redis_server_argv(port: int, workdir: Path) -> list[str]:
-    """argv of a redis-server on 127.0.0.1:`port` that keeps nothing on disk, so one started
-    again on the same port comes back empty; ConfigError when redis-server is missing."""
+def redis_server_argv(port: int, workdir: Path, bind: str = "127.0.0.1") -> list[str]:
+    """argv of a redis-server on `bind`:`port` (default loopback) that keeps nothing on
+    disk, so one started again on the same port comes back empty; ConfigError when
+    redis-server is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigError(
             "redis-server is not installed; install it (apt-get install redis-server, or "
             "`make install-redis`), or point REDIS_URL at a running Redis for `run`"
         )
-    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    return [binary, "--port", str(port), "--bind", bind, "--save", "",
             "--appendonly", "no", "--dir", str(workdir)]
 
 

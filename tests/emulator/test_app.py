@@ -255,10 +255,24 @@ def test_stats_and_ledger_keys(client: Client) -> None:
     assert ledger[0]["task_id"] == task_id
     assert set(ledger[0]) == {"task_id", "model", "task_type", "input_key", "input", "status",
                               "created_at", "ended_at", "consume", "output", "error", "charged",
-                              "webhook_endpoint"}
+                              "webhook_endpoint", "created_by", "polls_by", "end_seen_by",
+                              "end_seen_at"}
     key = ledger[0]["input_key"]
     assert len(client.http.get(f"/_emulator/ledger?input_key={key}").json()["tasks"]) == 2
     assert client.http.get("/_emulator/ledger?input_key=zzz").json()["tasks"] == []
+
+
+def test_ledger_names_the_client_of_each_create_and_poll(client: Client) -> None:
+    task_id = client.create(joy()).json()["data"]["task_id"]
+    client.http.get(f"/api/v1/task/{task_id}", headers=KEY)
+    row = client.http.get("/_emulator/ledger").json()["tasks"][0]
+    assert row["created_by"] and row["polls_by"] == {row["created_by"]: 1}
+    assert row["end_seen_by"] == "" and row["end_seen_at"] is None  # still running
+    client.clock.advance(3600)
+    client.http.get(f"/api/v1/task/{task_id}", headers=KEY)
+    row = client.http.get("/_emulator/ledger").json()["tasks"][0]
+    assert row["polls_by"] == {row["created_by"]: 2}
+    assert row["end_seen_by"] == row["created_by"] and row["end_seen_at"]
 
 
 def test_duration_patches_merge_per_family(client: Client) -> None:
