@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.engine import Engine
 
 from workers.settings import ConfigError, Settings
+
+if TYPE_CHECKING:  # the commands that need none do not pay for importing SQLAlchemy
+    from sqlalchemy.engine import Engine
 
 app = typer.Typer(
     name="piapi-bulk",
