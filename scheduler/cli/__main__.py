@@ -3,4 +3,5 @@ start piapi-bulk."""
 
 from scheduler.cli import main
 
-main()
+if __name__ == "__main__":  # not when imported (the deploy test imports every module)
+    main()
