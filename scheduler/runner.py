@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from scheduler import notify
 from scheduler.downloader import Downloader, open_destination, report_downloads, start_pool
+from scheduler.estimate.command import EstimateOptions
 from scheduler.export import export
 from scheduler.ingest import IngestResult, batch_id_for, ingest
 from scheduler.interrupt import Interrupted, StopRequest
@@ -61,24 +62,16 @@ PLAIN_REPORT_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """The `run` command's options."""
+class RunOptions(EstimateOptions):
+    """The `run` command's options: the estimate's (`run --dry-run` is one), and these."""
 
-    manifest: Path
     output: Path | None = None
-    model: str | None = None
-    task_type: str | None = None
-    concurrency: int | None = None
     max_attempts: int | None = None
     run_dir: Path = Path(".piapi-bulk")
     worker_threads: int | None = None
     budget_usd: float | None = None
     """Stored on the batch when given (else the stored one is kept)."""
     deadline_at: float | None = None
-    strict: bool = False
-    """Rows for models not in the catalogue are invalid instead of sent unchecked."""
-    service_mode: str | None = None
-    """`--service-mode` for rows without their own ('' = the workspace default)."""
     on_stuck: str | None = None
     """Stored on the batch when given (else the stored one, else the fleet's, applies)."""
     all_batches: bool = False
@@ -87,8 +80,6 @@ class RunOptions:
     """This command line as typed, for the retry hint after failed rows."""
     reuse: bool | None = None
     """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
-    fields: dict[str, str] = field(default_factory=dict)
-    """`--set KEY=VALUE`: input fields for every row (part of the batch's identity)."""
     captions_as_sidecar: bool = False
     """Write each local image's caption next to it as `<name>.txt` with the results."""
     notify: str | None = None

@@ -116,9 +116,18 @@ class Child:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after `timeout_s`."""
+        self.terminate()
+        self.reap(timeout_s)
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (`reap` waits)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def reap(self, timeout_s: float = 20.0) -> None:
+        """Wait for a child told to stop, SIGKILL after `timeout_s`."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -214,9 +223,15 @@ class Services:
         return restarted
 
     def stop(self) -> None:
-        """Stop every child, newest first (workers and dispatcher before Redis)."""
+        """Stop every child: the workers and the dispatcher together (each takes seconds to
+        shut down: one after the other, the run's end waited for the sum), then Redis."""
+        fleet = [c for c in reversed(self.children) if c.name != "redis-server"]
+        for child in fleet:
+            child.terminate()
+        for child in fleet:
+            child.reap()
         for child in reversed(self.children):
-            child.stop()
+            child.stop()  # Redis; the others are gone already
 
 
 def _child_env(settings: Settings) -> dict[str, str]:

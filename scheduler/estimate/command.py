@@ -39,16 +39,19 @@ says (the emulator's default limit; PiAPI publishes none per plan)."""
 
 @dataclass(frozen=True)
 class EstimateOptions:
-    """The options `estimate` and `run --dry-run` share with `run`."""
+    """The options `estimate` and `run --dry-run` share with `run` (`RunOptions` adds the
+    rest): what the rows are and how many run at once."""
 
     manifest: Path
     model: str | None = None
     task_type: str | None = None
     strict: bool = False
+    """Rows for models not in the catalogue are invalid instead of sent unchecked."""
     service_mode: str | None = None
+    """`--service-mode` for rows without their own ('' = the workspace default)."""
     concurrency: int | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
-    """`--set KEY=VALUE` fields for every row."""
+    """`--set KEY=VALUE`: input fields for every row (part of the batch's identity)."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,10 @@ class Monitor(threading.Thread):
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url)
+        # No read timeout (redis-py's default is 5 s): Redis may be quiet for longer while
+        # the worker and the dispatcher start, and a timeout would end the recording.
+        # The thread ends when the run's Redis goes (or on `stop`); it is a daemon.
+        self.client = redis.Redis.from_url(url, socket_timeout=None)
         self.commands: list[str] = []
         self.stop = threading.Event()
 

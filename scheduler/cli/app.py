@@ -1,0 +1,106 @@
+"""The Typer app the command modules register on (`--version` is its own option), and what
+the commands share: settings read from the environment, the parsing of --set and
+--service-mode into usage errors, the run folder, the database, the secrets to mask.
+
+Only the command modules (and `scheduler.cli`) import this: it holds no command itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from workers.settings import ConfigError, Settings
+
+if TYPE_CHECKING:  # the commands that need none do not pay for importing SQLAlchemy
+    from sqlalchemy.engine import Engine
+
+app = typer.Typer(
+    name="piapi-bulk",
+    help="Run CSV/JSONL manifests through PiAPI: never lose a row, never pay twice.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _print_version(value: bool) -> None:
+    """`--version`: print `piapi-bulk <version>` and exit 0."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"piapi-bulk {version('piapi-bulk')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("piapi-bulk (version unknown: not installed)")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Options before the command."""
+
+
+def parse_fields(values: list[str] | None) -> dict[str, str]:
+    from scheduler.options import parse_set
+
+    try:
+        return parse_set(values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"bad setting {first['loc'][0]}: {first['msg']}") from exc
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return settings.model_copy(update=clean) if clean else settings
+
+
+def service_mode_of(value: str | None) -> str | None:
+    from scheduler.options import parse_service_mode
+
+    try:
+        return parse_service_mode(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def run_folder() -> Path:
+    return Path(os.environ.get("PIAPI_BULK_RUN_DIR", ".piapi-bulk"))
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    return [settings.api_key.get_secret_value()] if settings.api_key else []
+
+
+def database(settings: Settings) -> Engine:
+    """An engine on DATABASE_URL, its schema brought to the newest migration."""
+    from workers.db import create_tables, make_engine
+
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    return engine
+
+
+def fleet_redis_url(settings: Settings) -> str | None:
+    """REDIS_URL, else the private Redis of a `run` in progress in this directory."""
+    from scheduler.runner import REDIS_URL_FILE
+
+    run_file = run_folder() / REDIS_URL_FILE
+    if settings.redis_url:
+        return settings.redis_url
+    return run_file.read_text().strip() if run_file.is_file() else None
