@@ -338,10 +338,13 @@ def ledger_by_task(emu: Emulator) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("mode", ["finish", "now"])
 def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
                                 make_emulator: MakeEmulator) -> None:
-    # Two tasks that take 12-14 s, two that stay pending at PiAPI, ten never started.
+    # Two tasks that take 12-14 s (with --now, abandoned, 60-62 s: still processing when the
+    # cancel comes, however slowly the machine starts the command), two that stay pending at
+    # PiAPI, ten never started.
     rows = caption_rows(2, "long") + stuck_rows(2) + caption_rows(10, "later")
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = make_emulator("--duration", "joycaption=12:14")
+    long_s = "12:14" if mode == "finish" else "60:62"
+    emu = make_emulator("--duration", f"joycaption={long_s}")
     env = run_env(tmp_path, emu, database_url)
     proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "4")
     wait_until(lambda: remote_status(database_url, ["long-1", "long-2"])
