@@ -32,37 +32,39 @@ LOCAL_FILE = "local files are not uploaded yet; give an http(s) URL"
 NOT_URL = "not an http(s) URL"
 
 
+def _number(value: Any) -> int | float | None:
+    """A JSON number given as one: an int or a finite float. Not a bool, which Python counts
+    as an int but JSON does not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
+
+
 def to_int(value: Any) -> int | None:
     """An integer, or None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+    if isinstance(value, str):
+        if not _INT_RE.fullmatch(text := value.strip()):
+            return None
         try:
-            return int(value.strip().split(".")[0])
+            return int(text.split(".")[0])
         except ValueError:  # more digits than Python converts
             return None
-    return None
+    number = _number(value)
+    if isinstance(number, float):
+        return int(number) if number.is_integer() else None
+    return number
 
 
 def to_num(value: Any) -> int | float | None:
     """A finite number, or None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str) and _NUM_RE.fullmatch(text := value.strip()):
+    if isinstance(value, str):
+        if not _NUM_RE.fullmatch(text := value.strip()):
+            return None
         try:
-            number = int(text) if _INT_LITERAL_RE.fullmatch(text) else float(text)
+            return _number(int(text) if _INT_LITERAL_RE.fullmatch(text) else float(text))
         except ValueError:
             return None
-        return number if math.isfinite(number) else None
-    return None
+    return _number(value)
 
 
 def to_bool(value: Any) -> bool | None:
@@ -94,19 +96,16 @@ def to_array(value: Any) -> list[Any] | None:
 
 
 def to_str(value: Any) -> str | None:
-    """A string, or None."""
+    """A string, or None; a number as its decimal form."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool):
+    number = _number(value)
+    if isinstance(number, float):
+        return repr(number)
+    try:
+        return None if number is None else str(number)
+    except ValueError:  # more digits than Python prints
         return None
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
-    if isinstance(value, int):
-        try:
-            return str(value)
-        except ValueError:  # more digits than Python prints
-            return None
-    return None
 
 
 def url_problem(text: str) -> str | None:
