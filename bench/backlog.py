@@ -114,7 +114,7 @@ class BacklogRun(SystemRun):
 
     def window(self) -> None:
         """Until the emulator has seen W tasks end (bounded); Redis memory sampled."""
-        spec, target = self.spec, self.spec.rows
+        target = self.spec.rows
         self.redis_used_max = 0.0
         while True:
             now = time.monotonic() - self.t0
@@ -123,14 +123,7 @@ class BacklogRun(SystemRun):
             self.timeline.append(fig.timeline_point(now, ended, stats))
             self.redis_used_max = max(self.redis_used_max,
                                       redis_memory(self.redis_url)["used_memory_mb"])
-            if ended >= target:
-                break
-            if now > spec.deadline_s:
-                self.status, self.error = "timeout", f"window not done after {now:.0f} s"
-                break
-            dead = self._dead()
-            if dead:
-                self.status, self.error = "error", dead
+            if ended >= target or self._gave_up(now, f"window not done after {now:.0f} s"):
                 break
             time.sleep(WATCH_S)
         self.window_s = time.monotonic() - self.t0

@@ -179,11 +179,19 @@ class SystemRun:
                                            self.spec.concurrency)
         self.sampler.watch(self.dispatcher)
 
-    def _dead(self) -> str | None:
+    def _gave_up(self, now: float, late: str) -> bool:
+        """Whether to stop watching a run that will not finish: `now` (s since the fleet
+        started) past the spec's deadline (status `timeout`, error `late`), or one of our
+        processes exited (status `error`, its exit code and log tail)."""
+        if now > self.spec.deadline_s:
+            self.status, self.error = "timeout", late
+            return True
         for proc in [self.dispatcher, *self.workers, *([self.hook] if self.hook else [])]:
             if not proc.alive():
-                return f"{proc.name} exited {proc.returncode}:\n{proc.log_tail(5)}"
-        return None
+                self.status = "error"
+                self.error = f"{proc.name} exited {proc.returncode}:\n{proc.log_tail(5)}"
+                return True
+        return False
 
     def wait(self) -> None:
         """Watch the database until every row is terminal, time is up, or a process died."""
@@ -196,17 +204,12 @@ class SystemRun:
             if spec.run_for_s is not None and now >= spec.run_for_s:
                 self.note = f"stopped after {spec.run_for_s:g} s by design"
                 break
-            if now > spec.deadline_s:
-                self.status, self.error = "timeout", f"not done after {spec.deadline_s:.0f} s"
+            if self._gave_up(now, f"not done after {spec.deadline_s:.0f} s"):
                 break
             if now >= next_stats:
                 stats = self.emu.stats()
                 self.timeline.append(fig.timeline_point(now, finished(self.counts), stats))
                 next_stats += spec.stats_every_s
-                dead = self._dead()
-                if dead:
-                    self.status, self.error = "error", dead
-                    break
             time.sleep(WATCH_INTERVAL_S)
         self.makespan_s = time.monotonic() - self.t0
         self.wall_end = time.time()
