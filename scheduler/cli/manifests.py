@@ -84,8 +84,8 @@ def run(
     import time
 
     if dry_run:
-        _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json=False,
-                  set_fields=set_fields)
+        estimate_cmd(manifest, model, task_type, strict, service_mode, concurrency,
+                     as_json=False, set_fields=set_fields)
         return
 
     from scheduler.notify import check_url
@@ -116,9 +116,19 @@ def run(
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 
-def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: bool,
-              service_mode: str | None, concurrency: int | None, as_json: bool,
-              set_fields: list[str] | None) -> None:
+@app.command("estimate")
+def estimate_cmd(
+    manifest: ManifestArg,
+    model: ModelOpt = None,
+    task_type: TaskTypeOpt = None,
+    strict: StrictOpt = False,
+    service_mode: ServiceModeOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    as_json: JsonOpt = False,
+    set_fields: SetOpt = None,
+) -> None:
+    """Validate every row and print, per model and task type, the rows, invalid rows, the
+    cost and the wall time, with the account's balance; creates nothing."""
     from scheduler.estimate.command import EstimateOptions, estimate
     from scheduler.estimate.view import show, to_json
     from workers.logs import setup_logging
@@ -133,23 +143,6 @@ def _estimate(manifest: Path, model: str | None, task_type: str | None, strict: 
     else:
         console = Console()
         show(found, console if console.is_terminal else Console(width=120))
-
-
-@app.command("estimate")
-def estimate_cmd(
-    manifest: ManifestArg,
-    model: ModelOpt = None,
-    task_type: TaskTypeOpt = None,
-    strict: StrictOpt = False,
-    service_mode: ServiceModeOpt = None,
-    concurrency: ConcurrencyOpt = None,
-    as_json: JsonOpt = False,
-    set_fields: SetOpt = None,
-) -> None:
-    """Validate every row and print, per model and task type, the rows, invalid rows, the
-    cost and the wall time, with the account's balance; creates nothing."""
-    _estimate(manifest, model, task_type, strict, service_mode, concurrency, as_json,
-              set_fields)
 
 
 @app.command()
