@@ -21,6 +21,14 @@ FAULTS: dict[str, str] = {
 CAPTION_REAL_S = "15:45"
 """Joycaption tasks take 15-45 s at PiAPI; scaled by `time_scale`."""
 
+
+def emulator_account(seed: int, concurrency: int, time_scale: float) -> list[str]:
+    """The emulator's account as every harness run sets it (the fleet run too): its seed,
+    limit, time scale and the captions' real durations."""
+    return ["--seed", str(seed), "--concurrency", str(concurrency),
+            "--time-scale", repr(time_scale), "--duration", f"joycaption={CAPTION_REAL_S}"]
+
+
 FLEET_ENV: dict[str, str] = {
     # Short HTTP timeouts make a create's lease 20 s (default about a minute), so the rows a
     # killed worker held are taken back (and reconciled) within the run.
@@ -33,7 +41,8 @@ FLEET_ENV: dict[str, str] = {
     # here always lists inputs, so every lost create is settled well before that).
     "PIAPI_BULK_RECONCILE_TIMEOUT_S": "240",
 }
-"""Settings of every piapi-bulk process that differ from the defaults (in the report)."""
+"""Settings of every piapi-bulk process that differ from the defaults (in the report); the
+fleet run starts from these too (`fleet.plan.FLEET_ENV`)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,7 @@ class Plan:
 
     def emulator_args(self, seed: int) -> list[str]:
         """The emulator's options: account, time scale, durations and every fault."""
-        args = ["--seed", str(seed), "--concurrency", str(self.concurrency),
-                "--time-scale", repr(self.time_scale),
-                "--duration", f"joycaption={CAPTION_REAL_S}",
+        args = [*emulator_account(seed, self.concurrency, self.time_scale),
                 "--stuck-timeout-factor", repr(self.stuck_timeout_factor)]
         for flag, value in FAULTS.items():
             args += [flag, value]
