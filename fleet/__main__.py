@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import REPO, command_output
-from bench.report import write_json
 from chaos.checks import counts
+from chaos.ending import raise_interrupt, save_report, utc_stamp, verdict
 from chaos.pg import PgUnavailable
 from chaos.pg import preflight as pg_preflight
 from fleet import checks, netns
@@ -74,10 +74,6 @@ def teardown() -> None:
     removed = netns.remove_all()
     if any(removed.values()):
         print(f"[fleet] removed {json.dumps(removed)}", file=sys.stderr, flush=True)
-
-
-def _interrupt(_sig: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _report(args: argparse.Namespace, out: Outcome, layout: Layout, started: str,
@@ -129,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     plan = replace(plan, rows=args.rows or plan.rows)
     began = time.monotonic()
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = utc_stamp()
     workdir = Path(tempfile.mkdtemp(prefix="piapi-fleet-"))
     os.chmod(workdir, 0o755)  # PostgreSQL (its own user) reads its folder inside
     print("\n".join(["[fleet] plan: " + line for line in describe(plan, schedule(plan))]
                     + [f"[fleet] subnet {layout.subnet} (checked against ip addr/route), "
                        f"work dir {workdir}"]), file=sys.stderr, flush=True)
     atexit.register(teardown)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         netns.ip("netns", "add", netns.SWITCH)
         with netns.entered(netns.SWITCH):
@@ -149,18 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         teardown()
     doc = _report(args, out, layout, started, time.monotonic() - began)
-    if args.keep_logs or not doc["pass"]:
-        doc["logs"] = str(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    paths = write_json(doc, args.out, started.replace("-", "").replace(":", ""))
+    path = save_report(doc, args.out, started, workdir, args.keep_logs)
     print("[fleet] ledger checks:", file=sys.stderr)
     for check in doc["checks"]:
         print(checks.line(check), file=sys.stderr)
-    verdict = "PASS" if doc["pass"] else "FAIL"
-    print(f"[fleet] {verdict} in {doc['figures']['elapsed_s']} s"
-          + (f"; {out.error}" if out.error else "") + f"; report: {paths[0]}",
-          file=sys.stderr, flush=True)
+    print(verdict("fleet", doc, [out.error], path), file=sys.stderr, flush=True)
     return 0 if doc["pass"] else 1
 
 

@@ -24,9 +24,9 @@ from bench.emu import Emu
 from bench.manifests import captions_jsonl
 from bench.procs import BenchError, Proc, Stack, wait_for
 from bench.services import our_env, wait_workers_ready
-from chaos.checks import Evidence
+from chaos.ending import Outcome as RunOutcome
+from chaos.ending import Record, drain, read_evidence
 from chaos.pg import PrivatePostgres
-from chaos.run import _ATTEMPT_COLS, _ATTEMPTS, _JOB_COLS, _JOBS
 from chaos.watch import Db
 from fleet.addresses import Layout
 from fleet.netns import SWITCH, in_ns
@@ -41,21 +41,16 @@ WORKERS_PER_HOST = 2
 TICK_S = 0.5
 FINISH_RESERVE_S = 40.0
 CUT_WAIT_S = 60.0
+"""The cut waits (the schedule sliding) at most this long for w1 to have a task in flight."""
 STOP_S = 10.0
 """How long the fleet's processes have to stop on SIGTERM, all together."""
-"""The cut waits (the schedule sliding) at most this long for w1 to have a task in flight."""
 
 
 @dataclass
-class Outcome:
-    """What the run did and saw."""
+class Outcome(RunOutcome):
+    """What the run did and saw: also the link emulator's counters and when w1 was cut off
+    and back (wall clock, as the ledger's times)."""
 
-    status: str = "ok"
-    error: str | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    times: dict[str, float] = field(default_factory=dict)
-    evidence: Evidence | None = None
-    final_counts: dict[str, int] = field(default_factory=dict)
     link: list[dict[str, Any]] = field(default_factory=list)
     cut_unix: float = 0.0
     back_unix: float = 0.0
@@ -313,33 +308,17 @@ class FleetRun:
         """Stop the fleet, let the emulator drain, export the results, read the evidence."""
         assert self.db is not None and self.emu is not None
         self._stop_fleet()
-        began = time.monotonic()
-        stats = self.emu.stats()
-        while stats.get("in_flight", 0) and time.monotonic() - began < self.plan.drain_s:
-            time.sleep(0.5)
-            stats = self.emu.stats()
+        drain(self.emu, self.plan.drain_s)
         results = self.workdir / "results.jsonl"
         export = self._proc("ctl1", "export", cli_argv("export", self.batch_id, "-o",
                                                        str(results)), self.env)
-        if export.wait(120) != 0:
-            export.stop(5)
-            raise BenchError(f"piapi-bulk export failed:\n{export.log_tail()}")
-        self.out.evidence = Evidence(
-            manifest=_jsonl(self.manifest), jobs=self._table(_JOBS, _JOB_COLS),
-            attempts=self._table(_ATTEMPTS, _ATTEMPT_COLS), results=_jsonl(results),
-            ledger=self.emu.ledger(), stats=self.emu.stats(), concurrency=self.plan.concurrency)
+        self.out.evidence = read_evidence(export, results, Record(
+            self.db, self.batch_id, self.manifest, self.emu, self.plan.concurrency))
 
     def _stop_fleet(self) -> None:
         """Every dispatcher and worker stopped together."""
         _stop_together([p for ps in self.procs.values() for p in ps
                         if p.role in ("dispatcher", "worker")])
-
-    def _table(self, sql: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
-        assert self.db is not None
-        rows = self.db.rows(sql, (self.batch_id,))
-        if rows is None:
-            raise BenchError("the database did not answer at the end of the run")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def close(self) -> None:
         """Stop every process we started (the fleet, the link, PostgreSQL, the rest; by PID)."""
@@ -370,11 +349,6 @@ def _stop_together(procs: list[Proc]) -> None:
     for proc in live:
         proc.wait(max(0.0, deadline - time.monotonic()))
         proc.stop(0.5)  # SIGKILL if still running, and reap
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
