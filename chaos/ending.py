@@ -16,7 +16,7 @@ from bench.emu import Emu
 from bench.procs import BenchError, Proc
 from bench.report import write_json
 from chaos.checks import Evidence
-from chaos.watch import Db
+from chaos.watch import Db, Progress
 
 EXPORT_S = 120.0
 """How long `piapi-bulk export` may take at the end of a run."""
@@ -39,6 +39,21 @@ class Outcome:
     events: list[dict[str, Any]] = field(default_factory=list)
     evidence: Evidence | None = None
     final_counts: dict[str, int] = field(default_factory=dict)
+
+    def over(self, progress: Progress | None, t: float, *, settled: bool, stop_at: float,
+             late: str, digits: int) -> bool:
+        """Whether a run's loop ends now: every row terminal and the harness's own work
+        `settled` (the work's time, rounded to `digits`, and the final counts noted); or
+        past `stop_at` (monotonic), a timeout whose error is `late` ({t}: seconds)."""
+        if progress is not None and progress.total and progress.active == 0 and settled:
+            self.times["work_s"] = round(t, digits)
+            self.final_counts = progress.counts
+            return True
+        if time.monotonic() > stop_at:
+            self.status, self.error = "timeout", late.format(t=t)
+            self.final_counts = progress.counts if progress else {}
+            return True
+        return False
 
 
 def drain(emu: Emu, limit_s: float) -> dict[str, Any]:

@@ -123,13 +123,8 @@ class ChaosRun:
         while True:
             progress = self._sample()
             t = self.now()
-            if progress is not None and progress.total and progress.active == 0:
-                self.out.times["work_s"] = round(t, 3)
-                self.out.final_counts = progress.counts
-                break
-            if time.monotonic() > stop_at:
-                self.out.status = "timeout"
-                self.out.error = f"rows still active after {t:.0f} s (duration limit)"
+            if self.out.over(progress, t, settled=True, stop_at=stop_at, digits=3,
+                             late="rows still active after {t:.0f} s (duration limit)"):
                 break
             for event in self.fleet.replace_exited():
                 self._record(event)
@@ -147,7 +142,6 @@ class ChaosRun:
                     self._record(self.fleet.restart_workers(
                         f"no progress for {plan.stall_s:g} s while work was due"))
             time.sleep(max(0.0, TICK_S - (self.now() - t)))
-        self.out.final_counts = self.out.final_counts or (progress.counts if progress else {})
         for kind in (p.kind for p in pending):
             self._record({"kind": kind, "skipped": "the run ended first"})
 

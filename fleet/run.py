@@ -206,14 +206,8 @@ class FleetRun:
                     steps.pop(0)
                 else:  # waiting for its condition: the rest of the schedule slides along
                     steps = [replace(s, at=s.at + TICK_S) for s in steps]
-            if progress is not None and progress.total and progress.active == 0 and not steps:
-                self.out.times["work_s"] = round(t, 1)
-                self.out.final_counts = progress.counts
-                return
-            if time.monotonic() > stop_at:
-                self.out.status = "timeout"
-                self.out.error = f"rows still active or disruptions pending after {t:.0f} s"
-                self.out.final_counts = progress.counts if progress else {}
+            if self.out.over(progress, t, settled=not steps, stop_at=stop_at, digits=1,
+                             late="rows still active or disruptions pending after {t:.0f} s"):
                 return
             self._replace_exited()
             time.sleep(max(0.0, TICK_S - (self.now() - t)))

@@ -1,12 +1,14 @@
 """The end both harnesses share: the report written, logs kept only when wanted, and the
-verdict line each prints (no processes)."""
+verdict line each prints, when a run's loop ends (no processes)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from chaos.ending import save_report, verdict
+from chaos.ending import Outcome, save_report, verdict
+from chaos.watch import Progress
 
 
 def _doc(passed: bool) -> dict[str, object]:
@@ -38,3 +40,19 @@ def test_the_verdict_line_keeps_only_the_notes_given() -> None:
         "[chaos] FAIL in 12.5 s; failed: no_row_lost; report: chaos/results/x.json")
     assert verdict("fleet", _doc(True), [None], report) == (
         "[fleet] PASS in 12.5 s; report: chaos/results/x.json")
+
+
+def test_a_run_is_over_when_its_rows_and_its_own_work_are_done_or_its_time_is_up() -> None:
+    done, busy = Progress({"completed": 3}, 0, 0), Progress({"completed": 1, "running": 2}, 0, 0)
+    later, gone = time.monotonic() + 60, time.monotonic() - 1
+    late = "rows still active after {t:.0f} s"
+    out = Outcome()
+    assert not out.over(busy, 5.0, settled=True, stop_at=later, late=late, digits=1)
+    assert not out.over(done, 5.0, settled=False, stop_at=later, late=late, digits=1)
+    assert not out.over(None, 5.0, settled=True, stop_at=later, late=late, digits=1)
+    assert out.over(done, 5.4321, settled=True, stop_at=later, late=late, digits=3)
+    assert (out.status, out.times["work_s"], out.final_counts) == ("ok", 5.432, {"completed": 3})
+    timed_out = Outcome()
+    assert timed_out.over(busy, 61.7, settled=True, stop_at=gone, late=late, digits=1)
+    assert (timed_out.status, timed_out.error) == ("timeout", "rows still active after 62 s")
+    assert timed_out.final_counts == {"completed": 1, "running": 2} and not timed_out.times
