@@ -35,6 +35,7 @@ from fleet import checks, netns
 from fleet.addresses import Layout, NoFreeSubnet, choose_subnet, used_networks
 from fleet.plan import FLEET_ENV, FULL, QUICK, describe, schedule
 from fleet.run import Outcome, run
+from fleet.topology import WORKER_HOSTS
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -82,7 +83,7 @@ def _report(args: argparse.Namespace, out: Outcome, layout: Layout, started: str
     doc: dict[str, Any] = {"pass": False, "status": out.status, "error": out.error,
                            "checks": [], "events": out.events}
     if out.evidence is not None:
-        clients = {h: layout.host(h) for h in ("w1", "w2")}
+        clients: dict[str, str] = {h: layout.address(h) for h in WORKER_HOSTS}
         doc["checks"] = checks.run_checks(out.evidence, out.events, clients, out.cut_unix,
                                           out.back_unix)
         doc["figures"] = {"results_by_status": counts(out.evidence.results, "status"),

@@ -28,7 +28,7 @@ from chaos.ending import Outcome as RunOutcome
 from chaos.ending import Record, drain, read_evidence
 from chaos.pg import PrivatePostgres
 from chaos.watch import Db
-from fleet.addresses import Layout
+from fleet.addresses import Layout, Place
 from fleet.netns import SWITCH, in_ns
 from fleet.plan import FLEET_ENV, Plan, Step, schedule
 from fleet.topology import SLOW_API_END, SLOW_SWITCH_END, WORKER_HOSTS, Network
@@ -116,15 +116,16 @@ class FleetRun:
     def start_services(self) -> dict[str, str]:
         """PostgreSQL and Redis on `data`, the emulator on `api`; the workers' env."""
         lay = self.layout
-        self.pg = PrivatePostgres(self.stack, self.logs, host=lay.postgres, port=PG_PORT,
+        self.pg = PrivatePostgres(self.stack, self.logs, host=lay.address("postgres"), port=PG_PORT,
                                   wrap=in_ns("data"), trust=str(lay.subnet))
         self.pg.init()
         redis_dir = self.workdir / "redis"
         redis_dir.mkdir()
         # No protected mode: its clients are the other hosts, on the harness's bridge only.
-        self._proc("data", "redis", [*redis_server_argv(REDIS_PORT, redis_dir, bind=lay.redis),
+        redis_at = lay.address("redis")
+        self._proc("data", "redis", [*redis_server_argv(REDIS_PORT, redis_dir, bind=redis_at),
                                      "--protected-mode", "no"], dict(os.environ))
-        redis_url = f"redis://{lay.redis}:{REDIS_PORT}/0"
+        redis_url = f"redis://{redis_at}:{REDIS_PORT}/0"
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
         client = self.redis
         wait_for(lambda: client.ping(), 20, "Redis on data", 0.05)
@@ -132,10 +133,11 @@ class FleetRun:
                                                str(API_PORT), *self.plan.emulator_args(
                                                    self.seed)),
                    {**os.environ, "PIAPI_API_KEY": API_KEY})
-        self.emu = Emu(f"http://{lay.api}:{API_PORT}")
+        api = f"http://{lay.address('api')}:{API_PORT}"
+        self.emu = Emu(api)
         emu = self.emu
         wait_for(lambda: emu.stats(), 60, "the emulator on api", 0.1)
-        return self._env(f"http://{lay.api}:{API_PORT}", redis_url)
+        return self._env(api, redis_url)
 
     def _env(self, base_url: str, redis_url: str) -> dict[str, str]:
         assert self.pg is not None
@@ -148,7 +150,7 @@ class FleetRun:
         self.build_network()
         ctl_env = self.start_services()
         worker_env = {**ctl_env,
-                      "PIAPI_BASE_URL": f"http://{self.layout.api_slow}:{API_PORT}"}
+                      "PIAPI_BASE_URL": f"http://{self.layout.address('api_slow')}:{API_PORT}"}
         self.manifest = captions_jsonl(self.workdir / "fleet.jsonl", self.plan.rows,
                                        prefix="fleet")
         submit = self._proc("ctl1", "submit", cli_argv("submit", str(self.manifest)), ctl_env)
@@ -249,10 +251,10 @@ class FleetRun:
         self._record(event)
         return True
 
-    def _busy(self, host: str) -> int:
+    def _busy(self, host: Place) -> int:
         """Tasks `host` created that no poll has yet seen end (the emulator's ledger)."""
         assert self.emu is not None
-        addr = self.layout.host(host)
+        addr = self.layout.address(host)
         return sum(1 for t in self.emu.ledger() if t.get("created_by") == addr
                    and not t.get("end_seen_at"))
 
