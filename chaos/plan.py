@@ -46,6 +46,16 @@ fleet run starts from these too (`fleet.plan.FLEET_ENV`)."""
 
 
 @dataclass(frozen=True)
+class OneOff:
+    """A disruption done once, when this share of the rows is finished."""
+
+    kind: str
+    """dispatcher_sigkill (the active one; a new standby started), redis_restart_flushed
+    (Redis restarted empty), postgres_restart (pg_ctl stop -m fast, then start)."""
+    at: float
+
+
+@dataclass(frozen=True)
 class Plan:
     """Sizes and timings of one chaos run."""
 
@@ -63,10 +73,11 @@ class Plan:
     dispatchers: int = 2
     worker_kill_every_s: tuple[float, float] = (15.0, 25.0)
     """A random worker is SIGKILLed every ~20 s (uniform in this range)."""
-    dispatcher_kill_at: float = 0.15
-    redis_restart_at: float = 0.40
-    postgres_restart_at: float = 0.65
-    """One-off disruptions, each once this share of the rows is finished..."""
+    one_offs: tuple[OneOff, ...] = (OneOff("dispatcher_sigkill", 0.15),
+                                    OneOff("redis_restart_flushed", 0.40),
+                                    OneOff("postgres_restart", 0.65))
+    """One-off disruptions in the order they are done, each once its share of the rows is
+    finished..."""
     disruption_gap_s: float = 25.0
     """...and at least this long after the previous one-off disruption."""
     stall_s: float = 30.0

@@ -41,14 +41,6 @@ FINISH_RESERVE_S = 45.0
 
 
 @dataclass
-class OneOff:
-    """A disruption done once, when this share of rows is finished."""
-
-    kind: str
-    at: float
-
-
-@dataclass
 class Outcome(RunOutcome):
     """What the run did and saw, for the report: also the timeline (recovery times) and how
     the emulator drained."""
@@ -114,9 +106,7 @@ class ChaosRun:
         """Until every row is terminal (or the deadline): sample, disrupt, supervise."""
         assert self.fleet is not None and self.db is not None
         plan = self.plan
-        pending = [OneOff("dispatcher_sigkill", plan.dispatcher_kill_at),
-                   OneOff("redis_restart_flushed", plan.redis_restart_at),
-                   OneOff("postgres_restart", plan.postgres_restart_at)]
+        pending = list(plan.one_offs)
         next_kill = self.rng.uniform(*plan.worker_kill_every_s)
         last_oneoff, next_stall_check = -1e9, STALL_CHECK_S
         stop_at = self.deadline - FINISH_RESERVE_S

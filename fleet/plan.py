@@ -40,8 +40,11 @@ class Plan:
 
     rows: int = 3000
     concurrency: int = 40
+    """The account's limit at the emulator, and the dispatchers' --concurrency."""
     time_scale: float = 0.1
+    """15-45 s tasks take 1.5-4.5 s."""
     worker_threads: int = 8
+    """Each of the four worker processes' --concurrency (two on w1, two on w2)."""
     cut: Window = Window(20.0, 60.0)
     """w1 off the network."""
     impair: Window = Window(95.0, 60.0)
@@ -53,7 +56,9 @@ class Plan:
     """The leader's host cut from Redis: held at least this long (the lock's TTL is 10 s),
     and until the standby leads."""
     duration_limit_s: float = 600.0
+    """The whole run, set-up and checks included, is stopped past this."""
     drain_s: float = 60.0
+    """After the fleet stopped, how long to wait for the emulator's in-flight to drain."""
 
     def emulator_args(self, seed: int) -> list[str]:
         """The emulator's account: its limit (over-limit creates queue, so the peak shows
