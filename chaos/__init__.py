@@ -8,4 +8,5 @@ Redis and PostgreSQL are killed and restarted; checked against the emulator's ow
 - `run`: one chaos run from start to the exported results, with its disruptions.
 - `checks`: what must hold at the end (rows lost, paid twice, outputs, failures, in-flight).
 - `report`: recovery times and the JSON report.
+- `ending`: the end of a run, shared with `fleet`: drain, export, evidence, report, verdict.
 """

@@ -27,8 +27,8 @@ from typing import Any
 from bench.emu import http_429s
 from bench.figures import downsample
 from bench.procs import REPO, command_output, measure_rev
-from bench.report import write_json
 from chaos import checks, report
+from chaos.ending import raise_interrupt, save_report, utc_stamp, verdict
 from chaos.pg import PgUnavailable, preflight
 from chaos.plan import FAULTS, FULL, QUICK, Plan
 from chaos.run import Outcome, run
@@ -139,10 +139,6 @@ def build_report(args: argparse.Namespace, plan: Plan, out: Outcome, started: st
     return doc
 
 
-def _raise_interrupt(_sig: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """One chaos run; the exit code (see the module docstring)."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
@@ -157,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except PgUnavailable as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     began = time.monotonic()
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = utc_stamp()
     workdir = Path(tempfile.mkdtemp(prefix="piapi-chaos-"))
     args.at_commit = measure_rev(args.at, workdir, "chaos") if args.at else None
     network = f", latency {plan.latency_ms} ms" if plan.latency_ms else ""
@@ -171,18 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos: interrupted (logs in {workdir})", file=sys.stderr)
         return 130
     doc = build_report(args, plan, out, started, time.monotonic() - began)
-    if args.keep_logs or not doc["pass"]:
-        doc["logs"] = str(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    paths = write_json(doc, args.out, started.replace("-", "").replace(":", ""))
+    path = save_report(doc, args.out, started, workdir, args.keep_logs)
     print(json.dumps({k: v for k, v in doc.items() if k != "timeline"}, indent=1))
-    verdict = "PASS" if doc["pass"] else "FAIL"
     failed = [c["check"] for c in doc["checks"] if not c["pass"]]
-    print(f"[chaos] {verdict} in {doc['figures']['elapsed_s']} s"
-          + (f"; failed: {', '.join(failed)}" if failed else "")
-          + (f"; {out.error}" if out.error else "") + f"; report: {paths[0]}",
-          file=sys.stderr, flush=True)
+    print(verdict("chaos", doc, [f"failed: {', '.join(failed)}" if failed else None,
+                                 out.error], path), file=sys.stderr, flush=True)
     return 0 if doc["pass"] else 1
 
 

@@ -21,6 +21,14 @@ FAULTS: dict[str, str] = {
 CAPTION_REAL_S = "15:45"
 """Joycaption tasks take 15-45 s at PiAPI; scaled by `time_scale`."""
 
+
+def emulator_account(seed: int, concurrency: int, time_scale: float) -> list[str]:
+    """The emulator's account as every harness run sets it (the fleet run too): its seed,
+    limit, time scale and the captions' real durations."""
+    return ["--seed", str(seed), "--concurrency", str(concurrency),
+            "--time-scale", repr(time_scale), "--duration", f"joycaption={CAPTION_REAL_S}"]
+
+
 FLEET_ENV: dict[str, str] = {
     # Short HTTP timeouts make a create's lease 20 s (default about a minute), so the rows a
     # killed worker held are taken back (and reconciled) within the run.
@@ -33,7 +41,18 @@ FLEET_ENV: dict[str, str] = {
     # here always lists inputs, so every lost create is settled well before that).
     "PIAPI_BULK_RECONCILE_TIMEOUT_S": "240",
 }
-"""Settings of every piapi-bulk process that differ from the defaults (in the report)."""
+"""Settings of every piapi-bulk process that differ from the defaults (in the report); the
+fleet run starts from these too (`fleet.plan.FLEET_ENV`)."""
+
+
+@dataclass(frozen=True)
+class OneOff:
+    """A disruption done once, when this share of the rows is finished."""
+
+    kind: str
+    """dispatcher_sigkill (the active one; a new standby started), redis_restart_flushed
+    (Redis restarted empty), postgres_restart (pg_ctl stop -m fast, then start)."""
+    at: float
 
 
 @dataclass(frozen=True)
@@ -54,10 +73,11 @@ class Plan:
     dispatchers: int = 2
     worker_kill_every_s: tuple[float, float] = (15.0, 25.0)
     """A random worker is SIGKILLed every ~20 s (uniform in this range)."""
-    dispatcher_kill_at: float = 0.15
-    redis_restart_at: float = 0.40
-    postgres_restart_at: float = 0.65
-    """One-off disruptions, each once this share of the rows is finished..."""
+    one_offs: tuple[OneOff, ...] = (OneOff("dispatcher_sigkill", 0.15),
+                                    OneOff("redis_restart_flushed", 0.40),
+                                    OneOff("postgres_restart", 0.65))
+    """One-off disruptions in the order they are done, each once its share of the rows is
+    finished..."""
     disruption_gap_s: float = 25.0
     """...and at least this long after the previous one-off disruption."""
     stall_s: float = 30.0
@@ -74,9 +94,7 @@ class Plan:
 
     def emulator_args(self, seed: int) -> list[str]:
         """The emulator's options: account, time scale, durations and every fault."""
-        args = ["--seed", str(seed), "--concurrency", str(self.concurrency),
-                "--time-scale", repr(self.time_scale),
-                "--duration", f"joycaption={CAPTION_REAL_S}",
+        args = [*emulator_account(seed, self.concurrency, self.time_scale),
                 "--stuck-timeout-factor", repr(self.stuck_timeout_factor)]
         for flag, value in FAULTS.items():
             args += [flag, value]

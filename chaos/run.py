@@ -25,7 +25,8 @@ from bench.emu import Emu
 from bench.manifests import captions_jsonl
 from bench.procs import BenchError, Proc, Stack, start_emulator, start_redis
 from bench.services import ingest, our_env, wait_workers_ready
-from chaos.checks import Evidence
+from chaos.ending import Outcome as RunOutcome
+from chaos.ending import Record, drain, read_evidence
 from chaos.fleet import Fleet
 from chaos.pg import PrivatePostgres
 from chaos.plan import Plan
@@ -37,35 +38,15 @@ TICK_S = 0.5
 STALL_CHECK_S = 2.0
 FINISH_RESERVE_S = 45.0
 """Kept back from the deadline for the export, the ledger and stopping everything."""
-_JOBS = ("SELECT id, seq, row_key, state, attempts, posts, task_id, error_kind, error_message, "
-         "input_json, model, task_type FROM jobs WHERE batch_id = %s ORDER BY seq")
-_ATTEMPTS = ("SELECT a.job_id, a.n, a.state, a.task_id, a.error FROM attempts a "
-             "JOIN jobs j ON j.id = a.job_id WHERE j.batch_id = %s ORDER BY a.job_id, a.n")
-_JOB_COLS = ("id", "seq", "row_key", "state", "attempts", "posts", "task_id", "error_kind",
-             "error_message", "input_json", "model", "task_type")
-_ATTEMPT_COLS = ("job_id", "n", "state", "task_id", "error")
 
 
 @dataclass
-class OneOff:
-    """A disruption done once, when this share of rows is finished."""
+class Outcome(RunOutcome):
+    """What the run did and saw, for the report: also the timeline (recovery times) and how
+    the emulator drained."""
 
-    kind: str
-    at: float
-
-
-@dataclass
-class Outcome:
-    """What the run did and saw, for the report."""
-
-    status: str = "ok"
-    error: str | None = None
-    times: dict[str, float] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     drained: dict[str, Any] = field(default_factory=dict)
-    evidence: Evidence | None = None
-    final_counts: dict[str, int] = field(default_factory=dict)
 
 
 class ChaosRun:
@@ -125,22 +106,15 @@ class ChaosRun:
         """Until every row is terminal (or the deadline): sample, disrupt, supervise."""
         assert self.fleet is not None and self.db is not None
         plan = self.plan
-        pending = [OneOff("dispatcher_sigkill", plan.dispatcher_kill_at),
-                   OneOff("redis_restart_flushed", plan.redis_restart_at),
-                   OneOff("postgres_restart", plan.postgres_restart_at)]
+        pending = list(plan.one_offs)
         next_kill = self.rng.uniform(*plan.worker_kill_every_s)
         last_oneoff, next_stall_check = -1e9, STALL_CHECK_S
         stop_at = self.deadline - FINISH_RESERVE_S
         while True:
             progress = self._sample()
             t = self.now()
-            if progress is not None and progress.total and progress.active == 0:
-                self.out.times["work_s"] = round(t, 3)
-                self.out.final_counts = progress.counts
-                break
-            if time.monotonic() > stop_at:
-                self.out.status = "timeout"
-                self.out.error = f"rows still active after {t:.0f} s (duration limit)"
+            if self.out.over(progress, t, settled=True, stop_at=stop_at, digits=3,
+                             late="rows still active after {t:.0f} s (duration limit)"):
                 break
             for event in self.fleet.replace_exited():
                 self._record(event)
@@ -158,7 +132,6 @@ class ChaosRun:
                     self._record(self.fleet.restart_workers(
                         f"no progress for {plan.stall_s:g} s while work was due"))
             time.sleep(max(0.0, TICK_S - (self.now() - t)))
-        self.out.final_counts = self.out.final_counts or (progress.counts if progress else {})
         for kind in (p.kind for p in pending):
             self._record({"kind": kind, "skipped": "the run ended first"})
 
@@ -203,32 +176,14 @@ class ChaosRun:
         """Stop the fleet, let the emulator drain, export the results, read the evidence."""
         assert self.fleet is not None and self.db is not None and self.emu is not None
         self.fleet.stop()
-        began = time.monotonic()
-        limit = min(self.plan.drain_s, max(0.0, self.deadline - 30.0 - began))
-        stats = self.emu.stats()
-        while stats.get("in_flight", 0) and time.monotonic() - began < limit:
-            time.sleep(0.5)
-            stats = self.emu.stats()
-        self.out.drained = {"seconds": round(time.monotonic() - began, 3),
-                            "emulator_in_flight_left": int(stats.get("in_flight", 0))}
+        self.out.drained = drain(self.emu, min(self.plan.drain_s, max(
+            0.0, self.deadline - 30.0 - time.monotonic())))
         results = self.workdir / "results.jsonl"
         export = self.stack.add(Proc("export", "export", cli_argv(
             "export", self.batch_id, "-o", str(results)), self.fleet.env,
             self.logs / "export.log"))
-        if export.wait(120) != 0:
-            export.stop(5)
-            raise BenchError(f"piapi-bulk export failed:\n{export.log_tail()}")
-        self.out.evidence = Evidence(
-            manifest=_jsonl(self.manifest), jobs=self._table(_JOBS, _JOB_COLS),
-            attempts=self._table(_ATTEMPTS, _ATTEMPT_COLS), results=_jsonl(results),
-            ledger=self.emu.ledger(), stats=self.emu.stats(), concurrency=self.plan.concurrency)
-
-    def _table(self, sql: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
-        assert self.db is not None
-        rows = self.db.rows(sql, (self.batch_id,))
-        if rows is None:
-            raise BenchError("the database did not answer at the end of the run")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        self.out.evidence = read_evidence(export, results, Record(
+            self.db, self.batch_id, self.manifest, self.emu, self.plan.concurrency))
 
     def close(self) -> None:
         """Stop everything we started, the private PostgreSQL last-but-one, by PID."""
@@ -243,11 +198,6 @@ class ChaosRun:
                 self.pg.close()
         finally:
             self.stack.close()
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def run(plan: Plan, seed: int, workdir: Path, deadline: float) -> tuple[Outcome, ChaosRun]:

@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import REPO, command_output
-from bench.report import write_json
 from chaos.checks import counts
+from chaos.ending import raise_interrupt, save_report, utc_stamp, verdict
 from chaos.pg import PgUnavailable
 from chaos.pg import preflight as pg_preflight
 from fleet import checks, netns
 from fleet.addresses import Layout, NoFreeSubnet, choose_subnet, used_networks
 from fleet.plan import FLEET_ENV, FULL, QUICK, describe, schedule
 from fleet.run import Outcome, run
+from fleet.topology import WORKER_HOSTS
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -76,17 +77,13 @@ def teardown() -> None:
         print(f"[fleet] removed {json.dumps(removed)}", file=sys.stderr, flush=True)
 
 
-def _interrupt(_sig: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _report(args: argparse.Namespace, out: Outcome, layout: Layout, started: str,
             elapsed: float) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     doc: dict[str, Any] = {"pass": False, "status": out.status, "error": out.error,
                            "checks": [], "events": out.events}
     if out.evidence is not None:
-        clients = {h: layout.host(h) for h in ("w1", "w2")}
+        clients: dict[str, str] = {h: layout.address(h) for h in WORKER_HOSTS}
         doc["checks"] = checks.run_checks(out.evidence, out.events, clients, out.cut_unix,
                                           out.back_unix)
         doc["figures"] = {"results_by_status": counts(out.evidence.results, "status"),
@@ -129,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     plan = replace(plan, rows=args.rows or plan.rows)
     began = time.monotonic()
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = utc_stamp()
     workdir = Path(tempfile.mkdtemp(prefix="piapi-fleet-"))
     os.chmod(workdir, 0o755)  # PostgreSQL (its own user) reads its folder inside
     print("\n".join(["[fleet] plan: " + line for line in describe(plan, schedule(plan))]
                     + [f"[fleet] subnet {layout.subnet} (checked against ip addr/route), "
                        f"work dir {workdir}"]), file=sys.stderr, flush=True)
     atexit.register(teardown)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         netns.ip("netns", "add", netns.SWITCH)
         with netns.entered(netns.SWITCH):
@@ -149,18 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         teardown()
     doc = _report(args, out, layout, started, time.monotonic() - began)
-    if args.keep_logs or not doc["pass"]:
-        doc["logs"] = str(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    paths = write_json(doc, args.out, started.replace("-", "").replace(":", ""))
+    path = save_report(doc, args.out, started, workdir, args.keep_logs)
     print("[fleet] ledger checks:", file=sys.stderr)
     for check in doc["checks"]:
         print(checks.line(check), file=sys.stderr)
-    verdict = "PASS" if doc["pass"] else "FAIL"
-    print(f"[fleet] {verdict} in {doc['figures']['elapsed_s']} s"
-          + (f"; {out.error}" if out.error else "") + f"; report: {paths[0]}",
-          file=sys.stderr, flush=True)
+    print(verdict("fleet", doc, [out.error], path), file=sys.stderr, flush=True)
     return 0 if doc["pass"] else 1
 
 

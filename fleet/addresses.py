@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 CANDIDATES: tuple[str, ...] = (
     "10.213.47.0/24", "10.231.88.0/24", "172.29.213.0/24", "192.168.213.0/24",
@@ -58,46 +58,30 @@ def choose_subnet(used: Iterable[ipaddress.IPv4Network],
                        "address or route of this machine")
 
 
+Place = Literal["switch", "postgres", "redis", "api", "api_slow", "ctl1", "ctl2", "w1", "w2"]
+
+OFFSETS: dict[Place, int] = {
+    "switch": 1,  # the bridge's own address: the harness's seat on the network
+    "postgres": 10,  # `data`'s first address: PostgreSQL listens here
+    "redis": 11,  # `data`'s second: Redis listens here (so a host can lose Redis only)
+    "api": 20,  # `api`'s direct address: the dispatchers and the harness reach the emulator
+    "api_slow": 21,  # `api` behind the impaired link: the workers reach the emulator here
+    "ctl1": 31, "ctl2": 32, "w1": 41, "w2": 42,  # the one address of each of these hosts
+}
+"""Each address's place in the subnet (its n-th address)."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """Each host's address(es) in the chosen subnet."""
 
     subnet: ipaddress.IPv4Network
 
-    def at(self, n: int) -> str:
-        """The subnet's n-th address."""
-        return str(self.subnet.network_address + n)
-
     @property
     def prefix(self) -> int:
         """The prefix length of every address."""
         return self.subnet.prefixlen
 
-    @property
-    def switch(self) -> str:
-        """The bridge's own address: the harness's seat on the network."""
-        return self.at(1)
-
-    @property
-    def postgres(self) -> str:
-        """`data`'s first address: PostgreSQL listens here."""
-        return self.at(10)
-
-    @property
-    def redis(self) -> str:
-        """`data`'s second address: Redis listens here (so a host can lose Redis only)."""
-        return self.at(11)
-
-    @property
-    def api(self) -> str:
-        """`api`'s direct address: the dispatchers and the harness reach the emulator here."""
-        return self.at(20)
-
-    @property
-    def api_slow(self) -> str:
-        """`api`'s address behind the impaired link: the workers reach the emulator here."""
-        return self.at(21)
-
-    def host(self, name: str) -> str:
-        """The one address of `ctl1`, `ctl2`, `w1` or `w2`."""
-        return self.at({"ctl1": 31, "ctl2": 32, "w1": 41, "w2": 42}[name])
+    def address(self, place: Place) -> str:
+        """The address of `place` (see `OFFSETS`)."""
+        return str(self.subnet.network_address + OFFSETS[place])

@@ -41,12 +41,17 @@ def open_tap(name: str) -> int:
 
 @dataclass
 class Impairment:
-    """What the link does to a frame while impaired."""
+    """What the link does to a frame while impaired (the values come from the options,
+    whose defaults are the fleet plan's)."""
 
-    delay_s: float = 0.2
-    jitter_s: float = 0.02
-    loss: float = 0.02
+    delay_s: float
+    """Each frame held this long, each way..."""
+    jitter_s: float
+    """...give or take up to this much (uniform)."""
+    loss: float
+    """The share of frames dropped."""
     on: bool = False
+    """Impaired now (SIGUSR1) or healed (SIGUSR2): frames pass at once."""
 
 
 def release_at(now: float, last: float, delay_s: float, jitter: float) -> float:

@@ -6,20 +6,32 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-CAPTION_REAL_S = "15:45"
-"""Joycaption tasks take 15-45 s at PiAPI; scaled by `time_scale`."""
+from chaos.plan import FLEET_ENV as CHAOS_ENV
+from chaos.plan import emulator_account
 
 FLEET_ENV: dict[str, str] = {
-    # Short HTTP timeouts make a create's lease about 20 s, so the rows a cut-off worker
-    # held are taken back within the cut (as in the chaos run).
+    **CHAOS_ENV,
+    # Connects and writes cross the impaired link (200 ms each way, 2% loss; a lost SYN is
+    # sent again after 1 s): 3 s where the chaos run, on loopback, allows 2.
     "PIAPI_CONNECT_TIMEOUT_S": "3",
-    "PIAPI_READ_TIMEOUT_S": "10",
     "PIAPI_WRITE_TIMEOUT_S": "3",
-    "PIAPI_POOL_TIMEOUT_S": "3",
-    "PIAPI_BULK_LEASE_MARGIN_S": "3",
-    "PIAPI_BULK_RECONCILE_TIMEOUT_S": "240",
 }
-"""Settings of every piapi-bulk process that differ from the defaults (in the report)."""
+"""Settings of every piapi-bulk process that differ from the defaults (in the report): the
+chaos run's (short HTTP timeouts make a create's lease about 20 s, so the rows a cut-off
+worker held are taken back within the cut)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """When a disruption holds: from `at` (seconds since the fleet started) for `s` seconds."""
+
+    at: float
+    s: float
+
+    @property
+    def end(self) -> float:
+        """When it is undone."""
+        return self.at + self.s
 
 
 @dataclass(frozen=True)
@@ -28,37 +40,46 @@ class Plan:
 
     rows: int = 3000
     concurrency: int = 40
+    """The account's limit at the emulator, and the dispatchers' --concurrency."""
     time_scale: float = 0.1
+    """15-45 s tasks take 1.5-4.5 s."""
     worker_threads: int = 8
-    cut_at: float = 20.0
-    cut_s: float = 60.0
-    impair_at: float = 95.0
-    impair_s: float = 60.0
+    """Each of the four worker processes' --concurrency (two on w1, two on w2)."""
+    cut: Window = Window(20.0, 60.0)
+    """w1 off the network."""
+    impair: Window = Window(95.0, 60.0)
+    """Latency (each way, ± jitter) and loss between the workers and api:"""
     delay_ms: float = 200.0
     jitter_ms: float = 20.0
     loss: float = 0.02
-    partition_at: float = 170.0
-    partition_s: float = 30.0
-    """Held at least this long (the lock's TTL is 10 s), and until the standby leads."""
+    partition: Window = Window(170.0, 30.0)
+    """The leader's host cut from Redis: held at least this long (the lock's TTL is 10 s),
+    and until the standby leads."""
     duration_limit_s: float = 600.0
+    """The whole run, set-up and checks included, is stopped past this."""
     drain_s: float = 60.0
+    """After the fleet stopped, how long to wait for the emulator's in-flight to drain."""
 
     def emulator_args(self, seed: int) -> list[str]:
         """The emulator's account: its limit (over-limit creates queue, so the peak shows
         whether the fleet kept to it), the time scale and task durations."""
-        return ["--seed", str(seed), "--concurrency", str(self.concurrency),
-                "--time-scale", repr(self.time_scale), "--duration",
-                f"joycaption={CAPTION_REAL_S}"]
+        return emulator_account(seed, self.concurrency, self.time_scale)
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as it goes in the report."""
-        return asdict(self)
+        """The plan as it goes in the report, flat as it always was (`cut_at`, `cut_s`...)."""
+        doc: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, dict):
+                doc.update({f"{key}_{part}": v for part, v in value.items()})
+            else:
+                doc[key] = value
+        return doc
 
 
 FULL = Plan()
-QUICK = replace(FULL, rows=500, concurrency=25, cut_at=10.0, cut_s=30.0, impair_at=45.0,
-                impair_s=25.0, partition_at=75.0, partition_s=20.0, duration_limit_s=270.0,
-                drain_s=30.0)
+QUICK = replace(FULL, rows=500, concurrency=25, cut=Window(10.0, 30.0),
+                impair=Window(45.0, 25.0), partition=Window(75.0, 20.0),
+                duration_limit_s=270.0, drain_s=30.0)
 """About 500 rows: the same four disruptions, shorter (a 30 s cut, 25 s of latency and
 loss), in about three minutes; what CI runs."""
 
@@ -76,16 +97,16 @@ class Step:
 def schedule(plan: Plan) -> list[Step]:
     """The disruptions' start and end actions, in time order."""
     steps = [
-        Step(plan.cut_at, "cut", f"cut w1 off the network for {plan.cut_s:g} s "
+        Step(plan.cut.at, "cut", f"cut w1 off the network for {plan.cut.s:g} s "
              "(its veth down)"),
-        Step(plan.cut_at + plan.cut_s, "rejoin", "w1 back on the network"),
-        Step(plan.impair_at, "impair", f"{plan.delay_ms:g} ms ± {plan.jitter_ms:g} ms each "
+        Step(plan.cut.end, "rejoin", "w1 back on the network"),
+        Step(plan.impair.at, "impair", f"{plan.delay_ms:g} ms ± {plan.jitter_ms:g} ms each "
              f"way and {plan.loss:.0%} loss between the workers and api, for "
-             f"{plan.impair_s:g} s"),
-        Step(plan.impair_at + plan.impair_s, "heal", "the workers' link to api healed"),
-        Step(plan.partition_at, "partition", "the active dispatcher's host cut from Redis "
+             f"{plan.impair.s:g} s"),
+        Step(plan.impair.end, "heal", "the workers' link to api healed"),
+        Step(plan.partition.at, "partition", "the active dispatcher's host cut from Redis "
              "(a prohibit route; PostgreSQL still reachable)"),
-        Step(plan.partition_at + plan.partition_s, "unpartition",
+        Step(plan.partition.end, "unpartition",
              "the partition healed (once the standby leads)"),
     ]
     return sorted(steps, key=lambda s: s.at)

@@ -24,11 +24,11 @@ from bench.emu import Emu
 from bench.manifests import captions_jsonl
 from bench.procs import BenchError, Proc, Stack, wait_for
 from bench.services import our_env, wait_workers_ready
-from chaos.checks import Evidence
+from chaos.ending import Outcome as RunOutcome
+from chaos.ending import Record, drain, read_evidence
 from chaos.pg import PrivatePostgres
-from chaos.run import _ATTEMPT_COLS, _ATTEMPTS, _JOB_COLS, _JOBS
 from chaos.watch import Db
-from fleet.addresses import Layout
+from fleet.addresses import Layout, Place
 from fleet.netns import SWITCH, in_ns
 from fleet.plan import FLEET_ENV, Plan, Step, schedule
 from fleet.topology import SLOW_API_END, SLOW_SWITCH_END, WORKER_HOSTS, Network
@@ -41,21 +41,16 @@ WORKERS_PER_HOST = 2
 TICK_S = 0.5
 FINISH_RESERVE_S = 40.0
 CUT_WAIT_S = 60.0
+"""The cut waits (the schedule sliding) at most this long for w1 to have a task in flight."""
 STOP_S = 10.0
 """How long the fleet's processes have to stop on SIGTERM, all together."""
-"""The cut waits (the schedule sliding) at most this long for w1 to have a task in flight."""
 
 
 @dataclass
-class Outcome:
-    """What the run did and saw."""
+class Outcome(RunOutcome):
+    """What the run did and saw: also the link emulator's counters and when w1 was cut off
+    and back (wall clock, as the ledger's times)."""
 
-    status: str = "ok"
-    error: str | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    times: dict[str, float] = field(default_factory=dict)
-    evidence: Evidence | None = None
-    final_counts: dict[str, int] = field(default_factory=dict)
     link: list[dict[str, Any]] = field(default_factory=list)
     cut_unix: float = 0.0
     back_unix: float = 0.0
@@ -121,15 +116,16 @@ class FleetRun:
     def start_services(self) -> dict[str, str]:
         """PostgreSQL and Redis on `data`, the emulator on `api`; the workers' env."""
         lay = self.layout
-        self.pg = PrivatePostgres(self.stack, self.logs, host=lay.postgres, port=PG_PORT,
+        self.pg = PrivatePostgres(self.stack, self.logs, host=lay.address("postgres"), port=PG_PORT,
                                   wrap=in_ns("data"), trust=str(lay.subnet))
         self.pg.init()
         redis_dir = self.workdir / "redis"
         redis_dir.mkdir()
         # No protected mode: its clients are the other hosts, on the harness's bridge only.
-        self._proc("data", "redis", [*redis_server_argv(REDIS_PORT, redis_dir, bind=lay.redis),
+        redis_at = lay.address("redis")
+        self._proc("data", "redis", [*redis_server_argv(REDIS_PORT, redis_dir, bind=redis_at),
                                      "--protected-mode", "no"], dict(os.environ))
-        redis_url = f"redis://{lay.redis}:{REDIS_PORT}/0"
+        redis_url = f"redis://{redis_at}:{REDIS_PORT}/0"
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
         client = self.redis
         wait_for(lambda: client.ping(), 20, "Redis on data", 0.05)
@@ -137,10 +133,11 @@ class FleetRun:
                                                str(API_PORT), *self.plan.emulator_args(
                                                    self.seed)),
                    {**os.environ, "PIAPI_API_KEY": API_KEY})
-        self.emu = Emu(f"http://{lay.api}:{API_PORT}")
+        api = f"http://{lay.address('api')}:{API_PORT}"
+        self.emu = Emu(api)
         emu = self.emu
         wait_for(lambda: emu.stats(), 60, "the emulator on api", 0.1)
-        return self._env(f"http://{lay.api}:{API_PORT}", redis_url)
+        return self._env(api, redis_url)
 
     def _env(self, base_url: str, redis_url: str) -> dict[str, str]:
         assert self.pg is not None
@@ -153,7 +150,7 @@ class FleetRun:
         self.build_network()
         ctl_env = self.start_services()
         worker_env = {**ctl_env,
-                      "PIAPI_BASE_URL": f"http://{self.layout.api_slow}:{API_PORT}"}
+                      "PIAPI_BASE_URL": f"http://{self.layout.address('api_slow')}:{API_PORT}"}
         self.manifest = captions_jsonl(self.workdir / "fleet.jsonl", self.plan.rows,
                                        prefix="fleet")
         submit = self._proc("ctl1", "submit", cli_argv("submit", str(self.manifest)), ctl_env)
@@ -211,14 +208,8 @@ class FleetRun:
                     steps.pop(0)
                 else:  # waiting for its condition: the rest of the schedule slides along
                     steps = [replace(s, at=s.at + TICK_S) for s in steps]
-            if progress is not None and progress.total and progress.active == 0 and not steps:
-                self.out.times["work_s"] = round(t, 1)
-                self.out.final_counts = progress.counts
-                return
-            if time.monotonic() > stop_at:
-                self.out.status = "timeout"
-                self.out.error = f"rows still active or disruptions pending after {t:.0f} s"
-                self.out.final_counts = progress.counts if progress else {}
+            if self.out.over(progress, t, settled=not steps, stop_at=stop_at, digits=1,
+                             late="rows still active or disruptions pending after {t:.0f} s"):
                 return
             self._replace_exited()
             time.sleep(max(0.0, TICK_S - (self.now() - t)))
@@ -260,10 +251,10 @@ class FleetRun:
         self._record(event)
         return True
 
-    def _busy(self, host: str) -> int:
+    def _busy(self, host: Place) -> int:
         """Tasks `host` created that no poll has yet seen end (the emulator's ledger)."""
         assert self.emu is not None
-        addr = self.layout.host(host)
+        addr = self.layout.address(host)
         return sum(1 for t in self.emu.ledger() if t.get("created_by") == addr
                    and not t.get("end_seen_at"))
 
@@ -313,33 +304,17 @@ class FleetRun:
         """Stop the fleet, let the emulator drain, export the results, read the evidence."""
         assert self.db is not None and self.emu is not None
         self._stop_fleet()
-        began = time.monotonic()
-        stats = self.emu.stats()
-        while stats.get("in_flight", 0) and time.monotonic() - began < self.plan.drain_s:
-            time.sleep(0.5)
-            stats = self.emu.stats()
+        drain(self.emu, self.plan.drain_s)
         results = self.workdir / "results.jsonl"
         export = self._proc("ctl1", "export", cli_argv("export", self.batch_id, "-o",
                                                        str(results)), self.env)
-        if export.wait(120) != 0:
-            export.stop(5)
-            raise BenchError(f"piapi-bulk export failed:\n{export.log_tail()}")
-        self.out.evidence = Evidence(
-            manifest=_jsonl(self.manifest), jobs=self._table(_JOBS, _JOB_COLS),
-            attempts=self._table(_ATTEMPTS, _ATTEMPT_COLS), results=_jsonl(results),
-            ledger=self.emu.ledger(), stats=self.emu.stats(), concurrency=self.plan.concurrency)
+        self.out.evidence = read_evidence(export, results, Record(
+            self.db, self.batch_id, self.manifest, self.emu, self.plan.concurrency))
 
     def _stop_fleet(self) -> None:
         """Every dispatcher and worker stopped together."""
         _stop_together([p for ps in self.procs.values() for p in ps
                         if p.role in ("dispatcher", "worker")])
-
-    def _table(self, sql: str, cols: tuple[str, ...]) -> list[dict[str, Any]]:
-        assert self.db is not None
-        rows = self.db.rows(sql, (self.batch_id,))
-        if rows is None:
-            raise BenchError("the database did not answer at the end of the run")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def close(self) -> None:
         """Stop every process we started (the fleet, the link, PostgreSQL, the rest; by PID)."""
@@ -370,11 +345,6 @@ def _stop_together(procs: list[Proc]) -> None:
     for proc in live:
         proc.wait(max(0.0, deadline - time.monotonic()))
         proc.stop(0.5)  # SIGKILL if still running, and reap
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:

@@ -18,11 +18,16 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from fleet.addresses import Layout
+from fleet.addresses import Layout, Place
 from fleet.netns import BRIDGE, PREFIX, SWITCH, NetError, in_ns, ip, ns
 
-HOSTS = ("data", "api", "ctl1", "ctl2", "w1", "w2")
-WORKER_HOSTS = ("w1", "w2")
+ETH0: dict[str, tuple[Place, ...]] = {
+    "data": ("postgres", "redis"), "api": ("api",),
+    "ctl1": ("ctl1",), "ctl2": ("ctl2",), "w1": ("w1",), "w2": ("w2",),
+}
+"""Each host (in the order they are built) and the addresses on its eth0."""
+HOSTS = tuple(ETH0)
+WORKER_HOSTS: tuple[Place, ...] = ("w1", "w2")
 SLOW_SWITCH_END = f"{PREFIX}tb"
 SLOW_API_END = f"{PREFIX}ta"
 
@@ -51,15 +56,6 @@ class Network:
     layout: Layout
     netem: bool = False
 
-    def addresses(self, host: str) -> list[str]:
-        """A host's addresses on its eth0."""
-        lay = self.layout
-        if host == "data":
-            return [lay.postgres, lay.redis]
-        if host == "api":
-            return [lay.api]
-        return [lay.host(host)]
-
     def build(self) -> None:
         """Namespaces, the bridge, one veth per host, addresses (the impaired link is
         `attach_slow_link`'s, once its far end exists); the switch namespace exists."""
@@ -67,7 +63,7 @@ class Network:
             ip("netns", "add", ns(host))
         ip("-n", SWITCH, "link", "set", "lo", "up")
         ip("-n", SWITCH, "link", "add", BRIDGE, "type", "bridge")
-        ip("-n", SWITCH, "addr", "add", f"{self.layout.switch}/{self.layout.prefix}",
+        ip("-n", SWITCH, "addr", "add", f"{self.layout.address('switch')}/{self.layout.prefix}",
            "dev", BRIDGE)
         ip("-n", SWITCH, "link", "set", BRIDGE, "up")
         for host in HOSTS:
@@ -75,8 +71,9 @@ class Network:
                "netns", ns(host))
             ip("-n", SWITCH, "link", "set", host, "master", BRIDGE, "up")
             ip("-n", ns(host), "link", "set", "lo", "up")
-            for addr in self.addresses(host):
-                ip("-n", ns(host), "addr", "add", f"{addr}/{self.layout.prefix}", "dev", "eth0")
+            for place in ETH0[host]:
+                ip("-n", ns(host), "addr", "add", f"{self.layout.address(place)}/"
+                   f"{self.layout.prefix}", "dev", "eth0")
             ip("-n", ns(host), "link", "set", "eth0", "up")
         self.netem = netem_works()
 
@@ -91,7 +88,7 @@ class Network:
         lay = self.layout
         ip("-n", SWITCH, "link", "set", SLOW_API_END, "netns", ns("api"))
         ip("-n", ns("api"), "link", "set", SLOW_API_END, "name", "eth1")
-        ip("-n", ns("api"), "addr", "add", f"{lay.api_slow}/32", "dev", "eth1")
+        ip("-n", ns("api"), "addr", "add", f"{lay.address('api_slow')}/32", "dev", "eth1")
         ip("-n", ns("api"), "link", "set", "eth1", "up")
         ip("-n", SWITCH, "link", "set", SLOW_SWITCH_END, "master", BRIDGE, "up")
         # ARP answered only on the interface holding the address; no reverse-path filter
@@ -100,7 +97,7 @@ class Network:
                "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
                "net.ipv4.conf.eth0.rp_filter=0", "net.ipv4.conf.eth1.rp_filter=0")
         for host in WORKER_HOSTS:
-            ip("-n", ns("api"), "route", "add", f"{lay.host(host)}/32", "dev", "eth1")
+            ip("-n", ns("api"), "route", "add", f"{lay.address(host)}/32", "dev", "eth1")
 
     def set_netem(self, on: bool, delay_ms: float, jitter_ms: float, loss: float) -> None:
         """netem kernels: impair (or heal) both ends of the slow link."""
@@ -121,7 +118,7 @@ class Network:
         """A `prohibit` route to Redis's address in `host` (PostgreSQL stays reachable)."""
         verb = "add" if on else "del"
         try:
-            ip("-n", ns(host), "route", verb, "prohibit", f"{self.layout.redis}/32")
+            ip("-n", ns(host), "route", verb, "prohibit", f"{self.layout.address('redis')}/32")
         except NetError:
             if on:
                 raise

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from chaos import report
 from chaos.__main__ import _parse_args
-from chaos.plan import QUICK
+from chaos.plan import FULL, QUICK, Plan
 
 
 def test_latency_is_off_by_default_and_passed_to_the_emulator_when_asked() -> None:
@@ -24,3 +25,11 @@ def test_a_bad_latency_is_a_usage_error(value: str) -> None:
     with pytest.raises(SystemExit) as exc:
         _parse_args(["--latency-ms", value])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("plan", [FULL, QUICK])
+def test_one_offs_come_in_order_and_are_the_disruptions_the_report_wants(plan: Plan) -> None:
+    shares = [o.at for o in plan.one_offs]
+    assert shares == sorted(shares) and all(0 < s < 1 for s in shares)
+    wanted = report.disruptions_check([])["missing"]
+    assert ["worker_sigkill", *(o.kind for o in plan.one_offs)] == wanted

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import get_args
 
 import pytest
 
-from fleet.addresses import Layout, NoFreeSubnet, choose_subnet, used_networks
+from fleet.addresses import (
+    OFFSETS,
+    Layout,
+    NoFreeSubnet,
+    Place,
+    choose_subnet,
+    used_networks,
+)
 
 ADDRS = [
     {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8},
@@ -42,8 +50,8 @@ def test_nothing_free_is_an_error() -> None:
 
 def test_layout_gives_each_host_its_own_address_and_data_two() -> None:
     lay = Layout(ipaddress.IPv4Network("10.213.47.0/24"))
-    hosts = [lay.switch, lay.postgres, lay.redis, lay.api, lay.api_slow,
-             *(lay.host(h) for h in ("ctl1", "ctl2", "w1", "w2"))]
-    assert len(set(hosts)) == len(hosts)
+    hosts = [lay.address(place) for place in get_args(Place)]
+    assert len(set(hosts)) == len(hosts) == len(OFFSETS) == 9
     assert all(ipaddress.IPv4Address(a) in lay.subnet for a in hosts)
-    assert lay.postgres != lay.redis
+    assert lay.address("switch") == "10.213.47.1" and lay.address("w2") == "10.213.47.42"
+    assert lay.prefix == 24

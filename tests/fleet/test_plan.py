@@ -22,10 +22,16 @@ def test_schedule_has_each_start_before_its_end_in_order(plan: Plan) -> None:
 
 def test_disruptions_do_not_overlap_and_the_full_cut_is_a_minute() -> None:
     for plan in (FULL, QUICK):
-        assert plan.cut_at + plan.cut_s <= plan.impair_at
-        assert plan.impair_at + plan.impair_s <= plan.partition_at
-        assert plan.partition_s > 10  # longer than the dispatcher lock's TTL
-    assert FULL.cut_s == 60 and FULL.delay_ms == 200 and FULL.loss == 0.02
+        assert plan.cut.end <= plan.impair.at
+        assert plan.impair.end <= plan.partition.at
+        assert plan.partition.s > 10  # longer than the dispatcher lock's TTL
+    assert FULL.cut.s == 60 and FULL.delay_ms == 200 and FULL.loss == 0.02
+
+
+def test_the_report_keeps_the_plan_flat() -> None:
+    doc = QUICK.to_json()
+    assert (doc["cut_at"], doc["cut_s"], doc["partition_s"]) == (10.0, 30.0, 20.0)
+    assert "cut" not in doc and doc["loss"] == 0.02
 
 
 def test_describe_prints_one_line_per_step() -> None:
