@@ -31,7 +31,7 @@ from scheduler.liveness import ProgressWatch
 from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
-from scheduler.services import Services, ensure_services, start_private_redis
+from scheduler.services import Services, ensure_services, start_private_redis, start_services
 from scheduler.sidecars import write_sidecars
 from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
@@ -144,6 +144,8 @@ class Claims:
             return
         try:
             self.fleet.claim(self.batch_ids)
+            if self._renewed == -math.inf:
+                self.fleet.wake()  # a dispatcher waiting for work sees the claim at once
             self._renewed = self.clock()
         except redis.RedisError as exc:
             logger.warning("could not claim the run's batches in Redis (%s); retrying", exc)
@@ -279,12 +281,19 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     stop = StopRequest()
     with stop.installed():
         try:
-            if not settings.redis_url:
+            private = not settings.redis_url
+            if private:
                 url, redis_child = start_private_redis(run_dir)
                 services.children.append(redis_child)
                 settings = settings.model_copy(update={"redis_url": url})
                 # So `piapi-bulk flower` (and `make flower`) find this run's private Redis.
                 (run_dir / REDIS_URL_FILE).write_text(url + "\n")
+                # No fleet can serve a Redis started a moment ago: the worker and the
+                # dispatcher start now, and their seconds of start-up overlap the account
+                # check, the migrations and the ingest (they wait for the claim below).
+                start_services(settings, services, run_dir / "logs",
+                               worker_threads=opts.worker_threads,
+                               concurrency=opts.concurrency)
             limit = check_account(settings)
             engine = make_engine(settings.database_url)
             create_tables(engine)
@@ -299,7 +308,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             claims.renew()
             statuses = [batch_status(engine, b) for b in served]
             stop.check()
-            if any(st is not None and st.active for st in statuses):
+            if not private and any(st is not None and st.active for st in statuses):
                 ensure_services(settings, services, run_dir / "logs",
                                 worker_threads=opts.worker_threads,
                                 concurrency=opts.concurrency)

@@ -249,7 +249,6 @@ def ensure_services(settings: Settings, services: Services, log_dir: Path, *,
                     worker_threads: int | None, concurrency: int | None) -> None:
     """Start a dispatcher and a worker unless some are already serving this Redis."""
     url = settings.require_redis_url()
-    env = _child_env(settings)
     client = redis.Redis.from_url(url)
     try:
         holder = client.get(LOCK_KEY)
@@ -268,20 +267,29 @@ def ensure_services(settings: Settings, services: Services, log_dir: Path, *,
     # Workers another run started stop when that run ends: only a standing fleet's count.
     workers = [name for reply in replies for name in reply
                if not name.startswith(RUN_WORKER_PREFIX)]
-    if not workers:
+    if workers:
+        logger.info("%d worker(s) already running on %s", len(workers), url)
+    if has_dispatcher:
+        logger.info("a dispatcher is already running on %s", url)
+    start_services(settings, services, log_dir, worker_threads=worker_threads,
+                   concurrency=concurrency, worker=not workers, dispatcher=not has_dispatcher)
+
+
+def start_services(settings: Settings, services: Services, log_dir: Path, *,
+                   worker_threads: int | None, concurrency: int | None, worker: bool = True,
+                   dispatcher: bool = True) -> None:
+    """Start this run's worker and scoped dispatcher (either may be left out)."""
+    env = _child_env(settings)
+    if worker:
         argv = cli_argv("worker", "--name-prefix", RUN_WORKER_PREFIX.rstrip("-"))
         if worker_threads:
             argv += ["--concurrency", str(worker_threads)]
         services.add(Child("worker", argv, env, log_dir / "worker.log"))
-    else:
-        logger.info("%d worker(s) already running on %s", len(workers), url)
-    if not has_dispatcher:
+    if dispatcher:
         argv = cli_argv("dispatcher", "--scoped")
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
         services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log"))
-    else:
-        logger.info("a dispatcher is already running on %s", url)
 
 
 def _decoded(value: object) -> str:

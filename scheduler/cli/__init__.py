@@ -26,9 +26,19 @@ except ImportError:  # pragma: no cover
 __all__ = ["app", "main", "manifests", "operate", "serve"]
 
 
+def needs_emulator(args: list[str]) -> bool:
+    """Whether this command line can reach the `emulator` command: it or the top-level
+    help names it. Only then is it registered, since importing the emulator (an ASGI app,
+    uvicorn) cost every other command, and every worker and dispatcher `run` starts, about a
+    third of its start-up."""
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first is None or first == "emulator"
+
+
 def main() -> None:
     """Entry point: usage and configuration errors are one line on stderr and exit 2."""
-    serve.register_emulator()
+    if needs_emulator(sys.argv[1:]):
+        serve.register_emulator()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="piapi-bulk", standalone_mode=False)
