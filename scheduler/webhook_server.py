@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -38,25 +38,35 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1_000_000
 
 
-@dataclass
-class Counters:
-    """What the receiver has seen (also served at /stats for operators and tests)."""
+Seen = Literal["received", "due", "ignored", "rejected"]
+"""What became of a call: every call is received, then made due, ignored or rejected."""
 
-    received: int = 0
-    due: int = 0
-    ignored: int = 0
-    rejected: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
+
+class Counters:
+    """What the receiver has seen (served at /stats for operators and tests): calls by
+    what became of them, and ignored or rejected ones by reason."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter(dict.fromkeys(get_args(Seen), 0))
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, seen: Seen, why: str | None = None) -> None:
+        """Count one call as `seen`, and its reason when it has one."""
+        self.calls[seen] += 1
+        if why is not None:
+            self.reasons[why] += 1
 
     def ignore(self, why: str) -> Response:
-        self.ignored += 1
-        self.reasons[why] = self.reasons.get(why, 0) + 1
+        self.add("ignored", why)
         return JSONResponse({"ok": True, "ignored": why})
 
     def reject(self, why: str, status: int) -> Response:
-        self.rejected += 1
-        self.reasons[why] = self.reasons.get(why, 0) + 1
+        self.add("rejected", why)
         return JSONResponse({"ok": False}, status_code=status)
+
+    def stats(self) -> dict[str, Any]:
+        """The JSON /stats serves: each count, then `reasons`."""
+        return {**self.calls, "reasons": dict(self.reasons)}
 
 
 def _job(engine: Engine, job_id: int) -> tuple[str, str | None, str] | None:
@@ -90,7 +100,7 @@ class Receiver:
 
     async def hook(self, request: Request) -> Response:
         """POST /hooks/{job_id}/{token}."""
-        self.counters.received += 1
+        self.counters.add("received")
         checked = await self._authenticate(request)
         if isinstance(checked, Response):
             return checked
@@ -112,7 +122,7 @@ class Receiver:
 
     def _made_due(self) -> Response:
         """The job is due for a GET now: wake the dispatcher to send it."""
-        self.counters.due += 1
+        self.counters.add("due")
         if self.fleet is not None:
             self.fleet.wake()
         return JSONResponse({"ok": True, "due": True})
@@ -149,7 +159,7 @@ def webhook_routes(engine: Engine, signer: WebhookSigner, fleet: Fleet | None,
         return JSONResponse({"ok": True})
 
     async def stats(_: Request) -> Response:
-        return JSONResponse(receiver.counters.__dict__)
+        return JSONResponse(receiver.counters.stats())
 
     return [
         Route("/hooks/{job_id}/{token}", receiver.hook, methods=["POST"]),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,6 +129,9 @@ class CostEstimates:
 
 @dataclass
 class _Kind:
+    """One kind's rows in a batch: completed with a usage (and its units), in flight,
+    waiting."""
+
     completed: int = 0
     completed_units: int = 0
     in_flight: int = 0
@@ -151,15 +155,15 @@ def batch_spend(engine: Engine, batch_id: str, now: float, epoch: str,
     with transaction(engine) as conn:
         rows = conn.execute(_BY_KIND, params).all()
         abandoned = conn.execute(_ABANDONED, params).all()
-    kinds: dict[Kind, _Kind] = {}
+    kinds: defaultdict[Kind, _Kind] = defaultdict(_Kind)
     spent_units = 0
     for model, task_type, state, held, n, with_usage, units in rows:
-        k = kinds.setdefault((str(model), str(task_type)), _Kind())
         spent_units += int(units) if state in FINISHED else 0
-        k.add(str(state), bool(held), int(n), int(with_usage), int(units))
+        kinds[str(model), str(task_type)].add(str(state), bool(held), int(n), int(with_usage),
+                                              int(units))
     for model, task_type, watched, n, units in abandoned:
         if watched:  # may still be charged: frozen at the estimate, like a task in flight
-            kinds.setdefault((str(model), str(task_type)), _Kind()).in_flight += int(n)
+            kinds[str(model), str(task_type)].in_flight += int(n)
         else:
             spent_units += int(units)
     frozen = next_usd = 0.0

@@ -37,8 +37,6 @@ class AmbiguousTarget(Posting):
     """A task id a webhook named for this job (unverified until a GET confirms it)."""
     reconcile_from: float | None = None
     """Set when an operator retried the row: its reconciliation period starts here."""
-    row_key: str = ""
-    """The user's row id (for the message's summary in Flower)."""
 
     @property
     def undecided_since(self) -> float:

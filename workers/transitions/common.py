@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVarTuple
 
 from sqlalchemy import Row, Select, Update, and_, bindparam, or_
@@ -27,7 +27,16 @@ _Columns = TypeVarTuple("_Columns")
 
 
 @dataclass(frozen=True)
-class Posting:
+class ForRow:
+    """Work on one of the user's rows, which names the row for the message's summary in
+    Flower (keyword-only, so it comes after each subclass's own fields)."""
+
+    row_key: str = field(default="", kw_only=True)
+    """The user's row id."""
+
+
+@dataclass(frozen=True)
+class Posting(ForRow):
     """One create of a job: the job, the create's number, and what it posts."""
 
     job_id: int
@@ -47,12 +56,10 @@ class Claim(Posting):
 
     service_mode: str | None = None
     """`config.service_mode` to send (`public`, `private`), or None to send none."""
-    row_key: str = ""
-    """The user's row id (for the message's summary in Flower)."""
 
 
 @dataclass(frozen=True)
-class PollTarget:
+class PollTarget(ForRow):
     """A running job a worker is about to GET."""
 
     job_id: int
@@ -70,8 +77,6 @@ class PollTarget:
     """The batch was cancelled: `finish` (running tasks finish) or `now` (abandoned)."""
     on_stuck: str | None = None
     """The batch's `--on-stuck` (None: the fleet's default)."""
-    row_key: str = ""
-    """The user's row id (for the message's summary in Flower)."""
 
     @property
     def counted_attempts(self) -> int:

@@ -131,7 +131,7 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
     """The running jobs among `job_ids`, with what a poll needs."""
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11], str(r[12]))
+                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11], row_key=str(r[12]))
         for r in rows_among(engine, _TARGETS, job_ids) if r[1]
     ]
 

@@ -23,7 +23,7 @@ from workers.db import transaction
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, JobState
-from workers.transitions.common import THIS_JOB, move, rows_among, usage_params
+from workers.transitions.common import THIS_JOB, ForRow, move, rows_among, usage_params
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ _ROW_STATE = select(JOBS.c.state).where(THIS_JOB)
 
 
 @dataclass(frozen=True)
-class WatchTarget:
+class WatchTarget(ForRow):
     """An abandoned task due for a look, with its row as it was when loaded."""
 
     attempt_id: int
@@ -83,8 +83,6 @@ class WatchTarget:
     watch_until: float
     row_state: str
     row_task_id: str | None
-    row_key: str = ""
-    """The user's row id (for the message's summary in Flower)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class Late(StrEnum):
 def load_watch_targets(engine: Engine, attempt_ids: Iterable[int]) -> list[WatchTarget]:
     """The attempts among `attempt_ids` still watched, with their rows."""
     return [WatchTarget(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5]),
-                        str(r[6]), r[7], str(r[8]))
+                        str(r[6]), r[7], row_key=str(r[8]))
             for r in rows_among(engine, _TARGETS, attempt_ids) if r[2]]
 
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class WorkerContext:
     reconcile_timeout_s: float = 1800.0
     http_pool: ThreadPoolExecutor | None = None
     """Runs a message's HTTP calls side by side (a message carries several jobs)."""
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
     db_wait_s: float = TRANSIENT_WAIT_S
     """How long a record waits for a restarting database."""
     on_stuck: str = stuck.OnStuck.RETRY.value
@@ -65,7 +66,7 @@ class WorkerContext:
 
     def count(self, name: str, n: int = 1) -> None:
         """Bump a process-local counter (for logs and benchmarks)."""
-        self.counters[name] = self.counters.get(name, 0) + n
+        self.counters[name] += n
 
     def backoff(self, tries: int, retry_after_s: float | None) -> float:
         """Seconds before the next try (jittered)."""

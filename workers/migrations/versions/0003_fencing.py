@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from workers.migrations.schema import NO_DOWNGRADE
+
 revision = "0003_fencing"
 down_revision: str | None = "0002_to_issue_13"
 branch_labels = None
@@ -39,4 +41,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Not supported: piapi-bulk never downgrades a database."""
-    raise NotImplementedError("piapi-bulk does not downgrade a database: restore a backup")
+    raise NotImplementedError(NO_DOWNGRADE)
