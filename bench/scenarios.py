@@ -23,8 +23,11 @@ from bench.runs import Ctx, RunSpec, emulator_args, run_system
 CAPTIONS_REAL_S = "15:45"
 """Joycaption duration range in real seconds (mean 30 s), scaled by the time scale."""
 CAPTION_MEAN_REAL_S = 30.0
-WAN_REAL_S = "120:480"
-"""Wan 5 s clips: 2 to 8 minutes in real seconds."""
+VIDEO_DURATIONS = {family: f"{low:g}:{high:g}"
+                   for family, (low, high) in manifests.VIDEO_REAL_S.items()}
+"""Scenario 2's video families' 5 s clip durations in real seconds, as emulator options."""
+EMULATOR_OVERHEAD = 1.035
+"""A task's ledger time over its drawn duration (the scenario's ideal had it before)."""
 MODEL_ARGS = ("--model", manifests.CAPTION_MODEL, "--task-type", manifests.CAPTION_TASK)
 
 
@@ -90,7 +93,7 @@ class Env:
             if name == "s1":
                 manifests.captions_jsonl(path, plan.s1_rows)
             elif name == "s2":
-                manifests.wan_jsonl(path, plan.s2_rows)
+                manifests.video_jsonl(path, plan.s2_rows)
             elif name == "s6":
                 manifests.captions_jsonl(path, plan.s6_rows)
             elif name == "s4":
@@ -124,8 +127,9 @@ def _s1_spec(env: Env, db: str | None) -> RunSpec:
 
 def _s2_spec(env: Env, db: str | None, variant: str) -> RunSpec:
     p = env.plan
-    args = emulator_args(env.ctx.seed, p.s2_concurrency, p.s2_time_scale, {"wan": WAN_REAL_S})
-    ideal = p.s2_rows * 300 * 1.035 * p.s2_time_scale / p.s2_concurrency
+    args = emulator_args(env.ctx.seed, p.s2_concurrency, p.s2_time_scale, VIDEO_DURATIONS)
+    ideal = (manifests.video_real_s(p.s2_rows) * EMULATOR_OVERHEAD * p.s2_time_scale
+             / p.s2_concurrency)
     return RunSpec("s2_video", variant, db, env.manifest("s2"), p.s2_rows, p.s2_concurrency,
                    args, deadline_s=max(120.0, 4 * ideal), webhooks=variant == "webhooks")
 

@@ -45,6 +45,8 @@ from scheduler.folder import FolderManifest, image_field
 from scheduler.local_files import LocalFiles
 from scheduler.manifest import BadRow, Item, Manifest, ManifestError, open_manifest
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
+from workers.durations import typical_by_kind
+from workers.expected import expected_s, rank
 from workers.models import BATCHES, JOBS, Batch
 from workers.states import ErrorKind, JobState
 
@@ -58,7 +60,7 @@ _KIND_INVALID = ErrorKind.INVALID.value
 COLUMNS = (
     "batch_id", "seq", "line", "row_key", "model", "task_type", "input_json", "metadata_json",
     "state", "attempts", "tries", "polls", "poll_errors", "created_at", "error_kind",
-    "error_message", "unchecked", "service_mode", "fingerprint",
+    "error_message", "unchecked", "service_mode", "fingerprint", "priority",
 )
 """Job columns an ingest writes, in the order of each row tuple."""
 
@@ -164,6 +166,8 @@ class _Tally:
     seen: dict[str, int] = field(default_factory=dict)
     sample: list[tuple[int, str, str]] = field(default_factory=list)
     unchecked: dict[tuple[str, str], int] = field(default_factory=dict)
+    typical_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Each kind's learned mean duration (kinds with enough samples), for `jobs.priority`."""
 
 
 def ingest(
@@ -205,6 +209,7 @@ def ingest(
         tally = _tally(engine, batch.id) if not created else _Tally()
         if tally.stored_seq:
             logger.info("resuming ingest of batch %s after row %d", batch.id, tally.stored_seq)
+        tally.typical_s = typical_by_kind(engine)
         started = time.monotonic()
         defaults = Defaults(batch.default_model, batch.default_task_type, batch.service_mode,
                             dict(fields or {}), LocalFiles(source_folder(manifest)))
@@ -342,14 +347,16 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
     if isinstance(spec, Invalid):
         return _invalid_row(batch_id, spec, meta, now, tally)
     unchecked = None
+    kind = (spec.model, spec.task_type)
     if spec.unchecked:
         unchecked = True
-        kind = (spec.model, spec.task_type)
         tally.unchecked[kind] = tally.unchecked.get(kind, 0) + 1
     input_json = _CANONICAL.encode(spec.input)
+    priority = rank(expected_s(*kind, spec.input, tally.typical_s.get(kind)))
     return (batch_id, spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
             input_json, meta, _QUEUED, 0, 0, 0, 0, now, None, None, unchecked,
-            spec.service_mode, fingerprint(spec.row_key, spec.model, spec.task_type, input_json))
+            spec.service_mode, fingerprint(spec.row_key, spec.model, spec.task_type, input_json),
+            priority)
 
 
 def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
@@ -360,7 +367,7 @@ def _invalid_row(batch_id: str, spec: Invalid, meta: str | None, now: float,
         tally.sample.append((spec.line, spec.row_key, spec.reason))
     return (batch_id, spec.seq, spec.line, _storable(spec.row_key), _storable(spec.model),
             _storable(spec.task_type), None, meta, _INVALID, 0, 0, 0, 0, now, _KIND_INVALID,
-            _storable(spec.reason), None, None, None)
+            _storable(spec.reason), None, None, None, 0)
 
 
 def _storable(text: str | None) -> str | None:

@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from workers.db import session
 from workers.models import DurationSample
 from workers.piapi import TaskView
-from workers.polling import Durations
+from workers.polling import MIN_SAMPLES, Durations
 
 WINDOW = 500
 """The poll schedule uses the most recent this-many durations of a kind of task."""
@@ -106,3 +106,17 @@ class DurationCache:
         with self._lock:
             self._entries[key] = (stamp, value)
         return value
+
+
+def typical_by_kind(engine: Engine) -> dict[tuple[str, str], float]:
+    """The mean kept duration of each kind with enough samples to trust (`MIN_SAMPLES`):
+    what ingest expects of a default row of that kind (`workers.expected`). One grouped
+    read of a table pruned to `KEEP` samples a kind."""
+    with Session(engine) as s:
+        rows = s.execute(
+            select(col(DurationSample.model), col(DurationSample.task_type),
+                   func.avg(col(DurationSample.duration_s)), func.count())
+            .group_by(col(DurationSample.model), col(DurationSample.task_type))
+        ).all()
+    return {(str(m), str(t)): float(mean) for m, t, mean, n in rows
+            if n >= MIN_SAMPLES and mean is not None}

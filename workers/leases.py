@@ -92,7 +92,7 @@ _LOOKS_DUE = (
 def _leaser(state: JobState, order: Any, *, batch: bool = False,
             due_by_time: bool = False) -> Any:
     """One statement: lease the first `p_limit` due jobs in `state` (of batch `p_batch`;
-    with `next_at` passed) in `order`, returning their ids.
+    with `next_at` passed) in `order` (a key or a tuple of keys), returning their ids.
 
     The outer WHERE checks again that each picked row is still due, so a row that changed
     meanwhile is left out. It compares `coalesce(state, '')` on purpose: a plain `state = ?`
@@ -101,8 +101,9 @@ def _leaser(state: JobState, order: Any, *, batch: bool = False,
     """
     timely = [JOBS.c.next_at <= bindparam("p_now")] if due_by_time else []
     scope = [JOBS.c.batch_id == bindparam("p_batch")] if batch else []
+    keys = order if isinstance(order, tuple) else (order,)
     pick = (select(JOBS.c.id).where(JOBS.c.state == state.value, *scope, *timely, _FREE)
-            .order_by(order).limit(bindparam("p_limit")))
+            .order_by(*keys).limit(bindparam("p_limit")))
     still_due = and_(func.coalesce(JOBS.c.state, "") == state.value, *timely, _FREE)
     return (JOBS.update().where(JOBS.c.id.in_(pick.scalar_subquery()), still_due)
             .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
@@ -110,7 +111,10 @@ def _leaser(state: JobState, order: Any, *, batch: bool = False,
 
 
 _RETRY_DUE = _leaser(JobState.RETRY_WAIT, JOBS.c.seq, batch=True, due_by_time=True)
-_QUEUED = _leaser(JobState.QUEUED, JOBS.c.seq, batch=True)
+# Longest expected first (`workers.expected`), ties in manifest order: the partial index
+# (batch_id, priority DESC, seq) of queued rows gives this order without a sort. Retries
+# keep manifest order: few, and already started once.
+_QUEUED = _leaser(JobState.QUEUED, (JOBS.c.priority.desc(), JOBS.c.seq), batch=True)
 _POLLS_DUE = _leaser(JobState.RUNNING, JOBS.c.next_at, due_by_time=True)
 _RECONCILES_DUE = _leaser(JobState.AMBIGUOUS, JOBS.c.next_at, due_by_time=True)
 
@@ -197,8 +201,9 @@ def _lease(engine: Engine, leaser: Any, params: dict[str, Any], limit: int) -> L
 
 def lease_submits(engine: Engine, batch_id: str, limit: int, now: float, epoch: str,
                   lease_s: float, retries: bool = True) -> list[int]:
-    """Reserve up to `limit` of a batch's jobs that may be created now, in manifest order
-    (rows waiting to be created again first, unless `retries` says there are none)."""
+    """Reserve up to `limit` of a batch's jobs that may be created now: rows waiting to be
+    created again first (unless `retries` says there are none), in manifest order, then
+    queued rows longest expected first (`jobs.priority`), ties in manifest order."""
     params = {"p_batch": batch_id, "p_now": now, "p_epoch": epoch,
               "p_lease_until": now + lease_s}
     retry_due = list(_lease(engine, _RETRY_DUE, params, limit)) if retries else []

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # Alembic is imported only when there is something to upgrade
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """Alembic's script folder (env.py and versions/), shipped in the wheel as packages."""
-HEAD = "0003_fencing"
+HEAD = "0004_priority"
 """The newest revision, written here so that a process starting on a database already at
 head (every start but the first) reads one row and never imports Alembic, which parses
 every revision file: a third of a second of each worker's and dispatcher's start-up.

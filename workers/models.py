@@ -62,11 +62,6 @@ class Job(SQLModel, table=True):
         UniqueConstraint("batch_id", "seq", name="uq_jobs_batch_seq"),
         Index("ix_jobs_state_next", "state", "next_at"),
         Index("ix_jobs_batch_state_seq", "batch_id", "state", "seq"),
-        # The next rows to create, in manifest order. Partial, so the planner never walks
-        # the finished part of a batch (PostgreSQL preferred the unique (batch_id, seq)
-        # index and filtered on state: a lease scanned every finished row before it).
-        Index("ix_jobs_queued_seq", "batch_id", "seq",
-              postgresql_where=text("state = 'queued'"), sqlite_where=text("state = 'queued'")),
         # Rows a message is out for (the dispatcher counts them every pass).
         Index("ix_jobs_lease_until", "lease_until"),
         # Twins of a row (the same row in another batch), looked up before paying.
@@ -85,6 +80,10 @@ class Job(SQLModel, table=True):
     """1-based data-row number: the order of the results file."""
     line: int
     """Line of the manifest file where the row starts."""
+    priority: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """The row's expected task duration in whole seconds (`workers.expected`), set at ingest:
+    waiting rows are created longest first, ties in manifest order. 0 for invalid rows and
+    rows ingested before there was a priority (all equal: manifest order)."""
     row_key: str = Field(sa_column=Column(Text, nullable=False))
     """The row's `id` column, or its data-row number."""
     model: str | None = None
@@ -260,6 +259,13 @@ class LeaderTerm(SQLModel, table=True):
 # Core tables, for the hot paths that run pre-built statements instead of the ORM.
 BATCHES: Table = SQLModel.metadata.tables["batches"]
 JOBS: Table = SQLModel.metadata.tables["jobs"]
+# The next rows to create: the longest expected first, then in manifest order (the lease's
+# ORDER BY priority DESC, seq, read off the index, never sorted). Partial, so the planner
+# never walks the finished part of a batch (PostgreSQL preferred the unique (batch_id, seq)
+# index and filtered on state: a lease scanned every finished row before it). Declared
+# here, on the table's columns, for the DESC.
+Index("ix_jobs_queued_priority", JOBS.c.batch_id, JOBS.c.priority.desc(), JOBS.c.seq,
+      postgresql_where=text("state = 'queued'"), sqlite_where=text("state = 'queued'"))
 ATTEMPTS: Table = SQLModel.metadata.tables["attempts"]
 DURATION_SAMPLES: Table = SQLModel.metadata.tables["duration_samples"]
 DOWNLOADS: Table = SQLModel.metadata.tables["downloads"]

@@ -64,7 +64,7 @@ NEW_DEFAULTS: dict[str, dict[str, Any]] = {
                 "cancelled_at": None, "paused": None, "service_mode": None, "on_stuck": None,
                 "reuse": True},
     "jobs": {"unchecked": None, "service_mode": None, "posts": 0, "retry_base": 0,
-             "reconcile_from": None, "fingerprint": None, "reused_from": None},
+             "reconcile_from": None, "fingerprint": None, "reused_from": None, "priority": 0},
     "attempts": {"watch_until": None, "next_at": None, "upload_urls": None},
     "control": {},
 }
