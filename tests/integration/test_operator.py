@@ -338,12 +338,13 @@ def ledger_by_task(emu: Emulator) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("mode", ["finish", "now"])
 def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
                                 make_emulator: MakeEmulator) -> None:
-    # Two tasks that take 12-14 s (with --now, abandoned, 60-62 s: still processing when the
-    # cancel comes, however slowly the machine starts the command), two that stay pending at
-    # PiAPI, ten never started.
+    # Two tasks that take 30-32 s (with --now, abandoned, 60-62 s), so they are still
+    # processing when the cancel comes however slowly a loaded machine starts the command (at
+    # 12-14 s, seen processing only by a late poll, one had completed first), two that stay
+    # pending at PiAPI, ten never started.
     rows = caption_rows(2, "long") + stuck_rows(2) + caption_rows(10, "later")
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    long_s = "12:14" if mode == "finish" else "60:62"
+    long_s = "30:32" if mode == "finish" else "60:62"
     emu = make_emulator("--duration", f"joycaption={long_s}")
     env = run_env(tmp_path, emu, database_url)
     proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "4")
