@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers import MakeEmulator
-from tests.integration.e2e import RunOutcome, RunRows, run_manifest
+from tests.integration.e2e import RunOutcome, RunRows, run_manifest, stop_leftover_runs
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Iterator[None]:
+    """A test that fails between `start_run` and `finish` leaves its run behind; stop it
+    (and its Redis, worker and dispatcher) when the test ends, whatever the outcome."""
+    yield
+    stop_leftover_runs()
 
 
 @pytest.fixture

@@ -102,12 +102,42 @@ def webhook_run_env(tmp_path: Path, emu: Emulator, database_url: str, redis_url:
     return env, webhook_receiver(spawn, env, port)
 
 
+STARTED: list[subprocess.Popen[bytes]] = []
+"""The runs `start_run` started in this pytest process, until `stop_leftover_runs`."""
+
+
 def start_run(tmp_path: Path, env: dict[str, str], *args: str,
               name: str = "run") -> subprocess.Popen[bytes]:
     """`piapi-bulk run ...` in its own session (so its whole tree can be found and killed)."""
     out = open(tmp_path / f"{name}.out", "ab")  # noqa: SIM115
-    return subprocess.Popen(cli("run", *args), env=env, cwd=tmp_path, stdout=out,
+    proc = subprocess.Popen(cli("run", *args), env=env, cwd=tmp_path, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    STARTED.append(proc)
+    return proc
+
+
+def stop_leftover_runs(timeout_s: float = 20.0) -> list[int]:
+    """Stop every run `start_run` started that still runs, with its whole session (its
+    Redis, worker and dispatcher): a test that failed before `finish` left it behind, and
+    it would run on for good, its emulator gone. SIGTERM (the run's own Ctrl-C), SIGKILL
+    after `timeout_s`. The pids stopped."""
+    stopped = []
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is not None:
+            continue
+        stopped.append(proc.pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=timeout_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    return stopped
 
 
 def finish(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
