@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import struct
 import subprocess
@@ -75,16 +77,27 @@ def wait_until(
 
 
 def stop_process(
-    proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10,
+    *, group: bool = False,
 ) -> None:
-    """Stop a process this test started: SIGTERM, then SIGKILL after `timeout_s`."""
+    """Stop a process this test started: SIGTERM, then SIGKILL after `timeout_s`; with
+    `group`, each signal goes to its whole process group (one started in a session of its
+    own, with the children it started)."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+
+    def signal_it(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    signal_it(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        signal_it(signal.SIGKILL)
         proc.wait(timeout=timeout_s)
 
 

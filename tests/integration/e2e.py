@@ -17,7 +17,16 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
-from tests.helpers import EMULATOR_KEY, REPO, Emulator, Spawn, free_port, opened, wait_until
+from tests.helpers import (
+    EMULATOR_KEY,
+    REPO,
+    Emulator,
+    Spawn,
+    free_port,
+    opened,
+    stop_process,
+    wait_until,
+)
 from workers.db import session
 from workers.models import JOBS, Batch, Job
 
@@ -124,19 +133,9 @@ def stop_leftover_runs(timeout_s: float = 20.0) -> list[int]:
     stopped = []
     while STARTED:
         proc = STARTED.pop()
-        if proc.poll() is not None:
-            continue
-        stopped.append(proc.pid)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=timeout_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if proc.poll() is None:
+            stopped.append(proc.pid)
+            stop_process(proc, timeout_s, group=True)
     return stopped
 
 
