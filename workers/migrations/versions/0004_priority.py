@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from workers.migrations.schema import NO_DOWNGRADE, columns
+
 revision = "0004_priority"
 down_revision: str | None = "0003_fencing"
 branch_labels = None
@@ -30,8 +32,8 @@ def upgrade() -> None:
         # A constant server default: SQLite adds the column in place, PostgreSQL without
         # rewriting the table.
         with op.batch_alter_table("jobs") as batch:
-            batch.add_column(sa.Column("priority", sa.Integer(), server_default="0",
-                                       nullable=False))
+            for column in columns("priority int default=0"):
+                batch.add_column(column)
     indexes = {str(i["name"]) for i in inspector.get_indexes("jobs")}
     if "ix_jobs_queued_priority" not in indexes:
         op.create_index("ix_jobs_queued_priority", "jobs",
@@ -43,4 +45,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Not supported: piapi-bulk never downgrades a database."""
-    raise NotImplementedError("piapi-bulk does not downgrade a database: restore a backup")
+    raise NotImplementedError(NO_DOWNGRADE)
