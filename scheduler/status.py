@@ -39,14 +39,6 @@ _ABANDONED = (
 not their row's own task (that one is counted with the row)."""
 
 
-_JSON_KEYS = (
-    "id", "source", "total", "counts", "finished", "done", "usd", "created_at", "budget_usd",
-    "spent_usd", "paused", "deadline_at", "cancelled", "cancelled_at", "unchecked", "failures",
-    "abandoned", "watched", "on_stuck", "reused",
-)
-"""The keys of `status --json`'s batch objects, in the order they are printed."""
-
-
 @dataclass
 class BatchStatus:
     """One batch's counts and cost."""
@@ -137,11 +129,29 @@ class BatchStatus:
         return lines
 
     def to_json(self) -> dict[str, Any]:
-        """The `status --json` object for this batch: `_JSON_KEYS` in order, each the
-        attribute of that name but for the dollars (rounded) and `cancelled`."""
-        usd = round(self.usd, 6)
-        named = {"usd": usd, "spent_usd": usd, "cancelled": self.cancel_mode}
-        return {key: named[key] if key in named else getattr(self, key) for key in _JSON_KEYS}
+        """The `status --json` object for this batch."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "total": self.total,
+            "counts": self.counts,
+            "finished": self.finished,
+            "done": self.done,
+            "usd": round(self.usd, 6),
+            "created_at": self.created_at,
+            "budget_usd": self.budget_usd,
+            "spent_usd": round(self.usd, 6),
+            "paused": self.paused,
+            "deadline_at": self.deadline_at,
+            "cancelled": self.cancel_mode,
+            "cancelled_at": self.cancelled_at,
+            "unchecked": self.unchecked,
+            "failures": self.failures,
+            "abandoned": self.abandoned,
+            "watched": self.watched,
+            "on_stuck": self.on_stuck,
+            "reused": self.reused,
+        }
 
 
 def duration(seconds: float) -> str:
