@@ -8,7 +8,8 @@ order a request flows through them:
 - `latency`: the network between client and emulator (an async delay, half before
   handling, half before the answer), when `--latency-ms` asks for one.
 - `app`: `create_app(config)`; PiAPI routes behind auth, edge faults and the rate limit.
-- `control_api`: the unauthenticated `/_emulator/` API (stats, ledger, files, config, reset).
+- `control_api`: the unauthenticated `/_emulator/` API (stats, ledger, files, config, advance
+  the clock, reset).
 - `runtime`: wires the parts together and runs the timer that drives state changes.
 - `ratelimit`, `faults`: the request budget and seeded fault draws.
 - `parsing`, `catalog`, `inputs`, `validation`: create bodies → validated, normalised

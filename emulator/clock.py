@@ -13,15 +13,20 @@ _NS_PER_S = 1_000_000_000
 
 
 class Clock(Protocol):
-    """Anything that tells the time as float unix seconds."""
+    """Anything that tells the time as float unix seconds, and can be moved forward."""
 
     def now(self) -> float:
         """Current time in unix seconds."""
         ...
 
+    def advance(self, dt_s: float) -> None:
+        """Move the clock forward by `dt_s` seconds."""
+        ...
+
 
 class SystemClock:
-    """Wall time read once, then advanced by the monotonic clock so it never jumps back."""
+    """Wall time read once, then advanced by the monotonic clock so it never jumps back; a
+    test may move it forward (`advance`) to skip a wait on long tasks."""
 
     def __init__(self) -> None:
         self._wall0 = time.time()
@@ -30,6 +35,11 @@ class SystemClock:
     def now(self) -> float:
         """Current time in unix seconds."""
         return self._wall0 + (time.monotonic() - self._mono0)
+
+    def advance(self, dt_s: float) -> None:
+        """Move the clock forward by `dt_s` seconds (`POST /_emulator/advance`): tasks and rate
+        windows see that much more time passed; the clock keeps running from there."""
+        self._wall0 += dt_s
 
 
 class FakeClock:

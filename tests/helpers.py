@@ -131,6 +131,12 @@ class Emulator:
         """Change settings of the running emulator (`/_emulator/config`)."""
         httpx.post(f"{self.url}/_emulator/config", json=config, timeout=5).raise_for_status()
 
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock forward (`/_emulator/advance`): its tasks end as if that
+        much time had passed, without the test waiting for it."""
+        httpx.post(f"{self.url}/_emulator/advance", json={"seconds": seconds},
+                   timeout=5).raise_for_status()
+
     def stop(self) -> None:
         stop_process(self.proc)
 

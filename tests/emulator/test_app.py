@@ -230,6 +230,19 @@ def test_control_config_masks_the_key_and_validates_patches(client: Client) -> N
     assert client.configure(concurrency=3, time_scale=0.5)["time_scale"] == 0.5
 
 
+def test_advance_moves_the_clock_and_tasks_end_as_if_that_time_passed(client: Client) -> None:
+    task_id = client.create(joy()).json()["data"]["task_id"]
+    before = client.clock.now()
+    for bad in ({}, {"seconds": -1}, {"seconds": "5"}, {"seconds": True}, {"seconds": 1e9}):
+        response = client.http.post("/_emulator/advance", json=bad)
+        assert response.status_code == 400, bad
+    assert client.clock.now() == before
+    stats = client.http.post("/_emulator/advance", json={"seconds": 1000}).json()
+    assert client.clock.now() == before + 1000 and stats["creates"] == 1
+    done = client.http.get(f"/api/v1/task/{task_id}", headers=KEY).json()["data"]
+    assert done["status"] == "completed"
+
+
 def test_reset_clears_tasks_and_counters(client: Client) -> None:
     client.create(joy())
     assert client.http.post("/_emulator/reset").status_code == 200

@@ -37,3 +37,11 @@ def test_system_clock_never_goes_back() -> None:
     clock = SystemClock()
     a = clock.now()
     assert clock.now() >= a
+
+
+def test_system_clock_moves_forward_when_told_and_keeps_running() -> None:
+    clock = SystemClock()
+    a = clock.now()
+    clock.advance(3600)
+    b = clock.now()
+    assert 3600 <= b - a < 3700 and clock.now() >= b

@@ -341,7 +341,8 @@ def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
     # Two tasks that take 30-32 s (with --now, abandoned, 60-62 s), so they are still
     # processing when the cancel comes however slowly a loaded machine starts the command (at
     # 12-14 s, seen processing only by a late poll, one had completed first), two that stay
-    # pending at PiAPI, ten never started.
+    # pending at PiAPI, ten never started. Once cancelled, the emulator's clock is moved on
+    # past the long tasks' end, so the run does not wait for it.
     rows = caption_rows(2, "long") + stuck_rows(2) + caption_rows(10, "later")
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     long_s = "30:32" if mode == "finish" else "60:62"
@@ -355,6 +356,8 @@ def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
     out = piapi_bulk(tmp_path, env, *args)
     assert out.returncode == 0, out.stderr
     assert "10 row(s) cancelled now; 4 running task(s)" in out.stdout
+    if mode == "finish":  # the long tasks end at their next poll, not 30 s from now
+        emu.advance(40)
     code = finish(proc, 120)
     ledger = ledger_by_task(emu)
     stats = emu.stats()
