@@ -16,10 +16,9 @@ from sqlmodel import Session, col
 from scheduler.results_csv import csv_writer
 from workers.downloads import files_of
 from workers.models import Attempt, Job
+from workers.spending import USD_PER_UNIT
 from workers.states import JobState
 
-USD_PER_UNIT = 1e-7
-"""PiAPI usage units: 10,000,000 units = US$1."""
 RESULT_STATUSES = {
     JobState.COMPLETED.value: "completed",
     JobState.FAILED.value: "failed",

@@ -35,13 +35,14 @@ KEY_CHUNK = 500
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _UNITS_S = (86400, 3600, 60, 1)
 
-j, b = JOBS.c, BATCHES.c
-_BATCH = select(b.id, b.cancel_mode, b.deadline_at).where(b.id == bindparam("p_batch"))
-_COUNTS = (select(j.state, func.count()).where(j.batch_id == bindparam("p_batch"))
-           .group_by(j.state))
-_STATES_OF = select(j.row_key, j.state).where(
-    j.batch_id == bindparam("p_batch"), j.row_key.in_(bindparam("p_keys", expanding=True)))
-_UPDATE = BATCHES.update().where(b.id == bindparam("p_batch"))
+_BATCH = select(BATCHES.c.id, BATCHES.c.cancel_mode, BATCHES.c.deadline_at).where(
+    BATCHES.c.id == bindparam("p_batch"))
+_COUNTS = (select(JOBS.c.state, func.count()).where(JOBS.c.batch_id == bindparam("p_batch"))
+           .group_by(JOBS.c.state))
+_STATES_OF = select(JOBS.c.row_key, JOBS.c.state).where(
+    JOBS.c.batch_id == bindparam("p_batch"),
+    JOBS.c.row_key.in_(bindparam("p_keys", expanding=True)))
+_UPDATE = BATCHES.update().where(BATCHES.c.id == bindparam("p_batch"))
 
 
 def parse_deadline(text: str, now: float) -> float:
@@ -162,7 +163,7 @@ def cancel(engine: Engine, batch_id: str, now_mode: bool, now: float | None = No
     mode = "now" if now_mode or old_mode == "now" else "finish"
     with transaction(engine) as conn:  # admission stops first, then the rows move
         conn.execute(_UPDATE.values(cancel_mode=mode, paused=None,
-                                    cancelled_at=func.coalesce(b.cancelled_at, at)),
+                                    cancelled_at=func.coalesce(BATCHES.c.cancelled_at, at)),
                      {"p_batch": batch_id})
     cancelled = operator.cancel_waiting(engine, batch_id, at)
     if mode == "now":
@@ -273,10 +274,10 @@ def dispatcher_running(redis_url: str | None) -> bool:
         client.close()
 
 
-_LEASED_WAITING = select(j.id).where(
-    j.batch_id == bindparam("p_batch"),
-    j.state.in_([JobState.QUEUED.value, JobState.RETRY_WAIT.value]),
-    j.lease_until >= bindparam("p_now")).limit(1)
+_LEASED_WAITING = select(JOBS.c.id).where(
+    JOBS.c.batch_id == bindparam("p_batch"),
+    JOBS.c.state.in_([JobState.QUEUED.value, JobState.RETRY_WAIT.value]),
+    JOBS.c.lease_until >= bindparam("p_now")).limit(1)
 BUDGET_SETTLE_S = 3.0
 """A budget pause with nothing in flight must hold this long before `run` stops on it
 (the dispatcher looks again every second; a finished task may have cost less than its

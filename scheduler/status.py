@@ -18,25 +18,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from workers.models import ATTEMPTS, JOBS, Batch, Job
-from workers.spending import money
+from workers.spending import ABANDONED_ATTEMPTS, ABANDONED_USAGE, USD_PER_UNIT, money
 from workers.states import ACTIVE, AttemptState, JobState
 
-USD_PER_UNIT = 1e-7
-j, a = JOBS.c, ATTEMPTS.c
 _ABANDONED = (
-    select(a.watch_until.is_not(None), func.count(),
-           func.coalesce(func.sum(case((or_(j.task_id.is_(None), a.task_id != j.task_id),
-                                        a.consume), else_=0)), 0))
-    .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
-    .group_by(a.watch_until.is_not(None))
+    select(ATTEMPTS.c.watch_until.is_not(None), func.count(), ABANDONED_USAGE)
+    .select_from(ABANDONED_ATTEMPTS)
+    .group_by(ATTEMPTS.c.watch_until.is_not(None))
 )
-"""Abandoned tasks of a batch (watched or not) and the usage of those PiAPI ended that are
-not their row's own task (that one is counted with the row)."""
+"""Abandoned tasks of a batch (watched or not) and their `ABANDONED_USAGE`."""
 
 
 @dataclass
@@ -185,7 +180,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
             .where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.FAILED.value)
             .group_by(col(Job.error_kind))).all()}
         abandoned = s.execute(_ABANDONED.where(
-            and_(a.state == AttemptState.ABANDONED.value, j.batch_id == batch_id))).all()
+            ATTEMPTS.c.state == AttemptState.ABANDONED.value, JOBS.c.batch_id == batch_id)).all()
     counts = {state.value: 0 for state in JobState}
     consumed = unchecked = reused = 0
     for state, n, units, n_unchecked, n_reused in rows:
@@ -212,8 +207,8 @@ def tasks_created(engine: Engine, batch_id: str) -> int:
     """PiAPI tasks created for the batch's rows (attempts that got a task id)."""
     with Session(engine) as s:
         return int(s.execute(
-            select(func.count()).select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
-            .where(j.batch_id == batch_id, a.task_id.is_not(None))).scalar_one())
+            select(func.count()).select_from(ABANDONED_ATTEMPTS)
+            .where(JOBS.c.batch_id == batch_id, ATTEMPTS.c.task_id.is_not(None))).scalar_one())
 
 
 def all_statuses(engine: Engine) -> list[BatchStatus]:

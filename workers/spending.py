@@ -25,45 +25,52 @@ from sqlalchemy.engine import Engine
 
 from workers.db import transaction
 from workers.models import ATTEMPTS, BATCHES, JOBS
+from workers.piapi import UNITS_PER_USD
 from workers.prices import upper_usd
 from workers.states import AttemptState, JobState
 
-USD_PER_UNIT = 1e-7
-"""PiAPI usage units: 10,000,000 units = US$1."""
+USD_PER_UNIT = 1 / UNITS_PER_USD
+"""US$ per PiAPI usage unit."""
 ESTIMATE_TTL_S = 30.0
 """How long a kind's cost learned from other batches is reused before it is read again."""
 SAMPLE_ROWS = 1000
 """Completed rows of a kind read (at most) to learn its cost from other batches."""
 
-j, a = JOBS.c, ATTEMPTS.c
 FINISHED = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 IN_FLIGHT = (JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.AMBIGUOUS.value)
 WAITING = (JobState.QUEUED.value, JobState.RETRY_WAIT.value)
 
+_HELD = and_(JOBS.c.lease_until >= bindparam("p_now"),
+             JOBS.c.lease_epoch == bindparam("p_epoch"))
 _ROWS = select(
-    j.model, j.task_type, j.state, j.usage_consume,
-    case((and_(j.lease_until >= bindparam("p_now"), j.lease_epoch == bindparam("p_epoch")), 1),
-         else_=0).label("held"),
-).where(j.batch_id == bindparam("p_batch")).subquery()
+    JOBS.c.model, JOBS.c.task_type, JOBS.c.state, JOBS.c.usage_consume,
+    case((_HELD, 1), else_=0).label("held"),
+).where(JOBS.c.batch_id == bindparam("p_batch")).subquery()
 _BY_KIND = select(
     _ROWS.c.model, _ROWS.c.task_type, _ROWS.c.state, _ROWS.c.held, func.count(),
     func.count(_ROWS.c.usage_consume), func.coalesce(func.sum(_ROWS.c.usage_consume), 0),
 ).group_by(_ROWS.c.model, _ROWS.c.task_type, _ROWS.c.state, _ROWS.c.held)
 """Per (kind, state, lease held): rows, rows with usage, usage."""
-_WATCHED = and_(a.watch_until.is_not(None), a.watch_until >= bindparam("p_now"))
+ABANDONED_ATTEMPTS = ATTEMPTS.join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
+"""Attempts with their rows: where abandoned tasks are counted."""
+ABANDONED_USAGE = func.coalesce(func.sum(case(
+    (or_(JOBS.c.task_id.is_(None), ATTEMPTS.c.task_id != JOBS.c.task_id), ATTEMPTS.c.consume),
+    else_=0)), 0)
+"""Over `ABANDONED_ATTEMPTS`: the usage of abandoned tasks that are not their row's own task
+(that one is counted with the row)."""
+_WATCHED = and_(ATTEMPTS.c.watch_until.is_not(None), ATTEMPTS.c.watch_until >= bindparam("p_now"))
 _ABANDONED = (
-    select(j.model, j.task_type, case((_WATCHED, 1), else_=0).label("watched"), func.count(),
-           func.coalesce(func.sum(case((or_(j.task_id.is_(None), a.task_id != j.task_id),
-                                        a.consume), else_=0)), 0))
-    .select_from(ATTEMPTS.join(JOBS, j.id == a.job_id))
-    .where(a.state == AttemptState.ABANDONED.value, j.batch_id == bindparam("p_batch"))
-    .group_by(j.model, j.task_type, "watched")
+    select(JOBS.c.model, JOBS.c.task_type, case((_WATCHED, 1), else_=0).label("watched"),
+           func.count(), ABANDONED_USAGE)
+    .select_from(ABANDONED_ATTEMPTS)
+    .where(ATTEMPTS.c.state == AttemptState.ABANDONED.value,
+           JOBS.c.batch_id == bindparam("p_batch"))
+    .group_by(JOBS.c.model, JOBS.c.task_type, "watched")
 )
-"""Per (kind, still watched): abandoned tasks, and the usage of those that are not their
-row's own task (that one is counted with the row)."""
-_SAMPLE = select(j.usage_consume).where(
-    j.state == JobState.COMPLETED.value, j.model == bindparam("p_model"),
-    j.task_type == bindparam("p_task_type"), j.usage_consume.is_not(None),
+"""Per (kind, still watched): abandoned tasks, and their `ABANDONED_USAGE`."""
+_SAMPLE = select(JOBS.c.usage_consume).where(
+    JOBS.c.state == JobState.COMPLETED.value, JOBS.c.model == bindparam("p_model"),
+    JOBS.c.task_type == bindparam("p_task_type"), JOBS.c.usage_consume.is_not(None),
 ).limit(SAMPLE_ROWS).subquery()
 _MEAN = select(func.avg(_SAMPLE.c.usage_consume), func.count())
 _SET_PAUSED = BATCHES.update().where(BATCHES.c.id == bindparam("p_batch")).values(
