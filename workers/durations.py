@@ -1,4 +1,13 @@
-"""Learned task durations per (model, task_type), kept in the database so restarts keep them."""
+"""Learned task durations per (model, task_type), kept in the database so restarts keep them.
+
+A sample is seconds per unit of work: the task's duration divided by its row's input factor
+(`workers.polling.per_unit_s`, when the poll records the completion), so `load` gives the
+poll schedule per unit and `typical_by_kind` a default row's mean (`workers.expected`
+multiplies both back by a row's factor). Samples stored before that were whole durations:
+those of default rows (factor 1, most rows) are per unit already, and the others cannot be
+told apart (a sample names no row), so they are left to age out of the `WINDOW` the
+schedule reads (at worst a too-late poll and a too-generous stuck limit meanwhile).
+"""
 
 from __future__ import annotations
 

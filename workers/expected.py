@@ -33,6 +33,7 @@ takes longer; `rank` turns the estimate into the integer stored with the row
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -67,6 +68,17 @@ def expected_s(model: str, task_type: str, data: Mapping[str, Any] | None,
     base = typical_s if typical_s is not None and typical_s > 0 else (
         catalog.prior_duration_s(model, task_type))
     return base * input_factor(model, task_type, data or {})
+
+
+def stored_factor(model: str, task_type: str, input_json: str | None) -> float:
+    """`input_factor` of a row's input as stored (`jobs.input_json`): what the poll schedule
+    and the learned durations scale by (`workers.polling`). 1 for no input, or one that is
+    not a JSON object."""
+    try:
+        data = json.loads(input_json) if input_json else None
+    except ValueError:
+        return 1.0
+    return input_factor(model, task_type, data) if isinstance(data, dict) else 1.0
 
 
 def input_factor(model: str, task_type: str, data: Mapping[str, Any]) -> float:

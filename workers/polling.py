@@ -6,6 +6,12 @@ quantiles, and past the longest duration seen a bounded geometric back-off takes
 So a task costs a small, bounded number of GETs whatever its length. Before anything is
 learned, a prior schedule starts early and backs off, as PiAPI's own CLI does.
 
+Durations are learned per unit of work: each sample is the task's duration divided by
+its row's input factor (`workers.expected.input_factor`: a 10 s clip is 2 units of a 5 s
+one), and a row's schedule and stuck limit are the per-unit ones times its own factor
+(`scale`). So a batch mixing 5 s and 10 s clips of one kind polls each at its own length
+instead of both at the mix's.
+
 How eager the schedule is depends on what else tells us a task ended:
 - `EAGER`: nothing else does; polls decide when a slot is refilled, so they come often.
 - `LAZY`: the account's active-task count refills slots; polls only collect results.
@@ -83,12 +89,13 @@ class Durations:
         return bisect.bisect_right(self.samples, age_s) / len(self.samples) if self.samples else 0
 
 
-def learned_ages(d: Durations, mode: PollMode) -> list[float]:
-    """The poll ages (s after the create) given by the learned quantiles."""
+def learned_ages(d: Durations, mode: PollMode, scale: float = 1.0) -> list[float]:
+    """The poll ages (s after the create) given by the learned quantiles, for a row of
+    `scale` units of work (the samples are per unit)."""
     ages: list[float] = []
     quantiles = QUANTILES[mode]
     for q in quantiles:
-        age = d.quantile(q)
+        age = d.quantile(q) * scale
         if q == quantiles[-1]:
             age *= TAIL_SLACK[mode]
         if ages and age < ages[-1] + MIN_GAP_S:
@@ -98,19 +105,23 @@ def learned_ages(d: Durations, mode: PollMode) -> list[float]:
 
 
 def next_poll_age(age_s: float, polls: int, d: Durations | None, prior_s: float,
-                  mode: PollMode) -> float:
+                  mode: PollMode, scale: float = 1.0) -> float:
     """The age (s since the create) of the next GET, for a task of age `age_s` that has
-    been seen running `polls` times. Always later than `age_s`."""
+    been seen running `polls` times, whose row is `scale` units of work (`d` and `prior_s`
+    are per unit). Always later than `age_s`."""
+    scale = work_units(scale)
+    prior_s *= scale
     if d is None or not d.learned:
         if mode is PollMode.WEBHOOK:  # a safety net only: late, then backing off
             return max(age_s + MIN_GAP_S, prior_s * TAIL_SLACK[mode]) if polls == 0 \
                 else age_s + prior_delay_s(polls + 8, prior_s)
         return age_s + prior_delay_s(polls, prior_s)
-    for age in learned_ages(d, mode):
+    ages = learned_ages(d, mode, scale)
+    for age in ages:
         if age > age_s + MIN_GAP_S / 2:
             return age
     # Past every quantile: bounded geometric back-off from the learned tail.
-    tail = learned_ages(d, mode)[-1]
+    tail = ages[-1]
     step = max(MIN_GAP_S, tail * 0.25) * BACKOFF_GROWTH ** max(0, polls - len(QUANTILES[mode]))
     return age_s + min(MAX_INTERVAL_S, max(step, MIN_GAP_S))
 
@@ -141,8 +152,21 @@ STUCK_PRIOR_FACTOR = 10.0
 """...or, before anything is learned, this many times its prior duration."""
 
 
-def stuck_after_s(d: Durations | None, prior_s: float) -> float:
-    """Age (s since the create) past which a task that has not ended counts as stuck."""
+def stuck_after_s(d: Durations | None, prior_s: float, scale: float = 1.0) -> float:
+    """Age (s since the create) past which a task that has not ended counts as stuck, for
+    a row of `scale` units of work (`d` and `prior_s` are per unit, as for the schedule: a
+    10 s clip may run four times the longest 10 s clip, not four times the longest 5 s)."""
     if d is not None and d.learned:
-        return d.quantile(1.0) * STUCK_TAIL_FACTOR
-    return prior_s * STUCK_PRIOR_FACTOR
+        return d.quantile(1.0) * STUCK_TAIL_FACTOR * work_units(scale)
+    return prior_s * STUCK_PRIOR_FACTOR * work_units(scale)
+
+
+def work_units(factor: float) -> float:
+    """A row's input factor as the scale of its schedule: 1 for a factor that is not a
+    positive finite number (nothing to believe)."""
+    return factor if math.isfinite(factor) and factor > 0 else 1.0
+
+
+def per_unit_s(duration_s: float, factor: float) -> float:
+    """A completed task's duration as a sample of its kind: seconds per unit of work."""
+    return duration_s / work_units(factor)

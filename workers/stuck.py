@@ -1,8 +1,9 @@
 """Stuck tasks: when a row stops waiting for a task that never ends, and what it does then.
 
 A task that has not ended far past its kind's learned tail (`polling.stuck_after_s`: four
-times the longest duration seen, or ten times the prior) is *stuck*. PiAPI can cancel a
-task only while it is `pending` (and refunds it), so:
+times the longest duration seen, or ten times the prior, both per unit of work and times
+the row's input factor, like its poll schedule) is *stuck*. PiAPI can cancel a task only
+while it is `pending` (and refunds it), so:
 
 - **pending**, whatever the policy: cancelled at PiAPI, then a new task replaces it within
   the batch's `max_attempts`; out of attempts the row ends `failed`, kind `stuck`. A cancel

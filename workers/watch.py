@@ -42,7 +42,7 @@ def watch_tasks(ctx: WorkerContext, attempt_ids: Iterable[int]) -> MessageSummar
 
 def look(ctx: WorkerContext, t: tw.WatchTarget, tally: Tally) -> bool:
     """One look at one watched task; True when it stopped counting as in flight."""
-    limit = ctx.stuck_after_s(t.model, t.task_type)
+    limit = ctx.stuck_after_s(t.model, t.task_type, t.factor)
     try:
         ctx.spend("get")
         tally.add(requests=1)

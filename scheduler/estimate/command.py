@@ -140,7 +140,9 @@ def _database_exists(url: str) -> bool:
 def learned_durations(database_url: str,
                       kinds: Iterable[Kind]) -> tuple[dict[Kind, Duration], str | None]:
     """Per kind, the median duration learned from completed tasks (when enough are), else
-    the catalogue's prior; and a note when the database could not be read."""
+    the catalogue's prior, both for a row of the default options (one unit of work: the
+    samples are per unit, `workers.polling`); and a note when the database could not be
+    read."""
     wanted = list(kinds)
     found = {kind: Duration(prior_duration_s(*kind)) for kind in wanted}
     if not wanted:
@@ -177,7 +179,7 @@ def estimate(settings: Settings, opts: EstimateOptions) -> Estimate:
     kinds = tally.sorted_kinds()
     sent = [k for k in kinds if k.rows]
     found, note = learned_durations(settings.database_url, [(k.model, k.task_type) for k in sent])
-    total = wall_time_s([(k.rows, found[(k.model, k.task_type)].seconds) for k in sent],
+    total = wall_time_s([(k.units, found[(k.model, k.task_type)].seconds) for k in sent],
                         account.concurrency)
     return Estimate(str(opts.manifest), kinds, found,
                     kind_wall_times(sent, found, account.concurrency), total, account, note)

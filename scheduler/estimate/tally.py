@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from scheduler.manifest import BadRow, Item
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
+from workers.expected import input_factor
+from workers.polling import work_units
 from workers.prices import Basis, price_usd
 
 MAX_KINDS = 200
@@ -48,6 +50,9 @@ class KindTally:
     task_type: str
     rows: int = 0
     """Valid rows: those `run` would send."""
+    units: float = 0.0
+    """The valid rows' work in default rows (the sum of their input factors,
+    `workers.expected.input_factor`): learned durations are per such unit."""
     invalid: int = 0
     usd: float = 0.0
     """The valid rows' cost at the price table's prices."""
@@ -59,13 +64,18 @@ class KindTally:
     """Valid rows of a model the catalogue does not know (sent unchecked)."""
     reasons: dict[str, Reason] = field(default_factory=dict)
 
-    def add_valid(self, usd: float, basis: Basis, unchecked: bool) -> None:
-        """Count one valid row costing `usd`."""
+    def add_valid(self, usd: float, basis: Basis, unchecked: bool, factor: float = 1.0) -> None:
+        """Count one valid row costing `usd`, of `factor` units of work."""
         self.rows += 1
+        self.units += work_units(factor)
         self.usd += usd
         self.upper += basis is Basis.UPPER
         self.unknown += basis is Basis.UNKNOWN
         self.unchecked += unchecked
+
+    def mean_task_s(self, per_unit_s: float) -> float:
+        """A task's mean duration among these rows, from a kind's duration per unit."""
+        return per_unit_s * self.units / self.rows if self.rows else per_unit_s
 
     def add_invalid(self, line: int, reason: str) -> None:
         """Count one invalid row, at `line`, for `reason`."""
@@ -122,7 +132,9 @@ class Tally:
 
     def _add_valid(self, spec: JobSpec) -> None:
         price = price_usd(spec.model, spec.task_type, spec.input)
-        self._kind(spec.model, spec.task_type).add_valid(price.usd, price.basis, spec.unchecked)
+        factor = input_factor(spec.model, spec.task_type, spec.input)
+        self._kind(spec.model, spec.task_type).add_valid(price.usd, price.basis, spec.unchecked,
+                                                         factor)
 
     def add_all(self, items: Iterable[Item]) -> Tally:
         """Count every row of `items`; returns self."""
@@ -150,10 +162,11 @@ class Duration:
         return self.samples > 0
 
 
-def wall_time_s(work: Iterable[tuple[int, float]], concurrency: int) -> float:
+def wall_time_s(work: Iterable[tuple[float, float]], concurrency: int) -> float:
     """How long rows take with `concurrency` tasks in flight, from (rows, seconds per task)
-    pairs: total task-seconds / concurrency, but never less than the longest single task
-    (0 with no rows). Ignores retries, polling delays and queueing at PiAPI."""
+    pairs (or units of work and seconds per unit): total task-seconds / concurrency, but
+    never less than the longest single task (0 with no rows). Ignores retries, polling
+    delays and queueing at PiAPI."""
     busy = [(rows, seconds) for rows, seconds in work if rows > 0]
     if not busy:
         return 0.0
@@ -165,5 +178,5 @@ def kind_wall_times(kinds: Iterable[KindTally], durations: Mapping[Kind, Duratio
                     concurrency: int) -> dict[Kind, float]:
     """Each kind's wall time as if it ran alone with the whole concurrency."""
     return {(k.model, k.task_type): wall_time_s(
-        [(k.rows, durations[(k.model, k.task_type)].seconds)], concurrency)
+        [(k.units, durations[(k.model, k.task_type)].seconds)], concurrency)
         for k in kinds if (k.model, k.task_type) in durations}

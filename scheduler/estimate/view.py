@@ -45,7 +45,7 @@ def table(est: Estimate) -> Table:
     for k in est.kinds:
         key = (k.model, k.task_type)
         d = est.durations.get(key)
-        took = (f"{duration(d.seconds)} {'learned' if d.learned else 'prior'}"
+        took = (f"{duration(k.mean_task_s(d.seconds))} {'learned' if d.learned else 'prior'}"
                 if d is not None else "-")
         t.add_row(*_name(k), str(k.rows), str(k.invalid), _cost(k),
                   money(k.usd / k.rows) if k.rows else "-", took,
@@ -127,7 +127,7 @@ def to_json(est: Estimate) -> dict[str, Any]:
             "model": k.model or None, "task_type": k.task_type or None, "rows": k.rows,
             "invalid": k.invalid, "usd": round(k.usd, 6), "price": k.price.value,
             "unchecked": k.unchecked,
-            "duration_s": d.seconds if d else None,
+            "duration_s": k.mean_task_s(d.seconds) if d else None,
             "duration": None if d is None else ("learned" if d.learned else "prior"),
             "samples": d.samples if d else 0,
             "wall_s": est.wall_s.get(key),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,14 +12,16 @@ from sqlalchemy import Update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from tests.integration.e2e import add_batch, job
+from tests.integration.e2e import add_batch, job, set_jobs
 from tests.unit.test_states import WRITERS, declared
-from workers import leases
+from workers import durations, leases
 from workers import transitions as tr
 from workers.db import transaction
+from workers.expected import expected_s
 from workers.halt import clear_halt, get_halt
-from workers.models import ATTEMPTS, BATCHES, JOBS, Attempt
+from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS, Attempt
 from workers.piapi import TaskError, TaskView, Usage
+from workers.polling import MIN_SAMPLES
 from workers.states import ACTIVE, ALLOWED, AttemptState, ErrorKind, JobState
 
 NOW = 1_000_000.0
@@ -83,6 +86,30 @@ def test_poll_guard_makes_a_repeated_poll_harmless(engine: Engine) -> None:
     row = job(engine, j)
     assert row.state == "completed" and row.output_json == '{"text":"hi"}'
     assert attempts(engine, j)[0].state == AttemptState.COMPLETED
+
+
+def test_durations_are_learned_per_unit_of_work_and_scaled_back(engine: Engine) -> None:
+    # A 10 s Kling clip is 2 units of the kind's default 5 s: its poll target carries the
+    # factor, its 200 s is recorded as 100 s per unit, and the kind's mean comes back x2
+    # for it (x1 for a 5 s clip).
+    kling = ("kling", "video_generation")
+    ids = add_batch(engine, rows=MIN_SAMPLES, kind=kling)
+    set_jobs(engine, *ids, input_json='{"duration":10,"prompt":"p"}')
+    outcomes = []
+    for j in ids:
+        target = running(engine, j)
+        assert target.factor == pytest.approx(2.0)
+        done = replace(view("t1", "completed", {"video": "u"}), model=kling[0],
+                       task_type=kling[1])
+        outcomes.append(tr.PollOutcome(target, "completed", done, duration_s=200.0))
+    assert tr.record_poll_outcomes(engine, outcomes, NOW + 200) == MIN_SAMPLES
+    with engine.connect() as conn:
+        stored = conn.execute(select(DURATION_SAMPLES.c.duration_s)).scalars().all()
+    assert stored == [pytest.approx(100.0)] * MIN_SAMPLES
+    typical = durations.typical_by_kind(engine)[kling]
+    assert typical == pytest.approx(100.0)
+    assert expected_s(*kling, {"duration": 10}, typical) == pytest.approx(200.0)
+    assert expected_s(*kling, {"duration": 5}, typical) == pytest.approx(100.0)
 
 
 def test_failed_task_retries_as_a_new_attempt_only_when_due(engine: Engine) -> None:

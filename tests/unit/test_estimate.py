@@ -59,6 +59,9 @@ def test_rows_are_added_up_per_kind_with_their_prices_and_reasons() -> None:
     wan, joy = kinds[WAN], kinds[JOY]
     assert (wan.rows, wan.invalid, wan.usd) == (2, 1, pytest.approx(0.80 + 0.60))
     assert list(wan.reasons) == ["field 'duration' must be one of 5, 10, 15, got 7"]
+    # Work in default rows (learned durations are per unit): a 10 s clip and a 1080P one.
+    assert (wan.units, joy.units) == (pytest.approx(2.0 + 1.5), 1.0)
+    assert wan.mean_task_s(100.0) == pytest.approx(175.0)
     assert (joy.rows, joy.invalid, joy.usd) == (1, 1, pytest.approx(0.01))
     assert joy.reasons[DUPLICATE].lines == [5]
     assert kinds[("", "")].reasons["malformed JSON: Expecting value at column 1"].lines == [6]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from workers.expected import MAX_RANK, expected_s, input_factor, rank
+from workers.expected import MAX_RANK, expected_s, input_factor, rank, stored_factor
 
 WAN = ("Wan", "wan26-txt2video")
 KLING = ("kling", "video_generation")
@@ -85,3 +85,17 @@ def test_a_mixed_batch_is_ordered_longest_first() -> None:
 ])
 def test_rank(seconds: float, stored: int) -> None:
     assert rank(seconds) == stored
+
+
+@pytest.mark.parametrize(("kind", "input_json", "factor"), [
+    (KLING, '{"duration":10,"prompt":"p"}', 2.0),  # as ingest stores it
+    (WAN, '{"duration":15}', 3.0),
+    (MJ, '{"process_mode":"turbo"}', 0.5),
+    (KLING, None, 1.0),  # no input
+    (KLING, "", 1.0),
+    (KLING, "[10]", 1.0),  # not an object
+    (KLING, "{not json", 1.0),
+])
+def test_the_factor_of_a_stored_input(kind: tuple[str, str], input_json: str | None,
+                                      factor: float) -> None:
+    assert stored_factor(*kind, input_json) == pytest.approx(factor)

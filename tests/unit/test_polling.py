@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -19,7 +20,10 @@ from workers.polling import (
     expected_gets,
     learned_ages,
     next_poll_age,
+    per_unit_s,
     prior_delay_s,
+    stuck_after_s,
+    work_units,
 )
 
 # GETs per task each mode may cost on the distribution it learned from, at most.
@@ -103,3 +107,65 @@ def test_learned_schedule_stays_within_its_bound(samples: list[float], mode: Pol
 @given(st.integers(0, 200), st.floats(0, 1e6, allow_nan=False))
 def test_prior_delay_bounded(polls: int, prior: float) -> None:
     assert MIN_GAP_S <= prior_delay_s(polls, prior) <= PRIOR_MAX_INTERVAL_S
+
+
+# A kind learned per unit of work (seconds per 5 s clip), scaled by each row's factor.
+PER_UNIT = uniform(60, 240)
+
+
+@pytest.mark.parametrize("mode", list(PollMode))
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0, 3.0])
+def test_a_rows_learned_schedule_is_its_kinds_times_its_factor(mode: PollMode,
+                                                                scale: float) -> None:
+    # A 10 s clip (factor 2) is first looked at twice as late as a 5 s one, and so on.
+    assert learned_ages(PER_UNIT, mode, scale) == pytest.approx(
+        [age * scale for age in learned_ages(PER_UNIT, mode)])
+    assert next_poll_age(0.0, 0, PER_UNIT, 180.0, mode, scale) == pytest.approx(
+        next_poll_age(0.0, 0, PER_UNIT, 180.0, mode) * scale)
+
+
+@pytest.mark.parametrize(("mode", "scale", "first_s"), [
+    (PollMode.WEBHOOK, 1.0, 45.0),  # the prior's tail, x1.5
+    (PollMode.WEBHOOK, 2.0, 90.0),
+    (PollMode.EAGER, 1.0, 1.0),  # 5% of the prior, at most 1 s: the same for any factor
+    (PollMode.EAGER, 0.2, 0.3),  # 5% of a 6 s row
+])
+def test_a_rows_prior_schedule_is_its_kinds_times_its_factor(mode: PollMode, scale: float,
+                                                             first_s: float) -> None:
+    assert next_poll_age(0.0, 0, None, 30.0, mode, scale) == pytest.approx(first_s)
+
+
+@pytest.mark.parametrize(("d", "prior_s", "scale", "limit_s"), [
+    (PER_UNIT, 180.0, 1.0, PER_UNIT.quantile(1.0) * 4),  # 4x the longest per unit
+    (PER_UNIT, 180.0, 2.0, PER_UNIT.quantile(1.0) * 8),  # ...of a row twice the work
+    (PER_UNIT, 180.0, 0.5, PER_UNIT.quantile(1.0) * 2),
+    (None, 180.0, 1.0, 1800.0),  # 10x the prior
+    (None, 180.0, 3.0, 5400.0),
+    (None, 180.0, 0.0, 1800.0),  # a factor not to believe counts as 1
+    (None, 180.0, math.nan, 1800.0),
+])
+def test_the_stuck_limit_scales_with_the_row_like_its_schedule(
+        d: Durations | None, prior_s: float, scale: float, limit_s: float) -> None:
+    assert stuck_after_s(d, prior_s, scale) == pytest.approx(limit_s)
+
+
+def test_a_normal_long_row_is_never_stuck_and_its_polls_come_before_the_limit() -> None:
+    # Per-unit samples of 5 s and 10 s clips: a 10 s clip as long as its longest sibling
+    # is far from its limit, and every poll of it lands before the limit.
+    limit = stuck_after_s(PER_UNIT, 180.0, 2.0)
+    assert PER_UNIT.quantile(1.0) * 2 * 2 < limit
+    assert all(age < limit for age in learned_ages(PER_UNIT, PollMode.WEBHOOK, 2.0))
+
+
+@pytest.mark.parametrize(("duration_s", "factor", "sample_s"), [
+    (200.0, 2.0, 100.0),  # a 10 s clip that took 200 s: 100 s per unit
+    (100.0, 1.0, 100.0),
+    (30.0, 0.5, 60.0),  # Midjourney turbo
+    (100.0, 0.0, 100.0),  # a factor not to believe: the duration as it is
+    (100.0, -2.0, 100.0),
+    (100.0, math.inf, 100.0),
+])
+def test_samples_are_recorded_per_unit_of_work(duration_s: float, factor: float,
+                                               sample_s: float) -> None:
+    assert per_unit_s(duration_s, factor) == pytest.approx(sample_s)
+    assert per_unit_s(duration_s, factor) * work_units(factor) == pytest.approx(duration_s)

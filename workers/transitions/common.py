@@ -77,6 +77,10 @@ class PollTarget(ForRow):
     """The batch was cancelled: `finish` (running tasks finish) or `now` (abandoned)."""
     on_stuck: str | None = None
     """The batch's `--on-stuck` (None: the fleet's default)."""
+    factor: float = 1.0
+    """The row's input factor (`workers.expected.input_factor`): its poll schedule and stuck
+    limit are its kind's per-unit ones times this, and its duration is recorded divided
+    by it."""
 
     @property
     def counted_attempts(self) -> int:

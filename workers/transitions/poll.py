@@ -17,8 +17,10 @@ from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from workers.db import transaction
+from workers.expected import stored_factor
 from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS
 from workers.piapi import TaskView
+from workers.polling import per_unit_s
 from workers.states import AttemptState, ErrorKind, JobState
 from workers.transitions.common import THIS_JOB, PollTarget, move, rows_among, usage_params
 
@@ -30,7 +32,8 @@ OutcomeKind = Literal["progress", "completed", "failed", "retry", "poll_error", 
 _TARGETS = (
     select(JOBS.c.id, JOBS.c.task_id, JOBS.c.polls, JOBS.c.poll_errors, JOBS.c.attempts,
            BATCHES.c.max_attempts, JOBS.c.model, JOBS.c.task_type, JOBS.c.submitted_at,
-           JOBS.c.retry_base, BATCHES.c.cancel_mode, BATCHES.c.on_stuck, JOBS.c.row_key)
+           JOBS.c.retry_base, BATCHES.c.cancel_mode, BATCHES.c.on_stuck, JOBS.c.row_key,
+           JOBS.c.input_json)
     .join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.RUNNING.value)
@@ -131,7 +134,8 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
     """The running jobs among `job_ids`, with what a poll needs."""
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11], row_key=str(r[12]))
+                   str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11],
+                   stored_factor(str(r[6]), str(r[7]), r[13]), row_key=str(r[12]))
         for r in rows_among(engine, _TARGETS, job_ids) if r[1]
     ]
 
@@ -162,8 +166,10 @@ def record_poll_outcomes(engine: Engine, outcomes: Sequence[PollOutcome], now: f
             if _apply(conn, o, now):
                 freed += o.frees_slot
                 if o.kind == "completed" and o.duration_s is not None:
+                    # Per unit of work: the kind's schedule scales it back by each row's factor.
                     samples.append({"model": o.target.model, "task_type": o.target.task_type,
-                                    "duration_s": o.duration_s, "at": now})
+                                    "duration_s": per_unit_s(o.duration_s, o.target.factor),
+                                    "at": now})
         if samples:
             conn.execute(_SAMPLE, samples)
     return freed

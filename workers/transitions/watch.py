@@ -20,6 +20,7 @@ from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from workers.db import transaction
+from workers.expected import stored_factor
 from workers.models import ATTEMPTS, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, JobState
@@ -32,7 +33,8 @@ NOT_USED_NOTE = "; it completed later (and is charged) but the row already had i
 
 _TARGETS = (
     select(ATTEMPTS.c.id, ATTEMPTS.c.job_id, ATTEMPTS.c.task_id, JOBS.c.model, JOBS.c.task_type,
-           ATTEMPTS.c.watch_until, JOBS.c.state, JOBS.c.task_id, JOBS.c.row_key)
+           ATTEMPTS.c.watch_until, JOBS.c.state, JOBS.c.task_id, JOBS.c.row_key,
+           JOBS.c.input_json)
     .join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
     .where(ATTEMPTS.c.id.in_(bindparam("p_ids", expanding=True)),
            ATTEMPTS.c.state == AttemptState.ABANDONED.value, ATTEMPTS.c.watch_until.is_not(None))
@@ -83,6 +85,8 @@ class WatchTarget(ForRow):
     watch_until: float
     row_state: str
     row_task_id: str | None
+    factor: float = 1.0
+    """The row's input factor: its stuck limit is its kind's per unit times this."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class Late(StrEnum):
 def load_watch_targets(engine: Engine, attempt_ids: Iterable[int]) -> list[WatchTarget]:
     """The attempts among `attempt_ids` still watched, with their rows."""
     return [WatchTarget(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5]),
-                        str(r[6]), r[7], row_key=str(r[8]))
+                        str(r[6]), r[7], stored_factor(str(r[3]), str(r[4]), r[9]),
+                        row_key=str(r[8]))
             for r in rows_among(engine, _TARGETS, attempt_ids) if r[2]]
 
 

@@ -90,18 +90,21 @@ class WorkerContext:
             return PollMode.WEBHOOK
         return self.fleet.mode() if self.fleet else PollMode.EAGER
 
-    def stuck_after_s(self, model: str, task_type: str) -> float:
-        """How long a task of this kind may go on before it counts as stuck."""
+    def stuck_after_s(self, model: str, task_type: str, factor: float = 1.0) -> float:
+        """How long a task of this kind, for a row of input factor `factor`, may go on
+        before it counts as stuck."""
         learned = self.durations.get(model, task_type) if self.durations else None
-        return stuck_after_s(learned, prior_duration_s(model, task_type))
+        return stuck_after_s(learned, prior_duration_s(model, task_type), factor)
 
     def next_poll_at(self, model: str, task_type: str, submitted_at: float, polls: int,
-                     now: float) -> float:
-        """When to GET a task next, from what tasks of its kind have taken so far."""
+                     now: float, factor: float = 1.0) -> float:
+        """When to GET a task next, from what tasks of its kind have taken so far per unit
+        of work, times its row's input factor."""
         learned = self.durations.get(model, task_type) if self.durations else None
         age = max(0.0, now - submitted_at)
         return submitted_at + next_poll_age(age, polls, learned,
-                                            prior_duration_s(model, task_type), self.mode())
+                                            prior_duration_s(model, task_type), self.mode(),
+                                            factor)
 
     def cancel_at_piapi(self, task_id: str) -> bool:
         """Ask PiAPI to cancel a task (only possible while pending); True when it did."""

@@ -2,10 +2,10 @@
 
 What an answer (a task, or the client's exception) means is `decide_poll`, a pure function
 of the answer, the row and `PollFacts` (the clock, the stuck limit and poll schedule its
-kind has learned, the back-off); `poll_jobs` only reads, sends and records. The one
-request a decision may need first, a cancel at PiAPI (of a stuck pending task, or of a
-cancelled batch's), it asks for, and is then decided again with PiAPI's answer. A
-message's outcomes are recorded in one transaction.
+kind has learned, scaled by the row's input factor, the back-off); `poll_jobs` only reads,
+sends and records. The one request a decision may need first, a cancel at PiAPI (of a
+stuck pending task, or of a cancelled batch's), it asks for, and is then decided again
+with PiAPI's answer. A message's outcomes are recorded in one transaction.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class PollFacts:
     """The fleet's `--on-stuck` (the batch's own, on the row, wins)."""
     backoff: Backoff
     stuck_after_s: float = math.inf
-    """How long a task of the row's kind may go on before it counts as stuck..."""
+    """How long the row's task may go on before it counts as stuck (its kind's limit per
+    unit of work times the row's factor)..."""
     next_poll_at: float | None = None
     """...and when to GET it again if it goes on (the learned schedule); both are needed
     only for a task still running."""
@@ -137,9 +138,9 @@ def facts_for(ctx: WorkerContext, t: tr.PollTarget, answer: PollAnswer) -> PollF
     if not isinstance(answer, TaskView) or answer.outcome.ended:
         return facts
     submitted = t.submitted_at if t.submitted_at is not None else now
-    return replace(facts, stuck_after_s=ctx.stuck_after_s(t.model, t.task_type),
+    return replace(facts, stuck_after_s=ctx.stuck_after_s(t.model, t.task_type, t.factor),
                    next_poll_at=ctx.next_poll_at(t.model, t.task_type, submitted,
-                                                 t.polls + 1, now))
+                                                 t.polls + 1, now, t.factor))
 
 
 def decide_poll(t: tr.PollTarget, answer: PollAnswer, f: PollFacts) -> PollDecision:
