@@ -15,7 +15,7 @@ from typing import TypeVar
 from sqlalchemy.engine import Engine
 
 from workers import stuck
-from workers.catalog import prior_duration_s
+from workers.catalog import active_family, prior_duration_s
 from workers.db import TRANSIENT_WAIT_S, retry_transient
 from workers.durations import DurationCache
 from workers.fleet import Fleet
@@ -84,11 +84,17 @@ class WorkerContext:
         if self.budget is not None:
             self.budget.spend(kind)
 
-    def mode(self) -> PollMode:
-        """How the fleet learns that tasks ended (decides how eagerly to poll)."""
+    def mode(self, model: str | None = None) -> PollMode:
+        """How the fleet learns that a task of `model` ended (decides how eagerly to poll).
+        PiAPI's in-flight count (LAZY) frees the slots only of the families it counts: a task
+        of another family (Joycaption, Wan, Hailuo, ...) holds its slot in our own count until
+        a poll sees it end, so its polls stay EAGER."""
         if self.webhooks is not None:
             return PollMode.WEBHOOK
-        return self.fleet.mode() if self.fleet else PollMode.EAGER
+        mode = self.fleet.mode() if self.fleet else PollMode.EAGER
+        if mode is PollMode.LAZY and model is not None and active_family(model) is None:
+            return PollMode.EAGER
+        return mode
 
     def stuck_after_s(self, model: str, task_type: str, factor: float = 1.0) -> float:
         """How long a task of this kind, for a row of input factor `factor`, may go on
@@ -103,7 +109,7 @@ class WorkerContext:
         learned = self.durations.get(model, task_type) if self.durations else None
         age = max(0.0, now - submitted_at)
         return submitted_at + next_poll_age(age, polls, learned,
-                                            prior_duration_s(model, task_type), self.mode(),
+                                            prior_duration_s(model, task_type), self.mode(model),
                                             factor)
 
     def cancel_at_piapi(self, task_id: str) -> bool:
