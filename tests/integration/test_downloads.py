@@ -240,8 +240,14 @@ def test_sigterm_while_the_last_files_download_ends_the_run(
                what="every row completed")
     wait_until(lambda: _served(emu)["waiting"] > 0, 30, what="fetches held at the emulator")
     proc.send_signal(signal.SIGTERM)
+    said = "interrupted; 6 rows written to out.jsonl"
+    wait_until(lambda: said in (tmp_path / "run.out").read_text(), 30,
+               what="the run to say it was interrupted, its files still held")
+    # Written and said with the files held: then let the emulator answer the fetches, so
+    # that they end now rather than at their 20 s read timeout.
+    emu.configure(files_paused=False)
     code = finish(proc, 60)
     out = (tmp_path / "run.out").read_text()
     assert code == 130, out
-    assert "interrupted; 6 rows written to out.jsonl" in out and "Traceback" not in out
+    assert said in out and "Traceback" not in out
     assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}

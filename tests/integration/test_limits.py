@@ -38,7 +38,8 @@ def test_a_correct_rpm_causes_no_429(tmp_path: Path, sqlite_url: str,
 def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite_url: str,
                                                           make_emulator: MakeEmulator) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(60))
-    emu = make_emulator("--time-scale", "0.02", "--concurrency", "4",
+    # Tasks of 0.075-0.225 s: 15 rounds of 4 tasks, each as short as the polls allow.
+    emu = make_emulator("--time-scale", "0.005", "--concurrency", "4",
                         "--over-limit", "refuse", "--no-active-tasks")
     env = run_env(tmp_path, emu, sqlite_url)
     code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",

@@ -444,7 +444,9 @@ def test_retry_of_a_lost_create_adopts_its_task(tmp_path: Path, database_url: st
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(3))
     emu = make_emulator("--time-scale", "0.02", "--fault-ambiguous", "1.0",
                         "--history-fault-rate", "1.0")
-    env = run_env(tmp_path, emu, database_url, PIAPI_BULK_RECONCILE_TIMEOUT_S="3")
+    # A reconcile timeout under the first look's 2 s: the first run gives up at that look,
+    # not at the next one 10 s later.
+    env = run_env(tmp_path, emu, database_url, PIAPI_BULK_RECONCILE_TIMEOUT_S="1")
     assert finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 120) == 1
     first = read_results(tmp_path / "out.jsonl")
     assert {(r["status"], r["error"]["kind"]) for r in first} == {("failed", "ambiguous")}
@@ -471,8 +473,9 @@ def test_budget_stops_admission_and_a_higher_budget_resumes(
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     emu = make_emulator("--time-scale", "0.02")
     env = run_env(tmp_path, emu, database_url)
-    args = (str(manifest), "-o", "out.jsonl", "--concurrency", "3")
-    code = finish(start_run(tmp_path, env, *args, "--budget-usd", "0.05"), 120)
+    args = (str(manifest), "-o", "out.jsonl")
+    code = finish(start_run(tmp_path, env, *args, "--concurrency", "3", "--budget-usd", "0.05"),
+                  120)
     out = (tmp_path / "run.out").read_text()
     assert code == 3, out[-3000:]
     assert "re-run with a higher --budget-usd to continue" in out
@@ -486,7 +489,9 @@ def test_budget_stops_admission_and_a_higher_budget_resumes(
     assert st["budget_usd"] == 0.05 and st["paused"].startswith("budget: spent $0.05")
     assert st["spent_usd"] == pytest.approx(0.01 * created)
 
-    code = finish(start_run(tmp_path, env, *args, "--budget-usd", "1", name="run2"), 120)
+    # The rest at up to 10 in flight: 2 rounds of tasks, not 5 (the budget holds either way).
+    code = finish(start_run(tmp_path, env, *args, "--budget-usd", "1", "--concurrency", "10",
+                            name="run2"), 120)
     stats = emu.stats()
     assert code == 0, (tmp_path / "run2.out").read_text()[-3000:]
     second = read_results(tmp_path / "out.jsonl")
@@ -498,6 +503,9 @@ def test_budget_stops_admission_and_a_higher_budget_resumes(
 
 def test_nothing_starts_after_the_deadline(tmp_path: Path, database_url: str,
                                            make_emulator: MakeEmulator) -> None:
+    # Tasks of 12-14 s, so the two running ones are still running when the deadline
+    # passes; once it has (the six waiting rows cancelled), the emulator's clock is moved on
+    # past their end, so the run does not wait for it.
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(8))
     emu = make_emulator("--duration", "joycaption=12:14")
     env = run_env(tmp_path, emu, database_url)
@@ -506,6 +514,9 @@ def test_nothing_starts_after_the_deadline(tmp_path: Path, database_url: str,
     # The deadline, given again for the same manifest, applies to the running batch.
     out = piapi_bulk(tmp_path, env, "submit", str(manifest), "--deadline", "1s")
     assert out.returncode == 0, out.stderr
+    wait_until(lambda: count_state(database_url, "cancelled") == 6, 60,
+               what="the waiting rows cancelled at the deadline")
+    emu.advance(20)  # they end at their next poll, not 12 s from now
     code = finish(proc, 120)
     stats = emu.stats()
     assert code == 1, (tmp_path / "run.out").read_text()[-3000:]

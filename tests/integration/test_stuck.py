@@ -35,8 +35,11 @@ from workers.models import Job
 from workers.polling import stuck_after_s
 
 JOY = ("Qubico/joycaption", "joycaption-beta-one")
+TIME_SCALE = "0.01"
+"""Joycaption tasks of 0.15-0.45 s: the stuck limit learned from them (4x the longest) is
+about 2 s, so stuck tasks are found within seconds."""
 NEVER_ENDS = ("--stuck-timeout-factor", "1000")
-"""Stuck tasks end ('task timeout') after 1000 x their 0.3-0.9 s: not within a test."""
+"""Stuck tasks end ('task timeout') after 1000 x their 0.15-0.45 s: not within a test."""
 LIMIT = 10
 
 
@@ -51,7 +54,7 @@ def run_batch(run_rows: RunRows, database_url: str, rows: list[dict[str, Any]], 
     """Run a manifest to the end with `limit` tasks in flight at most (the emulator's
     account limit too): (exit code, results by id, ledger, emulator stats)."""
     out = run_rows(database_url, rows,
-                   ["--time-scale", "0.02", "--concurrency", str(limit), *emulator_args], 240,
+                   ["--time-scale", TIME_SCALE, "--concurrency", str(limit), *emulator_args], 240,
                    ("--concurrency", str(limit), *args), **env_extra)
     return out.code, {r["id"]: r for r in out.results}, out.ledger, out.stats
 
@@ -152,7 +155,7 @@ def test_on_stuck_wait_keeps_the_row_waiting(tmp_path: Path, sqlite_url: str,
                                              make_emulator: MakeEmulator) -> None:
     rows = caption_rows(25)
     manifest = write_jsonl(tmp_path / "m.jsonl", [*rows, marked("forever", "[[stuck-processing]]")])
-    emu = make_emulator("--time-scale", "0.02", "--concurrency", str(LIMIT), *NEVER_ENDS)
+    emu = make_emulator("--time-scale", TIME_SCALE, "--concurrency", str(LIMIT), *NEVER_ENDS)
     env = run_env(tmp_path, emu, sqlite_url)
     proc = start_run(tmp_path, env, str(manifest), "--on-stuck", "wait")
     try:
