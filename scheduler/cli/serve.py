@@ -11,9 +11,9 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,6 +27,9 @@ from scheduler.cli.app import (
 )
 from scheduler.cli.options import ConcurrencyOpt, LogLevelOpt, PortOpt
 from workers.settings import ConfigError
+
+if TYPE_CHECKING:
+    from workers.fleet import Fleet
 
 logger = logging.getLogger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -97,8 +100,16 @@ def dispatcher(
     engine = database(settings)
     redis_url = settings.require_redis_url()
     stop = threading.Event()
+    waker = Fleet(redis.Redis.from_url(redis_url))
+
+    def on_signal(*_: object) -> None:
+        # The leader may be blocked reading Redis (`Fleet.wait`) for up to a pass interval:
+        # wake it, from a thread of its own (no I/O in a signal handler), so it stops now.
+        stop.set()
+        threading.Thread(target=wake_quietly, args=(waker,), daemon=True).start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     redis_client = redis.Redis.from_url(redis_url)
     d = Dispatcher(
         engine, redis_client, create_celery(redis_url),
@@ -123,6 +134,14 @@ def dispatcher(
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     with exit_without_collecting():
         d.run(stop)
+
+
+def wake_quietly(fleet: Fleet) -> None:
+    """Wake the leading dispatcher (`Fleet.wake`); nothing when Redis does not answer."""
+    import redis
+
+    with suppress(redis.RedisError):
+        fleet.wake()
 
 
 @app.command()
