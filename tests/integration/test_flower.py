@@ -218,7 +218,7 @@ def test_flower_on_a_run_speaks_rows_and_ends_with_it(tmp_path: Path, sqlite_url
         assert not [value for value in inputs if value in text]
 
     # The run ends, its Redis goes: Flower stops within seconds, one line, exit 0. (Its
-    # tasks end at once, the next ones in a twentieth of the time: nothing is left to see.)
+    # tasks end at once, the next ones in a tenth of the time: nothing is left to see.)
     emu.configure(time_scale=0.005)
     emu.advance(3)  # past the longest task so far (2.25 s)
     assert e2e.finish(proc, 240) == 0
