@@ -19,15 +19,16 @@ def completed_per_input(ledger: list[dict[str, Any]]) -> Counter[str]:
 
 def test_lost_creates_and_stuck_tasks_end_by_themselves(sqlite_url: str,
                                                         run_rows: RunRows) -> None:
-    rows = caption_rows(1000)
+    # About 20 lost creates and 10 stuck tasks (as many as 1000 rows at 2% and 1% had).
+    rows = caption_rows(500)
     code, results, stats, ledger = run_rows(
         sqlite_url, rows,
-        ["--time-scale", "0.005", "--concurrency", "20", "--fault-ambiguous", "0.02",
-         "--fault-stuck-processing", "0.01", "--stuck-timeout-factor", "0"], 900)
-    assert len(results) == 1000
+        ["--time-scale", "0.005", "--concurrency", "20", "--fault-ambiguous", "0.04",
+         "--fault-stuck-processing", "0.02", "--stuck-timeout-factor", "0"], 900)
+    assert len(results) == 500
     outcomes = Counter((r["status"], (r.get("error") or {}).get("kind")) for r in results)
     assert set(outcomes) <= {("completed", None), ("failed", "stuck")}, outcomes
-    assert outcomes[("completed", None)] >= 990
+    assert outcomes[("completed", None)] >= 495
     assert code == (0 if outcomes[("failed", "stuck")] == 0 else 1)
     assert stats["faults"]["ambiguous"] > 0
     assert max(completed_per_input(ledger).values()) == 1  # nothing paid twice

@@ -21,7 +21,8 @@ def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str,
          "input": {"prompt": f"a scene {i}", "duration": 5}} for i in range(1, 3)
     ]
     manifest = e2e.write_jsonl(tmp_path / "mixed.jsonl", rows)
-    emu = make_emulator("--time-scale", "0.02", "--concurrency", "10")
+    # Videos of 30-60 s (0.6-1.2 s here) rather than Wan's 120-240: what counts is two kinds.
+    emu = make_emulator("--time-scale", "0.02", "--concurrency", "10", "--duration", "wan=30:60")
     env = e2e.run_env(tmp_path, emu, database_url)
     code = e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 180)
     results = e2e.read_results(tmp_path / "out.jsonl")
@@ -50,11 +51,11 @@ def test_mixed_manifest_completes_in_order(tmp_path: Path, database_url: str,
 @pytest.mark.parametrize("policy", ["reconcile", "fail"])
 def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_url: str, policy: str,
                                                      make_emulator: MakeEmulator) -> None:
-    rows = e2e.caption_rows(60)
+    rows = e2e.caption_rows(30)
     manifest = e2e.write_jsonl(tmp_path / "kill.jsonl", rows)
-    # Each create takes 1 s at the emulator, so creates are in flight at any instant.
+    # Each create takes 0.5 s at the emulator, so creates are in flight at most instants.
     emu = make_emulator("--time-scale", "0.02", "--concurrency", "8",
-                        "--create-latency-s", "1.0")
+                        "--create-latency-s", "0.5")
     env = e2e.run_env(tmp_path, emu, database_url)
     args = (str(manifest), "-o", "out.jsonl", "--concurrency", "8",
             "--on-ambiguous", policy)
@@ -97,7 +98,7 @@ def test_worker_killed_mid_batch_then_same_run_again(tmp_path: Path, database_ur
 
 def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_url: str,
                                                      make_emulator: MakeEmulator) -> None:
-    emu = make_emulator("--time-scale", "0.02", "--concurrency", "5",
+    emu = make_emulator("--time-scale", "0.01", "--concurrency", "5",
                         "--over-limit", "refuse")
     # No --concurrency: the account's limit.
     rows = e2e.caption_rows(40)

@@ -149,7 +149,7 @@ emulator's peak in flight shows whether the fleet kept it."""
 
 @pytest.fixture
 def emu(make_emulator: MakeEmulator) -> Emulator:
-    return make_emulator("--time-scale", "0.02", "--concurrency", "8")
+    return make_emulator("--time-scale", "0.01", "--concurrency", "8")
 
 
 def _stopped(pid: int) -> bool:
@@ -195,7 +195,7 @@ def test_a_leader_stopped_past_its_lock_and_resumed_is_fenced(
     """The leader SIGSTOPs mid-pass; the standby takes the lock and a new term and leads;
     the old leader, resumed, is deposed at its first transaction: it leases, expires and
     sends nothing, and every row is still created exactly once within the limit."""
-    rows = e2e.caption_rows(40)
+    rows = e2e.caption_rows(30)
     manifest = e2e.write_jsonl(tmp_path / "rows.jsonl", rows)
     client = redis.Redis.from_url(redis_url)
     env = e2e.run_env(tmp_path, emu, database_url, REDIS_URL=redis_url)

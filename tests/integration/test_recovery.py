@@ -23,8 +23,8 @@ from workers.keys import LOCK_KEY
 
 @pytest.fixture
 def emu(make_emulator: MakeEmulator) -> Emulator:
-    """The emulator every test here runs against: an account limit of 8."""
-    return make_emulator("--time-scale", "0.02", "--concurrency", "8")
+    """The emulator every test here runs against: an account limit of 8, tasks of 0.15-0.45 s."""
+    return make_emulator("--time-scale", "0.01", "--concurrency", "8")
 
 
 def _check_all_completed_once(results: list[dict[str, Any]], rows: list[dict[str, Any]],
@@ -72,7 +72,7 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
         stopped.append(e2e.child(run, " worker"))
         os.kill(stopped[0], signal.SIGSTOP)
 
-    code = _run_disrupted(emu, tmp_path, sqlite_url, 60, 10, freeze_worker, "4", 180)
+    code = _run_disrupted(emu, tmp_path, sqlite_url, 40, 10, freeze_worker, "4", 180)
     assert code == 0
     out = (tmp_path / "run.out").read_text()
     assert "no row moved for 4s although work was due: restarted worker" in out, out
@@ -88,7 +88,7 @@ def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str,
         # same port, empty (it keeps nothing on disk).
         os.kill(e2e.child(run, "redis-server"), signal.SIGKILL)
 
-    code = _run_disrupted(emu, tmp_path, database_url, 80, 15, kill_redis, "10", 240)
+    code = _run_disrupted(emu, tmp_path, database_url, 50, 15, kill_redis, "10", 240)
     assert code == 0
     dispatcher_log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
     assert dispatcher_log.count("new Redis epoch") >= 2, dispatcher_log[-3000:]
@@ -97,7 +97,7 @@ def test_redis_restarted_empty_mid_run(tmp_path: Path, database_url: str,
 def test_database_restarted_mid_run(tmp_path: Path, private_pg: Any, emu: Emulator) -> None:
     url = private_pg.create_database("piapi_bulk_restart")
     # Every connection is cut; the server is back in a second.
-    code = _run_disrupted(emu, tmp_path, url, 80, 15, lambda _run: private_pg.restart(), "15",
+    code = _run_disrupted(emu, tmp_path, url, 50, 15, lambda _run: private_pg.restart(), "15",
                           240)
     assert code == 0
 
@@ -113,7 +113,7 @@ def test_fleet_survives(tmp_path: Path, database_url: str, redis_url: str, disru
     """A fleet of a worker and two dispatchers: the active dispatcher SIGKILLed (the
     standby takes the lock over), or Redis flushed (the dispatcher rebuilds the runnable
     work from the database)."""
-    rows = e2e.caption_rows(80)
+    rows = e2e.caption_rows(50)
     manifest = e2e.write_jsonl(tmp_path / "fleet.jsonl", rows)
     client = redis.Redis.from_url(redis_url)
     try:

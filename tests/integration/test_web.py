@@ -109,9 +109,9 @@ def test_page_in_a_browser_and_metrics_during_and_after_a_run(
         tmp_path: Path, sqlite_url: str, make_emulator: MakeEmulator, spawn: Spawn,
         receiver: tuple[str, list[dict[str, Any]]]) -> None:
     hook_url, bodies = receiver
-    rows = caption_rows(100)  # about 30 s: 1.5-4.5 s a task, 10 at a time
+    rows = caption_rows(100)  # about 15 s: 0.75-2.25 s a task, 10 at a time
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
-    emu = make_emulator("--time-scale", "0.1", "--concurrency", "10", "--fault-fail", "0.1",
+    emu = make_emulator("--time-scale", "0.05", "--concurrency", "10", "--fault-fail", "0.1",
                         "--seed", "7")
     env = run_env(tmp_path, emu, sqlite_url)
     proc = start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--max-attempts", "1",
