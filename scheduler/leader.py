@@ -40,6 +40,27 @@ end
 return 0
 """
 
+# KEYS[1]: the lock; ARGV[1]: "host:pid:". Deletes the lock if that process's token holds it.
+_BREAK = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, string.len(ARGV[1])) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def token_prefix(pid: int, host: str | None = None) -> str:
+    """The start of every token of dispatcher `pid` on `host` (this one by default)."""
+    return f"{host or socket.gethostname()}:{pid}:"
+
+
+def break_lock(client: redis.Redis, pid: int) -> bool:
+    """Delete the lock if dispatcher `pid` of this host holds it; True when it did. Only for a
+    process the caller knows is dead (it killed and reaped it): a live one would lead on
+    without the lock until its next renewal failed (and its term would fence its writes)."""
+    return bool(client.eval(_BREAK, 1, LOCK_KEY, token_prefix(pid)))
+
 
 class LeaderLock:
     """One dispatcher's hold on the lock: taken when free, renewed while held, given up on
@@ -47,7 +68,7 @@ class LeaderLock:
 
     def __init__(self, client: redis.Redis, *, scoped: bool) -> None:
         self.client = client
-        self.token = (f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.token = (f"{token_prefix(os.getpid())}{uuid.uuid4().hex[:8]}"
                       + (SCOPED_SUFFIX if scoped else ""))
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)

@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 
 import redis
 
+from scheduler.leader import break_lock
 from workers.app import create_celery
 from workers.keys import LOCK_KEY, SCOPED_SUFFIX
 from workers.settings import ConfigError, Settings
@@ -66,13 +67,17 @@ def free_port() -> int:
 class Child:
     """A supervised child process with its output in a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path):
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path,
+                 after_death: Callable[[int], None] | None = None):
         self.name = name
         self.argv = list(argv)
         self.env = env
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.after_death = after_death
+        """Called with the process id once the process is dead and reaped, before it is
+        started again (the dispatcher's: give up the lock it may still hold)."""
 
     def start(self) -> Child:
         """Start (or restart) the process."""
@@ -104,8 +109,13 @@ class Child:
         code = self.proc.returncode if self.proc else None
         logger.warning("%s exited (%s); restarting (%d/%d)", self.name, code, self.restarts,
                        MAX_RESTARTS)
+        self._dead()
         self.start()
         return True
+
+    def _dead(self) -> None:
+        if self.after_death is not None and self.proc is not None:
+            self.after_death(self.proc.pid)
 
     def kill(self, timeout_s: float = 20.0) -> None:
         """SIGKILL (works on a stopped or wedged process too) and reap."""
@@ -113,6 +123,7 @@ class Child:
             return
         self.proc.kill()
         self.proc.wait(timeout=timeout_s)
+        self._dead()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after `timeout_s`."""
@@ -289,7 +300,24 @@ def start_services(settings: Settings, services: Services, log_dir: Path, *,
         argv = cli_argv("dispatcher", "--scoped")
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
-        services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log"))
+        url = settings.require_redis_url()
+        services.add(Child("dispatcher", argv, env, log_dir / "dispatcher.log",
+                           after_death=lambda pid: release_dead_leader(url, pid)))
+
+
+def release_dead_leader(redis_url: str, pid: int) -> None:
+    """Free the leader lock if our dispatcher `pid`, dead, still holds it (`leader.break_lock`),
+    so its replacement leads at once rather than after the lock's TTL; nothing when Redis
+    does not answer (the lock then expires by itself)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        if break_lock(client, pid):
+            logger.info("released the leader lock of the dead dispatcher (pid %d)", pid)
+    except redis.RedisError as exc:
+        logger.info("could not release the dead dispatcher's lock (%s); it expires by itself",
+                    exc)
+    finally:
+        client.close()
 
 
 def _decoded(value: object) -> str:
