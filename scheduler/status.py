@@ -23,12 +23,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from workers.models import ATTEMPTS, JOBS, Batch, Job
-from workers.spending import ABANDONED_ATTEMPTS, ABANDONED_USAGE, USD_PER_UNIT, money
+from workers.spending import ABANDONED_USAGE, ATTEMPTS_WITH_ROWS, USD_PER_UNIT, money
 from workers.states import ACTIVE, AttemptState, JobState
 
 _ABANDONED = (
     select(ATTEMPTS.c.watch_until.is_not(None), func.count(), ABANDONED_USAGE)
-    .select_from(ABANDONED_ATTEMPTS)
+    .select_from(ATTEMPTS_WITH_ROWS)
     .group_by(ATTEMPTS.c.watch_until.is_not(None))
 )
 """Abandoned tasks of a batch (watched or not) and their `ABANDONED_USAGE`."""
@@ -207,7 +207,7 @@ def tasks_created(engine: Engine, batch_id: str) -> int:
     """PiAPI tasks created for the batch's rows (attempts that got a task id)."""
     with Session(engine) as s:
         return int(s.execute(
-            select(func.count()).select_from(ABANDONED_ATTEMPTS)
+            select(func.count()).select_from(ATTEMPTS_WITH_ROWS)
             .where(JOBS.c.batch_id == batch_id, ATTEMPTS.c.task_id.is_not(None))).scalar_one())
 
 

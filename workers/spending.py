@@ -51,18 +51,18 @@ _BY_KIND = select(
     func.count(_ROWS.c.usage_consume), func.coalesce(func.sum(_ROWS.c.usage_consume), 0),
 ).group_by(_ROWS.c.model, _ROWS.c.task_type, _ROWS.c.state, _ROWS.c.held)
 """Per (kind, state, lease held): rows, rows with usage, usage."""
-ABANDONED_ATTEMPTS = ATTEMPTS.join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
-"""Attempts with their rows: where abandoned tasks are counted."""
+ATTEMPTS_WITH_ROWS = ATTEMPTS.join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
+"""Attempts joined to their rows (abandoned tasks are counted over it, and tasks made)."""
 ABANDONED_USAGE = func.coalesce(func.sum(case(
     (or_(JOBS.c.task_id.is_(None), ATTEMPTS.c.task_id != JOBS.c.task_id), ATTEMPTS.c.consume),
     else_=0)), 0)
-"""Over `ABANDONED_ATTEMPTS`: the usage of abandoned tasks that are not their row's own task
+"""Over `ATTEMPTS_WITH_ROWS`: the usage of abandoned tasks that are not their row's own task
 (that one is counted with the row)."""
 _WATCHED = and_(ATTEMPTS.c.watch_until.is_not(None), ATTEMPTS.c.watch_until >= bindparam("p_now"))
 _ABANDONED = (
     select(JOBS.c.model, JOBS.c.task_type, case((_WATCHED, 1), else_=0).label("watched"),
            func.count(), ABANDONED_USAGE)
-    .select_from(ABANDONED_ATTEMPTS)
+    .select_from(ATTEMPTS_WITH_ROWS)
     .where(ATTEMPTS.c.state == AttemptState.ABANDONED.value,
            JOBS.c.batch_id == bindparam("p_batch"))
     .group_by(JOBS.c.model, JOBS.c.task_type, "watched")

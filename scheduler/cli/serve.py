@@ -100,7 +100,8 @@ def dispatcher(
     engine = database(settings)
     redis_url = settings.require_redis_url()
     stop = threading.Event()
-    waker = Fleet(redis.Redis.from_url(redis_url))
+    redis_client = redis.Redis.from_url(redis_url)  # thread-safe: a connection pool
+    waker = Fleet(redis_client)
 
     def on_signal(*_: object) -> None:
         # The leader may be blocked reading Redis (`Fleet.wait`) for up to a pass interval:
@@ -110,7 +111,6 @@ def dispatcher(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    redis_client = redis.Redis.from_url(redis_url)
     d = Dispatcher(
         engine, redis_client, create_celery(redis_url),
         lease_s=settings.lease_s, concurrency=settings.concurrency,
