@@ -23,7 +23,11 @@ TERMINAL_RESULTS = frozenset({"completed", "failed", "cancelled", "invalid"})
 GENUINE_KINDS = frozenset({"provider", "input", "invalid"})
 """Error kinds of a row that genuinely failed: PiAPI failed every task it ran for the row,
 or refused its input; `invalid` rows never reached PiAPI. Anything else (retries_exhausted,
-ambiguous, not_found, account, cancelled) is piapi-bulk giving up, not PiAPI failing."""
+ambiguous, not_found, account, cancelled) is piapi-bulk giving up, not PiAPI failing, with one
+exception: `stuck`, where PiAPI hung a task the emulator was told to hang (STUCK_FATES) and the
+row had no attempt left to replace it (the other tasks failed at PiAPI)."""
+STUCK_FATES = frozenset({"stuck_pending", "stuck_processing"})
+"""The emulator's fates (the ledger's `fate`) of tasks it never ends on its own account."""
 EXAMPLES = 10
 
 
@@ -172,6 +176,12 @@ def outputs_match(ev: Evidence, att: Attribution) -> dict[str, Any]:
                   examples=bad[:EXAMPLES])
 
 
+def _ended_genuinely(task: Mapping[str, Any], hung: bool) -> bool:
+    """The task failed at the emulator, or (`hung`: its row failed `stuck`) it was one the
+    emulator hung on purpose."""
+    return task.get("status") == "failed" or (hung and task.get("fate") in STUCK_FATES)
+
+
 def failed_genuinely(ev: Evidence, att: Attribution) -> dict[str, Any]:
     """Rows that did not complete: a reason each, and every attempt genuinely failed."""
     jobs = {str(j["row_key"]): j for j in ev.jobs}
@@ -186,17 +196,17 @@ def failed_genuinely(ev: Evidence, att: Attribution) -> dict[str, Any]:
         error = line.get("error") or {}
         kind, message = error.get("kind"), error.get("message")
         tasks = att.tasks_by_row.get(str(line["id"]), [])
+        hung = kind == "stuck" and any(t.get("fate") in STUCK_FATES for t in tasks)
         problems = []
         if not kind or not message:
             problems.append("no error kind or message")
-        if kind not in GENUINE_KINDS:
+        if kind not in GENUINE_KINDS and not hung:
             problems.append(f"kind {kind!r} is piapi-bulk giving up, not PiAPI failing")
         if kind == "provider" and not tasks:
             problems.append("no emulator task for this row")
-        not_failed = [t for t in tasks if t["status"] != "failed"]
-        if not_failed:
+        if not all(_ended_genuinely(t, hung) for t in tasks):
             problems.append("emulator tasks of this row did not fail")
-        if any(a.get("task_id") and ledger.get(str(a["task_id"]), {}).get("status") != "failed"
+        if any(a.get("task_id") and not _ended_genuinely(ledger.get(str(a["task_id"]), {}), hung)
                for a in attempts.get(int(job.get("id", -1)), [])):
             problems.append("an attempt's task did not fail at the emulator")
         if problems:

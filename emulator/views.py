@@ -85,6 +85,7 @@ def ledger_row(task: Task) -> dict[str, Any]:
         "input_key": task.input_key,
         "input": task.input,
         "status": task.status,
+        "fate": task.fate.value,
         "created_at": format_time(task.created_at),
         "ended_at": format_time(task.ended_at),
         "consume": task.consume,

@@ -93,3 +93,35 @@ def test_recovery_figures_from_the_timeline() -> None:
     assert pg["db_back_s"] == 3.5  # down at 20, 21 and 22 s
     summary = report.disruption_summary([{**event, "recovery": rec}])
     assert summary["done"] == {"dispatcher_sigkill": 1}
+
+
+def _stuck_row(fates: tuple[str, ...], statuses: tuple[str, ...]) -> checks.Evidence:
+    """Row r5: tasks s0.. with these fates and statuses, all its attempts; it failed `stuck`."""
+    ids = [f"s{n}" for n in range(len(fates))]
+    tasks = enumerate(zip(ids, fates, statuses, strict=True))
+    ledger = [{**_task(tid, 5, status, 0, n, n + 1 if status != "processing" else None),
+               "fate": fate} for n, (tid, fate, status) in tasks]
+    return checks.Evidence(
+        manifest=[{"id": "r5"}], jobs=[_job(5, "failed", ids[-1], "stuck")],
+        attempts=[{"job_id": 5, "n": n + 1, "state": "failed", "task_id": tid, "error": None}
+                  for n, tid in enumerate(ids)],
+        results=[_line(5, "failed", ids[-1], kind="stuck")], ledger=ledger,
+        stats={"peak_in_flight": 1, "creates_refused": 0}, concurrency=3)
+
+
+def test_a_row_out_of_attempts_on_a_hung_task_failed_genuinely() -> None:
+    fates = ("fail_transient", "fail_transient", "stuck_processing")
+    for last in ("processing", "failed"):  # still hung at the end, or timed out by PiAPI since
+        found, _ = checks.run_checks(_stuck_row(fates, ("failed", "failed", last)))
+        assert {c["check"]: c for c in found}["failed_rows_genuine"]["pass"], last
+    # piapi-bulk judging a task stuck that PiAPI was not hanging is giving up, not PiAPI failing
+    found, _ = checks.run_checks(_stuck_row(("fail_transient", "complete"),
+                                            ("failed", "processing")))
+    bad = {c["check"]: c for c in found}["failed_rows_genuine"]
+    assert bad["value"] == 1
+    problems = bad["examples"][0]["problems"]
+    assert "kind 'stuck' is piapi-bulk giving up, not PiAPI failing" in problems
+    # and a hung task does not excuse another task of the row that completed
+    found, _ = checks.run_checks(_stuck_row(("complete", "stuck_processing"),
+                                            ("completed", "processing")))
+    assert {c["check"]: c for c in found}["failed_rows_genuine"]["value"] == 1

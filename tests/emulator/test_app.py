@@ -267,9 +267,10 @@ def test_stats_and_ledger_keys(client: Client) -> None:
     ledger = client.http.get("/_emulator/ledger").json()["tasks"]
     assert ledger[0]["task_id"] == task_id
     assert set(ledger[0]) == {"task_id", "model", "task_type", "input_key", "input", "status",
-                              "created_at", "ended_at", "consume", "output", "error", "charged",
-                              "webhook_endpoint", "created_by", "polls_by", "end_seen_by",
-                              "end_seen_at"}
+                              "fate", "created_at", "ended_at", "consume", "output", "error",
+                              "charged", "webhook_endpoint", "created_by", "polls_by",
+                              "end_seen_by", "end_seen_at"}
+    assert ledger[0]["fate"] == "complete"
     key = ledger[0]["input_key"]
     assert len(client.http.get(f"/_emulator/ledger?input_key={key}").json()["tasks"]) == 2
     assert client.http.get("/_emulator/ledger?input_key=zzz").json()["tasks"] == []
