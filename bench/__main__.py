@@ -1,7 +1,7 @@
 """`python -m bench`: run the scenarios, write bench/results/<UTC stamp>.json and latest.json,
 print a short table.
 
-    python -m bench [--scenarios 1,2,3,4,5,6,7,8,9] [--db sqlite,postgresql] [--quick]
+    python -m bench [--scenarios 1,2,3,4,5,6,7,8,9,10] [--db sqlite,postgresql] [--quick]
                     [--out bench/results] [--workers 2] [--worker-threads 16] [--keep-logs]
                     [--at REV]
 
@@ -42,15 +42,16 @@ from bench.scenarios import (
     s5_baseline,
 )
 from bench.services import our_env
+from bench.short import s10_short
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 DBS = ("sqlite", "postgresql")
 API_KEY = "bench-key-not-a-secret-0123456789"
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9", help="comma-separated, e.g. 1,5")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated, e.g. 1,5")
     p.add_argument("--db", default="sqlite,postgresql", help="sqlite,postgresql")
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes in all")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -159,7 +160,7 @@ def _plan_steps(env: Env, chosen: set[int]) -> list[tuple[str, Any]]:
     later: dict[int, Any] = {
         3: lambda: s3_headroom(env), 4: lambda: s4_ingest(env), 6: lambda: s6_rate_limit(env),
         7: lambda: s7_backlog(env), 8: lambda: latency_scenario(env, 8),
-        9: lambda: latency_scenario(env, 9),
+        9: lambda: latency_scenario(env, 9), 10: lambda: s10_short(env),
     }
     steps += [(str(n), run) for n, run in later.items() if n in chosen]
     return steps

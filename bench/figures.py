@@ -6,7 +6,7 @@
   divided by C x makespan: the share of the account's slot-time that held a task.
 - GETs per task = every GET request to the API (task GETs, /account/active_tasks,
   /account/info, task history) / tasks created; task GETs alone are `task_gets_per_task`.
-  Creates per row = tasks created / rows.
+  Creates per row = tasks created / rows; requests per row = every API request / rows.
 - The emulator queues creates beyond C (pending) and counts them in flight, so a runner
   that oversubscribes would inflate both ideal and utilization: `oversubscribed` flags a run
   whose peak in flight exceeded C, and `utilization_processing` (processing tasks only,
@@ -21,7 +21,7 @@ from typing import Any
 from bench.emu import LedgerSummary, http_429s
 
 RATIO_KEYS = ("makespan_s", "makespan_over_ideal", "utilization", "gets_per_task",
-              "creates_per_row", "cpu_s_per_1000_tasks", "peak_rss_mb_max")
+              "requests_per_row", "creates_per_row", "cpu_s_per_1000_tasks", "peak_rss_mb_max")
 """Figures shown as system / baseline."""
 
 
@@ -74,6 +74,7 @@ def load_figures(*, concurrency: int, rows: int, makespan_s: float, stats_end: d
         "gets_per_task": _r(_div(gets, tasks)),
         "task_gets_per_task": _r(_div(task_gets, tasks)),
         "creates_per_row": _r(_div(tasks, rows)),
+        "requests_per_row": _r(_div(int(requests["total"]), rows)),
         "max_creates_per_input": stats_final.get("max_creates_per_input"),
         "rows_per_s": _r(_div(finished_rows, makespan_s), 2),
         "requests": stats_final["requests"],

@@ -3,7 +3,8 @@
 1 captions at scale · 2 overnight video (polling and webhooks) · 3 headroom sweep ·
 4 ingest of a big CSV · 5 the asyncio baseline on 1 and 2 · 6 rate limit (right and wrong) ·
 7 flat cost as the backlog grows (`bench.backlog`) · 8 and 9 (`bench.latency`): 1 with
-network latency, with and without a completion signal.
+network latency, with and without a completion signal · 10 (`bench.short`): short tasks and
+no completion signal, against a baseline polling every 25 ms.
 """
 
 from __future__ import annotations
@@ -57,13 +58,15 @@ class Plan:
     """Scenario 7: rows run through the dispatcher per backlog size (the rest stays queued)."""
     s89_rows: int = 2_000
     """Scenarios 8 and 9 (bench.latency): rows of each run (3-9 s tasks at C = 50)."""
+    s10_rows: int = 2_000
+    """Scenario 10 (bench.short): rows of each run (0.15-0.45 s tasks at C = 20)."""
 
 
 FULL = Plan(s1_rows=20_000, s2_rows=500, s3_rates=(25, 50, 100, 200, 300, 400),
             s3_window_s=15, s4_rows=1_000_000, s6_run_s=72, s6_rows=3_000)
 QUICK = Plan(s1_rows=2_000, s2_rows=100, s3_rates=(50, 150, 300), s3_window_s=8,
              s4_rows=100_000, s6_run_s=25, s6_rows=1_000, s7_backlogs=(1_000, 10_000),
-             s7_window_rows=500, s89_rows=200)
+             s7_window_rows=500, s89_rows=200, s10_rows=500)
 
 
 @dataclass

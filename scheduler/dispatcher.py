@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from scheduler.admission import Admission
 from scheduler.leader import LeaderLock
 from scheduler.slots import Account, RemoteSlots
-from workers import durations, fencing, leases
+from workers import durations, fencing, handoff, leases
 from workers import transitions as tr
 from workers.aimd import WINDOW_S, Aimd
 from workers.app import (
@@ -102,6 +102,13 @@ class PassResult:
     flight instead (`workers.transitions.reuse`): their slots are still free."""
     housekept: bool = False
     """This pass did the once-a-second housekeeping."""
+
+
+def _plain(batch: leases.OpenBatch) -> bool:
+    """A batch without the controls admission weighs per create (cancel, pause, budget,
+    deadline): its freed slots may be handed to its next rows by workers."""
+    return (batch.cancel_mode is None and batch.paused is None and batch.budget_usd is None
+            and batch.deadline_at is None)
 
 
 def by_batch(leased: leases.Leased) -> dict[str, list[int]]:
@@ -167,6 +174,9 @@ class Dispatcher:
     scoped: bool = False
     """Create only for the batches a run claimed (see the module docstring)."""
     reuse_window_s: float = 72 * 3600.0
+    handoff: bool = True
+    """Keep the standby lists from which workers refill the slots their polls free
+    (`workers.handoff`)."""
     clock: Callable[[], float] = time.time
     on_pass: Callable[[PassResult], None] | None = None
     """Called after every pass while leading (`scheduler.passstats`); None: nothing."""
@@ -201,6 +211,8 @@ class Dispatcher:
         self._retries = True
         self._backlog = True
         self._refusals = self.fleet.concurrency_refusals()
+        self._standby: set[str] = set()
+        """The batches whose standby list we keep."""
 
     @property
     def token(self) -> str:
@@ -320,11 +332,31 @@ class Dispatcher:
         self._send(POLL_TASK, POLL_QUEUE, poll_ids)
         self._send(RECONCILE_TASK, POLL_QUEUE, settle_ids)
         self._send(WATCH_TASK, POLL_QUEUE, look_ids)
+        self._keep_standby(now, result, set(submit_ids.values()))
         result.submits, result.polls = len(submit_ids), len(poll_ids)
         self.remote.dispatched(result.submits)
         result.next_pass_s = self._next_pass_s(now, result, due)
         result.took_s = self.clock() - now
         return result
+
+    def _keep_standby(self, now: float, result: PassResult, leased: set[str]) -> None:
+        """The standby lists of `workers.handoff`: each batch without controls gets its next
+        waiting rows when its list runs low or this pass leased some of its rows (which may
+        head its list); every list goes while the fleet is halted, over its limit (AIMD
+        lowered it) or out of rows, and a batch's when it gains a control (or finishes).
+        Workers check the batch in the database as they claim, too."""
+        if not self.handoff:
+            return
+        keep = result.halted is None and result.in_flight <= result.limit and self._backlog
+        batches = [b.id for b in self._batches if keep and _plain(b)]
+        gone = self._standby.difference(batches)
+        lists = {batch: leases.standby(self.engine, batch, handoff.STANDBY_ROWS, now,
+                                       self.epoch, retries=self._retries)
+                 for batch, n in handoff.lengths(self.redis_client, batches).items()
+                 if n < handoff.REFILL_BELOW or batch in leased}
+        if lists or gone:
+            handoff.publish(self.redis_client, lists, gone)
+        self._standby = {b for b in batches if lists.get(b) != []}
 
     def _next_pass_s(self, now: float, result: PassResult, due: float | None) -> float:
         wait = self.interval_s

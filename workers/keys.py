@@ -48,3 +48,8 @@ cumulative), and "endpoint sum_ms" -> summed latency in milliseconds: written an
 LIMITED_KEY = "piapi-bulk:429"
 """Hash scope (`rate`, `concurrency`) -> 429 answers ever: written and read like
 `REQUESTS_KEY`."""
+STANDBY_PREFIX = "piapi-bulk:standby:"
+"""List per batch (prefix + batch id): ids of the batch's next queued rows, which a worker
+whose poll freed a slot of that batch creates at once in that slot (`workers/handoff.py`).
+Replaced by the dispatcher while it leads (with a short TTL, so a stopped dispatcher's list
+lapses); popped by workers."""

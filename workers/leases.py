@@ -89,6 +89,16 @@ _LOOKS_DUE = (
 )
 
 
+def _pick(state: JobState, order: Any, *, batch: bool, due_by_time: bool) -> Any:
+    """The first `p_limit` due jobs in `state` (of batch `p_batch`; with `next_at` passed)
+    that no message is out for, in `order`."""
+    timely = [JOBS.c.next_at <= bindparam("p_now")] if due_by_time else []
+    scope = [JOBS.c.batch_id == bindparam("p_batch")] if batch else []
+    keys = order if isinstance(order, tuple) else (order,)
+    return (select(JOBS.c.id).where(JOBS.c.state == state.value, *scope, *timely, _FREE)
+            .order_by(*keys).limit(bindparam("p_limit")))
+
+
 def _leaser(state: JobState, order: Any, *, batch: bool = False,
             due_by_time: bool = False) -> Any:
     """One statement: lease the first `p_limit` due jobs in `state` (of batch `p_batch`;
@@ -100,21 +110,22 @@ def _leaser(state: JobState, order: Any, *, batch: bool = False,
     picked ids by key.
     """
     timely = [JOBS.c.next_at <= bindparam("p_now")] if due_by_time else []
-    scope = [JOBS.c.batch_id == bindparam("p_batch")] if batch else []
-    keys = order if isinstance(order, tuple) else (order,)
-    pick = (select(JOBS.c.id).where(JOBS.c.state == state.value, *scope, *timely, _FREE)
-            .order_by(*keys).limit(bindparam("p_limit")))
+    pick = _pick(state, order, batch=batch, due_by_time=due_by_time)
     still_due = and_(func.coalesce(JOBS.c.state, "") == state.value, *timely, _FREE)
     return (JOBS.update().where(JOBS.c.id.in_(pick.scalar_subquery()), still_due)
             .values(lease_until=bindparam("p_lease_until"), lease_epoch=bindparam("p_epoch"))
             .returning(JOBS.c.id, JOBS.c.batch_id))
 
 
-_RETRY_DUE = _leaser(JobState.RETRY_WAIT, JOBS.c.seq, batch=True, due_by_time=True)
+_RETRY_ORDER = JOBS.c.seq
 # Longest expected first (`workers.expected`), ties in manifest order: the partial index
 # (batch_id, priority DESC, seq) of queued rows gives this order without a sort. Retries
 # keep manifest order: few, and already started once.
-_QUEUED = _leaser(JobState.QUEUED, (JOBS.c.priority.desc(), JOBS.c.seq), batch=True)
+_QUEUED_ORDER = (JOBS.c.priority.desc(), JOBS.c.seq)
+_RETRY_DUE = _leaser(JobState.RETRY_WAIT, _RETRY_ORDER, batch=True, due_by_time=True)
+_QUEUED = _leaser(JobState.QUEUED, _QUEUED_ORDER, batch=True)
+_STANDBY_RETRIES = _pick(JobState.RETRY_WAIT, _RETRY_ORDER, batch=True, due_by_time=True)
+_STANDBY_QUEUED = _pick(JobState.QUEUED, _QUEUED_ORDER, batch=True, due_by_time=False)
 _POLLS_DUE = _leaser(JobState.RUNNING, JOBS.c.next_at, due_by_time=True)
 _RECONCILES_DUE = _leaser(JobState.AMBIGUOUS, JOBS.c.next_at, due_by_time=True)
 
@@ -208,6 +219,20 @@ def lease_submits(engine: Engine, batch_id: str, limit: int, now: float, epoch: 
               "p_lease_until": now + lease_s}
     retry_due = list(_lease(engine, _RETRY_DUE, params, limit)) if retries else []
     return retry_due + list(_lease(engine, _QUEUED, params, limit - len(retry_due)))
+
+
+def standby(engine: Engine, batch_id: str, limit: int, now: float, epoch: str,
+            retries: bool = True) -> list[int]:
+    """The ids `lease_submits` would lease next (not leased: `workers.handoff` hands them
+    to workers whose polls free a slot), in the same order."""
+    params = {"p_batch": batch_id, "p_now": now, "p_epoch": epoch}
+    with transaction(engine) as conn:
+        ids = ([int(i) for (i,) in conn.execute(_STANDBY_RETRIES, {**params, "p_limit": limit})]
+               if retries else [])
+        if len(ids) < limit:
+            ids += [int(i) for (i,) in conn.execute(_STANDBY_QUEUED,
+                                                     {**params, "p_limit": limit - len(ids)})]
+    return ids
 
 
 def lease_polls(engine: Engine, limit: int, now: float, epoch: str, lease_s: float) -> Leased:

@@ -56,6 +56,7 @@ def build_context(settings: Settings) -> WorkerContext:
         webhooks=settings.webhook_signer(),
         reconcile_timeout_s=settings.reconcile_timeout_s,
         on_stuck=settings.on_stuck,
+        handoff=settings.handoff,
         http_pool=ThreadPoolExecutor(max_workers=settings.http_concurrency,
                                      thread_name_prefix="piapi-http"),
     )

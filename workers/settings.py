@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     """A row takes the task of a completed twin (same row id, model, task type and input, in
     any batch) only when the twin finished within this long (PiAPI deletes outputs after a
     few days). `--no-reuse` turns reuse off for a batch."""
+    handoff: bool = Field(True, validation_alias=_env("PIAPI_BULK_HANDOFF"))
+    """A worker whose poll frees a slot creates its batch's next row in it at once (the
+    dispatcher keeps the rows it may take, `workers.handoff`); off: every freed slot waits
+    for the dispatcher's next pass."""
     stall_s: float = Field(120.0, gt=0, validation_alias=_env("PIAPI_BULK_STALL_S"))
     """`run` restarts the workers and dispatcher it started when no row has moved for this
     long while work waited for them (liveness by progress, not by a process being up)."""

@@ -122,7 +122,7 @@ def dispatcher(
         budget=build_budget(settings, redis_client, Fleet(redis_client)),
         interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
         on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
-        reuse_window_s=settings.reuse_window_s,
+        reuse_window_s=settings.reuse_window_s, handoff=settings.handoff,
         # A test hook only (tests/integration/test_fencing.py): never set in production.
         pause_file=Path(pause) if (pause := os.environ.get("PIAPI_BULK_TEST_PAUSE_FILE"))
         else None,

@@ -343,12 +343,18 @@ def run(engine: Engine, statement: Update, job_id: int, twin_id: int,
             "p_kind": ErrorKind.PROVIDER.value, "p_max": 10, "p_submitted": NOW,
             "p_batch": "b1", "p_keys": [row["row_key"]], "p_twin": twin_id,
             "p_cutoff": NOW - 3600, "p_lo": 0, "p_hi": 10**6, "p_output": "{}",
-            "p_note": "n"}
+            "p_note": "n", "p_id": job_id, "p_model": "m"}
         if m.given is not None:
             params[m.given] = [src.value] if binds[m.given].expanding else src.value
+        plain = "p_model" in binds  # a slot handoff's claim: only in a batch without controls
+        if plain:
+            conn.execute(BATCHES.update().values(cancel_mode=None, deadline_at=None))
         result = conn.execute(statement, {k: v for k, v in params.items() if k in binds})
         # (with RETURNING, SQLite counts the rows only once they are read)
-        return len(result.all()) if result.returns_rows else int(result.rowcount)
+        changed = len(result.all()) if result.returns_rows else int(result.rowcount)
+        if plain:
+            conn.execute(BATCHES.update().values(cancel_mode="now", deadline_at=NOW - 1))
+        return changed
 
 
 def twin_of(ids: list[int], k: int) -> int:

@@ -25,9 +25,12 @@ from workers.transitions.create import (
     resolve_ambiguous_as_failed,
 )
 from workers.transitions.poll import (
+    Handoff,
     PollOutcome,
+    Recorded,
     load_poll_targets,
     mark_due,
+    record_and_hand_off,
     record_completed,
     record_poll_outcomes,
     record_progress,
@@ -36,14 +39,17 @@ from workers.transitions.poll import (
 
 __all__ = [
     "Claim",
+    "Handoff",
     "PollOutcome",
     "PollTarget",
+    "Recorded",
     "claim_for_submit",
     "claim_many",
     "expire_submitting",
     "load_poll_targets",
     "mark_due",
     "record_ambiguous",
+    "record_and_hand_off",
     "record_completed",
     "record_create_rejected",
     "record_create_requeued",

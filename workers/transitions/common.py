@@ -81,6 +81,9 @@ class PollTarget(ForRow):
     """The row's input factor (`workers.expected.input_factor`): its poll schedule and stuck
     limit are its kind's per-unit ones times this, and its duration is recorded divided
     by it."""
+    batch_id: str = field(default="", kw_only=True)
+    """The row's batch: a slot its task frees may go to the batch's next row
+    (`workers.handoff`)."""
 
     @property
     def counted_attempts(self) -> int:

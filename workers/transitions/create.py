@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from workers.db import transaction
 from workers.halt import set_halt
-from workers.models import ATTEMPTS, JOBS
+from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.piapi import TaskView
 from workers.states import AttemptState, ErrorKind, JobState
 from workers.transitions.common import THIS_JOB, Claim, move, moved, usage_params
@@ -26,13 +26,27 @@ logger = logging.getLogger(__name__)
 RECONCILE_AFTER_S = 2.0
 """An ambiguous create is first looked for in PiAPI's history this long after it was lost."""
 
+_CLAIMED: dict[str, Any] = dict(lease_until=bindparam("p_lease_until"), lease_epoch=None,
+                                next_at=None, posts=JOBS.c.posts + 1)
+_CLAIM_RETURNS = (JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type,
+                  JOBS.c.input_json, JOBS.c.tries, JOBS.c.posts, JOBS.c.service_mode,
+                  JOBS.c.row_key)
 _CLAIM = (
     move({JobState.QUEUED: None, JobState.RETRY_WAIT: JOBS.c.next_at <= bindparam("p_now")},
          JobState.SUBMITTING, JOBS.c.id.in_(bindparam("p_ids", expanding=True)))
-    .values(lease_until=bindparam("p_lease_until"), lease_epoch=None, next_at=None,
-            posts=JOBS.c.posts + 1)
-    .returning(JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json,
-               JOBS.c.tries, JOBS.c.posts, JOBS.c.service_mode, JOBS.c.row_key)
+    .values(**_CLAIMED).returning(*_CLAIM_RETURNS)
+)
+_PLAIN_BATCH = exists().where(
+    BATCHES.c.id == JOBS.c.batch_id, BATCHES.c.done.is_(False),
+    BATCHES.c.cancel_mode.is_(None), BATCHES.c.paused.is_(None),
+    BATCHES.c.budget_usd.is_(None), BATCHES.c.deadline_at.is_(None))
+"""The batch has no control that the dispatcher's admission would have to weigh."""
+_HANDOFF_CLAIM = (
+    move({JobState.QUEUED: None, JobState.RETRY_WAIT: JOBS.c.next_at <= bindparam("p_now")},
+         JobState.SUBMITTING, JOBS.c.id == bindparam("p_id"))
+    .where(JOBS.c.batch_id == bindparam("p_batch"), JOBS.c.model == bindparam("p_model"),
+           _PLAIN_BATCH)
+    .values(**_CLAIMED).returning(*_CLAIM_RETURNS)
 )
 _NEW_ATTEMPT = ATTEMPTS.insert()
 _THIS_ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.n == bindparam("p_n"))
@@ -96,19 +110,40 @@ def claim_many(engine: Engine, job_ids: Iterable[int], now: float, lease_s: floa
     with transaction(engine) as conn:
         rows = conn.execute(_CLAIM, {"p_ids": ids, "p_now": now,
                                      "p_lease_until": now + lease_s}).all()
-        if not rows:
-            return []
-        conn.execute(_NEW_ATTEMPT, [
-            {"job_id": int(r[0]), "n": int(r[6]), "state": AttemptState.POSTING.value,
-             "started_at": now}
-            for r in rows
-        ])
+        return _attempts_for(conn, rows, now)
+
+
+def _attempts_for(conn: Connection, rows: Sequence[Any], now: float) -> list[Claim]:
+    """Insert the attempt of each just-claimed row (before any POST); their claims."""
+    if not rows:
+        return []
+    conn.execute(_NEW_ATTEMPT, [
+        {"job_id": int(r[0]), "n": int(r[6]), "state": AttemptState.POSTING.value,
+         "started_at": now}
+        for r in rows
+    ])
     return [
         Claim(job_id=int(job), batch_id=str(b), attempt_n=int(n), model=str(m),
               task_type=str(t), input=json.loads(i or "{}"), tries=int(tries),
               service_mode=mode or None, row_key=str(key))
         for job, b, m, t, i, tries, n, mode, key in sorted(rows)
     ]
+
+
+def claim_standby(conn: Connection, ids: Sequence[int], batch_id: str, model: str,
+                  now: float, lease_s: float) -> tuple[Claim | None, int]:
+    """In the caller's transaction (the one that freed a slot of `batch_id`): claim the
+    first of `ids` (rows of that batch waiting to be created, in the dispatcher's order)
+    that still is (queued, or in retry_wait and due), of `model`, in a batch without
+    controls; its attempt is inserted as a claim's.
+    Returns the claim (None: none could be) and how many ids it used up."""
+    for used, job_id in enumerate(ids, start=1):
+        rows = conn.execute(_HANDOFF_CLAIM, {
+            "p_id": job_id, "p_batch": batch_id, "p_model": model, "p_now": now,
+            "p_lease_until": now + lease_s}).all()
+        if rows:
+            return _attempts_for(conn, rows, now)[0], used
+    return None, len(ids)
 
 
 def claim_for_submit(engine: Engine, job_id: int, now: float, lease_s: float) -> Claim | None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import and_, bindparam, func, select
@@ -22,7 +22,15 @@ from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS
 from workers.piapi import TaskView
 from workers.polling import per_unit_s
 from workers.states import AttemptState, ErrorKind, JobState
-from workers.transitions.common import THIS_JOB, PollTarget, move, rows_among, usage_params
+from workers.transitions.common import (
+    THIS_JOB,
+    Claim,
+    PollTarget,
+    move,
+    rows_among,
+    usage_params,
+)
+from workers.transitions.create import claim_standby
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +41,7 @@ _TARGETS = (
     select(JOBS.c.id, JOBS.c.task_id, JOBS.c.polls, JOBS.c.poll_errors, JOBS.c.attempts,
            BATCHES.c.max_attempts, JOBS.c.model, JOBS.c.task_type, JOBS.c.submitted_at,
            JOBS.c.retry_base, BATCHES.c.cancel_mode, BATCHES.c.on_stuck, JOBS.c.row_key,
-           JOBS.c.input_json)
+           JOBS.c.input_json, JOBS.c.batch_id)
     .join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
     .where(JOBS.c.id.in_(bindparam("p_ids", expanding=True)),
            JOBS.c.state == JobState.RUNNING.value)
@@ -135,7 +143,8 @@ def load_poll_targets(engine: Engine, job_ids: Iterable[int]) -> list[PollTarget
     return [
         PollTarget(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
                    str(r[6]), str(r[7]), r[8], int(r[9] or 0), r[10], r[11],
-                   stored_factor(str(r[6]), str(r[7]), r[13]), row_key=str(r[12]))
+                   stored_factor(str(r[6]), str(r[7]), r[13]), row_key=str(r[12]),
+                   batch_id=str(r[14]))
         for r in rows_among(engine, _TARGETS, job_ids) if r[1]
     ]
 
@@ -155,16 +164,48 @@ def _apply(conn: Connection, o: PollOutcome, now: float) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """Rows a poll message may create in the slots it frees (`workers.handoff`)."""
+
+    standby: Mapping[str, Sequence[int]]
+    """Per batch: ids of its next queued rows, in the dispatcher's order."""
+    eligible: frozenset[int]
+    """The jobs whose freed slot may be handed over (the caller's judgement)."""
+    lease_s: float
+    """The claimed rows' lease (as a `submit` message's claim)."""
+
+
+@dataclass
+class Recorded:
+    """What recording a poll message did: slots freed, and rows claimed into them."""
+
+    freed: int = 0
+    claims: list[Claim] = field(default_factory=list)
+    standby_used: dict[str, int] = field(default_factory=dict)
+    """Per batch: standby ids used up (claimed, or found taken)."""
+
+
 def record_poll_outcomes(engine: Engine, outcomes: Sequence[PollOutcome], now: float) -> int:
     """Record a message's outcomes in one transaction; returns how many slots they freed."""
+    return record_and_hand_off(engine, outcomes, now, None).freed
+
+
+def record_and_hand_off(engine: Engine, outcomes: Sequence[PollOutcome], now: float,
+                        handoff: Handoff | None) -> Recorded:
+    """Record a message's outcomes in one transaction and, with `handoff`, claim into each
+    eligible slot freed the next standby row of its batch and model, in that transaction:
+    the tasks in flight never drop between the end and the claim (`workers.handoff`)."""
+    done = Recorded()
     if not outcomes:
-        return 0
-    freed = 0
+        return done
     samples: list[dict[str, Any]] = []
     with transaction(engine) as conn:
         for o in outcomes:
             if _apply(conn, o, now):
-                freed += o.frees_slot
+                done.freed += o.frees_slot
+                if handoff is not None and o.frees_slot and o.target.job_id in handoff.eligible:
+                    _hand_off(conn, o.target, handoff, done, now)
                 if o.kind == "completed" and o.duration_s is not None:
                     # Per unit of work: the kind's schedule scales it back by each row's factor.
                     samples.append({"model": o.target.model, "task_type": o.target.task_type,
@@ -172,7 +213,19 @@ def record_poll_outcomes(engine: Engine, outcomes: Sequence[PollOutcome], now: f
                                     "at": now})
         if samples:
             conn.execute(_SAMPLE, samples)
-    return freed
+    return done
+
+
+def _hand_off(conn: Connection, t: PollTarget, handoff: Handoff, done: Recorded,
+              now: float) -> None:
+    batch = t.batch_id
+    left = list(handoff.standby.get(batch, ()))[done.standby_used.get(batch, 0):]
+    if not left:
+        return
+    claim, used = claim_standby(conn, left, batch, t.model, now, handoff.lease_s)
+    done.standby_used[batch] = done.standby_used.get(batch, 0) + used
+    if claim is not None:
+        done.claims.append(claim)
 
 
 def _one(engine: Engine, outcome: PollOutcome, now: float) -> bool:

@@ -57,6 +57,8 @@ class WorkerContext:
     meter: RequestMeter | None = None
     """Counts the process's PiAPI requests by endpoint, status and latency (`Tally.report`
     adds them to the fleet's totals)."""
+    handoff: bool = False
+    """Create the batch's next row in a slot a poll frees (`workers.handoff`; needs `fleet`)."""
 
     def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`fn` over `items`, concurrently when there is a pool and more than one item."""
@@ -78,6 +80,16 @@ class WorkerContext:
         """Write what a PiAPI request taught us, waiting out a database restart (the
         transitions are compare-and-sets, so running one again changes nothing twice)."""
         return retry_transient(fn, wait_s=self.db_wait_s)
+
+    def take_tokens(self, wanted: int) -> int:
+        """Up to `wanted` requests from the fleet's budget, without waiting (all of them
+        when there is no budget)."""
+        return self.budget.take_now(wanted) if self.budget is not None else max(wanted, 0)
+
+    def give_back_tokens(self, unused: int) -> None:
+        """Return tokens `take_tokens` gave and no request used."""
+        if self.budget is not None:
+            self.budget.give_back(unused)
 
     def spend(self, kind: str) -> None:
         """Take one request from the fleet's budget (blocks while there is none)."""

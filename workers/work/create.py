@@ -133,7 +133,7 @@ def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
     # create never waits for one while its lease runs.
     with reported(ctx) as tally:
         claims = tr.claim_many(ctx.engine, ids, ctx.clock(), ctx.lease_s)
-        done = ctx.each(lambda claim: _create_one(ctx, claim, tally), claims)
+        done = ctx.each(lambda claim: create_one(ctx, claim, tally), claims)
         tally.freed = any(frees for frees, _ in done)
         skipped = len(ids) - tally.requests
         if skipped > 0:
@@ -144,7 +144,7 @@ def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
     return summary
 
 
-def _create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> tuple[bool, RowOutcome]:
+def create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> tuple[bool, RowOutcome]:
     """POST one claimed job and record the answer: whether it frees a concurrency slot,
     and what became of the row."""
     tally.add(requests=1)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from workers import stuck
+import redis
+
+from workers import handoff, stuck
 from workers import transitions as tr
 from workers.durations import task_duration_s
 from workers.halt import set_halt
@@ -35,7 +37,8 @@ from workers.piapi import (
 from workers.retry import FailureClass, classify_failure
 from workers.states import AttemptState, ErrorKind
 from workers.work.context import Tally, WorkerContext, reported
-from workers.work.summary import MessageSummary, of_polls
+from workers.work.create import create_one
+from workers.work.summary import MessageSummary, RowOutcome, of_polls
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +104,45 @@ def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
     with reported(ctx) as tally:
         targets = tr.load_poll_targets(ctx.engine, ids)
         outcomes = ctx.each(lambda target: _poll_one(ctx, target, tally), targets)
-        freed = ctx.record(lambda: tr.record_poll_outcomes(ctx.engine, outcomes, ctx.clock()))
-        tally.freed = freed > 0
-    return of_polls(targets, outcomes, len(ids), ctx.clock())
+        plan, popped, low = _standby(ctx, outcomes)
+        recorded = ctx.record(lambda: tr.record_and_hand_off(ctx.engine, outcomes,
+                                                             ctx.clock(), plan))
+        ctx.give_back_tokens(popped - len(recorded.claims))
+        # A slot freed and not handed over, or a standby list running dry: the dispatcher
+        # should look now.
+        tally.freed = recorded.freed > len(recorded.claims) or (low and recorded.freed > 0)
+        created = ctx.each(lambda claim: create_one(ctx, claim, tally), recorded.claims)
+        tally.freed = tally.freed or any(frees for frees, _ in created)
+    summary = of_polls(targets, outcomes, len(ids), ctx.clock())
+    if recorded.claims:
+        ctx.count("handed_off", len(recorded.claims))
+    for claim, (_, row) in zip(recorded.claims, created, strict=True):
+        summary.row(claim.job_id, claim.row_key, claim.batch_id, RowOutcome(
+            f"handed a freed slot: {row.label}", row.wait_s))
+    return summary
+
+
+def _standby(ctx: WorkerContext, outcomes: Sequence[tr.PollOutcome]
+             ) -> tuple[tr.Handoff | None, int, bool]:
+    """The rows this message may create in the slots it frees (`workers.handoff`): ids
+    popped from their batches' standby lists, one request token taken for each (none when
+    the budget has none now). Also how many were popped, and whether a list ran low."""
+    if not ctx.handoff or ctx.fleet is None:
+        return None, 0, False
+    eligible = {o.target.job_id for o in outcomes if handoff.hands_off(o, ctx.mode(o.target.model))}
+    wants = handoff.wanted(outcomes, eligible)
+    try:
+        tokens = ctx.take_tokens(sum(wants.values()))
+        wants = handoff.within(wants, tokens)
+        popped, low = handoff.take(ctx.fleet.redis, wants)
+    except redis.RedisError as exc:  # no handoff: the dispatcher refills as before
+        logger.info("no slot handoff this time: %s", exc)
+        return None, 0, False
+    got = sum(len(ids) for ids in popped.values())
+    ctx.give_back_tokens(tokens - got)
+    if not got:
+        return None, 0, low
+    return tr.Handoff(popped, frozenset(eligible), ctx.lease_s), got, low
 
 
 def _poll_one(ctx: WorkerContext, t: tr.PollTarget, tally: Tally) -> tr.PollOutcome:
