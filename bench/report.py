@@ -16,6 +16,7 @@ LOAD_COLUMNS = (
     ("mk/ideal", "makespan_over_ideal", "{:.2f}"),
     ("util", "utilization", "pct"),
     ("GET/task (task GETs)", "gets_per_task", "{:.2f}"),
+    ("req/row", "requests_per_row", "{:.2f}"),
     ("create/row", "creates_per_row", "{:.3f}"),
     ("CPU s/1k", "cpu_s_per_1000_tasks", "{:.2f}"),
     ("RSS MB", "peak_rss_mb_max", "{:.0f}"),
@@ -119,6 +120,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 LOAD_TITLE = "Scenarios 1, 2 and 5 (✓/✗ vs target; xR = this figure / the baseline's)"
+SHORT_TITLE = ("Scenario 10: short tasks (0.15-0.45 s, C = 20), no completion signal; "
+               "the baseline polls every 25 ms (✓/✗ vs the baseline; xR = / the baseline's)")
 LATENCY_TITLE = ("Scenarios 8 and 9: 1 with latency, 150 ± 50 ms a request, creates 1 ± 0.5 s "
                  "(8: webhooks; 9: no completion signal; xR = / the baseline's)")
 
@@ -129,7 +132,8 @@ def _load_section(runs: list[dict[str, Any]], scenarios: tuple[str, ...] = (
     for run in runs:
         if run["scenario"] in scenarios:
             rows.append([_name(run), _status(run), *_load_row(run),
-                         _fmt((run.get("figures") or {}).get("makespan_s"), "{:.1f}"),
+                         _fmt((run.get("figures") or {}).get("makespan_s"), "{:.1f}")
+                         + _mark(run, "makespan_s"),
                          _short(run)])
     if not rows:
         return []
@@ -154,10 +158,17 @@ def _section(runs: list[dict[str, Any]], scenario: str, title: str,
 def _s3_line(run: dict[str, Any], figs: dict[str, Any]) -> str:
     steps = " · ".join(
         f"{s['offered_rows_per_s']:g}/s→{_fmt(s['steady_rows_per_s'], '{:.0f}')}/s "
-        f"@{_fmt(s['steady_utilization'], 'pct')}"
-        f" (other {_fmt(s.get('unattributed_cores'), '{:.1f}')})" for s in figs["steps"])
-    return (f"  {run['db']:<11} sustained {figs['sustained_rows_per_s']:.0f} rows/s"
-            f"{_mark(run, 'sustained_rows_per_s')} (target >= 300) · steps: {steps}")
+        f"@{_fmt(s['steady_utilization'], 'pct')} {_fmt(s.get('gets_per_task'), '{:.1f}')} "
+        f"GET/task (other {_fmt(s.get('unattributed_cores'), '{:.1f}')})"
+        for s in figs["steps"])
+    target = next((f" (target {c['target']})" for c in run.get("checks", [])
+                   if c["figure"] == "sustained_rows_per_s"), "")
+    ratio = (run.get("baseline_ratio") or {}).get("best_steady_rows_per_s_any_step")
+    best = (f" · best step {figs.get('best_steady_rows_per_s_any_step') or 0:.0f} rows/s"
+            + (f" x{ratio:.2f}" if ratio is not None else ""))
+    return (f"  {run['db'] or run.get('variant'):<11} sustained "
+            f"{figs['sustained_rows_per_s']:.0f} rows/s{_mark(run, 'sustained_rows_per_s')}"
+            f"{target}{best} · steps: {steps}")
 
 
 def _s4_line(run: dict[str, Any], f: dict[str, Any]) -> str:
@@ -229,6 +240,7 @@ def table(doc: dict[str, Any]) -> str:
     for scenario, title, line in SECTIONS:
         lines += _section(runs, scenario, title, line)
     lines += _load_section(runs, ("s8_latency_signal", "s9_latency_polling"), LATENCY_TITLE)
+    lines += _load_section(runs, ("s10_short_polling",), SHORT_TITLE)
     s = doc.get("summary", {})
     lines.append(f"targets: {s.get('checks_passed', 0)} passed, {s.get('checks_failed', 0)} "
                  f"failed, {s.get('checks_unjudged', 0)} not judged · runs not ok: "
