@@ -353,6 +353,8 @@ def profiled_s1(env: Env, out: Path) -> None:
     from bench.runs import run_system
     from bench.scenarios import _s1_spec, skipped
 
+    if not env.dbs:
+        return
     db = "sqlite" if "sqlite" in env.dbs else env.dbs[0]
     if db in env.skipped_dbs:
         env.add(skipped("s1_captions", "profiled", db, env.skipped_dbs[db]))
