@@ -29,6 +29,7 @@ from bench.backlog import s7_backlog
 from bench.headroom import s3_headroom
 from bench.latency import latency_scenario
 from bench.procs import REPO, command_exists, command_output, measure_rev, pg_reachable, source
+from bench.profile import with_profiled_run
 from bench.ratelimit import s6_rate_limit
 from bench.runs import Ctx
 from bench.scenarios import (
@@ -60,6 +61,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7, help="the emulator's seed")
     p.add_argument("--keep-logs", action="store_true", help="keep every run's logs")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, help="one more run "
+                   "after 1, py-spy'd, not judged (default: on, off with --quick)")
     p.add_argument("--at", metavar="REV", help="measure this commit (a `git archive` of it) "
                    "instead of the working tree, which others may be editing")
     args = p.parse_args(argv)
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     env.on_result = save
     code = 0
     try:
-        for label, step in _plan_steps(env, args.scenario_set):
+        for label, step in with_profiled_run(_plan_steps(env, args.scenario_set), env, args.out,
+                                             args.profile, args.quick):
             print(f"[bench] scenario {label} ...", file=sys.stderr, flush=True)
             step()
     except KeyboardInterrupt:

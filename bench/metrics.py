@@ -25,8 +25,9 @@ import redis
 from bench.procs import PG_ADMIN_URL, Proc
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-NOT_OURS = frozenset({"emulator", "postgres", "harness"})
-"""Roles measured but not counted in 'our' CPU and RSS: the stand-in for PiAPI, the DB server."""
+NOT_OURS = frozenset({"emulator", "postgres", "harness", "profiler"})
+"""Roles measured but not counted in 'our' CPU and RSS: the stand-in for PiAPI, the DB server,
+py-spy (bench.profile)."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from bench.dbwatch import DbWatch, active, finished
 from bench.emu import Emu, summarise_ledger
 from bench.metrics import Interference, Sampler, redis_memory, self_cpu_s, summarise
 from bench.procs import (
+    REPO,
     BenchError,
     Proc,
     Stack,
@@ -31,6 +32,7 @@ from bench.procs import (
     start_emulator,
     start_redis,
 )
+from bench.profile import Profiler, profile_header, profiler_for, stamp_now
 from bench.services import (
     ingest,
     our_env,
@@ -58,6 +60,8 @@ class Ctx:
     workers: int
     worker_threads: int
     keep_logs: bool
+    out: Path | None = None
+    """Where files beside the results go (profiles): `--out`; None = bench/results."""
 
 
 @dataclass
@@ -79,6 +83,9 @@ class RunSpec:
     stats_every_s: float = 1.0
     poll_s: float = 2.0
     """Baseline only: its fixed polling interval."""
+    profile: bool = False
+    """py-spy a worker and the dispatcher mid-run (`bench.profile`); the summary goes in
+    `result["profile"]`, the files in `Ctx.out`. For a run whose figures are not judged."""
 
 
 def emulator_args(seed: int, concurrency: int, time_scale: float, durations: dict[str, str],
@@ -99,7 +106,7 @@ def new_result(spec: RunSpec, kind: str) -> dict[str, Any]:
             "params": {"rows": spec.rows, "concurrency": spec.concurrency,
                        "emulator_args": spec.emulator_args, "env": spec.env,
                        "webhooks": spec.webhooks, "run_for_s": spec.run_for_s,
-                       "deadline_s": spec.deadline_s},
+                       "deadline_s": spec.deadline_s, "profile": spec.profile},
             "figures": {}, "timeline": []}
 
 
@@ -131,6 +138,7 @@ class SystemRun:
         self.note: str | None = None
         self.workers: list[Proc] = []
         self.extra: dict[str, Any] = {}
+        self.profiler: Profiler | None = None
 
     def setup(self) -> None:
         """Redis, the emulator, the ingest, the counters reset, the sampler on."""
@@ -178,6 +186,12 @@ class SystemRun:
         self.dispatcher = start_dispatcher(self.stack, self.env, self.logs,
                                            self.spec.concurrency)
         self.sampler.watch(self.dispatcher)
+        if self.spec.profile:
+            self.profile_started, stamp = stamp_now()
+            self.profiler = profiler_for(
+                self.spec, self.ctx.out or REPO / "bench" / "results", stamp, self.logs,
+                self.stack, self.sampler,
+                [("worker", self.workers[0].pid), ("dispatcher", self.dispatcher.pid)])
 
     def _gave_up(self, now: float, late: str) -> bool:
         """Whether to stop watching a run that will not finish: `now` (s since the fleet
@@ -199,6 +213,8 @@ class SystemRun:
         while True:
             now = time.monotonic() - self.t0
             self.counts = self.watch.counts(self.batch_id)
+            if self.profiler is not None:
+                self.profiler.poll(now, finished(self.counts))
             if active(self.counts) == 0:
                 break
             if spec.run_for_s is not None and now >= spec.run_for_s:
@@ -216,6 +232,8 @@ class SystemRun:
         self.stats_end = self.emu.stats()
         self.timeline.append(fig.timeline_point(self.makespan_s, finished(self.counts),
                                                 self.stats_end))
+        if self.profiler is not None:  # before the CPU figures, which sample py-spy's
+            self.profiler.stop(self.makespan_s, finished(self.counts))
         self.extra["harness_cpu_s"] = round(self_cpu_s() - self.cpu0, 3)
         self.extra.update(self.interference.figures())
 
@@ -256,6 +274,13 @@ class SystemRun:
         figs.update(self.extra)
         return figs
 
+    def profile(self) -> dict[str, Any] | None:
+        """The profile's summary (writing its text file), None when not profiled."""
+        if self.profiler is None:
+            return None
+        return self.profiler.result(profile_header(self.spec, self.profiler,
+                                                   self.profile_started))
+
 
 def run_system(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
     """One piapi-bulk run; never raises for a failed run (the result says what happened)."""
@@ -273,6 +298,8 @@ def run_system(spec: RunSpec, ctx: Ctx) -> dict[str, Any]:
                 result["figures"] = run.figures()
                 result["status"], result["error"], result["note"] = run.status, run.error, run.note
                 result["timeline"] = run.timeline
+                if run.profiler is not None:
+                    result["profile"] = run.profile()
             finally:
                 run.sampler.stop()
                 run.stack.close()
