@@ -30,6 +30,8 @@ WINDOW = 500
 KEEP = 2000
 """Pruning keeps this many samples per kind."""
 CACHE_TTL_S = 10.0
+LEARNING_TTL_S = 0.2
+"""While a kind has too few samples to be learned, its cache entry lasts only this long."""
 
 
 def _parse(value: str | None) -> float | None:
@@ -110,8 +112,9 @@ class DurationCache:
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
         value = load(self.engine, model, task_type)
-        # Refresh sooner while still learning, so the first tasks' lessons apply quickly.
-        stamp = now if value.learned else now - self.ttl_s * 0.8
+        # Refresh sooner while still learning, so the first tasks' lessons apply quickly
+        # (on tasks of a fraction of a second, the second wave already needs them).
+        stamp = now if value.learned else now - self.ttl_s + LEARNING_TTL_S
         with self._lock:
             self._entries[key] = (stamp, value)
         return value

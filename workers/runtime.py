@@ -57,6 +57,7 @@ def build_context(settings: Settings) -> WorkerContext:
         reconcile_timeout_s=settings.reconcile_timeout_s,
         on_stuck=settings.on_stuck,
         handoff=settings.handoff,
+        poll_gap=settings.poll_gap,
         http_pool=ThreadPoolExecutor(max_workers=settings.http_concurrency,
                                      thread_name_prefix="piapi-http"),
     )

@@ -9,6 +9,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.polling import EAGER_GAP
 from workers.states import AmbiguousPolicy
 from workers.webhook_signing import WebhookSigner
 
@@ -105,6 +106,11 @@ class Settings(BaseSettings):
     """A worker whose poll frees a slot creates its batch's next row in it at once (the
     dispatcher keeps the rows it may take, `workers.handoff`); off: every freed slot waits
     for the dispatcher's next pass."""
+    poll_gap: float = Field(EAGER_GAP, ge=0, le=1, validation_alias=_env("PIAPI_BULK_POLL_GAP"))
+    """Where only polls tell that a task ended (no webhooks, no in-flight count for its
+    family), how far apart its polls are, as a fraction of its kind's median duration:
+    smaller finds ended tasks sooner (fuller slots) for more GETs (`workers.polling.
+    eager_grid`); 0: a few polls at learned quantiles (fewest GETs)."""
     stall_s: float = Field(120.0, gt=0, validation_alias=_env("PIAPI_BULK_STALL_S"))
     """`run` restarts the workers and dispatcher it started when no row has moved for this
     long while work waited for them (liveness by progress, not by a process being up)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -10,13 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers.polling import (
+    EAGER_GAP,
+    MAX_EAGER_AGES,
     MAX_INTERVAL_S,
     MIN_GAP_S,
     MIN_SAMPLES,
+    MIN_STEP_S,
     PRIOR_FIRST_MAX_S,
     PRIOR_MAX_INTERVAL_S,
     Durations,
     PollMode,
+    eager_grid,
     expected_gets,
     learned_ages,
     next_poll_age,
@@ -56,13 +61,13 @@ def test_prior_schedule_starts_early_and_backs_off_within_bounds() -> None:
 
 def test_unlearned_kind_uses_the_prior() -> None:
     # Three samples of 0.4 s are too few to learn from: a kind whose prior is 30 s is first
-    # looked at after 1 s (5% of it, at most 1 s), then 1.5x further apart each time; in
-    # webhook mode, once past the prior's tail (x1.5).
+    # looked at after 0.25 s (5% of it, at most 0.25 s), then 1.5x further apart each time;
+    # in webhook mode, once past the prior's tail (x1.5).
     few = Durations.of([0.4] * 3)
     ages = [0.0]
     for polls in range(4):
         ages.append(next_poll_age(ages[-1], polls, few, 30.0, PollMode.LAZY))
-    assert ages[1:] == pytest.approx([1.0, 2.5, 4.75, 8.125])
+    assert ages[1:] == pytest.approx([0.25, 0.625, 1.1875, 2.03125])
     assert next_poll_age(0.0, 0, few, 30.0, PollMode.WEBHOOK) == pytest.approx(45.0)
 
 
@@ -127,8 +132,8 @@ def test_a_rows_learned_schedule_is_its_kinds_times_its_factor(mode: PollMode,
 @pytest.mark.parametrize(("mode", "scale", "first_s"), [
     (PollMode.WEBHOOK, 1.0, 45.0),  # the prior's tail, x1.5
     (PollMode.WEBHOOK, 2.0, 90.0),
-    (PollMode.EAGER, 1.0, 1.0),  # 5% of the prior, at most 1 s: the same for any factor
-    (PollMode.EAGER, 0.2, 0.3),  # 5% of a 6 s row
+    (PollMode.EAGER, 1.0, 0.25),  # 5% of the prior, at most 0.25 s: the same for any factor
+    (PollMode.EAGER, 0.1, 0.15),  # 5% of a 3 s row
 ])
 def test_a_rows_prior_schedule_is_its_kinds_times_its_factor(mode: PollMode, scale: float,
                                                              first_s: float) -> None:
@@ -169,3 +174,35 @@ def test_samples_are_recorded_per_unit_of_work(duration_s: float, factor: float,
                                                sample_s: float) -> None:
     assert per_unit_s(duration_s, factor) == pytest.approx(sample_s)
     assert per_unit_s(duration_s, factor) * work_units(factor) == pytest.approx(duration_s)
+
+
+def test_the_eager_grid_trades_gets_for_slot_time() -> None:
+    # Captions of 0.15-0.45 s: polls a gap x the median apart, from one step past the
+    # shortest to past the longest; a smaller gap finds ended tasks sooner for more GETs.
+    d = uniform(0.15, 0.45)
+    curve = []
+    for gap in (0.3, EAGER_GAP, 0.1, 0.05):
+        ages = learned_ages(d, PollMode.EAGER, gap=gap)
+        steps = [b - a for a, b in itertools.pairwise(ages)]
+        assert d.quantile(0.0) < ages[0] <= d.quantile(0.0) + gap * d.quantile(0.5) + 1e-9
+        assert ages[-1] >= d.quantile(1.0) and max(steps) <= gap * d.quantile(0.5) + 1e-9
+        curve.append(expected_gets(d, PollMode.EAGER, gap=gap))
+    assert curve == sorted(curve) and curve[0] < 2.5 < curve[1] < 3.5 < curve[2]
+    # The other modes keep their few quantile polls whatever the gap.
+    assert learned_ages(d, PollMode.LAZY, gap=0.1) == learned_ages(d, PollMode.LAZY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples=st.lists(st.floats(0.01, 10_000, allow_nan=False), min_size=MIN_SAMPLES,
+                        max_size=300),
+       gap=st.floats(0.01, 1.0), scale=st.floats(0.1, 10.0))
+def test_the_eager_grid_is_bounded(samples: list[float], gap: float, scale: float) -> None:
+    d = Durations.of(samples)
+    ages = eager_grid(d, scale, gap)
+    assert ages == sorted(ages) and len(ages) <= MAX_EAGER_AGES + 1
+    assert ages[0] >= MIN_STEP_S and ages[-1] >= d.quantile(1.0) * scale * (1 - 1e-9)
+    age, polls = 0.0, 0
+    for _ in range(40):  # every next poll is later, and the back-off takes over at the end
+        nxt = next_poll_age(age, polls, d, 60.0, PollMode.EAGER, scale, gap)
+        assert nxt > age
+        age, polls = nxt, polls + 1

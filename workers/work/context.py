@@ -59,6 +59,8 @@ class WorkerContext:
     adds them to the fleet's totals)."""
     handoff: bool = False
     """Create the batch's next row in a slot a poll frees (`workers.handoff`; needs `fleet`)."""
+    poll_gap: float = 0.0
+    """The eager schedule's spacing (`workers.polling.eager_grid`); 0: learned quantiles."""
 
     def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`fn` over `items`, concurrently when there is a pool and more than one item."""
@@ -122,7 +124,7 @@ class WorkerContext:
         age = max(0.0, now - submitted_at)
         return submitted_at + next_poll_age(age, polls, learned,
                                             prior_duration_s(model, task_type), self.mode(model),
-                                            factor)
+                                            factor, self.poll_gap)
 
     def cancel_at_piapi(self, task_id: str) -> bool:
         """Ask PiAPI to cancel a task (only possible while pending); True when it did."""

@@ -98,8 +98,8 @@ ASK_CANCEL = PollDecision(None)
 
 
 def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
-    """GET each running job's task, then record every outcome in one transaction; what
-    became of each row."""
+    """GET each running job's task, then record every outcome in one transaction (with the
+    rows handed the slots they free claimed, `workers.handoff`); what became of each row."""
     ids = set(job_ids)
     with reported(ctx) as tally:
         targets = tr.load_poll_targets(ctx.engine, ids)
@@ -108,11 +108,11 @@ def poll_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
         recorded = ctx.record(lambda: tr.record_and_hand_off(ctx.engine, outcomes,
                                                              ctx.clock(), plan))
         ctx.give_back_tokens(popped - len(recorded.claims))
-        # A slot freed and not handed over, or a standby list running dry: the dispatcher
-        # should look now.
-        tally.freed = recorded.freed > len(recorded.claims) or (low and recorded.freed > 0)
         created = ctx.each(lambda claim: create_one(ctx, claim, tally), recorded.claims)
-        tally.freed = tally.freed or any(frees for frees, _ in created)
+        # A slot freed and not handed over (or whose create failed), or a standby list
+        # running dry: the dispatcher should look now.
+        tally.freed = (recorded.freed > len(recorded.claims) or (low and recorded.freed > 0)
+                       or any(frees for frees, _ in created))
     summary = of_polls(targets, outcomes, len(ids), ctx.clock())
     if recorded.claims:
         ctx.count("handed_off", len(recorded.claims))
