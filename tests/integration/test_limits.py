@@ -53,9 +53,12 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite
     assert 0 < stats["creates_refused"] <= 30
     log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
     # The level is the tasks of ours running when the refusal reached the dispatcher: 4,
-    # or fewer when some ended meanwhile (a refusal is reported after its message).
+    # fewer when some ended meanwhile (a refusal is reported after its message), or more
+    # when PiAPI had ended one that no poll had seen yet (our count never undercounts
+    # PiAPI's; on a loaded machine polls come late): below the 8 asked for, at once, and
+    # held there (the refusals above stay few).
     kept = [int(n) for n in re.findall(r"keeping at most (\d+) in flight", log)]
-    assert kept and all(1 <= n <= 4 for n in kept), kept
+    assert kept and all(1 <= n < 8 for n in kept), kept
 
 
 @pytest.mark.parametrize("active_tasks", [True, False])
