@@ -229,7 +229,7 @@ def test_a_run_hands_freed_slots_over_and_holds_the_limit(sqlite_url: str,
                                                           run_rows: RunRows) -> None:
     code, results, stats, _ = run_rows(sqlite_url, caption_rows(60),
                                        ["--time-scale", "0.01", "--concurrency", "4"],
-                                       run_args=("--concurrency", "4"))
+                                       run_args=("--concurrency", "4"), PIAPI_BULK_HANDOFF="1")
     assert code == 0 and {r["status"] for r in results} == {"completed"}
     assert stats["peak_in_flight"] <= 4 and stats["max_creates_per_input"] == 1
     eng = create_engine(sqlite_url)
