@@ -31,9 +31,11 @@ _CLAIMED: dict[str, Any] = dict(lease_until=bindparam("p_lease_until"), lease_ep
 _CLAIM_RETURNS = (JOBS.c.id, JOBS.c.batch_id, JOBS.c.model, JOBS.c.task_type,
                   JOBS.c.input_json, JOBS.c.tries, JOBS.c.posts, JOBS.c.service_mode,
                   JOBS.c.row_key)
+_DUE_TO_CREATE: dict[JobState, Any] = {
+    JobState.QUEUED: None, JobState.RETRY_WAIT: JOBS.c.next_at <= bindparam("p_now")}
+"""Rows a claim may take: queued, or waiting to be created again and due."""
 _CLAIM = (
-    move({JobState.QUEUED: None, JobState.RETRY_WAIT: JOBS.c.next_at <= bindparam("p_now")},
-         JobState.SUBMITTING, JOBS.c.id.in_(bindparam("p_ids", expanding=True)))
+    move(_DUE_TO_CREATE, JobState.SUBMITTING, JOBS.c.id.in_(bindparam("p_ids", expanding=True)))
     .values(**_CLAIMED).returning(*_CLAIM_RETURNS)
 )
 _PLAIN_BATCH = exists().where(
@@ -42,8 +44,7 @@ _PLAIN_BATCH = exists().where(
     BATCHES.c.budget_usd.is_(None), BATCHES.c.deadline_at.is_(None))
 """The batch has no control that the dispatcher's admission would have to weigh."""
 _HANDOFF_CLAIM = (
-    move({JobState.QUEUED: None, JobState.RETRY_WAIT: JOBS.c.next_at <= bindparam("p_now")},
-         JobState.SUBMITTING, JOBS.c.id == bindparam("p_id"))
+    move(_DUE_TO_CREATE, JobState.SUBMITTING, JOBS.c.id == bindparam("p_id"))
     .where(JOBS.c.batch_id == bindparam("p_batch"), JOBS.c.model == bindparam("p_model"),
            _PLAIN_BATCH)
     .values(**_CLAIMED).returning(*_CLAIM_RETURNS)
