@@ -174,7 +174,7 @@ class Dispatcher:
     scoped: bool = False
     """Create only for the batches a run claimed (see the module docstring)."""
     reuse_window_s: float = 72 * 3600.0
-    handoff: bool = True
+    handoff: bool = False
     """Keep the standby lists from which workers refill the slots their polls free
     (`workers.handoff`)."""
     clock: Callable[[], float] = time.time
