@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from bench import figures as fig
 from bench import flatness, manifests
+from bench import targets as tg
 from bench.metrics import redis_memory, summarise
 from bench.procs import BenchError, database
 from bench.runs import RunSpec, SystemRun, emulator_args, fail, keep_or_drop_logs, new_result
@@ -263,7 +264,6 @@ def s7_backlog(env: Env) -> None:
             continue
         runs = []
         for backlog in env.plan.s7_backlogs:
-            runs.append(run_backlog(env, db, backlog))
-            runs[-1]["checks"], runs[-1]["verdict"] = [], "n/a"  # judged together below
+            runs.append(tg.unjudged(run_backlog(env, db, backlog)))  # judged together below
             env.add(runs[-1])
         env.add(flatness_result(db, runs))

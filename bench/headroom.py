@@ -123,8 +123,7 @@ def _one_db(env: Env, db: str) -> dict[str, Any]:
 def _baseline(env: Env) -> dict[str, Any]:
     params = {**_params(env), "poll_s": f"mean task s / {POLLS_PER_MEAN_TASK:g}"}
     result = sweep_result(_sweep(env, None), None, params)
-    result["checks"], result["verdict"] = [], "n/a"  # the targets are the system's
-    return result
+    return tg.unjudged(result)  # the targets are the system's
 
 
 def attach_baseline_ratios(systems: list[dict[str, Any]], baseline: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import manifests
 from bench.procs import REPO, Proc, Stack, command_output, source
+from bench.targets import unjudged
 
 if TYPE_CHECKING:
     from bench.metrics import Sampler
@@ -367,8 +368,7 @@ def profiled_s1(env: Env, out: Path) -> None:
     spec = replace(base, variant="profiled", manifest=manifest, rows=rows, profile=True,
                    deadline_s=max(120.0, base.deadline_s * rows / base.rows))
     result = run_system(spec, replace(env.ctx, out=out))
-    result["checks"], result["verdict"] = [], "n/a"  # profiled: kept, not judged
-    env.add(result)
+    env.add(unjudged(result))  # profiled: kept, not judged
 
 
 def with_profiled_run(steps: list[tuple[str, Callable[[], None]]], env: Env, out: Path,

@@ -89,6 +89,13 @@ def apply(targets: tuple[Target, ...], figures: dict[str, Any]) -> list[dict[str
     return [t.check(figures.get(t.figure)) for t in targets]
 
 
+def unjudged(result: dict[str, Any]) -> dict[str, Any]:
+    """Mark a run the targets do not judge (a baseline, a profiled run, one judged with
+    others): no checks, verdict 'n/a'."""
+    result["checks"], result["verdict"] = [], "n/a"
+    return result
+
+
 def verdict(checks: list[dict[str, Any]]) -> str:
     """'pass', 'fail' or 'n/a' for a list of checks."""
     judged = [c["pass"] for c in checks if c["pass"] is not None]
