@@ -168,8 +168,10 @@ def cancel(engine: Engine, batch_id: str, now_mode: bool, now: float | None = No
     cancelled = operator.cancel_waiting(engine, batch_id, at)
     if mode == "now":
         cancelled += operator.cancel_ambiguous(engine, batch_id, at)
-    operator.poll_running_now(engine, batch_id, at)
+    # Counted before the running rows are made due: a live fleet polls them at once and
+    # they start leaving `running`, which made the report's count race the fleet.
     counts = _counts(engine, batch_id)
+    operator.poll_running_now(engine, batch_id, at)
     running = counts[JobState.RUNNING.value] + counts[JobState.SUBMITTING.value]
     return CancelReport(batch_id, mode, cancelled, running, counts[JobState.AMBIGUOUS.value])
 
