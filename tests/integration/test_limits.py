@@ -49,8 +49,10 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite
     assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
     assert stats["peak_in_flight"] <= 4
     assert stats["max_creates_per_input"] == 1
-    # After the first refusals the fleet keeps at most 4 in flight: refusals stay few.
-    assert 0 < stats["creates_refused"] <= 30
+    # The first 8 creates meet 4 refusals; each reaches the dispatcher before its row's slot
+    # is free again (`Tally.limited`), so no later pass refills at 8, and the level then
+    # holds: a few more at most (a pass between a refusal's answer and its report).
+    assert 0 < stats["creates_refused"] <= 8
     log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
     # The level is the tasks of ours running when the refusal reached the dispatcher: 4,
     # fewer when some ended meanwhile (a refusal is reported after its message), or more
