@@ -55,7 +55,7 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite
     assert 0 < stats["creates_refused"] <= 8
     log = (tmp_path / "run" / "logs" / "dispatcher.log").read_text()
     # The level is the tasks of ours running when the refusal reached the dispatcher: 4,
-    # fewer when some ended meanwhile (a refusal is reported after its message), or more
+    # fewer when creates PiAPI accepted were not recorded yet (they count as creating), or more
     # when PiAPI had ended one that no poll had seen yet (our count never undercounts
     # PiAPI's; on a loaded machine polls come late): below the 8 asked for, at once, and
     # held there (the refusals above stay few).

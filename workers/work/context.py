@@ -138,13 +138,16 @@ class WorkerContext:
 
 @dataclass
 class Tally:
-    """Requests and 429s of one message, reported to the fleet once at the end."""
+    """Requests and 429s of one message, reported to the fleet once at the end (a
+    concurrency refusal at once: `limited`)."""
 
     requests: int = 0
     rate_429: int = 0
     conc_429: int = 0
     freed: bool = False
     """The message freed a concurrency slot: the report wakes the dispatcher."""
+    fleet: Fleet | None = None
+    """Where a concurrency refusal is reported at once (`limited`)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, requests: int = 0, rate_429: int = 0, conc_429: int = 0) -> None:
@@ -154,16 +157,16 @@ class Tally:
             self.rate_429 += rate_429
             self.conc_429 += conc_429
 
-    def limited(self, scope: LimitScope | None, fleet: Fleet | None = None) -> None:
+    def limited(self, scope: LimitScope | None) -> None:
         """Count a 429 of this scope (None: the answer was no 429).
 
-        A concurrency refusal goes to `fleet` at once, not with the message's report: the
+        A concurrency refusal goes to the fleet at once, not with the message's report: the
         record that follows frees the row's slot, and a dispatcher that saw that slot
         before the refusal refilled it at the old level (a message with creates that
         succeeded reports late: a test met 8 such refusals more, a loaded CI machine 27)."""
         if scope is LimitScope.CONCURRENCY:
-            if fleet is not None:
-                fleet.report(0, conc_429=1)
+            if self.fleet is not None:
+                self.fleet.report(0, conc_429=1)
             else:
                 self.add(conc_429=1)
         elif scope is LimitScope.RATE:
@@ -183,7 +186,7 @@ class Tally:
 def reported(ctx: WorkerContext) -> Iterator[Tally]:
     """A message's `Tally`, reported to the fleet once when the message's work ends, also
     when it raises (its requests happened either way)."""
-    tally = Tally()
+    tally = Tally(fleet=ctx.fleet)
     try:
         yield tally
     finally:

@@ -166,7 +166,7 @@ def create_one(ctx: WorkerContext, claim: tr.Claim, tally: Tally) -> tuple[bool,
             answer = exc
         decision = decide_create(answer)
     ctx.count(decision.verdict.value)
-    tally.limited(decision.limit, ctx.fleet)  # before the record frees the slot
+    tally.limited(decision.limit)  # reported before the record frees the slot
     return decision.frees_slot, _record(ctx, claim, decision)
 
 
