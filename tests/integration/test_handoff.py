@@ -16,12 +16,13 @@ from sqlalchemy.engine import Engine
 from tests.integration.e2e import RunRows, add_batch, caption_rows, job, set_jobs
 from workers import handoff, leases
 from workers import transitions as tr
-from workers.db import transaction
+from workers.db import create_tables, transaction
 from workers.fleet import Fleet
 from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.piapi import TaskView, Usage
 from workers.polling import PollMode
 from workers.states import AttemptState, JobState
+from workers.transitions.create import claim_standby
 from workers.work import WorkerContext
 from workers.work.poll import poll_jobs
 
@@ -148,6 +149,28 @@ def test_a_repeated_poll_frees_and_claims_nothing(world: World) -> None:
     assert (first.freed, [c.job_id for c in first.claims]) == (1, [rows[1]])
     assert (again.freed, again.claims) == (0, [])
     assert job(w.engine, rows[2]).state == JobState.QUEUED
+
+
+def test_a_row_another_transaction_holds_is_passed_over_not_waited_for(
+        database_url: str) -> None:
+    # The dispatcher leasing a row, or another worker claiming it, holds it until its
+    # commit; a handoff claim that waited there stalled whole messages on PostgreSQL.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer and no row locks to pass over")
+    engine = create_engine(database_url, connect_args={"options": "-c lock_timeout=2000"})
+    try:
+        create_tables(engine)
+        rows = add_batch(engine, "b1", 3, JOY)
+        with engine.connect() as holder:
+            holder.begin()
+            holder.execute(select(JOBS.c.id).where(JOBS.c.id == rows[0]).with_for_update())
+            with transaction(engine) as conn:
+                claim, used = claim_standby(conn, rows, "b1", JOY[0], T0, LEASE)
+            holder.rollback()
+        assert claim is not None and (claim.job_id, used) == (rows[1], 2)
+        assert job(engine, rows[0]).state == JobState.QUEUED  # free again for the next
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("control", [{"budget_usd": 5.0}, {"paused": "budget"},
