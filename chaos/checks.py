@@ -182,14 +182,30 @@ def _ended_genuinely(task: Mapping[str, Any], hung: bool) -> bool:
     return task.get("status") == "failed" or (hung and task.get("fate") in STUCK_FATES)
 
 
+def _unprovable(own: list[dict[str, Any]], every: list[dict[str, Any]]) -> bool:
+    """The row's last create was lost with no answer, and no create of ours that made a task
+    began after it was declared lost: the README's "Not promised" case, where nothing can
+    prove PiAPI's listing covers the lost create (the last creates of a run), so the row
+    fails `ambiguous` rather than risk paying twice."""
+    last = max(own, key=lambda a: int(a["n"]), default=None)
+    if last is None or last.get("state") != "ambiguous" or last.get("task_id"):
+        return False
+    lost = last.get("ended_at")
+    return lost is not None and not any(
+        a.get("task_id") and a.get("started_at") is not None
+        and float(a["started_at"]) > float(lost) for a in every)
+
+
 def failed_genuinely(ev: Evidence, att: Attribution) -> dict[str, Any]:
-    """Rows that did not complete: a reason each, and every attempt genuinely failed."""
+    """Rows that did not complete: a reason each, and every attempt genuinely failed (or,
+    kind `ambiguous`, the last create was lost, made no task, and nothing could prove so)."""
     jobs = {str(j["row_key"]): j for j in ev.jobs}
     ledger = {str(t["task_id"]): t for t in ev.ledger}
     attempts: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for a in ev.attempts:
         attempts[int(a["job_id"])].append(a)
     bad: list[dict[str, Any]] = []
+    unprovable: list[str] = []
     failed = [r for r in ev.results if r.get("status") in ("failed", "cancelled")]
     for line in failed:
         job = jobs.get(str(line["id"]), {})
@@ -197,6 +213,11 @@ def failed_genuinely(ev: Evidence, att: Attribution) -> dict[str, Any]:
         kind, message = error.get("kind"), error.get("message")
         tasks = att.tasks_by_row.get(str(line["id"]), [])
         hung = kind == "stuck" and any(t.get("fate") in STUCK_FATES for t in tasks)
+        own = attempts.get(int(job.get("id", -1)), [])
+        if (kind == "ambiguous" and _unprovable(own, ev.attempts)
+                and all(_ended_genuinely(t, False) for t in tasks)):
+            unprovable.append(str(line["id"]))
+            continue
         problems = []
         if not kind or not message:
             problems.append("no error kind or message")
@@ -207,18 +228,19 @@ def failed_genuinely(ev: Evidence, att: Attribution) -> dict[str, Any]:
         if not all(_ended_genuinely(t, hung) for t in tasks):
             problems.append("emulator tasks of this row did not fail")
         if any(a.get("task_id") and not _ended_genuinely(ledger.get(str(a["task_id"]), {}), hung)
-               for a in attempts.get(int(job.get("id", -1)), [])):
+               for a in own):
             problems.append("an attempt's task did not fail at the emulator")
         if problems:
             bad.append({"id": line["id"], "kind": kind, "message": message,
                         "problems": problems, "db_state": job.get("state"),
                         "attempts": [{k: a.get(k) for k in ("n", "state", "task_id", "error")}
-                                     for a in attempts.get(int(job.get("id", -1)), [])],
+                                     for a in own],
                         "emulator_tasks": [_task_brief(t) for t in tasks]})
     reasons = Counter(f"{(r.get('error') or {}).get('kind')}: "
                       f"{((r.get('error') or {}).get('message') or '')[:120]}" for r in failed)
     return _check("failed_rows_genuine", len(bad), not bad, failed_rows=len(failed),
-                  reasons=dict(reasons.most_common(EXAMPLES)), examples=bad[:EXAMPLES])
+                  reasons=dict(reasons.most_common(EXAMPLES)), examples=bad[:EXAMPLES],
+                  unprovable_lost_creates=unprovable)
 
 
 def ledger_peak(tasks: Iterable[Mapping[str, Any]]) -> int:

@@ -22,11 +22,12 @@ EXPORT_S = 120.0
 """How long `piapi-bulk export` may take at the end of a run."""
 _JOBS = ("SELECT id, seq, row_key, state, attempts, posts, task_id, error_kind, error_message, "
          "input_json, model, task_type FROM jobs WHERE batch_id = %s ORDER BY seq")
-_ATTEMPTS = ("SELECT a.job_id, a.n, a.state, a.task_id, a.error FROM attempts a "
+_ATTEMPTS = ("SELECT a.job_id, a.n, a.state, a.task_id, a.error, a.started_at, a.ended_at "
+             "FROM attempts a "
              "JOIN jobs j ON j.id = a.job_id WHERE j.batch_id = %s ORDER BY a.job_id, a.n")
 _JOB_COLS = ("id", "seq", "row_key", "state", "attempts", "posts", "task_id", "error_kind",
              "error_message", "input_json", "model", "task_type")
-_ATTEMPT_COLS = ("job_id", "n", "state", "task_id", "error")
+_ATTEMPT_COLS = ("job_id", "n", "state", "task_id", "error", "started_at", "ended_at")
 
 
 @dataclass

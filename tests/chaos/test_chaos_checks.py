@@ -125,3 +125,43 @@ def test_a_row_out_of_attempts_on_a_hung_task_failed_genuinely() -> None:
     found, _ = checks.run_checks(_stuck_row(("complete", "stuck_processing"),
                                             ("completed", "processing")))
     assert {c["check"]: c for c in found}["failed_rows_genuine"]["value"] == 1
+
+
+def _lost_last_create(later_start: float | None, row_tasks: tuple[str, ...] = ()
+                      ) -> checks.Evidence:
+    """Row r6's create was lost at t=100 (worker killed) and it failed `ambiguous`; row r7's
+    create began at `later_start` (None: r7 has no create). The ledger holds `row_tasks`
+    (status by fate) for r6."""
+    ledger = [_task(f"x{n}", 6, status, 0, n, n + 1) for n, status in enumerate(row_tasks)]
+    attempts = [{"job_id": 6, "n": 1, "state": "ambiguous", "task_id": None,
+                 "error": "the worker stopped", "started_at": 80.0, "ended_at": 100.0}]
+    if later_start is not None:
+        attempts.append({"job_id": 7, "n": 1, "state": "created", "task_id": "t7",
+                         "error": None, "started_at": later_start, "ended_at": None})
+        ledger.append(_task("t7", 7, "completed", 5, 8, 9, {"text": "c"}))
+    return checks.Evidence(
+        manifest=[{"id": "r6"}, {"id": "r7"}],
+        jobs=[_job(6, "failed", None, "ambiguous"), _job(7, "completed", "t7")],
+        attempts=attempts,
+        results=[_line(6, "failed", None, kind="ambiguous"),
+                 _line(7, "completed", "t7", {"text": "c"})],
+        ledger=ledger, stats={"peak_in_flight": 1, "creates_refused": 0}, concurrency=3)
+
+
+def test_a_lost_last_create_nothing_could_prove_absent_is_the_documented_case() -> None:
+    def genuine(ev: checks.Evidence) -> dict[str, Any]:
+        found, _ = checks.run_checks(ev)
+        return {c["check"]: c for c in found}["failed_rows_genuine"]
+
+    # No create of ours after the loss, no task at the emulator: README's "Not promised".
+    for later in (None, 90.0):  # r7's create began before r6's was declared lost
+        check = genuine(_lost_last_create(later))
+        assert check["pass"] and check["unprovable_lost_creates"] == ["r6"], later
+    # An earlier task of the row that failed at PiAPI does not change that.
+    assert genuine(_lost_last_create(None, ("failed",)))["pass"]
+    # A later create of ours was there to prove it: giving up is piapi-bulk's fault.
+    check = genuine(_lost_last_create(120.0))
+    assert not check["pass"] and check["examples"][0]["id"] == "r6"
+    # The lost create did make a task (the emulator has it): never excused.
+    check = genuine(_lost_last_create(None, ("completed",)))
+    assert not check["pass"] and check["unprovable_lost_creates"] == []
