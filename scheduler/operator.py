@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from scheduler.status import BatchStatus
 from workers.db import transaction
@@ -124,7 +124,11 @@ def _require_batch(engine: Engine, batch_id: str) -> tuple[str | None, float | N
 
 def _counts(engine: Engine, batch_id: str) -> Counter[str]:
     with transaction(engine) as conn:
-        return Counter({str(s): int(n) for s, n in conn.execute(_COUNTS, {"p_batch": batch_id})})
+        return _counted(conn, batch_id)
+
+
+def _counted(conn: Connection, batch_id: str) -> Counter[str]:
+    return Counter({str(s): int(n) for s, n in conn.execute(_COUNTS, {"p_batch": batch_id})})
 
 
 @dataclass(frozen=True)
@@ -165,15 +169,17 @@ def cancel(engine: Engine, batch_id: str, now_mode: bool, now: float | None = No
         conn.execute(_UPDATE.values(cancel_mode=mode, paused=None,
                                     cancelled_at=func.coalesce(BATCHES.c.cancelled_at, at)),
                      {"p_batch": batch_id})
+        # The tasks running as the cancel takes effect, counted in its own transaction: once
+        # it commits, a live fleet's next poll of a pending task cancels it and the row
+        # leaves `running`, so a count taken any later raced the fleet.
+        at_cancel = _counted(conn, batch_id)
     cancelled = operator.cancel_waiting(engine, batch_id, at)
     if mode == "now":
         cancelled += operator.cancel_ambiguous(engine, batch_id, at)
-    # Counted before the running rows are made due: a live fleet polls them at once and
-    # they start leaving `running`, which made the report's count race the fleet.
-    counts = _counts(engine, batch_id)
+    left = _counts(engine, batch_id)[JobState.AMBIGUOUS.value]
     operator.poll_running_now(engine, batch_id, at)
-    running = counts[JobState.RUNNING.value] + counts[JobState.SUBMITTING.value]
-    return CancelReport(batch_id, mode, cancelled, running, counts[JobState.AMBIGUOUS.value])
+    running = at_cancel[JobState.RUNNING.value] + at_cancel[JobState.SUBMITTING.value]
+    return CancelReport(batch_id, mode, cancelled, running, left)
 
 
 @dataclass

@@ -141,6 +141,25 @@ def test_cancel_moves_waiting_rows_and_a_late_claim_loses(engine: Engine) -> Non
         scheduler.operator.cancel(engine, "nope", now_mode=False)
 
 
+def test_cancel_counts_the_tasks_running_as_it_takes_effect(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A live fleet acts on the cancel as soon as it commits: its next poll of a pending
+    # task cancels that task and the row leaves `running` before the command counts.
+    pending, processing, queued = add_batch(engine, rows=3)
+    running(engine, pending, "t-pending")
+    running(engine, processing, "t-processing")
+    waiting_rows = operator.cancel_waiting
+
+    def fleet_first(eng: Engine, batch_id: str, at: float) -> int:
+        put(eng, pending, state=JobState.CANCELLED.value, finished_at=at)
+        return waiting_rows(eng, batch_id, at)
+
+    monkeypatch.setattr(operator, "cancel_waiting", fleet_first)
+    report = scheduler.operator.cancel(engine, "b1", now_mode=False, now=NOW)
+    assert (report.cancelled_now, report.running) == (1, 2)
+    assert job(engine, queued).state == "cancelled"
+
+
 def test_the_dispatcher_sweeps_cancelled_and_expired_batches(engine: Engine) -> None:
     a1, a2, a3 = add_batch(engine, "b1", rows=3)
     d1, d2, d3 = add_batch(engine, "b2", rows=3, deadline_at=NOW - 1)
