@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from tests.integration.e2e import RunRows, add_batch, caption_rows, job, set_jobs
 from workers import handoff, leases
 from workers import transitions as tr
-from workers.db import create_tables, transaction
+from workers.db import create_tables, is_sqlite, transaction
 from workers.fleet import Fleet
 from workers.models import ATTEMPTS, BATCHES, JOBS
 from workers.piapi import TaskView, Usage
@@ -155,7 +155,7 @@ def test_a_row_another_transaction_holds_is_passed_over_not_waited_for(
         database_url: str) -> None:
     # The dispatcher leasing a row, or another worker claiming it, holds it until its
     # commit; a handoff claim that waited there stalled whole messages on PostgreSQL.
-    if not database_url.startswith("postgresql"):
+    if is_sqlite(database_url):
         pytest.skip("SQLite has one writer and no row locks to pass over")
     engine = create_engine(database_url, connect_args={"options": "-c lock_timeout=2000"})
     try:
