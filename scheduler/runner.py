@@ -34,7 +34,14 @@ from scheduler.preflight import preflight
 from scheduler.services import Services, ensure_services, start_private_redis, start_services
 from scheduler.sidecars import write_sidecars
 from scheduler.status import BatchStatus, batch_status, tasks_created
-from workers.db import create_tables, is_transient, make_engine, retry_transient, transaction
+from workers.db import (
+    create_tables,
+    is_transient,
+    make_engine,
+    make_read_engine,
+    retry_transient,
+    transaction,
+)
 from workers.fleet import Fleet
 from workers.halt import clear_halt, get_halt
 from workers.models import JOBS
@@ -161,11 +168,13 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
     """Show progress until the batches have no active row (or their budget stopped them
     with nothing left in flight); a reason when they cannot finish.
 
-    With `liveness`, the workers and dispatcher this run started are restarted when the
-    fleet stops making progress although work is due (for example a worker wedged after
-    Redis restarted). `limit` is the concurrency shown beside the tasks in flight.
-    `chores` run at the start of every turn, in order: a stop request's check (which raises
-    `Interrupted` there, between passes), the claims' renewal, the download pool's tick.
+    `engine` is only read from: give it `workers.db.make_read_engine`'s, which no frozen
+    writer can hold up. With `liveness`, the workers and dispatcher this run started are
+    restarted when the fleet stops making progress although work is due (for example a
+    worker wedged after Redis restarted). `limit` is the concurrency shown beside the tasks
+    in flight. `chores` run at the start of every turn, in order: a stop request's check
+    (which raises `Interrupted` there, between passes), the claims' renewal, the download
+    pool's tick.
     """
     last_plain = 0.0
     last_liveness = time.monotonic()
@@ -316,10 +325,15 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                 pool = start_pool(engine, dest, served, settings.download_concurrency,
                                   lambda line: console.print(line, style="yellow", markup=False,
                                                              highlight=False, soft_wrap=True))
-            problem = watch(engine, served, services, console,
-                            ProgressWatch(engine, settings.stall_s, batches=served),
+            # The watch reads past the fleet's writes: on SQLite a worker frozen inside a
+            # write transaction holds the gate and the write lock, and a watch that queued
+            # behind it would never see the stall that restarting the worker would clear.
+            reader = make_read_engine(settings.database_url)
+            problem = watch(reader, served, services, console,
+                            ProgressWatch(reader, settings.stall_s, batches=served),
                             opts.concurrency or limit,
                             [stop.check, claims.renew, *([pool.tick] if pool else [])])
+            reader.dispose()
             kept = pool.finish(stop.check) if pool is not None else None  # results list files
             code = _finish(engine, result.batch_id, output, problem, console, opts.command,
                            started, opts.captions_as_sidecar)

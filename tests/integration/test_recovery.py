@@ -7,14 +7,17 @@ completed with the emulator's own output, and no row was created at PiAPI twice.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from tests.helpers import Emulator, MakeEmulator, Spawn, wait_until
 from tests.integration import e2e
@@ -62,15 +65,44 @@ def _run_disrupted(emu: Emulator, tmp_path: Path, database_url: str, n_rows: int
     return code
 
 
+def _process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _holds_flock(pid: int, path: Path) -> bool:
+    """True when `pid` holds a flock() on `path` (as /proc/locks lists it)."""
+    inode = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue  # a waiter, or another kind of lock
+        if int(fields[4]) == pid and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return True
+    return False
+
+
 def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
                                                                  sqlite_url: str,
                                                                  emu: Emulator) -> None:
     stopped: list[int] = []
+    gate = Path(f"{make_url(sqlite_url).database}.lock")  # workers.db.SqliteGate's file
 
     def freeze_worker(run: subprocess.Popen[bytes]) -> None:
-        # Up, but doing nothing: what a worker wedged on a dead connection looks like.
-        stopped.append(e2e.child(run, " worker"))
-        os.kill(stopped[0], signal.SIGSTOP)
+        # Up, but doing nothing: what a worker wedged on a dead connection looks like. It
+        # is frozen while it holds the database's write gate, the worst moment: the
+        # dispatcher then waits for it too, and only a watch that reads past the gate can
+        # still see that nothing moves.
+        worker = e2e.child(run, " worker")
+        stopped.append(worker)
+        deadline = time.monotonic() + 60
+        while True:
+            os.kill(worker, signal.SIGSTOP)
+            wait_until(lambda: _process_state(worker) == "T", 10, what="the worker to stop")
+            if _holds_flock(worker, gate):
+                return
+            os.kill(worker, signal.SIGCONT)
+            assert time.monotonic() < deadline, "the worker never held the gate"
+            time.sleep(random.uniform(0.001, 0.02))  # let it run a moment, then sample again
 
     code = _run_disrupted(emu, tmp_path, sqlite_url, 40, 10, freeze_worker, "4", 180)
     assert code == 0
