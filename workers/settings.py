@@ -102,11 +102,10 @@ class Settings(BaseSettings):
     """A row takes the task of a completed twin (same row id, model, task type and input, in
     any batch) only when the twin finished within this long (PiAPI deletes outputs after a
     few days). `--no-reuse` turns reuse off for a batch."""
-    handoff: bool = Field(False, validation_alias=_env("PIAPI_BULK_HANDOFF"))
+    handoff: bool = Field(True, validation_alias=_env("PIAPI_BULK_HANDOFF"))
     """A worker whose poll frees a slot creates its batch's next row in it at once (the
-    dispatcher keeps the rows it may take, `workers.handoff`); off (the default for now:
-    with it on, a stalled-worker test froze a SQLite run, see the README): every freed
-    slot waits for the dispatcher's next pass."""
+    dispatcher keeps the rows it may take, `workers.handoff`); off: every freed slot
+    waits for the dispatcher's next pass."""
     poll_gap: float = Field(EAGER_GAP, ge=0, le=1, validation_alias=_env("PIAPI_BULK_POLL_GAP"))
     """Where only polls tell that a task ended (no webhooks, no in-flight count for its
     family), how far apart its polls are, as a fraction of its kind's median duration:
