@@ -7,7 +7,6 @@ completed with the emulator's own output, and no row was created at PiAPI twice.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import time
@@ -92,19 +91,26 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
         # is frozen while it holds the database's write gate, the worst moment: the
         # dispatcher then waits for it too, and only a watch that reads past the gate can
         # still see that nothing moves.
+        # The worker runs freely while /proc/locks is watched; it is stopped the moment it
+        # is seen holding the gate, and let go again if it let the gate go first.
         worker = e2e.child(run, " worker")
-        stopped.append(worker)
         deadline = time.monotonic() + 60
         while True:
+            assert run.poll() is None, "the run ended before its worker was seen at the gate"
+            assert time.monotonic() < deadline, "the worker was never seen holding the gate"
+            if not _holds_flock(worker, gate):
+                time.sleep(0.001)  # sampling, not waiting: look again in a moment
+                continue
             os.kill(worker, signal.SIGSTOP)
-            wait_until(lambda: _process_state(worker) == "T", 10, what="the worker to stop")
+            wait_until(lambda: _process_state(worker) in "Tt", 10, interval_s=0.001,
+                       what="the worker to stop")
             if _holds_flock(worker, gate):
+                stopped.append(worker)
                 return
             os.kill(worker, signal.SIGCONT)
-            assert time.monotonic() < deadline, "the worker never held the gate"
-            time.sleep(random.uniform(0.001, 0.02))  # let it run a moment, then sample again
 
-    code = _run_disrupted(emu, tmp_path, sqlite_url, 40, 10, freeze_worker, "4", 180)
+    # Enough rows that the batch is still running while the worker is caught at the gate.
+    code = _run_disrupted(emu, tmp_path, sqlite_url, 200, 10, freeze_worker, "4", 180)
     assert code == 0
     out = (tmp_path / "run.out").read_text()
     assert "no row moved for 4s although work was due: restarted worker" in out, out
