@@ -147,6 +147,17 @@ def finish(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
         raise
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first, then ppid)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_state(pid: int) -> str:
+    """The process's state letter in /proc (R, S, T stopped, Z zombie, ...); raises
+    FileNotFoundError once it is gone."""
+    return _stat_fields(pid)[0]
+
+
 def children(pid: int) -> list[tuple[int, str]]:
     """(pid, cmdline) of the direct children of `pid`."""
     found = []
@@ -154,8 +165,7 @@ def children(pid: int) -> list[tuple[int, str]]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            ppid = int(_stat_fields(entry.name)[1])
             if ppid == pid:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
                 found.append((int(entry.name), cmd))

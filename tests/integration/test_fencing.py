@@ -154,7 +154,7 @@ def emu(make_emulator: MakeEmulator) -> Emulator:
 
 def _stopped(pid: int) -> bool:
     """The process is stopped (SIGSTOP): state T in /proc."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    return e2e.process_state(pid) == "T"
 
 
 def _lock_token(client: redis.Redis) -> str | None:

@@ -12,6 +12,7 @@ from tests.integration.e2e import (
     STARTED,
     caption_rows,
     children,
+    process_state,
     run_env,
     start_run,
     stop_leftover_runs,
@@ -21,7 +22,7 @@ from tests.integration.e2e import (
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = process_state(pid)
     except FileNotFoundError:
         return False
     return state != "Z"

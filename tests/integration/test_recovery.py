@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers import Emulator, MakeEmulator, Spawn, wait_until
 from tests.integration import e2e
+from workers.db import SqliteGate
 from workers.keys import LOCK_KEY
 
 
@@ -64,10 +65,6 @@ def _run_disrupted(emu: Emulator, tmp_path: Path, database_url: str, n_rows: int
     return code
 
 
-def _process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 def _holds_flock(pid: int, path: Path) -> bool:
     """True when `pid` holds a flock() on `path` (as /proc/locks lists it)."""
     inode = os.stat(path).st_ino
@@ -84,7 +81,7 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
                                                                  sqlite_url: str,
                                                                  emu: Emulator) -> None:
     stopped: list[int] = []
-    gate = Path(f"{make_url(sqlite_url).database}.lock")  # workers.db.SqliteGate's file
+    gate = Path(SqliteGate(make_url(sqlite_url).database or "").path)
 
     def freeze_worker(run: subprocess.Popen[bytes]) -> None:
         # Up, but doing nothing: what a worker wedged on a dead connection looks like. It
@@ -102,7 +99,7 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
                 time.sleep(0.001)  # sampling, not waiting: look again in a moment
                 continue
             os.kill(worker, signal.SIGSTOP)
-            wait_until(lambda: _process_state(worker) in "Tt", 10, interval_s=0.001,
+            wait_until(lambda: e2e.process_state(worker) in "Tt", 10, interval_s=0.001,
                        what="the worker to stop")
             if _holds_flock(worker, gate):
                 stopped.append(worker)
