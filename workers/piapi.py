@@ -199,20 +199,8 @@ class AmbiguousError(PiAPIError):
     """A create was (maybe) received but its answer was lost: a task may exist."""
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds allowed for each phase of a request."""
-
-    connect_s: float = 5.0
-    read_s: float = 30.0
-    write_s: float = 10.0
-    pool_s: float = 5.0
-
-    def to_httpx(self) -> httpx.Timeout:
-        """The same timeouts as httpx wants them."""
-        return httpx.Timeout(
-            connect=self.connect_s, read=self.read_s, write=self.write_s, pool=self.pool_s
-        )
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=5.0)
+"""Seconds allowed for each phase of a request, unless the caller gives its own."""
 
 
 @dataclass(frozen=True)
@@ -602,7 +590,7 @@ class PiAPIClient:
         base_url: str,
         api_key: str,
         *,
-        timeouts: Timeouts | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         before_request: Callable[[str], None] | None = None,
         max_connections: int = 100,
         transport: httpx.BaseTransport | None = None,
@@ -613,7 +601,7 @@ class PiAPIClient:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"x-api-key": api_key, "accept": "application/json"},
-            timeout=(timeouts or Timeouts()).to_httpx(),
+            timeout=timeout,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import redis
 
 from workers.db import create_tables, make_engine
@@ -13,20 +14,26 @@ from workers.durations import DurationCache
 from workers.fleet import Fleet
 from workers.keys import RATE_BUCKET_KEY
 from workers.metering import RequestMeter, metered_transport
-from workers.piapi import PiAPIClient, Timeouts
+from workers.piapi import PiAPIClient
 from workers.ratelimit import Budget
 from workers.settings import Settings
 from workers.work import WorkerContext
 
 
-def build_client(settings: Settings, meter: RequestMeter | None = None) -> PiAPIClient:
-    """The PiAPI client for this process (one connection pool, shared by its threads); its
-    requests counted by `meter` when given."""
+def build_client(
+    settings: Settings,
+    meter: RequestMeter | None = None,
+    before_request: Callable[[str], None] | None = None,
+) -> PiAPIClient:
+    """The PiAPI client for this process (one connection pool, shared by its threads), with
+    the configured timeouts; its requests counted by `meter` when given, and each request's
+    kind passed to `before_request` before it is sent."""
     return PiAPIClient(
         settings.base_url,
         settings.require_api_key(),
-        timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s,
-                          write_s=settings.write_timeout_s, pool_s=settings.pool_timeout_s),
+        timeout=httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
+                              write=settings.write_timeout_s, pool=settings.pool_timeout_s),
+        before_request=before_request,
         upload_url=settings.upload_url,
         transport=metered_transport(meter) if meter is not None else None,
     )

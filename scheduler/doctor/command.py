@@ -32,7 +32,8 @@ from scheduler.validate import Defaults
 from workers import findings as stored_findings
 from workers.db import create_tables, make_engine
 from workers.findings import Findings
-from workers.piapi import AccountError, AccountInfo, PiAPIClient, PiAPIError, Timeouts
+from workers.piapi import AccountError, AccountInfo, PiAPIClient, PiAPIError
+from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
@@ -74,12 +75,7 @@ def observe(client: PiAPIClient, observed: Observed, *, probe: Callable[[], Prob
 
 
 def _client(settings: Settings, requests: Counter[str]) -> PiAPIClient:
-    return PiAPIClient(
-        settings.base_url, settings.require_api_key(),
-        timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s,
-                          write_s=settings.write_timeout_s, pool_s=settings.pool_timeout_s),
-        before_request=lambda kind: requests.update((kind,)),
-    )
+    return build_client(settings, before_request=lambda kind: requests.update((kind,)))
 
 
 def _account(client: PiAPIClient, base_url: str) -> AccountInfo:
