@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ _ABANDONED = (
     .group_by(ATTEMPTS.c.watch_until.is_not(None))
 )
 """Abandoned tasks of a batch (watched or not) and their `ABANDONED_USAGE`."""
+_NOT_IN_JSON = frozenset({"consumed_units", "cancel_mode", "ingested"})
+"""`BatchStatus` fields `status --json` leaves out (`cancel_mode` goes out as `cancelled`)."""
 
 
 @dataclass
@@ -124,29 +126,12 @@ class BatchStatus:
         return lines
 
     def to_json(self) -> dict[str, Any]:
-        """The `status --json` object for this batch."""
-        return {
-            "id": self.id,
-            "source": self.source,
-            "total": self.total,
-            "counts": self.counts,
-            "finished": self.finished,
-            "done": self.done,
-            "usd": round(self.usd, 6),
-            "created_at": self.created_at,
-            "budget_usd": self.budget_usd,
-            "spent_usd": round(self.usd, 6),
-            "paused": self.paused,
-            "deadline_at": self.deadline_at,
-            "cancelled": self.cancel_mode,
-            "cancelled_at": self.cancelled_at,
-            "unchecked": self.unchecked,
-            "failures": self.failures,
-            "abandoned": self.abandoned,
-            "watched": self.watched,
-            "on_stuck": self.on_stuck,
-            "reused": self.reused,
-        }
+        """The `status --json` object for this batch: its fields (but the raw units, the
+        ingest flag and `cancel_mode`, shown as `cancelled`) and the derived figures."""
+        record = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_JSON}
+        usd = round(self.usd, 6)
+        return {**record, "finished": self.finished, "usd": usd, "spent_usd": usd,
+                "cancelled": self.cancel_mode}
 
 
 def duration(seconds: float) -> str:

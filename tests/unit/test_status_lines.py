@@ -83,3 +83,19 @@ def test_the_home_folder_is_shown_as_a_tilde() -> None:
 def test_masked_url(url: str, shown: str) -> None:
     assert masked_url(url) == shown
     assert "s3cret" not in masked_url(url) and "et@" not in masked_url(url)
+
+
+def test_status_json_is_the_contract() -> None:
+    """`status --json`'s keys are a contract other tools read: the record's fields but the
+    raw units and the ingest flag, `cancel_mode` as `cancelled`, and the derived figures."""
+    st = status({"completed": 3, "running": 1}, consumed_units=25_000_000, cancel_mode="finish",
+                ingested=False, failures={"provider": 1})
+    out = st.to_json()
+    assert set(out) == {
+        "id", "source", "total", "counts", "finished", "done", "usd", "created_at",
+        "budget_usd", "spent_usd", "paused", "deadline_at", "cancelled", "cancelled_at",
+        "unchecked", "failures", "abandoned", "watched", "on_stuck", "reused",
+    }
+    assert (out["finished"], out["usd"], out["spent_usd"]) == (3, 2.5, 2.5)
+    assert out["cancelled"] == "finish" and out["failures"] == {"provider": 1}
+    assert out["counts"] == st.counts and out["counts"] is not st.counts
