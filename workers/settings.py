@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from workers.polling import EAGER_GAP
 from workers.states import AmbiguousPolicy
@@ -51,6 +53,21 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=default_database_url,
                               validation_alias=_env("DATABASE_URL"))
     """Default: a SQLite file in the user's data folder (`default_database_path()`)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_folder_exists(cls, url: str) -> str:
+        """A SQLite file's folder must exist: SQLite creates the file, not its folders, and
+        a mistyped path is better refused than created."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL ({exc})") from exc
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            folder = Path(str(parsed.database)).parent
+            if not folder.is_dir():
+                raise ValueError(f"the folder {folder} does not exist; create it first")
+        return url
     rpm: int = Field(0, ge=0, validation_alias=_env("PIAPI_RPM"))
     """Fleet-wide PiAPI request budget per minute (creates and polls alike); 0 = no limit."""
 

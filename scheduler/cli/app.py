@@ -65,7 +65,9 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"bad setting {first['loc'][0]}: {first['msg']}") from exc
+        # A validator's own ValueError reads better without pydantic's "Value error, ".
+        why = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+        raise ConfigError(f"bad setting {first['loc'][0]}: {why or first['msg']}") from exc
     clean = {k: v for k, v in overrides.items() if v is not None}
     return settings.model_copy(update=clean) if clean else settings
 
@@ -94,6 +96,20 @@ def database(settings: Settings) -> Engine:
     engine = make_engine(settings.database_url)
     create_tables(engine)
     return engine
+
+
+def read_database(settings: Settings) -> Engine:
+    """An engine for a command that only reads (`status`, `export`), the schema brought to
+    the newest migration first when it is not there yet. On SQLite it passes no gate and
+    takes no write lock, so it answers while a worker holds both (even a frozen one,
+    until the stall watch restarts it)."""
+    from workers.db import make_read_engine
+    from workers.migrate import HEAD, current
+
+    reader = make_read_engine(settings.database_url)
+    if current(reader) != HEAD:
+        database(settings).dispose()
+    return reader
 
 
 def fleet_redis_url(settings: Settings) -> str | None:

@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from scheduler.cli.app import app, database, fleet_redis_url, load_settings, secrets_of
+from scheduler.cli.app import (
+    app,
+    database,
+    fleet_redis_url,
+    load_settings,
+    read_database,
+    secrets_of,
+)
 from scheduler.cli.options import BatchArg, JsonOpt, ModelOpt, SidecarOpt, TaskTypeOpt
 from workers.settings import ConfigError
 
@@ -62,7 +69,7 @@ def status(
     from workers.findings import load as load_findings
 
     settings = load_settings()
-    engine = database(settings)
+    engine = read_database(settings)
     if batch:
         one = batch_status(engine, batch)
         if one is None:
@@ -200,7 +207,7 @@ def export_cmd(
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"--format must be jsonl or csv, got {fmt!r}")
-    engine = database(load_settings())
+    engine = read_database(load_settings())
     if batch_status(engine, batch) is None:
         raise ConfigError(f"no batch {batch}")
     rows = export(engine, batch, output, fmt)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from scheduler.status import masked_url
 from tests.integration.e2e import RECORD_T0, add_batch, db_env, piapi_bulk, set_jobs
+from workers.db import exclusive, make_engine, transaction
 from workers.models import BATCHES
 
 pytestmark = pytest.mark.integration  # `piapi-bulk status` runs as a process
@@ -94,3 +95,26 @@ def test_status_for_people(engine: Engine, tmp_path: Path, database_url: str) ->
 
 def test_status_of_an_empty_database(tmp_path: Path, database_url: str) -> None:
     assert status(tmp_path, database_url).splitlines()[1:] == ["no batches"]
+
+
+def test_status_and_export_answer_while_a_writer_holds_the_database(
+        engine: Engine, tmp_path: Path, database_url: str) -> None:
+    """A worker frozen inside a write transaction (SIGSTOP, a debugger) holds the database
+    until the stall watch restarts it: the commands that only read still answer. On SQLite
+    the holder has the gate's flock and the write lock, which made `status` wait forever."""
+    fill(engine)
+    holder = make_engine(database_url)
+    try:
+        with exclusive(holder), transaction(holder) as conn:
+            conn.execute(update(BATCHES).where(BATCHES.c.id == "old").values(source="/held"))
+            out = json.loads(piapi_bulk(tmp_path, db_env(tmp_path, database_url), "status",
+                                        "--json", timeout_s=30).stdout)
+            assert {b["id"] for b in out["batches"]} == {"partial", "waiting", "running", "old"}
+            assert {b["source"] for b in out["batches"] if b["id"] == "old"} == {
+                "/data/captions.csv"}  # the holder's change is not committed
+            done = piapi_bulk(tmp_path, db_env(tmp_path, database_url), "export", "old",
+                              "-o", str(tmp_path / "old.jsonl"), timeout_s=30)
+            assert done.returncode == 0, done.stderr
+            assert len((tmp_path / "old.jsonl").read_text().splitlines()) == 3
+    finally:
+        holder.dispose()

@@ -9,7 +9,15 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.helpers import MakeEmulator
-from tests.integration.e2e import NO_PIAPI, caption_rows, opened, piapi_bulk, run_env, write_jsonl
+from tests.integration.e2e import (
+    NO_PIAPI,
+    caption_rows,
+    db_env,
+    opened,
+    piapi_bulk,
+    run_env,
+    write_jsonl,
+)
 from workers.db import create_tables
 from workers.models import BATCHES, JOBS
 
@@ -90,3 +98,21 @@ def test_version(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (
         0, f"piapi-bulk {version('piapi-bulk')}\n", "")
     assert version("piapi-bulk").count(".") >= 1
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("sqlite:///{tmp}/no-such-folder/piapi-bulk.db",
+     "piapi-bulk: bad setting DATABASE_URL: the folder {tmp}/no-such-folder does not exist; "
+     "create it first\n"),
+    ("not a url", "piapi-bulk: bad setting DATABASE_URL: not a database URL (Could not parse "
+     "SQLAlchemy URL from given URL string)\n"),
+])
+@pytest.mark.parametrize("command", [("status",), ("export", "b1", "-o", "out.jsonl"),
+                                     ("submit", "rows.jsonl", "--model", "Qubico/joycaption")])
+def test_a_bad_database_url_is_one_line(tmp_path: Path, url: str, message: str,
+                                        command: tuple[str, ...]) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", caption_rows(3))
+    done = piapi_bulk(tmp_path, db_env(tmp_path, url.format(tmp=tmp_path)), *command)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == message.format(tmp=tmp_path)
+    assert not (tmp_path / "no-such-folder").exists() and not (tmp_path / "out.jsonl").exists()
