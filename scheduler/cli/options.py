@@ -73,4 +73,4 @@ SidecarOpt = Annotated[
 BatchArg = Annotated[str, typer.Argument(help="Batch id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LogLevelOpt = Annotated[str, typer.Option("--loglevel")]
-PortOpt = Annotated[int, typer.Option("--port")]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")]

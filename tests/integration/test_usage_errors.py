@@ -116,3 +116,12 @@ def test_a_bad_database_url_is_one_line(tmp_path: Path, url: str, message: str,
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == message.format(tmp=tmp_path)
     assert not (tmp_path / "no-such-folder").exists() and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["web", "webhook", "flower"])
+def test_a_port_out_of_range_is_one_line(tmp_path: Path, sqlite_url: str, command: str) -> None:
+    done = piapi_bulk(tmp_path, db_env(tmp_path, sqlite_url), command, "--port", "99999",
+                      timeout_s=30)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("piapi-bulk: Invalid value for '--port'")
+    assert done.stderr.count("\n") == 1, done.stderr
