@@ -56,13 +56,16 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _database_folder_exists(cls, url: str) -> str:
-        """A SQLite file's folder must exist: SQLite creates the file, not its folders, and
-        a mistyped path is better refused than created."""
+    def _database_url_usable(cls, url: str) -> str:
+        """SQLite or PostgreSQL, and a SQLite file's folder must exist: SQLite creates the
+        file, not its folders, and a mistyped path is better refused than created."""
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL ({exc})") from exc
+        if parsed.get_backend_name() not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"{parsed.get_backend_name()} is not supported: give a sqlite:/// "
+                             "or postgresql:// URL")
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             folder = Path(str(parsed.database)).parent
             if not folder.is_dir():

@@ -12,9 +12,10 @@ import gc
 import sys
 
 import typer
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from scheduler.cli import manifests, operate, serve
-from scheduler.cli.app import app
+from scheduler.cli.app import app, database_problem
 from scheduler.manifest import ManifestError
 from workers.settings import ConfigError
 
@@ -51,6 +52,9 @@ def main() -> None:
         code = 2
     except (ConfigError, ManifestError) as exc:
         print(f"piapi-bulk: {exc}", file=sys.stderr)
+        code = 2
+    except (OperationalError, InterfaceError) as exc:  # the database cannot be used
+        print(f"piapi-bulk: {database_problem(exc)}", file=sys.stderr)
         code = 2
     except typer.Abort:
         code = 130

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from workers.settings import ConfigError, Settings
 
-if TYPE_CHECKING:  # the commands that need none do not pay for importing SQLAlchemy
+if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.exc import DBAPIError
 
 app = typer.Typer(
     name="piapi-bulk",
@@ -58,6 +59,19 @@ def parse_fields(values: list[str] | None) -> dict[str, str]:
         return parse_set(values)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def database_problem(exc: DBAPIError) -> str:
+    """One line for a database that cannot be used (not reachable, refused the login, no
+    such database...): which one, and the driver's first line of why."""
+    from scheduler.status import masked_url
+
+    try:
+        where = masked_url(Settings().database_url)
+    except ValidationError:
+        where = "DATABASE_URL"
+    why = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return f"cannot use the database {where}: {why[0] if why else type(exc).__name__}"
 
 
 def load_settings(**overrides: Any) -> Settings:
