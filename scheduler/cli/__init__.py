@@ -12,10 +12,9 @@ import gc
 import sys
 
 import typer
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from scheduler.cli import manifests, operate, serve
-from scheduler.cli.app import app, database_problem
+from scheduler.cli.app import app, service_problem
 from scheduler.manifest import ManifestError
 from workers.settings import ConfigError
 
@@ -37,7 +36,8 @@ def needs_emulator(args: list[str]) -> bool:
 
 
 def main() -> None:
-    """Entry point: usage and configuration errors are one line on stderr and exit 2."""
+    """Entry point: usage and configuration errors, and a database or Redis that cannot
+    be used, are one line on stderr and exit 2."""
     if needs_emulator(sys.argv[1:]):
         serve.register_emulator()
     command = typer.main.get_command(app)
@@ -53,11 +53,14 @@ def main() -> None:
     except (ConfigError, ManifestError) as exc:
         print(f"piapi-bulk: {exc}", file=sys.stderr)
         code = 2
-    except (OperationalError, InterfaceError) as exc:  # the database cannot be used
-        print(f"piapi-bulk: {database_problem(exc)}", file=sys.stderr)
-        code = 2
     except typer.Abort:
         code = 130
+    except Exception as exc:  # a database or Redis that cannot be used is one line too
+        problem = service_problem(exc)
+        if problem is None:
+            raise
+        print(f"piapi-bulk: {problem}", file=sys.stderr)
+        code = 2
     gc.freeze()  # exit skips its last collection (see serve.exit_without_collecting)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -8,6 +8,7 @@ Only the command modules (and `scheduler.cli`) import this: it holds no command 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,7 +19,6 @@ from workers.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
-    from sqlalchemy.exc import DBAPIError
 
 app = typer.Typer(
     name="piapi-bulk",
@@ -61,17 +61,34 @@ def parse_fields(values: list[str] | None) -> dict[str, str]:
         raise ConfigError(str(exc)) from exc
 
 
-def database_problem(exc: DBAPIError) -> str:
-    """One line for a database that cannot be used (not reachable, refused the login, no
-    such database...): which one, and the driver's first line of why."""
+def service_problem(exc: BaseException) -> str | None:
+    """One line for a database or a Redis that cannot be used (not reachable, the login
+    refused, no such database...): which one, password masked, and the first line of why.
+    None for any other error. Redis is looked up only when loaded: an error cannot come
+    from a library the command never imported."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     from scheduler.status import masked_url
 
+    redis = sys.modules.get("redis")
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        url, what = _setting("database_url"), "use the database"
+        exc = exc.orig if exc.orig is not None else exc
+    elif redis is not None and isinstance(exc, redis.exceptions.ConnectionError):
+        url, what = _setting("redis_url"), "reach Redis"
+    else:
+        return None
+    why = str(exc).strip().splitlines()
+    return (f"cannot {what}{f' {masked_url(url)}' if url else ''}: "
+            f"{why[0] if why else type(exc).__name__}")
+
+
+def _setting(name: str) -> str | None:
     try:
-        where = masked_url(Settings().database_url)
+        value = getattr(Settings(), name)
     except ValidationError:
-        where = "DATABASE_URL"
-    why = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
-    return f"cannot use the database {where}: {why[0] if why else type(exc).__name__}"
+        return None
+    return str(value) if value else None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -131,3 +131,23 @@ def test_a_port_out_of_range_is_one_line(tmp_path: Path, sqlite_url: str, comman
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith("piapi-bulk: Invalid value for '--port'")
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ("run", "rows.jsonl", "-o", "out.jsonl", "--model", "Qubico/joycaption"), ("dispatcher",)])
+def test_a_redis_that_cannot_be_reached_is_one_line(tmp_path: Path, sqlite_url: str,
+                                                    command: tuple[str, ...],
+                                                    make_emulator: MakeEmulator) -> None:
+    """REDIS_URL names a fleet's Redis; when nothing answers there (port 1 on loopback), the
+    command says so in one line, password masked, and creates no task."""
+    write_jsonl(tmp_path / "rows.jsonl", caption_rows(3))
+    emu = make_emulator()
+    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL="redis://:secret@127.0.0.1:1/0")
+    done = piapi_bulk(tmp_path, env, *command)
+    assert done.returncode == 2
+    # (the dispatcher logs its start first, on stderr too)
+    assert done.stderr.splitlines()[-1] == (
+        "piapi-bulk: cannot reach Redis redis://:***@127.0.0.1:1/0: Error 111 connecting to "
+        "127.0.0.1:1. Connection refused.")
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr
+    assert emu.stats()["creates"] == 0 and not (tmp_path / "out.jsonl").exists()
