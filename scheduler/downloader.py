@@ -37,13 +37,16 @@ may then take it over (the first one's records are refused)."""
 RENEW_EVERY_S = 5.0
 FEED_EVERY_S = 1.0
 """How often the pool looks for rows that completed."""
+TICK_S = 0.5
+"""How often the background feed starts due files (a look for completed rows every
+`FEED_EVERY_S`)."""
 FEED_OVERLAP_S = 10.0
 """Rows are looked for from this long before the last one seen: a row whose completion
 committed late is not missed (and `finish` looks at every row once more anyway)."""
 FEED_PAGE = 500
 FEED_PAGES = 4
-"""Pages of rows one look reads at most per batch, so a look never holds up the run's
-watch loop for long (a resumed batch's backlog is read over several looks)."""
+"""Pages of rows one look reads at most per batch, so a look never holds up the rest of
+the feed for long (a resumed batch's backlog is read over several looks)."""
 HTTP_TIMEOUT = httpx.Timeout(20.0, connect=10.0)
 """Per read, not per file: a large video streams for as long as bytes keep coming."""
 
@@ -85,10 +88,14 @@ class DownloadReport:
 class Downloader:
     """A bounded pool fetching the files of `batch_ids`' completed rows into `dest`.
 
-    `tick()` (the run's watch loop, every half second) looks for newly completed rows and
-    hands due files to the threads; `finish()` waits until every file is stored or failed;
-    `close()` stops, giving unfinished claims back to the record. `notify` receives the
-    lines worth telling the user (a full disk, once), always on the calling thread."""
+    While a run goes on, `feed_in_background()` looks for newly completed rows and hands due
+    files to the fetching threads, on a thread of its own: those looks read and write the
+    database, and on SQLite a worker frozen inside a transaction holds every writer up
+    until `run`'s stall watch restarts it, so the watch must never make them itself.
+    `finish()` (once every row ended) stops that thread and waits until every file is
+    stored or failed; `close()` stops, giving unfinished claims back to the record.
+    `notify` receives the lines worth telling the user (a full disk, once), on the thread
+    that calls `say_notices()`, `tick()` or `finish()`."""
 
     def __init__(self, engine: Engine, dest: Destination, batch_ids: Collection[str],
                  concurrency: int = 4, notify: Callable[[str], None] | None = None,
@@ -114,19 +121,45 @@ class Downloader:
         self._fed_at = -math.inf
         self._caught_up = False
         """True once a look read every batch to its end."""
+        self._feeding = threading.Event()
+        """Set to end the background feed."""
+        self._feeder: threading.Thread | None = None
 
     def start(self) -> None:
         """Files that failed before (except those PiAPI no longer has) are tried again."""
         retry_transient(lambda: rec.reopen_failed(self.engine, self.dest.key, self.batch_ids,
                                                   self.clock()))
 
+    def feed_in_background(self) -> None:
+        """Start the feed's own thread: failed files reopened (`start`), then a look every
+        `TICK_S` until `finish()` or `close()`."""
+        self._feeder = threading.Thread(target=self._feed_loop, name="download-feed",
+                                        daemon=True)
+        self._feeder.start()
+
+    def _feed_loop(self) -> None:
+        try:
+            self.start()
+            while not self._feeding.wait(TICK_S):
+                self._step()
+        except Exception:  # a bug: `finish()` looks at every row again
+            logger.exception("the download feed stopped; the files are looked for at the end")
+
     def tick(self) -> None:
-        """Record newly completed rows' files (about once a second) and start due ones."""
+        """Record newly completed rows' files (about once a second), start due ones and say
+        what is worth saying."""
+        self._step()
+        self._flush_notices()
+
+    def say_notices(self) -> None:
+        """Pass the lines worth telling the user to `notify`, on the calling thread."""
+        self._flush_notices()
+
+    def _step(self) -> None:
         if time.monotonic() - self._fed_at >= FEED_EVERY_S:
             self._fed_at = time.monotonic()
             retry_transient(self._feed)
         self._fill()
-        self._flush_notices()
 
     def _feed(self) -> None:
         caught_up = True
@@ -154,10 +187,13 @@ class Downloader:
         free = self.concurrency - len(self.running)
         claims = retry_transient(lambda: rec.claim(self.engine, self.dest.key, self.batch_ids,
                                                    self.clock(), free, LEASE_S))
-        for c in claims:
-            future = self.executor.submit(self._work, c)
-            future.add_done_callback(_log_crash)
-            self.running.add(future)
+        with self._lock:
+            if self.stop.is_set():  # closed meanwhile: these claims lapse (LEASE_S)
+                return
+            for c in claims:
+                future = self.executor.submit(self._work, c)
+                future.add_done_callback(_log_crash)
+                self.running.add(future)
 
     def _work(self, c: rec.DownloadClaim) -> None:
         try:
@@ -237,6 +273,7 @@ class Downloader:
         with that reason. Setting `stop` ends it early; `check` is called once a turn and
         may raise to end it (`run` passes its stop request's check: Ctrl-C while the last
         files download)."""
+        self._stop_feeding()
         self._cursor = {b: (-math.inf, 0) for b in self.batch_ids}
         self._fed_at = -math.inf
         self._caught_up = False
@@ -272,10 +309,19 @@ class Downloader:
 
     def close(self) -> None:
         """Stop: fetches under way are abandoned (their temporary files removed, their
-        claims given back) and the threads end."""
-        self.stop.set()
+        claims given back) and the threads end. A background look blocked on the database
+        is not waited for: it sees the stop when it returns, and starts nothing."""
+        with self._lock:
+            self.stop.set()
+        self._feeding.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.client.close()
+
+    def _stop_feeding(self) -> None:
+        self._feeding.set()
+        if self._feeder is not None:
+            self._feeder.join()
+            self._feeder = None
 
 
 def _log_crash(future: Future[None]) -> None:
@@ -286,10 +332,10 @@ def _log_crash(future: Future[None]) -> None:
 
 def start_pool(engine: Engine, dest: Destination, batch_ids: Collection[str],
                concurrency: int, notify: Callable[[str], None]) -> Downloader:
-    """A started pool for `run --download` (files that failed in an earlier run pending
-    again)."""
+    """A pool for `run --download`, feeding itself in the background (files that failed in
+    an earlier run pending again first)."""
     pool = Downloader(engine, dest, batch_ids, concurrency, notify)
-    pool.start()
+    pool.feed_in_background()
     return pool
 
 

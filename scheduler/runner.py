@@ -174,7 +174,8 @@ def watch(engine: Engine, batch_ids: list[str], services: Services, console: Con
     worker wedged after Redis restarted). `limit` is the concurrency shown beside the tasks
     in flight. `chores` run at the start of every turn, in order: a stop request's check
     (which raises `Interrupted` there, between passes), the claims' renewal, the download
-    pool's tick.
+    pool's notices. None may wait for the database: the download pool feeds itself on a
+    thread of its own.
     """
     last_plain = 0.0
     last_liveness = time.monotonic()
@@ -332,7 +333,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             problem = watch(reader, served, services, console,
                             ProgressWatch(reader, settings.stall_s, batches=served),
                             opts.concurrency or limit,
-                            [stop.check, claims.renew, *([pool.tick] if pool else [])])
+                            [stop.check, claims.renew, *([pool.say_notices] if pool else [])])
             reader.dispose()
             kept = pool.finish(stop.check) if pool is not None else None  # results list files
             code = _finish(engine, result.batch_id, output, problem, console, opts.command,

@@ -44,13 +44,14 @@ def _check_all_completed_once(results: list[dict[str, Any]], rows: list[dict[str
 
 def _run_disrupted(emu: Emulator, tmp_path: Path, database_url: str, n_rows: int,
                    done_before: int, disrupt: Callable[[subprocess.Popen[bytes]], None],
-                   stall_s: str, timeout_s: float) -> int:
-    """`run` a batch, `disrupt` it once `done_before` rows have completed, and check every
-    row completed exactly once; returns run's exit code."""
+                   stall_s: str, timeout_s: float, *run_args: str) -> int:
+    """`run` a batch (with `run_args` too), `disrupt` it once `done_before` rows have
+    completed, and check every row completed exactly once; returns run's exit code."""
     rows = e2e.caption_rows(n_rows)
     manifest = e2e.write_jsonl(tmp_path / "rows.jsonl", rows)
     env = e2e.run_env(tmp_path, emu, database_url, PIAPI_BULK_STALL_S=stall_s)
-    run = e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8")
+    run = e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl", "--concurrency", "8",
+                        *run_args)
     try:
         wait_until(lambda: e2e.count_state(database_url, "completed") >= done_before, 120,
                    what=f"{done_before} completed rows")
@@ -77,9 +78,14 @@ def _holds_flock(pid: int, path: Path) -> bool:
     return False
 
 
+@pytest.mark.parametrize("download", [False, True], ids=["", "download"])
 def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
                                                                  sqlite_url: str,
-                                                                 emu: Emulator) -> None:
+                                                                 emu: Emulator,
+                                                                 download: bool) -> None:
+    """Also with `--download`, whose pool records each completed row's files: it writes to
+    the database, so it must not do so on the watch's thread, or the watch would wait for
+    the frozen worker too."""
     stopped: list[int] = []
     gate = Path(SqliteGate(make_url(sqlite_url).database or "").path)
 
@@ -107,7 +113,8 @@ def test_a_stalled_worker_is_detected_by_progress_and_restarted(tmp_path: Path,
             os.kill(worker, signal.SIGCONT)
 
     # Enough rows that the batch is still running while the worker is caught at the gate.
-    code = _run_disrupted(emu, tmp_path, sqlite_url, 200, 10, freeze_worker, "4", 180)
+    extra = ("--download", str(tmp_path / "files")) if download else ()
+    code = _run_disrupted(emu, tmp_path, sqlite_url, 200, 10, freeze_worker, "4", 180, *extra)
     assert code == 0
     out = (tmp_path / "run.out").read_text()
     assert "no row moved for 4s although work was due: restarted worker" in out, out
