@@ -179,10 +179,10 @@ def db_upgrade() -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's migration (revision), and whether it is the newest."""
-    from workers.db import make_engine
+    from workers.db import make_read_engine
     from workers.migrate import current, head
 
-    engine = make_engine(load_settings().database_url)
+    engine = make_read_engine(load_settings().database_url)
     try:
         revision = current(engine)
     finally:

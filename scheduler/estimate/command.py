@@ -25,7 +25,7 @@ from scheduler.preflight import preflight
 from scheduler.validate import Defaults
 from workers import durations
 from workers.catalog import prior_duration_s
-from workers.db import is_sqlite, make_engine, normalise_url
+from workers.db import is_sqlite, make_read_engine, normalise_url
 from workers.models import DurationSample
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
@@ -149,7 +149,7 @@ def learned_durations(database_url: str,
         return found, None
     if not _database_exists(database_url):
         return found, "no database yet: every duration is a prior"
-    engine = make_engine(database_url)
+    engine = make_read_engine(database_url)  # reads only: never waits for the fleet's writes
     try:
         if not inspect(engine).has_table(DurationSample.__tablename__):
             return found, "no durations in the database yet: every duration is a prior"

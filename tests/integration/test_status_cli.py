@@ -11,8 +11,17 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from scheduler.status import masked_url
-from tests.integration.e2e import RECORD_T0, add_batch, db_env, piapi_bulk, set_jobs
+from tests.integration.e2e import (
+    RECORD_T0,
+    add_batch,
+    caption_rows,
+    db_env,
+    piapi_bulk,
+    set_jobs,
+    write_jsonl,
+)
 from workers.db import exclusive, make_engine, transaction
+from workers.migrate import HEAD
 from workers.models import BATCHES
 
 pytestmark = pytest.mark.integration  # `piapi-bulk status` runs as a process
@@ -97,11 +106,12 @@ def test_status_of_an_empty_database(tmp_path: Path, database_url: str) -> None:
     assert status(tmp_path, database_url).splitlines()[1:] == ["no batches"]
 
 
-def test_status_and_export_answer_while_a_writer_holds_the_database(
+def test_what_only_reads_answers_while_a_writer_holds_the_database(
         engine: Engine, tmp_path: Path, database_url: str) -> None:
     """A worker frozen inside a write transaction (SIGSTOP, a debugger) holds the database
-    until the stall watch restarts it: the commands that only read still answer. On SQLite
-    the holder has the gate's flock and the write lock, which made `status` wait forever."""
+    until the stall watch restarts it: the commands that only read (`status`, `export`,
+    `db current`, `estimate`'s learned durations) still answer. On SQLite the holder has
+    the gate's flock and the write lock, which made each of them wait forever."""
     fill(engine)
     holder = make_engine(database_url)
     try:
@@ -116,5 +126,13 @@ def test_status_and_export_answer_while_a_writer_holds_the_database(
                               "-o", str(tmp_path / "old.jsonl"), timeout_s=30)
             assert done.returncode == 0, done.stderr
             assert len((tmp_path / "old.jsonl").read_text().splitlines()) == 3
+            done = piapi_bulk(tmp_path, db_env(tmp_path, database_url), "db", "current",
+                              timeout_s=30)
+            assert (done.returncode, done.stdout) == (0, f"{HEAD} (head)\n"), done.stderr
+            write_jsonl(tmp_path / "rows.jsonl", caption_rows(2))
+            done = piapi_bulk(tmp_path, db_env(tmp_path, database_url), "estimate", "--json",
+                              "rows.jsonl", timeout_s=30)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["durations_note"] is None  # the database was read
     finally:
         holder.dispose()
