@@ -63,14 +63,15 @@ class Settings(BaseSettings):
             parsed = make_url(url)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL ({exc})") from exc
-        if parsed.get_backend_name() not in ("sqlite", "postgresql", "postgres"):
-            raise ValueError(f"{parsed.get_backend_name()} is not supported: give a sqlite:/// "
-                             "or postgresql:// URL")
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"{backend} is not supported: give a sqlite:/// or postgresql:// URL")
+        if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
             folder = Path(str(parsed.database)).parent
             if not folder.is_dir():
                 raise ValueError(f"the folder {folder} does not exist; create it first")
         return url
+
     rpm: int = Field(0, ge=0, validation_alias=_env("PIAPI_RPM"))
     """Fleet-wide PiAPI request budget per minute (creates and polls alike); 0 = no limit."""
 
