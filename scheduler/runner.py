@@ -292,18 +292,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     with stop.installed():
         try:
             private = not settings.redis_url
-            if private:
-                url, redis_child = start_private_redis(run_dir)
-                services.children.append(redis_child)
-                settings = settings.model_copy(update={"redis_url": url})
-                # So `piapi-bulk flower` (and `make flower`) find this run's private Redis.
-                (run_dir / REDIS_URL_FILE).write_text(url + "\n")
-                # No fleet can serve a Redis started a moment ago: the worker and the
-                # dispatcher start now, and their seconds of start-up overlap the account
-                # check, the migrations and the ingest (they wait for the claim below).
-                start_services(settings, services, run_dir / "logs",
-                               worker_threads=opts.worker_threads,
-                               concurrency=opts.concurrency)
+            settings = _redis_for_run(settings, opts, services)
+            fleet_redis = redis.Redis.from_url(settings.require_redis_url())
             limit = check_account(settings)
             engine = make_engine(settings.database_url)
             create_tables(engine)
@@ -314,7 +304,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             _report_others(console, others, opts.all_batches)
             served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
             clear_halt(engine)  # the key was just accepted
-            claims = Claims(Fleet(redis.Redis.from_url(settings.require_redis_url())), served)
+            claims = Claims(Fleet(fleet_redis), served)
             claims.renew()
             statuses = [batch_status(engine, b) for b in served]
             stop.check()
@@ -357,6 +347,25 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                 claims.release()
             services.stop()
             (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)
+
+
+def _redis_for_run(settings: Settings, opts: RunOptions, services: Services) -> Settings:
+    """The settings with the run's Redis: the fleet's (REDIS_URL), checked to answer before
+    a batch is made for it; else a private one started now, with its worker and dispatcher."""
+    if settings.redis_url:
+        redis.Redis.from_url(settings.redis_url).ping()
+        return settings
+    url, redis_child = start_private_redis(opts.run_dir)
+    services.children.append(redis_child)
+    settings = settings.model_copy(update={"redis_url": url})
+    # So `piapi-bulk flower` (and `make flower`) find this run's private Redis.
+    (opts.run_dir / REDIS_URL_FILE).write_text(url + "\n")
+    # No fleet can serve a Redis started a moment ago: the worker and the dispatcher start
+    # now, and their seconds of start-up overlap the account check, the migrations and the
+    # ingest (they wait for the claim `run` makes after the ingest).
+    start_services(settings, services, opts.run_dir / "logs",
+                   worker_threads=opts.worker_threads, concurrency=opts.concurrency)
+    return settings
 
 
 def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Console,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -21,6 +22,8 @@ def _env(*names: str) -> AliasChoices:
 
 
 APP_NAME = "piapi-bulk"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""The URL schemes redis-py opens."""
 
 
 def default_database_path() -> Path:
@@ -70,6 +73,19 @@ class Settings(BaseSettings):
             folder = Path(str(parsed.database)).parent
             if not folder.is_dir():
                 raise ValueError(f"the folder {folder} does not exist; create it first")
+        return url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_usable(cls, url: str | None) -> str | None:
+        """A URL redis-py can open (its schemes), so a typo is one line at start-up rather
+        than a traceback from the first connection. Empty = unset (`run` starts its own)."""
+        if not url:
+            return None
+        scheme = urlsplit(url).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError("not a Redis URL: it must start with redis://, rediss:// or unix:// "
+                             "(for example redis://127.0.0.1:6379/0)")
         return url
 
     rpm: int = Field(0, ge=0, validation_alias=_env("PIAPI_RPM"))

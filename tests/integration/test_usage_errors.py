@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -133,21 +134,32 @@ def test_a_port_out_of_range_is_one_line(tmp_path: Path, sqlite_url: str, comman
     assert done.stderr.count("\n") == 1, done.stderr
 
 
+@pytest.mark.parametrize(("url", "message"), [
+    # Nothing listens on port 1 on loopback (the password is masked).
+    ("redis://:secret@127.0.0.1:1/0", "piapi-bulk: cannot reach Redis redis://:***@127.0.0.1:1/0: "
+     "Error 111 connecting to 127.0.0.1:1. Connection refused."),
+    ("secret-garbage", "piapi-bulk: bad setting REDIS_URL: not a Redis URL: it must start with "
+     "redis://, rediss:// or unix:// (for example redis://127.0.0.1:6379/0)"),
+])
 @pytest.mark.parametrize("command", [
     ("run", "rows.jsonl", "-o", "out.jsonl", "--model", "Qubico/joycaption"), ("dispatcher",)])
-def test_a_redis_that_cannot_be_reached_is_one_line(tmp_path: Path, sqlite_url: str,
-                                                    command: tuple[str, ...],
-                                                    make_emulator: MakeEmulator) -> None:
-    """REDIS_URL names a fleet's Redis; when nothing answers there (port 1 on loopback), the
-    command says so in one line, password masked, and creates no task."""
+def test_a_redis_that_cannot_be_used_is_one_line(tmp_path: Path, sqlite_url: str,
+                                                 command: tuple[str, ...], url: str,
+                                                 message: str,
+                                                 make_emulator: MakeEmulator) -> None:
+    """REDIS_URL names a fleet's Redis; when it is no Redis URL, or nothing answers there,
+    the command says so in one line, password masked, and creates no task and no batch
+    (a batch left behind would wait for a fleet that cannot serve it)."""
     write_jsonl(tmp_path / "rows.jsonl", caption_rows(3))
     emu = make_emulator()
-    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL="redis://:secret@127.0.0.1:1/0")
+    env = run_env(tmp_path, emu, sqlite_url, REDIS_URL=url)
     done = piapi_bulk(tmp_path, env, *command)
     assert done.returncode == 2
     # (the dispatcher logs its start first, on stderr too)
-    assert done.stderr.splitlines()[-1] == (
-        "piapi-bulk: cannot reach Redis redis://:***@127.0.0.1:1/0: Error 111 connecting to "
-        "127.0.0.1:1. Connection refused.")
+    assert done.stderr.splitlines()[-1] == message
     assert "Traceback" not in done.stderr and "secret" not in done.stderr
     assert emu.stats()["creates"] == 0 and not (tmp_path / "out.jsonl").exists()
+    env.pop("REDIS_URL")
+    listed = piapi_bulk(tmp_path, env, "status", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["batches"] == []
