@@ -337,8 +337,11 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             return code
         except Interrupted:
             if batch_id is None and engine is not None:  # stopped during the ingest
-                stored = batch_id_for(opts.manifest, opts.model, opts.task_type, opts.fields)
-                batch_id = stored if batch_status(engine, stored) is not None else None
+                stored = batch_status(engine, batch_id_for(opts.manifest, opts.model,
+                                                           opts.task_type, opts.fields))
+                if stored is not None and not stored.ingested:
+                    return _interrupted_reading(console, stored.total, output)
+                batch_id = stored.id if stored is not None else None
             return _interrupted(console, engine, batch_id, output, opts.captions_as_sidecar)
         finally:
             if pool is not None:
@@ -429,6 +432,16 @@ def _export(engine: Engine, batch_id: str, output: Path, sidecars: bool = False,
             console.print(f"captions: {written} sidecar .txt files written, {same} already "
                           "up to date", highlight=False)
     return rows
+
+
+def _interrupted_reading(console: Console, stored: int, output: Path) -> int:
+    """Stopped while the manifest was read: the rows not read yet are not in the database,
+    so a results file now would leave them out (one line per manifest row is the promise);
+    it is written once the whole manifest is read."""
+    console.print(f"interrupted while reading the manifest ({stored} rows stored); {output} "
+                  "is not written until every row is read; run the same command again to "
+                  "resume", highlight=False, markup=False, soft_wrap=True)
+    return EXIT_INTERRUPTED
 
 
 def _interrupted(console: Console, engine: Engine | None, batch_id: str | None,

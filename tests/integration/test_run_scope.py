@@ -138,8 +138,9 @@ def test_two_runs_on_one_redis_each_run_their_own_batch(tmp_path: Path, sqlite_u
 def test_sigterm_during_ingest_stops_between_chunks(tmp_path: Path, sqlite_url: str,
                                                     make_emulator: MakeEmulator) -> None:
     """A stop asked for while a large manifest is being stored ends the run at the next
-    chunk boundary: exit 130, the rows stored so far written as `pending`, no traceback,
-    nothing created."""
+    chunk boundary: exit 130, no traceback, nothing created, and no results file, since a
+    file now would leave out the rows not read yet (every manifest row has its line is the
+    promise). The same command then reads on and writes every row."""
     rows = caption_rows(300_000)  # ingest takes several seconds: the signal lands in it
     manifest = write_jsonl(tmp_path / "big.jsonl", rows)
     emu = make_emulator("--time-scale", "0.01")
@@ -151,9 +152,12 @@ def test_sigterm_during_ingest_stops_between_chunks(tmp_path: Path, sqlite_url: 
     code = finish(proc, 60)
     out = (tmp_path / "run.out").read_text()
     assert code == 130, out
-    assert "interrupted; " in out and out.count("Traceback") == 0, out
-    results = read_results(tmp_path / "big.results.jsonl")
-    assert 0 < len(results) < len(rows), "the ingest was not interrupted part-way"
-    assert [r["id"] for r in results] == [r["id"] for r in rows[:len(results)]]
-    assert {r["status"] for r in results} == {"pending"}
+    stored = count_state(sqlite_url, "queued")
+    assert 0 < stored < len(rows), "the ingest was not interrupted part-way"
+    assert (f"interrupted while reading the manifest ({stored} rows stored); "
+            "big.results.jsonl is not written until every row is read") in out, out
+    assert out.count("Traceback") == 0, out
+    assert not (tmp_path / "big.results.jsonl").exists()
     assert emu.ledger() == []
+    status = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)
+    assert [(b["total"], b["done"]) for b in status["batches"]] == [(stored, False)]
