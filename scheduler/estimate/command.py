@@ -179,7 +179,7 @@ def estimate(settings: Settings, opts: EstimateOptions) -> Estimate:
     kinds = tally.sorted_kinds()
     sent = [k for k in kinds if k.rows]
     found, note = learned_durations(settings.database_url, [(k.model, k.task_type) for k in sent])
-    total = wall_time_s([(k.units, found[(k.model, k.task_type)].seconds) for k in sent],
+    total = wall_time_s([k.work(found[(k.model, k.task_type)].seconds) for k in sent],
                         account.concurrency)
     return Estimate(str(opts.manifest), kinds, found,
                     kind_wall_times(sent, found, account.concurrency), total, account, note)

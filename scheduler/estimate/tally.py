@@ -32,6 +32,10 @@ FIRST_LINES = 5
 DUPLICATE = "duplicate id (an earlier row has the same id)"
 
 Kind = tuple[str, str]
+Work = tuple[float, float, float]
+"""Rows' work for the wall-time model: (units of work, seconds per unit, the largest units
+of one row). A row of default options is one unit, so rows of one unit each are
+(rows, seconds per task, 1)."""
 
 
 @dataclass
@@ -53,6 +57,9 @@ class KindTally:
     units: float = 0.0
     """The valid rows' work in default rows (the sum of their input factors,
     `workers.expected.input_factor`): learned durations are per such unit."""
+    longest_units: float = 0.0
+    """The largest work of one valid row, in the same units: the longest single task is
+    this many times a unit's duration (a 15 s Wan clip is 3 units of a 5 s one)."""
     invalid: int = 0
     usd: float = 0.0
     """The valid rows' cost at the price table's prices."""
@@ -66,8 +73,10 @@ class KindTally:
 
     def add_valid(self, usd: float, basis: Basis, unchecked: bool, factor: float = 1.0) -> None:
         """Count one valid row costing `usd`, of `factor` units of work."""
+        units = work_units(factor)
         self.rows += 1
-        self.units += work_units(factor)
+        self.units += units
+        self.longest_units = max(self.longest_units, units)
         self.usd += usd
         self.upper += basis is Basis.UPPER
         self.unknown += basis is Basis.UNKNOWN
@@ -76,6 +85,15 @@ class KindTally:
     def mean_task_s(self, per_unit_s: float) -> float:
         """A task's mean duration among these rows, from a kind's duration per unit."""
         return per_unit_s * self.units / self.rows if self.rows else per_unit_s
+
+    def longest_task_s(self, per_unit_s: float) -> float:
+        """The longest single task among these rows (its row's units times a kind's
+        duration per unit); a unit's duration with no rows."""
+        return per_unit_s * self.longest_units if self.rows else per_unit_s
+
+    def work(self, per_unit_s: float) -> Work:
+        """These rows' work for `wall_time_s`, at a kind's duration per unit."""
+        return (self.units, per_unit_s, self.longest_units)
 
     def add_invalid(self, line: int, reason: str) -> None:
         """Count one invalid row, at `line`, for `reason`."""
@@ -150,9 +168,12 @@ class Tally:
 
 @dataclass(frozen=True)
 class Duration:
-    """How long one task of a kind takes, and where that comes from."""
+    """How long one unit of a kind's work takes (a task of the default options), and where
+    that comes from."""
 
     seconds: float
+    """Seconds per unit: a row's task takes its units (`workers.expected.input_factor`)
+    times this."""
     samples: int = 0
     """Completed tasks it was learned from; 0: the catalogue's prior."""
 
@@ -162,21 +183,23 @@ class Duration:
         return self.samples > 0
 
 
-def wall_time_s(work: Iterable[tuple[float, float]], concurrency: int) -> float:
-    """How long rows take with `concurrency` tasks in flight, from (rows, seconds per task)
-    pairs (or units of work and seconds per unit): total task-seconds / concurrency, but
-    never less than the longest single task (0 with no rows). Ignores retries, polling
-    delays and queueing at PiAPI."""
-    busy = [(rows, seconds) for rows, seconds in work if rows > 0]
+def wall_time_s(work: Iterable[Work], concurrency: int) -> float:
+    """How long rows take with `concurrency` tasks in flight, from `Work` triples (units of
+    work, seconds per unit, the largest units of one row): total task-seconds /
+    concurrency, but never less than the longest single task, a row's units times its
+    seconds per unit (0 with no rows). Ignores retries, polling delays and queueing at
+    PiAPI."""
+    busy = [(units, seconds, longest) for units, seconds, longest in work if units > 0]
     if not busy:
         return 0.0
-    total = sum(rows * seconds for rows, seconds in busy)
-    return max(total / max(1, concurrency), max(seconds for _, seconds in busy))
+    total = sum(units * seconds for units, seconds, _ in busy)
+    longest_task = max(seconds * longest for _, seconds, longest in busy)
+    return max(total / max(1, concurrency), longest_task)
 
 
 def kind_wall_times(kinds: Iterable[KindTally], durations: Mapping[Kind, Duration],
                     concurrency: int) -> dict[Kind, float]:
     """Each kind's wall time as if it ran alone with the whole concurrency."""
     return {(k.model, k.task_type): wall_time_s(
-        [(k.units, durations[(k.model, k.task_type)].seconds)], concurrency)
+        [k.work(durations[(k.model, k.task_type)].seconds)], concurrency)
         for k in kinds if (k.model, k.task_type) in durations}

@@ -9,14 +9,15 @@ from rich.console import Console
 from rich.table import Table
 
 from scheduler.estimate.command import Estimate
-from scheduler.estimate.tally import KindTally
+from scheduler.estimate.tally import Duration, KindTally
 from scheduler.status import duration
 from workers.prices import UNKNOWN_PRICE_USD, Basis
 from workers.spending import money as _money
 
 NOTHING = "nothing was created: no batch, no task"
 MODEL_NOTE = ("wall time: total task-seconds / concurrency, never less than the longest "
-              "task (retries and polling delays not counted)")
+              "single task (duration: a row's mean task; retries and polling delays not "
+              "counted)")
 
 
 def money(usd: float) -> str:
@@ -36,6 +37,13 @@ def _cost(k: KindTally) -> str:
     return money(k.usd) + flag[k.price]
 
 
+def _took(k: KindTally, d: Duration) -> str:
+    """The duration cell: a row's mean task, and the longest row's when it shows apart."""
+    mean, longest = duration(k.mean_task_s(d.seconds)), duration(k.longest_task_s(d.seconds))
+    return (f"{mean} {'learned' if d.learned else 'prior'}"
+            + (f", longest {longest}" if longest != mean else ""))
+
+
 def table(est: Estimate) -> Table:
     """One line per (model, task type), and the total."""
     t = Table(title=f"estimate for {est.manifest}", title_justify="left")
@@ -45,10 +53,8 @@ def table(est: Estimate) -> Table:
     for k in est.kinds:
         key = (k.model, k.task_type)
         d = est.durations.get(key)
-        took = (f"{duration(k.mean_task_s(d.seconds))} {'learned' if d.learned else 'prior'}"
-                if d is not None else "-")
         t.add_row(*_name(k), str(k.rows), str(k.invalid), _cost(k),
-                  money(k.usd / k.rows) if k.rows else "-", took,
+                  money(k.usd / k.rows) if k.rows else "-", _took(k, d) if d is not None else "-",
                   duration(est.wall_s[key]) if key in est.wall_s else "-")
     t.add_section()
     t.add_row("total", "", str(est.rows), str(est.invalid), money(est.usd), "", "",
@@ -127,7 +133,10 @@ def to_json(est: Estimate) -> dict[str, Any]:
             "model": k.model or None, "task_type": k.task_type or None, "rows": k.rows,
             "invalid": k.invalid, "usd": round(k.usd, 6), "price": k.price.value,
             "unchecked": k.unchecked,
-            "duration_s": k.mean_task_s(d.seconds) if d else None,
+            "duration_s": k.mean_task_s(d.seconds) if d else None,  # a row's mean task
+            "longest_task_s": k.longest_task_s(d.seconds) if d else None,
+            "duration_per_unit_s": d.seconds if d else None,  # what is learned (or a prior)
+            "units": k.units,
             "duration": None if d is None else ("learned" if d.learned else "prior"),
             "samples": d.samples if d else 0,
             "wall_s": est.wall_s.get(key),

@@ -20,10 +20,13 @@ from scheduler.estimate.tally import (
     MAX_REASONS,
     OTHER_REASONS,
     Duration,
+    Kind,
     Tally,
+    Work,
+    kind_wall_times,
     wall_time_s,
 )
-from scheduler.estimate.view import show, to_json, warning
+from scheduler.estimate.view import show, table, to_json, warning
 from scheduler.ingest import ingest
 from scheduler.manifest import BadRow, Item, RawRow, read_manifest
 from scheduler.validate import Defaults
@@ -129,15 +132,103 @@ def test_the_tally_agrees_with_ingest(engine: Engine, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("work", "concurrency", "wall"), [
     ([], 10, 0.0),
-    ([(200, 30.0)], 10, 600.0),
-    ([(5, 180.0)], 10, 180.0),  # fewer rows than slots: the longest task
-    ([(200, 30.0), (5, 180.0), (2, 120.0)], 10, (6000 + 900 + 240) / 10),
-    ([(3, 30.0), (1, 500.0)], 10, 500.0),
-    ([(0, 999.0), (10, 10.0)], 1, 100.0),
+    ([(200, 30.0, 1)], 10, 600.0),
+    ([(5, 180.0, 1)], 10, 180.0),  # fewer rows than slots: the longest task
+    ([(200, 30.0, 1), (5, 180.0, 1), (2, 120.0, 1)], 10, (6000 + 900 + 240) / 10),
+    ([(3, 30.0, 1), (1, 500.0, 1)], 10, 500.0),
+    ([(0, 999.0, 9), (10, 10.0, 1)], 1, 100.0),
+    # Units of work: the longest task is its row's units times the seconds per unit.
+    ([(3, 180.0, 3)], 10, 540.0),  # one 15 s Wan clip: 3 units of 180 s, in one task
+    ([(8, 180.0, 3)], 10, 540.0),  # five 5 s clips and a 15 s one
+    ([(8, 180.0, 3)], 2, 720.0),  # ... with 2 slots the total wins again
+    ([(300, 30.0, 1), (3, 180.0, 3)], 10, (9000 + 540) / 10),
+    ([(300, 30.0, 1), (3, 180.0, 3)], 100, 540.0),  # the longest of any kind
+    ([(1.5, 180.0, 1.5), (1, 500.0, 1)], 10, 500.0),
+    ([(0.5, 180.0, 0.5)], 10, 90.0),  # a row cheaper than the default: shorter too
 ])
-def test_the_wall_time_model(work: list[tuple[int, float]], concurrency: int,
-                             wall: float) -> None:
+def test_the_wall_time_model(work: list[Work], concurrency: int, wall: float) -> None:
     assert wall_time_s(work, concurrency) == pytest.approx(wall)
+
+
+def wan_rows(durations: list[int], start: int = 1) -> list[Item]:
+    return [row(i, model="Wan", task_type="wan26-txt2video", prompt="p", duration=d)
+            for i, d in enumerate(durations, start)]
+
+
+PRIORS = {WAN: Duration(180.0), JOY: Duration(30.0)}
+
+
+def estimate_of(items: list[Item], concurrency: int = 10) -> Estimate:
+    """What `command.estimate` makes of these rows, without the account or a database."""
+    kinds = tally(items, Defaults(*JOY)).sorted_kinds()
+    sent = [k for k in kinds if k.rows]
+    found: dict[Kind, Duration] = {(k.model, k.task_type): PRIORS[(k.model, k.task_type)]
+                                   for k in sent}
+    total = wall_time_s([k.work(found[(k.model, k.task_type)].seconds) for k in sent],
+                        concurrency)
+    return Estimate("m.csv", kinds, found, kind_wall_times(sent, found, concurrency), total,
+                    Account(concurrency, "--concurrency"))
+
+
+@pytest.mark.parametrize(
+    ("clips", "concurrency", "units", "longest_units", "mean_s", "longest_s", "wall"), [
+        ([15], 10, 3, 3, 540, 540, 540),  # one row of 3 units: never less than that row
+        ([5], 10, 1, 1, 180, 180, 180),
+        ([5, 5, 5, 5, 5, 15], 10, 8, 3, 240, 540, 540),
+        ([5, 5, 5, 5, 15, 15], 10, 10, 3, 300, 540, 540),
+        ([5, 10, 15], 10, 6, 3, 360, 540, 540),
+        ([5, 10, 15], 1, 6, 3, 360, 540, 1080),  # one slot: the total
+        ([10] * 30, 10, 60, 2, 360, 360, 1080),
+    ])
+def test_a_kinds_wall_time_is_never_below_its_longest_row(
+        clips: list[int], concurrency: int, units: float, longest_units: float, mean_s: float,
+        longest_s: float, wall: float) -> None:
+    est = estimate_of(wan_rows(clips), concurrency)
+    (wan,) = est.kinds
+    assert wan.rows == len(clips)
+    assert [wan.units, wan.longest_units] == pytest.approx([units, longest_units])
+    per_unit = est.durations[WAN].seconds
+    assert wan.mean_task_s(per_unit) == pytest.approx(mean_s)
+    assert wan.longest_task_s(per_unit) == pytest.approx(longest_s)
+    assert est.wall_s[WAN] == pytest.approx(wall) and est.total_wall_s == pytest.approx(wall)
+    assert est.wall_s[WAN] >= wan.longest_task_s(per_unit) - 1e-9
+
+
+@pytest.mark.parametrize(("images", "clips", "concurrency", "wall_joy", "wall_wan", "total"), [
+    (300, [15], 10, 900, 540, (9000 + 540) / 10),
+    (300, [15], 100, 90, 540, 540),  # the one long clip sets the whole run's wall time
+    (10, [5, 15, 10], 10, 30, 540, 540),
+    (0, [5, 5], 10, None, 180, 180),
+])
+def test_the_total_wall_time_is_never_below_the_longest_row_of_any_kind(
+        images: int, clips: list[int], concurrency: int, wall_joy: float | None,
+        wall_wan: float, total: float) -> None:
+    items: list[Item] = [row(i, image=IMG) for i in range(1, images + 1)]
+    est = estimate_of(items + wan_rows(clips, images + 1), concurrency)
+    assert est.wall_s.get(JOY) == (None if wall_joy is None else pytest.approx(wall_joy))
+    assert est.wall_s[WAN] == pytest.approx(wall_wan)
+    assert est.total_wall_s == pytest.approx(total)
+
+
+def test_one_long_row_shows_its_task_and_wall_time_alike() -> None:
+    one = to_json(estimate_of(wan_rows([15])))
+    (kind,) = one["kinds"]
+    assert one["wall_s"] == pytest.approx(540) and kind["wall_s"] == pytest.approx(540)
+    assert kind["duration_s"] == pytest.approx(540)  # a row's mean task, as before
+    assert kind["longest_task_s"] == pytest.approx(540)
+    assert (kind["duration_per_unit_s"], kind["units"]) == (180.0, pytest.approx(3))
+    mixed = estimate_of(wan_rows([5, 5, 5, 5, 5, 15]))
+    (kind,) = to_json(mixed)["kinds"]
+    assert (kind["duration_s"], kind["longest_task_s"], kind["wall_s"]) == (
+        pytest.approx(240), pytest.approx(540), pytest.approx(540))
+    console = Console(width=120, record=True)
+    console.print(table(mixed))
+    (line,) = [x for x in console.export_text().splitlines() if "wan26-txt2video" in x]
+    assert "4m00s prior, longest 9m00s" in line and line.rstrip(" │").endswith("9m00s")
+    console = Console(width=120, record=True)
+    console.print(table(estimate_of(wan_rows([5, 5]))))
+    (line,) = [x for x in console.export_text().splitlines() if "wan26-txt2video" in x]
+    assert "3m00s prior" in line and "longest" not in line  # all alike: the mean alone
 
 
 def test_durations_without_a_database_are_priors_and_nothing_is_created(tmp_path: Path) -> None:
