@@ -32,7 +32,7 @@ from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
 from scheduler.services import Services, ensure_services, start_private_redis, start_services
-from scheduler.sidecars import write_sidecars
+from scheduler.sidecars import Sidecars, write_sidecars
 from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.db import (
     create_tables,
@@ -89,10 +89,19 @@ class RunOptions(EstimateOptions):
     """`--reuse`/`--no-reuse`, stored on the batch when given (a new batch reuses)."""
     captions_as_sidecar: bool = False
     """Write each local image's caption next to it as `<name>.txt` with the results."""
+    overwrite_sidecars: bool = False
+    """...also over a `.txt` holding other text (else it is left as it is)."""
     notify: str | None = None
     """`--notify URL`: where to POST a summary when the batch ends or pauses (`notify`)."""
     download: str | None = None
     """`--download DIR`: completed rows' output files are kept there (an fsspec URL)."""
+
+    @property
+    def sidecars(self) -> Sidecars | None:
+        """How captions are written as sidecars; None: they are not."""
+        if not self.captions_as_sidecar:
+            return None
+        return Sidecars.REPLACE if self.overwrite_sidecars else Sidecars.KEEP
 
 
 def default_output(manifest: Path) -> Path:
@@ -327,7 +336,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             reader.dispose()
             kept = pool.finish(stop.check) if pool is not None else None  # results list files
             code = _finish(engine, result.batch_id, output, problem, console, opts.command,
-                           started, opts.captions_as_sidecar)
+                           started, opts.sidecars)
             if pool is not None and kept is not None:
                 code = report_downloads(kept, pool.dest, result.batch_id, code,
                                         lambda line: console.print(line, highlight=False,
@@ -342,7 +351,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
                 if stored is not None and not stored.ingested:
                     return _interrupted_reading(console, stored.total, output)
                 batch_id = stored.id if stored is not None else None
-            return _interrupted(console, engine, batch_id, output, opts.captions_as_sidecar)
+            return _interrupted(console, engine, batch_id, output, opts.sidecars)
         finally:
             if pool is not None:
                 pool.close()
@@ -401,7 +410,7 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
 
 def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
             console: Console, command: str | None, started: float,
-            sidecars: bool = False) -> int:
+            sidecars: Sidecars | None = None) -> int:
     """Write the results file, say how the batch ended; the exit code."""
     rows = _export(engine, batch_id, output, sidecars, console)
     final = batch_status(engine, batch_id)
@@ -422,15 +431,16 @@ def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
     return EXIT_OK if ok else EXIT_ROWS_FAILED
 
 
-def _export(engine: Engine, batch_id: str, output: Path, sidecars: bool = False,
+def _export(engine: Engine, batch_id: str, output: Path, sidecars: Sidecars | None = None,
             console: Console | None = None) -> int:
     rows = retry_transient(lambda: export(engine, batch_id, output), wait_s=DB_WAIT_S)
-    if sidecars:
-        written, same = retry_transient(lambda: write_sidecars(engine, batch_id),
-                                        wait_s=DB_WAIT_S)
+    if sidecars is not None:
+        report = retry_transient(
+            lambda: write_sidecars(engine, batch_id, replace=sidecars is Sidecars.REPLACE),
+            wait_s=DB_WAIT_S)
         if console is not None:
-            console.print(f"captions: {written} sidecar .txt files written, {same} already "
-                          "up to date", highlight=False)
+            for line in report.lines():
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
     return rows
 
 
@@ -445,7 +455,7 @@ def _interrupted_reading(console: Console, stored: int, output: Path) -> int:
 
 
 def _interrupted(console: Console, engine: Engine | None, batch_id: str | None,
-                 output: Path, sidecars: bool = False) -> int:
+                 output: Path, sidecars: Sidecars | None = None) -> int:
     """Write what is known so far (rows still to run are `pending`) and say how to go on."""
     written = ""
     if engine is not None and batch_id is not None:

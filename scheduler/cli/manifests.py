@@ -30,6 +30,7 @@ from scheduler.cli.options import (
     MaxAttemptsOpt,
     ModelOpt,
     OnStuckOpt,
+    OverwriteSidecarsOpt,
     ReuseOpt,
     ServiceModeOpt,
     SetOpt,
@@ -69,6 +70,7 @@ def run(
     reuse: ReuseOpt = None,
     set_fields: SetOpt = None,
     captions_as_sidecar: SidecarOpt = False,
+    overwrite_sidecars: OverwriteSidecarsOpt = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the estimate (see estimate) and exit: nothing is created, "
         "nothing started.")] = False,
@@ -112,7 +114,7 @@ def run(
                       on_stuck=parse_on_stuck(on_stuck), all_batches=all_batches,
                       command=shlex.join(["piapi-bulk", *sys.argv[1:]]), reuse=reuse,
                       fields=parse_fields(set_fields), captions_as_sidecar=captions_as_sidecar,
-                      notify=notify_url, download=download)
+                      overwrite_sidecars=overwrite_sidecars, notify=notify_url, download=download)
     raise typer.Exit(run_batch(settings, opts, Console(stderr=False)))
 
 

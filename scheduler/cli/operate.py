@@ -19,7 +19,14 @@ from scheduler.cli.app import (
     read_database,
     secrets_of,
 )
-from scheduler.cli.options import BatchArg, JsonOpt, ModelOpt, SidecarOpt, TaskTypeOpt
+from scheduler.cli.options import (
+    BatchArg,
+    JsonOpt,
+    ModelOpt,
+    OverwriteSidecarsOpt,
+    SidecarOpt,
+    TaskTypeOpt,
+)
 from workers.settings import ConfigError
 
 
@@ -200,6 +207,7 @@ def export_cmd(
     fmt: Annotated[str, typer.Option("--format", help="jsonl (the results lines) or csv "
                                      "(a row per manifest row, for spreadsheets).")] = "jsonl",
     captions_as_sidecar: SidecarOpt = False,
+    overwrite_sidecars: OverwriteSidecarsOpt = False,
 ) -> None:
     """Write a batch's results file (one line per manifest row, in input order)."""
     from scheduler.export import export
@@ -215,9 +223,8 @@ def export_cmd(
     if captions_as_sidecar:
         from scheduler.sidecars import write_sidecars
 
-        written, same = write_sidecars(engine, batch)
-        typer.echo(f"captions: {written} sidecar .txt files written, {same} already up to "
-                   "date", err=True)
+        for line in write_sidecars(engine, batch, replace=overwrite_sidecars).lines():
+            typer.echo(line, err=True)
 
 
 @app.command()

@@ -70,6 +70,12 @@ SidecarOpt = Annotated[
     typer.Option("--captions-as-sidecar", help="Write each completed caption of a local "
                  "image next to it as <image name>.txt (with the results file)."),
 ]
+OverwriteSidecarsOpt = Annotated[
+    bool,
+    typer.Option("--overwrite-sidecars", help="With --captions-as-sidecar: also write over a "
+                 ".txt that holds other text (edited by hand, another tool's); by default it "
+                 "is left as it is and counted."),
+]
 BatchArg = Annotated[str, typer.Argument(help="Batch id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LogLevelOpt = Annotated[str, typer.Option("--loglevel")]

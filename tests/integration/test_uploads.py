@@ -18,6 +18,7 @@ from tests.helpers import Emulator, MakeEmulator, png_bytes
 from tests.integration.e2e import (
     finish,
     opened,
+    piapi_bulk,
     read_results,
     run_env,
     start_run,
@@ -135,6 +136,44 @@ def test_a_folder_is_captioned_with_sidecars(tmp_path: Path, database_url: str,
     assert "captions: 0 sidecar .txt files written, 200 already up to date" in out
     assert len(emu.ledger()) == 200 and len(emu.uploads()) == 200
     assert {p: p.stat().st_mtime_ns for p in sidecars} == stamps
+
+
+def test_sidecars_never_cost_a_caption_or_a_users_file(tmp_path: Path, sqlite_url: str,
+                                                      make_emulator: MakeEmulator) -> None:
+    """Two images sharing a name apart from the extension get a sidecar each
+    (`<name>.<extension>.txt`), not one file both write; a `.txt` already there with other
+    text (a caption edited by hand) is left as it is, and said so, until
+    --overwrite-sidecars asks for it to be replaced."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(["cat.png", "dup.png", "dup.jpg", "mine.png"]):
+        (photos / name).write_bytes(png_bytes(2, 2, i))  # dup.jpg: a PNG named .jpg
+    (photos / "mine.txt").write_text("my own words")
+    emu = make_emulator(*FAST)
+    args = ["photos", *JOY, "--captions-as-sidecar", "-o", "out.jsonl"]
+    code, out = _run(emu, tmp_path, sqlite_url, *args)
+    assert code == 0, out
+    text = {r["id"]: r["output"]["text"] for r in read_results(tmp_path / "out.jsonl")}
+    assert len(set(text.values())) == 4, text  # four different captions
+    assert (photos / "cat.txt").read_text() == text["cat.png"]
+    assert (photos / "dup.png.txt").read_text() == text["dup.png"]
+    assert (photos / "dup.jpg.txt").read_text() == text["dup.jpg"]
+    assert not (photos / "dup.txt").exists()
+    assert (photos / "mine.txt").read_text() == "my own words"
+    assert "captions: 3 sidecar .txt files written, 0 already up to date" in out, out
+    assert (f"captions: 1 left as they were, a .txt with other text being there already "
+            f"({photos / 'mine.txt'}); --overwrite-sidecars replaces them") in out, out
+    assert (f"captions: 2 written as <image file name>.txt ({photos / 'dup.jpg.txt'}, ...), "
+            "as another image in the folder has the same name") in out, out
+    # export asked to replace: the file is the caption now, and the others are left alone.
+    batch = json.loads(piapi_bulk(tmp_path, run_env(tmp_path, emu, sqlite_url), "status",
+                                  "--json").stdout)["batches"][0]["id"]
+    done = piapi_bulk(tmp_path, run_env(tmp_path, emu, sqlite_url), "export", batch, "-o",
+                      "again.jsonl", "--captions-as-sidecar", "--overwrite-sidecars")
+    assert done.returncode == 0, done.stderr
+    assert "captions: 1 sidecar .txt files written, 3 already up to date" in done.stderr
+    assert (photos / "mine.txt").read_text() == text["mine.png"]
+    assert len(emu.ledger()) == 4
 
 
 def _csv(path: Path, lines: list[str]) -> Path:

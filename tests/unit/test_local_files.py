@@ -17,7 +17,7 @@ from scheduler.ingest import open_source
 from scheduler.local_files import LocalFileProblem, LocalFiles, check_file, media_kind, to_path
 from scheduler.manifest import ManifestError, RawRow
 from scheduler.options import parse_set
-from scheduler.sidecars import caption, sidecar_path, write_text_atomic
+from scheduler.sidecars import caption, shared_stems, sidecar_path, write_text_atomic
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from tests.helpers import png_bytes
 from workers.piapi import MAX_UPLOAD_BYTES
@@ -231,3 +231,29 @@ def test_sidecars(tmp_path: Path) -> None:
     assert write_text_atomic(tmp_path / "cat.txt", "a black cat")
     assert (tmp_path / "cat.txt").read_text() == "a black cat"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.txt"]  # no temp files left
+    # Not asked to replace: other text is left as it is (None); the same text is no news.
+    assert write_text_atomic(tmp_path / "cat.txt", "a white cat", replace=False) is None
+    assert write_text_atomic(tmp_path / "cat.txt", "a black cat", replace=False) is False
+    assert write_text_atomic(tmp_path / "new.txt", "a dog", replace=False) is True
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe not utf-8")
+    assert write_text_atomic(tmp_path / "bin.txt", "a bird", replace=False) is None
+    assert (tmp_path / "bin.txt").read_bytes() == b"\xff\xfe not utf-8"
+    assert write_text_atomic(tmp_path / "bin.txt", "a bird") is True
+
+
+@pytest.mark.parametrize(("files", "shared"), [
+    ([], set()),
+    (["a.png", "b.jpg", "a.txt"], set()),
+    (["dup.png", "dup.gif", "one.webp"], {"dup"}),
+    (["dup.png", "dup.txt", "dup.csv"], set()),  # only images count
+    (["x.tar.png", "x.tar.jpg", "x.png"], {"x.tar"}),
+])
+def test_shared_stems(tmp_path: Path, files: list[str], shared: set[str]) -> None:
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    found = shared_stems(tmp_path)
+    assert found == shared
+    for name in files:
+        expected = f"{name}.txt" if Path(name).stem in shared else f"{Path(name).stem}.txt"
+        assert sidecar_path(str(tmp_path / name), found) == tmp_path / expected
+    assert shared_stems(tmp_path / "missing") == frozenset()
