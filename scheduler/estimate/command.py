@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from scheduler.estimate.tally import Duration, Kind, KindTally, Tally, kind_wall_times, wall_time_s
+from scheduler.folder import FolderManifest
 from scheduler.ingest import open_source, source_folder
 from scheduler.local_files import LocalFiles
 from scheduler.preflight import preflight
@@ -77,6 +78,8 @@ class Estimate:
     total_wall_s: float
     account: Account
     durations_note: str | None = None
+    source_note: str | None = None
+    """What the manifest's reading skipped (a folder's hidden and non-image files)."""
 
     @property
     def rows(self) -> int:
@@ -176,10 +179,12 @@ def estimate(settings: Settings, opts: EstimateOptions) -> Estimate:
         defaults = Defaults(opts.model, opts.task_type, opts.service_mode or None,
                             dict(opts.fields), LocalFiles(source_folder(source)))
         tally = Tally(defaults, opts.strict).add_all(source)
+        skipped = source.note if isinstance(source, FolderManifest) else None
     kinds = tally.sorted_kinds()
     sent = [k for k in kinds if k.rows]
     found, note = learned_durations(settings.database_url, [(k.model, k.task_type) for k in sent])
     total = wall_time_s([k.work(found[(k.model, k.task_type)].seconds) for k in sent],
                         account.concurrency)
     return Estimate(str(opts.manifest), kinds, found,
-                    kind_wall_times(sent, found, account.concurrency), total, account, note)
+                    kind_wall_times(sent, found, account.concurrency), total, account, note,
+                    skipped)

@@ -114,8 +114,8 @@ def warning(est: Estimate) -> str | None:
 def show(est: Estimate, console: Console) -> None:
     """The human report."""
     console.print(table(est))
-    for line in [*_reason_lines(est), *_price_lines(est), MODEL_NOTE, *_account_lines(est),
-                 NOTHING]:
+    for line in [*([est.source_note] if est.source_note else []), *_reason_lines(est),
+                 *_price_lines(est), MODEL_NOTE, *_account_lines(est), NOTHING]:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     found = warning(est)
     if found:
@@ -149,5 +149,6 @@ def to_json(est: Estimate) -> dict[str, Any]:
         "concurrency": {"value": a.concurrency, "from": a.concurrency_from},
         "balance_usd": a.balance_usd, "balance_below_estimate": est.short_of_usd is not None,
         "account_note": a.note, "durations_note": est.durations_note,
+        "source_note": est.source_note,
         "wall_time_model": MODEL_NOTE, "kinds": kinds,
     }

@@ -287,3 +287,26 @@ def test_balance_not_reported_or_unknown() -> None:
     text = console.export_text()
     assert "account: not read (no PIAPI_API_KEY)" in text and "balance: unknown" in text
 
+
+
+def test_a_folder_estimate_says_what_it_skipped(tmp_path: Path) -> None:
+    """As `run` does: the folder's files that are not images (and hidden ones) are one line,
+    in the table's report and in the JSON."""
+    from scheduler.estimate.command import EstimateOptions, estimate
+    from tests.helpers import png_bytes
+    from workers.settings import Settings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.png").write_bytes(png_bytes())
+    (photos / "notes.txt").write_text("not an image")
+    settings = Settings(api_key=None, database_url=f"sqlite:///{tmp_path / 'none.db'}")
+    found = estimate(settings, EstimateOptions(photos, *JOY))
+    assert found.rows == 1
+    expected = f"{photos}: 1 images, 1 file skipped (hidden, or not an image)"
+    assert found.source_note == expected and to_json(found)["source_note"] == expected
+    console = Console(width=200, record=True)
+    show(found, console)
+    assert expected in console.export_text()
+    (photos / "notes.txt").unlink()
+    assert estimate(settings, EstimateOptions(photos, *JOY)).source_note is None
