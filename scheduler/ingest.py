@@ -332,6 +332,14 @@ def _load(engine: Engine, batch_id: str, defaults: Defaults, items: Iterable[Ite
                 return
 
 
+def _duplicate(row_key: str, first: int) -> str:
+    """Why a row whose id an earlier row has is invalid; a number may be a row's default id
+    (its row number), which the user never wrote: said so."""
+    why = f"duplicate id {row_key!r} (first at line {first}"
+    return why + ("; a row without an id has its row number as id)" if row_key.isdigit()
+                  else ")")
+
+
 def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: float,
          strict: bool) -> Row:
     """The job row (a tuple in COLUMNS order) for one manifest item; updates the tally."""
@@ -340,7 +348,7 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
     first = tally.seen.setdefault(spec.row_key, spec.line)
     if isinstance(spec, JobSpec) and first != spec.line:
         spec = Invalid(spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
-                       f"duplicate id {spec.row_key!r} (first at line {first})", spec.metadata)
+                       _duplicate(spec.row_key, first), spec.metadata)
     tally.total += 1
     tally.stored_seq = spec.seq
     meta = None if spec.metadata is None else _COMPACT.encode(spec.metadata)

@@ -61,13 +61,14 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
          "prompt_style": "descriptive"},
         {"model": "Wan", "task_type": "wan26-txt2video", "prompt": "p",       # 9 bad typed value
          "duration": "abc", "metadata": "keep me"},
+        {**good, "id": "7"},                                   # 10 clashes with line 8's default id
     ])
     result = ingest(engine, path)
     rows = jobs(engine, result.batch_id)
     assert [(r["seq"], r["line"], r["row_key"], r["state"]) for r in rows] == [
         (1, 1, "a", "queued"), (2, 2, "2", "invalid"), (3, 3, "b", "queued"),
         (4, 4, "a", "invalid"), (5, 5, "c", "invalid"), (6, 6, "d", "invalid"),
-        (7, 8, "7", "queued"), (8, 9, "8", "invalid"),
+        (7, 8, "7", "queued"), (8, 9, "8", "invalid"), (9, 10, "7", "invalid"),
     ]
     reasons = {r["line"]: r["error_message"] for r in rows if r["state"] == "invalid"}
     assert reasons == {
@@ -76,6 +77,7 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
         5: "missing required input field 'image'",
         6: "unknown task_type 'x' for model 'Wan' (known: wan26-img2video, wan26-txt2video)",
         9: "field 'duration' must be an integer, got 'abc'",
+        10: "duplicate id '7' (first at line 8; a row without an id has its row number as id)",
     }
     assert {r["error_kind"] for r in rows if r["state"] == "invalid"} == {"invalid"}
     assert {r["error_kind"] for r in rows if r["state"] == "queued"} == {None}
@@ -88,11 +90,11 @@ def test_mixed_jsonl_manifest(engine: Engine, tmp_path: Path) -> None:
     assert (dup["model"], dup["input_json"]) == (JOY["model"], None)
     assert (wan["model"], wan["task_type"], json.loads(wan["metadata_json"])) == (
         "Wan", "wan26-txt2video", "keep me")
-    assert (result.total, result.invalid, result.created) == (8, 5, True)
+    assert (result.total, result.invalid, result.created) == (9, 6, True)
     assert result.invalid_rows == [(line, key, reasons[line]) for line, key in
-                                   [(2, "2"), (4, "a"), (5, "c"), (6, "d"), (9, "8")]]
+                                   [(2, "2"), (4, "a"), (5, "c"), (6, "d"), (9, "8"), (10, "7")]]
     stored = batch(engine, result.batch_id)
-    assert (stored["ingested"], stored["total"], stored["invalid"]) == (True, 8, 5)
+    assert (stored["ingested"], stored["total"], stored["invalid"]) == (True, 9, 6)
 
 
 def test_csv_with_defaults_and_a_bad_typed_cell(engine: Engine, tmp_path: Path) -> None:
