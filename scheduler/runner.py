@@ -251,16 +251,23 @@ def _report_others(console: Console, others: dict[str, int], all_batches: bool) 
 
 
 def _report_failures(console: Console, final: BatchStatus, command: str | None) -> None:
-    """Failed rows by error kind and the commands that try them again."""
-    if not final.failures:
+    """Failed rows by error kind, cancelled rows, and the command that tries them again."""
+    cancelled = final.counts.get(JobState.CANCELLED.value, 0)
+    if not final.failures and not cancelled:
         return
-    failed = sum(final.failures.values())
-    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(final.failures.items(),
-                                                            key=lambda kv: -kv[1]))
-    console.print(f"[red]{failed} row{'s' if failed > 1 else ''} failed[/] ({kinds}); "
-                  "each has its reason in the results", highlight=False, soft_wrap=True)
+    if final.failures:
+        failed = sum(final.failures.values())
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(final.failures.items(),
+                                                                key=lambda kv: -kv[1]))
+        console.print(f"[red]{failed} row{'s' if failed > 1 else ''} failed[/] ({kinds}); "
+                      "each has its reason in the results", highlight=False, soft_wrap=True)
+    if cancelled:
+        console.print(f"[yellow]{cancelled} row{'s' if cancelled > 1 else ''} cancelled[/] "
+                      "(a deadline, or piapi-bulk cancel); each has its reason in the results",
+                      highlight=False, soft_wrap=True)
+    which = "" if cancelled else " --failed"
     again = f" && {command}" if command else " and run the same command again"
-    console.print(f"to try them again: piapi-bulk retry {final.id} --failed{again}",
+    console.print(f"to try them again: piapi-bulk retry {final.id}{which}{again}",
                   highlight=False, markup=False, soft_wrap=True)
 
 

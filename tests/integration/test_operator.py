@@ -380,7 +380,12 @@ def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
     code = finish(proc, 120)
     ledger = ledger_by_task(emu)
     stats = emu.stats()
-    assert code == 1, (tmp_path / "run.out").read_text()[-3000:]
+    said = (tmp_path / "run.out").read_text()
+    assert code == 1, said[-3000:]
+    # The run's last words: the cancelled rows, and the command that runs them after all.
+    assert "rows cancelled (a deadline, or piapi-bulk cancel)" in said, said[-3000:]
+    assert (f"to try them again: piapi-bulk retry {args[1]} && piapi-bulk run "
+            f"{tmp_path / 'm.jsonl'}") in said.replace("\n", " "), said[-3000:]
     results = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
     assert stats["creates"] == 4 and stats["max_creates_per_input"] == 1  # none after the cancel
     for i in range(1, 11):
