@@ -316,6 +316,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             stop.check()
             result = _ingest(settings, opts, engine, console, limit, stop)
             batch_id = result.batch_id
+            created_before = tasks_created(engine, batch_id)
             others = other_open_batches(engine, result.batch_id)
             _report_others(console, others, opts.all_batches)
             served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
@@ -343,7 +344,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             reader.dispose()
             kept = pool.finish(stop.check) if pool is not None else None  # results list files
             code = _finish(engine, result.batch_id, output, problem, console, opts.command,
-                           started, opts.sidecars)
+                           started, opts.sidecars, created_before)
             if pool is not None and kept is not None:
                 code = report_downloads(kept, pool.dest, result.batch_id, code,
                                         lambda line: console.print(line, highlight=False,
@@ -417,15 +418,17 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
 
 def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
             console: Console, command: str | None, started: float,
-            sidecars: Sidecars | None = None) -> int:
-    """Write the results file, say how the batch ended; the exit code."""
+            sidecars: Sidecars | None = None, created_before: int = 0) -> int:
+    """Write the results file, say how the batch ended; the exit code. `created_before`:
+    the batch's tasks before this run (a resumed batch's count covers earlier runs too)."""
     rows = _export(engine, batch_id, output, sidecars, console)
     final = batch_status(engine, batch_id)
     assert final is not None
     for line in summary_lines(final, time.monotonic() - started, str(output), rows):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-    console.print(f"{final.reused} rows reused, {tasks_created(engine, batch_id)} created",
-                  highlight=False)
+    created = tasks_created(engine, batch_id)
+    earlier = f" ({created - created_before} by this run)" if created_before else ""
+    console.print(f"{final.reused} rows reused, {created} created{earlier}", highlight=False)
     if problem:
         console.print(f"[red]{problem}[/]; run the same command again to resume")
         return EXIT_USAGE

@@ -48,6 +48,10 @@ def test_a_grown_manifest_pays_only_for_its_new_rows(tmp_path: Path, sqlite_url:
     assert created is not None
     first_batch = created.group(1)
     paid = by_id(read_results(tmp_path / "one" / "out.jsonl"))
+    # The same command again: the batch is done, and the count says none is this run's.
+    code, out = run_in(tmp_path / "one", env, first)
+    assert code == 0 and "resuming batch" in out, out[-3000:]
+    assert "0 rows reused, 100 created (0 by this run)" in out
 
     grown = write_jsonl(tmp_path / "captions.jsonl", caption_rows(105))
     code, out = run_in(tmp_path / "two", env, grown)
