@@ -139,7 +139,7 @@ def _check_liveness(liveness: ProgressWatch, services: Services, console: Consol
                + (f"restarted {', '.join(restarted)}" if restarted
                   else "the fleet serving this Redis is not ours to restart; check it"))
     logger.warning("%s", message)
-    console.print(f"[yellow]{message}[/]", highlight=False)
+    console.print(message, style="yellow", highlight=False, markup=False, soft_wrap=True)
 
 
 class Claims:
@@ -406,7 +406,8 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
     reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
     verb = "new batch" if result.created else "resuming batch"
     console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
-                  f" (account limit {opts.concurrency or limit or '?'} in flight)")
+                  f" (account limit {opts.concurrency or limit or '?'} in flight)",
+                  highlight=False, markup=False, soft_wrap=True)
     for line in (*result.notes, *unchecked_lines(result)):
         console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
     _report_invalid(console, result)
@@ -430,7 +431,8 @@ def _finish(engine: Engine, batch_id: str, output: Path, problem: str | None,
     earlier = f" ({created - created_before} by this run)" if created_before else ""
     console.print(f"{final.reused} rows reused, {created} created{earlier}", highlight=False)
     if problem:
-        console.print(f"[red]{problem}[/]; run the same command again to resume")
+        console.print(f"{problem}; run the same command again to resume", style="red",
+                      highlight=False, markup=False, soft_wrap=True)
         return EXIT_USAGE
     if final.paused and final.active:
         console.print(final.paused, style="yellow", highlight=False, markup=False,
