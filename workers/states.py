@@ -93,7 +93,12 @@ ALLOWED: Mapping[JobState, frozenset[JobState]] = MappingProxyType({
         # (workers.transitions.create.record_created).
         JobState.RUNNING,
     }),
-    JobState.CANCELLED: frozenset({JobState.QUEUED, JobState.AMBIGUOUS}),  # operator's retry
+    JobState.CANCELLED: frozenset({
+        JobState.QUEUED, JobState.AMBIGUOUS,  # an operator's retry
+        # A task abandoned by `cancel --now` (or as stuck) that completed after all: it is
+        # paid for, so the row takes its result (workers.stuck).
+        JobState.COMPLETED,
+    }),
     JobState.INVALID: frozenset(),
 })
 """Every move a job may make, each for the reason beside it. The statements that change

@@ -33,11 +33,12 @@ When a watched task ends:
   left as it is.
 - completed: its usage is recorded on its attempt, so the batch's cost (status, budget)
   counts every task paid for. If the row has no result yet, it takes this one: a row
-  `failed` (any kind), waiting (`queued`, `retry_wait`) or running a replacement ends
+  `failed` (any kind), `cancelled` (its batch was, with `--now`, which abandons and watches
+  running tasks the same way), waiting (`queued`, `retry_wait`) or running a replacement ends
   `completed` with the late task's output and task id, and that attempt becomes
   `completed`. A replacement still running is cancelled at PiAPI if still pending
   (refunded), else abandoned and watched in its turn. A row being created (`submitting`)
-  or reconciled (`ambiguous`) is looked at again later. A row `completed` or `cancelled`
+  or reconciled (`ambiguous`) is looked at again later. A row `completed` (or `invalid`)
   keeps what it has: the late result is recorded as not used (it is still paid for). So a
   row keeps exactly one result, and a second paid task for a row happens only when the
   first was stuck (the documented exception to "never paid twice").

@@ -406,6 +406,26 @@ def test_cancel_a_running_batch(tmp_path: Path, database_url: str, mode: str,
             assert r["status"] == "cancelled" and "may still finish and be charged" in \
                 r["error"]["message"]
             assert ledger[r["task_id"]]["status"] in ("processing", "completed")
+    if mode == "now":
+        _abandoned_tasks_hold_their_slots(tmp_path, env, emu)
+
+
+def _abandoned_tasks_hold_their_slots(tmp_path: Path, env: dict[str, str],
+                                      emu: Emulator) -> None:
+    """The two tasks `cancel --now` abandoned still run at PiAPI (for about 50 s more): they
+    are watched and go on counting against the limit, so another manifest's run, given all 4
+    slots, uses only the 2 they leave, and the account never has more than 4 in flight."""
+    status = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)
+    assert [(b["abandoned"], b["watched"]) for b in status["batches"]] == [(2, 2)]
+    emu.configure(durations_s={"joycaption": [1.0, 1.5]})  # the new tasks are short
+    manifest = write_jsonl(tmp_path / "next.jsonl", caption_rows(4, "next"))
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "next.jsonl.out",
+                            "--concurrency", "4", name="next"), 120)
+    assert code == 0, (tmp_path / "next.out").read_text()[-3000:]
+    # (The check means something only while the abandoned tasks still ran.)
+    still = [t["status"] for t in emu.ledger() if "/long/" in t["input"]["image"]]
+    assert still == ["processing", "processing"]
+    assert emu.stats()["peak_in_flight"] <= 4, emu.stats()
 
 
 def test_retry_by_id_then_every_failed_row(tmp_path: Path, database_url: str,

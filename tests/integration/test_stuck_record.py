@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from scheduler.export import iter_results
+from scheduler.operator import cancel
 from scheduler.status import batch_status
 from tests.integration.e2e import add_batch
 from workers import leases, spending
@@ -257,6 +258,34 @@ def test_fail_policy_then_the_task_completes_after_all(world: World) -> None:
     row = w.job(job)
     assert (row.state, row.error_kind, row.output_json) == ("completed", None, '{"text":"late"}')
     assert w.occupancy().total == 0
+
+
+def test_cancel_now_watches_the_task_and_the_row_takes_its_late_result(world: World) -> None:
+    """`cancel --now` gives up on a processing task, which PiAPI runs on: it is watched and
+    counted in flight like a stuck one, its cost counts when it ends, and the cancelled row
+    takes its result (it was paid for)."""
+    w = world
+    [job] = w.add()
+    w.create(job, "t1")
+    cancel(w.engine, "b1", now_mode=True, now=w.now)
+    w.poll(job)
+    row = w.job(job)
+    assert (row.state, row.error_kind, row.task_id) == ("cancelled", "cancelled", "t1")
+    [a1] = w.attempts(job)
+    assert a1.state == AttemptState.ABANDONED and a1.watch_until is not None
+    occ = w.occupancy()
+    assert (occ.total, occ.abandoned) == (1, 1)  # its slot is still held
+    st = batch_status(w.engine, "b1")
+    assert st is not None and (st.abandoned, st.watched) == (1, 1)
+    w.piapi.set("t1", "completed", {"text": "late"})
+    assert a1.next_at is not None
+    w.now = a1.next_at
+    w.look()
+    row = w.job(job)
+    assert (row.state, row.error_kind, row.output_json) == ("completed", None, '{"text":"late"}')
+    assert w.occupancy().total == 0
+    st = batch_status(w.engine, "b1")
+    assert st is not None and (st.watched, st.consumed_units) == (0, PRICE)
 
 
 def test_an_abandoned_task_that_fails_later_is_refunded(world: World) -> None:

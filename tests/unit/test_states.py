@@ -137,8 +137,9 @@ def test_the_ways_out_of_a_terminal_state_are_the_documented_ones() -> None:
         "workers.transitions.operator._RETRY_ALL[1]": [(c, amb), (f, amb)],
         "workers.transitions.operator._RETRY_KEYED[0]": [(c, q), (f, q)],
         "workers.transitions.operator._RETRY_KEYED[1]": [(c, amb), (f, amb)],
-        # A stuck task abandoned by a row that then failed completed after all.
-        "workers.transitions.watch._TAKE_FROM_WAITING": [(f, done)],
+        # A task abandoned (stuck, or by cancel --now) by a row that then failed or was
+        # cancelled completed after all: paid for, so the row takes its result.
+        "workers.transitions.watch._TAKE_FROM_WAITING": [(c, done), (f, done)],
         # A create's answer arriving after its row failed as ambiguous: the task is adopted.
         "workers.transitions.create._ADOPT": [(f, run)],
     }

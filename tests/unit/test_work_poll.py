@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from workers import piapi
+from workers import piapi, stuck
 from workers.piapi import (
     LimitScope,
     PermanentError,
@@ -150,7 +150,8 @@ POLLS: list[tuple[str, dict[str, Any], PollAnswer,
     ("batch cancelled now, its task processing", {"cancel_mode": "now"}, task("processing"),
      ("cancelled", ErrorKind.CANCELLED, None,
       "cancelled by operator (--now) while its task was processing; task t1 may still "
-      "finish and be charged"), ("operator_abandoned", None, None)),
+      "finish and be charged: it is watched, and its result is used if it completes"),
+     ("operator_abandoned", None, None)),
     ("batch cancelled, its task completed", {"cancel_mode": "now"}, task("completed", CAPTION),
      ("completed", None, None, ""), ("completed", None, None)),
     # No task in the answer: look again after a back-off.
@@ -194,6 +195,12 @@ def test_decide_poll(changes: dict[str, Any], answer: PollAnswer,
     assert (d.counter, d.limit, d.halt) == extra
     assert o.view is (answer if not isinstance(answer, PiAPIError) else None)
     assert o.attempt_state == ("abandoned" if d.counter == "operator_abandoned" else None)
+    if d.counter == "operator_abandoned":  # PiAPI runs it on: watched, holding its slot
+        until = stuck.watch_until(NOW, FACTS.stuck_after_s)
+        assert (o.watch_until, o.watch_next) == (until, stuck.next_look_at(
+            NOW, FACTS.stuck_after_s, until))
+    else:
+        assert o.watch_until is None
 
 
 def test_a_completed_task_records_how_long_it_took() -> None:

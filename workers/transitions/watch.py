@@ -61,8 +61,8 @@ _RESULT: dict[str, Any] = dict(
     finished_at=bindparam("p_now"), error_kind=None, error_message=None,
     usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
     usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
-_TAKE_FROM_WAITING = move((JobState.FAILED, JobState.QUEUED, JobState.RETRY_WAIT),
-                          JobState.COMPLETED, THIS_JOB).values(**_RESULT)
+_TAKE_FROM_WAITING = move((JobState.FAILED, JobState.CANCELLED, JobState.QUEUED,
+                           JobState.RETRY_WAIT), JobState.COMPLETED, THIS_JOB).values(**_RESULT)
 _TAKE_FROM_RUNNING = (move(JobState.RUNNING, JobState.COMPLETED, THIS_JOB)
                       .where(JOBS.c.task_id == bindparam("p_current")).values(**_RESULT))
 _REPLACEMENT_ENDED = ATTEMPTS.update().where(

@@ -263,11 +263,17 @@ def _stop_for_cancel(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDeci
                 counter="operator_cancelled")
     if t.cancel_mode != "now":
         return None
+    # PiAPI runs it on: like a stuck task given up on, it is watched, and counts against the
+    # account's limit, until it ends (its cost is recorded then, and its result taken).
+    limit = f.stuck_after_s if math.isfinite(f.stuck_after_s) else stuck.WATCH_MIN_S
+    until = stuck.watch_until(f.now, limit)
     message = (f"cancelled by operator (--now) while its task was {view.status or 'running'}; "
-               f"task {t.task_id} may still finish and be charged")
+               f"task {t.task_id} may still finish and be charged: it is watched, and its "
+               "result is used if it completes")
     return PollDecision(tr.PollOutcome(t, "cancelled", view, message=message,
                                        error_kind=ErrorKind.CANCELLED,
-                                       attempt_state=AttemptState.ABANDONED),
+                                       attempt_state=AttemptState.ABANDONED, watch_until=until,
+                                       watch_next=stuck.next_look_at(f.now, limit, until)),
                         counter="operator_abandoned")
 
 
