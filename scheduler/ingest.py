@@ -179,14 +179,17 @@ def ingest(
     default_service_mode: str | None = None,
     strict: bool = False,
     fields: Mapping[str, str] | None = None,
-    max_attempts: int = 3,
+    max_attempts: int | None = None,
+    default_max_attempts: int = 3,
     concurrency: int | None = None,
     chunk_size: int = 5000,
     progress: Callable[[int], None] | None = None,
 ) -> IngestResult:
     """Store the manifest at `path` as a batch of jobs; returns the batch (new or existing).
 
-    `max_attempts` is always written to the batch; `concurrency` only when given (not None).
+    `max_attempts` and `concurrency` are written to the batch only when given (not None):
+    an existing batch keeps what it has (a `submit` that only changes the budget resets
+    nothing), a new one gets `default_max_attempts`.
     `default_service_mode` is stored with a new batch and applies to its rows without their
     own; `strict` makes rows for models the catalogue does not know invalid; `fields` (the
     `--set` fields) fill every row's input where the row gives no value (part of the
@@ -202,7 +205,8 @@ def ingest(
             else ()
         batch, created = _batch(engine, manifest, digest, Defaults(
             default_model, default_task_type, default_service_mode or None))
-        _settings(engine, batch, max_attempts, concurrency)
+        _settings(engine, batch, default_max_attempts if created and max_attempts is None
+                  else max_attempts, concurrency)
         if batch.ingested:
             logger.info("manifest %s is batch %s, already ingested", path, batch.id)
             return replace(_result(engine, batch), notes=notes)
@@ -251,10 +255,11 @@ def _batch(engine: Engine, manifest: Source, digest: str,
     return batch, True
 
 
-def _settings(engine: Engine, batch: Batch, max_attempts: int, concurrency: int | None) -> None:
-    """Apply the run settings given to this call to the batch, when they differ."""
+def _settings(engine: Engine, batch: Batch, max_attempts: int | None,
+              concurrency: int | None) -> None:
+    """Apply the run settings given to this call (not None) to the batch, when they differ."""
     changes: dict[str, Any] = {}
-    if max_attempts != batch.max_attempts:
+    if max_attempts is not None and max_attempts != batch.max_attempts:
         changes["max_attempts"] = max_attempts
     if concurrency is not None and concurrency != batch.concurrency:
         changes["concurrency"] = concurrency

@@ -395,7 +395,8 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
     result = ingest(engine, opts.manifest, default_model=opts.model,
                     default_task_type=opts.task_type,
                     default_service_mode=opts.service_mode, strict=opts.strict,
-                    fields=opts.fields, max_attempts=opts.max_attempts or settings.max_attempts,
+                    fields=opts.fields, max_attempts=opts.max_attempts,
+                    default_max_attempts=settings.max_attempts,
                     concurrency=opts.concurrency, progress=stop.check)
     conflict = option_conflict(engine, result, strict=opts.strict,
                                service_mode=opts.service_mode)

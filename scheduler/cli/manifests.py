@@ -184,7 +184,8 @@ def submit(
     engine = database(settings)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,
                     default_service_mode=mode, strict=strict, fields=fields,
-                    max_attempts=max_attempts or settings.max_attempts, concurrency=concurrency)
+                    max_attempts=max_attempts,
+                    default_max_attempts=settings.max_attempts, concurrency=concurrency)
     problem = option_conflict(engine, result, strict=strict, service_mode=mode)
     if problem:
         raise ConfigError(problem)

@@ -144,10 +144,17 @@ def test_same_manifest_is_the_same_batch(engine: Engine, tmp_path: Path) -> None
     assert (stored["max_attempts"], stored["concurrency"]) == (5, 4)
     ingest(engine, path, max_attempts=5)  # concurrency not given: left as it is
     assert batch(engine, first.batch_id)["concurrency"] == 4
+    # Neither given (a submit that only changes the budget): both left as they are, and
+    # the default is for new batches only.
+    ingest(engine, path, default_max_attempts=3)
+    assert (batch(engine, first.batch_id)["max_attempts"],
+            batch(engine, first.batch_id)["concurrency"]) == (5, 4)
 
     # Other defaults make another batch.
-    other = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"])
+    other = ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"],
+                   default_max_attempts=7)
     assert other.batch_id != first.batch_id and other.created
+    assert batch(engine, other.batch_id)["max_attempts"] == 7
     assert first.batch_id.startswith("b") and len(first.batch_id) == 13
     assert len(batch(engine, first.batch_id)["content_hash"]) == 64
 
