@@ -58,7 +58,7 @@ from workers.app import (
 )
 from workers.db import exclusive
 from workers.fleet import Fleet
-from workers.halt import get_halt
+from workers.halt import clear_halt, get_halt
 from workers.keys import EPOCH_KEY
 from workers.polling import PollMode
 from workers.ratelimit import Budget
@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 5
 """Used only when neither --concurrency nor the account's own limit is known."""
 ACCOUNT_REFRESH_S = 60.0
+HALT_RECHECK_S = 60.0
+"""While the fleet is halted, how often PiAPI is asked whether it accepts the key again."""
 HOUSEKEEPING_S = 1.0
 MIN_PASS_S = 0.01
 SNAPSHOT_SOON_S = 0.1
@@ -207,6 +209,8 @@ class Dispatcher:
         self._housekeeping = Every(HOUSEKEEPING_S)
         self._pruning = Every(PRUNE_EVERY_S)
         self._halt: str | None = None
+        self._halt_seen: float | None = None
+        """When this dispatcher last saw the halt first or asked PiAPI about it."""
         self._batches: list[leases.OpenBatch] = []
         self._retries = True
         self._backlog = True
@@ -245,6 +249,30 @@ class Dispatcher:
                     self._account_value = value
         return self._account_value or DEFAULT_CONCURRENCY
 
+    def halted(self, now: float) -> str | None:
+        """Why the fleet is halted (None: it is not). While it is, PiAPI is asked every
+        `HALT_RECHECK_S` whether it accepts the key (`/account/info`); when it does, the
+        halt is lifted, so a standing fleet resumes by itself once the key is restored or
+        the process that used a wrong one is gone (a create refused again halts it again:
+        one refused, unpaid create per check at worst)."""
+        halt = get_halt(self.engine)
+        if halt is None or self.account_limit is None:
+            self._halt_seen = None
+            return halt
+        if self._halt_seen is None:
+            self._halt_seen = now
+        if now - self._halt_seen < HALT_RECHECK_S:
+            return halt
+        self._halt_seen = now
+        try:
+            self.account_limit()
+        except Exception as exc:  # noqa: BLE001  any failure: it stays halted
+            logger.warning("the fleet is halted (%s); PiAPI still refuses: %s", halt, exc)
+            return halt
+        clear_halt(self.engine)
+        logger.warning("PiAPI accepts the key again: the fleet's halt (%s) is lifted", halt)
+        return None
+
     # --- housekeeping, once a second --------------------------------------------------
     def housekeep(self, now: float) -> int:
         """Take back lost creates, resolve ambiguous rows, adapt limits, mark done batches."""
@@ -257,7 +285,7 @@ class Dispatcher:
             if reposted:
                 logger.warning("%d row(s) with a lost create posted again (policy: retry)",
                                reposted)
-        self._halt = get_halt(self.engine)
+        self._halt = self.halted(now)
         self.aimd.set_concurrency_ceiling(self.base_limit(now), now)
         window = self.fleet.window(WINDOW_S)
         before = (self.aimd.limits.rate_per_s, self.aimd.limits.concurrency)

@@ -188,6 +188,14 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
     )
 
 
+def halt_line(reason: str, since: float) -> str:
+    """What `status` says of a halted fleet: why, since when, and how it ends."""
+    return (f"fleet halted since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}: "
+            f"{reason}. No task is created until PiAPI accepts the key again: a running "
+            "dispatcher asks it every minute and lifts the halt; piapi-bulk run lifts it "
+            "at its start")
+
+
 def tasks_created(engine: Engine, batch_id: str) -> int:
     """PiAPI tasks created for the batch's rows (attempts that got a task id)."""
     with Session(engine) as s:

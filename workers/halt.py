@@ -27,9 +27,15 @@ def set_halt(engine: Engine, reason: str, now: float) -> None:
 
 def get_halt(engine: Engine) -> str | None:
     """The reason the fleet is halted, or None."""
+    found = halted_since(engine)
+    return found[0] if found else None
+
+
+def halted_since(engine: Engine) -> tuple[str, float] | None:
+    """(why, since when) the fleet is halted, or None."""
     with session(engine) as s:
         row = s.get(Control, HALT_KEY)
-        return row.value if row else None
+        return (row.value, row.updated_at) if row else None
 
 
 def clear_halt(engine: Engine) -> None:

@@ -72,8 +72,16 @@ def status(
     """The database, then each batch (newest first): manifest, created, models, counts by
     state, cost, and whether it is done."""
     from scheduler.doctor.view import status_line
-    from scheduler.status import all_statuses, batch_models, batch_status, human_lines, masked_url
+    from scheduler.status import (
+        all_statuses,
+        batch_models,
+        batch_status,
+        halt_line,
+        human_lines,
+        masked_url,
+    )
     from workers.findings import load as load_findings
+    from workers.halt import halted_since
 
     settings = load_settings()
     engine = read_database(settings)
@@ -85,17 +93,21 @@ def status(
     else:
         statuses = all_statuses(engine)
     found = load_findings(engine)
+    halt = halted_since(engine)
     shown = masked_url(settings.database_url)
     models = {s.id: batch_models(engine, s.id) for s in statuses}
     if as_json:
         typer.echo(json.dumps({
             "database": shown,
+            "halted": {"reason": halt[0], "since": halt[1]} if halt else None,
             "batches": [{**s.to_json(), "phase": s.phase, "models": [
                 {"model": m, "task_type": t, "rows": n} for m, t, n in models[s.id]]}
                 for s in statuses],
             "doctor": json.loads(found.to_json()) if found else None}, indent=2))
         return
     typer.echo(f"database: {shown}")
+    if halt is not None:
+        typer.echo(halt_line(*halt))
     if found is not None:
         typer.echo(status_line(found))
     if not statuses:

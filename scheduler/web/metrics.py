@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from scheduler.web.data import IN_FLIGHT, ModelCache, newest_batches
 from workers.db import transaction
 from workers.fleet import Fleet
+from workers.halt import get_halt
 from workers.models import JOBS
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,11 @@ class RunCollector(Collector):
         in_flight = GaugeMetricFamily("piapi_bulk_in_flight",
                                       "Rows with a PiAPI task being created or running.")
         in_flight.add_metric([], int(flying))
-        yield from (rows, usd, in_flight)
+        halted = GaugeMetricFamily("piapi_bulk_fleet_halted",
+                                   "1 while the fleet creates nothing because PiAPI refused "
+                                   "the key or the credit (see piapi-bulk status).")
+        halted.add_metric([], 1 if get_halt(self.engine) else 0)
+        yield from (rows, usd, in_flight, halted)
 
     def _requests(self) -> Iterator[Metric]:
         fleet = self.fleet()

@@ -413,3 +413,41 @@ def test_random_moves_change_only_what_the_table_allows(
             if "p_job" in statement.compile().binds:
                 assert job_id == ids[k], f"{name} moved job {job_id}, not {ids[k]}"
         before = after
+
+
+def test_a_dispatcher_lifts_the_halt_once_piapi_accepts_the_key(engine: Engine,
+                                                                redis_url: str) -> None:
+    """A standing fleet halted by a refused key is not halted for good: its dispatcher asks
+    PiAPI (/account/info) every HALT_RECHECK_S whether the key is accepted again, and lifts
+    the halt when it is; while refused, it stays halted and asks no sooner."""
+    import redis
+
+    from scheduler.dispatcher import HALT_RECHECK_S, Dispatcher
+    from workers.app import create_celery
+    from workers.halt import set_halt
+    from workers.piapi import AccountError
+
+    answers: list[int | Exception] = [AccountError("HTTP 401: key refused", status=401), 10]
+    asked: list[float] = []
+    now = NOW
+
+    def account_limit() -> int:
+        asked.append(now)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    d = Dispatcher(engine, redis.Redis.from_url(redis_url), create_celery(redis_url),
+                   lease_s=LEASE, account_limit=account_limit, clock=lambda: now)
+    assert d.halted(now) is None and asked == []
+    set_halt(engine, "HTTP 401: key refused", now)
+    assert d.halted(now) == "HTTP 401: key refused" and asked == []  # first seen
+    now += HALT_RECHECK_S - 1
+    assert d.halted(now) == "HTTP 401: key refused" and asked == []
+    now += 1
+    assert d.halted(now) == "HTTP 401: key refused" and asked == [now]  # asked: refused
+    now += 1
+    assert d.halted(now) == "HTTP 401: key refused" and len(asked) == 1
+    now += HALT_RECHECK_S
+    assert d.halted(now) is None and asked[-1] == now and get_halt(engine) is None

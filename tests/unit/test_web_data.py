@@ -64,6 +64,16 @@ def test_dashboard_model(engine: Engine) -> None:
     assert "ub1" not in str(model)  # no input value anywhere (add_batch's are "ub1<n>")
 
 
+def test_metrics_say_the_fleet_is_halted(engine: Engine) -> None:
+    from workers.halt import set_halt
+
+    set_halt(engine, "HTTP 401", NOW)
+    app = create_web_app(WebConfig(reader=engine, clock=lambda: NOW))
+    with TestClient(app) as client:
+        text = client.get("/metrics").text
+    assert "\npiapi_bulk_fleet_halted 1.0\n" in text
+
+
 def test_metrics_match_the_status(engine: Engine) -> None:
     _rows(engine)
     mixed = add_batch(engine, "b2", rows=3)  # a batch of two models: counted by model
@@ -82,6 +92,7 @@ def test_metrics_match_the_status(engine: Engine) -> None:
             if name == "piapi_bulk_rows" and dict(labels)["batch"] == "b1"}
     assert rows == {state: n for state, n in st.counts.items() if n}
     assert samples[("piapi_bulk_in_flight", ())] == 2
+    assert samples[("piapi_bulk_fleet_halted", ())] == 0
     assert samples[("piapi_bulk_usd_spent", (("batch", "b1"),))] == st.usd
     assert len(lines) == 10 and '"status":"completed"' in lines[0]
     by_model = {(dict(labels)["model"], dict(labels)["state"]): int(v)
