@@ -31,7 +31,13 @@ from scheduler.liveness import ProgressWatch
 from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
-from scheduler.services import Services, ensure_services, start_private_redis, start_services
+from scheduler.services import (
+    Services,
+    ensure_services,
+    standing_dispatcher,
+    start_private_redis,
+    start_services,
+)
 from scheduler.sidecars import Sidecars, write_sidecars
 from scheduler.status import BatchStatus, batch_status, tasks_created
 from workers.db import (
@@ -236,7 +242,10 @@ def other_open_batches(engine: Engine, batch_id: str) -> dict[str, int]:
     return {str(b): int(n) for b, n in rows}
 
 
-def _report_others(console: Console, others: dict[str, int], all_batches: bool) -> None:
+def _report_others(console: Console, others: dict[str, int], all_batches: bool,
+                   standing: bool = False) -> None:
+    """One line on the database's other open batches: run too (--all), run by the standing
+    fleet on REDIS_URL (its dispatcher serves every open batch, oldest first), or left."""
     if not others:
         return
     rows = sum(others.values())
@@ -244,6 +253,10 @@ def _report_others(console: Console, others: dict[str, int], all_batches: bool) 
             f"({rows} row{'s' if rows > 1 else ''} to run)")
     if all_batches:
         console.print(f"--all: also running {what}", highlight=False, markup=False)
+    elif standing:
+        console.print(f"{what} in this database: the standing fleet on REDIS_URL runs them "
+                      "too, oldest batch first", style="yellow", highlight=False, markup=False,
+                      soft_wrap=True)
     else:
         console.print(f"{what} in this database left alone: piapi-bulk status lists them; "
                       "run --all runs them too", style="yellow", highlight=False, markup=False,
@@ -318,7 +331,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             batch_id = result.batch_id
             created_before = tasks_created(engine, batch_id)
             others = other_open_batches(engine, result.batch_id)
-            _report_others(console, others, opts.all_batches)
+            standing = not private and standing_dispatcher(settings.require_redis_url())
+            _report_others(console, others, opts.all_batches, standing)
             served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
             clear_halt(engine)  # the key was just accepted
             claims = Claims(Fleet(fleet_redis), served)

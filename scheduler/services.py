@@ -256,20 +256,26 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def ensure_services(settings: Settings, services: Services, log_dir: Path, *,
-                    worker_threads: int | None, concurrency: int | None) -> None:
-    """Start a dispatcher and a worker unless some are already serving this Redis."""
-    url = settings.require_redis_url()
-    client = redis.Redis.from_url(url)
+def standing_dispatcher(redis_url: str) -> bool:
+    """True when a standing fleet's dispatcher (not a run's scoped one) leads on this Redis:
+    it serves every open batch in the database."""
+    client = redis.Redis.from_url(redis_url)
     try:
         holder = client.get(LOCK_KEY)
     finally:
         client.close()
+    return holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
+
+
+def ensure_services(settings: Settings, services: Services, log_dir: Path, *,
+                    worker_threads: int | None, concurrency: int | None) -> None:
+    """Start a dispatcher and a worker unless some are already serving this Redis."""
+    url = settings.require_redis_url()
     # A standing fleet's dispatcher serves every open batch, this one included; another
     # run's dispatcher serves only the batches claimed, so this run starts its own, which
     # stands by (and serves this run's claims meanwhile through the leader) and takes over
     # when that run ends.
-    has_dispatcher = holder is not None and not _decoded(holder).endswith(SCOPED_SUFFIX)
+    has_dispatcher = standing_dispatcher(url)
     app = create_celery(url)
     try:
         replies = app.control.ping(timeout=1.0) or []

@@ -77,3 +77,16 @@ def test_the_run_releases_its_dead_dispatcher_lock_and_no_other(redis_url: str) 
     release_dead_leader(redis_url, 4242)
     assert client.get(LOCK_KEY) is None
     release_dead_leader("redis://127.0.0.1:9/0", 4242)  # no Redis: nothing raised
+
+
+def test_a_standing_dispatcher_is_told_from_a_runs_scoped_one(redis_url: str) -> None:
+    """`run` names other open batches as run by the fleet only when the leader is a standing
+    dispatcher (it serves every batch); a run's scoped one leaves them alone."""
+    from scheduler.services import standing_dispatcher
+
+    client = redis.Redis.from_url(redis_url)
+    assert not standing_dispatcher(redis_url)
+    client.set(LOCK_KEY, LeaderLock(client, scoped=True).token)
+    assert not standing_dispatcher(redis_url)
+    client.set(LOCK_KEY, LeaderLock(client, scoped=False).token)
+    assert standing_dispatcher(redis_url)
