@@ -142,7 +142,12 @@ def serve(config: EmulatorConfig) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    sock = _bind(config.host, config.port)
+    try:
+        sock = _bind(config.host, config.port)
+    except OSError as exc:  # one line, as for the other usage errors
+        typer.echo(f"emulator: cannot listen on {config.host}:{config.port}: "
+                   f"{exc.strerror or exc} (give another --port)", err=True)
+        raise typer.Exit(2) from exc
     config.port = sock.getsockname()[1]
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(

@@ -91,6 +91,22 @@ def _setting(name: str) -> str | None:
     return str(value) if value else None
 
 
+def require_free_port(host: str, port: int) -> None:
+    """A usage error (one line) when `host:port` cannot be listened on, checked as the
+    servers bind (SO_REUSEADDR), before one starts and fails with a traceback or an exit
+    code of its own."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                              "(give another --port)") from exc
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings()

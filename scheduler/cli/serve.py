@@ -22,6 +22,7 @@ from scheduler.cli.app import (
     database,
     fleet_redis_url,
     load_settings,
+    require_free_port,
     run_folder,
     secrets_of,
 )
@@ -173,6 +174,7 @@ def _serve_web(host: str, port: int, loglevel: str, *, hooks: bool) -> None:
     from workers.logs import setup_logging
 
     settings = load_settings()
+    require_free_port(host, port)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     setup_logging(loglevel, [s for s in (secret, *web_secrets(settings), *secrets_of(settings))
                              if s])
@@ -200,6 +202,7 @@ def flower(
         raise ConfigError(f"refusing to serve Flower on {address} without FLOWER_BASIC_AUTH")
     if require_auth and ":" not in (basic_auth or ""):
         raise ConfigError("--require-auth: set FLOWER_BASIC_AUTH=user:password")
+    require_free_port(address, port)
     target = flower_cmd.resolve(load_settings().redis_url, run_folder(), REDIS_URL_FILE)
     celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
     argv = flower_cmd.flower_argv(celery_bin, target.redis_url, address, port, basic_auth)

@@ -134,6 +134,24 @@ def test_a_port_out_of_range_is_one_line(tmp_path: Path, sqlite_url: str, comman
     assert done.stderr.count("\n") == 1, done.stderr
 
 
+@pytest.mark.parametrize("command", ["web", "webhook", "flower", "emulator"])
+def test_a_port_in_use_is_one_line(tmp_path: Path, sqlite_url: str, command: str) -> None:
+    """Another program listens on the port: one line and exit 2 (flower and the emulator
+    printed a traceback and exited 1, web exited 3 after uvicorn's own line)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = piapi_bulk(tmp_path, db_env(tmp_path, sqlite_url), command, "--port", str(port),
+                          timeout_s=30)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use "
+                                "(give another --port)\n"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
 @pytest.mark.parametrize(("url", "message"), [
     # Nothing listens on port 1 on loopback (the password is masked).
     ("redis://:secret@127.0.0.1:1/0", "piapi-bulk: cannot reach Redis redis://:***@127.0.0.1:1/0: "
