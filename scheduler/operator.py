@@ -35,8 +35,8 @@ KEY_CHUNK = 500
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _UNITS_S = (86400, 3600, 60, 1)
 
-_BATCH = select(BATCHES.c.id, BATCHES.c.cancel_mode, BATCHES.c.deadline_at).where(
-    BATCHES.c.id == bindparam("p_batch"))
+_BATCH = select(BATCHES.c.id, BATCHES.c.cancel_mode, BATCHES.c.deadline_at,
+                BATCHES.c.ingested).where(BATCHES.c.id == bindparam("p_batch"))
 _COUNTS = (select(JOBS.c.state, func.count()).where(JOBS.c.batch_id == bindparam("p_batch"))
            .group_by(JOBS.c.state))
 _STATES_OF = select(JOBS.c.row_key, JOBS.c.state).where(
@@ -115,11 +115,16 @@ def set_limits(engine: Engine, batch_id: str, *, budget_usd: float | None = None
 
 
 def _require_batch(engine: Engine, batch_id: str) -> tuple[str | None, float | None]:
+    row = _batch_row(engine, batch_id)
+    return row[1], row[2]
+
+
+def _batch_row(engine: Engine, batch_id: str) -> Any:
     with transaction(engine) as conn:
         row = conn.execute(_BATCH, {"p_batch": batch_id}).first()
     if row is None:
         raise ConfigError(f"no batch {batch_id}")
-    return row[1], row[2]
+    return row
 
 
 def _counts(engine: Engine, batch_id: str) -> Counter[str]:
@@ -145,8 +150,14 @@ class CancelReport:
     reconciling: int
     """Lost creates still being reconciled (without --now)."""
 
+    ended: bool = False
+    """Every row had ended already: nothing was cancelled or stamped."""
+
     def summary(self) -> str:
         """The one line the command prints."""
+        if self.ended:
+            return (f"batch {self.batch_id} has ended (every row completed, failed, cancelled "
+                    "or invalid): nothing to cancel")
         now = self.mode == "now"
         rest = ("the others are abandoned (they may still finish and be charged)" if now
                 else "the others finish")
@@ -163,8 +174,10 @@ def cancel(engine: Engine, batch_id: str, now_mode: bool, now: float | None = No
     """Cancel a batch: no more creates; waiting rows end cancelled at once; running rows
     are made due for a poll, which cancels (or with --now abandons) their tasks."""
     at = time.time() if now is None else now
-    old_mode, _ = _require_batch(engine, batch_id)
+    _, old_mode, _, ingested = _batch_row(engine, batch_id)
     mode = "now" if now_mode or old_mode == "now" else "finish"
+    if ingested and not any(_counts(engine, batch_id)[s.value] for s in ACTIVE):
+        return CancelReport(batch_id, mode, 0, 0, 0, ended=True)
     with transaction(engine) as conn:  # admission stops first, then the rows move
         conn.execute(_UPDATE.values(cancel_mode=mode, paused=None,
                                     cancelled_at=func.coalesce(BATCHES.c.cancelled_at, at)),

@@ -141,6 +141,19 @@ def test_cancel_moves_waiting_rows_and_a_late_claim_loses(engine: Engine) -> Non
         scheduler.operator.cancel(engine, "nope", now_mode=False)
 
 
+def test_cancelling_an_ended_batch_changes_nothing(engine: Engine) -> None:
+    """Every row ended: the batch is left as it is (not stamped cancelled), and said so."""
+    done, failed = add_batch(engine, rows=2)
+    put(engine, done, state=JobState.COMPLETED.value)
+    put(engine, failed, state=JobState.FAILED.value)
+    report = scheduler.operator.cancel(engine, "b1", now_mode=True, now=NOW)
+    assert report.ended and report.summary() == (
+        "batch b1 has ended (every row completed, failed, cancelled or invalid): nothing to "
+        "cancel")
+    b = batch_row(engine)
+    assert (b.cancel_mode, b.cancelled_at) == (None, None)
+
+
 def test_cancel_counts_the_tasks_running_as_it_takes_effect(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # A live fleet acts on the cancel as soon as it commits: its next poll of a pending
