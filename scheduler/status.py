@@ -66,6 +66,8 @@ class BatchStatus:
     """False while an ingest is still adding rows (or crashed part-way: `run` resumes it)."""
     reused: int = 0
     """Rows that took a completed twin's task instead of paying (`workers.transitions.reuse`)."""
+    concurrency: int | None = None
+    """The batch's own `--concurrency` (tasks in flight at most), if it was given one."""
 
     @property
     def active(self) -> int:
@@ -99,8 +101,11 @@ class BatchStatus:
         return "running" if in_flight or self.watched else "waiting"
 
     def controls(self) -> list[str]:
-        """The operator controls in effect, a line each (budget, pause, deadline, cancel)."""
+        """The operator controls in effect, a line each (concurrency, budget, pause,
+        deadline, cancel)."""
         lines = []
+        if self.concurrency is not None:
+            lines.append(f"at most {self.concurrency} in flight (--concurrency)")
         if self.budget_usd is not None:
             lines.append(f"budget {money(self.budget_usd)}, spent {money(self.usd)}")
         if self.paused:
@@ -185,6 +190,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         failures=failures,
         abandoned=sum(int(n) for _, n, _ in abandoned), watched=watched,
         on_stuck=batch.on_stuck, ingested=batch.ingested, reused=reused,
+        concurrency=batch.concurrency,
     )
 
 

@@ -50,7 +50,7 @@ def test_human_lines() -> None:
 
 def test_human_lines_fit_in_100_columns() -> None:
     long_path = "/data/" + "/".join(["a-rather-long-folder-name"] * 6) + "/captions.csv"
-    st = status({"queued": 5}, budget_usd=20.0, unchecked=5)
+    st = status({"queued": 5}, budget_usd=20.0, unchecked=5, concurrency=4)
     st.source = long_path
     models = [(f"Vendor/model-{i}", "some-task-type", 1) for i in range(10)]
     lines = human_lines(st, models)
@@ -59,6 +59,8 @@ def test_human_lines_fit_in_100_columns() -> None:
     assert lines[1].endswith("...")
     assert any(line.startswith("  unchecked 5") for line in lines)
     assert "  budget $20.00, spent $0.00" in lines
+    assert "  at most 4 in flight (--concurrency)" in lines  # the batch's own limit
+    assert not any("in flight" in line for line in human_lines(status({"queued": 5}), []))
 
 
 def test_the_home_folder_is_shown_as_a_tilde() -> None:
@@ -94,7 +96,7 @@ def test_status_json_is_the_contract() -> None:
     assert set(out) == {
         "id", "source", "total", "counts", "finished", "done", "usd", "created_at",
         "budget_usd", "spent_usd", "paused", "deadline_at", "cancelled", "cancelled_at",
-        "unchecked", "failures", "abandoned", "watched", "on_stuck", "reused",
+        "unchecked", "failures", "abandoned", "watched", "on_stuck", "reused", "concurrency",
     }
     assert (out["finished"], out["usd"], out["spent_usd"]) == (3, 2.5, 2.5)
     assert out["cancelled"] == "finish" and out["failures"] == {"provider": 1}
