@@ -169,6 +169,7 @@ def submit(
     from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.options import option_conflict, unchecked_lines
     from scheduler.preflight import preflight
+    from scheduler.status import batch_status
     from workers.transitions.reuse import reuse_completed
 
     budget = parse_budget(budget_usd)
@@ -195,6 +196,9 @@ def submit(
     err = Console(stderr=True)
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
+    stored = batch_status(engine, result.batch_id)
+    for line in stored.controls() if stored is not None else ():  # what is now in effect
+        err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     if reused:
         err.print(f"{reused} rows reused (a twin in another batch completed)", highlight=False)
     for text in (*result.notes, *unchecked_lines(result)):

@@ -340,9 +340,11 @@ def test_commands_report_and_refuse_bad_input(engine: Engine, tmp_path: Path, da
     batch_id = out.stdout.strip().splitlines()[-1]
     [st] = json.loads(piapi_bulk(tmp_path, env, "status", batch_id, "--json").stdout)["batches"]
     assert st["budget_usd"] == 2.5 and abs(st["deadline_at"] - (time.time() + 7200)) < 120
+    assert "  budget $2.50, spent $0.00\n" in out.stderr  # submit says what is in effect
     out = piapi_bulk(tmp_path, env, "submit", str(manifest))  # not given: both kept
     [st] = json.loads(piapi_bulk(tmp_path, env, "status", batch_id, "--json").stdout)["batches"]
     assert st["budget_usd"] == 2.5 and st["deadline_at"] is not None
+    assert "  budget $2.50, spent $0.00\n" in out.stderr and "  deadline " in out.stderr
 
 
 # --- end to end --------------------------------------------------------------------------------
