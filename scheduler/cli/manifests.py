@@ -197,8 +197,8 @@ def submit(
     err.print(f"{'new' if result.created else 'existing'} batch: {result.total} rows, "
               f"{result.invalid} invalid", highlight=False)
     stored = batch_status(engine, result.batch_id)
-    for line in stored.controls() if stored is not None else ():  # what is now in effect
-        err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    for control in stored.controls() if stored is not None else ():  # now in effect
+        err.print(f"  {control}", highlight=False, markup=False, soft_wrap=True)
     if reused:
         err.print(f"{reused} rows reused (a twin in another batch completed)", highlight=False)
     for text in (*result.notes, *unchecked_lines(result)):

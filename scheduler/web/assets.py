@@ -16,7 +16,8 @@ progress{width:100%;height:16px}.summary{margin:6px 0}.cost{font-weight:600}
 td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #eef0f3;vertical-align:top}
 .counts td{text-align:right;font-variant-numeric:tabular-nums}h3{font-size:14px;margin:8px 0 4px}
 .chart rect{fill:#3d7fd9}.chart .peak{font-size:10px;fill:#777}.err{color:#a33;max-width:60ch}
-.paused{color:#a60;font-weight:600}.state-failed th{color:#a33}.state-completed th{color:#286a2e}
+.paused{color:#a60;font-weight:600}.halted{color:#a33;font-weight:600}
+.state-failed th{color:#a33}.state-completed th{color:#286a2e}
 """
 
 SCRIPT = """
@@ -75,6 +76,9 @@ async function refresh() {
   } catch (e) { return; }
   const shown = [...document.querySelectorAll('section.batch')].map((s) => s.dataset.batch);
   if (d.batches.map((b) => b.id).join() !== shown.join()) { location.reload(); return; }
+  if ((d.halted ? d.halted.reason : '') !== document.body.dataset.halted) {
+    location.reload(); return;
+  }
   set(document, 'in_flight', d.in_flight);
   document.getElementById('updated').textContent = new Date(d.generated_at * 1000)
     .toLocaleString();

@@ -21,6 +21,7 @@ from sqlmodel import Session, col
 from scheduler.status import BatchStatus, batch_models, batch_status
 from scheduler.web import rates
 from workers.db import transaction
+from workers.halt import halted_since
 from workers.models import JOBS, Batch
 from workers.states import JobState
 
@@ -181,9 +182,11 @@ def dashboard(engine: Engine, now: float, flower_url: str, limit: int = MAX_BATC
     """The whole `/api/batches` object."""
     known = models or ModelCache()
     batches = [batch_json(engine, st, now, known) for st in newest_batches(engine, limit)]
+    halt = halted_since(engine)
     return {
         "generated_at": now,
         "flower_url": flower_url,
         "in_flight": sum(b["in_flight"] for b in batches),
+        "halted": {"reason": halt[0], "since": halt[1]} if halt else None,
         "batches": batches,
     }

@@ -113,14 +113,20 @@ def render(model: dict[str, Any], token_query: str = "") -> str:
     panels = "".join(batch_panel(b, token_query) for b in model["batches"]) or (
         '<p class="empty">No batches yet: <code>piapi-bulk run manifest.csv</code></p>')
     when = datetime.fromtimestamp(model["generated_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    halt = model.get("halted")
+    banner = "" if not halt else (
+        f'<p class="halted">Fleet halted since '
+        f'{datetime.fromtimestamp(halt["since"]).strftime("%Y-%m-%d %H:%M")}: '
+        f'{_e(halt["reason"])}. No task is created until PiAPI accepts the key again (a '
+        f'running dispatcher checks every minute; <code>piapi-bulk run</code> lifts it).</p>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>piapi-bulk</title><style>{assets.STYLE}</style></head>
-<body><header><h1>piapi-bulk</h1>
+<body data-halted="{_e(halt["reason"]) if halt else ""}"><header><h1>piapi-bulk</h1>
 <p><span data-k="in_flight">{model["in_flight"]}</span> tasks in flight · updated
 <span id="updated">{when}</span> · <a href="{_e(model["flower_url"])}">Flower</a> ·
 <a href="metrics{_e(token_query)}">metrics</a> ·
-<a href="api/batches{_e(token_query)}">JSON</a></p></header>
+<a href="api/batches{_e(token_query)}">JSON</a></p>{banner}</header>
 <main>{panels}</main>
 <script>{assets.SCRIPT}</script></body></html>"""

@@ -143,6 +143,17 @@ def test_page_renders_counts_cost_and_escapes() -> None:
     assert html.count("<rect ") == 2
 
 
+def test_the_page_says_the_fleet_is_halted() -> None:
+    model = {"generated_at": NOW, "flower_url": "http://127.0.0.1:5555", "in_flight": 0,
+             "batches": [_batch_model()]}
+    assert 'class="halted"' not in page.render({**model, "halted": None})
+    assert '<body data-halted="">' in page.render({**model, "halted": None})
+    html = page.render({**model, "halted": {"reason": "HTTP 401 <key>", "since": NOW}})
+    assert '<p class="halted">Fleet halted since ' in html
+    assert "HTTP 401 &lt;key&gt;. No task is created until PiAPI accepts the key" in html
+    assert '<body data-halted="HTTP 401 &lt;key&gt;">' in html  # the script reloads on change
+
+
 def test_notification_body_and_events() -> None:
     st = BatchStatus(id="b1", source="/m.jsonl", total=3,
                      counts={"completed": 2, "failed": 1}, consumed_units=20_000,
