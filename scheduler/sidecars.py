@@ -39,7 +39,8 @@ class Sidecars(StrEnum):
     """Whether to write captions as sidecars over files holding other text."""
 
     KEEP = "keep"
-    """Write new ones and those still ours; leave a `.txt` with other text as it is."""
+    """Write the missing ones (those already right stay); leave a `.txt` holding other
+    text as it is."""
     REPLACE = "replace"
     """`--overwrite-sidecars`: write over it too."""
 
