@@ -176,7 +176,8 @@ def cancel(engine: Engine, batch_id: str, now_mode: bool, now: float | None = No
     at = time.time() if now is None else now
     _, old_mode, _, ingested = _batch_row(engine, batch_id)
     mode = "now" if now_mode or old_mode == "now" else "finish"
-    if ingested and not any(_counts(engine, batch_id)[s.value] for s in ACTIVE):
+    counts = _counts(engine, batch_id)
+    if ingested and not any(counts[s.value] for s in ACTIVE):
         return CancelReport(batch_id, mode, 0, 0, 0, ended=True)
     with transaction(engine) as conn:  # admission stops first, then the rows move
         conn.execute(_UPDATE.values(cancel_mode=mode, paused=None,

@@ -321,15 +321,14 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     with stop.installed():
         try:
             private = not settings.redis_url
-            settings = _redis_for_run(settings, opts, services)
-            fleet_redis = redis.Redis.from_url(settings.require_redis_url())
+            settings, fleet_redis = _redis_for_run(settings, opts, services)
             limit = check_account(settings)
             engine = make_engine(settings.database_url)
             create_tables(engine)
             stop.check()
             result = _ingest(settings, opts, engine, console, limit, stop)
             batch_id = result.batch_id
-            created_before = tasks_created(engine, batch_id)
+            created_before = 0 if result.created else tasks_created(engine, batch_id)
             others = other_open_batches(engine, result.batch_id)
             standing = not private and standing_dispatcher(settings.require_redis_url())
             _report_others(console, others, opts.all_batches, standing)
@@ -383,12 +382,15 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             (run_dir / REDIS_URL_FILE).unlink(missing_ok=True)
 
 
-def _redis_for_run(settings: Settings, opts: RunOptions, services: Services) -> Settings:
-    """The settings with the run's Redis: the fleet's (REDIS_URL), checked to answer before
-    a batch is made for it; else a private one started now, with its worker and dispatcher."""
+def _redis_for_run(settings: Settings, opts: RunOptions,
+                   services: Services) -> tuple[Settings, redis.Redis]:
+    """The settings with the run's Redis, and a client of it: the fleet's (REDIS_URL),
+    checked to answer before a batch is made for it; else a private one started now, with
+    its worker and dispatcher."""
     if settings.redis_url:
-        redis.Redis.from_url(settings.redis_url).ping()
-        return settings
+        client = redis.Redis.from_url(settings.redis_url)
+        client.ping()
+        return settings, client
     url, redis_child = start_private_redis(opts.run_dir)
     services.children.append(redis_child)
     settings = settings.model_copy(update={"redis_url": url})
@@ -399,7 +401,7 @@ def _redis_for_run(settings: Settings, opts: RunOptions, services: Services) -> 
     # ingest (they wait for the claim `run` makes after the ingest).
     start_services(settings, services, opts.run_dir / "logs",
                    worker_threads=opts.worker_threads, concurrency=opts.concurrency)
-    return settings
+    return settings, redis.Redis.from_url(url)
 
 
 def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Console,
