@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from sqlalchemy.engine import Engine
 
@@ -31,11 +32,18 @@ def get_halt(engine: Engine) -> str | None:
     return found[0] if found else None
 
 
-def halted_since(engine: Engine) -> tuple[str, float] | None:
-    """(why, since when) the fleet is halted, or None."""
+class Halt(NamedTuple):
+    """Why the fleet is halted, and since when (`_asdict()` is its JSON)."""
+
+    reason: str
+    since: float
+
+
+def halted_since(engine: Engine) -> Halt | None:
+    """Why and since when the fleet is halted, or None."""
     with session(engine) as s:
         row = s.get(Control, HALT_KEY)
-        return (row.value, row.updated_at) if row else None
+        return Halt(row.value, row.updated_at) if row else None
 
 
 def clear_halt(engine: Engine) -> None:

@@ -143,6 +143,12 @@ def next_look_at(now: float, limit_s: float, until: float) -> float:
     return max(now + MIN_WATCH_INTERVAL_S, min(now + watch_interval_s(limit_s), until))
 
 
+def watch_window(abandoned_at: float, limit_s: float) -> tuple[float, float]:
+    """A task abandoned at `abandoned_at`: when its watch ends, and its first look."""
+    until = watch_until(abandoned_at, limit_s)
+    return until, next_look_at(abandoned_at, limit_s, until)
+
+
 def seconds(value: float) -> str:
     """A duration for a message: whole seconds, or tenths below ten."""
     return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"

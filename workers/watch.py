@@ -96,9 +96,8 @@ def _completed(ctx: WorkerContext, t: tw.WatchTarget, view: TaskView, now: float
     replacement = None
     current = t.row_task_id
     if t.row_state == "running" and current and current != t.task_id:
-        until = stuck.watch_until(now, limit)
-        replacement = tw.Replacement(current, ctx.cancel_at_piapi(current), until,
-                                     stuck.next_look_at(now, limit, until))
+        replacement = tw.Replacement(current, ctx.cancel_at_piapi(current),
+                                     *stuck.watch_window(now, limit))
     late = ctx.record(lambda: tw.record_late_completion(ctx.engine, t, view, now, replacement))
     ctx.count(f"late_{late.value}")
     if late is tw.Late.BUSY:

@@ -99,7 +99,7 @@ def status(
     if as_json:
         typer.echo(json.dumps({
             "database": shown,
-            "halted": {"reason": halt[0], "since": halt[1]} if halt else None,
+            "halted": halt._asdict() if halt else None,
             "batches": [{**s.to_json(), "phase": s.phase, "models": [
                 {"model": m, "task_type": t, "rows": n} for m, t, n in models[s.id]]}
                 for s in statuses],

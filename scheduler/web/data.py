@@ -187,6 +187,6 @@ def dashboard(engine: Engine, now: float, flower_url: str, limit: int = MAX_BATC
         "generated_at": now,
         "flower_url": flower_url,
         "in_flight": sum(b["in_flight"] for b in batches),
-        "halted": {"reason": halt[0], "since": halt[1]} if halt else None,
+        "halted": halt._asdict() if halt else None,
         "batches": batches,
     }

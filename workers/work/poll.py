@@ -230,11 +230,11 @@ def _stuck(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDecision | Non
         act = stuck.after_failed_cancel(age, limit, policy, left)
     if act is None:
         return None
-    until = stuck.watch_until(f.now, limit)
+    until, first_look = stuck.watch_window(f.now, limit)
     message = stuck.abandoned_message(t.task_id, view.status, age, limit)
     return _stuck_outcome(t, view, act, f.now, message, policy, "stuck_abandoned",
                           attempt_state=AttemptState.ABANDONED, watch_until=until,
-                          watch_next=stuck.next_look_at(f.now, limit, until))
+                          watch_next=first_look)
 
 
 def _stuck_outcome(t: tr.PollTarget, view: TaskView, act: stuck.Action, now: float,
@@ -266,14 +266,14 @@ def _stop_for_cancel(t: tr.PollTarget, view: TaskView, f: PollFacts) -> PollDeci
     # PiAPI runs it on: like a stuck task given up on, it is watched, and counts against the
     # account's limit, until it ends (its cost is recorded then, and its result taken).
     limit = f.stuck_after_s if math.isfinite(f.stuck_after_s) else stuck.WATCH_MIN_S
-    until = stuck.watch_until(f.now, limit)
+    until, first_look = stuck.watch_window(f.now, limit)
     message = (f"cancelled by operator (--now) while its task was {view.status or 'running'}; "
                f"task {t.task_id} may still finish and be charged: it is watched, and its "
                "result is used if it completes")
     return PollDecision(tr.PollOutcome(t, "cancelled", view, message=message,
                                        error_kind=ErrorKind.CANCELLED,
                                        attempt_state=AttemptState.ABANDONED, watch_until=until,
-                                       watch_next=stuck.next_look_at(f.now, limit, until)),
+                                       watch_next=first_look),
                         counter="operator_abandoned")
 
 
