@@ -330,7 +330,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             batch_id = result.batch_id
             created_before = 0 if result.created else tasks_created(engine, batch_id)
             others = other_open_batches(engine, result.batch_id)
-            standing = not private and standing_dispatcher(settings.require_redis_url())
+            standing = bool(others) and not private and standing_dispatcher(
+                settings.require_redis_url())
             _report_others(console, others, opts.all_batches, standing)
             served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
             clear_halt(engine)  # the key was just accepted
