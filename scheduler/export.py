@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -13,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from scheduler.atomic_file import atomic_text
 from scheduler.results_csv import csv_writer
 from workers.downloads import files_of
 from workers.models import Attempt, Job
@@ -163,18 +162,12 @@ def export(engine: Engine, batch_id: str, path: Path, fmt: str = "jsonl") -> int
     `fmt`: `jsonl` (the results lines) or `csv` (`scheduler.results_csv`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     rows = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            write = csv_writer(out) if fmt == "csv" else _jsonl_writer(out)
-            for obj in iter_results(engine, batch_id):
-                write(obj)
-                rows += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text(path, newline="") as out:
+        write = csv_writer(out) if fmt == "csv" else _jsonl_writer(out)
+        for obj in iter_results(engine, batch_id):
+            write(obj)
+            rows += 1
     return rows
 
 

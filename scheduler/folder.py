@@ -61,20 +61,23 @@ def _is_image(path: Path) -> bool:
 
 def scan(folder: Path) -> tuple[list[tuple[str, int]], int]:
     """The folder's images as (relative POSIX path, size), sorted by path, and how many
-    files were skipped (hidden, or not an image)."""
+    files were skipped (hidden, or not an image; an image's caption sidecar, `cat.txt` or
+    `cat.png.txt`, is no file skipped)."""
     found: list[tuple[str, int]] = []
-    skipped = 0
+    skipped: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             path = Path(root) / name
             rel = path.relative_to(folder)
             if _hidden(rel) or not path.is_file() or not _is_image(path):
-                skipped += 1
+                skipped.append(rel)
                 continue
             found.append((rel.as_posix(), path.stat().st_size))
     found.sort()
-    return found, skipped
+    sidecars = {Path(rel).with_suffix(".txt") for rel, _ in found} | {
+        Path(rel + ".txt") for rel, _ in found}
+    return found, sum(rel not in sidecars for rel in skipped)
 
 
 class FolderManifest:

@@ -10,8 +10,8 @@ Every data row becomes a job: `queued` when valid, `invalid` (with the reason) w
 not be read, failed validation, or repeats an id seen earlier in the manifest (the first
 occurrence stays valid). A row for a model piapi-bulk's catalogue does not know is queued
 `unchecked` (or invalid when the ingest is `strict`). A valid row carries its fingerprint
-(row id, model, task type, input), which finds its twins in other batches
-(`workers.transitions.reuse`).
+(row id, model, task type, input, and the content of its local files), which finds its
+twins in other batches (`workers.transitions.reuse`).
 
 `--service-mode` and `--strict` are not part of the batch's identity: the same manifest
 with another service mode is still the same batch (its rows are never sent twice). The
@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,14 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from scheduler.folder import FolderManifest, image_field
-from scheduler.local_files import LocalFiles
+from scheduler.local_files import LocalFileProblem, LocalFiles, content_digest
 from scheduler.manifest import BadRow, Item, Manifest, ManifestError, open_manifest
 from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from workers.durations import typical_by_kind
 from workers.expected import expected_s, rank
 from workers.models import BATCHES, JOBS, Batch
 from workers.states import ErrorKind, JobState
+from workers.uploads import local_files
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +146,21 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
-def fingerprint(row_key: str, model: str, task_type: str, input_json: str) -> str:
+def fingerprint(row_key: str, model: str, task_type: str, input_json: str,
+                contents: Sequence[str] = ()) -> str:
     """The row's fingerprint: sha256 hex of `canonical_json([row_key, model, task_type,
-    input])`, given the input already as canonical JSON (`input_json`, as stored).
+    input])`, given the input already as canonical JSON (`input_json`, as stored), with
+    `contents` appended when the input names local files (their SHA-256s, in field order).
 
     Rows with the same fingerprint are twins (`workers.transitions.reuse`). The row id is
     part of it on purpose: two rows with the same prompt and different ids are two samples.
+    A local file is in the input as its path, which stays the same when the image is
+    edited: its content is part of it too, or an edited image would take the caption of
+    the image it was.
     """
     head = _CANONICAL.encode([row_key, model, task_type])
-    return hashlib.sha256(f"{head[:-1]},{input_json}]".encode()).hexdigest()
+    tail = f",{_CANONICAL.encode(list(contents))}]" if contents else "]"
+    return hashlib.sha256(f"{head[:-1]},{input_json}{tail}".encode()).hexdigest()
 
 
 @dataclass
@@ -359,6 +366,13 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
     meta = None if spec.metadata is None else _COMPACT.encode(spec.metadata)
     if isinstance(spec, Invalid):
         return _invalid_row(batch_id, spec, meta, now, tally)
+    try:
+        contents = [content_digest(f.path)
+                    for f in local_files(spec.model, spec.task_type, spec.input)]
+    except LocalFileProblem as exc:  # gone or unreadable since it was checked
+        return _invalid_row(batch_id, Invalid(spec.seq, spec.line, spec.row_key, spec.model,
+                                              spec.task_type, str(exc), spec.metadata),
+                            meta, now, tally)
     unchecked = None
     kind = (spec.model, spec.task_type)
     if spec.unchecked:
@@ -368,7 +382,8 @@ def _row(batch_id: str, item: Item, defaults: Defaults, tally: _Tally, now: floa
     priority = rank(expected_s(*kind, spec.input, tally.typical_s.get(kind)))
     return (batch_id, spec.seq, spec.line, spec.row_key, spec.model, spec.task_type,
             input_json, meta, _QUEUED, 0, 0, 0, 0, now, None, None, unchecked,
-            spec.service_mode, fingerprint(spec.row_key, spec.model, spec.task_type, input_json),
+            spec.service_mode,
+            fingerprint(spec.row_key, spec.model, spec.task_type, input_json, contents),
             priority)
 
 

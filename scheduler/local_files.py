@@ -8,6 +8,7 @@ it just before the row's create (`workers.uploads`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -70,6 +71,17 @@ def check_file(path: Path, shown: str) -> str:
         raise LocalFileProblem(f"local file {shown} is not an image, video or audio file "
                                "(by its content)")
     return kind
+
+
+def content_digest(path: str) -> str:
+    """SHA-256 (hex) of the file's bytes: what makes a row with a local file a twin of
+    another (`scheduler.ingest.fingerprint`), since its path says nothing of its content.
+    LocalFileProblem when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise LocalFileProblem(f"cannot read local file {path}: {exc.strerror or exc}") from None
 
 
 class LocalFiles:

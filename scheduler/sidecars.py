@@ -8,10 +8,13 @@ writing again (run end, interrupt, export, a re-run) changes nothing that is alr
 
 Nothing of the user's is lost to a sidecar:
 - A `.txt` already there with other text (captions edited by hand, another tool's) is left
-  as it is and counted, unless the caller asks to replace (`--overwrite-sidecars`).
+  as it is and counted, unless the caller asks to replace (`--overwrite-sidecars`). Text
+  that is the caption of another completed row for the same image (an earlier batch's, the
+  image since edited) was written by piapi-bulk and is replaced by the new caption.
 - Images of one folder that share a name apart from the extension (`dup.png`, `dup.gif`)
   would share `dup.txt`: each gets `<name>.<extension>.txt` instead (`dup.png.txt`), and the
-  report says so.
+  report says so. An image is known by its name's extension or, as a folder manifest knows
+  it, by its content (`e.dat` holding a PNG).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import logging
 import mimetypes
 import os
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +32,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from scheduler.atomic_file import atomic_text
+from scheduler.local_files import HEAD_BYTES, media_kind
 from workers.models import JOBS
 from workers.states import JobState
 from workers.uploads import local_files
@@ -63,6 +68,21 @@ def sidecar_path(image: str, shared: frozenset[str] = frozenset()) -> Path:
     return path.with_name(path.name + ".txt") if path.stem in shared else path.with_suffix(".txt")
 
 
+def _is_image(path: Path) -> bool:
+    """An image by its name's extension or, failing that, by its first bytes (a folder
+    manifest takes `e.dat` holding a PNG as an image); a `.txt` is a sidecar, not read."""
+    kind, _ = mimetypes.guess_type(path.name)
+    if kind is not None:
+        return kind.startswith("image/")
+    if path.suffix.lower() == ".txt":
+        return False
+    try:
+        with path.open("rb") as f:
+            return media_kind(f.read(HEAD_BYTES)) == "image"
+    except OSError:
+        return False
+
+
 def shared_stems(folder: Path) -> frozenset[str]:
     """The names (without extension) that more than one image file in `folder` has; none
     when the folder cannot be listed."""
@@ -73,8 +93,7 @@ def shared_stems(folder: Path) -> frozenset[str]:
     except OSError:
         return frozenset()
     for name in names:
-        kind, _ = mimetypes.guess_type(name)
-        if kind is not None and kind.startswith("image/"):
+        if _is_image(folder / name):
             stem = Path(name).stem
             (shared if stem in seen else seen).add(stem)
     return frozenset(shared)
@@ -93,14 +112,8 @@ def write_text_atomic(path: Path, text: str, replace: bool = True) -> bool | Non
     except (OSError, UnicodeDecodeError):
         if not replace and path.exists():
             return None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text(path) as out:
+        out.write(text)
     return True
 
 
@@ -141,27 +154,66 @@ def write_sidecars(engine: Engine, batch_id: str, replace: bool = False) -> Side
     (the results file has the caption anyway)."""
     report = SidecarReport()
     shared: dict[Path, frozenset[str]] = {}
+    held: dict[str, tuple[Path, str, bool]] = {}
+    """Image -> (sidecar, caption, renamed) of the sidecars that held other text."""
+    for image, text in _captions(engine, JOBS.c.batch_id == batch_id):
+        path = Path(image)
+        if path.parent not in shared:
+            shared[path.parent] = shared_stems(path.parent)
+        renamed = path.stem in shared[path.parent]
+        sidecar = sidecar_path(image, shared[path.parent])
+        try:
+            done = write_text_atomic(sidecar, text, replace)
+        except OSError as exc:
+            logger.warning("cannot write caption sidecar %s: %s", sidecar, exc)
+            continue
+        if done is None:
+            held[image] = (sidecar, text, renamed)
+        else:
+            _count(report, sidecar, done, renamed)
+    own = _written_before(engine, batch_id, held)
+    for image, (sidecar, text, renamed) in held.items():
+        try:
+            done = write_text_atomic(sidecar, text) if image in own else None
+        except OSError as exc:
+            logger.warning("cannot write caption sidecar %s: %s", sidecar, exc)
+            continue
+        _count(report, sidecar, done, renamed)
+    return report
+
+
+def _captions(engine: Engine, where: Any) -> Iterator[tuple[str, str]]:
+    """(local image, caption) of the completed captioning rows `where` selects."""
     query = (select(JOBS.c.model, JOBS.c.task_type, JOBS.c.input_json, JOBS.c.output_json)
-             .where(JOBS.c.batch_id == batch_id, JOBS.c.state == JobState.COMPLETED.value)
-             .order_by(JOBS.c.seq))
+             .where(where, JOBS.c.state == JobState.COMPLETED.value).order_by(JOBS.c.id))
     with engine.connect() as conn:
         rows = conn.execution_options(yield_per=5000).execute(query)
         for model, task_type, input_json, output_json in rows:
             text = caption(json.loads(output_json or "null"))
             files = local_files(model, task_type, json.loads(input_json or "{}"))
-            if text is None or len(files) != 1:
-                continue
-            image = Path(files[0].path)
-            if image.parent not in shared:
-                shared[image.parent] = shared_stems(image.parent)
-            path = sidecar_path(files[0].path, shared[image.parent])
-            try:
-                done = write_text_atomic(path, text, replace)
-            except OSError as exc:
-                logger.warning("cannot write caption sidecar %s: %s", path, exc)
-                continue
-            _count(report, path, done, renamed=path.stem == image.name)
-    return report
+            if text is not None and len(files) == 1:
+                yield files[0].path, text
+
+
+def _written_before(engine: Engine, batch_id: str,
+                    held: dict[str, tuple[Path, str, bool]]) -> set[str]:
+    """The images of `held` whose sidecar holds a caption piapi-bulk wrote: the caption
+    another batch's completed row gave the same image (since edited, it is captioned
+    again). One pass over the other batches' rows, made only when a sidecar held other
+    text."""
+    if not held:
+        return set()
+    found: dict[str, str | None] = {image: _read(sidecar) for image, (sidecar, _, _) in
+                                    held.items()}
+    return {image for image, text in _captions(engine, JOBS.c.batch_id != batch_id)
+            if image in found and found[image] == text}
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _count(report: SidecarReport, path: Path, done: bool | None, renamed: bool) -> None:

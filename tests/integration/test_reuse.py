@@ -16,6 +16,7 @@ from sqlmodel import Session
 from scheduler.export import iter_results
 from scheduler.ingest import canonical_json, fingerprint, ingest
 from scheduler.status import batch_status
+from tests.helpers import png_bytes
 from tests.integration.e2e import add_old_batch, job, set_jobs
 from workers.db import create_tables, session, transaction
 from workers.models import Batch, Job
@@ -265,6 +266,29 @@ def test_ingest_fingerprints_valid_rows_only(engine: Engine, tmp_path: Path) -> 
     expected = hashlib.sha256(canonical_json(
         ["k1", *JOY, {"image": "https://x/1.png"}]).encode()).hexdigest()
     assert fps == {(a, "k1"): expected, (a, "k2"): None, (b, "k1"): expected}
+
+
+def test_an_edited_local_image_is_no_twin_of_what_it_was(engine: Engine,
+                                                         tmp_path: Path) -> None:
+    """A local file is in the input as its path, which an edit leaves as it was: the
+    fingerprint holds its content too, so only the unchanged images find their twins."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, shade in (("a.png", 0), ("b.png", 10)):
+        (photos / name).write_bytes(png_bytes(shade=shade))
+    first = ingest(engine, photos, default_model=JOY[0], default_task_type=JOY[1])
+    (photos / "b.png").write_bytes(png_bytes(shade=200))  # edited, the same size
+    (photos / "c.png").write_bytes(png_bytes(shade=30))   # added: the folder is a new batch
+    second = ingest(engine, photos, default_model=JOY[0], default_task_type=JOY[1])
+    assert second.batch_id != first.batch_id
+    with Session(engine) as s:
+        fps = {(j.batch_id, j.row_key): j.fingerprint for j in s.scalars(select(Job))}
+    assert fps[(second.batch_id, "a.png")] == fps[(first.batch_id, "a.png")]
+    assert fps[(second.batch_id, "b.png")] != fps[(first.batch_id, "b.png")]
+    content = hashlib.sha256(png_bytes(shade=0)).hexdigest()
+    expected = hashlib.sha256(canonical_json(
+        ["a.png", *JOY, {"image": str(photos / "a.png")}, [content]]).encode()).hexdigest()
+    assert fps[(first.batch_id, "a.png")] == expected
 
 
 def test_an_older_database_gets_the_columns(engine: Engine) -> None:

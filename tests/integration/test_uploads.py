@@ -174,6 +174,30 @@ def test_sidecars_never_cost_a_caption_or_a_users_file(tmp_path: Path, sqlite_ur
     assert "captions: 1 sidecar .txt files written, 3 already up to date" in done.stderr
     assert (photos / "mine.txt").read_text() == text["mine.png"]
     assert len(emu.ledger()) == 4
+    # An edited image is captioned again (not its old twin), and the sidecar piapi-bulk
+    # wrote for it before takes the new caption; a PNG named e.dat is an image beside
+    # e.png, and an image with no extension is no renamed sidecar.
+    (photos / "cat.png").write_bytes(png_bytes(3, 3, 99))
+    (photos / "e.png").write_bytes(png_bytes(2, 2, 50))
+    (photos / "e.dat").write_bytes(png_bytes(2, 2, 51))
+    (photos / "noext").write_bytes(png_bytes(2, 2, 52))
+    code, out = _run(emu, tmp_path, sqlite_url, *args)
+    assert code == 0, out
+    out = out[out.rindex("new batch"):]  # this run's lines
+    assert "skipped" not in out, out  # the captions beside the images are no files skipped
+    again = {r["id"]: r for r in read_results(tmp_path / "out.jsonl")}
+    assert "reused_from" not in again["cat.png"] and again["cat.png"]["output"]["text"] != \
+        text["cat.png"]
+    assert all("reused_from" in again[k] for k in ("dup.png", "dup.jpg", "mine.png"))
+    assert (photos / "cat.txt").read_text() == again["cat.png"]["output"]["text"]
+    assert (photos / "e.png.txt").read_text() == again["e.png"]["output"]["text"]
+    assert (photos / "e.dat.txt").read_text() == again["e.dat"]["output"]["text"]
+    assert (photos / "noext.txt").read_text() == again["noext"]["output"]["text"]
+    assert not (photos / "e.txt").exists()
+    assert "captions: 4 sidecar .txt files written, 3 already up to date" in out, out
+    assert "captions: 4 written as <image file name>.txt" in out, out  # dup (2), e (2)
+    assert "left as they were" not in out, out
+    assert len(emu.ledger()) == 8
 
 
 def _csv(path: Path, lines: list[str]) -> Path:

@@ -257,3 +257,16 @@ def test_shared_stems(tmp_path: Path, files: list[str], shared: set[str]) -> Non
         expected = f"{name}.txt" if Path(name).stem in shared else f"{Path(name).stem}.txt"
         assert sidecar_path(str(tmp_path / name), found) == tmp_path / expected
     assert shared_stems(tmp_path / "missing") == frozenset()
+
+
+def test_shared_stems_know_an_image_by_its_content(tmp_path: Path) -> None:
+    """A folder manifest takes `e.dat` holding a PNG as an image, so its sidecar must not
+    be `e.txt`, `e.png`'s; a `.txt` or a file that is no image shares no name."""
+    from tests.helpers import png_bytes
+
+    (tmp_path / "e.png").write_bytes(png_bytes())
+    (tmp_path / "e.dat").write_bytes(png_bytes(shade=9))
+    (tmp_path / "f.png").write_bytes(png_bytes())
+    (tmp_path / "f.dat").write_bytes(b"not an image")
+    (tmp_path / "f.txt").write_bytes(png_bytes())
+    assert shared_stems(tmp_path) == {"e"}
