@@ -39,6 +39,7 @@ from pathlib import Path
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -459,7 +460,7 @@ class Dispatcher:
                         self.fleet.wait(wait)
                     else:
                         stop.wait(1.0)
-                except redis.RedisError as exc:
+                except (redis.RedisError, OperationalError) as exc:  # kombu's: a publish
                     logger.warning("Redis unavailable (%s); retrying", exc)
                     leading = False
                     stop.wait(1.0)

@@ -415,6 +415,36 @@ def test_random_moves_change_only_what_the_table_allows(
         before = after
 
 
+def test_a_broker_that_cannot_be_reached_in_a_pass_is_waited_out(engine: Engine,
+                                                                 redis_url: str) -> None:
+    """Celery's publish raises kombu's OperationalError (no redis.RedisError) when Redis
+    went away mid-pass: the dispatcher waits and passes again, as for any Redis error,
+    instead of exiting with a traceback."""
+    import threading
+
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from scheduler.dispatcher import Dispatcher
+    from workers.app import create_celery
+
+    d = Dispatcher(engine, redis.Redis.from_url(redis_url), create_celery(redis_url),
+                   lease_s=LEASE)
+    stop = threading.Event()
+    passes: list[bool] = []
+
+    def step(leading: bool) -> tuple[bool, float]:
+        passes.append(leading)
+        if len(passes) == 1:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+        stop.set()
+        return False, 0.0
+
+    d._step = step  # type: ignore[method-assign]
+    d.run(stop)
+    assert passes == [False, False]
+
+
 def test_a_dispatcher_lifts_the_halt_once_piapi_accepts_the_key(engine: Engine,
                                                                 redis_url: str) -> None:
     """A standing fleet halted by a refused key is not halted for good: its dispatcher asks
