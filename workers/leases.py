@@ -37,7 +37,8 @@ _FREE = or_(JOBS.c.lease_until.is_(None), JOBS.c.lease_until < bindparam("p_now"
 _OCCUPANCY = union_all(
     select(literal(False).label("held"), JOBS.c.batch_id, JOBS.c.state, JOBS.c.model,
            func.count())
-    .where(JOBS.c.state.in_([JobState.SUBMITTING.value, JobState.RUNNING.value]))
+    .where(JOBS.c.state.in_([JobState.SUBMITTING.value, JobState.RUNNING.value,
+                             JobState.AMBIGUOUS.value]))
     .group_by(JOBS.c.batch_id, JOBS.c.state, JOBS.c.model),
     select(literal(True).label("held"), JOBS.c.batch_id, JOBS.c.state, JOBS.c.model, literal(1))
     .where(JOBS.c.lease_until >= bindparam("p_now"), JOBS.c.lease_epoch == bindparam("p_epoch")),
@@ -49,6 +50,10 @@ _OCCUPANCY = union_all(
     .group_by(JOBS.c.batch_id, JOBS.c.model),
 )
 _WAITING_HELD = frozenset({JobState.QUEUED, JobState.RETRY_WAIT})
+_CREATED = frozenset({JobState.RUNNING, JobState.AMBIGUOUS})
+"""Rows whose create PiAPI has long had, if it made the task: not `creating` (a create
+PiAPI's own count may not show yet). An ambiguous row holds its slot like a running one:
+its task may be in flight, and until it is reconciled, nothing says it is not."""
 _YOUNG = (select(JOBS.c.model, func.count())
           .where(JOBS.c.state == JobState.RUNNING.value,
                  JOBS.c.submitted_at > bindparam("p_since"),
@@ -147,8 +152,9 @@ class Occupancy:
 
 
 def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
-    """Slots in use: tasks submitting or running, creates already dispatched, and
-    abandoned stuck tasks still watched."""
+    """Slots in use: tasks submitting or running, creates whose answer was lost
+    (ambiguous, until reconciled), creates already dispatched, and abandoned stuck tasks
+    still watched."""
     with transaction(engine) as conn:
         rows = conn.execute(_OCCUPANCY, {"p_now": now, "p_epoch": epoch}).all()
     by_batch: dict[str, int] = {}
@@ -162,7 +168,7 @@ def occupancy(engine: Engine, now: float, epoch: str) -> Occupancy:
         by_model[str(model)] = by_model.get(str(model), 0) + int(n)
         if state == AttemptState.ABANDONED:
             abandoned += int(n)
-        elif state != JobState.RUNNING:
+        elif state not in _CREATED:
             creating_by_model[str(model)] = creating_by_model.get(str(model), 0) + int(n)
     return Occupancy(total=sum(by_batch.values()), by_batch=by_batch,
                      creating=sum(creating_by_model.values()), abandoned=abandoned,

@@ -415,6 +415,17 @@ def test_random_moves_change_only_what_the_table_allows(
         before = after
 
 
+def test_a_create_whose_answer_was_lost_holds_its_slot(engine: Engine) -> None:
+    """An ambiguous row's task may be in flight at PiAPI: until it is reconciled it counts
+    against the limit like a running one (not as a create PiAPI may not count yet)."""
+    ids = add_batch(engine, "b1", rows=4)
+    set_jobs(engine, ids[0], state=JobState.RUNNING.value)
+    set_jobs(engine, ids[1], state=JobState.AMBIGUOUS.value)
+    set_jobs(engine, ids[2], state=JobState.SUBMITTING.value)
+    occ = leases.occupancy(engine, NOW, "e1")
+    assert (occ.total, occ.by_batch, occ.creating) == (3, {"b1": 3}, 1)
+
+
 def test_a_broker_that_cannot_be_reached_in_a_pass_is_waited_out(engine: Engine,
                                                                  redis_url: str) -> None:
     """Celery's publish raises kombu's OperationalError (no redis.RedisError) when Redis
