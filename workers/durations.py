@@ -71,6 +71,19 @@ def load(engine: Engine, model: str, task_type: str, limit: int = WINDOW) -> Dur
     return Durations.of([float(v) for v in values])
 
 
+def one_created_since(engine: Engine, model: str, task_type: str, since: float) -> bool:
+    """Whether a task of this kind created at `since` or later has completed (a sample's
+    creation: its record time less its duration; exact for rows of input factor 1, most
+    rows). Read from the kind's newest `KEEP` samples at most (pruning keeps no more)."""
+    with Session(engine) as s:
+        found = s.scalar(
+            select(col(DurationSample.id))
+            .where(col(DurationSample.model) == model, col(DurationSample.task_type) == task_type,
+                   col(DurationSample.at) - col(DurationSample.duration_s) >= since)
+            .limit(1))
+    return found is not None
+
+
 def prune(engine: Engine, keep: int = KEEP) -> int:
     """Drop all but the newest `keep` samples of each kind; returns rows deleted."""
     deleted = 0

@@ -50,6 +50,11 @@ from enum import StrEnum
 
 from workers.piapi import Outcome
 
+UNCONFIRMED_FACTOR = 10.0
+"""A task past its stuck limit while no task of its kind created about when it was (or
+later) has completed is taken for a slow one, not a stuck one (PiAPI congested: every task
+of the kind takes longer), until this many limits: replacing it would pay twice when it
+ends. See `WorkerContext.confirmed_stuck_after_s`."""
 WATCH_FACTOR = 10.0
 """An abandoned task is watched until this many stuck limits after it was abandoned
 (the stuck limit is itself 4x the longest duration learned: 40x in all)..."""

@@ -395,3 +395,55 @@ def test_an_older_database_gains_the_stuck_columns_and_indexes(engine: Engine) -
     w.now = STUCK_AT
     w.poll(job)
     assert (w.job(job).error_kind, w.occupancy().abandoned) == ("stuck", 1)
+
+
+def test_a_task_only_slow_with_the_rest_of_its_kind_is_not_given_up_on(world: World) -> None:
+    """Past the limit, a task counts as stuck only when a task of its kind created about
+    when it was (no earlier than one limit before) has completed since: otherwise PiAPI is
+    slow with the whole kind (congested), and replacing it would pay twice when it ends.
+    Then it is given up on only past UNCONFIRMED_FACTOR limits."""
+    from workers.durations import DurationCache, add_samples
+    from workers.stuck import UNCONFIRMED_FACTOR
+
+    w = world
+    w.ctx.durations = DurationCache(w.engine)
+    [job, other] = w.add(2)
+    with Session(w.engine) as s:  # a task of the kind created long before t1 (not its time)
+        add_samples(s, [(*JOY, 20.0)], T0 - LIMIT - 1)
+        s.commit()
+    w.create(job, "t1")
+    w.now = STUCK_AT
+    w.poll(job)
+    assert (w.job(job).state, w.piapi.cancelled) == ("running", [])  # slow, not stuck
+    # A task of its time completes: t1 is the one that hangs.
+    w.create(other, "t2")
+    w.piapi.set("t2", "completed", output={"text": "a cat"})
+    w.now += 1
+    w.poll(other)
+    assert w.job(other).state == "completed"
+    w.now += 1
+    w.poll(job)
+    row = w.job(job)
+    assert (row.state, row.error_kind) == ("retry_wait", "stuck")
+    [a1] = w.attempts(job)
+    assert a1.error is not None and "(expected at most 300s)" in a1.error
+    assert UNCONFIRMED_FACTOR > 1
+
+
+def test_a_congested_kind_gives_a_task_up_only_far_past_its_limit(world: World) -> None:
+    from workers.durations import DurationCache
+    from workers.stuck import UNCONFIRMED_FACTOR
+
+    w = world
+    w.ctx.durations = DurationCache(w.engine)
+    [job] = w.add()
+    w.create(job, "t1")
+    far = T0 + LIMIT * UNCONFIRMED_FACTOR
+    w.now = far
+    w.poll(job)
+    assert w.job(job).state == "running"
+    w.now = far + 1
+    w.poll(job)
+    assert (w.job(job).state, w.job(job).error_kind) == ("retry_wait", "stuck")
+    [a1] = w.attempts(job)
+    assert a1.error is not None and f"(expected at most {far - T0:.0f}s)" in a1.error

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 
-from workers import stuck
+from workers import durations, stuck
 from workers.catalog import active_family, prior_duration_s
 from workers.db import TRANSIENT_WAIT_S, retry_transient
 from workers.durations import DurationCache
@@ -115,6 +115,28 @@ class WorkerContext:
         before it counts as stuck."""
         learned = self.durations.get(model, task_type) if self.durations else None
         return stuck_after_s(learned, prior_duration_s(model, task_type), factor)
+
+    def confirmed_stuck_after_s(self, model: str, task_type: str, submitted_at: float,
+                                now: float, factor: float = 1.0) -> float:
+        """`stuck_after_s`, confirmed for a task already past it: a task PiAPI is only
+        slow with is not stuck, and replacing it would pay twice when it ends.
+
+        Read afresh (the cache may be seconds behind tasks that just took longer), the
+        limit may have grown past the task's age. Past it, the task counts as stuck only
+        when a task of its kind created no earlier than one limit before it has completed
+        since: tasks of its time still end, so it is the one that hangs. When none has,
+        PiAPI is slow with every task of the kind (congested), and the task counts as stuck
+        only past `stuck.UNCONFIRMED_FACTOR` times the limit."""
+        limit = self.stuck_after_s(model, task_type, factor)
+        if now - submitted_at <= limit or self.durations is None:
+            return limit
+        engine = self.durations.engine
+        fresh = stuck_after_s(durations.load(engine, model, task_type),
+                              prior_duration_s(model, task_type), factor)
+        if now - submitted_at <= fresh or durations.one_created_since(
+                engine, model, task_type, submitted_at - fresh):
+            return fresh
+        return fresh * stuck.UNCONFIRMED_FACTOR
 
     def next_poll_at(self, model: str, task_type: str, submitted_at: float, polls: int,
                      now: float, factor: float = 1.0) -> float:
