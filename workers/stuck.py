@@ -3,7 +3,10 @@
 A task that has not ended far past its kind's learned tail (`polling.stuck_after_s`: four
 times the longest duration seen, or ten times the prior, both per unit of work and times
 the row's input factor, like its poll schedule) is *stuck*. PiAPI can cancel a task only
-while it is `pending` (and refunds it), so:
+while it is `pending` (and refunds it), so one it runs on counts as stuck only when tasks of
+its kind created about when it was still complete (`WorkerContext.confirmed_stuck_after_s`);
+while none has, PiAPI is taken to be slow with the whole kind, and such a task counts as
+stuck only past `UNCONFIRMED_FACTOR` limits (replacing slow tasks pays twice). And so:
 
 - **pending**, whatever the policy: cancelled at PiAPI, then a new task replaces it within
   the batch's `max_attempts`; out of attempts the row ends `failed`, kind `stuck`. A cancel

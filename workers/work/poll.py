@@ -177,7 +177,11 @@ def facts_for(ctx: WorkerContext, t: tr.PollTarget, answer: PollAnswer) -> PollF
     if not isinstance(answer, TaskView) or answer.outcome.ended:
         return facts
     submitted = t.submitted_at if t.submitted_at is not None else now
-    limit = ctx.confirmed_stuck_after_s(t.model, t.task_type, submitted, now, t.factor)
+    # A stuck pending task is cancelled, and refunded: the limit needs no confirming. One
+    # PiAPI runs on would be paid twice if replaced while only slow: it does.
+    limit = (ctx.stuck_after_s(t.model, t.task_type, t.factor)
+             if answer.outcome is Outcome.PENDING else
+             ctx.confirmed_stuck_after_s(t.model, t.task_type, submitted, now, t.factor))
     return replace(facts, stuck_after_s=limit,
                    next_poll_at=ctx.next_poll_at(t.model, t.task_type, submitted,
                                                  t.polls + 1, now, t.factor))
