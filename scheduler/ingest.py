@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from scheduler.folder import FolderManifest, image_field
@@ -224,7 +224,12 @@ def ingest(
         started = time.monotonic()
         defaults = Defaults(batch.default_model, batch.default_task_type, batch.service_mode,
                             dict(fields or {}), LocalFiles(source_folder(manifest)))
-        _load(engine, batch.id, defaults, manifest, tally, chunk_size, progress, strict)
+        try:
+            _load(engine, batch.id, defaults, manifest, tally, chunk_size, progress, strict)
+        except ManifestError:
+            if created:  # read part-way (a truncated gzip): no batch, as for any unreadable file
+                _drop_unstarted(engine, batch.id)
+            raise
     _analyze(engine)
     logger.info("ingested batch %s: %d rows, %d invalid, in %.1f s", batch.id, tally.total,
                 tally.invalid, time.monotonic() - started)
@@ -260,6 +265,22 @@ def _batch(engine: Engine, manifest: Source, digest: str,
         conn.execute(insert(BATCHES).values(batch.model_dump()))
     logger.info("new batch %s for %s", batch.id, manifest.path)
     return batch, True
+
+
+def _drop_unstarted(engine: Engine, batch_id: str) -> None:
+    """Delete a batch this ingest created and could not finish, when none of its rows was
+    handed to a worker yet (a fleet may serve a batch while it is ingested): rows still
+    queued and never leased, or invalid; the batch goes with its last row."""
+    with engine.begin() as conn:
+        conn.execute(delete(JOBS).where(
+            JOBS.c.batch_id == batch_id, JOBS.c.state.in_([_QUEUED, _INVALID]),
+            JOBS.c.lease_until.is_(None), JOBS.c.attempts == 0))
+        if conn.execute(select(JOBS.c.id).where(JOBS.c.batch_id == batch_id).limit(1)).first():
+            logger.warning("batch %s: its manifest could not be read to the end, and some of "
+                           "its rows are already being worked on: it is kept", batch_id)
+            return
+        conn.execute(delete(BATCHES).where(BATCHES.c.id == batch_id))
+    logger.info("batch %s dropped: its manifest could not be read to the end", batch_id)
 
 
 def _settings(engine: Engine, batch: Batch, max_attempts: int | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,23 @@ def test_unreadable_manifest_writes_nothing(engine: Engine, tmp_path: Path,
     with pytest.raises(ManifestError, match=message):
         ingest(engine, path)
     assert count(engine, BATCHES) == 0
+
+
+def test_a_manifest_cut_short_part_way_leaves_no_batch(engine: Engine, tmp_path: Path) -> None:
+    """A truncated gzip reads well for a while, so some chunks are stored before the error:
+    the batch this ingest created goes with them, as for a file that cannot be read at all
+    (no batch stays `ingesting` for ever); once some row is being worked on, it is kept."""
+    body = b"image\n" + b"".join(b"https://e.test/%d/%s.png\n" % (i, os.urandom(8).hex().encode())
+                                 for i in range(5000))  # compresses little: cut past 64 KiB
+    packed = gzip.compress(body)
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    seen: list[int] = []
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        ingest(engine, path, default_model=JOY["model"], default_task_type=JOY["task_type"],
+               chunk_size=100, progress=seen.append)
+    assert seen, "chunks were stored before the error"
+    assert (count(engine, BATCHES), count(engine, JOBS)) == (0, 0)
 
 
 def _batch_ids(engine: Engine) -> list[str]:
