@@ -255,7 +255,8 @@ class Dispatcher:
         `HALT_RECHECK_S` whether it accepts the key (`/account/info`); when it does, the
         halt is lifted, so a standing fleet resumes by itself once the key is restored or
         the process that used a wrong one is gone (a create refused again halts it again:
-        one refused, unpaid create per check at worst)."""
+        the creates of the messages a worker has in hand at worst, refused and unpaid, per
+        check: a worker posts nothing of a message that reaches it after the halt)."""
         halt = get_halt(self.engine)
         if halt is None or self.account_limit is None:
             self._halt_seen = None

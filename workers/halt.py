@@ -6,6 +6,7 @@ import logging
 from typing import NamedTuple
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from workers.db import session
 from workers.models import Control
@@ -17,13 +18,20 @@ HALT_KEY = "halt"
 
 def set_halt(engine: Engine, reason: str, now: float) -> None:
     """Stop admitting new creates fleet-wide until an operator (or `run`) clears it."""
+    try:
+        _put(engine, reason, now)
+    except IntegrityError:  # another thread or process halted it between our read and insert
+        _put(engine, reason, now)
+    logger.error("fleet halted: %s", reason)
+
+
+def _put(engine: Engine, reason: str, now: float) -> None:
     with session(engine) as s:
         row = s.get(Control, HALT_KEY)
         if row is None:
             s.add(Control(key=HALT_KEY, value=reason, updated_at=now))
         else:
             row.value, row.updated_at = reason, now
-    logger.error("fleet halted: %s", reason)
 
 
 def get_halt(engine: Engine) -> str | None:

@@ -70,3 +70,30 @@ def test_a_concurrency_refusal_is_reported_before_its_row_is_recorded(
     assert ctx.seen == [refusals]  # the count as the record was written
     assert fleet.concurrency_refusals() == refusals  # and counted once, not again at the end
     client.close()
+
+
+def test_a_create_message_that_comes_after_a_halt_posts_nothing(engine: Engine) -> None:
+    """Messages the dispatcher sent before it saw the halt (a key refused by another
+    worker's create) post nothing: each create would be refused again. The rows stay
+    queued, untouched, for when the halt is lifted."""
+    from workers.halt import set_halt
+    from workers.work.create import HALTED
+    from workers.work.summary import render
+
+    class Counting(Script):
+        posts = 0
+
+        def create_task(self, *args: Any, **kw: Any) -> TaskView:
+            self.posts += 1
+            return super().create_task(*args, **kw)
+
+    script = Counting(200, "")
+    ctx = WorkerContext(engine=engine, client=script,  # type: ignore[arg-type]
+                        lease_s=30.0, max_tries=3)
+    rows = add_batch(engine, "b1", 3)
+    set_halt(engine, "PiAPI refused the account: HTTP 401", 1.0)
+    summary = submit_jobs(ctx, rows)
+    assert script.posts == 0
+    assert [(job(engine, r).state, job(engine, r).attempts) for r in rows] == \
+        [(JobState.QUEUED, 0)] * 3
+    assert f"3 {HALTED}" in render(summary)

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from workers import transitions as tr
+from workers.halt import get_halt
 from workers.piapi import (
     AccountError,
     AmbiguousError,
@@ -123,12 +124,19 @@ VERDICT_LABELS = {
 }
 """A verdict in a message's summary (what Flower shows as the task's result)."""
 TAKEN_BACK = RowOutcome("taken back while uploading")
+HALTED = "not sent (the fleet is halted)"
 
 
 def submit_jobs(ctx: WorkerContext, job_ids: Iterable[int]) -> MessageSummary:
     """Create a PiAPI task for each job that is still due; what became of each row."""
     ids = list(job_ids)
     summary = MessageSummary()
+    if get_halt(ctx.engine) is not None:
+        # A refused key (or credit) halted the fleet after this message was sent: posting
+        # would be refused again, row after row. The rows stay queued; their leases run out
+        # and the dispatcher hands them out again once the halt is lifted.
+        summary.add(RowOutcome(HALTED), len(set(ids)))
+        return summary
     # No budget is spent here: the dispatcher took a token for each create it sent, so a
     # create never waits for one while its lease runs.
     with reported(ctx) as tally:
