@@ -32,6 +32,12 @@ _ABANDONED = (
     .group_by(ATTEMPTS.c.watch_until.is_not(None))
 )
 """Abandoned tasks of a batch (watched or not) and their `ABANDONED_USAGE`."""
+_POLLED = (JobState.RUNNING.value, JobState.AMBIGUOUS.value)
+"""Rows whose `next_at` is a poll or reconciliation due: made by whatever serves the batch,
+never held back for a free slot, so one long overdue means nothing serves it."""
+STALLED_AFTER_S = 120.0
+"""Polls overdue this long: nothing is serving the batch (a run's own liveness watch
+restarts its workers after as long, `scheduler.liveness.DEFAULT_STALL_S`)."""
 _NOT_IN_JSON = frozenset({"consumed_units", "cancel_mode", "ingested"})
 """`BatchStatus` fields `status --json` leaves out (`cancel_mode` goes out as `cancelled`)."""
 
@@ -68,6 +74,18 @@ class BatchStatus:
     """Rows that took a completed twin's task instead of paying (`workers.transitions.reuse`)."""
     concurrency: int | None = None
     """The batch's own `--concurrency` (tasks in flight at most), if it was given one."""
+    due_since: float | None = None
+    """When the batch's earliest poll (or reconciliation) not yet made fell due; None when
+    none is due. Long past (`STALLED_AFTER_S`), nothing is working on the batch."""
+
+    @property
+    def stalled_s(self) -> float | None:
+        """How long polls have been overdue, when that is past `STALLED_AFTER_S` (no run,
+        dispatcher or worker is serving the batch); None otherwise."""
+        if self.due_since is None or self.done:
+            return None
+        overdue = time.time() - self.due_since
+        return overdue if overdue > STALLED_AFTER_S else None
 
     @property
     def active(self) -> int:
@@ -87,13 +105,16 @@ class BatchStatus:
     @property
     def phase(self) -> str:
         """One word for where the batch is: `ingesting`, `done`, `paused` (budget),
-        `cancelling`, `running` (tasks in flight) or `waiting` (for a fleet or a retry)."""
+        `stalled` (polls long overdue: nothing serves it), `cancelling`, `running` (tasks
+        in flight) or `waiting` (for a fleet or a retry)."""
         if not self.ingested:
             return "ingesting"
         if self.done:
             return "done"
         if self.paused:
             return "paused"
+        if self.stalled_s is not None:
+            return "stalled"
         if self.cancel_mode is not None:
             return "cancelling"
         in_flight = self.counts.get(JobState.SUBMITTING.value, 0) + self.counts.get(
@@ -119,8 +140,13 @@ class BatchStatus:
         return lines
 
     def details(self) -> list[str]:
-        """Failures by kind and abandoned tasks, a line each (none when there are none)."""
+        """Nothing serving the batch, failures by kind and abandoned tasks, a line each
+        (none when there are none)."""
         lines = []
+        stalled = self.stalled_s
+        if stalled is not None:
+            lines.append(f"stalled: polls {duration(stalled)} overdue, nothing serves it: run "
+                         "the same command again, or start the fleet")
         if self.failures:
             lines.append("failed: " + ", ".join(f"{kind} {n}" for kind, n in
                                                 sorted(self.failures.items())))
@@ -136,7 +162,7 @@ class BatchStatus:
         record = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_JSON}
         usd = round(self.usd, 6)
         return {**record, "finished": self.finished, "usd": usd, "spent_usd": usd,
-                "cancelled": self.cancel_mode}
+                "cancelled": self.cancel_mode, "phase": self.phase}
 
 
 def duration(seconds: float) -> str:
@@ -171,6 +197,8 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
             .group_by(col(Job.error_kind))).all()}
         abandoned = s.execute(_ABANDONED.where(
             ATTEMPTS.c.state == AttemptState.ABANDONED.value, JOBS.c.batch_id == batch_id)).all()
+        due_since = s.scalar(select(func.min(col(Job.next_at))).where(
+            col(Job.batch_id) == batch_id, col(Job.state).in_(_POLLED)))
     counts = {state.value: 0 for state in JobState}
     consumed = unchecked = reused = 0
     for state, n, units, n_unchecked, n_reused in rows:
@@ -191,6 +219,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
         abandoned=sum(int(n) for _, n, _ in abandoned), watched=watched,
         on_stuck=batch.on_stuck, ingested=batch.ingested, reused=reused,
         concurrency=batch.concurrency,
+        due_since=float(due_since) if due_since is not None else None,
     )
 
 

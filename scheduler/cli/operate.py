@@ -100,7 +100,7 @@ def status(
         typer.echo(json.dumps({
             "database": shown,
             "halted": halt._asdict() if halt else None,
-            "batches": [{**s.to_json(), "phase": s.phase, "models": [
+            "batches": [{**s.to_json(), "models": [
                 {"model": m, "task_type": t, "rows": n} for m, t, n in models[s.id]]}
                 for s in statuses],
             "doctor": json.loads(found.to_json()) if found else None}, indent=2))

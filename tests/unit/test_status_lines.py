@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from scheduler.status import WIDTH, BatchStatus, human_lines, masked_url
+from scheduler.status import STALLED_AFTER_S, WIDTH, BatchStatus, human_lines, masked_url
 from workers.states import JobState
 
 T0 = datetime(2026, 3, 4, 15, 6, 30).timestamp()
@@ -30,6 +31,10 @@ def status(counts: dict[str, int], **extra: object) -> BatchStatus:
     (status({"queued": 2}, paused="budget: spent $1.00"), "paused"),
     (status({"running": 2}, cancel_mode="finish"), "cancelling"),
     (status({"completed": 2}, ingested=False), "ingesting"),
+    (status({"running": 2}, due_since=time.time() - 30), "running"),  # a poll a bit late
+    (status({"running": 2}, due_since=time.time() - STALLED_AFTER_S - 60), "stalled"),
+    (status({"ambiguous": 1}, due_since=time.time() - STALLED_AFTER_S - 60), "stalled"),
+    (status({"completed": 2}, done=True, due_since=time.time() - 9999), "done"),
 ])
 def test_phase(st: BatchStatus, phase: str) -> None:
     assert st.phase == phase
@@ -97,7 +102,19 @@ def test_status_json_is_the_contract() -> None:
         "id", "source", "total", "counts", "finished", "done", "usd", "created_at",
         "budget_usd", "spent_usd", "paused", "deadline_at", "cancelled", "cancelled_at",
         "unchecked", "failures", "abandoned", "watched", "on_stuck", "reused", "concurrency",
+        "due_since", "phase",
     }
     assert (out["finished"], out["usd"], out["spent_usd"]) == (3, 2.5, 2.5)
     assert out["cancelled"] == "finish" and out["failures"] == {"provider": 1}
     assert out["counts"] == st.counts and out["counts"] is not st.counts
+
+
+def test_a_batch_nothing_serves_says_so() -> None:
+    """Its rows still say `running` after the run was killed: the polls long overdue show
+    that nothing serves it, and how to go on."""
+    st = status({"running": 20, "queued": 5}, due_since=time.time() - 300)
+    [line] = st.details()
+    assert line.startswith("stalled: polls 5m0") and "same command" in line
+    assert all(len(x) <= WIDTH for x in human_lines(st, []))
+    assert human_lines(st, [])[0].split()[1] == "stalled"
+    assert st.to_json()["phase"] == "stalled"
