@@ -35,7 +35,6 @@ class Admission:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.clock = clock
-        self.estimates = spending.CostEstimates(clock)
         self._room: dict[str, int] = {}
         """Creates still allowed per batch until its next look; absent = no limit."""
         self._next_look: dict[str, float] = {}
@@ -67,7 +66,7 @@ class Admission:
         started = self.clock()
         if started < self._next_look.get(batch.id, 0.0):
             return
-        spend = spending.batch_spend(self.engine, batch.id, now, epoch, self.estimates)
+        spend = spending.batch_spend(self.engine, batch.id, now, epoch)
         room = spending.allowance(batch.budget_usd, spend.spent_usd, spend.frozen_usd,
                                   spend.next_usd)
         self._room[batch.id] = room

@@ -15,9 +15,7 @@ budget.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, case, func, or_, select
@@ -31,10 +29,6 @@ from workers.states import AttemptState, JobState
 
 USD_PER_UNIT = 1 / UNITS_PER_USD
 """US$ per PiAPI usage unit."""
-ESTIMATE_TTL_S = 30.0
-"""How long a kind's cost learned from other batches is reused before it is read again."""
-SAMPLE_ROWS = 1000
-"""Completed rows of a kind read (at most) to learn its cost from other batches."""
 
 FINISHED = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 IN_FLIGHT = (JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.AMBIGUOUS.value)
@@ -68,11 +62,6 @@ _ABANDONED = (
     .group_by(JOBS.c.model, JOBS.c.task_type, "watched")
 )
 """Per (kind, still watched): abandoned tasks, and their `ABANDONED_USAGE`."""
-_SAMPLE = select(JOBS.c.usage_consume).where(
-    JOBS.c.state == JobState.COMPLETED.value, JOBS.c.model == bindparam("p_model"),
-    JOBS.c.task_type == bindparam("p_task_type"), JOBS.c.usage_consume.is_not(None),
-).limit(SAMPLE_ROWS).subquery()
-_MEAN = select(func.avg(_SAMPLE.c.usage_consume), func.count())
 _SET_PAUSED = BATCHES.update().where(BATCHES.c.id == bindparam("p_batch")).values(
     paused=bindparam("p_paused"))
 
@@ -113,27 +102,6 @@ def pause_message(spend: Spend, budget_usd: float) -> str:
             f"{money(budget_usd)}; re-run with a higher --budget-usd to continue")
 
 
-class CostEstimates:
-    """The mean cost of one task per kind over the database's completed rows (a sample),
-    cached; the price table's upper bound for a kind with none."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._cache: dict[Kind, tuple[float, float]] = {}
-
-    def get(self, engine: Engine, kind: Kind) -> float:
-        """Estimated US$ of one task of `kind`."""
-        now = self.clock()
-        cached = self._cache.get(kind)
-        if cached is not None and now - cached[1] < ESTIMATE_TTL_S:
-            return cached[0]
-        with transaction(engine) as conn:
-            mean, n = conn.execute(_MEAN, {"p_model": kind[0], "p_task_type": kind[1]}).one()
-        usd = float(mean) * USD_PER_UNIT if n and mean is not None else upper_usd(*kind)
-        self._cache[kind] = (usd, now)
-        return usd
-
-
 @dataclass
 class _Kind:
     """One kind's rows in a batch: completed with a usage (and its units), in flight,
@@ -155,9 +123,13 @@ class _Kind:
             self.waiting += n
 
 
-def batch_spend(engine: Engine, batch_id: str, now: float, epoch: str,
-                estimates: CostEstimates) -> Spend:
-    """Spent, frozen and the next create's estimate for one batch (one grouped read)."""
+def batch_spend(engine: Engine, batch_id: str, now: float, epoch: str) -> Spend:
+    """Spent, frozen and the next create's estimate for one batch (one grouped read).
+
+    A kind's task is estimated at the mean cost of the batch's own completed tasks of that
+    kind, else at its tariff's dearest options (`prices.upper_usd`): not at what other
+    batches paid, whose rows may have taken cheaper options (720P 5 s clips priced a batch
+    of 1080P 10 s ones at half, and its budget was passed by 92%)."""
     params = {"p_batch": batch_id, "p_now": now, "p_epoch": epoch}
     with transaction(engine) as conn:
         rows = conn.execute(_BY_KIND, params).all()
@@ -177,7 +149,7 @@ def batch_spend(engine: Engine, batch_id: str, now: float, epoch: str,
     for kind, k in kinds.items():
         if k.in_flight or k.waiting:
             usd = (k.completed_units / k.completed * USD_PER_UNIT if k.completed
-                   else estimates.get(engine, kind))
+                   else upper_usd(*kind))
             frozen += k.in_flight * usd
             if k.waiting:
                 next_usd = max(next_usd, usd)

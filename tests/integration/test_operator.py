@@ -24,6 +24,7 @@ from scheduler.admission import Admission
 from scheduler.status import batch_status
 from tests.helpers import Emulator, MakeEmulator, wait_until
 from tests.integration.e2e import (
+    JOY_KIND,
     NO_PIAPI,
     add_batch,
     add_old_batch,
@@ -44,6 +45,7 @@ from workers.catalog import UNKNOWN_PRICE_USD
 from workers.db import create_tables, session
 from workers.models import Batch, Job
 from workers.piapi import TaskView, Usage
+from workers.prices import upper_usd
 from workers.reconcile import records as amb
 from workers.states import ErrorKind, JobState
 from workers.transitions import operator
@@ -256,8 +258,7 @@ def test_budget_allowance_pause_and_resume(engine: Engine) -> None:
     for j in ids[:2]:
         put(engine, j, state=JobState.COMPLETED.value, usage_consume=100_000)
     running(engine, ids[2], "t-run")
-    estimates = spending.CostEstimates()
-    spend = spending.batch_spend(engine, "b1", NOW, "e", estimates)
+    spend = spending.batch_spend(engine, "b1", NOW, "e")
     assert spend.spent_usd == pytest.approx(0.02) and spend.frozen_usd == pytest.approx(0.01)
     assert (spend.next_usd, spend.waiting, spend.in_flight) == (pytest.approx(0.01), 7, 1)
 
@@ -287,15 +288,17 @@ def test_budget_allowance_pause_and_resume(engine: Engine) -> None:
     resumed.refresh(leases.open_batches(engine), NOW + 2, "e")
     assert resumed.room(b1, 5, NOW + 2) == 5 and batch_row(engine).paused is None
 
-    # A batch with nothing completed learns its kind's cost from the rest of the database;
-    # a kind nobody knows the price of is assumed dear.
+    # A batch with nothing completed prices its kind at the tariff's dearest options, not
+    # at what other batches paid (their rows may have taken cheaper options); a kind nobody
+    # knows the price of is assumed dear.
     for j in ids[:2]:
         put(engine, j, usage_consume=300_000)
     add_batch(engine, "b2", rows=2, budget_usd=1.0)
     add_batch(engine, "b3", rows=1, kind=("Qubico/diffrhythm", "txt2audio-base"),
               budget_usd=1.0)  # a model sent unchecked
-    assert spending.batch_spend(engine, "b2", NOW, "e", estimates).next_usd == pytest.approx(0.03)
-    unknown = spending.batch_spend(engine, "b3", NOW, "e", estimates)
+    assert spending.batch_spend(engine, "b2", NOW, "e").next_usd == pytest.approx(
+        upper_usd(*JOY_KIND))
+    unknown = spending.batch_spend(engine, "b3", NOW, "e")
     assert unknown.next_usd == UNKNOWN_PRICE_USD
     assert spending.allowance(1.0, unknown.spent_usd, unknown.frozen_usd, unknown.next_usd) == 0
 

@@ -198,7 +198,7 @@ def test_a_late_result_while_the_replacement_processes_pays_for_both(world: Worl
     assert a2.error is not None and "PiAPI cannot cancel this one" in a2.error
     occ = w.occupancy()
     assert (occ.total, occ.abandoned) == (1, 1)  # t2 still holds a slot at PiAPI
-    spend = spending.batch_spend(w.engine, "b1", w.now, "e1", spending.CostEstimates())
+    spend = spending.batch_spend(w.engine, "b1", w.now, "e1")
     assert spend.spent_usd == pytest.approx(0.01) and spend.frozen_usd == pytest.approx(0.01)
     # t2 completes too: paid for, its result not used; the row keeps t1's.
     w.piapi.set("t2", "completed", {"text": "second"})
@@ -213,7 +213,7 @@ def test_a_late_result_while_the_replacement_processes_pays_for_both(world: Worl
     st = batch_status(w.engine, "b1")
     assert st is not None and st.consumed_units == 2 * PRICE  # both tasks, each once
     assert (st.abandoned, st.watched) == (1, 0)
-    spend = spending.batch_spend(w.engine, "b1", w.now, "e1", spending.CostEstimates())
+    spend = spending.batch_spend(w.engine, "b1", w.now, "e1")
     assert spend.spent_usd == pytest.approx(0.02) and spend.frozen_usd == 0
 
 
