@@ -5,7 +5,9 @@ abandoned as stuck once PiAPI has ended them (`workers.stuck`): a stuck task rep
 new one may be charged too, and the cost shows both.
 
 A batch is done once it is fully ingested and none of its rows can change any more, read
-from the rows themselves (the dispatcher's `batches.done` is only set while one runs).
+from the rows themselves (the dispatcher's `batches.done` is only set while one runs): no
+row active, and no task its rows abandoned (stuck, or `cancel --now`) still watched, since
+one that completes late is taken by its row.
 `human_lines` is what `piapi-bulk status` prints for a batch, in 100 columns.
 """
 
@@ -212,7 +214,7 @@ def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:
     return BatchStatus(
         id=batch.id, source=batch.source, total=sum(counts.values()), counts=counts,
         consumed_units=consumed, created_at=batch.created_at,
-        done=batch.ingested and not any(counts[st.value] for st in ACTIVE),
+        done=batch.ingested and not any(counts[st.value] for st in ACTIVE) and not watched,
         budget_usd=batch.budget_usd, paused=batch.paused, deadline_at=batch.deadline_at,
         cancel_mode=batch.cancel_mode, cancelled_at=batch.cancelled_at, unchecked=unchecked,
         failures=failures,

@@ -277,6 +277,7 @@ def test_cancel_now_watches_the_task_and_the_row_takes_its_late_result(world: Wo
     assert (occ.total, occ.abandoned) == (1, 1)  # its slot is still held
     st = batch_status(w.engine, "b1")
     assert st is not None and (st.abandoned, st.watched) == (1, 1)
+    assert (st.done, st.phase) == (False, "cancelling")  # its row may still change
     w.piapi.set("t1", "completed", {"text": "late"})
     assert a1.next_at is not None
     w.now = a1.next_at
@@ -286,6 +287,7 @@ def test_cancel_now_watches_the_task_and_the_row_takes_its_late_result(world: Wo
     assert w.occupancy().total == 0
     st = batch_status(w.engine, "b1")
     assert st is not None and (st.watched, st.consumed_units) == (0, PRICE)
+    assert (st.done, st.phase) == (True, "done")
 
 
 def test_an_abandoned_task_that_fails_later_is_refunded(world: World) -> None:
