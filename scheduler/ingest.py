@@ -230,6 +230,9 @@ def ingest(
             if created:  # read part-way (a truncated gzip): no batch, as for any unreadable file
                 _drop_unstarted(engine, batch.id)
             raise
+        if created and tally.total == 0:  # a header and nothing else: a mistake, no batch
+            _drop_unstarted(engine, batch.id)
+            raise ManifestError(f"manifest {path} has no data rows")
     _analyze(engine)
     logger.info("ingested batch %s: %d rows, %d invalid, in %.1f s", batch.id, tally.total,
                 tally.invalid, time.monotonic() - started)

@@ -134,6 +134,9 @@ class SidecarReport:
     def lines(self) -> list[str]:
         """What to tell the user: the counts, and a line each for files left as they were
         and for images that share a name."""
+        if not (self.written or self.same or self.kept):
+            return ["captions: no sidecar written: no completed row has a caption of a local "
+                    "image (sidecars go next to local images; URLs have none)"]
         lines = [f"captions: {self.written} sidecar .txt files written, {self.same} already "
                  "up to date"]
         if self.kept:

@@ -257,6 +257,7 @@ def test_text_the_database_cannot_hold_never_breaks_an_ingest(engine: Engine,
     (None, "cannot read manifest"),
     (b"", "is empty"),
     (b"a,a\n1,2\n", "appears twice"),
+    (b"image,prompt\n", "has no data rows"),
 ])
 def test_unreadable_manifest_writes_nothing(engine: Engine, tmp_path: Path,
                                             content: bytes | None, message: str) -> None:

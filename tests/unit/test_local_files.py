@@ -270,3 +270,13 @@ def test_shared_stems_know_an_image_by_its_content(tmp_path: Path) -> None:
     (tmp_path / "f.dat").write_bytes(b"not an image")
     (tmp_path / "f.txt").write_bytes(png_bytes())
     assert shared_stems(tmp_path) == {"e"}
+
+
+def test_a_sidecar_report_with_nothing_to_write_says_why() -> None:
+    from scheduler.sidecars import SidecarReport
+
+    assert SidecarReport().lines() == [
+        "captions: no sidecar written: no completed row has a caption of a local image "
+        "(sidecars go next to local images; URLs have none)"]
+    assert SidecarReport(same=2).lines() == [
+        "captions: 0 sidecar .txt files written, 2 already up to date"]
