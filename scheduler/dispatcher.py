@@ -236,9 +236,9 @@ class Dispatcher:
 
     # --- limits -----------------------------------------------------------------------
     def base_limit(self, now: float) -> int:
-        """Tasks allowed in flight: --concurrency, else the account's limit (cached)."""
-        if self.concurrency:
-            return self.concurrency
+        """Tasks allowed in flight: the account's limit (cached), or --concurrency when it
+        is lower (room left for other users of the account) or the account gives none;
+        never more than the account allows (a --concurrency above it went over it)."""
         if self.account_limit and self._account_reading.due(now):
             try:
                 value = self.account_limit()
@@ -247,7 +247,12 @@ class Dispatcher:
             else:
                 if value and value != self._account_value:
                     logger.info("account concurrency limit: %s", value)
+                    if self.concurrency and self.concurrency > value:
+                        logger.warning("--concurrency %d is above the account's limit %d: "
+                                       "%d in flight at most", self.concurrency, value, value)
                     self._account_value = value
+        if self.concurrency:
+            return min(self.concurrency, self._account_value or self.concurrency)
         return self._account_value or DEFAULT_CONCURRENCY
 
     def halted(self, now: float) -> str | None:

@@ -51,7 +51,8 @@ from workers.db import (
 from workers.fleet import Fleet
 from workers.halt import clear_halt, get_halt
 from workers.models import JOBS
-from workers.piapi import AccountError, PiAPIError
+from workers.piapi import AccountError, PiAPIError, RetryableError
+from workers.retry import backoff_s
 from workers.runtime import build_client
 from workers.settings import ConfigError, Settings
 from workers.states import ACTIVE, JobState
@@ -119,11 +120,26 @@ def default_output(manifest: Path) -> Path:
     return Path(f"{stem}.results.jsonl")
 
 
-def check_account(settings: Settings) -> int | None:
-    """Fail fast (exit 2) if PiAPI refuses the key; the account's concurrency limit."""
+ACCOUNT_TRIES = 4
+"""How many times `run` asks /account/info at its start before it gives up on PiAPI: a
+5xx, a 429 or a dropped connection is retried with backoff (about 7 s in all)."""
+
+
+def check_account(settings: Settings,
+                  sleep: Callable[[float], None] = time.sleep) -> int | None:
+    """Fail fast (exit 2) if PiAPI refuses the key, or cannot be reached after
+    `ACCOUNT_TRIES` (a passing 5xx ends no run); the account's concurrency limit."""
     client = build_client(settings)
     try:
-        return client.account_info().max_concurrent_tasks
+        for tries in range(1, ACCOUNT_TRIES + 1):
+            try:
+                return client.account_info().max_concurrent_tasks
+            except RetryableError as exc:
+                if tries == ACCOUNT_TRIES:
+                    raise
+                logger.info("/account/info: %s; asking again", exc)
+                sleep(backoff_s(tries, exc.retry_after_s))
+        raise AssertionError("unreachable")
     except AccountError as exc:
         raise ConfigError(f"PiAPI refused the API key ({exc}); check PIAPI_API_KEY") from exc
     except PiAPIError as exc:
@@ -423,8 +439,12 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
                deadline_at=opts.deadline_at, on_stuck=opts.on_stuck, reuse=opts.reuse)
     reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
     verb = "new batch" if result.created else "resuming batch"
+    allowed = min(opts.concurrency, limit) if opts.concurrency and limit else (
+        opts.concurrency or limit)
+    above = (f"; --concurrency {opts.concurrency} is above it" if opts.concurrency and limit
+             and opts.concurrency > limit else "")
     console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
-                  f" (account limit {opts.concurrency or limit or '?'} in flight)",
+                  f" (account limit {allowed or '?'} in flight{above})",
                   highlight=False, markup=False, soft_wrap=True)
     for line in (*result.notes, *unchecked_lines(result)):
         console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)

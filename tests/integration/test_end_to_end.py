@@ -110,6 +110,19 @@ def test_refuse_mode_never_exceeds_the_account_limit(tmp_path: Path, database_ur
     assert stats["max_creates_per_input"] == 1
 
 
+def test_a_concurrency_above_the_account_limit_is_held_to_it(tmp_path: Path, sqlite_url: str,
+                                                             make_emulator: MakeEmulator) -> None:
+    """`--concurrency` leaves room for other users of the account when lower than its
+    limit; above it, the account's limit still holds (it went over it, queued at PiAPI)."""
+    emu = make_emulator("--time-scale", "0.01", "--concurrency", "3")
+    out = e2e.run_manifest(emu, tmp_path, sqlite_url, e2e.caption_rows(30), 180,
+                           ("--concurrency", "6"))
+    said = (tmp_path / "run.out").read_text()
+    assert out.code == 0, said[-3000:]
+    assert "(account limit 3 in flight; --concurrency 6 is above it)" in said, said[:2000]
+    assert out.stats["peak_in_flight"] <= 3 and out.stats["max_creates_per_input"] == 1
+
+
 def test_bad_rows_are_reported_and_the_rest_runs(tmp_path: Path, database_url: str,
                                                  make_emulator: MakeEmulator) -> None:
     good = e2e.caption_rows(4)
