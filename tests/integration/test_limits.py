@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.helpers import MakeEmulator
+from tests.helpers import EMULATOR_KEY, MakeEmulator
 from tests.integration.e2e import (
     RunRows,
     caption_rows,
@@ -37,17 +38,24 @@ def test_a_correct_rpm_causes_no_429(tmp_path: Path, sqlite_url: str,
 
 def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite_url: str,
                                                           make_emulator: MakeEmulator) -> None:
+    """Another user of the account holds 4 of its 8 slots (tasks PiAPI's in-flight count
+    is not read for: --no-active-tasks), so the 8 the account states is too high: the
+    refusals lower it to the 4 left, and it holds there."""
     manifest = write_jsonl(tmp_path / "m.jsonl", caption_rows(60))
     # Tasks of 0.075-0.225 s: 15 rounds of 4 tasks, each as short as the polls allow.
-    emu = make_emulator("--time-scale", "0.005", "--concurrency", "4",
-                        "--over-limit", "refuse", "--no-active-tasks")
+    emu = make_emulator("--time-scale", "0.005", "--concurrency", "8", "--duration",
+                        "flux=100000:100000", "--over-limit", "refuse", "--no-active-tasks")
+    for i in range(4):  # the other user's, running all along
+        answer = httpx.post(f"{emu.url}/api/v1/task", headers={"x-api-key": EMULATOR_KEY},
+                            json={"model": "Qubico/flux1-schnell", "task_type": "txt2img",
+                                  "input": {"prompt": f"another user's {i}"}}, timeout=10)
+        assert answer.status_code == 200, answer.text
     env = run_env(tmp_path, emu, sqlite_url)
-    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
-                            "--concurrency", "8"), 240)
+    code = finish(start_run(tmp_path, env, str(manifest), "-o", "out.jsonl"), 240)
     stats = emu.stats()
     assert code == 0
     assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"completed"}
-    assert stats["peak_in_flight"] <= 4
+    assert stats["peak_in_flight"] <= 8
     assert stats["max_creates_per_input"] == 1
     # The first 8 creates meet 4 refusals; each reaches the dispatcher before its row's slot
     # is free again (`Tally.limited`), so no later pass refills at 8, and the level then
