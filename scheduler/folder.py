@@ -49,7 +49,7 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
     """True for an image by its first bytes; a file that cannot be read counts (its row
     then says why it cannot be used)."""
     try:
@@ -70,7 +70,7 @@ def scan(folder: Path) -> tuple[list[tuple[str, int]], int]:
         for name in files:
             path = Path(root) / name
             rel = path.relative_to(folder)
-            if _hidden(rel) or not path.is_file() or not _is_image(path):
+            if _hidden(rel) or not path.is_file() or not is_image_file(path):
                 skipped.append(rel)
                 continue
             found.append((rel.as_posix(), path.stat().st_size))

@@ -131,15 +131,16 @@ def check_account(settings: Settings,
     `ACCOUNT_TRIES` (a passing 5xx ends no run); the account's concurrency limit."""
     client = build_client(settings)
     try:
-        for tries in range(1, ACCOUNT_TRIES + 1):
+        tries = 0
+        while True:
+            tries += 1
             try:
                 return client.account_info().max_concurrent_tasks
             except RetryableError as exc:
-                if tries == ACCOUNT_TRIES:
+                if tries >= ACCOUNT_TRIES:
                     raise
                 logger.info("/account/info: %s; asking again", exc)
                 sleep(backoff_s(tries, exc.retry_after_s))
-        raise AssertionError("unreachable")
     except AccountError as exc:
         raise ConfigError(f"PiAPI refused the API key ({exc}); check PIAPI_API_KEY") from exc
     except PiAPIError as exc:

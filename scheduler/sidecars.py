@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from scheduler.atomic_file import atomic_text
-from scheduler.local_files import HEAD_BYTES, media_kind
+from scheduler.folder import is_image_file
 from workers.models import JOBS
 from workers.states import JobState
 from workers.uploads import local_files
@@ -69,18 +69,12 @@ def sidecar_path(image: str, shared: frozenset[str] = frozenset()) -> Path:
 
 
 def _is_image(path: Path) -> bool:
-    """An image by its name's extension or, failing that, by its first bytes (a folder
-    manifest takes `e.dat` holding a PNG as an image); a `.txt` is a sidecar, not read."""
+    """An image by its name's extension or, failing that, as a folder manifest knows one,
+    by its content (`e.dat` holding a PNG); a `.txt` is a sidecar, not read."""
     kind, _ = mimetypes.guess_type(path.name)
     if kind is not None:
         return kind.startswith("image/")
-    if path.suffix.lower() == ".txt":
-        return False
-    try:
-        with path.open("rb") as f:
-            return media_kind(f.read(HEAD_BYTES)) == "image"
-    except OSError:
-        return False
+    return path.suffix.lower() != ".txt" and path.is_file() and is_image_file(path)
 
 
 def shared_stems(folder: Path) -> frozenset[str]:

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from scheduler.liveness import DEFAULT_STALL_S
 from workers.models import ATTEMPTS, JOBS, Batch, Job
 from workers.spending import ABANDONED_USAGE, ATTEMPTS_WITH_ROWS, USD_PER_UNIT, money
 from workers.states import ACTIVE, AttemptState, JobState
@@ -37,9 +38,9 @@ _ABANDONED = (
 _POLLED = (JobState.RUNNING.value, JobState.AMBIGUOUS.value)
 """Rows whose `next_at` is a poll or reconciliation due: made by whatever serves the batch,
 never held back for a free slot, so one long overdue means nothing serves it."""
-STALLED_AFTER_S = 120.0
-"""Polls overdue this long: nothing is serving the batch (a run's own liveness watch
-restarts its workers after as long, `scheduler.liveness.DEFAULT_STALL_S`)."""
+STALLED_AFTER_S = DEFAULT_STALL_S
+"""Polls overdue this long: nothing is serving the batch (after as long, a run's own
+liveness watch restarts its workers)."""
 _NOT_IN_JSON = frozenset({"consumed_units", "cancel_mode", "ingested"})
 """`BatchStatus` fields `status --json` leaves out (`cancel_mode` goes out as `cancelled`)."""
 
