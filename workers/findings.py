@@ -40,8 +40,8 @@ class Findings:
     """Seconds from sending a create until its task was first listed, measured with
     --probe (an upper bound: the history is polled every few seconds)."""
     history_lists_pending: bool | None = None
-    """Whether a task is listed before it ends, while pending or processing (--probe; None
-    also when the probe task ended before it was listed)."""
+    """Whether a task is listed while still pending (--probe; None also when the probe task
+    was first listed processing or ended: that says nothing of tasks waiting in the queue)."""
     echoes_input: bool | None = None
     """Whether GET /api/v1/task/{id} echoes the input as sent, so a candidate task can be
     confirmed by a GET (measured with --probe)."""

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.catalog import active_family
-from workers.piapi import AmbiguousError, HistoryRow, PiAPIClient, PiAPIError, status_outcome
+from workers.piapi import (
+    AmbiguousError,
+    HistoryRow,
+    Outcome,
+    PiAPIClient,
+    PiAPIError,
+    status_outcome,
+)
 from workers.prices import price_usd
 from workers.reconcile.decide import input_matches
 
@@ -65,11 +72,12 @@ class ProbeResult:
 
     @property
     def lists_pending(self) -> bool | None:
-        """True when first listed before it ended; None when it ended before it was listed
-        (the lag and the task's own duration cannot be told apart then)."""
+        """True when first listed while still pending; None when it had left pending by
+        then (a task listed only once it runs or ended says nothing of a task waiting in
+        PiAPI's queue, which reconciliation must not take for absent)."""
         if self.first_status is None:
             return None
-        return None if status_outcome(self.first_status).ended else True
+        return True if status_outcome(self.first_status) is Outcome.PENDING else None
 
     @property
     def echoes_input(self) -> bool | None:

@@ -88,6 +88,10 @@ def reconcile_mode(models: Sequence[str], f: Findings, cfg: RunConfig) -> list[s
         lines.append(f"listing lag not measured (--probe): an absence trusted {wait} after "
                      "the lost create at the earliest, and only once a later task of ours is "
                      "listed")
+    if f.history_lists_pending is not True:
+        lines.append("pending tasks not seen listed: an absence also waits until the lost "
+                     "create's task would have ended (its kind's stuck limit), unless the "
+                     "listing shows a pending task")
     return lines
 
 
@@ -206,8 +210,9 @@ def _probe_lines(p: ProbeResult | None, f: Findings) -> list[str]:
               else f"not listed within {p.waited_s:.0f} s ({p.polls} reads)")
     lines = [f"task {p.task_id}: {listed}"]
     if p.listed and p.lists_pending is None:
-        lines.append("it ended before it was listed: whether tasks in flight are listed "
-                     "is not known")
+        lines.append("it had left pending before it was listed: whether pending tasks are "
+                     "listed is not known (a lost create is then judged absent only once its "
+                     "task would have ended)")
     lines.append(f"GET echoes the input: {_yes(p.echoes_input, 'yes', 'no')} · "
                  f"active_tasks counted it: {_yes(p.active_counted, 'yes', 'no')}")
     return lines

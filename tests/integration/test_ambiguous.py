@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import MakeEmulator, Spawn
-from tests.integration.e2e import RunRows, caption_rows, run_in, webhook_run_env
+from tests.helpers import MakeEmulator, Spawn, opened
+from tests.integration.e2e import (
+    RunRows,
+    caption_rows,
+    run_in,
+    run_manifest,
+    webhook_run_env,
+)
+from workers.db import create_tables
+from workers.findings import Findings, store
 
 SCALE = ("--time-scale", "0.02")
 
@@ -29,6 +38,10 @@ def test_a_create_that_made_no_task_is_posted_again(sqlite_url: str,
     # A third of the creates are lost on the way in: nothing is created, no answer comes.
     # "Never created" needs a later create of ours in the listing, so a lost create with
     # none after it (the batch's last) cannot be told apart and fails, never paid twice.
+    # It also needs to know that the listing shows pending tasks: here the doctor saw so.
+    with opened(sqlite_url) as engine:
+        create_tables(engine)
+        store(engine, Findings(checked_at=time.time(), history_lists_pending=True))
     code, results, stats, _ = run_rows(sqlite_url, caption_rows(30),
                                        [*SCALE, "--fault-lost", "0.3"],
                                        PIAPI_BULK_RECONCILE_TIMEOUT_S="20")
@@ -39,6 +52,23 @@ def test_a_create_that_made_no_task_is_posted_again(sqlite_url: str,
     assert len(failed) <= 2, failed
     assert sum(r["attempts"] > 1 or r["status"] == "completed" for r in results) >= 28
     assert code == (1 if failed else 0)
+
+
+def test_a_lost_create_whose_task_waits_unlisted_is_never_posted_again(
+        tmp_path: Path, sqlite_url: str, make_emulator: MakeEmulator) -> None:
+    # Found by an exploratory run: a history that leaves pending tasks out, and long queue
+    # waits in which later tasks overtake earlier ones. Later tasks of ours were listed
+    # while a lost create's task still waited unlisted; it was judged never created and
+    # posted again, and both tasks were paid.
+    emu = make_emulator(*SCALE, "--no-history-lists-pending", "--history-lag-s", "0",
+                        "--fault-ambiguous", "0.5", "--seed", "7")
+    emu.configure(queue_wait_fraction=[0.0, 40.0])  # joycaption: up to ~36 s pending
+    code, results, stats, _ = run_manifest(emu, tmp_path, sqlite_url, caption_rows(12),
+                                           PIAPI_BULK_RECONCILE_TIMEOUT_S="90")
+    assert stats["max_creates_per_input"] == 1, stats  # each row's one task
+    assert stats["creates"] == 12
+    assert {r["status"] for r in results} == {"completed"}, results
+    assert code == 0
 
 
 def test_without_history_a_lost_create_fails_and_is_never_posted_twice(

@@ -87,6 +87,35 @@ def test_absence_needs_a_later_task_of_ours_in_the_same_listing() -> None:
     assert judge([LATER], ours_later=set())[0] is Verdict.UNKNOWN
 
 
+LATER_RAN = HistoryRow("ours", "Qubico/joycaption", "joycaption-beta-one", "finished", T0 + 5,
+                      None)
+"""The same later task, listed only once it ended: the listing shows no pending task."""
+
+
+def absent_without_pending_rows(now: float, lists_pending: bool | None = None,
+                                ended_by: float | None = T0 + 600) -> Verdict:
+    return decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
+                  window=(T0, T0 + 2), rows=[LATER_RAN], owned={"ours"}, now=now,
+                  ours_later={"ours"}, lists_pending=lists_pending, ended_by=ended_by).verdict
+
+
+def test_a_listing_without_pending_rows_proves_absence_only_once_the_task_would_have_ended(
+) -> None:
+    # Later tasks of ours already ran and are listed, but a history that leaves pending
+    # tasks out would not list the lost create's task while it waits in PiAPI's queue.
+    assert absent_without_pending_rows(T0 + 100) is Verdict.UNKNOWN
+    assert absent_without_pending_rows(T0 + 599) is Verdict.UNKNOWN
+    assert absent_without_pending_rows(T0 + 601) is Verdict.ABSENT
+    assert absent_without_pending_rows(T0 + 10_000, ended_by=None) is Verdict.UNKNOWN
+    # The doctor saw a pending task listed: the listing covers it as it is.
+    assert absent_without_pending_rows(T0 + 100, lists_pending=True) is Verdict.ABSENT
+    # A pending row in the listing (anyone's) is the same evidence.
+    other = HistoryRow("x", "Qubico/flux1-dev", "txt2img", "pending", T0 + 6, None)
+    assert decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
+                  window=(T0, T0 + 2), rows=[LATER_RAN, other], owned={"ours"}, now=T0 + 100,
+                  ours_later={"ours"}).verdict is Verdict.ABSENT
+
+
 def test_candidates_without_input_are_read_before_anything_is_decided() -> None:
     d = decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
                window=(T0, T0 + 2), rows=[row("far", created=T0 - 20), row("near"), LATER],

@@ -17,6 +17,11 @@ how soon (or whether, while pending) a new task is listed is unknown. So:
   the same listing, and every candidate was looked at and is someone else's. An empty or
   lagging listing, a filter that matches nothing, or candidates that cannot be checked
   all mean "not yet"; past a time bound the row fails rather than risk paying twice.
+- It also needs evidence that the listing shows tasks still `pending`, which the docs
+  leave open: a pending row in it, or the doctor having seen its probe listed while
+  pending. Without that, a lost create's task may be waiting in PiAPI's queue, unlisted,
+  while later tasks already ran and are listed; so the absence counts only once that task
+  would have ended (`ended_by`: its kind's stuck limit after the create) and been listed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from workers.piapi import HistoryRow
+from workers.piapi import HistoryRow, Outcome
 
 WINDOW_SLACK_S = 30.0
 """Tasks created this long before or after the attempt still count (clock skew)."""
@@ -114,6 +119,8 @@ def decide(
     ours_later: set[str] | None = None,
     checked: Mapping[str, bool | None] | None = None,
     settle_s: float = SETTLE_S,
+    lists_pending: bool | None = None,
+    ended_by: float | None = None,
 ) -> Decision:
     """Judge an ambiguous attempt from one listing of the history around its window.
 
@@ -121,7 +128,9 @@ def decide(
     the task ids other attempts of ours own; `ours_later` the task ids of our creates that
     began after the answer was lost (the evidence that the listing covers the window);
     `checked` what GETs of candidates said: True (this input), False (another input),
-    None (no input echoed: cannot tell).
+    None (no input echoed: cannot tell); `lists_pending` whether the doctor saw a pending
+    task listed; `ended_by` when a task the lost create made would have ended even if it
+    waited pending (None: no bound, so only a listing that shows pending tasks can tell).
     """
     rows = list(rows)
     checked = checked or {}
@@ -154,5 +163,10 @@ def decide(
     if not (ours_later or set()) & listed:
         return Decision(Verdict.UNKNOWN, why="no task of ours created after the lost create "
                                              "is listed yet, so the listing may lag")
+    shows_pending = lists_pending or any(r.outcome is Outcome.PENDING for r in rows)
+    if not shows_pending and (ended_by is None or now < ended_by):
+        return Decision(Verdict.UNKNOWN, why="the history shows no pending task, so the lost "
+                                             "create's task may be waiting unlisted; looking "
+                                             "until it would have ended")
     return Decision(Verdict.ABSENT, why=f"the history lists later tasks of ours and none of "
                                         f"its {len(found)} candidate(s) has this input")

@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 from workers import findings as account_findings
 from workers.catalog import history_family
+from workers.expected import input_factor
 from workers.piapi import HistoryPage, HistoryRow, PiAPIError, RetryableError, TaskView
 from workers.reconcile import records as amb
 from workers.reconcile.decide import (
@@ -152,11 +153,15 @@ def _judge(ctx: WorkerContext, t: amb.AmbiguousTarget, rows: list[HistoryRow],
         while len(_checked) > _CHECKED_MAX:
             _checked.popitem(last=False)
     family = history_family(t.model)
+    lists_pending = found.history_lists_pending if found is not None else None
+    ended_by = t.started_at + settle_s(found) + ctx.confirmed_stuck_after_s(
+        t.model, t.task_type, t.started_at, now, input_factor(t.model, t.task_type, t.input))
     for _ in range(2):  # once, then again with what the GETs said
         decision = decide(sent=t.input, model=t.model, task_type=t.task_type,
                           window=(t.started_at, t.lost_at), rows=rows, owned=owned, now=now,
                           family=family, ours_later=ours_later, checked=dict(checked),
-                          settle_s=settle_s(found))
+                          settle_s=settle_s(found), lists_pending=lists_pending,
+                          ended_by=ended_by)
         if decision.verdict is not Verdict.CHECK:
             return decision
         for task_id in decision.to_check:
