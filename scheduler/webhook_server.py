@@ -114,6 +114,12 @@ class Receiver:
             return self.counters.ignore("already looking")
         if outcome is not None and not outcome.ended:
             return self.counters.ignore("not terminal")
+        if state == "submitting" and task_id:
+            # PiAPI called back before the create's answer was recorded: the create's
+            # record will make this task due at once (else it would wait for its schedule).
+            if await run_in_threadpool(tr.hint_submitting, self.engine, job_id, task_id):
+                return self._made_due()
+            return self.counters.ignore("not the job's running task")
         if task_id is None or task_id != current_task or state != "running":
             return self.counters.ignore("not the job's running task")
         if not await run_in_threadpool(tr.mark_due, self.engine, job_id, task_id, self.clock()):

@@ -91,6 +91,27 @@ def test_only_a_genuine_call_makes_the_job_due(receiver: tuple[str, Engine]) -> 
     assert stats["due"] == 1 and stats["rejected"] == 4
 
 
+def test_a_webhook_before_the_create_is_recorded_makes_the_task_due_once_it_is(
+        receiver: tuple[str, Engine]) -> None:
+    # PiAPI may call back before the create's answer is read (a fast task, a slow answer);
+    # it was dropped, and the slot idled until the task's scheduled (or fallback) poll.
+    base, engine = receiver
+    signer = WebhookSigner(base + "/hooks", WEBHOOK_SECRET)
+    secret = {"x-webhook-secret": signer.batch_secret("b1")}
+    early, other = add_batch(engine, "b1", rows=2)
+    for job_id, made, named in ((early, "task-1", "task-1"), (other, "task-2", "task-3")):
+        view = TaskView(made, "Qubico/joycaption", "joycaption-beta-one", "pending", None,
+                        Usage("llm", 0, 1), None, None, None, None)
+        claim = tr.claim_for_submit(engine, job_id, NOW, 60)
+        assert claim is not None  # submitting: the create's answer not recorded yet
+        hooked = httpx.post(signer.endpoint(job_id), json=_body(task_id=named),
+                            headers=secret, timeout=5)
+        assert hooked.status_code == 200 and hooked.json()["due"] is True
+        assert tr.record_created(engine, claim, view, NOW, NOW + 3600)
+    assert _next_at(engine, early) == NOW  # polled at once
+    assert _next_at(engine, other) == NOW + 3600  # named another task: its schedule
+
+
 def test_a_real_webhook_completes_a_job_with_exactly_one_get(
         tmp_path: Path, sqlite_url: str, redis_url: str, make_emulator: MakeEmulator,
         spawn: Spawn) -> None:

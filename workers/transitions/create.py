@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, select
+from sqlalchemy import and_, bindparam, case, exists, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from workers.db import transaction
@@ -67,9 +67,13 @@ _ATTEMPT_ENDED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
 _USAGE: dict[str, Any] = dict(
     usage_consume=func.coalesce(bindparam("p_consume"), JOBS.c.usage_consume),
     usage_type=func.coalesce(bindparam("p_usage_type"), JOBS.c.usage_type))
+_HINTED_NOW = case((JOBS.c.task_id == bindparam("p_task"), bindparam("p_now")),
+                   else_=bindparam("p_next"))
+"""A task a webhook said had ended before its create's answer was recorded
+(`hint_submitting`) is polled at once; any other at its schedule."""
 _RUNNING_VALUES: dict[str, Any] = dict(
     task_id=bindparam("p_task"), remote_status=bindparam("p_status"),
-    tries=0, polls=0, poll_errors=0, next_at=bindparam("p_next"), lease_until=None,
+    tries=0, polls=0, poll_errors=0, next_at=_HINTED_NOW, lease_until=None,
     lease_epoch=None, submitted_at=bindparam("p_now"), error_kind=None, error_message=None,
     **_USAGE,
 )
@@ -107,6 +111,8 @@ _POSTING_ENDED = (
     .values(state=AttemptState.AMBIGUOUS.value, ended_at=bindparam("p_now"),
             error=bindparam("p_error"))
 )
+_EARLY_HINT = JOBS.update().where(THIS_JOB, JOBS.c.state == JobState.SUBMITTING.value).values(
+    task_id=bindparam("p_task"))
 _AMBIGUOUS_FAILED = move(JobState.AMBIGUOUS, JobState.FAILED).values(
     finished_at=bindparam("p_now"), error_kind=ErrorKind.AMBIGUOUS.value)
 
@@ -182,6 +188,16 @@ def record_created(
         logger.warning("job %s: adopted task %s whose create had been declared ambiguous",
                        claim.job_id, view.task_id)
     return adopted
+
+
+def hint_submitting(engine: Engine, job_id: int, task_id: str) -> bool:
+    """A webhook said this task ended while the job's create was still awaiting its answer
+    (PiAPI may call back before the create's answer is read). Its id is kept on the job, so
+    the create's record makes it due at once instead of at its schedule (or, were the answer
+    lost, reconciliation starts from it, confirmed by a GET). Nothing else changes."""
+    with transaction(engine) as conn:
+        return bool(conn.execute(_EARLY_HINT, {"p_job": job_id, "p_task": task_id}).rowcount
+                    == 1)
 
 
 def _end_attempt(conn: Any, claim: Claim, state: AttemptState, now: float, error: str) -> None:
