@@ -31,6 +31,7 @@ from scheduler.liveness import ProgressWatch
 from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
 from scheduler.preflight import preflight
+from scheduler.results_name import default_output
 from scheduler.services import (
     Services,
     ensure_services,
@@ -111,13 +112,12 @@ class RunOptions(EstimateOptions):
         return Sidecars.REPLACE if self.overwrite_sidecars else Sidecars.KEEP
 
 
-def default_output(manifest: Path) -> Path:
-    """`captions.csv.gz` -> `captions.results.jsonl` in the current directory."""
-    name = manifest.name
-    if name.endswith(".gz"):
-        name = name[:-3]
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return Path(f"{stem}.results.jsonl")
+def _results_file(manifest: Path, run_dir: Path, console: Console) -> Path:
+    """The results file without `-o`, said when it is not the usual name."""
+    output, note = default_output(manifest, run_dir)
+    if note:
+        console.print(note, highlight=False)
+    return output
 
 
 ACCOUNT_TRIES = 4
@@ -326,9 +326,9 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     preflight(opts.manifest, opts.model, opts.task_type, opts.strict,  # nothing started yet
               tuple(opts.fields))
     dest = open_destination(opts.download) if opts.download else None
-    output = opts.output or default_output(opts.manifest)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    output = opts.output or _results_file(opts.manifest, run_dir, console)
     services = Services()
     claims: Claims | None = None
     engine: Engine | None = None

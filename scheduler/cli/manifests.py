@@ -47,8 +47,9 @@ def run(
     manifest: ManifestArg,
     model: ModelOpt = None,
     task_type: TaskTypeOpt = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output",
-                                                help="Results file (JSONL).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Results file (JSONL). Default: <manifest stem>.results.jsonl, "
+        "or <manifest name>.results.jsonl when that one holds another manifest's.")] = None,
     concurrency: ConcurrencyOpt = None,
     rpm: Annotated[int | None, typer.Option("--rpm", min=0,
                                             help="Fleet-wide PiAPI requests per minute.")] = None,
