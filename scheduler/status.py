@@ -124,14 +124,15 @@ class BatchStatus:
             JobState.RUNNING.value, 0)
         return "running" if in_flight or self.watched else "waiting"
 
-    def controls(self) -> list[str]:
+    def controls(self, spent: bool = True) -> list[str]:
         """The operator controls in effect, a line each (concurrency, budget, pause,
-        deadline, cancel)."""
+        deadline, cancel); `spent=False` leaves the spending out of the budget's line."""
         lines = []
         if self.concurrency is not None:
             lines.append(f"at most {self.concurrency} in flight (--concurrency)")
         if self.budget_usd is not None:
-            lines.append(f"budget {money(self.budget_usd)}, spent {money(self.usd)}")
+            lines.append(f"budget {money(self.budget_usd)}"
+                         + (f", spent {money(self.usd)}" if spent else ""))
         if self.paused:
             lines.append(f"paused: {self.paused}")
         if self.deadline_at is not None:

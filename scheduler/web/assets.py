@@ -17,6 +17,7 @@ td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #eef0f3;vertical-a
 .counts td{text-align:right;font-variant-numeric:tabular-nums}h3{font-size:14px;margin:8px 0 4px}
 .chart rect{fill:#3d7fd9}.chart .peak{font-size:10px;fill:#777}.err{color:#a33;max-width:60ch}
 .paused{color:#a60;font-weight:600}.halted{color:#a33;font-weight:600}
+.controls{margin:.2em 0;padding-left:1.2em}
 .state-failed th{color:#a33}.state-completed th{color:#286a2e}
 """
 
@@ -87,6 +88,10 @@ async function refresh() {
     const fails = JSON.stringify(b.failures);
     if (b.id in seen && seen[b.id] !== fails) { location.reload(); return; }
     seen[b.id] = fails;
+    const ctl = s.querySelector('ul.controls');
+    if (ctl && ctl.dataset.controls !== JSON.stringify(b.controls)) {
+      location.reload(); return;
+    }
     set(s, 'phase', b.phase); set(s, 'finished', b.finished); set(s, 'total', b.total);
     set(s, 'usd', money(b.usd)); set(s, 'rate', b.rate.recent_per_min);
     set(s, 'eta', dur(b.rate.eta_s));

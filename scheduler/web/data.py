@@ -163,6 +163,7 @@ def batch_json(engine: Engine, st: BatchStatus, now: float,
     return {
         **st.to_json(),
         "phase": st.phase,
+        "controls": st.controls(spent=False),  # the page shows the cost by itself
         "models": [{"model": m, "task_type": t, "rows": n} for m, t, n in models.get(engine, st)],
         "in_flight": sum(st.counts.get(s, 0) for s in IN_FLIGHT),
         "rows_left": st.active,

@@ -7,6 +7,7 @@ from `/api/batches`. Every value from the database is escaped.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -80,12 +81,19 @@ def _slowest(b: dict[str, Any]) -> str:
             f'<tbody data-k="slowest.finished">{done}</tbody></table></div>')
 
 
+def _js_json(value: Any) -> str:
+    """`value` as JavaScript's JSON.stringify writes it (the script compares the two)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def batch_panel(b: dict[str, Any], token_query: str) -> str:
     """One batch's panel."""
     bid = _e(b["id"])
     rate = b["rate"]
     budget = f' of {money(b["budget_usd"])}' if b["budget_usd"] is not None else ""
-    paused = f'<p class="paused">paused: {_e(b["paused"])}</p>' if b["paused"] else ""
+    controls = "".join(
+        f'<li{" class=paused" if line.startswith(("paused", "cancelled")) else ""}>'
+        f'{_e(line)}</li>' for line in b.get("controls", ()))
     models = ", ".join(f'{_e(m["model"])} {_e(m["task_type"])} ({m["rows"]})'
                        for m in b["models"])
     return f"""
@@ -99,7 +107,7 @@ def batch_panel(b: dict[str, Any], token_query: str) -> str:
   >{_e(budget)} · <span data-k="rate">{rate["recent_per_min"]:g}</span> rows/min · ETA
   <span data-k="eta">{_e(duration_text(rate["eta_s"]))}</span> ·
   <a href="{_e(b["results_url"] + token_query)}">results (JSONL)</a></p>
-  {paused}
+  <ul class="controls" data-controls="{_e(_js_json(b.get("controls", [])))}">{controls}</ul>
   <div class="cols">{_counts(b)}<div class="chartbox"><h3>Rows finished per minute</h3>
   <div data-k="chart">{chart_svg(b["rate"]["per_minute"])}</div></div></div>
   {_failures(b)}

@@ -143,6 +143,19 @@ def test_page_renders_counts_cost_and_escapes() -> None:
     assert html.count("<rect ") == 2
 
 
+def test_the_page_lists_the_controls_in_effect() -> None:
+    controls = ["at most 4 in flight (--concurrency)", "paused: budget <reached>",
+                "deadline 2026-12-01T08:00:00+00:00", "cancelled at 2026-12-01T07:00:00+00:00"]
+    html = page.render({"generated_at": NOW, "flower_url": "http://127.0.0.1:5555",
+                        "in_flight": 0, "batches": [{**_batch_model(), "controls": controls}]})
+    assert "<li>at most 4 in flight (--concurrency)</li>" in html
+    assert "<li class=paused>paused: budget &lt;reached&gt;</li>" in html
+    assert "<li>deadline 2026-12-01T08:00:00+00:00</li>" in html
+    assert "<li class=paused>cancelled at" in html
+    # The script reloads the page when the list changes: the same JSON as JSON.stringify.
+    assert 'data-controls="[&quot;at most 4 in flight (--concurrency)&quot;,' in html
+
+
 def test_the_page_says_the_fleet_is_halted() -> None:
     model = {"generated_at": NOW, "flower_url": "http://127.0.0.1:5555", "in_flight": 0,
              "batches": [_batch_model()]}

@@ -13,11 +13,13 @@ with warnings.catch_warnings():  # starlette 1.x would rather have httpx2; httpx
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from scheduler.operator import set_limits
 from scheduler.status import batch_status
 from scheduler.web.app import WebConfig, create_web_app
 from scheduler.web.auth import WebAuth
 from scheduler.web.data import dashboard
 from tests.integration.e2e import add_batch, set_jobs
+from workers.models import BATCHES
 
 NOW = 1_700_000_040.0  # a whole minute: NOW / 60 is an integer
 
@@ -61,7 +63,21 @@ def test_dashboard_model(engine: Engine) -> None:
     assert b["slowest"]["finished"][0] == {"id": "4", "line": 4, "model": "Qubico/joycaption",
                                            "task_type": "joycaption-beta-one", "took_s": 20.0}
     assert b["results_url"] == "/batches/b1/results"
+    assert b["controls"] == []
     assert "ub1" not in str(model)  # no input value anywhere (add_batch's are "ub1<n>")
+
+
+def test_the_page_model_names_the_controls_in_effect(engine: Engine) -> None:
+    _rows(engine)
+    set_limits(engine, "b1", budget_usd=5.0, deadline_at=NOW + 3600, on_stuck=None,
+               reuse=None)
+    with engine.begin() as conn:  # what the dispatcher writes when the budget is reached
+        conn.execute(BATCHES.update().where(BATCHES.c.id == "b1").values(
+            paused="budget reached"))
+    (b,) = dashboard(engine, NOW, "http://flower.test")["batches"]
+    budget, paused, deadline = b["controls"]
+    assert budget == "budget $5.00"  # the spending is the page's own figure, not a control
+    assert paused == "paused: budget reached" and deadline.startswith("deadline ")
 
 
 def test_metrics_say_the_fleet_is_halted(engine: Engine) -> None:
