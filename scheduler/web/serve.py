@@ -80,5 +80,9 @@ def serve(settings: Settings, host: str, port: int, redis_url: Callable[[], str 
     else:
         cfg = WebConfig(reader=make_read_engine(settings.database_url), fleet=lookup,
                         flower_url=settings.flower_url, auth=auth)
+    served = ["the run page at /, its JSON at /api/batches, /metrics"] if cfg else []
+    if routes is not None:
+        served.append("webhooks at /hooks/")
+    logger.info("serving %s on http://%s:%d", " and ".join(served), host, port)
     uvicorn.run(create_web_app(cfg, routes), host=host, port=port, log_level="warning",
                 access_log=False)

@@ -122,6 +122,8 @@ def test_page_in_a_browser_and_metrics_during_and_after_a_run(
     batches = wait_until(lambda: httpx.get(base + "/api/batches", timeout=5).json()["batches"],
                          60, what="the web server and the batch")
     batch_id = batches[0]["id"]
+    assert f"serving the run page at /, its JSON at /api/batches, /metrics on {base}" in (
+        tmp_path / "web.log").read_text()  # where it is, said as it starts
     wait_until(lambda: 20 <= httpx.get(base + "/api/batches", timeout=5).json()["batches"][0][
         "counts"]["completed"] <= 70, 90, interval_s=0.3, what="rows completing")
 
