@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import NamedTuple
 
 from sqlalchemy.engine import Engine
@@ -17,12 +19,20 @@ HALT_KEY = "halt"
 
 
 def set_halt(engine: Engine, reason: str, now: float) -> None:
-    """Stop admitting new creates fleet-wide until an operator (or `run`) clears it."""
+    """Stop admitting new creates fleet-wide until an operator (or `run`) clears it. The
+    reason names the process PiAPI refused (host and pid): in a fleet, the machine whose
+    key is wrong or whose account is out of credit."""
+    reason = named(reason)
     try:
         _put(engine, reason, now)
     except IntegrityError:  # another thread or process halted it between our read and insert
         _put(engine, reason, now)
     logger.error("fleet halted: %s", reason)
+
+
+def named(reason: str) -> str:
+    """A halt's reason with the process PiAPI refused: `HTTP 401 (refused to pid 12 on a)`."""
+    return f"{reason} (refused to pid {os.getpid()} on {socket.gethostname()})"
 
 
 def _put(engine: Engine, reason: str, now: float) -> None:

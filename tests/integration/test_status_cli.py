@@ -106,15 +106,16 @@ def test_status_says_the_fleet_is_halted(engine: Engine, tmp_path: Path,
                                          database_url: str) -> None:
     """A fleet halted by a refused key creates nothing: status says so first (a standing
     fleet's operator saw batches `waiting` with no reason), in JSON too."""
-    from workers.halt import clear_halt, set_halt
+    from workers.halt import clear_halt, named, set_halt
 
     fill(engine)
     set_halt(engine, "HTTP 401: Invalid API key", RECORD_T0)
     lines = status(tmp_path, database_url).splitlines()
     assert lines[1].startswith("fleet halted since ")
-    assert "HTTP 401: Invalid API key. No task is created until PiAPI accepts the key" in lines[1]
+    assert f"{named('HTTP 401: Invalid API key')}. No task is created until PiAPI accepts the " \
+        "key" in lines[1]
     found = json.loads(status(tmp_path, database_url, "--json"))
-    assert found["halted"] == {"reason": "HTTP 401: Invalid API key", "since": RECORD_T0}
+    assert found["halted"] == {"reason": named("HTTP 401: Invalid API key"), "since": RECORD_T0}
     clear_halt(engine)
     assert json.loads(status(tmp_path, database_url, "--json"))["halted"] is None
     assert "halted" not in status(tmp_path, database_url)

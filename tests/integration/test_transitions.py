@@ -18,7 +18,7 @@ from workers import durations, leases
 from workers import transitions as tr
 from workers.db import transaction
 from workers.expected import expected_s
-from workers.halt import clear_halt, get_halt
+from workers.halt import clear_halt, get_halt, named
 from workers.models import ATTEMPTS, BATCHES, DURATION_SAMPLES, JOBS, Attempt
 from workers.piapi import TaskError, TaskView, Usage
 from workers.polling import MIN_SAMPLES
@@ -228,7 +228,7 @@ def test_account_refusal_requeues_and_halts(engine: Engine) -> None:
     claim = claimed(engine, j)
     tr.record_create_requeued(engine, claim, NOW, "HTTP 401")
     assert job(engine, j).state == JobState.QUEUED
-    assert get_halt(engine) == "HTTP 401"
+    assert get_halt(engine) == named("HTTP 401")  # with the process refused
     clear_halt(engine)
     assert get_halt(engine) is None
 
@@ -483,12 +483,12 @@ def test_a_dispatcher_lifts_the_halt_once_piapi_accepts_the_key(engine: Engine,
                    lease_s=LEASE, account_limit=account_limit, clock=lambda: now)
     assert d.halted(now) is None and asked == []
     set_halt(engine, "HTTP 401: key refused", now)
-    assert d.halted(now) == "HTTP 401: key refused" and asked == []  # first seen
+    assert d.halted(now) == named("HTTP 401: key refused") and asked == []  # first seen
     now += HALT_RECHECK_S - 1
-    assert d.halted(now) == "HTTP 401: key refused" and asked == []
+    assert d.halted(now) == named("HTTP 401: key refused") and asked == []
     now += 1
-    assert d.halted(now) == "HTTP 401: key refused" and asked == [now]  # asked: refused
+    assert d.halted(now) == named("HTTP 401: key refused") and asked == [now]  # asked: refused
     now += 1
-    assert d.halted(now) == "HTTP 401: key refused" and len(asked) == 1
+    assert d.halted(now) == named("HTTP 401: key refused") and len(asked) == 1
     now += HALT_RECHECK_S
     assert d.halted(now) is None and asked[-1] == now and get_halt(engine) is None
