@@ -255,6 +255,11 @@ class TaskView:
         return status_outcome(self.status)
 
     @property
+    def created_unix(self) -> float | None:
+        """`created_at` as a Unix time (None: missing or unreadable)."""
+        return _unix(self.created_at)
+
+    @property
     def has_output(self) -> bool:
         """True when the output carries a real result, not PiAPI's empty placeholders."""
         return has_content(self.output)

@@ -106,6 +106,16 @@ _LATER = (select(ATTEMPTS.c.task_id, ATTEMPTS.c.started_at)
                  ATTEMPTS.c.started_at > bindparam("p_after"),
                  ATTEMPTS.c.started_at <= bindparam("p_until"))
           .order_by(ATTEMPTS.c.started_at).limit(200))
+_TWIN = JOBS.alias("twin")
+_TWIN_AWAITING = (
+    select(_TWIN.c.id)
+    .join(ATTEMPTS, and_(ATTEMPTS.c.job_id == _TWIN.c.id, ATTEMPTS.c.n == _TWIN.c.posts))
+    .where(_TWIN.c.state == JobState.SUBMITTING.value, _TWIN.c.id != bindparam("p_job"),
+           _TWIN.c.model == bindparam("p_model"), _TWIN.c.task_type == bindparam("p_type"),
+           _TWIN.c.input_json == select(JOBS.c.input_json).where(THIS_JOB).scalar_subquery(),
+           ATTEMPTS.c.started_at <= bindparam("p_before"))
+    .limit(1)
+)
 _OWNED = select(ATTEMPTS.c.task_id).where(
     ATTEMPTS.c.task_id.in_(bindparam("p_tasks", expanding=True)), _OTHER_ATTEMPT)
 
@@ -132,6 +142,18 @@ def owned_elsewhere(engine: Engine, job_id: int, attempt_n: int,
     with transaction(engine) as conn:
         return {str(t) for (t,) in conn.execute(
             _OWNED, {"p_tasks": ids, "p_job": job_id, "p_n": attempt_n})}
+
+
+def twin_awaiting(engine: Engine, t: AmbiguousTarget, before: float) -> bool:
+    """Another row with this row's input (manifests repeat a prompt for several samples)
+    has a create sent no later than `before` still awaiting its answer. A task of this
+    input created then may be that row's, which will record it when the answer comes:
+    adopting it here would leave this row's own task (if its create made one) unrecorded,
+    and the same task counted twice."""
+    with transaction(engine) as conn:
+        return conn.execute(_TWIN_AWAITING, {
+            "p_job": t.job_id, "p_model": t.model, "p_type": t.task_type,
+            "p_before": before}).first() is not None
 
 
 def tasks_created_after(engine: Engine, after: float, until: float) -> list[tuple[str, float]]:

@@ -226,12 +226,13 @@ def _adopt_hint(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> boo
     """A webhook sent to this job's own URL named the task: confirmed by a GET (the input,
     where echoed, must be this row's)."""
     assert t.hint_task_id is not None
-    return _adopt(ctx, t, t.hint_task_id, tally, "a webhook for this job named it")
+    return _adopt(ctx, t, t.hint_task_id, tally, "a webhook for this job named it",
+                  twins=False)
 
 
 def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tally,
-           why: str) -> bool:
-    """Confirm with a GET that the task is this job's, then adopt it."""
+           why: str, twins: bool = True) -> bool:
+    """Confirm with a GET that the task is this job's, then adopt it (`_adopt_view`)."""
     view = _read(ctx, t, task_id, tally)
     if view is None:
         return False
@@ -239,11 +240,21 @@ def _adopt(ctx: WorkerContext, t: amb.AmbiguousTarget, task_id: str, tally: Tall
         logger.warning("job %s: task %s is not this job's (model, type or input differ)",
                        t.job_id, task_id)
         return False
-    return _adopt_view(ctx, t, view, why)
+    return _adopt_view(ctx, t, view, why, twins)
 
 
-def _adopt_view(ctx: WorkerContext, t: amb.AmbiguousTarget, view: TaskView, why: str) -> bool:
+def _adopt_view(ctx: WorkerContext, t: amb.AmbiguousTarget, view: TaskView, why: str,
+                twins: bool = True) -> bool:
+    """Adopt the task PiAPI showed; with `twins`, not while a row with the same input has
+    a create older than the task awaiting its answer (the task may be that row's: it is
+    looked at again once that answer is in)."""
     now = ctx.clock()
+    created = view.created_unix
+    if twins and amb.twin_awaiting(ctx.engine, t, (created if created is not None else now)
+                                   + WINDOW_SLACK_S):
+        logger.info("job %s: task %s may be a twin row's, whose create awaits its answer",
+                    t.job_id, view.task_id)
+        return False
     next_at = now if view.outcome.ended else ctx.next_poll_at(t.model, t.task_type,
                                                             t.started_at, 0, now)
     return amb.adopt(ctx.engine, t, view, now, next_at, why)

@@ -1,0 +1,74 @@
+"""Reconciling a lost create when another row has the same input (a prompt repeated for
+several samples): the task found may be that row's, whose create still awaits its answer.
+On a real database, with PiAPI as a script the test writes (its history and GETs)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tests.integration.e2e import JOY_KIND, add_batch, job, set_jobs
+from workers import transitions as tr
+from workers.piapi import HistoryPage, HistoryRow, TaskView, Usage
+from workers.reconcile import records
+from workers.reconcile.settle import reconcile_one
+from workers.states import JobState
+from workers.work import Tally, WorkerContext
+
+T0 = 1_000_000.0
+INPUT = {"image": "https://example.test/same.png"}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class History:
+    """PiAPI with one task, made by the first row's create at T0 + 0.5."""
+
+    def __init__(self) -> None:
+        self.task = TaskView("made-by-a", *JOY_KIND, status="processing", output=None,
+                             usage=Usage("llm", 0, 100), error=None, created_at=_iso(T0 + 0.5),
+                             started_at=None, ended_at=None, input=dict(INPUT))
+
+    def task_history(self, model: str | None, start: float, end: float, page: int = 1,
+                     page_size: int = 100) -> HistoryPage:
+        row = HistoryRow("made-by-a", JOY_KIND[0], JOY_KIND[1], "processing", T0 + 0.5, None)
+        return HistoryPage([row], 1)
+
+    def get_task(self, task_id: str) -> TaskView:
+        assert task_id == "made-by-a"
+        return self.task
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"reconciliation called {name}")
+
+
+def test_a_task_a_twin_row_is_still_creating_is_not_taken(engine: Engine) -> None:
+    # Found by review: row B's create was lost while row A (the same input) still awaited
+    # its create's answer. B took A's task; A then recorded it too: one task for two rows,
+    # counted twice, and B's own task (had its create made one) recorded nowhere.
+    a, b = add_batch(engine, "b1", 2)
+    set_jobs(engine, a, b, input_json='{"image":"https://example.test/same.png"}')
+    piapi = History()
+    now = T0 + 5
+    ctx = WorkerContext(engine=engine, client=piapi, lease_s=60, max_tries=3,  # type: ignore[arg-type]
+                        clock=lambda: now)
+    claim_a = tr.claim_for_submit(engine, a, T0, 60)
+    claim_b = tr.claim_for_submit(engine, b, T0, 60)
+    assert claim_a is not None and claim_b is not None
+    assert tr.record_ambiguous(engine, claim_b, T0 + 1, "connection dropped")
+
+    [target] = records.load_ambiguous(engine, [b])
+    assert not reconcile_one(ctx, target, Tally())  # A's answer may still name the task
+    assert job(engine, b).state == JobState.AMBIGUOUS
+
+    # A's answer comes: the task is A's. B's look no longer has it as a candidate.
+    assert tr.record_created(engine, claim_a, piapi.task, T0 + 6, T0 + 7)
+    now = T0 + 30
+    [target] = records.load_ambiguous(engine, [b])
+    reconcile_one(ctx, target, Tally())
+    assert (job(engine, a).task_id, job(engine, b).task_id) == ("made-by-a", None)
+    assert job(engine, b).state != JobState.RUNNING
