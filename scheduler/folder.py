@@ -3,9 +3,11 @@ path relative to the folder, the file in the model's image field.
 
 Hidden files and folders (a name starting with `.`) and files that are not images (by
 their content) are skipped and counted. The batch's identity is the folder's absolute path
-and its listing (each image's relative path and size), so the same folder with the same
-options is the same batch, and re-running resumes it; an image added, removed or resized
-makes another batch (whose rows done before are reused, see `workers.transitions.reuse`).
+and its listing (each image's relative path, size and modification time), so the same
+folder with the same options is the same batch, and re-running resumes it; an image added,
+removed or written again (an edit keeps the size of an uncompressed image) makes another
+batch, whose rows done before are reused (`workers.transitions.reuse`: by the file's
+content, so an image only touched or copied is not paid for again).
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def is_image_file(path: Path) -> bool:
         return True
 
 
-def scan(folder: Path) -> tuple[list[tuple[str, int]], int]:
-    """The folder's images as (relative POSIX path, size), sorted by path, and how many
+def scan(folder: Path) -> tuple[list[tuple[str, int, int]], int]:
+    """The folder's images as (relative POSIX path, size, modification time in ns), sorted
+    by path, and how many
     files were skipped (hidden, or not an image; an image's caption sidecar, `cat.txt` or
     `cat.png.txt`, is no file skipped)."""
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, int, int]] = []
     skipped: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -73,10 +76,11 @@ def scan(folder: Path) -> tuple[list[tuple[str, int]], int]:
             if _hidden(rel) or not path.is_file() or not is_image_file(path):
                 skipped.append(rel)
                 continue
-            found.append((rel.as_posix(), path.stat().st_size))
+            info = path.stat()
+            found.append((rel.as_posix(), info.st_size, info.st_mtime_ns))
     found.sort()
-    sidecars = {Path(rel).with_suffix(".txt") for rel, _ in found} | {
-        Path(rel + ".txt") for rel, _ in found}
+    sidecars = {Path(rel).with_suffix(".txt") for rel, _, _ in found} | {
+        Path(rel + ".txt") for rel, _, _ in found}
     return found, sum(rel not in sidecars for rel in skipped)
 
 
@@ -105,7 +109,7 @@ class FolderManifest:
                 "(hidden, or not an image)")
 
     def __iter__(self) -> Iterator[Item]:
-        for seq, (rel, _size) in enumerate(self.files, 1):
+        for seq, (rel, _size, _mtime) in enumerate(self.files, 1):
             yield RawRow(seq, seq, {"id": rel, self.field: str(self.path / rel)},
                          from_csv=True)
 

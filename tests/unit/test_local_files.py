@@ -187,6 +187,20 @@ def test_a_folder_as_rows(tmp_path: Path) -> None:
     assert FolderManifest(tmp_path, "image").content_hash() != same
 
 
+def test_an_image_written_again_at_the_same_size_makes_another_batch(tmp_path: Path) -> None:
+    # Found by an exploratory run: an uncompressed image (BMP, TIFF) keeps its size when
+    # edited, so the folder resumed its old batch and the image kept its old caption.
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes())
+    os.utime(image, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    before = FolderManifest(tmp_path, "image").content_hash()
+    assert FolderManifest(tmp_path, "image").content_hash() == before  # resumed as it is
+    edited = bytearray(image.read_bytes())
+    edited[-20] ^= 0xFF
+    image.write_bytes(bytes(edited))  # the same size, another picture
+    assert FolderManifest(tmp_path, "image").content_hash() != before
+
+
 NAMES = st.text(alphabet="ab.", min_size=1, max_size=3).filter(lambda n: n not in (".", ".."))
 
 
@@ -210,7 +224,7 @@ def test_scan_keeps_exactly_the_visible_images_sorted(
         found, skipped = scan(root)
         visible = {r for r in written if not any(p.startswith(".") for p in r.split("/"))}
         hidden_dirs = {r for r in written if any(p.startswith(".") for p in r.split("/")[:-1])}
-        assert [rel for rel, _ in found] == sorted(r for r in visible if written[r])
+        assert [rel for rel, _, _ in found] == sorted(r for r in visible if written[r])
         # Files under hidden folders are never looked at; the rest not taken are counted.
         assert skipped == len(written) - len(found) - len(hidden_dirs)
 
