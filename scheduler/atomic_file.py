@@ -40,3 +40,16 @@ def atomic_text(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_problem(path: Path) -> str | None:
+    """Why `atomic_text` could not write `path` (None: it can, as far as can be told
+    before writing): asked before any work whose result would go there is paid for."""
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"cannot write {path}: no folder {parent}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write {path}: the folder {parent} is not writable"
+    return None

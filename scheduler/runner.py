@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scheduler import notify
+from scheduler.atomic_file import write_problem
 from scheduler.downloader import Downloader, open_destination, report_downloads, start_pool
 from scheduler.estimate.command import EstimateOptions
 from scheduler.export import export
@@ -112,9 +113,13 @@ class RunOptions(EstimateOptions):
         return Sidecars.REPLACE if self.overwrite_sidecars else Sidecars.KEEP
 
 
-def _results_file(manifest: Path, run_dir: Path, console: Console) -> Path:
-    """The results file without `-o`, said when it is not the usual name."""
-    output, note = default_output(manifest, run_dir)
+def _results_file(opts: RunOptions, run_dir: Path, console: Console) -> Path:
+    """The results file (`-o`, else the default, said when it is not the usual name),
+    checked before anything is paid for."""
+    output, note = (opts.output, None) if opts.output else default_output(opts.manifest,
+                                                                         run_dir)
+    if problem := write_problem(output):
+        raise ConfigError(problem)
     if note:
         console.print(note, highlight=False)
     return output
@@ -328,7 +333,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     dest = open_destination(opts.download) if opts.download else None
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    output = opts.output or _results_file(opts.manifest, run_dir, console)
+    output = _results_file(opts, run_dir, console)
     services = Services()
     claims: Claims | None = None
     engine: Engine | None = None

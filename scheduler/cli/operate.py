@@ -222,11 +222,14 @@ def export_cmd(
     overwrite_sidecars: OverwriteSidecarsOpt = False,
 ) -> None:
     """Write a batch's results file (one line per manifest row, in input order)."""
+    from scheduler.atomic_file import write_problem
     from scheduler.export import export
     from scheduler.status import batch_status
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"--format must be jsonl or csv, got {fmt!r}")
+    if problem := write_problem(output):
+        raise ConfigError(problem)
     engine = read_database(load_settings())
     if batch_status(engine, batch) is None:
         raise ConfigError(f"no batch {batch}")

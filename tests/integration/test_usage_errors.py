@@ -66,6 +66,26 @@ def test_usage_errors_create_no_batch_and_send_nothing(tmp_path: Path, sqlite_ur
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.parametrize(("output", "message"), [
+    ("results", "piapi-bulk: {tmp}/results is a folder, not a file"),
+    ("missing/out.jsonl", "piapi-bulk: cannot write {tmp}/missing/out.jsonl: no folder "
+                          "{tmp}/missing"),
+])
+def test_a_results_file_that_cannot_be_written_is_refused_before_anything_is_paid(
+        tmp_path: Path, sqlite_url: str, output: str, message: str,
+        make_emulator: MakeEmulator) -> None:
+    # Found by an exploratory run: every row ran and was paid for, then the results file
+    # failed with a traceback.
+    (tmp_path / "results").mkdir()
+    manifest = write_jsonl(tmp_path / "captions.jsonl", caption_rows(3))
+    emu = make_emulator()
+    env = run_env(tmp_path, emu, sqlite_url)
+    done = piapi_bulk(tmp_path, env, "run", str(manifest), "-o", str(tmp_path / output))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr == message.format(tmp=tmp_path) + "\n"
+    assert emu.stats()["creates"] == 0 and batches_and_jobs(sqlite_url) == (0, 0)
+
+
 def test_a_misnamed_column_is_a_usage_error(tmp_path: Path, sqlite_url: str) -> None:
     manifest = tmp_path / "captions.csv"
     manifest.write_text("url,style\n" + "".join(
