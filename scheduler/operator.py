@@ -9,6 +9,7 @@ running tasks of a cancelled batch at their next poll.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import Counter
@@ -45,9 +46,14 @@ _STATES_OF = select(JOBS.c.row_key, JOBS.c.state).where(
 _UPDATE = BATCHES.update().where(BATCHES.c.id == bindparam("p_batch"))
 
 
+MAX_DEADLINE_S = 366 * 86_400.0
+"""A deadline is at most a year away: further is no deadline (and past year 9999 no date)."""
+
+
 def parse_deadline(text: str, now: float) -> float:
     """`--deadline`: an ISO-8601 time (naive = local time) or a duration from now such as
-    `30m`, `8h`, `1h30m` or `2d`; the Unix time. ConfigError when it is neither, or past."""
+    `30m`, `8h`, `1h30m` or `2d`; the Unix time. ConfigError when it is neither, past, or
+    more than a year away."""
     value = text.strip()
     match = _DURATION.fullmatch(value.lower())
     if value and match is not None:
@@ -55,7 +61,7 @@ def parse_deadline(text: str, now: float) -> float:
                       if g)
         if seconds <= 0:
             raise ConfigError(f"--deadline {text!r}: a duration must be longer than zero")
-        return now + seconds
+        return _within_a_year(text, now + seconds, now)
     try:
         at = datetime.fromisoformat(value).timestamp()
     except ValueError:
@@ -63,28 +69,34 @@ def parse_deadline(text: str, now: float) -> float:
                           "(2026-11-28T18:30) nor a duration such as 30m, 8h or 1h30m") from None
     if at <= now:
         raise ConfigError(f"--deadline {text!r} is in the past")
+    return _within_a_year(text, at, now)
+
+
+def _within_a_year(text: str, at: float, now: float) -> float:
+    if at - now > MAX_DEADLINE_S:
+        raise ConfigError(f"--deadline {text!r} is more than a year away; leave it out for "
+                          "no deadline")
     return at
 
 
 def parse_budget(value: float | None) -> float | None:
     """`--budget-usd`: a positive amount of US dollars (None: not given)."""
-    if value is not None and not value > 0:
-        raise ConfigError("--budget-usd must be more than 0")
+    if value is not None and not 0 < value < math.inf:
+        raise ConfigError("--budget-usd must be more than 0 (and finite)")
     return value
 
 
 def read_ids(path: Path) -> list[str]:
     """Row ids from a file: one a line; blank lines and `#` comments are ignored."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of an id
     except OSError as exc:
         raise ConfigError(f"cannot read ids file {path}: {exc.strerror or exc}") from None
-    keys: list[str] = []
-    for line in text.splitlines():
-        key = line.split("#", 1)[0].strip()
-        if key and key not in keys:
-            keys.append(key)
-    return keys
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read ids file {path}: not UTF-8 text (byte {exc.start})"
+                          ) from None
+    keys = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return list(dict.fromkeys(k for k in keys if k))
 
 
 def parse_on_stuck(value: str | None) -> str | None:

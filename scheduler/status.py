@@ -180,8 +180,12 @@ def duration(seconds: float) -> str:
 
 
 def local_iso(ts: float) -> str:
-    """A Unix time as local ISO-8601 with its UTC offset, to the second."""
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    """A Unix time as local ISO-8601 with its UTC offset, to the second (one beyond what a
+    date can hold, stored by an older release, as its number)."""
+    try:
+        return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"unix time {ts:.0f}"
 
 
 def batch_status(engine: Engine, batch_id: str) -> BatchStatus | None:

@@ -38,7 +38,8 @@ def test_an_iso_time_with_an_offset_is_that_instant() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "soon", "10x", "1h-5m", "0m", "2020-01-01T00:00",
-                                  "tomorrow 5pm", "h"])
+                                  "tomorrow 5pm", "h", "400d", "99999999999d",
+                                  "9999-12-31T00:00"])
 def test_a_bad_or_past_deadline_is_a_usage_error(text: str) -> None:
     with pytest.raises(ConfigError, match="--deadline"):
         parse_deadline(text, NOW)
@@ -47,7 +48,7 @@ def test_a_bad_or_past_deadline_is_a_usage_error(text: str) -> None:
 def test_a_budget_must_be_positive() -> None:
     assert parse_budget(None) is None
     assert parse_budget(2.5) == 2.5
-    for bad in (0.0, -1.0, float("nan")):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="--budget-usd"):
             parse_budget(bad)
 
@@ -58,6 +59,17 @@ def test_an_ids_file_ignores_blanks_and_comments(tmp_path: Path) -> None:
     assert read_ids(path) == ["img-1", "img-2"]
     with pytest.raises(ConfigError, match="cannot read ids file"):
         read_ids(tmp_path / "missing.txt")
+
+
+def test_an_ids_file_from_windows_is_read_as_written(tmp_path: Path) -> None:
+    # Found by an exploratory run: the byte-order mark became part of the first id, and a
+    # file in another encoding was a traceback.
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"\xef\xbb\xbfcx110\r\ncx111\r\n")
+    assert read_ids(path) == ["cx110", "cx111"]
+    path.write_bytes(b"caf\xe9\r\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_ids(path)
 
 
 @pytest.mark.parametrize(("budget", "spent", "frozen", "next_usd", "n"), [
