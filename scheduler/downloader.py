@@ -53,11 +53,13 @@ HTTP_TIMEOUT = httpx.Timeout(20.0, connect=10.0)
 
 def open_destination(url: str) -> Destination:
     """The `--download`/`--to` folder, created if needed; a ConfigError when it cannot be
-    used (an unknown scheme, s3:// without s3fs, a folder that cannot be created)."""
+    used (an unknown scheme, s3:// without s3fs, a folder that cannot be created, a host
+    that cannot be reached)."""
     try:
         dest = Destination(url)
         dest.ensure()
-    except (ImportError, ValueError, DestinationError) as exc:
+    except (ImportError, ValueError, DestinationError, OSError) as exc:
+        # OSError: a host that cannot be resolved or reached, a refused login (fsspec)
         raise ConfigError(f"cannot download to {url}: {exc}") from exc
     return dest
 

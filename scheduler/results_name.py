@@ -24,8 +24,9 @@ MAX_NAMES = 100
 
 
 def usual_name(manifest: Path) -> Path:
-    """`captions.csv.gz` -> `captions.results.jsonl` in the current directory."""
-    name = manifest.name
+    """`captions.csv.gz` -> `captions.results.jsonl` in the current directory (a folder
+    named `.` or `..` by its own name)."""
+    name = manifest.name if manifest.name not in ("", ".", "..") else manifest.resolve().name
     if name.endswith(".gz"):
         name = name[:-3]
     stem = name.rsplit(".", 1)[0] if "." in name else name
@@ -34,7 +35,8 @@ def usual_name(manifest: Path) -> Path:
 
 def _names(manifest: Path) -> list[Path]:
     """The names to try, in order: the usual one, then the manifest's whole name."""
-    whole = manifest.name.rstrip("/")
+    whole = usual_name(manifest).name.removesuffix(".results.jsonl") if manifest.name in (
+        "", ".", "..") else manifest.name
     return [usual_name(manifest), Path(f"{whole}.results.jsonl"),
             *(Path(f"{whole}.{n}.results.jsonl") for n in range(2, MAX_NAMES))]
 

@@ -17,6 +17,16 @@ def test_the_usual_name_is_the_manifest_stem(manifest: str, expected: str) -> No
     assert usual_name(Path(manifest)) == Path(expected)
 
 
+def test_the_current_folder_is_named_by_its_name(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by an exploratory run: `run .` wrote `.results.jsonl`, a hidden file.
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "photos")
+    assert usual_name(Path(".")) == Path("photos.results.jsonl")
+    monkeypatch.chdir(tmp_path / "photos" / "sub")
+    assert usual_name(Path("..")) == Path("photos.results.jsonl")
+
+
 def test_two_manifests_with_one_stem_never_share_a_results_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
