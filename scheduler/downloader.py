@@ -128,9 +128,23 @@ class Downloader:
         self._feeder: threading.Thread | None = None
 
     def start(self) -> None:
-        """Files that failed before (except those PiAPI no longer has) are tried again."""
+        """Files that failed before (except those PiAPI no longer has) are tried again, and
+        so are kept files gone from the destination or not of their recorded size; the
+        temporary files of fetches killed mid-way are removed."""
         retry_transient(lambda: rec.reopen_failed(self.engine, self.dest.key, self.batch_ids,
                                                   self.clock()))
+        listing = self.dest.listing()
+        if listing is None:
+            return
+        now = self.clock()
+        missing = retry_transient(lambda: rec.reopen_missing(
+            self.engine, self.dest.key, self.batch_ids, listing, now))
+        if missing:
+            with self._lock:
+                self._notices.append(f"{missing} kept file{'s' if missing != 1 else ''} no "
+                                     f"longer in {self.dest.shown()} as kept: fetched again")
+        for part in self.dest.stale_parts(listing, now):
+            self.dest.remove(part)
 
     def feed_in_background(self) -> None:
         """Start the feed's own thread: failed files reopened (`start`), then a look every

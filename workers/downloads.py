@@ -204,6 +204,22 @@ def reopen_failed(engine: Engine, dest: str, batch_ids: Collection[str], now: fl
             .values(state=PENDING, tries=0, next_at=0.0, updated_at=now)).rowcount)
 
 
+def reopen_missing(engine: Engine, dest: str, batch_ids: Collection[str],
+                   listing: dict[str, tuple[int, float | None]], now: float) -> int:
+    """Kept files no longer at the destination with their recorded size (deleted, cut,
+    replaced) pending again, to be fetched anew; returns how many."""
+    with transaction(engine) as conn:
+        kept = conn.execute(select(D.id, D.file, D.bytes).where(
+            D.dest == dest, D.batch_id.in_(batch_ids), D.state == DONE)).all()
+        gone = [int(i) for i, file, size in kept
+                if file is None or listing.get(str(file), (None,))[0] != size]
+        for at in range(0, len(gone), 500):
+            conn.execute(update(DOWNLOADS).where(D.id.in_(gone[at:at + 500]), D.state == DONE)
+                         .values(state=PENDING, tries=0, next_at=0.0, file=None, tmp=None,
+                                 bytes=None, sha256=None, updated_at=now))
+    return len(gone)
+
+
 def counts(engine: Engine, dest: str, batch_ids: Collection[str]) -> dict[str, int]:
     """Files of these batches at `dest` by state, and failed ones by `failed:<kind>`."""
     found: dict[str, int] = {}

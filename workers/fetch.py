@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -27,6 +29,10 @@ from workers.output_files import extension
 CHUNK_BYTES = 256 * 1024
 """Read and write in pieces this big: memory stays flat whatever the file's size."""
 HASH_CHUNK_BYTES = 1024 * 1024
+STALE_PART_S = 900.0
+"""A temporary `.part` file untouched this long is a killed fetch's (a live one writes to
+it all the time): the next start removes it."""
+_PART = re.compile(r"(?:^|/)\.[^/]+\.[0-9a-f]{12}\.part$")
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -116,6 +122,24 @@ class Destination:
             return False
         return digest.hexdigest() == sha256
 
+    def listing(self) -> dict[str, tuple[int, float | None]] | None:
+        """Every file under the folder: relative path -> (size, modified time when the file
+        system says it); None when the folder cannot be listed."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except (OSError, ValueError):
+            return None
+        prefix = self.root.rstrip("/") + "/"
+        return {path.removeprefix(prefix): (int(info.get("size") or 0), _mtime(info))
+                for path, info in found.items()}
+
+    def stale_parts(self, listing: dict[str, tuple[int, float | None]],
+                    now: float) -> list[str]:
+        """The temporary files of fetches killed mid-way (`fetch`'s names, untouched for
+        `STALE_PART_S`)."""
+        return [name for name, (_, mtime) in listing.items()
+                if _PART.search(name) and mtime is not None and now - mtime > STALE_PART_S]
+
     def rename(self, tmp: str, file: str) -> None:
         """Move `tmp` to `file` (atomic on a local disk: same folder)."""
         try:
@@ -127,6 +151,14 @@ class Destination:
         """Delete `file` if it is there (best effort)."""
         with contextlib.suppress(OSError, ValueError):
             self.fs.rm(self.full_path(file))
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """A listed file's modified time (local: `mtime`; object stores: `LastModified`)."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, int | float):
+        return float(value)
+    return value.timestamp() if isinstance(value, datetime) else None
 
 
 def shown_path(dest_key: str, file: str) -> str:

@@ -227,6 +227,38 @@ def test_download_later_fetches_a_finished_batch_once(
     assert usage.returncode == 2 and usage.stderr.strip() == "piapi-bulk: no batch nope"
 
 
+def test_kept_files_deleted_or_cut_since_are_fetched_again(
+        tmp_path: Path, sqlite_url: str, make_emulator: MakeEmulator) -> None:
+    # Found by an exploratory run: a kept file deleted or damaged on disk stayed so, and
+    # every later run said all were kept; a killed fetch's .part file stayed for good.
+    emu = _emulator(make_emulator)
+    outcome = run_manifest(emu, tmp_path, sqlite_url, flux_rows(4), 120, ("--download", "kept"))
+    assert outcome.code == 0
+    kept = tmp_path / "kept"
+    (kept / "flux-1.png").unlink()
+    (kept / "flux-2.png").write_bytes(b"cut short")
+    stale, fresh = kept / ".flux-3.0123456789ab.part", kept / ".flux-4.ba9876543210.part"
+    stale.write_bytes(b"half")
+    os.utime(stale, (1_700_000_000, 1_700_000_000))  # long untouched: a killed fetch's
+    fresh.write_bytes(b"half")  # being written now, by all that can be told
+    env = run_env(tmp_path, emu, sqlite_url)
+    batch = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)["batches"][0]["id"]
+
+    again = piapi_bulk(tmp_path, env, "download", batch, "--to", "kept")
+    assert again.returncode == 0, again.stderr
+    assert "2 kept files no longer in" in again.stderr and "4 output files kept" in again.stderr
+    assert not stale.exists() and fresh.exists()
+    fresh.unlink()
+    exported = piapi_bulk(tmp_path, env, "export", batch, "-o", "again.jsonl")
+    assert exported.returncode == 0
+    results = read_results(tmp_path / "again.jsonl")
+    served = {n: s["fetches"] for n, s in _served(emu)["files"].items()}
+    assert sorted(served.values()) == [1, 1, 2, 2]  # the two lost ones, fetched once more
+    for row in results:
+        (f,) = row["files"]
+        assert f["bytes"] == FILE_BYTES and f["sha256"] == _sha256(Path(f["path"]))
+
+
 def test_sigterm_while_the_last_files_download_ends_the_run(
         tmp_path: Path, sqlite_url: str, make_emulator: MakeEmulator) -> None:
     """Every row has ended and `run` waits for its files (the emulator holds them): SIGTERM
