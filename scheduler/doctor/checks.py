@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 from scheduler.doctor.probe import ProbeResult
-from scheduler.manifest import RawRow, read_manifest
-from scheduler.validate import Defaults, JobSpec, validate_row
-from workers.catalog import history_family, prior_cost_usd
+from scheduler.estimate.tally import Tally
+from scheduler.manifest import read_manifest
+from scheduler.validate import Defaults
+from workers.catalog import history_family
 from workers.findings import Findings, HistoryFilter, RowModel
 from workers.piapi import AccountInfo, HistoryRow, InvalidRequest, PiAPIClient, PiAPIError
 
@@ -43,7 +44,7 @@ class Kind:
     task_type: str
     rows: int
     usd: float
-    """Their cost at the catalog's prior price (an estimate, on the high side)."""
+    """Their cost at the price table's prices (as `estimate` says it)."""
 
 
 @dataclass(frozen=True)
@@ -69,21 +70,16 @@ class ManifestSummary:
 
 
 def summarise_manifest(path: Path | None, defaults: Defaults) -> ManifestSummary:
-    """Rows per (model, task type) of the manifest (or just --model when there is none)."""
+    """Rows per (model, task type) of the manifest (or just --model when there is none),
+    counted as `estimate` and ingest count them (a repeated id is an invalid row)."""
     if path is None:
         if defaults.model is None:
             return ManifestSummary()
         return ManifestSummary((Kind(defaults.model, defaults.task_type or "", 0, 0.0),))
-    rows: Counter[tuple[str, str]] = Counter()
-    invalid = 0
-    for item in read_manifest(path):
-        spec = validate_row(item, defaults) if isinstance(item, RawRow) else None
-        if isinstance(spec, JobSpec):
-            rows[(spec.model, spec.task_type)] += 1
-        else:
-            invalid += 1
-    kinds = tuple(Kind(m, t, n, n * prior_cost_usd(m, t)) for (m, t), n in rows.most_common())
-    return ManifestSummary(kinds, invalid, str(path))
+    tally = Tally(defaults).add_all(read_manifest(path))
+    kinds = tuple(Kind(k.model, k.task_type, k.rows, k.usd) for k in tally.sorted_kinds()
+                  if k.rows)
+    return ManifestSummary(kinds, sum(k.invalid for k in tally.kinds.values()), str(path))
 
 
 @dataclass(frozen=True)

@@ -164,10 +164,12 @@ def test_manifest_summary(tmp_path: Path) -> None:
         json.dumps({"model": "Wan", "task_type": "wan26-txt2video", "prompt": "p"}),
         json.dumps({"model": "Wan", "task_type": "nope", "prompt": "p"}),
         json.dumps({"model": "nope"}),  # not in the catalogue: sent unchecked
+        json.dumps({"id": "3", "image": "https://x/3.png"}),  # the third row's id again
     ]) + "\n")
     m = summarise_manifest(path, Defaults(JOY, "joycaption-beta-one"))
-    assert m.models == [JOY, "Wan", "nope"] and m.invalid == 1
-    assert m.usd == pytest.approx(2 * 0.01 + 1.80 + UNKNOWN_PRICE_USD)
+    # Counted as estimate counts: a repeated id is invalid, prices from the price table.
+    assert m.models == [JOY, "Wan", "nope"] and m.invalid == 2
+    assert m.usd == pytest.approx(2 * 0.01 + 0.40 + UNKNOWN_PRICE_USD)
     assert summarise_manifest(None, Defaults("Wan")).models == ["Wan"]
     assert summarise_manifest(None, Defaults()).models == []
 
