@@ -427,6 +427,19 @@ def _redis_for_run(settings: Settings, opts: RunOptions,
     return settings, redis.Redis.from_url(url)
 
 
+def limit_text(concurrency: int | None, account: int | None) -> str:
+    """How many tasks the run keeps in flight, and which limit says so."""
+    if concurrency is None:
+        return f"account limit {account or '?'} in flight"
+    if account is None:
+        return f"at most {concurrency} in flight: --concurrency"
+    if concurrency > account:
+        return f"account limit {account} in flight; --concurrency {concurrency} is above it"
+    if concurrency < account:
+        return f"at most {concurrency} in flight: --concurrency; the account allows {account}"
+    return f"account limit {account} in flight"
+
+
 def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Console,
             limit: int | None, stop: StopRequest) -> IngestResult:
     """The manifest as a batch (new or resumed), its options stored, rows with a completed
@@ -445,12 +458,8 @@ def _ingest(settings: Settings, opts: RunOptions, engine: Engine, console: Conso
                deadline_at=opts.deadline_at, on_stuck=opts.on_stuck, reuse=opts.reuse)
     reused = reuse_completed(engine, result.batch_id, time.time(), settings.reuse_window_s)
     verb = "new batch" if result.created else "resuming batch"
-    allowed = min(opts.concurrency, limit) if opts.concurrency and limit else (
-        opts.concurrency or limit)
-    above = (f"; --concurrency {opts.concurrency} is above it" if opts.concurrency and limit
-             and opts.concurrency > limit else "")
     console.print(f"{verb} {result.batch_id}: {result.total} rows from {opts.manifest}"
-                  f" (account limit {allowed or '?'} in flight{above})",
+                  f" ({limit_text(opts.concurrency, limit)})",
                   highlight=False, markup=False, soft_wrap=True)
     for line in (*result.notes, *unchecked_lines(result)):
         console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
