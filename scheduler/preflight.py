@@ -73,7 +73,10 @@ def preflight(path: str | os.PathLike[str], model: str | None, task_type: str | 
     found = model_problem(model, strict) if model else None
     found = found or set_problem(model, task_type, fields)
     if found is None and Path(path).is_dir():
-        image_field(model, task_type)  # raises the folder's usage error
+        taken = image_field(model, task_type)  # raises the folder's usage error
+        if taken in fields:
+            raise ConfigError(f"--set {taken}: a folder's rows take their {taken} from the "
+                              "folder's files")
         return
     if found is None:
         sample = read_sample(path)

@@ -119,6 +119,12 @@ def load_settings(**overrides: Any) -> Settings:
     return settings.model_copy(update=clean) if clean else settings
 
 
+def check_sidecar_flags(captions_as_sidecar: bool, overwrite_sidecars: bool) -> None:
+    """`--overwrite-sidecars` only with `--captions-as-sidecar` (alone it would do nothing)."""
+    if overwrite_sidecars and not captions_as_sidecar:
+        raise ConfigError("--overwrite-sidecars needs --captions-as-sidecar")
+
+
 def service_mode_of(value: str | None) -> str | None:
     from scheduler.options import parse_service_mode
 

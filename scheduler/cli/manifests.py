@@ -14,6 +14,7 @@ from rich.console import Console
 
 from scheduler.cli.app import (
     app,
+    check_sidecar_flags,
     database,
     load_settings,
     parse_fields,
@@ -97,6 +98,7 @@ def run(
     from scheduler.runner import run as run_batch
     from workers.logs import setup_logging
 
+    check_sidecar_flags(captions_as_sidecar, overwrite_sidecars)
     budget = parse_budget(budget_usd)
     deadline_at = parse_deadline(deadline, time.time()) if deadline is not None else None
     mode = service_mode_of(service_mode)

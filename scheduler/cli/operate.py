@@ -13,6 +13,7 @@ from rich.console import Console
 
 from scheduler.cli.app import (
     app,
+    check_sidecar_flags,
     database,
     fleet_redis_url,
     load_settings,
@@ -228,6 +229,7 @@ def export_cmd(
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"--format must be jsonl or csv, got {fmt!r}")
+    check_sidecar_flags(captions_as_sidecar, overwrite_sidecars)
     if problem := write_problem(output):
         raise ConfigError(problem)
     engine = read_database(load_settings())

@@ -86,6 +86,16 @@ def test_a_results_file_that_cannot_be_written_is_refused_before_anything_is_pai
     assert emu.stats()["creates"] == 0 and batches_and_jobs(sqlite_url) == (0, 0)
 
 
+def test_overwrite_sidecars_alone_is_a_usage_error(tmp_path: Path, sqlite_url: str) -> None:
+    # It did nothing, silently.
+    manifest = write_jsonl(tmp_path / "captions.jsonl", caption_rows(1))
+    env = db_env(tmp_path, sqlite_url)
+    for args in (("run", str(manifest)), ("export", "b1", "-o", "out.jsonl")):
+        done = piapi_bulk(tmp_path, env, *args, "--overwrite-sidecars")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == "piapi-bulk: --overwrite-sidecars needs --captions-as-sidecar\n"
+
+
 def test_a_misnamed_column_is_a_usage_error(tmp_path: Path, sqlite_url: str) -> None:
     manifest = tmp_path / "captions.csv"
     manifest.write_text("url,style\n" + "".join(

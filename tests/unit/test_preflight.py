@@ -217,3 +217,10 @@ def test_read_sample_and_preflight_on_files(tmp_path: Path) -> None:
     preflight(jsonl, JOY, JOY_T)
     with pytest.raises(ConfigError, match=r"did you mean Qubico/joycaption\?"):
         preflight(jsonl, "Qubico/joycaptoin", JOY_T)
+
+
+def test_a_folder_takes_its_image_field_from_its_files(tmp_path: Path) -> None:
+    # Found by an exploratory run: `--set image=URL` on a folder was silently ignored.
+    preflight(tmp_path, JOY, JOY_T, fields=("prompt_style",))
+    with pytest.raises(ConfigError, match=r"^--set image: a folder's rows take their image "):
+        preflight(tmp_path, JOY, JOY_T, fields=("image",))
