@@ -6,6 +6,10 @@ output as compact JSON), `urls` every output URL separated by spaces, `usd` what
 charged for the row's task, and `input` and `metadata` compact JSON; `files` the paths of
 the row's downloaded output files (separated by spaces) and `download_error` why any could
 not be kept.
+
+A cell that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab
+or a carriage return: a caption a model was talked into writing, an id) starts with `'`
+instead, as OWASP advises against CSV injection; the JSONL results keep every value as is.
 """
 
 from __future__ import annotations
@@ -55,13 +59,21 @@ def csv_row(line: dict[str, Any]) -> list[str]:
     ]
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(cell: str) -> str:
+    """`cell` as a spreadsheet shows it without running it (see the module docstring)."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def csv_writer(out: IO[str]) -> Callable[[dict[str, Any]], None]:
     """Write the header to `out` (opened with newline=""); a function writing one line."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
 
     def write(line: dict[str, Any]) -> None:
-        writer.writerow(csv_row(line))
+        writer.writerow([inert(cell) for cell in csv_row(line)])
 
     return write
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.export import result_line
-from scheduler.results_csv import CSV_COLUMNS, csv_row, csv_writer, main_output
+from scheduler.results_csv import CSV_COLUMNS, csv_row, csv_writer, inert, main_output
 from workers.models import Job
 
 
@@ -90,10 +90,16 @@ def test_any_text_survives_a_round_trip_through_csv(rows: list[tuple[str, str, d
         write(line)
     back = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
     assert back[0] == list(CSV_COLUMNS)
-    assert back[1:] == [csv_row(line) for line in lines]
+    assert back[1:] == [[inert(c) for c in csv_row(line)] for line in lines]
     for (key, text, meta), cells in zip(rows, back[1:], strict=True):
         row = dict(zip(CSV_COLUMNS, cells, strict=True))
-        assert row["id"] == key and json.loads(row["metadata"]) == meta
-        assert row["output"] == (text if text.strip() else json.dumps({"text": text},
-                                                                      separators=(",", ":"),
-                                                                      ensure_ascii=False))
+        assert row["id"] == inert(key) and json.loads(row["metadata"]) == meta
+        assert row["output"] == inert(text if text.strip() else json.dumps(
+            {"text": text}, separators=(",", ":"), ensure_ascii=False))
+
+
+@pytest.mark.parametrize(("cell", "shown"), [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1", "'+1"), ("-x", "'-x"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("a cat", "a cat"), ("", ""), ("1=1", "1=1")])
+def test_a_cell_a_spreadsheet_would_run_is_made_inert(cell: str, shown: str) -> None:
+    assert inert(cell) == shown
