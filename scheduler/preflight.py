@@ -65,6 +65,20 @@ def read_sample(path: str | os.PathLike[str], rows: int = SAMPLE_ROWS) -> Sample
     return Sample(columns, raw)
 
 
+def require_manifest(path: Path, folder: bool = True) -> None:
+    """ConfigError unless `path` is a file (or, with `folder`, a folder) to read rows from.
+    A pipe or a device is refused: a batch is its manifest's content, read again when a run
+    resumes."""
+    if path.is_file() or (folder and path.is_dir()):
+        return
+    if not path.exists():
+        raise ConfigError(f"cannot read manifest {path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"cannot read manifest {path}: a folder, where a file is needed")
+    raise ConfigError(f"cannot read manifest {path}: not a regular file (a pipe or a device: "
+                      "save it to a file first, which a resumed run reads again)")
+
+
 def preflight(path: str | os.PathLike[str], model: str | None, task_type: str | None,
               strict: bool = False, fields: Sequence[str] = ()) -> None:
     """Raise `ConfigError` (exit 2, one line) when the manifest (or folder) with these

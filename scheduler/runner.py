@@ -31,7 +31,7 @@ from scheduler.live import RateMeter, combined, describe, progress_bar, summary_
 from scheduler.liveness import ProgressWatch
 from scheduler.operator import PauseWatch, set_limits
 from scheduler.options import option_conflict, unchecked_lines
-from scheduler.preflight import preflight
+from scheduler.preflight import preflight, require_manifest
 from scheduler.results_name import default_output
 from scheduler.services import (
     Services,
@@ -326,8 +326,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
     """
     started = time.monotonic()
     settings.require_api_key()
-    if not (opts.manifest.is_file() or opts.manifest.is_dir()):
-        raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
+    require_manifest(opts.manifest)
     preflight(opts.manifest, opts.model, opts.task_type, opts.strict,  # nothing started yet
               tuple(opts.fields))
     dest = open_destination(opts.download) if opts.download else None

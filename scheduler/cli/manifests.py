@@ -171,7 +171,7 @@ def submit(
     from scheduler.ingest import ingest
     from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck, set_limits
     from scheduler.options import option_conflict, unchecked_lines
-    from scheduler.preflight import preflight
+    from scheduler.preflight import preflight, require_manifest
     from scheduler.status import batch_status
     from workers.transitions.reuse import reuse_completed
 
@@ -182,8 +182,7 @@ def submit(
     settings = load_settings()
     strict = strict or settings.strict
     fields = parse_fields(set_fields)
-    if not (manifest.is_file() or manifest.is_dir()):
-        raise ConfigError(f"cannot read manifest {manifest}: no such file")
+    require_manifest(manifest)
     preflight(manifest, model, task_type, strict, tuple(fields))  # before any batch exists
     engine = database(settings)
     result = ingest(engine, manifest, default_model=model, default_task_type=task_type,

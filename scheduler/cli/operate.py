@@ -50,12 +50,13 @@ def doctor(
     """Check the key, the account and how PiAPI's history and active_tasks behave for these
     models; store the findings for run (read-only unless --probe)."""
     from scheduler.doctor.command import DoctorOptions, run_doctor
+    from scheduler.preflight import require_manifest
     from workers.logs import setup_logging
 
     settings = load_settings()
     setup_logging("WARNING", secrets_of(settings))
-    if manifest is not None and not manifest.is_file():
-        raise ConfigError(f"cannot read manifest {manifest}: no such file")
+    if manifest is not None:
+        require_manifest(manifest, folder=False)
     opts = DoctorOptions(manifest=manifest, model=model, task_type=task_type, probe=probe,
                          yes=yes, as_json=as_json, probe_timeout_s=probe_timeout)
     confirm = ((lambda q: typer.confirm(q, default=False, err=True))

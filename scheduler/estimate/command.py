@@ -22,7 +22,7 @@ from scheduler.estimate.tally import Duration, Kind, KindTally, Tally, kind_wall
 from scheduler.folder import FolderManifest
 from scheduler.ingest import open_source, source_folder
 from scheduler.local_files import LocalFiles
-from scheduler.preflight import preflight
+from scheduler.preflight import preflight, require_manifest
 from scheduler.validate import Defaults
 from workers import durations
 from workers.catalog import prior_duration_s
@@ -30,7 +30,7 @@ from workers.db import is_sqlite, make_read_engine, normalise_url
 from workers.models import DurationSample
 from workers.piapi import AccountError, PiAPIError
 from workers.runtime import build_client
-from workers.settings import ConfigError, Settings
+from workers.settings import Settings
 
 DEFAULT_CONCURRENCY = 10
 """Tasks in flight assumed when neither --concurrency, PIAPI_CONCURRENCY nor the account
@@ -171,8 +171,7 @@ def estimate(settings: Settings, opts: EstimateOptions) -> Estimate:
     """The estimate for `opts.manifest` (a file or a folder, read as ingest reads it, local
     files checked as ingest checks them); raises ConfigError or ManifestError (exit 2) for
     the usage errors `run` refuses."""
-    if not (opts.manifest.is_file() or opts.manifest.is_dir()):
-        raise ConfigError(f"cannot read manifest {opts.manifest}: no such file")
+    require_manifest(opts.manifest)
     preflight(opts.manifest, opts.model, opts.task_type, opts.strict, tuple(opts.fields))
     account = read_account(settings, opts.concurrency)
     with open_source(opts.manifest, opts.model, opts.task_type) as source:

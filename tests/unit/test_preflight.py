@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from scheduler.preflight import (
     preflight,
     problem,
     read_sample,
+    require_manifest,
 )
 from workers.catalog import MODELS
 from workers.settings import ConfigError
@@ -224,3 +226,16 @@ def test_a_folder_takes_its_image_field_from_its_files(tmp_path: Path) -> None:
     preflight(tmp_path, JOY, JOY_T, fields=("prompt_style",))
     with pytest.raises(ConfigError, match=r"^--set image: a folder's rows take their image "):
         preflight(tmp_path, JOY, JOY_T, fields=("image",))
+
+
+def test_a_manifest_must_be_a_file_or_a_folder(tmp_path: Path) -> None:
+    # Found by an exploratory run: `run <(zcat m.csv.gz)` said "no such file".
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"pipe: not a regular file \(a pipe or a device"):
+        require_manifest(fifo)
+    with pytest.raises(ConfigError, match=r"missing.csv: no such file$"):
+        require_manifest(tmp_path / "missing.csv")
+    require_manifest(tmp_path)
+    with pytest.raises(ConfigError, match="a folder, where a file is needed"):
+        require_manifest(tmp_path, folder=False)
