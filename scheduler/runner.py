@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from rich.console import Console
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -52,7 +52,7 @@ from workers.db import (
 )
 from workers.fleet import Fleet
 from workers.halt import clear_halt, get_halt
-from workers.models import JOBS
+from workers.models import BATCHES, JOBS
 from workers.piapi import AccountError, PiAPIError, RetryableError
 from workers.retry import backoff_s
 from workers.runtime import build_client
@@ -264,17 +264,31 @@ def other_open_batches(engine: Engine, batch_id: str) -> dict[str, int]:
     return {str(b): int(n) for b, n in rows}
 
 
+def held_back(engine: Engine, batch_ids: Collection[str]) -> dict[str, str]:
+    """Which of these batches create nothing now, and why (paused on the budget, cancelled)."""
+    b = BATCHES.c
+    with transaction(engine) as conn:
+        rows = conn.execute(select(b.id, b.paused, b.cancel_mode).where(
+            b.id.in_(list(batch_ids)), or_(b.paused.is_not(None), b.cancel_mode.is_not(None))
+        )).all()
+    return {str(i): f"cancelled{' (--now)' if mode == 'now' else ''}" if mode
+            else f"paused: {paused}" for i, paused, mode in rows}
+
+
 def _report_others(console: Console, others: dict[str, int], all_batches: bool,
-                   standing: bool = False) -> None:
-    """One line on the database's other open batches: run too (--all), run by the standing
-    fleet on REDIS_URL (its dispatcher serves every open batch, oldest first), or left."""
+                   standing: bool = False, held: Mapping[str, str] | None = None) -> None:
+    """One line on the database's other open batches: run too (--all; `held`: those that
+    create nothing now, and why), run by the standing fleet on REDIS_URL (its dispatcher
+    serves every open batch, oldest first), or left."""
     if not others:
         return
     rows = sum(others.values())
     what = (f"{len(others)} other open batch{'es' if len(others) > 1 else ''} "
             f"({rows} row{'s' if rows > 1 else ''} to run)")
     if all_batches:
-        console.print(f"--all: also running {what}", highlight=False, markup=False)
+        waits = "".join(f"; {bid} creates nothing ({why})" for bid, why in (held or {}).items())
+        console.print(f"--all: also running {what}{waits}", highlight=False, markup=False,
+                      soft_wrap=True)
     elif standing:
         console.print(f"{what} in this database: the standing fleet on REDIS_URL runs them "
                       "too, oldest batch first", style="yellow", highlight=False, markup=False,
@@ -353,7 +367,8 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             others = other_open_batches(engine, result.batch_id)
             standing = bool(others) and not private and standing_dispatcher(
                 settings.require_redis_url())
-            _report_others(console, others, opts.all_batches, standing)
+            _report_others(console, others, opts.all_batches, standing,
+                           held_back(engine, others))
             served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
             clear_halt(engine)  # the key was just accepted
             claims = Claims(Fleet(fleet_redis), served)

@@ -13,8 +13,12 @@ import os
 import signal
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
+
+from scheduler.runner import held_back
 from tests.helpers import MakeEmulator, wait_until
 from tests.integration.e2e import (
+    add_batch,
     caption_rows,
     count_state,
     finish,
@@ -161,3 +165,14 @@ def test_sigterm_during_ingest_stops_between_chunks(tmp_path: Path, sqlite_url: 
     assert emu.ledger() == []
     status = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)
     assert [(b["total"], b["done"]) for b in status["batches"]] == [(stored, False)]
+
+
+def test_run_all_names_the_batches_that_create_nothing_now(engine: Engine) -> None:
+    # Found by an exploratory run: `--all` said it also ran a batch paused on its budget,
+    # then ended with that batch untouched.
+    add_batch(engine, "live", 1)
+    add_batch(engine, "paused", 1, paused="budget reached")
+    add_batch(engine, "stopped", 1, cancel_mode="now")
+    assert held_back(engine, ["live", "paused", "stopped"]) == {
+        "paused": "paused: budget reached", "stopped": "cancelled (--now)"}
+    assert held_back(engine, []) == {}
