@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from scheduler.local_files import HEAD_BYTES, media_kind
 from scheduler.manifest import Item, RawRow
 from workers.catalog import MODELS, Kind, lookup
 from workers.settings import ConfigError
+from workers.uploads import HEAD_BYTES, media_kind
 
 IMAGE_FIELD_WORD = "image"
 """A required URL field whose name holds this takes an image (`image`, `image_url`)."""

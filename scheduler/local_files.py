@@ -13,27 +13,12 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import filetype
-
 from workers.piapi import MAX_UPLOAD_BYTES
-
-MEDIA = ("image", "video", "audio")
-"""The kinds of file PiAPI's models fetch."""
-HEAD_BYTES = 8192
-"""How much of a file's start `filetype` needs to recognise every type it knows."""
+from workers.uploads import HEAD_BYTES, media_kind
 
 
 class LocalFileProblem(ValueError):
     """Why a local file cannot be used (one line, for the row's reason)."""
-
-
-def media_kind(head: bytes) -> str | None:
-    """`image`, `video` or `audio` for a file starting with these bytes; None otherwise."""
-    kind = filetype.guess(head)
-    if kind is None:
-        return None
-    top = str(kind.mime).split("/", 1)[0]
-    return top if top in MEDIA else None
 
 
 def to_path(value: str, base: Path) -> Path:

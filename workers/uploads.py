@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import filetype
 from sqlalchemy import and_, bindparam
 from sqlalchemy.engine import Engine
 
@@ -33,6 +34,21 @@ from workers.states import JobState
 logger = logging.getLogger(__name__)
 
 _ITEM_KEY = re.compile(r"^(\w+)\[(\d+)\]\.(\w+)$")
+
+
+MEDIA = ("image", "video", "audio")
+"""The kinds of file PiAPI's models fetch."""
+HEAD_BYTES = 8192
+"""How much of a file's start `filetype` needs to recognise every type it knows."""
+
+
+def media_kind(head: bytes) -> str | None:
+    """`image`, `video` or `audio` for a file starting with these bytes; None otherwise."""
+    kind = filetype.guess(head)
+    if kind is None:
+        return None
+    top = str(kind.mime).split("/", 1)[0]
+    return top if top in MEDIA else None
 
 
 class LocalFileGone(Exception):
@@ -104,16 +120,21 @@ def as_sent(data: Mapping[str, Any], upload_urls: str | None) -> dict[str, Any]:
 
 
 def read_local(path: str) -> bytes:
-    """The file's bytes, checked again (it passed at ingest); LocalFileGone when not."""
+    """The file's bytes, checked again (it passed at ingest: still there, at most 10 MB, still
+    an image, video or audio file); LocalFileGone when not."""
     try:
         size = os.stat(path).st_size
         if size > MAX_UPLOAD_BYTES:
             raise LocalFileGone(f"local file {path} is {size / 1e6:.1f} MB now; "
                                 "PiAPI uploads take at most 10 MB")
         with open(path, "rb") as f:
-            return f.read(MAX_UPLOAD_BYTES + 1)
+            data = f.read(MAX_UPLOAD_BYTES + 1)
     except OSError as exc:
         raise LocalFileGone(f"cannot read local file {path}: {exc.strerror or exc}") from exc
+    if media_kind(data[:HEAD_BYTES]) is None:  # replaced since: never pay for it
+        raise LocalFileGone(f"local file {path} is no longer an image, video or audio file "
+                            "(by its content)")
+    return data
 
 
 def upload_all(client: PiAPIClient, files: list[LocalFile],

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from scheduler.folder import FolderManifest, image_field, scan
 from scheduler.ingest import open_source
-from scheduler.local_files import LocalFileProblem, LocalFiles, check_file, media_kind, to_path
+from scheduler.local_files import LocalFileProblem, LocalFiles, check_file, to_path
 from scheduler.manifest import ManifestError, RawRow
 from scheduler.options import parse_set
 from scheduler.sidecars import caption, shared_stems, sidecar_path, write_text_atomic
@@ -22,6 +22,7 @@ from scheduler.validate import Defaults, Invalid, JobSpec, validate_row
 from tests.helpers import png_bytes
 from workers.piapi import MAX_UPLOAD_BYTES
 from workers.settings import ConfigError
+from workers.uploads import LocalFileGone, media_kind, read_local
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\0" * 64
 MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\0" * 64
@@ -294,3 +295,17 @@ def test_a_sidecar_report_with_nothing_to_write_says_why() -> None:
         "(sidecars go next to local images; URLs have none)"]
     assert SidecarReport(same=2).lines() == [
         "captions: 0 sidecar .txt files written, 2 already up to date"]
+
+
+def test_a_local_file_is_checked_again_just_before_its_upload(tmp_path: Path) -> None:
+    # Found by an exploratory run: a file replaced by text after ingest was uploaded and
+    # its task paid for.
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes())
+    assert read_local(str(image)) == png_bytes()
+    image.write_text("notes, not a picture")
+    with pytest.raises(LocalFileGone, match="no longer an image, video or audio file"):
+        read_local(str(image))
+    image.unlink()
+    with pytest.raises(LocalFileGone, match="cannot read local file"):
+        read_local(str(image))
