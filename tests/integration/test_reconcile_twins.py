@@ -72,3 +72,27 @@ def test_a_task_a_twin_row_is_still_creating_is_not_taken(engine: Engine) -> Non
     reconcile_one(ctx, target, Tally())
     assert (job(engine, a).task_id, job(engine, b).task_id) == ("made-by-a", None)
     assert job(engine, b).state != JobState.RUNNING
+
+
+def test_a_late_answer_for_a_task_a_twin_row_took_does_not_share_it(engine: Engine) -> None:
+    # Found by an exploratory run: both rows' answers were late; B took A's task, then A's
+    # answer came and A recorded the same task: two rows on one task, B's own unrecorded.
+    a, b = add_batch(engine, "b1", 2)
+    set_jobs(engine, a, b, input_json='{"image":"https://example.test/same.png"}')
+    piapi = History()
+    now = T0 + 90
+    ctx = WorkerContext(engine=engine, client=piapi, lease_s=60, max_tries=3,  # type: ignore[arg-type]
+                        clock=lambda: now)
+    claim_a = tr.claim_for_submit(engine, a, T0, 60)
+    claim_b = tr.claim_for_submit(engine, b, T0, 60)
+    assert claim_a is not None and claim_b is not None
+    assert tr.record_ambiguous(engine, claim_b, T0 + 1, "connection dropped")
+    assert tr.expire_submitting(engine, T0 + 61) == [a]  # A's answer is late: ambiguous too
+    [target] = records.load_ambiguous(engine, [b])
+    assert reconcile_one(ctx, target, Tally())  # no create awaits an answer: B takes it
+    assert job(engine, b).task_id == "made-by-a"
+
+    assert not tr.record_created(engine, claim_a, piapi.task, T0 + 95, T0 + 96)
+    assert (job(engine, a).state, job(engine, a).task_id) == (JobState.AMBIGUOUS, None)
+    assert records.owned_elsewhere(engine, a, claim_a.attempt_n, ["made-by-a"]) == {
+        "made-by-a"}  # A looks for a task of its own, or posts again

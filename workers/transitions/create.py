@@ -62,6 +62,8 @@ _NEW_ATTEMPT = ATTEMPTS.insert()
 _THIS_ATTEMPT = and_(ATTEMPTS.c.job_id == bindparam("p_job"), ATTEMPTS.c.n == bindparam("p_n"))
 _ATTEMPT_CREATED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
     state=AttemptState.CREATED.value, task_id=bindparam("p_task"))
+_ATTEMPT_TAKEN = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
+    state=AttemptState.AMBIGUOUS.value, task_id=None)
 _ATTEMPT_ENDED = ATTEMPTS.update().where(_THIS_ATTEMPT).values(
     state=bindparam("p_state"), ended_at=bindparam("p_now"), error=bindparam("p_error"))
 _USAGE: dict[str, Any] = dict(
@@ -81,11 +83,16 @@ _CREATED = move(JobState.SUBMITTING, JobState.RUNNING, THIS_JOB).values(
     attempts=JOBS.c.attempts + 1, **_RUNNING_VALUES)
 _NEWER_ATTEMPT = exists().where(ATTEMPTS.c.job_id == JOBS.c.id,
                                 ATTEMPTS.c.n > bindparam("p_n"))
+_HELD_BY_ANOTHER_ROW = exists().where(ATTEMPTS.c.task_id == bindparam("p_task"),
+                                      ATTEMPTS.c.job_id != bindparam("p_job"))
+"""Another row took this task while its create's answer was late (reconciliation of a row
+with the same input): this row then looks for its own task, or posts again, as any lost
+create does; two rows never hold one task."""
 _ADOPT = (
     move({JobState.AMBIGUOUS: None,
           JobState.FAILED: JOBS.c.error_kind == ErrorKind.AMBIGUOUS.value},
          JobState.RUNNING, THIS_JOB)
-    .where(~_NEWER_ATTEMPT)
+    .where(~_NEWER_ATTEMPT, ~_HELD_BY_ANOTHER_ROW)
     .values(**_RUNNING_VALUES)  # the attempt was counted when it went ambiguous
 )
 _TO_RETRY_WAIT = move(JobState.SUBMITTING, JobState.RETRY_WAIT, THIS_JOB).values(
@@ -184,6 +191,11 @@ def record_created(
         if conn.execute(_CREATED, params).rowcount == 1:
             return True
         adopted = conn.execute(_ADOPT, params).rowcount == 1
+        if not adopted and conn.execute(select(_HELD_BY_ANOTHER_ROW), params).scalar():
+            conn.execute(_ATTEMPT_TAKEN, params)  # the task is the other row's record now
+            logger.warning("job %s: its late answer names task %s, which a row with the same "
+                           "input took meanwhile; this row goes on looking for its own",
+                           claim.job_id, view.task_id)
     if adopted:
         logger.warning("job %s: adopted task %s whose create had been declared ambiguous",
                        claim.job_id, view.task_id)
