@@ -96,3 +96,27 @@ def test_a_late_answer_for_a_task_a_twin_row_took_does_not_share_it(engine: Engi
     assert (job(engine, a).state, job(engine, a).task_id) == (JobState.AMBIGUOUS, None)
     assert records.owned_elsewhere(engine, a, claim_a.attempt_n, ["made-by-a"]) == {
         "made-by-a"}  # A looks for a task of its own, or posts again
+
+
+def test_a_lost_create_is_given_up_on_only_once_its_task_would_have_ended(
+        engine: Engine) -> None:
+    # Found by an exploratory run: for video (stuck limits of 30-40 minutes before anything
+    # is learned) the reconcile timeout came first, so every create that made no task failed.
+    from workers.reconcile.settle import MAX_TIMEOUTS, _undecided
+
+    (a,) = add_batch(engine, "b1", 1)
+    ctx = WorkerContext(engine=engine, client=None, lease_s=60, max_tries=3,  # type: ignore[arg-type]
+                        reconcile_timeout_s=1800)
+    claim = tr.claim_for_submit(engine, a, T0, 60)
+    assert claim is not None and tr.record_ambiguous(engine, claim, T0 + 1, "lost")
+    [t] = records.load_ambiguous(engine, [a])
+    assert not _undecided(ctx, t, T0 + 1 + 1800, "why", ended_by=T0 + 2400)  # looks again
+    assert job(engine, a).state == JobState.AMBIGUOUS
+    assert _undecided(ctx, t, T0 + 2400 + 31, "why", ended_by=T0 + 2400)
+    assert job(engine, a).state == JobState.FAILED
+    # However long the limit (a congested kind), at most MAX_TIMEOUTS timeouts.
+    (b,) = add_batch(engine, "b2", 1)
+    claim = tr.claim_for_submit(engine, b, T0, 60)
+    assert claim is not None and tr.record_ambiguous(engine, claim, T0 + 1, "lost")
+    [t] = records.load_ambiguous(engine, [b])
+    assert _undecided(ctx, t, T0 + 1 + MAX_TIMEOUTS * 1800 + 31, "why", ended_by=T0 + 1e6)

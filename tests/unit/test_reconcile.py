@@ -116,6 +116,24 @@ def test_a_listing_without_pending_rows_proves_absence_only_once_the_task_would_
                   ours_later={"ours"}).verdict is Verdict.ABSENT
 
 
+def test_a_batchs_last_lost_create_is_judged_by_a_task_sent_with_it() -> None:
+    # Found by an exploratory run: a lost create with no create of ours after it (the
+    # batch's last) could never be settled, not even after `retry`.
+    near = HistoryRow("sent-with-it", "Qubico/joycaption", "joycaption-beta-one", "finished",
+                      T0 + 1, None)
+
+    def verdict(now: float) -> Verdict:
+        return decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
+                      window=(T0, T0 + 2), rows=[near], owned={"sent-with-it"}, now=now,
+                      ours_later=set(), ours_near={"sent-with-it"}, ended_by=T0 + 600).verdict
+
+    assert verdict(T0 + 100) is Verdict.UNKNOWN  # its task might still be on its way
+    assert verdict(T0 + 601) is Verdict.ABSENT
+    assert decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
+                  window=(T0, T0 + 2), rows=[], owned=set(), now=T0 + 601, ours_later=set(),
+                  ours_near={"sent-with-it"}, ended_by=T0 + 600).verdict is Verdict.UNKNOWN
+
+
 def test_candidates_without_input_are_read_before_anything_is_decided() -> None:
     d = decide(sent=SENT, model="Qubico/joycaption", task_type="joycaption-beta-one",
                window=(T0, T0 + 2), rows=[row("far", created=T0 - 20), row("near"), LATER],

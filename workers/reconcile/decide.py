@@ -16,7 +16,9 @@ how soon (or whether, while pending) a new task is listed is unknown. So:
   ours created after the lost create (its attempt began after the answer was lost) is in
   the same listing, and every candidate was looked at and is someone else's. An empty or
   lagging listing, a filter that matches nothing, or candidates that cannot be checked
-  all mean "not yet"; past a time bound the row fails rather than risk paying twice.
+  all mean "not yet"; past a time bound the row fails rather than risk paying twice. A
+  batch's last creates have no later create: for them, a task of ours created about when
+  the lost one was, listed once the lost one's task would have ended, is the evidence.
 - It also needs evidence that the listing shows tasks still `pending`, which the docs
   leave open: a pending row in it, or the doctor having seen its probe listed while
   pending. Without that, a lost create's task may be waiting in PiAPI's queue, unlisted,
@@ -117,6 +119,7 @@ def decide(
     now: float,
     family: str | None = None,
     ours_later: set[str] | None = None,
+    ours_near: set[str] | None = None,
     checked: Mapping[str, bool | None] | None = None,
     settle_s: float = SETTLE_S,
     lists_pending: bool | None = None,
@@ -127,7 +130,9 @@ def decide(
     `window` is (when the attempt was recorded, when its outcome was lost); `owned` holds
     the task ids other attempts of ours own; `ours_later` the task ids of our creates that
     began after the answer was lost (the evidence that the listing covers the window);
-    `checked` what GETs of candidates said: True (this input), False (another input),
+    `ours_near` those of our creates sent about when the lost one was (the evidence once
+    `ended_by` has passed: a batch's last creates have no later one); `checked` what GETs
+    of candidates said: True (this input), False (another input),
     None (no input echoed: cannot tell); `lists_pending` whether the doctor saw a pending
     task listed; `ended_by` when a task the lost create made would have ended even if it
     waited pending (None: no bound, so only a listing that shows pending tasks can tell).
@@ -160,9 +165,11 @@ def decide(
     if now < window[1] + settle_s:
         return Decision(Verdict.UNKNOWN, why="the history may not list the task yet")
     listed = {r.task_id for r in rows}
-    if not (ours_later or set()) & listed:
+    waited = ended_by is not None and now >= ended_by
+    if not (ours_later or set()) & listed and not (waited and (ours_near or set()) & listed):
         return Decision(Verdict.UNKNOWN, why="no task of ours created after the lost create "
-                                             "is listed yet, so the listing may lag")
+                        "is listed yet (the listing may lag), nor, once its task would have "
+                        "ended, one created with it")
     shows_pending = lists_pending or any(r.outcome is Outcome.PENDING for r in rows)
     if not shows_pending and (ended_by is None or now < ended_by):
         return Decision(Verdict.UNKNOWN, why="the history shows no pending task, so the lost "

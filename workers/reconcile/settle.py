@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from workers import findings as account_findings
 from workers.catalog import history_family
@@ -48,6 +49,9 @@ EVIDENCE_REACH_S = 300.0
 """When no create of ours followed the lost one within the window, the listing is read
 up to our next create, if it came within this long (else there is no evidence to read)."""
 FINDINGS_TTL_S = 60.0
+MAX_TIMEOUTS = 2
+"""An undecided lost create is given up on at most this many reconcile timeouts after it
+was lost, however long its kind's stuck limit."""
 
 _checked: OrderedDict[tuple[int, int], dict[str, bool | None]] = OrderedDict()
 """What GETs of candidates said, per (job, attempt): a task's input never changes, so a
@@ -108,6 +112,10 @@ def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> b
     found = _findings(ctx)
     start = t.started_at - WINDOW_SLACK_S
     end, ours_later = _evidence_window(ctx, t)
+    ours_near = {task for task, _ in amb.tasks_created_after(
+        ctx.engine, t.started_at - WINDOW_SLACK_S, t.lost_at)}
+    ended_by = t.started_at + settle_s(found) + ctx.confirmed_stuck_after_s(
+        t.model, t.task_type, t.started_at, now, input_factor(t.model, t.task_type, t.input))
     why = "nothing read"
     for flt in filters_for(t.model, found):
         try:
@@ -115,7 +123,8 @@ def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> b
         except PiAPIError as exc:
             why = f"PiAPI's task history is unavailable ({exc})"
             continue
-        decision = _judge(ctx, t, rows, ours_later, now, found, tally)
+        decision = _judge(ctx, t, rows, Evidence(ours_later, ours_near, ended_by), now, found,
+                          tally)
         if decision is None:
             return True  # adopted after a GET
         if decision.verdict is Verdict.ADOPT and decision.task_id:
@@ -129,7 +138,7 @@ def reconcile_one(ctx: WorkerContext, t: amb.AmbiguousTarget, tally: Tally) -> b
         why = decision.why if complete else "the history around the attempt is too long to read"
         if decision.verdict is Verdict.CHECK:
             break  # more candidates to read at the next look; no other listing settles it
-    return _undecided(ctx, t, now, why)
+    return _undecided(ctx, t, now, why, ended_by)
 
 
 def _evidence_window(ctx: WorkerContext, t: amb.AmbiguousTarget) -> tuple[float, set[str]]:
@@ -141,8 +150,20 @@ def _evidence_window(ctx: WorkerContext, t: amb.AmbiguousTarget) -> tuple[float,
     return end, {task_id for task_id, at in later if at <= end}
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What says the listing covers the lost create's time (see `decide`)."""
+
+    later: set[str]
+    """Our tasks created after the answer was lost, within the listing read."""
+    near: set[str]
+    """Our tasks created about when the lost create was sent."""
+    ended_by: float
+    """When a task the lost create made would have ended (its kind's stuck limit)."""
+
+
 def _judge(ctx: WorkerContext, t: amb.AmbiguousTarget, rows: list[HistoryRow],
-           ours_later: set[str], now: float, found: account_findings.Findings | None,
+           evidence: Evidence, now: float, found: account_findings.Findings | None,
            tally: Tally) -> Decision | None:
     """Decide on one listing, reading candidates (GET) as needed; None once adopted."""
     owned = amb.owned_elsewhere(ctx.engine, t.job_id, t.attempt_n, [r.task_id for r in rows])
@@ -154,14 +175,13 @@ def _judge(ctx: WorkerContext, t: amb.AmbiguousTarget, rows: list[HistoryRow],
             _checked.popitem(last=False)
     family = history_family(t.model)
     lists_pending = found.history_lists_pending if found is not None else None
-    ended_by = t.started_at + settle_s(found) + ctx.confirmed_stuck_after_s(
-        t.model, t.task_type, t.started_at, now, input_factor(t.model, t.task_type, t.input))
     for _ in range(2):  # once, then again with what the GETs said
         decision = decide(sent=t.input, model=t.model, task_type=t.task_type,
                           window=(t.started_at, t.lost_at), rows=rows, owned=owned, now=now,
-                          family=family, ours_later=ours_later, checked=dict(checked),
+                          family=family, ours_later=evidence.later,
+                          ours_near=evidence.near, checked=dict(checked),
                           settle_s=settle_s(found), lists_pending=lists_pending,
-                          ended_by=ended_by)
+                          ended_by=evidence.ended_by)
         if decision.verdict is not Verdict.CHECK:
             return decision
         for task_id in decision.to_check:
@@ -260,8 +280,15 @@ def _adopt_view(ctx: WorkerContext, t: amb.AmbiguousTarget, view: TaskView, why:
     return amb.adopt(ctx.engine, t, view, now, next_at, why)
 
 
-def _undecided(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float, why: str) -> bool:
-    if now - t.undecided_since >= ctx.reconcile_timeout_s:
+def _undecided(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float, why: str,
+               ended_by: float) -> bool:
+    """Look again later; past the bound, fail the row (never posted twice). The bound is
+    PIAPI_BULK_RECONCILE_TIMEOUT_S, or later when the lost create's task could not have
+    ended by then (a long video's stuck limit), up to `MAX_TIMEOUTS` times it."""
+    bound = max(t.undecided_since + ctx.reconcile_timeout_s,
+                min(ended_by + 3 * AGAIN_S,
+                    t.undecided_since + MAX_TIMEOUTS * ctx.reconcile_timeout_s))
+    if now >= bound:
         return amb.give_up(ctx.engine, t, now, f"{why}; gave up after "
                                                f"{ctx.reconcile_timeout_s:.0f}s")
     amb.defer(ctx.engine, t, now + AGAIN_S, why)
