@@ -46,55 +46,55 @@ class History:
         raise AssertionError(f"reconciliation called {name}")
 
 
+class Twins:
+    """Rows A and B of one input, both sent at T0; B's create answer lost at T0 + 1. The
+    clock (`now`) is the test's."""
+
+    def __init__(self, engine: Engine, now: float) -> None:
+        self.engine, self.now = engine, now
+        self.a, self.b = add_batch(engine, "b1", 2)
+        set_jobs(engine, self.a, self.b, input_json='{"image":"https://example.test/same.png"}')
+        self.piapi = History()
+        self.ctx = WorkerContext(engine=engine, client=self.piapi,  # type: ignore[arg-type]
+                                 lease_s=60, max_tries=3, clock=lambda: self.now)
+        claim_a = tr.claim_for_submit(engine, self.a, T0, 60)
+        claim_b = tr.claim_for_submit(engine, self.b, T0, 60)
+        assert claim_a is not None and claim_b is not None
+        self.claim_a = claim_a
+        assert tr.record_ambiguous(engine, claim_b, T0 + 1, "connection dropped")
+
+    def reconcile_b(self) -> bool:
+        [target] = records.load_ambiguous(self.engine, [self.b])
+        return reconcile_one(self.ctx, target, Tally())
+
+
 def test_a_task_a_twin_row_is_still_creating_is_not_taken(engine: Engine) -> None:
     # Found by review: row B's create was lost while row A (the same input) still awaited
     # its create's answer. B took A's task; A then recorded it too: one task for two rows,
     # counted twice, and B's own task (had its create made one) recorded nowhere.
-    a, b = add_batch(engine, "b1", 2)
-    set_jobs(engine, a, b, input_json='{"image":"https://example.test/same.png"}')
-    piapi = History()
-    now = T0 + 5
-    ctx = WorkerContext(engine=engine, client=piapi, lease_s=60, max_tries=3,  # type: ignore[arg-type]
-                        clock=lambda: now)
-    claim_a = tr.claim_for_submit(engine, a, T0, 60)
-    claim_b = tr.claim_for_submit(engine, b, T0, 60)
-    assert claim_a is not None and claim_b is not None
-    assert tr.record_ambiguous(engine, claim_b, T0 + 1, "connection dropped")
-
-    [target] = records.load_ambiguous(engine, [b])
-    assert not reconcile_one(ctx, target, Tally())  # A's answer may still name the task
-    assert job(engine, b).state == JobState.AMBIGUOUS
+    w = Twins(engine, T0 + 5)
+    assert not w.reconcile_b()  # A's answer may still name the task
+    assert job(engine, w.b).state == JobState.AMBIGUOUS
 
     # A's answer comes: the task is A's. B's look no longer has it as a candidate.
-    assert tr.record_created(engine, claim_a, piapi.task, T0 + 6, T0 + 7)
-    now = T0 + 30
-    [target] = records.load_ambiguous(engine, [b])
-    reconcile_one(ctx, target, Tally())
-    assert (job(engine, a).task_id, job(engine, b).task_id) == ("made-by-a", None)
-    assert job(engine, b).state != JobState.RUNNING
+    assert tr.record_created(engine, w.claim_a, w.piapi.task, T0 + 6, T0 + 7)
+    w.now = T0 + 30
+    w.reconcile_b()
+    assert (job(engine, w.a).task_id, job(engine, w.b).task_id) == ("made-by-a", None)
+    assert job(engine, w.b).state != JobState.RUNNING
 
 
 def test_a_late_answer_for_a_task_a_twin_row_took_does_not_share_it(engine: Engine) -> None:
     # Found by an exploratory run: both rows' answers were late; B took A's task, then A's
     # answer came and A recorded the same task: two rows on one task, B's own unrecorded.
-    a, b = add_batch(engine, "b1", 2)
-    set_jobs(engine, a, b, input_json='{"image":"https://example.test/same.png"}')
-    piapi = History()
-    now = T0 + 90
-    ctx = WorkerContext(engine=engine, client=piapi, lease_s=60, max_tries=3,  # type: ignore[arg-type]
-                        clock=lambda: now)
-    claim_a = tr.claim_for_submit(engine, a, T0, 60)
-    claim_b = tr.claim_for_submit(engine, b, T0, 60)
-    assert claim_a is not None and claim_b is not None
-    assert tr.record_ambiguous(engine, claim_b, T0 + 1, "connection dropped")
-    assert tr.expire_submitting(engine, T0 + 61) == [a]  # A's answer is late: ambiguous too
-    [target] = records.load_ambiguous(engine, [b])
-    assert reconcile_one(ctx, target, Tally())  # no create awaits an answer: B takes it
-    assert job(engine, b).task_id == "made-by-a"
+    w = Twins(engine, T0 + 90)
+    assert tr.expire_submitting(engine, T0 + 61) == [w.a]  # A's answer is late: ambiguous too
+    assert w.reconcile_b()  # no create awaits an answer: B takes it
+    assert job(engine, w.b).task_id == "made-by-a"
 
-    assert not tr.record_created(engine, claim_a, piapi.task, T0 + 95, T0 + 96)
-    assert (job(engine, a).state, job(engine, a).task_id) == (JobState.AMBIGUOUS, None)
-    assert records.owned_elsewhere(engine, a, claim_a.attempt_n, ["made-by-a"]) == {
+    assert not tr.record_created(engine, w.claim_a, w.piapi.task, T0 + 95, T0 + 96)
+    assert (job(engine, w.a).state, job(engine, w.a).task_id) == (JobState.AMBIGUOUS, None)
+    assert records.owned_elsewhere(engine, w.a, w.claim_a.attempt_n, ["made-by-a"]) == {
         "made-by-a"}  # A looks for a task of its own, or posts again
 
 
