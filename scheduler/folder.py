@@ -63,9 +63,8 @@ def is_image_file(path: Path) -> bool:
 
 def scan(folder: Path) -> tuple[list[tuple[str, int, int]], int]:
     """The folder's images as (relative POSIX path, size, modification time in ns), sorted
-    by path, and how many
-    files were skipped (hidden, or not an image; an image's caption sidecar, `cat.txt` or
-    `cat.png.txt`, is no file skipped)."""
+    by path, and how many files were skipped (hidden, or not an image; an image's caption
+    sidecar, `cat.txt` or `cat.png.txt`, is no file skipped)."""
     found: list[tuple[str, int, int]] = []
     skipped: list[Path] = []
     for root, dirs, files in os.walk(folder):

@@ -23,7 +23,7 @@ import redis
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from scheduler.status import BatchStatus
+from scheduler.status import BatchStatus, cancelled_text
 from workers.db import transaction
 from workers.keys import LOCK_KEY
 from workers.models import BATCHES, JOBS
@@ -173,7 +173,7 @@ class CancelReport:
         now = self.mode == "now"
         rest = ("the others are abandoned (they may still finish and be charged)" if now
                 else "the others finish")
-        line = (f"batch {self.batch_id} cancelled{' (--now)' if now else ''}: "
+        line = (f"batch {self.batch_id} {cancelled_text(self.mode)}: "
                 f"{self.cancelled_now} row(s) cancelled now; {self.running} running task(s) "
                 f"for the fleet: pending ones are cancelled at PiAPI, {rest}")
         if self.reconciling:

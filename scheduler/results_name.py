@@ -23,10 +23,14 @@ OWNERS = "results-owners.json"
 MAX_NAMES = 100
 
 
+def _name(manifest: Path) -> str:
+    """The manifest's name (a folder given as `.` or `..` by its own)."""
+    return manifest.name if manifest.name not in ("", ".", "..") else manifest.resolve().name
+
+
 def usual_name(manifest: Path) -> Path:
-    """`captions.csv.gz` -> `captions.results.jsonl` in the current directory (a folder
-    named `.` or `..` by its own name)."""
-    name = manifest.name if manifest.name not in ("", ".", "..") else manifest.resolve().name
+    """`captions.csv.gz` -> `captions.results.jsonl` in the current directory."""
+    name = _name(manifest)
     if name.endswith(".gz"):
         name = name[:-3]
     stem = name.rsplit(".", 1)[0] if "." in name else name
@@ -35,8 +39,7 @@ def usual_name(manifest: Path) -> Path:
 
 def _names(manifest: Path) -> list[Path]:
     """The names to try, in order: the usual one, then the manifest's whole name."""
-    whole = usual_name(manifest).name.removesuffix(".results.jsonl") if manifest.name in (
-        "", ".", "..") else manifest.name
+    whole = _name(manifest)
     return [usual_name(manifest), Path(f"{whole}.results.jsonl"),
             *(Path(f"{whole}.{n}.results.jsonl") for n in range(2, MAX_NAMES))]
 
@@ -55,6 +58,7 @@ def default_output(manifest: Path, run_dir: Path) -> tuple[Path, str | None]:
     owners_file = run_dir / OWNERS
     owners = _load(owners_file)
     source = str(manifest.resolve())
+    usual = usual_name(manifest)
     for name in _names(manifest):
         key = str(name.resolve())
         holder = owners.get(key)
@@ -66,7 +70,6 @@ def default_output(manifest: Path, run_dir: Path) -> tuple[Path, str | None]:
                         json.dump(owners, out, indent=1, sort_keys=True)
                 except OSError as exc:  # the name is still right for this run
                     logger.warning("could not record the results name %s: %s", name, exc)
-            usual = usual_name(manifest)
             if name == usual:
                 return name, None
             return name, (f"results in {name}: {usual} holds those of "

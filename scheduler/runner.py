@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from rich.console import Console
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -41,7 +41,7 @@ from scheduler.services import (
     start_services,
 )
 from scheduler.sidecars import Sidecars, write_sidecars
-from scheduler.status import BatchStatus, batch_status, tasks_created
+from scheduler.status import BatchStatus, batch_status, cancelled_text, tasks_created
 from workers.db import (
     create_tables,
     is_transient,
@@ -52,7 +52,8 @@ from workers.db import (
 )
 from workers.fleet import Fleet
 from workers.halt import clear_halt, get_halt
-from workers.models import BATCHES, JOBS
+from workers.leases import open_batches
+from workers.models import JOBS
 from workers.piapi import AccountError, PiAPIError, RetryableError
 from workers.retry import backoff_s
 from workers.runtime import build_client
@@ -265,19 +266,16 @@ def other_open_batches(engine: Engine, batch_id: str) -> dict[str, int]:
 
 
 def held_back(engine: Engine, batch_ids: Collection[str]) -> dict[str, str]:
-    """Which of these batches create nothing now, and why (paused on the budget, cancelled)."""
-    b = BATCHES.c
-    with transaction(engine) as conn:
-        rows = conn.execute(select(b.id, b.paused, b.cancel_mode).where(
-            b.id.in_(list(batch_ids)), or_(b.paused.is_not(None), b.cancel_mode.is_not(None))
-        )).all()
-    return {str(i): f"cancelled{' (--now)' if mode == 'now' else ''}" if mode
-            else f"paused: {paused}" for i, paused, mode in rows}
+    """Which of these batches create nothing now, and why (paused on the budget, cancelled),
+    as the dispatcher reads them (`leases.open_batches`)."""
+    wanted = set(batch_ids)
+    return {b.id: cancelled_text(b.cancel_mode) if b.cancel_mode else f"paused: {b.paused}"
+            for b in open_batches(engine) if b.id in wanted and (b.cancel_mode or b.paused)}
 
 
-def _report_others(console: Console, others: dict[str, int], all_batches: bool,
-                   standing: bool = False, held: Mapping[str, str] | None = None) -> None:
-    """One line on the database's other open batches: run too (--all; `held`: those that
+def _report_others(console: Console, engine: Engine, others: dict[str, int],
+                   all_batches: bool, standing: bool = False) -> None:
+    """One line on the database's other open batches: run too (--all, naming those that
     create nothing now, and why), run by the standing fleet on REDIS_URL (its dispatcher
     serves every open batch, oldest first), or left."""
     if not others:
@@ -286,7 +284,8 @@ def _report_others(console: Console, others: dict[str, int], all_batches: bool,
     what = (f"{len(others)} other open batch{'es' if len(others) > 1 else ''} "
             f"({rows} row{'s' if rows > 1 else ''} to run)")
     if all_batches:
-        waits = "".join(f"; {bid} creates nothing ({why})" for bid, why in (held or {}).items())
+        waits = "".join(f"; {bid} creates nothing ({why})"
+                        for bid, why in held_back(engine, others).items())
         console.print(f"--all: also running {what}{waits}", highlight=False, markup=False,
                       soft_wrap=True)
     elif standing:
@@ -367,8 +366,7 @@ def run(settings: Settings, opts: RunOptions, console: Console) -> int:
             others = other_open_batches(engine, result.batch_id)
             standing = bool(others) and not private and standing_dispatcher(
                 settings.require_redis_url())
-            _report_others(console, others, opts.all_batches, standing,
-                           held_back(engine, others))
+            _report_others(console, engine, others, opts.all_batches, standing)
             served = [result.batch_id, *(sorted(others) if opts.all_batches else [])]
             clear_halt(engine)  # the key was just accepted
             claims = Claims(Fleet(fleet_redis), served)

@@ -140,7 +140,7 @@ class BatchStatus:
             lines.append(f"deadline {local_iso(self.deadline_at)}{passed}")
         if self.cancel_mode is not None:
             when = f" at {local_iso(self.cancelled_at)}" if self.cancelled_at else ""
-            lines.append(f"cancelled{' (--now)' if self.cancel_mode == 'now' else ''}{when}")
+            lines.append(f"{cancelled_text(self.cancel_mode)}{when}")
         return lines
 
     def details(self) -> list[str]:
@@ -177,6 +177,11 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def cancelled_text(mode: str | None) -> str:
+    """How a cancelled batch is named: `cancelled`, or `cancelled (--now)` for `cancel --now`."""
+    return f"cancelled{' (--now)' if mode == 'now' else ''}"
 
 
 def local_iso(ts: float) -> str:
