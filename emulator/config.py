@@ -13,18 +13,10 @@ Probability = float
 WEBHOOK_EVENTS = ("pending", "processing", "completed", "failed", "cancelled")
 
 DEFAULT_DURATIONS_S: dict[str, tuple[float, float]] = {
-    "joycaption": (15.0, 45.0),
-    "wan": (120.0, 240.0),
-    "flux": (5.0, 15.0),
-    "kling": (120.0, 300.0),
-    "hailuo": (60.0, 180.0),
-    "tts": (10.0, 40.0),
-    "midjourney": (30.0, 90.0),
-    "music-u": (60.0, 180.0),
-    "hunyuan": (120.0, 300.0),
-    "trellis": (30.0, 90.0),
-    "image_toolkit": (5.0, 20.0),
-    "seedance": (60.0, 180.0),
+    "joycaption": (15.0, 45.0), "wan": (120.0, 240.0), "flux": (5.0, 15.0),
+    "kling": (120.0, 300.0), "hailuo": (60.0, 180.0), "tts": (10.0, 40.0),
+    "midjourney": (30.0, 90.0), "music-u": (60.0, 180.0), "hunyuan": (120.0, 300.0),
+    "trellis": (30.0, 90.0), "image_toolkit": (5.0, 20.0), "seedance": (60.0, 180.0),
     "diffrhythm": (20.0, 60.0),
 }
 """Each model family's task duration range (min, max) in seconds at time scale 1."""
@@ -107,14 +99,8 @@ class EmulatorConfig(BaseModel):
     fault_fail_credits: Probability = _prob(
         "Task ends failed: the provider pool \"doesn't have enough credits\" (error and logs)."
     )
-    create_latency_s: float = Field(
-        0.0, ge=0.0, description=(
-            "Real seconds the server takes between creating a task and answering (server "
-            "time, all of it after the create; network_create_latency_s is the network)."
-        ),
-    )
 
-    # network (emulator.latency): real wall time, not scaled by time_scale
+    # latency (network: emulator.latency; server: create_latency_s): real wall time, not scaled
     network_latency_s: tuple[float, float] = Field(
         (0.0, 0.0), description=(
             "(mean, jitter) real seconds of network delay on every API request: uniform in "
@@ -126,8 +112,11 @@ class EmulatorConfig(BaseModel):
         None, description="(mean, jitter) for creates (POST /api/v1/task) instead; None = "
         "network_latency_s.",
     )
-    upload_fail_first: int = Field(
-        0, ge=0, description="Answer the first N uploads (/api/ephemeral_resource) 503."
+    create_latency_s: float = Field(
+        0.0, ge=0.0, description=(
+            "Real seconds the server takes between creating a task and answering (server "
+            "time, all of it after the create; network_create_latency_s is the network)."
+        ),
     )
 
     # uploads
@@ -136,6 +125,9 @@ class EmulatorConfig(BaseModel):
             "The account's plan for uploads: creator (allowed) or free (403 \"Insufficient "
             "plan level\", as for plans below Creator)."
         ),
+    )
+    upload_fail_first: int = Field(
+        0, ge=0, description="Answer the first N uploads (/api/ephemeral_resource) 503."
     )
 
     # output files

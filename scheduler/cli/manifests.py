@@ -46,8 +46,8 @@ from workers.states import AmbiguousPolicy
 @app.command()
 def run(
     manifest: ManifestArg,
-    model: ModelOpt = None,
-    task_type: TaskTypeOpt = None,
+    model: ModelOpt = None, task_type: TaskTypeOpt = None, set_fields: SetOpt = None,
+    strict: StrictOpt = False, service_mode: ServiceModeOpt = None,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Results file (JSONL). Default: <manifest stem>.results.jsonl, "
         "or <manifest name>.results.jsonl when that one holds another manifest's.")] = None,
@@ -61,18 +61,12 @@ def run(
                      "(default; find its task first), retry (post again: may pay twice) or "
                      "fail (never posted twice)."),
     ] = None,
-    budget_usd: BudgetOpt = None,
-    deadline: DeadlineOpt = None,
-    strict: StrictOpt = False,
-    service_mode: ServiceModeOpt = None,
-    on_stuck: OnStuckOpt = None,
+    budget_usd: BudgetOpt = None, deadline: DeadlineOpt = None,
+    on_stuck: OnStuckOpt = None, reuse: ReuseOpt = None,
     all_batches: Annotated[bool, typer.Option(
         "--all", help="Also run the other open batches in the database (by default run "
         "creates tasks only for this manifest's rows).")] = False,
-    reuse: ReuseOpt = None,
-    set_fields: SetOpt = None,
-    captions_as_sidecar: SidecarOpt = False,
-    overwrite_sidecars: OverwriteSidecarsOpt = False,
+    captions_as_sidecar: SidecarOpt = False, overwrite_sidecars: OverwriteSidecarsOpt = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the estimate (see estimate) and exit: nothing is created, "
         "nothing started.")] = False,
@@ -88,8 +82,8 @@ def run(
     import time
 
     if dry_run:
-        estimate_cmd(manifest, model, task_type, strict, service_mode, concurrency,
-                     as_json=False, set_fields=set_fields)
+        estimate_cmd(manifest, model=model, task_type=task_type, set_fields=set_fields,
+                     strict=strict, service_mode=service_mode, concurrency=concurrency)
         return
 
     from scheduler.notify import check_url
@@ -124,13 +118,10 @@ def run(
 @app.command("estimate")
 def estimate_cmd(
     manifest: ManifestArg,
-    model: ModelOpt = None,
-    task_type: TaskTypeOpt = None,
-    strict: StrictOpt = False,
-    service_mode: ServiceModeOpt = None,
+    model: ModelOpt = None, task_type: TaskTypeOpt = None, set_fields: SetOpt = None,
+    strict: StrictOpt = False, service_mode: ServiceModeOpt = None,
     concurrency: ConcurrencyOpt = None,
     as_json: JsonOpt = False,
-    set_fields: SetOpt = None,
 ) -> None:
     """Validate every row and print, per model and task type, the rows, invalid rows, the
     cost and the wall time, with the account's balance; creates nothing."""
@@ -153,17 +144,11 @@ def estimate_cmd(
 @app.command()
 def submit(
     manifest: ManifestArg,
-    model: ModelOpt = None,
-    task_type: TaskTypeOpt = None,
-    concurrency: ConcurrencyOpt = None,
-    max_attempts: MaxAttemptsOpt = None,
-    budget_usd: BudgetOpt = None,
-    deadline: DeadlineOpt = None,
-    strict: StrictOpt = False,
-    service_mode: ServiceModeOpt = None,
-    on_stuck: OnStuckOpt = None,
-    reuse: ReuseOpt = None,
-    set_fields: SetOpt = None,
+    model: ModelOpt = None, task_type: TaskTypeOpt = None, set_fields: SetOpt = None,
+    strict: StrictOpt = False, service_mode: ServiceModeOpt = None,
+    concurrency: ConcurrencyOpt = None, max_attempts: MaxAttemptsOpt = None,
+    budget_usd: BudgetOpt = None, deadline: DeadlineOpt = None,
+    on_stuck: OnStuckOpt = None, reuse: ReuseOpt = None,
 ) -> None:
     """Ingest a manifest as a batch for the running fleet; prints the batch id last."""
     import time

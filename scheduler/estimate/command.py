@@ -62,7 +62,8 @@ class Account:
     concurrency: int
     concurrency_from: str
     """Where `concurrency` comes from (--concurrency, PIAPI_CONCURRENCY, the account, a default)."""
-    balance_usd: float | None = None
+    balance_usd: float | None
+    """The credits left; None when they could not be read."""
     note: str | None = None
     """Why the account was not read, when it was not."""
 

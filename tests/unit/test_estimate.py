@@ -167,7 +167,7 @@ def estimate_of(items: list[Item], concurrency: int = 10) -> Estimate:
     total = wall_time_s([k.work(found[(k.model, k.task_type)].seconds) for k in sent],
                         concurrency)
     return Estimate("m.csv", kinds, found, kind_wall_times(sent, found, concurrency), total,
-                    Account(concurrency, "--concurrency"))
+                    Account(concurrency, "--concurrency", None))
 
 
 @pytest.mark.parametrize(
