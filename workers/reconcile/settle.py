@@ -290,6 +290,6 @@ def _undecided(ctx: WorkerContext, t: amb.AmbiguousTarget, now: float, why: str,
                     t.undecided_since + MAX_TIMEOUTS * ctx.reconcile_timeout_s))
     if now >= bound:
         return amb.give_up(ctx.engine, t, now, f"{why}; gave up after "
-                                               f"{ctx.reconcile_timeout_s:.0f}s")
+                                               f"{now - t.undecided_since:.0f}s")
     amb.defer(ctx.engine, t, now + AGAIN_S, why)
     return False
