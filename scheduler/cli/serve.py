@@ -27,6 +27,7 @@ from scheduler.cli.app import (
     secrets_of,
 )
 from scheduler.cli.options import ConcurrencyOpt, LogLevelOpt, PortOpt
+from scheduler.cli.startup import collector_paused
 from workers.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -60,22 +61,32 @@ def worker(
     = "piapi-bulk",
 ) -> None:
     """A Celery worker that creates and polls PiAPI tasks."""
-    from workers.app import POLL_QUEUE, SUBMIT_QUEUE, create_celery
-    from workers.logs import setup_logging
-    from workers.runtime import lazy_context
-    from workers.tasks import register_tasks
+    with collector_paused():
+        from celery.utils.nodenames import default_nodename, host_format
 
-    settings = load_settings(worker_concurrency=concurrency, worker_pool=pool)
-    settings.require_api_key()
-    setup_logging(loglevel, secrets_of(settings))
-    celery_app = create_celery(settings.require_redis_url())
-    register_tasks(celery_app, lazy_context(settings))
+        from workers.app import POLL_QUEUE, SUBMIT_QUEUE, create_celery
+        from workers.logs import setup_logging
+        from workers.runtime import lazy_context
+        from workers.tasks import register_tasks
+
+        settings = load_settings(worker_concurrency=concurrency, worker_pool=pool)
+        settings.require_api_key()
+        setup_logging(loglevel, secrets_of(settings))
+        celery_app = create_celery(settings.require_redis_url())
+        register_tasks(celery_app, lazy_context(settings))
+        # The worker itself, not `celery worker`'s command line (`worker_main`): that loads
+        # every `celery` subcommand and plugin (Flower's among them, with tornado and
+        # prompt_toolkit: 370 modules) only to start this.
+        celery_worker = celery_app.Worker(
+            hostname=host_format(default_nodename(f"{name_prefix}-{os.getpid()}@%h")),
+            pool_cls=settings.worker_pool, concurrency=settings.worker_concurrency,
+            queues=[SUBMIT_QUEUE, POLL_QUEUE], task_events=True,
+            without_mingle=True, without_gossip=True, loglevel=loglevel,
+        )
     with exit_without_collecting():
-        celery_app.worker_main([
-            "worker", "-P", settings.worker_pool, "-c", str(settings.worker_concurrency),
-            "-Q", f"{SUBMIT_QUEUE},{POLL_QUEUE}", "-E", "--without-mingle", "--without-gossip",
-            "-n", f"{name_prefix}-{os.getpid()}@%h", "--loglevel", loglevel,
-        ])
+        celery_worker.start()
+    if celery_worker.exitcode:
+        raise typer.Exit(celery_worker.exitcode)
 
 
 @app.command()
@@ -87,51 +98,53 @@ def dispatcher(
         "(what run starts); without it, every open batch is served.")] = False,
 ) -> None:
     """Feed due work to the workers (one active at a time; others stand by)."""
-    import redis
+    with collector_paused():
+        import redis
 
-    from scheduler.dispatcher import Dispatcher
-    from workers.app import create_celery
-    from workers.fleet import Fleet
-    from workers.logs import setup_logging
-    from workers.runtime import build_budget, build_client
+        from scheduler.dispatcher import Dispatcher
+        from workers.app import create_celery
+        from workers.fleet import Fleet
+        from workers.logs import setup_logging
+        from workers.runtime import build_budget, build_client
 
-    settings = load_settings(concurrency=concurrency)
-    setup_logging(loglevel, secrets_of(settings))
-    client = build_client(settings)
-    engine = database(settings)
-    redis_url = settings.require_redis_url()
-    stop = threading.Event()
-    redis_client = redis.Redis.from_url(redis_url)  # thread-safe: a connection pool
-    waker = Fleet(redis_client)
+        settings = load_settings(concurrency=concurrency)
+        setup_logging(loglevel, secrets_of(settings))
+        client = build_client(settings)
+        engine = database(settings)
+        redis_url = settings.require_redis_url()
+        stop = threading.Event()
+        redis_client = redis.Redis.from_url(redis_url)  # thread-safe: a connection pool
+        waker = Fleet(redis_client)
 
-    def on_signal(*_: object) -> None:
-        # The leader may be blocked reading Redis (`Fleet.wait`) for up to a pass interval:
-        # wake it, from a thread of its own (no I/O in a signal handler), so it stops now.
-        stop.set()
-        threading.Thread(target=wake_quietly, args=(waker,), daemon=True).start()
+        def on_signal(*_: object) -> None:
+            # The leader may be blocked reading Redis (`Fleet.wait`) for up to a pass interval:
+            # wake it, from a thread of its own (no I/O in a signal handler), so it stops now.
+            stop.set()
+            threading.Thread(target=wake_quietly, args=(waker,), daemon=True).start()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    d = Dispatcher(
-        engine, redis_client, create_celery(redis_url),
-        lease_s=settings.lease_s, concurrency=settings.concurrency,
-        account_limit=lambda: client.account_info().max_concurrent_tasks,
-        # With webhooks, PiAPI says itself when a task ends: reading its in-flight count
-        # as well would cost more GETs than it saves (measured: 2.4 GETs a task vs 1.0).
-        account=client if settings.active_tasks == "auto" and not settings.webhook_url else None,
-        rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
-        budget=build_budget(settings, redis_client, Fleet(redis_client)),
-        interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
-        on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
-        reuse_window_s=settings.reuse_window_s, handoff=settings.handoff,
-        # A test hook only (tests/integration/test_fencing.py): never set in production.
-        pause_file=Path(pause) if (pause := os.environ.get("PIAPI_BULK_TEST_PAUSE_FILE"))
-        else None,
-    )
-    if settings.dispatcher_stats is not None:
-        from scheduler.passstats import PassStats
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        d = Dispatcher(
+            engine, redis_client, create_celery(redis_url),
+            lease_s=settings.lease_s, concurrency=settings.concurrency,
+            account_limit=lambda: client.account_info().max_concurrent_tasks,
+            # With webhooks, PiAPI says itself when a task ends: reading its in-flight count
+            # as well would cost more GETs than it saves (measured: 2.4 GETs a task vs 1.0).
+            account=(client if settings.active_tasks == "auto" and not settings.webhook_url
+                     else None),
+            rpm=settings.rpm, account_poll_min_s=settings.account_poll_min_s,
+            budget=build_budget(settings, redis_client, Fleet(redis_client)),
+            interval_s=settings.dispatch_interval_s, batch_size=settings.batch_size,
+            on_ambiguous=settings.on_ambiguous, max_tries=settings.max_tries, scoped=scoped,
+            reuse_window_s=settings.reuse_window_s, handoff=settings.handoff,
+            # A test hook only (tests/integration/test_fencing.py): never set in production.
+            pause_file=Path(pause) if (pause := os.environ.get("PIAPI_BULK_TEST_PAUSE_FILE"))
+            else None,
+        )
+        if settings.dispatcher_stats is not None:
+            from scheduler.passstats import PassStats
 
-        d.on_pass = PassStats(engine, settings.dispatcher_stats).record
+            d.on_pass = PassStats(engine, settings.dispatcher_stats).record
     logger.info("dispatcher %s starting (standby until it holds the lock)", d.token)
     with exit_without_collecting():
         d.run(stop)
