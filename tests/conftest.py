@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from tests.helpers import (
     EMULATOR_KEY,
     Emulator,
+    dispose_polled_engines,
     opened,
     start_emulator,
     stop_process,
@@ -76,6 +77,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if uses & INTEGRATION_FIXTURES or _is_postgresql(item):
             item.add_marker(pytest.mark.integration)
     items.sort(key=_longest_first)  # stable: collection order within a group
+
+
+@pytest.fixture(autouse=True)
+def _polled_engines_closed() -> Iterator[None]:
+    """What the test's polls kept open (`helpers.polled_engine`) is closed after it."""
+    yield
+    dispose_polled_engines()
 
 
 @pytest.fixture(autouse=True)

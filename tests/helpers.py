@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import os
 import signal
 import struct
@@ -22,12 +23,19 @@ from sqlalchemy.engine import Engine
 from scheduler.services import free_port
 from workers.db import make_engine
 
-__all__ = ["REPO", "free_port", "opened", "png_bytes", "start_emulator", "stop_process",
-           "wait_until"]
+__all__ = ["HTTP", "REPO", "dispose_polled_engines", "free_port", "opened", "png_bytes",
+           "polled_engine", "start_emulator", "stop_process", "wait_until"]
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
+
+HTTP = httpx.Client(cookies=http.cookiejar.CookieJar(
+    http.cookiejar.DefaultCookiePolicy(allowed_domains=[])))
+"""One client for the tests' own requests to the servers they start (the emulator, the web
+page, Flower). `httpx.get` builds a client a call, and each loaded the CA bundle: 18 ms of
+CPU, twenty times a second while a test polled a server that was starting. It keeps no
+cookies, so no request carries what an earlier one (another test's) was given."""
 
 
 def png_bytes(width: int = 2, height: int = 2, shade: int = 0) -> bytes:
@@ -50,6 +58,25 @@ def opened(database_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+_POLLED: dict[str, Engine] = {}
+
+
+def polled_engine(database_url: str) -> Engine:
+    """An engine on this database kept for the test's polls (`wait_until` predicates read
+    the record twenty times a second; an engine a poll connected afresh each time, forking a
+    PostgreSQL backend). Disposed after each test (`dispose_polled_engines`)."""
+    engine = _POLLED.get(database_url)
+    if engine is None:
+        engine = _POLLED[database_url] = make_engine(database_url, pool_size=1)
+    return engine
+
+
+def dispose_polled_engines() -> None:
+    """Close what `polled_engine` opened (tests/conftest.py does so after every test)."""
+    while _POLLED:
+        _POLLED.popitem()[1].dispose()
 
 
 def wait_until(
@@ -118,23 +145,23 @@ class Emulator:
         return f"http://127.0.0.1:{self.port}"
 
     def stats(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/_emulator/stats", timeout=5).json())
+        return dict(HTTP.get(f"{self.url}/_emulator/stats", timeout=5).json())
 
     def ledger(self) -> list[dict[str, Any]]:
-        return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["tasks"])
+        return list(HTTP.get(f"{self.url}/_emulator/ledger", timeout=10).json()["tasks"])
 
     def uploads(self) -> list[dict[str, Any]]:
         """Every file uploaded to the emulator, oldest first (url, file_name, size, time)."""
-        return list(httpx.get(f"{self.url}/_emulator/ledger", timeout=10).json()["uploads"])
+        return list(HTTP.get(f"{self.url}/_emulator/ledger", timeout=10).json()["uploads"])
 
     def configure(self, **config: Any) -> None:
         """Change settings of the running emulator (`/_emulator/config`)."""
-        httpx.post(f"{self.url}/_emulator/config", json=config, timeout=5).raise_for_status()
+        HTTP.post(f"{self.url}/_emulator/config", json=config, timeout=5).raise_for_status()
 
     def advance(self, seconds: float) -> None:
         """Move the emulator's clock forward (`/_emulator/advance`): its tasks end as if that
         much time had passed, without the test waiting for it."""
-        httpx.post(f"{self.url}/_emulator/advance", json={"seconds": seconds},
+        HTTP.post(f"{self.url}/_emulator/advance", json={"seconds": seconds},
                    timeout=5).raise_for_status()
 
     def stop(self) -> None:
@@ -163,7 +190,7 @@ def start_emulator(log: Path, *args: str, api_key: str = EMULATOR_KEY) -> Emulat
     def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"emulator exited with {proc.returncode} (see {log})")
-        return httpx.get(f"http://127.0.0.1:{port}/_emulator/stats", timeout=1).status_code == 200
+        return HTTP.get(f"http://127.0.0.1:{port}/_emulator/stats", timeout=1).status_code == 200
 
     try:
         wait_until(up, 20, what="emulator to answer")

@@ -7,13 +7,12 @@ import select
 import subprocess
 import sys
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from emulator.cli import emulator_command
 from emulator.config import EmulatorConfig
-from tests.helpers import REPO, stop_process
+from tests.helpers import HTTP, REPO, stop_process
 
 
 @pytest.mark.integration  # starts the emulator as a process
@@ -32,7 +31,7 @@ def test_port_zero_announces_the_real_address_and_serves() -> None:
             r"emulator listening on http://127\.0\.0\.1:(\d+) "
             r"\(time scale 0\.5, concurrency 3, over-limit refuse\)\n", line)
         assert match, line
-        stats = httpx.get(f"http://127.0.0.1:{match.group(1)}/_emulator/stats", timeout=5)
+        stats = HTTP.get(f"http://127.0.0.1:{match.group(1)}/_emulator/stats", timeout=5)
         assert stats.status_code == 200
     finally:
         stop_process(proc)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.emulator.conftest import Live, Receiver, joy, wan
-from tests.helpers import wait_until
+from tests.helpers import HTTP, wait_until
 
 RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 ZERO = "0001-01-01T00:00:00Z"
@@ -71,10 +71,10 @@ def test_task_goes_pending_processing_completed(live: Live) -> None:
 
 
 def test_auth_validation_and_unknown_ids(live: Live) -> None:
-    anonymous = httpx.get(f"{live.url}/api/v1/task/x", timeout=5)
+    anonymous = HTTP.get(f"{live.url}/api/v1/task/x", timeout=5)
     assert (anonymous.status_code, anonymous.json()) == (401, {"code": 401,
                                                                "message": "Unauthorized"})
-    shouting = httpx.get(f"{live.url}/account/info", headers={"X-Api-Key": "live-key"},
+    shouting = HTTP.get(f"{live.url}/account/info", headers={"X-Api-Key": "live-key"},
                          timeout=5)
     assert shouting.status_code == 200
     bad = live.create(wan(duration=7))
@@ -230,5 +230,5 @@ def test_output_file_is_served(live: Live) -> None:
                what="flux task")
     url = live.task(task_id)["output"]["image_url"]
     assert url.startswith(f"{live.url}/ephemeral/") and url.endswith(".png")
-    response = httpx.get(url, timeout=5)
+    response = HTTP.get(url, timeout=5)
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col
 
 from tests.helpers import (
     EMULATOR_KEY,
+    HTTP,
     REPO,
     Emulator,
     Spawn,
     free_port,
-    opened,
+    polled_engine,
     stop_process,
     wait_until,
 )
@@ -95,7 +95,7 @@ def webhook_receiver(spawn: Spawn, env: dict[str, str], port: int) -> str:
     once it answers; its base URL."""
     spawn(env, "webhook", "--port", str(port), log="webhook.log")
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(base + "/healthz", timeout=1).status_code == 200, 30,
+    wait_until(lambda: HTTP.get(base + "/healthz", timeout=1).status_code == 200, 30,
                what="the webhook receiver")
     return base
 
@@ -194,7 +194,7 @@ def wait_group_gone(pgid: int, timeout_s: float = 60) -> None:
 
 
 def count_state(database_url: str, state: str) -> int:
-    with opened(database_url) as engine, Session(engine) as s:
+    with Session(polled_engine(database_url)) as s:
         return int(s.scalar(select(func.count()).where(col(Job.state) == state)) or 0)
 
 

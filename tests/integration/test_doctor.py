@@ -19,8 +19,8 @@ from sqlalchemy import text
 
 from emulator.config import FAMILIES
 from scheduler.status import masked_url
-from tests.helpers import Emulator, MakeEmulator
-from tests.integration.e2e import opened, piapi_bulk, run_env, write_jsonl
+from tests.helpers import Emulator, MakeEmulator, opened
+from tests.integration.e2e import piapi_bulk, run_env, write_jsonl
 from workers.db import create_tables
 from workers.findings import Findings, load
 from workers.piapi import PiAPIClient

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 import scheduler.downloader
 from scheduler.downloader import Downloader, download_batch
-from tests.helpers import Emulator, MakeEmulator
+from tests.helpers import HTTP, Emulator, MakeEmulator
 from tests.integration.e2e import add_batch, set_jobs
 from workers import downloads as rec
 from workers.fetch import Destination, fetch
@@ -47,7 +47,7 @@ def _complete(engine: Engine, emu: Emulator, batch_id: str, rows: int,
 
 
 def _served(emu: Emulator) -> dict[str, Any]:
-    return dict(httpx.get(f"{emu.url}/_emulator/files", timeout=5).json()["files"])
+    return dict(HTTP.get(f"{emu.url}/_emulator/files", timeout=5).json()["files"])
 
 
 def _emulator(make_emulator: MakeEmulator) -> Emulator:
@@ -94,7 +94,7 @@ def test_files_answering_503_are_fetched_again_after_a_back_off(
     emu.configure(files_fail_first=2)
     urls = _complete(engine, emu, "b1", rows=4)
     assert download_batch(engine, "b1", str(tmp_path / "kept"), 4, lambda _: None) == 0
-    ledger = httpx.get(f"{emu.url}/_emulator/files", timeout=5).json()
+    ledger = HTTP.get(f"{emu.url}/_emulator/files", timeout=5).json()
     assert ledger["failed"] == 8  # two 503s per file, then served
     assert {e["fetches"] for e in ledger["files"].values()} == {1}
     for key, (url,) in zip("1234", urls, strict=True):

@@ -16,16 +16,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import Emulator, MakeEmulator, wait_until
+from tests.helpers import HTTP, Emulator, MakeEmulator, opened, wait_until
 from tests.integration.e2e import (
     count_state,
     finish,
     flux_rows,
-    opened,
     piapi_bulk,
     read_results,
     run_env,
@@ -49,7 +47,7 @@ def _emulator(make_emulator: MakeEmulator, **config: Any) -> Emulator:
 
 
 def _served(emu: Emulator) -> dict[str, Any]:
-    return dict(httpx.get(f"{emu.url}/_emulator/files", timeout=5).json())
+    return dict(HTTP.get(f"{emu.url}/_emulator/files", timeout=5).json())
 
 
 def _sha256(path: Path) -> str:
@@ -203,7 +201,7 @@ def test_download_later_fetches_a_finished_batch_once(
     status = json.loads(piapi_bulk(tmp_path, env, "status", "--json").stdout)
     batch = status["batches"][0]["id"]
     gone_url = outcome.results[3]["output"]["image_url"]
-    httpx.post(f"{emu.url}/_emulator/files/expire", json={"names": [gone_url]}, timeout=5)
+    HTTP.post(f"{emu.url}/_emulator/files/expire", json={"names": [gone_url]}, timeout=5)
 
     first = piapi_bulk(tmp_path, env, "download", batch, "--to", "later")
     assert first.returncode == 1, first.stderr

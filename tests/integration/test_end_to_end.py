@@ -7,10 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.helpers import MakeEmulator, wait_until
+from tests.helpers import HTTP, MakeEmulator, wait_until
 from tests.integration import e2e
 
 
@@ -190,7 +189,7 @@ def test_unknown_model_sent_unchecked_strict_and_service_mode(tmp_path: Path, sq
     code = e2e.finish(e2e.start_run(tmp_path, env, str(manifest), "-o", "out.jsonl",
                                     "--service-mode", "public"), 180)
     results = e2e.read_results(tmp_path / "out.jsonl")
-    task = httpx.get(f"{emu.url}/api/v1/task/{results[0]['task_id']}",
+    task = HTTP.get(f"{emu.url}/api/v1/task/{results[0]['task_id']}",
                      headers={"x-api-key": emu.api_key}, timeout=5).json()["data"]
     ledger = emu.ledger()
     out = (tmp_path / "run.out").read_text()

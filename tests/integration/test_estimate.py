@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select
 
-from tests.helpers import REPO, Emulator, MakeEmulator
-from tests.integration.e2e import NO_PIAPI, opened, piapi_bulk, run_env
+from tests.helpers import REPO, Emulator, MakeEmulator, opened
+from tests.integration.e2e import NO_PIAPI, piapi_bulk, run_env
 from workers.db import is_sqlite
 from workers.models import BATCHES
 

@@ -11,12 +11,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
 from scheduler.flower_cmd import NO_RUN
-from tests.helpers import REPO, MakeEmulator, Spawn, free_port, stop_process, wait_until
+from tests.helpers import HTTP, REPO, MakeEmulator, Spawn, free_port, stop_process, wait_until
 from tests.integration import e2e
 from workers.app import POLL_TASK, SUBMIT_TASK
 
@@ -42,7 +41,7 @@ def _flower_and_fleet(spawn: Spawn, env: dict[str, str]) -> str:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     _flower(spawn, env, port)
-    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+    wait_until(lambda: HTTP.get(base + "/", timeout=2).status_code == 200, 60,
                what="Flower's page")
     for args in (["worker", "--concurrency", "2"], ["dispatcher", "--concurrency", "4"]):
         spawn(env, *args, log="fleet.log")
@@ -58,13 +57,13 @@ def test_flower_lists_the_running_worker(tmp_path: Path, worker: dict[str, str],
     port = free_port()
     proc = _flower(spawn, worker, port)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+    wait_until(lambda: HTTP.get(base + "/", timeout=2).status_code == 200, 60,
                what="Flower's page")
 
     def listed() -> bool:
         # refresh: Flower asks the workers again (its list is otherwise the one it made at
         # start-up, before a worker slow to boot under load had answered).
-        got = httpx.get(base + "/api/workers", params={"refresh": "1"}, timeout=15)
+        got = HTTP.get(base + "/api/workers", params={"refresh": "1"}, timeout=15)
         return got.status_code == 200 and any(n.startswith("piapi-bulk-") for n in got.json())
 
     wait_until(listed, 120, interval_s=1.0, what="the worker in /api/workers")
@@ -80,11 +79,11 @@ def test_flower_with_basic_auth_refuses_anonymous(redis_url: str, spawn: Spawn) 
            "FLOWER_BASIC_AUTH": "operator:s3cret-pass"}
     _flower(spawn, env, port)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(base + "/api/workers", timeout=2,
+    wait_until(lambda: HTTP.get(base + "/api/workers", timeout=2,
                                  auth=("operator", "s3cret-pass")).status_code == 200,
                60, what="Flower with auth")
-    assert httpx.get(base + "/api/workers", timeout=2).status_code == 401
-    assert httpx.get(base + "/", timeout=2).status_code == 401
+    assert HTTP.get(base + "/api/workers", timeout=2).status_code == 401
+    assert HTTP.get(base + "/", timeout=2).status_code == 401
 
 
 def test_flower_refuses_a_public_address_without_auth(tmp_path: Path, redis_url: str) -> None:
@@ -115,16 +114,16 @@ def test_flower_task_view_never_shows_the_api_key(tmp_path: Path, redis_url: str
     assert submitted.returncode == 0, submitted.stderr
 
     def succeeded_tasks() -> dict[str, Any]:
-        tasks: dict[str, Any] = httpx.get(base + "/api/tasks", timeout=5).json()
+        tasks: dict[str, Any] = HTTP.get(base + "/api/tasks", timeout=5).json()
         names = {t.get("name") for t in tasks.values() if t.get("state") == "SUCCESS"}
         return tasks if {SUBMIT_TASK, POLL_TASK} <= names else {}
 
     tasks = wait_until(succeeded_tasks, 120, interval_s=0.5,
                        what="Flower to list finished create and poll tasks")
-    views = [httpx.get(f"{base}/api/task/info/{task_id}", timeout=5).text
+    views = [HTTP.get(f"{base}/api/task/info/{task_id}", timeout=5).text
              for task_id in list(tasks)[:20]]
-    listing = httpx.get(base + "/api/tasks", timeout=5).text
-    pages = [httpx.get(f"{base}/task/{task_id}", timeout=5).text for task_id in list(tasks)[:5]]
+    listing = HTTP.get(base + "/api/tasks", timeout=5).text
+    pages = [HTTP.get(f"{base}/task/{task_id}", timeout=5).text for task_id in list(tasks)[:5]]
     # The arguments Flower shows are lists of job ids and the batch they belong to.
     submit = next(t for t in tasks.values() if t.get("name") == SUBMIT_TASK)
     assert submit["args"].startswith("[[") and submit["args"].rstrip("]").endswith("'")
@@ -149,7 +148,7 @@ def test_flower_search_finds_one_batch_by_its_id(tmp_path: Path, redis_url: str,
         batches.append(done.stdout.split()[-1])  # `submit` prints the batch id last
 
     def found(batch: str) -> dict[str, Any]:
-        got: dict[str, Any] = httpx.get(base + "/api/tasks", params={"search": f"args:{batch}"},
+        got: dict[str, Any] = HTTP.get(base + "/api/tasks", params={"search": f"args:{batch}"},
                                         timeout=5).json()
         return got
 
@@ -180,11 +179,11 @@ def test_flower_on_a_run_speaks_rows_and_ends_with_it(tmp_path: Path, sqlite_url
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     watcher = spawn(env, "flower", "--port", str(port), log="flower.out")
-    wait_until(lambda: httpx.get(base + "/", timeout=2).status_code == 200, 60,
+    wait_until(lambda: HTTP.get(base + "/", timeout=2).status_code == 200, 60,
                what="Flower's page")
 
     def summaries() -> list[dict[str, Any]]:
-        tasks = httpx.get(base + "/api/tasks", timeout=5).json().values()
+        tasks = HTTP.get(base + "/api/tasks", timeout=5).json().values()
         done = [t for t in tasks if t.get("state") == "SUCCESS" and t.get("result")]
         names = {t["name"] for t in done}
         # Rows are created by submit messages, or by the poll that freed their slot
@@ -212,9 +211,9 @@ def test_flower_on_a_run_speaks_rows_and_ends_with_it(tmp_path: Path, sqlite_url
     private = redis.Redis.from_url(url_file.read_text().strip())
     stored = [k.decode() for k in private.scan_iter(count=1000)]
     assert not [k for k in stored if "celery-task-meta" in k or "result" in k], stored
-    texts = [dom, httpx.get(base + "/api/tasks", timeout=5).text]
-    texts += [httpx.get(base + path, timeout=5).text for path in ("/", "/tasks", "/broker")]
-    texts += [httpx.get(f"{base}/task/{t['uuid']}", timeout=5).text for t in done[:5]]
+    texts = [dom, HTTP.get(base + "/api/tasks", timeout=5).text]
+    texts += [HTTP.get(base + path, timeout=5).text for path in ("/", "/tasks", "/broker")]
+    texts += [HTTP.get(f"{base}/task/{t['uuid']}", timeout=5).text for t in done[:5]]
     inputs = [row["input"]["image"] for row in rows]
     for text in texts:
         assert key not in text and "example.test" not in text

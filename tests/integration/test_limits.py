@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.helpers import EMULATOR_KEY, MakeEmulator
+from tests.helpers import EMULATOR_KEY, HTTP, MakeEmulator
 from tests.integration.e2e import (
     RunRows,
     caption_rows,
@@ -46,7 +45,7 @@ def test_a_too_high_concurrency_settles_at_the_real_limit(tmp_path: Path, sqlite
     emu = make_emulator("--time-scale", "0.005", "--concurrency", "8", "--duration",
                         "flux=100000:100000", "--over-limit", "refuse", "--no-active-tasks")
     for i in range(4):  # the other user's, running all along
-        answer = httpx.post(f"{emu.url}/api/v1/task", headers={"x-api-key": EMULATOR_KEY},
+        answer = HTTP.post(f"{emu.url}/api/v1/task", headers={"x-api-key": EMULATOR_KEY},
                             json={"model": "Qubico/flux1-schnell", "task_type": "txt2img",
                                   "input": {"prompt": f"another user's {i}"}}, timeout=10)
         assert answer.status_code == 200, answer.text

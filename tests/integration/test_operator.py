@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 import scheduler.operator
 from scheduler.admission import Admission
 from scheduler.status import batch_status
-from tests.helpers import Emulator, MakeEmulator, wait_until
+from tests.helpers import Emulator, MakeEmulator, opened, polled_engine, wait_until
 from tests.integration.e2e import (
     JOY_KIND,
     NO_PIAPI,
@@ -32,7 +32,6 @@ from tests.integration.e2e import (
     count_state,
     finish,
     job,
-    opened,
     piapi_bulk,
     read_results,
     run_env,
@@ -357,7 +356,7 @@ def only_batch(database_url: str) -> str:
 
 
 def remote_status(database_url: str, keys: list[str]) -> list[str | None]:
-    with opened(database_url) as eng, Session(eng) as s:
+    with Session(polled_engine(database_url)) as s:
         rows = s.exec(select(Job).where(col(Job.row_key).in_(keys))).all()
         return [r.remote_status if r.state == "running" else None for r in rows]
 

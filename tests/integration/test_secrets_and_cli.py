@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.helpers import MakeEmulator, wait_until
+from tests.helpers import MakeEmulator, opened, wait_until
 from tests.integration import e2e
 from workers.app import SUBMIT_TASK
 from workers.db import is_sqlite
@@ -81,7 +81,7 @@ def _db_text(database_url: str) -> str:
         path = Path(database_url.split("///", 1)[1])
         return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode(
             "latin-1")
-    with e2e.opened(database_url) as engine, engine.connect() as conn:
+    with opened(database_url) as engine, engine.connect() as conn:
         dump = []
         for table in ("batches", "jobs", "attempts", "control"):
             dump += [str(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]

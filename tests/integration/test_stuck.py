@@ -18,12 +18,11 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from tests.helpers import MakeEmulator, wait_until
+from tests.helpers import MakeEmulator, opened, wait_until
 from tests.integration.e2e import (
     RunRows,
     caption_rows,
     finish,
-    opened,
     piapi_bulk,
     run_env,
     start_run,

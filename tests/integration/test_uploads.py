@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import Emulator, MakeEmulator, png_bytes
+from tests.helpers import Emulator, MakeEmulator, opened, png_bytes
 from tests.integration.e2e import (
     finish,
-    opened,
     piapi_bulk,
     read_results,
     run_env,

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import MakeEmulator
+from tests.helpers import MakeEmulator, opened
 from tests.integration.e2e import (
     NO_PIAPI,
     caption_rows,
     db_env,
-    opened,
     piapi_bulk,
     run_env,
     write_jsonl,

@@ -13,12 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.services import free_port
-from tests.helpers import MakeEmulator, Spawn, wait_until
+from tests.helpers import HTTP, MakeEmulator, Spawn, wait_until
 from tests.integration.e2e import (
     NO_PIAPI,
     caption_rows,
@@ -59,7 +58,7 @@ def panel(dom: str, batch_id: str) -> dict[str, Any]:
 
 def metric_rows(base: str, batch_id: str) -> tuple[dict[str, int], dict[str, Any]]:
     """/metrics parsed: rows by state of the batch (summed over models), and every sample."""
-    text = httpx.get(base + "/metrics", timeout=10).text
+    text = HTTP.get(base + "/metrics", timeout=10).text
     samples: dict[str, Any] = {}
     rows: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
@@ -119,12 +118,12 @@ def test_page_in_a_browser_and_metrics_during_and_after_a_run(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     spawn(env, "web", "--port", str(port), log="web.log")
-    batches = wait_until(lambda: httpx.get(base + "/api/batches", timeout=5).json()["batches"],
+    batches = wait_until(lambda: HTTP.get(base + "/api/batches", timeout=5).json()["batches"],
                          60, what="the web server and the batch")
     batch_id = batches[0]["id"]
     assert f"serving the run page at /, its JSON at /api/batches, /metrics on {base}" in (
         tmp_path / "web.log").read_text()  # where it is, said as it starts
-    wait_until(lambda: 20 <= httpx.get(base + "/api/batches", timeout=5).json()["batches"][0][
+    wait_until(lambda: 20 <= HTTP.get(base + "/api/batches", timeout=5).json()["batches"][0][
         "counts"]["completed"] <= 70, 90, interval_s=0.3, what="rows completing")
 
     # During the run: the browser shows the batch and consistent counts and cost.
@@ -167,7 +166,7 @@ def test_page_in_a_browser_and_metrics_during_and_after_a_run(
     assert note["cost_usd"] == pytest.approx(st["usd"]) and note["wall_s"] > 0
     assert note["results"] == "out.jsonl" and "example.test" not in json.dumps(note)
     assert "T0KEN" not in (tmp_path / "run" / "run.log").read_text()
-    results = httpx.get(f"{base}/batches/{batch_id}/results", timeout=30).text.splitlines()
+    results = HTTP.get(f"{base}/batches/{batch_id}/results", timeout=30).text.splitlines()
     assert results == (tmp_path / "out.jsonl").read_text().splitlines()
 
 

@@ -7,12 +7,11 @@ import os
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tests.helpers import REPO, MakeEmulator, Spawn, free_port
+from tests.helpers import HTTP, REPO, MakeEmulator, Spawn, free_port
 from tests.integration.e2e import (
     WEBHOOK_SECRET,
     add_batch,
@@ -75,19 +74,19 @@ def test_only_a_genuine_call_makes_the_job_due(receiver: tuple[str, Engine]) -> 
         (url, secret, _body(status="processing"), 200),                     # not terminal
     ]
     for target, headers, body, status in attempts:
-        response = httpx.post(target, json=body, headers=headers, timeout=5)
+        response = HTTP.post(target, json=body, headers=headers, timeout=5)
         assert response.status_code == status, (target, headers, body, response.text)
         assert _next_at(engine, job_id) == before, (target, headers, body)
 
-    ok = httpx.post(url, json=_body(), headers=secret, timeout=5)
+    ok = HTTP.post(url, json=_body(), headers=secret, timeout=5)
     assert ok.status_code == 200 and ok.json()["due"] is True
     due = _next_at(engine, job_id)
     assert due is not None and due < before  # due now: one confirming GET
     # A replay (PiAPI retries, duplicates) changes nothing more.
-    replay = httpx.post(url, json=_body(), headers=secret, timeout=5)
+    replay = HTTP.post(url, json=_body(), headers=secret, timeout=5)
     assert replay.status_code == 200 and "due" not in replay.json()
     assert _next_at(engine, job_id) == due
-    stats = httpx.get(base + "/stats", timeout=5).json()
+    stats = HTTP.get(base + "/stats", timeout=5).json()
     assert stats["due"] == 1 and stats["rejected"] == 4
 
 
@@ -104,7 +103,7 @@ def test_a_webhook_before_the_create_is_recorded_makes_the_task_due_once_it_is(
                         Usage("llm", 0, 1), None, None, None, None)
         claim = tr.claim_for_submit(engine, job_id, NOW, 60)
         assert claim is not None  # submitting: the create's answer not recorded yet
-        hooked = httpx.post(signer.endpoint(job_id), json=_body(task_id=named),
+        hooked = HTTP.post(signer.endpoint(job_id), json=_body(task_id=named),
                             headers=secret, timeout=5)
         assert hooked.status_code == 200 and hooked.json()["due"] is True
         assert tr.record_created(engine, claim, view, NOW, NOW + 3600)
@@ -118,7 +117,7 @@ def test_a_real_webhook_completes_a_job_with_exactly_one_get(
     emu = make_emulator("--time-scale", "0.02")
     env, hook = webhook_run_env(tmp_path, emu, sqlite_url, redis_url, spawn)
     code, results, stats, _ = run_in(env, emu, tmp_path, caption_rows(3), 120)
-    hook_stats = httpx.get(f"{hook}/stats", timeout=5).json()
+    hook_stats = HTTP.get(f"{hook}/stats", timeout=5).json()
     assert code == 0, (tmp_path / "run.out").read_text()[-2000:]
     assert [r["status"] for r in results] == ["completed"] * 3
     assert stats["webhooks"]["sent"] >= 3
