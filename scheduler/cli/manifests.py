@@ -39,6 +39,7 @@ from scheduler.cli.options import (
     StrictOpt,
     TaskTypeOpt,
 )
+from scheduler.cli.startup import collector_paused
 from workers.settings import ConfigError
 from workers.states import AmbiguousPolicy
 
@@ -86,11 +87,12 @@ def run(
                      strict=strict, service_mode=service_mode, concurrency=concurrency)
         return
 
-    from scheduler.notify import check_url
-    from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck
-    from scheduler.runner import RunOptions
-    from scheduler.runner import run as run_batch
-    from workers.logs import setup_logging
+    with collector_paused():  # the run's modules: most of what it loads (see startup.py)
+        from scheduler.notify import check_url
+        from scheduler.operator import parse_budget, parse_deadline, parse_on_stuck
+        from scheduler.runner import RunOptions
+        from scheduler.runner import run as run_batch
+        from workers.logs import setup_logging
 
     check_sidecar_flags(captions_as_sidecar, overwrite_sidecars)
     budget = parse_budget(budget_usd)

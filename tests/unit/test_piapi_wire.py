@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +389,21 @@ def test_parse_the_documented_webhook_bodies() -> None:
         view = parse_task(body["data"])
         assert view.status == "completed" and view.outcome is Outcome.COMPLETED
         assert view.output
+
+
+@pytest.mark.parametrize(("urls", "default"), [
+    (("https://api.piapi.ai", "https://upload.theapi.app"), True),  # production: the CA bundle
+    (("http://127.0.0.1:8080", "https://upload.theapi.app"), True),  # uploads still go over TLS
+    (("http://127.0.0.1:8080", "http://127.0.0.1:8080/upload"), False),  # the emulator
+    (("HTTPS://api.piapi.ai",), True),
+])
+def test_only_a_client_calling_plain_http_alone_skips_the_ca_bundle(
+        urls: tuple[str, ...], default: bool) -> None:
+    verify = piapi.tls_verification(*urls)
+    if default:
+        assert verify is True
+        return
+    assert isinstance(verify, ssl.SSLContext)
+    # Not verification turned off: a context that trusts no CA, so refuses any certificate.
+    assert verify.verify_mode == ssl.CERT_REQUIRED and verify.check_hostname
+    assert verify.cert_store_stats()["x509_ca"] == 0
