@@ -10,6 +10,7 @@ fails at once, so `pytest -m "not integration"` stays a quick check with no proc
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import uuid
@@ -45,6 +46,19 @@ def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("XDG_DATA_HOME", None)
     else:
         os.environ["XDG_DATA_HOME"] = saved
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Collection (importing every test module and what they import) runs with the cyclic
+    collector paused, as piapi-bulk's own start-up does (scheduler/cli/startup.py)."""
+    gc.disable()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection loaded is frozen out of the collector's passes, which then walk only
+    what the tests make."""
+    gc.freeze()
+    gc.enable()
 
 
 INTEGRATION_FIXTURES = frozenset({"redis_server", "make_emulator", "spawn", "private_pg",
